@@ -1,0 +1,1 @@
+"""Cost model: hardware and model catalogs, roofline timings calibrated on measured GPU profiles, per-type capacity."""

@@ -1,0 +1,246 @@
+"""Model, GPU and cluster catalogs: typed specs loaded from the shipped YAML plus user files.
+
+Users extend a catalog with their own YAML in the same format (``--models FILE``, ``--gpus FILE``); a
+clusters is given in short form (``4x8xH100``, ``2x8xH100+1x8xA100-80GB`` for mixed types) or as a YAML file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from oserve.common.errors import ConfigError, InputFormatError
+
+DEFAULT_INTER_NODE_GBPS = 50.0  # one 400 Gb/s InfiniBand NIC per GPU, as in a DGX H100
+
+
+class ModelSpec(BaseModel):
+    """A decoder-only transformer's shape, as in its Hugging Face config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    ffn_size: int = Field(gt=0)
+    gated_mlp: bool
+    vocab_size: int = Field(gt=0)
+    bytes_per_weight: float = Field(default=2.0, gt=0)
+    max_context_tokens: int = Field(default=4096, gt=0)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def layer_params(self) -> int:
+        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        attn = h * (h + 2 * kv) + h * h
+        mlp = (3 if self.gated_mlp else 2) * h * self.ffn_size
+        return attn + mlp
+
+    @property
+    def num_params(self) -> int:
+        return self.num_layers * self.layer_params + 2 * self.vocab_size * self.hidden_size
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.num_params * self.bytes_per_weight
+
+    def kv_bytes_per_token_layer(self, kv_bytes: float = 2.0) -> float:
+        """K and V of one token in one layer (all KV heads)."""
+        return 2 * self.num_kv_heads * self.head_dim * kv_bytes
+
+
+class GpuSpec(BaseModel):
+    """One accelerator type: datasheet compute, memory and intra-node link."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    bf16_tflops: float = Field(gt=0)
+    hbm_gb: float = Field(gt=0)
+    hbm_gbps: float = Field(gt=0)
+    intra_node_gbps: float = Field(gt=0)
+
+    @property
+    def hbm_bytes(self) -> float:
+        return self.hbm_gb * 1e9
+
+
+class _Catalog:
+    """Name (or alias, case-insensitive) -> spec."""
+
+    def __init__(self, kind: str, entries: dict[str, BaseModel]):
+        self.kind = kind
+        self._entries = entries
+
+    def get(self, name: str):
+        key = name.lower()
+        if key not in self._entries:
+            names = sorted({e.name for e in self._entries.values()})
+            raise ConfigError(f"unknown {self.kind} '{name}'; known: {', '.join(names)}")
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        return sorted({e.name for e in self._entries.values()})
+
+
+def _load_entries(path: Path | str, key: str, spec_cls: type[BaseModel], text: str | None = None):
+    path = str(path)
+    try:
+        doc = yaml.safe_load(text if text is not None else Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"catalog file '{path}' does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputFormatError(path, mark.line + 1 if mark else None, None,
+                               f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+        raise InputFormatError(path, None, key, f"expected a top-level '{key}:' list")
+    specs = []
+    for i, raw in enumerate(doc[key]):
+        try:
+            specs.append(spec_cls.model_validate(raw))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            name = raw.get("name", f"#{i}") if isinstance(raw, dict) else f"#{i}"
+            raise InputFormatError(path, None, f"{key}[{i}] ({name}).{field}", err["msg"]) from None
+    return specs
+
+
+def _index(specs) -> dict:
+    out = {}
+    for s in specs:
+        for n in (s.name, *s.aliases):
+            out[n.lower()] = s
+    return out
+
+
+def _shipped(filename: str) -> tuple[str, str]:
+    res = resources.files("oserve.data").joinpath(filename)
+    return str(res), res.read_text()
+
+
+def load_models(extra_files: list[str] | None = None) -> _Catalog:
+    path, text = _shipped("models.yaml")
+    specs = _load_entries(path, "models", ModelSpec, text)
+    for f in extra_files or []:
+        specs += _load_entries(f, "models", ModelSpec)
+    return _Catalog("model", _index(specs))
+
+
+def load_gpus(extra_files: list[str] | None = None) -> _Catalog:
+    path, text = _shipped("gpus.yaml")
+    specs = _load_entries(path, "gpus", GpuSpec, text)
+    for f in extra_files or []:
+        specs += _load_entries(f, "gpus", GpuSpec)
+    return _Catalog("GPU type", _index(specs))
+
+
+@dataclass(frozen=True)
+class Gpu:
+    gpu_id: int
+    node_id: int
+    gpu_type: str
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    num_nodes: int
+    gpus_per_node: int
+    gpu: GpuSpec
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Nodes of GPUs. GPU ids are global, node by node; a node holds one GPU type."""
+
+    groups: tuple[NodeGroup, ...]
+    inter_node_gbps: float = DEFAULT_INTER_NODE_GBPS
+
+    @cached_property
+    def gpus(self) -> tuple[Gpu, ...]:
+        out, node = [], 0
+        for g in self.groups:
+            for _ in range(g.num_nodes):
+                out += [Gpu(len(out), node, g.gpu.name) for _ in range(g.gpus_per_node)]
+                node += 1
+        return tuple(out)
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.gpus)
+
+    @cached_property
+    def nodes(self) -> dict[int, tuple[int, ...]]:
+        out: dict[int, list[int]] = {}
+        for g in self.gpus:
+            out.setdefault(g.node_id, []).append(g.gpu_id)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def gpu_spec(self, gpu_type: str) -> GpuSpec:
+        for g in self.groups:
+            if g.gpu.name == gpu_type:
+                return g.gpu
+        raise ConfigError(f"cluster has no GPUs of type '{gpu_type}'")
+
+    @property
+    def gpu_types(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.gpu.name for g in self.groups))
+
+    def describe(self) -> str:
+        return "+".join(f"{g.num_nodes}x{g.gpus_per_node}x{g.gpu.name}" for g in self.groups)
+
+
+_SHORT = re.compile(r"^(\d+)x(\d+)x([A-Za-z0-9_.\-]+)$")
+
+
+def parse_cluster(spec: str, gpus: _Catalog | None = None) -> ClusterSpec:
+    """Parse ``NODESxGPUSxTYPE[+...]`` or a YAML file with ``nodes: [{count, gpus_per_node, gpu}]``."""
+    gpus = gpus or load_gpus()
+    if Path(spec).suffix in (".yaml", ".yml"):
+        return _cluster_from_yaml(Path(spec), gpus)
+    groups = []
+    for part in spec.split("+"):
+        m = _SHORT.match(part.strip())
+        if not m:
+            raise ConfigError(f"cluster '{spec}': expected NODESxGPUS_PER_NODExGPU_TYPE, e.g. "
+                              f"4x8xH100 (parts joined by '+'), got '{part}'")
+        n_nodes, per_node = int(m.group(1)), int(m.group(2))
+        if n_nodes < 1 or per_node < 1:
+            raise ConfigError(f"cluster '{spec}': node and GPU counts must be >= 1")
+        groups.append(NodeGroup(n_nodes, per_node, gpus.get(m.group(3))))
+    return ClusterSpec(tuple(groups))
+
+
+def _cluster_from_yaml(path: Path, gpus: _Catalog) -> ClusterSpec:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"cluster file '{path}' does not exist") from None
+    except yaml.YAMLError as exc:
+        raise InputFormatError(str(path), None, None, f"invalid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
+        raise InputFormatError(str(path), None, "nodes", "expected a 'nodes:' list")
+    groups = []
+    for i, raw in enumerate(doc["nodes"]):
+        try:
+            groups.append(NodeGroup(int(raw.get("count", 1)), int(raw["gpus_per_node"]),
+                                    gpus.get(str(raw["gpu"]))))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputFormatError(str(path), None, f"nodes[{i}]",
+                                   f"needs gpu, gpus_per_node and optional count ({exc})") from None
+    inter = float(doc.get("inter_node_gbps", DEFAULT_INTER_NODE_GBPS))
+    return ClusterSpec(tuple(groups), inter)

@@ -1,0 +1,1 @@
+"""Shipped data: catalogs (YAML), calibration and bundled traces."""

@@ -1,0 +1,1 @@
+"""Planner: lower-level LP dispatch, upper-level deployment search, reference planners."""
