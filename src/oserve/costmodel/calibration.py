@@ -1,0 +1,221 @@
+"""Calibration: efficiency factors that turn roofline FLOPs/bytes into measured operator times.
+
+Each operator kind k has four parameters: a fixed launch cost ``t0_ms``, the fractions of the GPU's
+datasheet compute (``compute_eff``) and memory bandwidth (``mem_eff``) it achieves, and ``parallel_half``,
+the number of independent units (attention heads x sequences on the shard) at which the kernel fills half
+the GPU: attention with few heads per shard (high TP) or few sequences cannot occupy all SMs. Its time is
+``t0 + smoothmax(flops / (peak_flops * eff_c * occ), bytes / (peak_bw * eff_m * occ))`` with
+``occ = units / (units + parallel_half)`` and a p-norm smooth max (sharp near the ridge point, as measured
+kernels are). GEMMs are not occupancy-limited at these shapes (their ``parallel_half`` is 0). A decoder layer adds norms, activations and
+residuals: ``layer = (sum of operators) * (1 + layer_extra_frac) + layer_fixed_ms``.
+
+The factors are fitted by least squares on log time (relative error) to a profile in the shared CSV format
+and shipped in ``data/calibration.yaml``; ``oserve costmodel fit`` refits them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from oserve.common.errors import ConfigError, InputFormatError
+from oserve.costmodel.catalog import GpuSpec, ModelSpec
+from oserve.costmodel.operators import (
+    GEMM_LAYERS,
+    Work,
+    decode_attention_work,
+    gemm_work,
+    prefill_attention_work,
+)
+
+OPERATOR_KINDS = ("gemm", "prefill", "decode")
+LAYER_KINDS = ("layer_prefill", "layer_decode")
+SMOOTH_P = 4.0
+
+
+@dataclass(frozen=True)
+class KindFactors:
+    t0_ms: float
+    compute_eff: float
+    mem_eff: float
+    parallel_half: float = 0.0  # units of parallel work at which the kernel reaches half efficiency
+
+    def time_ms(self, work: Work, gpu: GpuSpec) -> float:
+        occupancy = work.parallelism / (work.parallelism + self.parallel_half)
+        tc = work.flops / (gpu.bf16_tflops * 1e12 * self.compute_eff * occupancy) * 1e3
+        tm = work.bytes / (gpu.hbm_gbps * 1e9 * self.mem_eff * occupancy) * 1e3
+        return self.t0_ms + (tc ** SMOOTH_P + tm ** SMOOTH_P) ** (1.0 / SMOOTH_P)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    kinds: dict[str, KindFactors]
+    layer_extra_frac: float = 0.1
+    layer_fixed_ms: float = 0.0
+    fitted_on: tuple[str, ...] = ()
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "fitted_on": list(self.fitted_on),
+            "source": self.source,
+            "layer_extra_frac": self.layer_extra_frac,
+            "layer_fixed_ms": self.layer_fixed_ms,
+            "kinds": {k: {"t0_ms": v.t0_ms, "compute_eff": v.compute_eff, "mem_eff": v.mem_eff,
+                          "parallel_half": v.parallel_half} for k, v in self.kinds.items()},
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> Calibration:
+        try:
+            kinds = {k: KindFactors(float(v["t0_ms"]), float(v["compute_eff"]), float(v["mem_eff"]),
+                                    float(v.get("parallel_half", 0.0)))
+                     for k, v in d["kinds"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"calibration is missing or has a bad field: {exc}") from None
+        missing = set(OPERATOR_KINDS) - set(kinds)
+        if missing:
+            raise ConfigError(f"calibration lacks operator kinds {sorted(missing)}")
+        return Calibration(kinds, float(d.get("layer_extra_frac", 0.1)),
+                           float(d.get("layer_fixed_ms", 0.0)), tuple(d.get("fitted_on", ())),
+                           str(d.get("source", "")))
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    if path is None:
+        text = resources.files("oserve.data").joinpath("calibration.yaml").read_text()
+    else:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"calibration file '{path}' does not exist") from None
+    return Calibration.from_dict(yaml.safe_load(text))
+
+
+# ---- profiles ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfileRow:
+    line: int
+    gpu: str
+    kind: str
+    model: str
+    tp: int
+    a: float
+    b: str
+    ms: float
+
+
+def read_profile(path: str | Path) -> list[ProfileRow]:
+    """Rows of a profile CSV (columns gpu, kind, model, tp, a, b, ms); ceiling rows are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"profile '{path}' does not exist")
+    rows = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        needed = {"gpu", "kind", "model", "tp", "a", "b", "ms"}
+        if not reader.fieldnames or not needed <= set(reader.fieldnames):
+            raise InputFormatError(str(path), 1, None,
+                                   f"header must contain {sorted(needed)}, got {reader.fieldnames}")
+        for rec in reader:
+            line = reader.line_num
+            kind = rec["kind"]
+            if kind.startswith("ceiling"):
+                continue
+            if kind not in OPERATOR_KINDS + LAYER_KINDS:
+                raise InputFormatError(str(path), line, "kind",
+                                       f"unknown kind {kind!r}, expected {OPERATOR_KINDS + LAYER_KINDS}")
+            try:
+                tp, a, ms = int(rec["tp"]), float(rec["a"]), float(rec["ms"])
+            except (TypeError, ValueError):
+                raise InputFormatError(str(path), line, "tp/a/ms", "not a number") from None
+            if tp < 1 or a <= 0 or not ms > 0:
+                raise InputFormatError(str(path), line, "tp/a/ms", "must be positive")
+            if kind == "gemm" and rec["b"] not in GEMM_LAYERS:
+                raise InputFormatError(str(path), line, "b", f"GEMM layer must be one of {GEMM_LAYERS}")
+            rows.append(ProfileRow(line, rec["gpu"], kind, rec["model"], tp, a, rec["b"], ms))
+    return rows
+
+
+def operator_work(row: ProfileRow, model: ModelSpec) -> list[tuple[str, Work]]:
+    """The (kind, work) parts of a profile row; a layer row is the sum of its operators."""
+    if row.kind == "gemm":
+        return [("gemm", gemm_work(model, row.tp, row.b, row.a))]
+    if row.kind == "prefill":
+        return [("prefill", prefill_attention_work(model, row.tp, row.a, float(row.b)))]
+    if row.kind == "decode":
+        return [("decode", decode_attention_work(model, row.tp, row.a, float(row.b)))]
+    if row.kind == "layer_prefill":
+        tokens = row.a
+        return ([("gemm", gemm_work(model, row.tp, g, tokens)) for g in GEMM_LAYERS]
+                + [("prefill", prefill_attention_work(model, row.tp, row.a, 1))])
+    batch, context = row.a, float(row.b)
+    return ([("gemm", gemm_work(model, row.tp, g, batch)) for g in GEMM_LAYERS]
+            + [("decode", decode_attention_work(model, row.tp, batch, context))])
+
+
+def predict_row_ms(row: ProfileRow, model: ModelSpec, gpu: GpuSpec, cal: Calibration) -> float:
+    parts = sum(cal.kinds[k].time_ms(w, gpu) for k, w in operator_work(row, model))
+    if row.kind in LAYER_KINDS:
+        return parts * (1 + cal.layer_extra_frac) + cal.layer_fixed_ms
+    return parts
+
+
+# ---- fitting ----------------------------------------------------------------------------------------
+
+@dataclass
+class _FitData:
+    rows: list[ProfileRow]
+    models: dict[str, ModelSpec]
+    gpu: GpuSpec
+    works: list[list[tuple[str, Work]]] = field(default_factory=list)
+
+
+def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: GpuSpec,
+                    train_models: list[str]) -> Calibration:
+    """Fit per-kind factors on the operator rows, then the layer terms on the layer rows."""
+    from scipy.optimize import least_squares
+
+    train = [r for r in rows if r.model in train_models]
+    if not train:
+        raise ConfigError(f"no profile rows for the training models {train_models}")
+    kinds: dict[str, KindFactors] = {}
+    for kind in OPERATOR_KINDS:
+        krows = [r for r in train if r.kind == kind]
+        if not krows:
+            raise ConfigError(f"profile has no '{kind}' rows for {train_models}")
+        works = [operator_work(r, models[r.model])[0][1] for r in krows]
+        measured = np.log([r.ms for r in krows])
+
+        occupancy_limited = kind != "gemm"
+
+        def residuals(x, works=works, measured=measured, occ=occupancy_limited):
+            f = KindFactors(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]),
+                            math.exp(x[3]) if occ else 0.0)
+            return np.log([f.time_ms(w, gpu) for w in works]) - measured
+
+        sol = least_squares(residuals, x0=[math.log(0.005), math.log(0.6), math.log(0.8), 0.0],
+                            loss="soft_l1", f_scale=0.1)
+        x = [float(math.exp(v)) for v in sol.x]
+        kinds[kind] = KindFactors(x[0], x[1], x[2], x[3] if occupancy_limited else 0.0)
+    cal = Calibration(kinds)
+    lrows = [r for r in train if r.kind in LAYER_KINDS]
+    extra, fixed = 0.1, 0.0
+    if lrows:
+        base = np.array([sum(kinds[k].time_ms(w, gpu) for k, w in operator_work(r, models[r.model]))
+                         for r in lrows])
+        measured = np.log([r.ms for r in lrows])
+
+        def layer_res(x):
+            return np.log(base * (1 + x[0]) + abs(x[1])) - measured
+
+        sol = least_squares(layer_res, x0=[0.1, 0.01], loss="soft_l1", f_scale=0.1)
+        extra, fixed = float(sol.x[0]), float(abs(sol.x[1]))
+    return Calibration(kinds, extra, fixed, tuple(train_models), gpu.name)

@@ -1,0 +1,225 @@
+"""The cost model of one replica configuration: memory, step times and per-type capacity.
+
+A replica runs ``num_layers / pp`` layers per pipeline stage, each layer sharded ``tp`` ways. An engine step
+(as in vLLM's continuous batching) processes some prefill tokens and one decode token per running
+sequence; its time on one stage is the calibrated layer time times the stage's layers, plus two
+all-reduces per layer when ``tp > 1``, plus the LM head and a fixed per-step engine overhead. With
+``pp > 1`` the stages work on ``pp`` micro-batches at once, so throughput follows the stage time and
+per-token latency follows ``pp`` stage times plus the stage-boundary transfers.
+
+The planner, the simulator and the runtime's fake engines all time work with this one class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from oserve.common.errors import ConfigError
+from oserve.costmodel.calibration import Calibration, load_calibration
+from oserve.costmodel.catalog import GpuSpec, ModelSpec, load_gpus
+from oserve.costmodel.network import all_reduce_s, send_recv_s
+from oserve.costmodel.operators import (
+    GEMM_LAYERS,
+    Work,
+    decode_attention_work,
+    gemm_work,
+    kv_heads_per_shard,
+)
+from oserve.costmodel.replica_config import ReplicaConfig
+
+ACTIVATION_BYTES = 2.0
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """The engine settings a replica runs with (vLLM's names and defaults where they exist)."""
+
+    gpu_memory_utilization: float = 0.90
+    reserved_bytes_per_gpu: float = 2.0e9  # CUDA context, activations, CUDA graphs
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    step_overhead_s: float = 0.003  # scheduling, sampling and detokenisation per engine step
+    kv_block_tokens: int = 16
+    min_kv_tokens: int = 4096  # a config is usable only if it can hold this many tokens of KV
+
+
+@dataclass(frozen=True)
+class TypeLoad:
+    """The mean shape of a request type, as the capacity computation needs it."""
+
+    mean_input_tokens: float
+    mean_output_tokens: float
+
+
+@dataclass
+class CostModel:
+    """Timings and capacities of a model's replica configurations on the catalog's GPUs."""
+
+    model: ModelSpec
+    calibration: Calibration = field(default_factory=load_calibration)
+    params: EngineParams = field(default_factory=EngineParams)
+    gpus: dict[str, GpuSpec] = field(default_factory=dict)
+    tpot_slo_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.gpus:
+            cat = load_gpus()
+            self.gpus = {n: cat.get(n) for n in cat.names()}
+        # Per-instance caches (no global state: two cost models can coexist).
+        self._layer_cache: dict = {}
+        self._capacity_cache: dict = {}
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
+        if cfg.gpu_type not in self.gpus:
+            raise ConfigError(f"unknown GPU type '{cfg.gpu_type}'")
+        return self.gpus[cfg.gpu_type]
+
+    # ---- memory -------------------------------------------------------------------------------------
+
+    def weight_bytes_per_gpu(self, cfg: ReplicaConfig) -> float:
+        return self.model.weight_bytes / cfg.num_gpus
+
+    def kv_bytes_per_token_per_gpu(self, cfg: ReplicaConfig) -> float:
+        layers = math.ceil(self.model.num_layers / cfg.pp)
+        return layers * 2 * kv_heads_per_shard(self.model, cfg.tp) * self.model.head_dim * ACTIVATION_BYTES
+
+    def kv_capacity_tokens(self, cfg: ReplicaConfig) -> int:
+        """Tokens of KV cache the replica holds (0 when the weights alone do not fit)."""
+        usable = (self.gpu(cfg).hbm_bytes * self.params.gpu_memory_utilization
+                  - self.params.reserved_bytes_per_gpu - self.weight_bytes_per_gpu(cfg))
+        if usable <= 0:
+            return 0
+        tokens = int(usable // self.kv_bytes_per_token_per_gpu(cfg))
+        return tokens - tokens % self.params.kv_block_tokens
+
+    def fits(self, cfg: ReplicaConfig) -> bool:
+        valid_split = (self.model.num_heads % cfg.tp == 0 and cfg.pp <= self.model.num_layers)
+        return valid_split and self.kv_capacity_tokens(cfg) >= self.params.min_kv_tokens
+
+    # ---- time of one stage --------------------------------------------------------------------------
+
+    def _op_s(self, kind: str, work: Work, gpu: GpuSpec) -> float:
+        return self.calibration.kinds[kind].time_ms(work, gpu) * 1e-3
+
+    def _layer_s(self, cfg: ReplicaConfig, tokens: float, prefill_sq: float, num_prefill: float,
+                 decode_batch: float, decode_ctx_total: float) -> float:
+        """One layer on one shard: GEMMs over all tokens, prefill attention, decode attention."""
+        gpu, m = self.gpu(cfg), self.model
+        total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
+        if num_prefill > 0:
+            heads = m.num_heads / cfg.tp
+            kvh = kv_heads_per_shard(m, cfg.tp)
+            # sum over prompts of s^2 (causal attention FLOPs) and s (bytes), batched into one kernel
+            flops = 2.0 * prefill_sq * m.head_dim * heads
+            nbytes = ACTIVATION_BYTES * (tokens - decode_batch) * m.head_dim * (2 * heads + 2 * kvh)
+            total += self._op_s("prefill", Work(flops, nbytes, heads * num_prefill), gpu)
+        if decode_batch > 0:
+            ctx = decode_ctx_total / decode_batch
+            total += self._op_s("decode", decode_attention_work(m, cfg.tp, decode_batch, ctx), gpu)
+        return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
+
+    def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[int, int], ...] = (),
+                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
+        """Time one pipeline stage takes for one engine step, without the fixed engine overhead.
+
+        ``prefill_chunks`` holds (new tokens, tokens already cached) per prefilling sequence.
+        """
+        prefill_tokens = sum(c for c, _ in prefill_chunks)
+        tokens = prefill_tokens + decode_batch
+        if tokens <= 0:
+            return 0.0
+        prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
+        layers = math.ceil(self.model.num_layers / cfg.pp)
+        layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
+                              decode_ctx_total)
+        comm = 0.0
+        if cfg.tp > 1:
+            comm = 2 * all_reduce_s(tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp,
+                                    self.gpu(cfg).intra_node_gbps)
+        sampled = len(prefill_chunks) + decode_batch
+        lm_head = self._op_s("gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size
+                                          / cfg.tp, ACTIVATION_BYTES * self.model.hidden_size
+                                          * self.model.vocab_size / cfg.tp), self.gpu(cfg)) / cfg.pp
+        return layers * (layer + comm) + lm_head
+
+    def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[int, int], ...] = (),
+                    decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
+        """Wall time of one engine step through all pipeline stages (the latency a token sees)."""
+        stage = self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total)
+        tokens = sum(c for c, _ in prefill_chunks) + decode_batch
+        hop = send_recv_s(tokens * self.model.hidden_size * ACTIVATION_BYTES, True,
+                          self.gpu(cfg).intra_node_gbps) if cfg.pp > 1 else 0.0
+        return cfg.pp * stage + (cfg.pp - 1) * hop + self.params.step_overhead_s
+
+    def decode_step_s(self, cfg: ReplicaConfig, batch: int, total_context: float) -> float:
+        """One decode token for ``batch`` sequences holding ``total_context`` tokens in all.
+
+        With pipeline parallelism the batch is split into ``pp`` micro-batches that fill the pipeline:
+        the time returned is how long every sequence waits between two of its tokens.
+        """
+        if batch <= 0:
+            return 0.0
+        if cfg.pp == 1:
+            return self.step_time_s(cfg, (), batch, total_context)
+        micro = max(1, math.ceil(batch / cfg.pp))
+        stage = self.stage_time_s(cfg, (), micro, total_context * micro / batch)
+        hop = send_recv_s(micro * self.model.hidden_size * ACTIVATION_BYTES, True,
+                          self.gpu(cfg).intra_node_gbps)
+        return cfg.pp * (stage + hop) + self.params.step_overhead_s
+
+    def prefill_time_s(self, cfg: ReplicaConfig, prompt_lens: list[int] | tuple[int, ...]) -> float:
+        """Time to prefill the given prompts in one step (no cached prefix)."""
+        return self.step_time_s(cfg, tuple((int(s), 0) for s in prompt_lens))
+
+    # ---- capacity -----------------------------------------------------------------------------------
+
+    def _prefill_cost_per_request_s(self, cfg: ReplicaConfig, input_tokens: float) -> float:
+        """Busy time a replica spends prefilling one prompt when prompts are batched to the budget."""
+        budget = self.params.max_num_batched_tokens
+        s = max(1, int(round(input_tokens)))
+        if s >= budget:
+            chunks = math.ceil(s / budget)
+            per_chunk = [(min(budget, s - i * budget), i * budget) for i in range(chunks)]
+            return sum(self.stage_time_s(cfg, (c,)) + self.params.step_overhead_s for c in per_chunk)
+        n = max(1, budget // s)
+        return (self.stage_time_s(cfg, ((s, 0),) * n) + self.params.step_overhead_s) / n
+
+    def max_batch(self, cfg: ReplicaConfig, load: TypeLoad) -> int:
+        """Most sequences of this type that run together: KV-cache, max_num_seqs and TPOT bounds."""
+        per_seq = load.mean_input_tokens + load.mean_output_tokens / 2
+        by_kv = int(0.9 * self.kv_capacity_tokens(cfg) / max(per_seq, 1.0))
+        batch = max(0, min(self.params.max_num_seqs, by_kv))
+        if self.tpot_slo_s is not None:
+            while batch > 1 and self.decode_step_s(cfg, batch, batch * per_seq) > self.tpot_slo_s:
+                batch = int(batch * 0.8)
+        return batch
+
+    def type_capacity_rps(self, cfg: ReplicaConfig, load: TypeLoad) -> float:
+        """Requests/s of one type that the replica sustains alone at its best batch size.
+
+        In steady state a replica with B running sequences spends ``t_p`` per admitted request on prefill
+        and produces B tokens per decode step of ``t_d(B)``; each request needs ``O`` tokens, so it
+        completes ``X = B / (O * t_d(B) + B * t_p)`` requests/s.
+        """
+        key = (cfg, round(load.mean_input_tokens, 1), round(load.mean_output_tokens, 1))
+        if key in self._capacity_cache:
+            return self._capacity_cache[key]
+        result = 0.0
+        if self.fits(cfg):
+            b_max = self.max_batch(cfg, load)
+            t_p = self._prefill_cost_per_request_s(cfg, load.mean_input_tokens)
+            o = max(load.mean_output_tokens, 1.0)
+            per_seq = load.mean_input_tokens + o / 2
+            candidates = {b_max} | {2 ** i for i in range(9) if 2 ** i < b_max}
+            for b in candidates:
+                if b < 1:
+                    continue
+                # with pp > 1 the pp micro-batches fill the pipeline: B tokens per decode_step_s
+                t_d = self.decode_step_s(cfg, b, b * per_seq)
+                result = max(result, b / (o * t_d + b * t_p))
+        self._capacity_cache[key] = result
+        return result
