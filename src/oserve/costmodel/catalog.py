@@ -175,7 +175,7 @@ class ClusterSpec:
         out, node = [], 0
         for g in self.groups:
             for _ in range(g.num_nodes):
-                out += [Gpu(len(out), node, g.gpu.name) for _ in range(g.gpus_per_node)]
+                out += [Gpu(len(out) + i, node, g.gpu.name) for i in range(g.gpus_per_node)]
                 node += 1
         return tuple(out)
 

@@ -1,0 +1,95 @@
+"""``oserve costmodel validate|fit``: check the cost model against measured profiles, or refit it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import yaml
+
+from oserve.common.errors import ConfigError
+from oserve.costmodel.calibration import (
+    fit_calibration,
+    load_calibration,
+    predict_row_ms,
+    read_profile,
+)
+from oserve.costmodel.catalog import load_gpus, load_models
+
+
+def register(sub) -> None:
+    p = sub.add_parser("costmodel", help="validate or fit the cost model on measured profiles")
+    cm = p.add_subparsers(dest="costmodel_command", required=True, metavar="ACTION")
+    v = cm.add_parser("validate", help="compare predictions with every row of a profile CSV")
+    v.add_argument("--profile", action="append", required=True, metavar="FILE",
+                   help="profile CSV (columns gpu,kind,model,tp,a,b,ms); repeatable")
+    v.add_argument("--calibration", default=None, metavar="FILE")
+    v.add_argument("--gpu", default="H100-80GB", help="catalog GPU the profile was measured on")
+    v.add_argument("--models", action="append", default=[], metavar="FILE")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=run_validate)
+    f = cm.add_parser("fit", help="fit the calibration on some models' rows and write it as YAML")
+    f.add_argument("--profile", action="append", required=True, metavar="FILE")
+    f.add_argument("--train-models", default="llama-2-7b,llama-2-70b",
+                   help="comma-separated models whose rows the fit may use")
+    f.add_argument("--gpu", default="H100-80GB")
+    f.add_argument("--out", required=True, metavar="FILE")
+    f.set_defaults(func=run_fit)
+
+
+def _rows(paths):
+    rows = []
+    for p in paths:
+        rows += read_profile(p)
+    return rows
+
+
+def _summary(errors: np.ndarray) -> dict:
+    return {"rows": int(len(errors)), "median_rel_err": float(np.median(errors)),
+            "p90_rel_err": float(np.percentile(errors, 90)), "max_rel_err": float(errors.max())}
+
+
+def run_validate(args) -> int:
+    cal = load_calibration(args.calibration)
+    catalog = load_models(args.models)
+    gpu = load_gpus().get(args.gpu)
+    rows = _rows(args.profile)
+    if not rows:
+        raise ConfigError("profile has no rows to validate")
+    errs, kinds, held = [], [], []
+    for r in rows:
+        pred = predict_row_ms(r, catalog.get(r.model), gpu, cal)
+        errs.append(abs(pred / r.ms - 1))
+        kinds.append(r.kind)
+        held.append(r.model not in cal.fitted_on)
+    errs_a, kinds_a, held_a = np.array(errs), np.array(kinds), np.array(held)
+    out = _summary(errs_a)
+    out["per_kind"] = {k: _summary(errs_a[kinds_a == k]) for k in dict.fromkeys(kinds)}
+    out["fitted_on"] = list(cal.fitted_on)
+    if held_a.any():
+        out["held_out"] = _summary(errs_a[held_a])
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"Cost model vs {len(rows)} measured rows (calibration fitted on {', '.join(cal.fitted_on)})")
+    print(f"{'kind':<16}{'rows':>6}{'median':>9}{'p90':>9}{'max':>9}")
+    for name, s in [("overall", out)] + list(out["per_kind"].items()) + (
+            [("held-out models", out["held_out"])] if "held_out" in out else []):
+        print(f"{name:<16}{s['rows']:>6}{s['median_rel_err']:>9.1%}{s['p90_rel_err']:>9.1%}"
+              f"{s['max_rel_err']:>9.1%}")
+    return 0
+
+
+def run_fit(args) -> int:
+    rows = _rows(args.profile)
+    catalog = load_models()
+    train = [m.strip() for m in args.train_models.split(",") if m.strip()]
+    models = {m: catalog.get(m) for m in {r.model for r in rows}}
+    cal = fit_calibration(rows, models, load_gpus().get(args.gpu), train)
+    d = cal.to_dict()
+    d["source"] = ", ".join(args.profile)
+    with open(args.out, "w") as fh:
+        fh.write("# Cost-model calibration written by `oserve costmodel fit`.\n")
+        yaml.safe_dump(d, fh, sort_keys=False)
+    print(f"wrote {args.out} (fitted on {', '.join(train)})")
+    return 0

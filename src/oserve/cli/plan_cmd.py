@@ -1,0 +1,60 @@
+"""``oserve plan``: the deployment a cluster should run for a trace's traffic, and why."""
+
+from __future__ import annotations
+
+import json
+
+from oserve.cli.common_args import add_cluster_model_args, add_trace_args, resolve
+from oserve.planner.api import PLANNERS, make_plan
+from oserve.planner.plan import Plan
+from oserve.workload import fit_request_types, load_trace
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="choose a deployment for a cluster, model and trace")
+    add_cluster_model_args(p)
+    add_trace_args(p)
+    p.add_argument("--planner", default="oserve", choices=PLANNERS)
+    p.add_argument("--rate-scale", type=float, default=1.0,
+                   help="plan for the trace's rates multiplied by this factor")
+    p.add_argument("--no-pp", action="store_true", help="consider tensor parallelism only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cluster, model, cost = resolve(args)
+    trace = load_trace(args.trace)
+    if args.rate_scale != 1.0:
+        trace = trace.scaled(args.rate_scale)
+    types = fit_request_types(trace, args.types, args.seed)
+    stats = types.stats(trace)
+    plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp)
+    if args.json:
+        out = plan.to_dict()
+        out.update(cluster=cluster.describe(), trace=trace.name,
+                   online_mistype_rate=types.online_mistype_rate(trace))
+        print(json.dumps(out, indent=2))
+    else:
+        print(render(plan, cluster.describe(), trace.name))
+    return 0
+
+
+def render(plan: Plan, cluster: str, trace: str) -> str:
+    lines = [f"Plan for {plan.model} on {cluster}, trace {trace} (planner {plan.planner}, "
+             f"{plan.planner_seconds:.2f} s)", f"Deployment: {plan.describe()}", "",
+             "Replicas:"]
+    for r in plan.replicas:
+        mark = "  <- bottleneck" if r.replica_id in plan.bottlenecks else ""
+        gpus = ",".join(str(g) for g in r.gpus)
+        lines.append(f"  r{r.replica_id:<3} {r.config.label():<20} GPUs [{gpus}]  "
+                     f"utilisation {plan.utilisation[r.replica_id]:6.1%}{mark}")
+    lines += ["", "Dispatch (share of each type's requests per replica; capacity alone in req/s):"]
+    header = "  " + " " * 28 + "".join(f"  r{r.replica_id:<5}" for r in plan.replicas)
+    lines.append(header)
+    for t, name in enumerate(plan.type_names):
+        row = "".join(f"  {plan.dispatch[t][r.replica_id]:6.1%}" for r in plan.replicas)
+        lines.append(f"  {name:<22}{plan.type_rates_rps[t]:5.2f}/s{row}")
+    lines += ["", f"Predicted capacity: {plan.demand_scale:.2f}x the trace's rate "
+                  f"({plan.demand_scale * sum(plan.type_rates_rps):.1f} req/s in this mix)."]
+    return "\n".join(lines)

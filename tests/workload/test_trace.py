@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+
+from oserve.common.errors import ConfigError, InputFormatError
+from oserve.workload import load_trace
+from oserve.workload.trace import Trace
+
+
+def test_builtin_azure_traces_load_sorted_and_complete():
+    conv = load_trace("azure-conv")
+    code = load_trace("azure-code")
+    assert len(conv) == 19366 and len(code) == 8819
+    assert np.all(np.diff(conv.arrival_s) >= 0) and conv.arrival_s[0] == 0
+    assert 3400 < conv.duration_s < 3601
+    assert conv.input_tokens.min() >= 1 and conv.output_tokens.min() >= 1
+    mix = load_trace("azure-mix")
+    assert len(mix) == len(conv) + len(code)
+    assert sorted(mix.input_tokens.tolist()) == sorted(conv.input_tokens.tolist() + code.input_tokens.tolist())
+
+
+def test_azure_timestamp_fraction_parsed(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5000000,10,5\n"
+                 "2023-11-16 18:15:47.7500000,20,6\n")
+    t = load_trace(f)
+    assert t.arrival_s.tolist() == pytest.approx([0.0, 1.25])
+
+
+def test_jsonl_mooncake_format(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"timestamp": 0, "input_length": 100, "output_length": 10},
+        {"timestamp": 2500, "input_length": 200, "output_length": 20, "hash_ids": [1]}]) + "\n")
+    t = load_trace(f)
+    assert t.arrival_s.tolist() == [0.0, 2.5] and t.output_tokens.tolist() == [10, 20]
+
+
+def test_generic_csv_with_named_columns(tmp_path):
+    f = tmp_path / "g.csv"
+    f.write_text("arrival_s,prompt_tokens,completion_tokens\n1.5,10,3\n0.5,7,2\n")
+    t = load_trace(f)
+    assert t.input_tokens.tolist() == [7, 10] and t.arrival_s.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("content, line, field", [
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\nnot-a-date,1,1\n", 3, "TIMESTAMP"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,ten,5\n", 2, "ContextTokens"),
+    ("arrival_s,input_tokens,output_tokens\n0,5,-1\n", 2, "output_tokens"),
+    ("arrival_s,input_tokens,output_tokens\n0,5\n", 2, "output_tokens"),
+])
+def test_malformed_csv_names_file_line_and_field(tmp_path, content, line, field):
+    f = tmp_path / "bad.csv"
+    f.write_text(content)
+    with pytest.raises(InputFormatError) as err:
+        load_trace(f)
+    assert err.value.line == line and err.value.field == field
+    assert str(f) in str(err.value) and f"line {line}" in str(err.value)
+
+
+def test_malformed_jsonl_names_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"timestamp": 0, "input_length": 1, "output_length": 1}\n{oops\n')
+    with pytest.raises(InputFormatError, match="line 2"):
+        load_trace(f)
+
+
+def test_missing_columns_and_unknown_trace(tmp_path):
+    f = tmp_path / "h.csv"
+    f.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(InputFormatError, match="none of the columns"):
+        load_trace(f)
+    with pytest.raises(ConfigError, match="neither a file"):
+        load_trace("no-such-trace")
+
+
+def test_rate_scaling_compresses_time(conv_trace):
+    fast = conv_trace.scaled(2.0)
+    assert fast.duration_s == pytest.approx(conv_trace.duration_s / 2)
+    assert fast.mean_rate_rps == pytest.approx(conv_trace.mean_rate_rps * 2, rel=1e-6)
+    with pytest.raises(ConfigError):
+        conv_trace.scaled(0)
+
+
+def test_merge_keeps_every_request():
+    a = Trace(np.array([0.0, 2.0]), np.array([1, 2]), np.array([1, 1]), "a")
+    b = Trace(np.array([1.0]), np.array([9]), np.array([1]), "b")
+    m = Trace.merge([a, b])
+    assert m.arrival_s.tolist() == [0.0, 1.0, 2.0] and m.input_tokens.tolist() == [1, 9, 2]
