@@ -1,0 +1,43 @@
+"""Simulating a plan on a trace: the entry point the CLI, the benchmarks and the tests use."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oserve.costmodel.cost_model import CostModel
+from oserve.planner.dispatch_policy import DispatchTable
+from oserve.planner.plan import Plan
+from oserve.sim.batching import BatchingConfig
+from oserve.sim.config import SimConfig
+from oserve.sim.metrics import SimResult
+from oserve.sim.simulator import Simulation, replicas_from_configs
+from oserve.workload.request_types import RequestTypes
+from oserve.workload.trace import Trace
+
+
+def request_type_ids(trace: Trace, types: RequestTypes, oracle: bool = False) -> np.ndarray:
+    """The type the router gives each request: from its prompt alone, or from both true lengths."""
+    if oracle:
+        return np.asarray(types.assign(trace.input_tokens, trace.output_tokens), dtype=np.int64)
+    return np.asarray(types.classify_online(trace.input_tokens), dtype=np.int64)
+
+
+def batching_config(cost_model: CostModel, config: SimConfig) -> BatchingConfig:
+    p = cost_model.params
+    return BatchingConfig(config.batching, config.max_num_seqs or p.max_num_seqs,
+                          config.max_num_batched_tokens or p.max_num_batched_tokens)
+
+
+def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: CostModel,
+                  config: SimConfig | None = None, progress: bool = False) -> SimResult:
+    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``."""
+    config = config or SimConfig()
+    setups = replicas_from_configs(plan.configs(), cost_model)
+    max_context = cost_model.model.max_context_tokens if config.context_policy == "drop" else None
+    sim = Simulation(setups, DispatchTable.from_fractions(plan.dispatch), config,
+                     batching_config(cost_model, config), cost_model.params.kv_block_tokens,
+                     max_context)
+    type_ids = request_type_ids(trace, types, config.oracle_types)
+    result = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, type_ids, progress)
+    result.meta.update({"plan": plan.describe(), "planner": plan.planner, "trace": trace.name})
+    return result

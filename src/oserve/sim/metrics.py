@@ -1,0 +1,131 @@
+"""What a simulation produces: per-request records, per-replica statistics, and their summary."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DROP_REASONS = ("exceeds_context", "exceeds_kv_capacity", "unfinished_at_horizon")
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    replica_id: int
+    label: str
+    busy_s: float
+    utilisation: float  # busy time over the run's span
+    busy_frac_by_bin: tuple[float, ...]  # busy fraction in consecutive util_bin_s bins
+    peak_kv_frac: float
+    num_steps: int
+    num_events: int
+    num_preemptions: int
+    num_requests: int
+    prefill_tokens: int
+    decode_tokens: int
+
+
+@dataclass
+class SimResult:
+    """Per-request arrays, aligned with the simulated trace. Times are seconds; NaN where not reached."""
+
+    arrival_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    type_id: np.ndarray
+    replica_id: np.ndarray  # -1 for requests never routed
+    num_preemptions: np.ndarray
+    drop_reason: np.ndarray  # '' for completed requests
+    replicas: list[ReplicaStats]
+    end_s: float
+    wall_s: float
+    num_events: int
+    in_system_area: float  # integral of the number of requests in the system over time
+    util_bin_s: float = 60.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def completed(self) -> np.ndarray:
+        return ~np.isnan(self.finish_s)
+
+    @property
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self) -> np.ndarray:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        """Mean time between output tokens after the first (NaN for one-token outputs)."""
+        steps = self.output_tokens - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(steps > 0, (self.finish_s - self.first_token_s) / steps, np.nan)
+
+    def summary(self, slo_ttft_s: float | None = None, slo_tpot_s: float | None = None) -> dict:
+        return summarize(self, slo_ttft_s, slo_tpot_s)
+
+    def write_records_csv(self, path: str | Path) -> None:
+        cols = {
+            "request": np.arange(len(self.arrival_s)), "arrival_s": self.arrival_s,
+            "first_token_s": self.first_token_s, "finish_s": self.finish_s, "ttft_s": self.ttft_s,
+            "tpot_s": self.tpot_s, "e2e_s": self.e2e_s, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens, "type": self.type_id, "replica": self.replica_id,
+            "preemptions": self.num_preemptions, "dropped": self.drop_reason,
+        }
+        with Path(path).open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(cols)
+            for row in zip(*cols.values()):
+                writer.writerow(_fmt(v) for v in row)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else f"{v:.6f}"
+    return str(v)
+
+
+def _percentiles(values: np.ndarray, name: str) -> dict:
+    values = values[~np.isnan(values)]
+    out = {}
+    for p in PERCENTILES:
+        out[f"p{p}_{name}"] = float(np.percentile(values, p)) if len(values) else None
+    out[f"mean_{name}"] = float(values.mean()) if len(values) else None
+    return out
+
+
+def summarize(result: SimResult, slo_ttft_s: float | None = None,
+              slo_tpot_s: float | None = None) -> dict:
+    """Aggregates: latency percentiles over completed requests, throughput, SLO attainment, drops."""
+    done = result.completed
+    n = len(done)
+    start = float(result.arrival_s.min()) if n else 0.0
+    last_finish = float(np.nanmax(result.finish_s)) if done.any() else start
+    span = max(last_finish - start, 1e-9)
+    out = {"requests": n, "completed": int(done.sum()), "dropped": int(n - done.sum())}
+    out["dropped_by_reason"] = {r: int((result.drop_reason == r).sum()) for r in DROP_REASONS
+                                if (result.drop_reason == r).any()}
+    for name, values in (("e2e_s", result.e2e_s), ("ttft_s", result.ttft_s), ("tpot_s", result.tpot_s)):
+        out.update(_percentiles(values[done], name))
+    out["throughput_rps"] = float(done.sum() / span)
+    tokens = result.input_tokens[done].sum() + result.output_tokens[done].sum()
+    out["throughput_tok_s"] = float(tokens / span)
+    out["output_tok_s"] = float(result.output_tokens[done].sum() / span)
+    out["offered_rps"] = float(n / max(float(result.arrival_s.max()) - start, 1e-9)) if n > 1 else 0.0
+    ok = done.copy()
+    if slo_ttft_s is not None:
+        ok &= np.nan_to_num(result.ttft_s, nan=np.inf) <= slo_ttft_s
+    if slo_tpot_s is not None:
+        ok &= np.nan_to_num(result.tpot_s, nan=0.0) <= slo_tpot_s
+    out["slo_attainment"] = float(ok.mean()) if n else None
+    out["preemptions"] = int(result.num_preemptions.sum())
+    out["mean_utilisation"] = float(np.mean([r.utilisation for r in result.replicas]))
+    out["sim_wall_s"] = result.wall_s
+    return out

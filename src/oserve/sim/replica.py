@@ -1,0 +1,144 @@
+"""One simulated replica: its queues, KV blocks, and the engine step in flight.
+
+The replica runs one engine step after another while it has work. A step that only decodes, with no
+admission possible and no preemption, repeats identically except that every context grows by one token;
+the replica then runs it as a *decode run* of k steps in one event, k being the steps until the first
+sequence finishes or until free KV blocks could run short. The run's time has a closed form (the step
+time is affine in context). If a request arrives in the middle, the run is cut at the first step boundary
+after the arrival, which is exactly when a step-by-step engine would first see the request. The run is
+therefore equivalent to simulating its steps one by one, at one event instead of k.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from oserve.sim.batching import BatchingConfig, StepBatch, schedule_step
+from oserve.sim.kv_blocks import BlockPool
+from oserve.sim.request import Seq
+from oserve.sim.step_timer import StepTimer, decode_run_s, decode_steps_within
+
+
+class ReplicaSim:
+    """A replica's state; ``start``/``on_step_end``/``on_arrival`` return the next step's end time."""
+
+    def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
+                 util_bin_s: float = 60.0) -> None:
+        self.replica_id = replica_id
+        self.timer = timer
+        self.pool = pool
+        self.batching = batching
+        self.util_bin_s = util_bin_s
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.batch: StepBatch | None = None
+        self.step_start_s = 0.0
+        self.step_end_s = 0.0
+        self.run_steps = 0  # engine steps in the event in flight (> 1 for a decode run)
+        self.version = 0  # bumps whenever the in-flight step's end changes
+        self.busy_s = 0.0
+        self.busy_bins: dict[int, float] = {}
+        self.num_steps = 0
+        self.num_events = 0
+        self.num_preemptions = 0
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+
+    @property
+    def num_outstanding(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    @property
+    def is_busy(self) -> bool:
+        return self.batch is not None
+
+    def on_arrival(self, seq: Seq, now_s: float) -> float | None:
+        """Queue a request; returns a new step end time if one must be (re)scheduled."""
+        self.waiting.append(seq)
+        if self.batch is None:
+            return self._start_step(now_s)
+        return self._cut_run(now_s)
+
+    def on_step_end(self, now_s: float) -> tuple[list[Seq], list[Seq], float | None]:
+        """Apply the finished step: (sequences that got their first token, finished ones, next end)."""
+        batch, steps = self.batch, self.run_steps
+        self._account_busy(self.step_start_s, now_s)
+        self.num_steps += steps
+        self.num_events += 1
+        first, finished = [], []
+        for seq, chunk in batch.prefill:
+            seq.num_cached += chunk
+            self.prefill_tokens += chunk
+            if seq.num_cached >= seq.prefill_target:
+                seq.num_generated += 1
+                if seq.num_generated == 1:
+                    first.append(seq)
+                if seq.num_generated >= seq.output_tokens:
+                    finished.append(seq)
+        bt = self.pool.block_tokens
+        for seq in batch.decode:
+            seq.num_cached += steps
+            seq.num_generated += steps
+            need = -(-seq.num_cached // bt) - seq.num_blocks
+            if need > 0:  # blocks for steps 2..k of a decode run (step 1's were allocated up front)
+                self.pool.allocate(need)
+                seq.num_blocks += need
+            if seq.num_generated >= seq.output_tokens:
+                finished.append(seq)
+        self.decode_tokens += steps * len(batch.decode)
+        if finished:
+            done = {id(s) for s in finished}
+            for seq in finished:
+                self.pool.release(seq.num_blocks)
+                seq.num_blocks = 0
+            self.running = [s for s in self.running if id(s) not in done]
+        self.batch = None
+        return first, finished, self._start_step(now_s)
+
+    def _start_step(self, now_s: float) -> float | None:
+        batch = schedule_step(self.batching, self.waiting, self.running, self.pool)
+        self.num_preemptions += batch.num_preempted
+        if batch.is_empty:
+            return None
+        self.batch = batch
+        self.step_start_s = now_s
+        if batch.prefill or batch.num_preempted:
+            self.run_steps = 1
+            duration = self.timer.step_s(batch.prefill_tokens, len(batch.prefill), batch.prefill_sq,
+                                         len(batch.decode), batch.decode_ctx_total)
+        else:
+            n = len(batch.decode)
+            to_finish = min(s.output_tokens - s.num_generated for s in batch.decode)
+            safe = 1 + self.pool.block_tokens * (self.pool.num_free // n)
+            self.run_steps = max(1, min(to_finish, safe))
+            duration = decode_run_s(self.timer.decode_line(n), n, batch.decode_ctx_total,
+                                    self.run_steps)
+        self.step_end_s = now_s + duration
+        self.version += 1
+        return self.step_end_s
+
+    def _cut_run(self, now_s: float) -> float | None:
+        """End a decode run at the first step boundary at or after now (a new request is waiting)."""
+        if self.run_steps <= 1:
+            return None
+        batch = self.batch
+        n = len(batch.decode)
+        line = self.timer.decode_line(n)
+        steps = decode_steps_within(line, n, batch.decode_ctx_total, now_s - self.step_start_s,
+                                    self.run_steps)
+        if steps >= self.run_steps:
+            return None
+        self.run_steps = steps
+        self.step_end_s = self.step_start_s + decode_run_s(line, n, batch.decode_ctx_total, steps)
+        self.version += 1
+        return self.step_end_s
+
+    def _account_busy(self, start_s: float, end_s: float) -> None:
+        self.busy_s += end_s - start_s
+        w = self.util_bin_s
+        b = int(start_s // w)
+        while start_s < end_s:
+            edge = min(end_s, (b + 1) * w)
+            self.busy_bins[b] = self.busy_bins.get(b, 0.0) + (edge - start_s)
+            start_s = edge
+            b += 1

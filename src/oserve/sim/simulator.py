@@ -1,0 +1,198 @@
+"""The discrete-event cluster simulator: a trace, a plan, and replicas timed by the cost model.
+
+Events are totally ordered by (time, class, sequence): at equal times, arrivals (in trace order) come
+before step ends (in the order they were scheduled). Each replica has at most one live step-end event; a
+cut decode run re-schedules it and the old one is recognised as stale by the replica's version number.
+Nothing is global: the random generator comes from the config's seed, the step-time caches belong to the
+simulation, so several simulations can run in one process and each is reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from oserve.common.errors import ConfigError
+from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.dispatch_policy import DispatchTable
+from oserve.sim.batching import BatchingConfig
+from oserve.sim.config import SimConfig
+from oserve.sim.kv_blocks import BlockPool
+from oserve.sim.metrics import ReplicaStats, SimResult
+from oserve.sim.replica import ReplicaSim
+from oserve.sim.request import Seq
+from oserve.sim.router import Router
+from oserve.sim.step_timer import CostModelStepTimer, StepTimer
+
+PROGRESS_EVERY = 2000
+
+
+@dataclass(frozen=True)
+class ReplicaSetup:
+    """What the simulator needs of one replica: a label, a step timer and its KV blocks."""
+
+    label: str
+    timer: StepTimer
+    kv_blocks: int
+
+
+def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel) -> list[ReplicaSetup]:
+    """Replica setups timed by the cost model; replicas of one configuration share a timer cache."""
+    timers: dict[ReplicaConfig, CostModelStepTimer] = {}
+    out = []
+    bt = cost_model.params.kv_block_tokens
+    for cfg in configs:
+        if not cost_model.fits(cfg):
+            raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
+        timer = timers.setdefault(cfg, CostModelStepTimer(cost_model, cfg))
+        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt))
+    return out
+
+
+class Simulation:
+    """One run: ``Simulation(...).run(arrival_s, input_tokens, output_tokens, type_id)``."""
+
+    def __init__(self, replicas: list[ReplicaSetup], dispatch: DispatchTable, config: SimConfig,
+                 batching: BatchingConfig, block_tokens: int = 16,
+                 max_context_tokens: int | None = None) -> None:
+        if not replicas:
+            raise ConfigError("a simulation needs at least one replica")
+        if dispatch.num_replicas != len(replicas):
+            raise ConfigError(f"dispatch table has {dispatch.num_replicas} replicas, plan has "
+                              f"{len(replicas)}")
+        self.setups = replicas
+        self.config = config
+        self.max_context_tokens = max_context_tokens
+        rng = np.random.default_rng(config.seed)
+        self.router = Router(dispatch, config.dispatch, rng)
+        self.replicas = [
+            ReplicaSim(i, s.timer, BlockPool(s.kv_blocks, block_tokens),
+                       BatchingConfig(batching.mode, batching.max_num_seqs,
+                                      batching.max_num_batched_tokens,
+                                      int(config.watermark_frac * s.kv_blocks)),
+                       config.util_bin_s)
+            for i, s in enumerate(replicas)]
+
+    def run(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
+            type_id: np.ndarray, progress: bool = False) -> SimResult:
+        wall0 = time.perf_counter()
+        n = len(arrival_s)
+        arrivals = [float(x) for x in arrival_s]
+        ins = [int(x) for x in input_tokens]
+        outs = [int(x) for x in output_tokens]
+        types = [int(x) for x in type_id]
+        first_tok = np.full(n, np.nan)
+        finish = np.full(n, np.nan)
+        where = np.full(n, -1, dtype=np.int64)
+        drop = np.array([""] * n, dtype=object)
+        seqs: list[Seq | None] = [None] * n
+        reps = self.replicas
+        max_kv = [r.pool.num_blocks * r.pool.block_tokens for r in reps]
+        horizon = (arrivals[-1] if n else 0.0) + self.config.drain_s
+        heap: list[tuple[float, int, int, int]] = []
+        counter = 0
+        i = 0
+        in_system = 0
+        area = 0.0
+        last_t = arrivals[0] if n else 0.0
+        num_events = 0
+        bar = _progress_bar(n, progress)
+        while True:
+            next_arrival = arrivals[i] if i < n else math.inf
+            if heap and heap[0][0] < next_arrival:
+                t, _, rid, version = heapq.heappop(heap)
+                if t > horizon:
+                    break
+                rep = reps[rid]
+                if version != rep.version:
+                    continue
+                num_events += 1
+                area += in_system * (t - last_t)
+                last_t = t
+                first, finished, nxt = rep.on_step_end(t)
+                for seq in first:
+                    first_tok[seq.req_id] = t
+                for seq in finished:
+                    finish[seq.req_id] = t
+                in_system -= len(finished)
+                if nxt is not None:
+                    counter += 1
+                    heapq.heappush(heap, (nxt, counter, rid, rep.version))
+                continue
+            if i >= n:
+                break
+            t = next_arrival
+            area += in_system * (t - last_t)
+            last_t = t
+            num_events += 1
+            reason = self._admissible(ins[i], outs[i], max_kv)
+            if reason:
+                drop[i] = reason
+            else:
+                rid = self._route(types[i], ins[i] + outs[i] - 1, max_kv)
+                seq = Seq(i, types[i], ins[i], outs[i])
+                seqs[i] = seq
+                where[i] = rid
+                in_system += 1
+                rep = reps[rid]
+                nxt = rep.on_arrival(seq, t)
+                if nxt is not None:
+                    counter += 1
+                    heapq.heappush(heap, (nxt, counter, rid, rep.version))
+            i += 1
+            if bar is not None and i % PROGRESS_EVERY == 0:
+                bar.update(PROGRESS_EVERY)
+        if bar is not None:
+            bar.update(i % PROGRESS_EVERY)
+            bar.close()
+        end_s = min(last_t, horizon)
+        unfinished = np.isnan(finish) & (drop == "")
+        drop[unfinished] = "unfinished_at_horizon"
+        preemptions = np.array([s.num_preemptions if s is not None else 0 for s in seqs], dtype=np.int64)
+        return SimResult(
+            np.asarray(arrival_s, dtype=np.float64), first_tok, finish,
+            np.asarray(input_tokens, dtype=np.int64), np.asarray(output_tokens, dtype=np.int64),
+            np.asarray(type_id, dtype=np.int64), where, preemptions, drop.astype(str),
+            self._replica_stats(where, end_s, arrivals[0] if n else 0.0), end_s,
+            time.perf_counter() - wall0, num_events, area, self.config.util_bin_s)
+
+    def _admissible(self, prompt: int, output: int, max_kv: list[int]) -> str:
+        if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:
+            return "exceeds_context"
+        if prompt + output - 1 > max(max_kv):
+            return "exceeds_kv_capacity"
+        return ""
+
+    def _route(self, type_id: int, max_tokens: int, max_kv: list[int]) -> int:
+        rid = self.router.route(type_id, [r.num_outstanding for r in self.replicas])
+        if max_tokens > max_kv[rid]:  # the plan's choice cannot hold it: least loaded that can
+            fits = [r for r in range(len(max_kv)) if max_kv[r] >= max_tokens]
+            rid = min(fits, key=lambda r: (self.replicas[r].num_outstanding, r))
+        return rid
+
+    def _replica_stats(self, where: np.ndarray, end_s: float, start_s: float) -> list[ReplicaStats]:
+        span = max(end_s - start_s, 1e-9)
+        w = self.config.util_bin_s
+        num_bins = max(1, int(math.ceil(end_s / w)))
+        out = []
+        for rep, setup in zip(self.replicas, self.setups):
+            bins = tuple(min(1.0, rep.busy_bins.get(b, 0.0) / w) for b in range(num_bins))
+            peak = rep.pool.peak_used / rep.pool.num_blocks if rep.pool.num_blocks else 0.0
+            out.append(ReplicaStats(rep.replica_id, setup.label, rep.busy_s, min(1.0, rep.busy_s / span),
+                                    bins, peak, rep.num_steps, rep.num_events, rep.num_preemptions,
+                                    int((where == rep.replica_id).sum()), rep.prefill_tokens,
+                                    rep.decode_tokens))
+        return out
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="req", desc="simulating", leave=False)

@@ -1,0 +1,149 @@
+"""Engine step times for the simulator: the cost model behind a cache, or a constant for tests.
+
+A cost-model call costs tens of microseconds and a simulation takes millions of steps, so the timer
+memoises. Two facts about ``CostModel.step_time_s`` make that cheap and exact enough:
+
+* it is affine in the decode context ``decode_ctx_total`` for a fixed batch shape (decode attention reads
+  the KV cache, whose size is linear in context; checked to ~1e-5 relative), so each batch shape stores an
+  intercept and a slope from two calls, and a run of decode steps whose context grows by ``batch`` tokens
+  per step has a closed-form total time (``decode_run_s``);
+* it depends on the prefill chunks only through their count, their token total and ``sum c(c+2p)`` (the
+  causal-attention term), so a step with prefill is keyed on those three aggregates, rounded to a
+  geometric grid (about 1% apart), and priced with equal representative chunks that have exactly the
+  rounded aggregates. The result is a pure function of the key: no dependence on call order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.replica_config import ReplicaConfig
+
+GRID_STEPS_PER_OCTAVE = 64
+EXACT_BELOW = 256
+CTX_PROBE_TOKENS = (256, 4096)  # per sequence: where the affine fit in context is taken
+
+
+def quantize(x: float) -> float:
+    """Round a non-negative quantity to a geometric grid (exact below EXACT_BELOW)."""
+    if x < EXACT_BELOW:
+        return float(round(x))
+    e = round(math.log2(x) * GRID_STEPS_PER_OCTAVE)
+    return 2.0 ** (e / GRID_STEPS_PER_OCTAVE)
+
+
+class StepTimer(Protocol):
+    """Times engine steps of one replica."""
+
+    def step_s(self, prefill_tokens: int, num_prefill: int, prefill_sq: float, decode_batch: int,
+               decode_ctx_total: float) -> float:
+        """One step: ``num_prefill`` chunks of ``prefill_tokens`` in all (``prefill_sq`` = sum of
+        c*(c+2p) over chunks of c new tokens after p cached ones) plus ``decode_batch`` decode tokens over
+        ``decode_ctx_total`` cached tokens."""
+        ...
+
+    def decode_line(self, batch: int) -> tuple[float, float]:
+        """(intercept_s, slope_s_per_token) of a decode-only step of ``batch`` sequences vs context."""
+        ...
+
+
+def decode_run_s(line: tuple[float, float], batch: int, ctx_total: float, num_steps: int) -> float:
+    """Total time of ``num_steps`` decode steps starting at ``ctx_total``, context growing by batch."""
+    a, b = line
+    return num_steps * (a + b * ctx_total) + b * batch * num_steps * (num_steps - 1) / 2.0
+
+
+def decode_steps_within(line: tuple[float, float], batch: int, ctx_total: float, elapsed_s: float,
+                        max_steps: int) -> int:
+    """The fewest decode steps whose total time reaches ``elapsed_s`` (at most ``max_steps``)."""
+    a, b = line
+    first = a + b * ctx_total
+    inc = b * batch
+    if elapsed_s <= 0:
+        return 0
+    if inc <= 1e-15:
+        n = math.ceil(elapsed_s / first - 1e-12)
+    else:  # solve n*first + inc*n(n-1)/2 = elapsed for n
+        qa, qb = inc / 2.0, first - inc / 2.0
+        n = math.ceil((-qb + math.sqrt(qb * qb + 4 * qa * elapsed_s)) / (2 * qa) - 1e-9)
+    n = max(1, min(n, max_steps))
+    while n > 1 and decode_run_s(line, batch, ctx_total, n - 1) >= elapsed_s:
+        n -= 1
+    while n < max_steps and decode_run_s(line, batch, ctx_total, n) < elapsed_s:
+        n += 1
+    return n
+
+
+@dataclass
+class CostModelStepTimer:
+    """Step times of one replica configuration from the cost model, memoised (one per simulation)."""
+
+    cost_model: CostModel
+    config: ReplicaConfig
+    _lines: dict = field(default_factory=dict, repr=False)
+    _mixed: dict = field(default_factory=dict, repr=False)
+    misses: int = 0
+
+    def decode_line(self, batch: int) -> tuple[float, float]:
+        line = self._lines.get(batch)
+        if line is None:
+            c1, c2 = (batch * c for c in CTX_PROBE_TOKENS)
+            t1, t2 = self._decode_only(batch, c1), self._decode_only(batch, c2)
+            slope = (t2 - t1) / (c2 - c1)
+            line = (t1 - slope * c1, slope)
+            self._lines[batch] = line
+        return line
+
+    def _decode_only(self, batch: int, ctx: float) -> float:
+        self.misses += 1
+        if self.config.pp > 1:  # pp micro-batches fill the pipeline
+            return self.cost_model.decode_step_s(self.config, batch, ctx)
+        return self.cost_model.step_time_s(self.config, (), batch, ctx)
+
+    def step_s(self, prefill_tokens: int, num_prefill: int, prefill_sq: float, decode_batch: int,
+               decode_ctx_total: float) -> float:
+        if num_prefill == 0:
+            a, b = self.decode_line(decode_batch)
+            return a + b * decode_ctx_total
+        key = (quantize(prefill_tokens), num_prefill, quantize(prefill_sq), decode_batch)
+        line = self._mixed.get(key)
+        if line is None:
+            line = self._mixed_line(*key)
+            self._mixed[key] = line
+        return line[0] + line[1] * decode_ctx_total
+
+    def _mixed_line(self, tokens: float, n: int, sq: float, batch: int) -> tuple[float, float]:
+        # n equal chunks of c new tokens after p cached ones with n*c = tokens and n*c*(c+2p) = sq
+        c = tokens / n
+        p = max(0.0, (sq / n - c * c) / (2 * c))
+        chunks = ((c, p),) * n
+        if batch == 0:
+            self.misses += 1
+            return (self.cost_model.step_time_s(self.config, chunks), 0.0)
+        c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
+        t1 = self.cost_model.step_time_s(self.config, chunks, batch, c1)
+        t2 = self.cost_model.step_time_s(self.config, chunks, batch, c2)
+        self.misses += 2
+        slope = (t2 - t1) / (c2 - c1)
+        return (t1 - slope * c1, slope)
+
+
+@dataclass(frozen=True)
+class ConstantStepTimer:
+    """Every step takes the same time, whatever it holds: the queueing-theory test double."""
+
+    step_time_s: float
+
+    def step_s(self, prefill_tokens: int, num_prefill: int, prefill_sq: float, decode_batch: int,
+               decode_ctx_total: float) -> float:
+        return self.step_time_s
+
+    def decode_line(self, batch: int) -> tuple[float, float]:
+        return (self.step_time_s, 0.0)
+
+
+__all__ = ["ConstantStepTimer", "CostModelStepTimer", "StepTimer", "decode_run_s",
+           "decode_steps_within", "quantize"]
