@@ -116,6 +116,11 @@ class CostModelStepTimer:
         return line[0] + line[1] * decode_ctx_total
 
     def _mixed_line(self, tokens: float, n: int, sq: float, batch: int) -> tuple[float, float]:
+        pp = self.config.pp
+        if pp > 1:  # the step's work split into pp micro-batches that fill the pipeline
+            n_micro = max(1, round(n / pp))
+            tokens, sq, n = tokens / pp, sq / pp * n_micro / max(1.0, n / pp), n_micro
+            batch = math.ceil(batch / pp)
         # n equal chunks of c new tokens after p cached ones with n*c = tokens and n*c*(c+2p) = sq
         c = tokens / n
         p = max(0.0, (sq / n - c * c) / (2 * c))
@@ -127,8 +132,8 @@ class CostModelStepTimer:
         t1 = self.cost_model.step_time_s(self.config, chunks, batch, c1)
         t2 = self.cost_model.step_time_s(self.config, chunks, batch, c2)
         self.misses += 2
-        slope = (t2 - t1) / (c2 - c1)
-        return (t1 - slope * c1, slope)
+        slope = (t2 - t1) / (c2 - c1) / (pp if pp > 1 else 1)  # per token of the whole step's context
+        return (t1 - slope * c1 * (pp if pp > 1 else 1), slope)
 
 
 @dataclass(frozen=True)
