@@ -103,3 +103,14 @@ def test_infeasible_and_unknown_planner_errors():
         make_plan(parse_cluster("1x8xH100"), load_models().get("opt-30b"), _types(), "magic")
     with pytest.raises(ConfigError, match="limited to"):
         make_plan(parse_cluster("8x8xH100"), load_models().get("opt-30b"), _types(), "exhaustive")
+
+
+@pytest.mark.parametrize("model, cluster", [("llama-2-70b", "2x8xH100"), ("opt-30b", "1x8xH100"),
+                                            ("llama-2-13b", "1x4xH100+1x4xA100-80GB")])
+def test_milp_is_exact(model, cluster):
+    from oserve.planner.milp import solve_milp
+
+    problem = PlanningProblem(parse_cluster(cluster), CostModel(load_models().get(model)), _types())
+    exact = solve_milp(problem)
+    assert exact is not None
+    assert problem.scale(exact) == pytest.approx(problem.scale(exhaustive(problem)), rel=1e-6)

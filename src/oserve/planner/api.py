@@ -1,7 +1,8 @@
 """Planning entry point: from cluster, model and request types to a Plan.
 
 Planners: ``oserve`` (LP dispatch + flow-guided deployment search, started from the best homogeneous
-deployment or from a given current deployment), ``homogeneous``, ``default`` and ``exhaustive``.
+deployment or from a given current deployment), ``milp`` (the exact joint optimum by mixed-integer LP),
+``homogeneous``, ``default`` and ``exhaustive``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from oserve.costmodel.catalog import ClusterSpec, ModelSpec
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner import references
+from oserve.planner.milp import solve_milp
 from oserve.planner.placement import pack
 from oserve.planner.plan import Plan
 from oserve.planner.problem import Counts, PlanningProblem
 from oserve.planner.search import SearchParams, flow_guided_search
 from oserve.workload.request_types import TypeStats
 
-PLANNERS = ("oserve", "homogeneous", "default", "exhaustive")
+PLANNERS = ("oserve", "milp", "homogeneous", "default", "exhaustive")
 
 
 def _choose(problem: PlanningProblem, planner: str, initial: Mapping[ReplicaConfig, int] | None,
@@ -33,6 +35,10 @@ def _choose(problem: PlanningProblem, planner: str, initial: Mapping[ReplicaConf
         return references.default(problem)
     if planner == "exhaustive":
         return references.exhaustive(problem)
+    if planner == "milp":
+        exact = solve_milp(problem)
+        return exact if exact is not None else flow_guided_search(
+            problem, references.homogeneous(problem), search)
     if planner == "oserve":
         start = references.homogeneous(problem)
         best = flow_guided_search(problem, start, search)

@@ -1,0 +1,116 @@
+"""Planner benchmark: time and quality of the planners over cluster sizes, models and traces.
+
+Writes bench/results/planner_bench.{csv,md,png}. Quality is the demand scale a plan carries (max uniform
+multiple of the trace's per-type rates); gaps are relative to the best plan found for the same case
+(exhaustive where it runs, otherwise the exact MILP).
+
+    python bench/planner_bench.py [--sizes 8,16,32,64,128,256] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import time
+from pathlib import Path
+
+from oserve.costmodel.catalog import load_models, parse_cluster
+from oserve.planner.api import make_plan
+from oserve.workload import fit_request_types, load_trace
+
+EXHAUSTIVE_MAX_GPUS = 16
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="8,16,32,64,128,256")
+    ap.add_argument("--models", default="llama-2-70b,opt-66b")
+    ap.add_argument("--traces", default="azure-conv,azure-code,azure-mix")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for trace_name in args.traces.split(","):
+        trace = load_trace(trace_name)
+        stats = fit_request_types(trace, 4, 0).stats(trace)
+        for model_name in args.models.split(","):
+            model = load_models().get(model_name)
+            for n in (int(s) for s in args.sizes.split(",")):
+                cluster = parse_cluster(f"{n // 8}x8xH100")
+                planners = ["oserve", "milp", "homogeneous", "default"]
+                if n <= EXHAUSTIVE_MAX_GPUS:
+                    planners.append("exhaustive")
+                results = {}
+                for p in planners:
+                    t0 = time.perf_counter()
+                    plan = make_plan(cluster, model, stats, p)
+                    results[p] = (time.perf_counter() - t0, plan)
+                best = results["exhaustive" if "exhaustive" in results else "milp"][1].demand_scale
+                for p, (secs, plan) in results.items():
+                    rows.append({"trace": trace_name, "model": model_name, "gpus": n, "planner": p,
+                                 "seconds": round(secs, 3), "demand_scale": round(plan.demand_scale, 4),
+                                 "gap_vs_best": round(1 - plan.demand_scale / best, 5),
+                                 "deployment": plan.describe()})
+                    print(rows[-1], flush=True)
+    with open(out / "planner_bench.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _markdown(rows, out / "planner_bench.md")
+    _plot(rows, out / "planner_bench.png")
+
+
+def _markdown(rows, path: Path) -> None:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Measured {stamp} on {platform.node()} ({platform.processor() or platform.machine()}, "
+             f"2 cores), Python {platform.python_version()}.", "",
+             "| trace | model | GPUs | oserve s | oserve gap | milp s | exhaustive s | homogeneous gap "
+             "| default gap | oserve deployment |", "|---|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r["trace"], r["model"], r["gpus"])  # noqa: E731
+    cases = {}
+    for r in rows:
+        cases.setdefault(key(r), {})[r["planner"]] = r
+    for (trace, model, n), c in cases.items():
+        ex = c.get("exhaustive")
+        lines.append(f"| {trace} | {model} | {n} | {c['oserve']['seconds']:.2f} | "
+                     f"{c['oserve']['gap_vs_best']:.2%} | {c['milp']['seconds']:.2f} | "
+                     f"{ex['seconds']:.2f} | " if ex else
+                     f"| {trace} | {model} | {n} | {c['oserve']['seconds']:.2f} | "
+                     f"{c['oserve']['gap_vs_best']:.2%} | {c['milp']['seconds']:.2f} | - | ")
+        lines[-1] += (f"{c['homogeneous']['gap_vs_best']:.2%} | {c['default']['gap_vs_best']:.2%} | "
+                      f"{c['oserve']['deployment']} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for planner, style in (("oserve", "o-"), ("milp", "s--"), ("exhaustive", "^:")):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = {}
+            for r in rows:
+                if r["planner"] == planner and r["model"] == model:
+                    pts.setdefault(r["gpus"], []).append(r)
+            xs = sorted(pts)
+            axes[0].plot(xs, [max(p["seconds"] for p in pts[x]) for x in xs], style,
+                         label=f"{planner} {model}")
+            axes[1].plot(xs, [max(p["gap_vs_best"] for p in pts[x]) * 100 for x in xs], style,
+                         label=f"{planner} {model}")
+    axes[0].set(xscale="log", yscale="log", xlabel="GPUs (H100)", ylabel="planner time, worst trace (s)")
+    axes[1].set(xscale="log", xlabel="GPUs (H100)", ylabel="gap to best plan, worst trace (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
