@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,5 +27,7 @@ def conv_types(conv_trace):
 @pytest.fixture(scope="session")
 def profiles_dir():
     if not SHARED.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the shared data at {SHARED}")
         pytest.skip("../shared/data is not beside this checkout")
     return SHARED / "profiles"
