@@ -23,8 +23,9 @@ class ReplicaSim:
     """A replica's state; ``start``/``on_step_end``/``on_arrival`` return the next step's end time."""
 
     def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
-                 util_bin_s: float = 60.0) -> None:
+                 util_bin_s: float = 60.0, decode_runs: bool = True) -> None:
         self.replica_id = replica_id
+        self.decode_runs = decode_runs  # False: one event per engine step (for equivalence tests)
         self.timer = timer
         self.pool = pool
         self.batching = batching
@@ -102,7 +103,7 @@ class ReplicaSim:
             return None
         self.batch = batch
         self.step_start_s = now_s
-        if batch.prefill or batch.num_preempted:
+        if batch.prefill or batch.num_preempted or not self.decode_runs:
             self.run_steps = 1
             duration = self.timer.step_s(batch.prefill_tokens, len(batch.prefill), batch.prefill_sq,
                                          len(batch.decode), batch.decode_ctx_total)

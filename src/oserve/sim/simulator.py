@@ -59,7 +59,7 @@ class Simulation:
 
     def __init__(self, replicas: list[ReplicaSetup], dispatch: DispatchTable, config: SimConfig,
                  batching: BatchingConfig, block_tokens: int = 16,
-                 max_context_tokens: int | None = None) -> None:
+                 max_context_tokens: int | None = None, decode_runs: bool = True) -> None:
         if not replicas:
             raise ConfigError("a simulation needs at least one replica")
         if dispatch.num_replicas != len(replicas):
@@ -75,7 +75,7 @@ class Simulation:
                        BatchingConfig(batching.mode, batching.max_num_seqs,
                                       batching.max_num_batched_tokens,
                                       int(config.watermark_frac * s.kv_blocks)),
-                       config.util_bin_s)
+                       config.util_bin_s, decode_runs)
             for i, s in enumerate(replicas)]
 
     def run(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
