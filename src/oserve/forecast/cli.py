@@ -1,0 +1,212 @@
+"""``oserve forecast``: backtest per-type rate forecasters (eval), train and save the LSTM (train), and
+write a SYNTHETIC diurnal trace (synth)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from oserve.common.errors import ConfigError
+from oserve.forecast.backtest import BacktestResult, backtest, split_index
+from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
+from oserve.forecast.series import parse_duration_s, rate_series
+from oserve.forecast.synthetic import DiurnalSpec, synthetic_diurnal_trace
+from oserve.workload import Trace, fit_request_types, load_trace
+
+MODELS = ("last", "moving-avg", "ewma", "seasonal-naive", "lstm")
+SYNTHETIC_PREFIX = "synthetic-diurnal"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("forecast", help="forecast per-type arrival rates: eval, train, synth")
+    fsub = p.add_subparsers(dest="forecast_command", required=True, metavar="ACTION")
+    ev = fsub.add_parser("eval", help="backtest forecasters on a held-out tail of a trace")
+    _common(ev)
+    ev.add_argument("--models", default=",".join(MODELS),
+                    help=f"comma-separated subset of {', '.join(MODELS)} (lstm needs torch)")
+    ev.add_argument("--lstm", default=None, metavar="FILE", help="use this trained LSTM instead of "
+                    "training one on the training head")
+    ev.add_argument("--season", default=None, help="season of the seasonal-naive model (e.g. 6h)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--out", default=None, metavar="DIR", help="write results, config and a plot here")
+    ev.set_defaults(func=run_eval)
+    tr = fsub.add_parser("train", help="train the per-type LSTM on a trace's head and save it")
+    _common(tr)
+    tr.add_argument("--out", required=True, metavar="FILE", help="where to save the model (.pt)")
+    tr.add_argument("--epochs", type=int, default=300)
+    tr.add_argument("--lookback", type=int, default=12, help="windows of history the LSTM reads")
+    tr.set_defaults(func=run_train)
+    sy = fsub.add_parser("synth", help="write a SYNTHETIC multi-hour diurnal trace (CSV)")
+    sy.add_argument("--hours", type=float, default=6.0)
+    sy.add_argument("--period", default="6h", help="length of one synthetic day")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--out", required=True, metavar="FILE")
+    sy.set_defaults(func=run_synth)
+
+
+def _common(p) -> None:
+    p.add_argument("--trace", default="azure-conv", help="trace file, a built-in name, or "
+                   f"{SYNTHETIC_PREFIX}[:HOURS] (generated, SYNTHETIC)")
+    p.add_argument("--window", default="10s", help="forecast window (e.g. 10s, 1m)")
+    p.add_argument("--types", type=int, default=4, help="number of request types")
+    p.add_argument("--train-frac", type=float, default=0.7, help="head of the series used to fit")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def load_any_trace(spec: str, seed: int = 0) -> Trace:
+    """A trace file or built-in, or ``synthetic-diurnal[:HOURS]`` (one synthetic day = 6 h)."""
+    if spec.startswith(SYNTHETIC_PREFIX):
+        hours = float(spec.split(":", 1)[1]) if ":" in spec else 12.0
+        return synthetic_diurnal_trace(DiurnalSpec(duration_s=hours * 3600.0), seed)
+    return load_trace(spec)
+
+
+def _series(args):
+    trace = load_any_trace(args.trace, args.seed)
+    window_s = parse_duration_s(args.window)
+    num_windows = int(trace.arrival_s[-1] // window_s)
+    split = split_index(num_windows, args.train_frac)
+    # Request types are fitted on the training head only, so nothing of the tail leaks into the model.
+    types = fit_request_types(trace.window(0.0, split * window_s), args.types, args.seed)
+    return trace, types, rate_series(trace, types, window_s)
+
+
+def _forecasters(args, window_s: float) -> list:
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        raise ConfigError(f"unknown forecast models {unknown}; choose from {', '.join(MODELS)}")
+    out = []
+    for name in names:
+        if name == "last":
+            out.append(LastValue())
+        elif name == "moving-avg":
+            out.append(MovingAverage())
+        elif name == "ewma":
+            out.append(EWMA())
+        elif name == "seasonal-naive":
+            if args.season:
+                out.append(SeasonalNaive(max(1, round(parse_duration_s(args.season) / window_s))))
+        elif name == "lstm":
+            out.append(_lstm(args))
+    return [f for f in out if f is not None]
+
+
+def _lstm(args):
+    if importlib.util.find_spec("torch") is None:
+        if args.lstm:
+            raise ConfigError("--lstm needs PyTorch: pip install -e '.[forecast]'")
+        return None  # reported as skipped
+    from oserve.forecast.lstm import LSTMForecaster, LSTMParams
+
+    if args.lstm:
+        model, _meta = LSTMForecaster.load(args.lstm)
+        return _Pretrained(model)
+    return LSTMForecaster(LSTMParams(seed=args.seed))
+
+
+class _Pretrained:
+    """A loaded model: fit() keeps it as trained."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.name = "lstm(loaded)"
+
+    def fit(self, train_rps):
+        return self
+
+    def predict(self, history_rps):
+        return self.model.predict(history_rps)
+
+    def predict_batch(self, rates_rps, origins):
+        return self.model.predict_batch(rates_rps, origins)
+
+
+def run_eval(args) -> int:
+    trace, _types, series = _series(args)
+    forecasters = _forecasters(args, series.window_s)
+    if not forecasters:
+        raise ConfigError("no forecaster to evaluate (lstm needs torch; seasonal-naive needs --season)")
+    result = backtest(series, forecasters, args.train_frac)
+    skipped = [m for m in args.models.split(",") if m.strip() == "lstm"] if not any(
+        s.name.startswith("lstm") for s in result.scores) else []
+    doc = result.to_dict()
+    doc.update(trace=trace.name, synthetic=bool(trace.meta.get("synthetic")), skipped=skipped,
+               seed=args.seed, train_frac=args.train_frac)
+    if args.out:
+        _write_outputs(Path(args.out), doc, result, series, args)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render(result, trace.name, skipped))
+    return 0
+
+
+def render(result: BacktestResult, trace_name: str, skipped: list[str]) -> str:
+    lines = [f"Forecast backtest on {trace_name}: window {result.window_s:g} s, "
+             f"{result.num_train_windows} windows to fit, {result.num_test_windows} held out",
+             "RRMSE (RMSE / mean rate) of one-window-ahead forecasts on the held-out tail:", ""]
+    head = f"  {'model':<16}" + "".join(f"{n.split('(')[0]:>8}" for n in result.type_names)
+    lines.append(head + f"{'all':>8}{'mean':>8}{'ms/pred':>9}")
+    rates = "".join(f"{r:8.2f}" for r in result.mean_rate_rps)
+    lines.append(f"  {'(mean req/s)':<16}{rates}{sum(result.mean_rate_rps):8.2f}")
+    floor = "".join(f"{f:8.3f}" for f in result.poisson_floor)
+    lines.append(f"  {'(Poisson floor)':<16}{floor}")
+    for s in result.scores:
+        row = "".join(f"{x:8.3f}" for x in s.rrmse_per_type)
+        lines.append(f"  {s.name:<16}{row}{s.rrmse_total:8.3f}{s.rrmse_mean:8.3f}"
+                     f"{s.seconds_per_prediction * 1e3:9.3f}")
+    if skipped:
+        lines.append("\n  lstm skipped: PyTorch is not installed (pip install -e '.[forecast]')")
+    return "\n".join(lines)
+
+
+def _write_outputs(out: Path, doc: dict, result: BacktestResult, series, args) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    (out / "forecast_eval.json").write_text(json.dumps(
+        {**doc, "config": config, "git_revision": git_revision()}, indent=2))
+    from oserve.forecast.plots import plot_backtest
+
+    plot_backtest(out / "forecast_eval.png", result, series)
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_train(args) -> int:
+    from oserve.forecast.lstm import LSTMForecaster, LSTMParams
+
+    trace, types, series = _series(args)
+    split = split_index(series.num_windows, args.train_frac)
+    t0 = time.perf_counter()
+    model = LSTMForecaster(LSTMParams(lookback=args.lookback, epochs=args.epochs, seed=args.seed))
+    model = model.fit(series.rates_rps[:split])
+    meta = {"trace": trace.name, "window_s": series.window_s, "types": list(series.type_names),
+            "train_windows": split, "seed": args.seed, "synthetic": bool(trace.meta.get("synthetic"))}
+    model.save(args.out, meta)
+    print(f"trained {len(series.type_names)} per-type LSTMs on {split} windows of {trace.name} "
+          f"({series.window_s:g} s) in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def run_synth(args) -> int:
+    spec = DiurnalSpec(duration_s=args.hours * 3600.0, period_s=parse_duration_s(args.period))
+    trace = synthetic_diurnal_trace(spec, args.seed)
+    out = Path(args.out)
+    rows = np.column_stack([trace.arrival_s, trace.input_tokens, trace.output_tokens])
+    np.savetxt(out, rows, fmt=["%.6f", "%d", "%d"], delimiter=",",
+               header="arrival_s,input_tokens,output_tokens", comments="")
+    print(f"wrote SYNTHETIC trace {trace.name}: {len(trace)} requests over {args.hours:g} h -> {out}")
+    return 0
