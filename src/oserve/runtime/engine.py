@@ -1,0 +1,97 @@
+"""The engine interface: one model replica that generates text, plus the plain types it exchanges.
+
+Every engine (embedded llama.cpp, vLLM process, remote OpenAI endpoint, Ray actor, fake) implements the
+same small protocol, so the router and the controller never know which one they drive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+CHARS_PER_TOKEN_ESTIMATE = 4  # used to size prompts when an engine has no tokenizer
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What an engine is asked to do: either a chat (``messages``) or a raw ``prompt``."""
+
+    request_id: str
+    max_tokens: int
+    prompt: str | None = None
+    messages: tuple[dict, ...] | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    prompt_tokens: int = 0  # as counted by the gateway; engines may report their own count
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+    def text(self) -> str:
+        """The prompt as plain text (chat messages joined), for token estimates and fake engines."""
+        if self.messages is None:
+            return self.prompt or ""
+        return "\n".join(f"{m.get('role', '')}: {m.get('content') or ''}" for m in self.messages)
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """A piece of generated text. The last chunk of a generation carries ``finish_reason``."""
+
+    text: str
+    num_tokens: int = 1
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None  # set by engines that count the prompt themselves
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """An engine's current load: requests running and waiting inside it."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+
+    @property
+    def num_inflight(self) -> int:
+        return self.num_running + self.num_waiting
+
+
+@dataclass
+class EngineInfo:
+    """Static facts about an engine that the gateway reports and checks against."""
+
+    name: str
+    context_tokens: int = 4096
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One replica. ``generate`` yields chunks; it raises ``EngineDeadError`` if the engine died."""
+
+    info: EngineInfo
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> bool: ...
+
+    def load(self) -> EngineLoad: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count of a text when no tokenizer is at hand: about 4 characters per token (English)."""
+    return max(1, (len(text) + CHARS_PER_TOKEN_ESTIMATE - 1) // CHARS_PER_TOKEN_ESTIMATE)
+
+
+__all__ = ["CHARS_PER_TOKEN_ESTIMATE", "Engine", "EngineInfo", "EngineLoad", "GenerationRequest",
+           "TokenChunk", "estimate_tokens"]

@@ -1,0 +1,101 @@
+"""A fake engine for tests and load experiments: no model, timed by a simple cost.
+
+Serving a request takes ``prefill_s_per_token * prompt_tokens`` before the first token and
+``decode_s_per_token`` per further token; at most ``max_num_seqs`` requests run at once, the rest wait.
+With both times zero it answers at once, which isolates the gateway's own overhead. ``kill()`` makes it
+behave like a crashed replica: running and new generations raise ``EngineDeadError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from oserve.runtime.clock import Clock, WallClock
+from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
+from oserve.runtime.errors import EngineDeadError
+
+
+@dataclass(frozen=True)
+class FakeCost:
+    """Service time of the fake engine."""
+
+    prefill_s_per_token: float = 0.0
+    decode_s_per_token: float = 0.0
+    startup_s: float = 0.0
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        return self.prefill_s_per_token * prompt_tokens
+
+
+class FakeEngine:
+    """An engine that emits ``max_tokens`` tokens of the word ``token_text`` at the cost's pace."""
+
+    def __init__(self, name: str = "fake", cost: FakeCost = FakeCost(), max_num_seqs: int = 256,
+                 context_tokens: int = 4096, clock: Clock | None = None,
+                 token_text: str = " ok") -> None:
+        self.info = EngineInfo(name=name, context_tokens=context_tokens, extra={"kind": "fake"})
+        self.cost = cost
+        self.clock = clock or WallClock()
+        self.token_text = token_text
+        self.max_num_seqs = max_num_seqs
+        self.is_started = False
+        self.is_dead = False
+        self.num_served = 0
+        self._num_running = 0
+        self._num_waiting = 0
+        self._slots = asyncio.Semaphore(max_num_seqs)
+
+    async def start(self) -> None:
+        if self.cost.startup_s:
+            await self.clock.sleep(self.cost.startup_s)
+        self.is_started = True
+
+    async def stop(self) -> None:
+        self.is_started = False
+
+    async def health(self) -> bool:
+        return self.is_started and not self.is_dead
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(self._num_running, self._num_waiting)
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    def kill(self) -> None:
+        """Simulate a crash: every running and later generation fails with ``EngineDeadError``."""
+        self.is_dead = True
+
+    def _check_alive(self) -> None:
+        if self.is_dead or not self.is_started:
+            raise EngineDeadError(f"engine '{self.info.name}' is dead")
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
+        self._check_alive()
+        prompt_tokens = request.prompt_tokens or self.count_tokens(request.text())
+        self._num_waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._num_waiting -= 1
+        self._num_running += 1
+        try:
+            if self.cost.prefill_s_per_token:
+                await self.clock.sleep(self.cost.prefill_s(prompt_tokens))
+            num_tokens = max(1, request.max_tokens)
+            for i in range(num_tokens):
+                if i and self.cost.decode_s_per_token:
+                    await self.clock.sleep(self.cost.decode_s_per_token)
+                self._check_alive()
+                last = i == num_tokens - 1
+                yield TokenChunk(self.token_text, 1, "length" if last else None,
+                                 prompt_tokens if i == 0 else None)
+            self.num_served += 1
+        finally:
+            self._num_running -= 1
+            self._slots.release()
+
+
+__all__ = ["FakeCost", "FakeEngine"]

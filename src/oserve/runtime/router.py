@@ -1,0 +1,217 @@
+"""The router: types each request on arrival, picks a replica by the plan, retries before the first token.
+
+Every request the router accepts ends in exactly one of: completed, failed with an explicit error. A
+replica that dies before a request's first token is marked dead and the request is tried on another
+replica (up to ``max_attempts``); after the first token a generation cannot move, so it fails with
+``EngineDeadError`` and the gateway reports it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from oserve.planner.plan import Plan
+from oserve.runtime.clock import Clock, WallClock
+from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose_replica
+from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
+from oserve.runtime.errors import EngineDeadError, NoReplicaError, OverloadedError
+from oserve.runtime.metrics import Metrics
+from oserve.runtime.replica import ReplicaHandle, ReplicaState
+
+Classifier = Callable[[int], int]
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """A plan and the replica handles serving it, aligned with ``plan.replicas``."""
+
+    version: int
+    plan: Plan
+    handles: tuple[ReplicaHandle, ...]
+
+    def fractions(self, type_index: int) -> tuple[float, ...]:
+        if 0 <= type_index < len(self.plan.dispatch):
+            return self.plan.dispatch[type_index]
+        return ()
+
+    def type_name(self, type_index: int) -> str:
+        names = self.plan.type_names
+        return names[type_index] if 0 <= type_index < len(names) else f"T{type_index}"
+
+
+class Router:
+    def __init__(self, table: RoutingTable, metrics: Metrics, classifier: Classifier | None = None,
+                 clock: Clock | None = None, rng: random.Random | None = None,
+                 max_attempts: int = 3) -> None:
+        self.table = table
+        self.metrics = metrics
+        self.classifier = classifier
+        self.clock = clock or WallClock()
+        self.rng = rng or random.Random(0)
+        self.max_attempts = max_attempts
+        self.arrival_listeners: list[Callable[[int, float], None]] = []
+        self.num_inflight = 0
+
+    def set_table(self, table: RoutingTable) -> None:
+        self.table = table
+
+    def count_tokens(self, text: str) -> int:
+        for handle in self.table.handles:
+            if handle.state is ReplicaState.ACTIVE:
+                return handle.engine.count_tokens(text)
+        return estimate_tokens(text)
+
+    def context_tokens(self) -> int:
+        active = [h.engine.info.context_tokens for h in self.table.handles]
+        return min(active) if active else 4096
+
+    def classify(self, prompt_tokens: int) -> int:
+        if self.classifier is None:
+            return 0
+        return min(int(self.classifier(prompt_tokens)), max(0, len(self.table.plan.type_names) - 1))
+
+    async def open(self, request: GenerationRequest, type_index: int) -> RoutedStream:
+        """Dispatch a typed request; returns once its first chunk is out (or raises a runtime error)."""
+        now_s = self.clock.now_s()
+        for listener in self.arrival_listeners:
+            listener(type_index, now_s)
+        tried: set[int] = set()
+        died: list[str] = []
+        for _ in range(self.max_attempts):
+            table = self.table
+            views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
+                                 h.max_inflight) for i, h in enumerate(table.handles)]
+            decision = choose_replica(table.fractions(type_index), views, self.rng)
+            type_name = table.type_name(type_index)
+            if decision.outcome is not Outcome.CHOSEN:
+                self._reject(type_name, decision.outcome.value)
+                if decision.outcome is Outcome.OVERLOADED:
+                    raise OverloadedError("all replicas able to serve this request have full queues; "
+                                          "retry later")
+                raise NoReplicaError("no live replica can serve this request"
+                                     + (f" (replicas {died} died)" if died else ""))
+            handle = table.handles[decision.index]
+            stream = RoutedStream(self, handle, type_name, request, now_s)
+            try:
+                await stream.start()
+                return stream
+            except EngineDeadError:
+                tried.add(id(handle))
+                died.append(handle.name)
+                self.metrics.inc("oserve_retries_total", (("replica", handle.name),))
+        self._reject(self.table.type_name(type_index), "retries_exhausted")
+        raise NoReplicaError(f"replicas {died} died before answering; gave up after "
+                             f"{self.max_attempts} attempts")
+
+    def _reject(self, type_name: str, reason: str) -> None:
+        self.metrics.inc("oserve_rejected_total", (("type", type_name), ("reason", reason)))
+
+    def mark_dead(self, handle: ReplicaHandle) -> None:
+        if handle.state is not ReplicaState.DEAD:
+            handle.state = ReplicaState.DEAD
+            self.metrics.inc("oserve_replica_deaths_total", (("replica", handle.name),))
+
+
+class RoutedStream:
+    """One dispatched generation. Iterate it for chunks; it settles the request's accounting once."""
+
+    def __init__(self, router: Router, handle: ReplicaHandle, type_name: str,
+                 request: GenerationRequest, arrival_s: float) -> None:
+        self.router = router
+        self.handle = handle
+        self.type_name = type_name
+        self.request = request
+        self.arrival_s = arrival_s
+        self.first: TokenChunk | None = None
+        self.num_tokens = 0
+        self.prompt_tokens = request.prompt_tokens
+        self.finish_reason: str | None = None
+        self._gen: AsyncIterator[TokenChunk] | None = None
+        self._settled = False
+
+    @property
+    def labels(self) -> tuple[tuple[str, str], ...]:
+        return (("type", self.type_name), ("replica", self.handle.name))
+
+    async def start(self) -> None:
+        self.handle.num_inflight += 1
+        self.router.num_inflight += 1
+        self._gen = self.handle.engine.generate(self.request)
+        try:
+            self.first = await self._gen.__anext__()
+        except StopAsyncIteration:
+            self.first = None
+        except EngineDeadError:
+            self.router.mark_dead(self.handle)
+            await self._release()
+            raise
+        except BaseException:
+            self._settle("error")
+            await self._release()
+            raise
+        ttft_s = self.router.clock.now_s() - self.arrival_s
+        self.router.metrics.observe("oserve_ttft_seconds", self.labels, ttft_s)
+
+    def _note(self, chunk: TokenChunk) -> None:
+        self.num_tokens += chunk.num_tokens
+        if chunk.prompt_tokens is not None:
+            self.prompt_tokens = chunk.prompt_tokens
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+
+    async def __aiter__(self) -> AsyncIterator[TokenChunk]:
+        try:
+            if self.first is not None:
+                self._note(self.first)
+                yield self.first
+                async for chunk in self._gen:
+                    self._note(chunk)
+                    yield chunk
+            self._settle("ok")
+        except EngineDeadError as exc:
+            self.router.mark_dead(self.handle)
+            self._settle("engine_dead")
+            raise EngineDeadError(f"replica {self.handle.name} died after {self.num_tokens} tokens of "
+                                  f"this request; it cannot be resumed ({exc})") from exc
+        except BaseException:
+            self._settle("error")
+            raise
+        finally:
+            await self._release()
+
+    def _settle(self, status: str) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        metrics = self.router.metrics
+        metrics.inc("oserve_requests_total", self.labels + (("status", status),))
+        if status == "ok":
+            self.handle.num_served += 1
+            metrics.inc("oserve_generated_tokens_total", self.labels, self.num_tokens)
+            metrics.observe("oserve_request_latency_seconds", self.labels,
+                            self.router.clock.now_s() - self.arrival_s)
+        else:
+            self.handle.num_failed += 1
+
+    async def _release(self) -> None:
+        if self._gen is None:
+            return
+        gen, self._gen = self._gen, None
+        self.handle.num_inflight -= 1
+        self.router.num_inflight -= 1
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:  # noqa: BLE001 - closing a dead engine's stream must not mask the result
+                pass
+
+    async def aclose(self) -> None:
+        """Settle and release a stream the caller abandons (client went away)."""
+        self._settle("cancelled")
+        await self._release()
+
+
+__all__ = ["RoutedStream", "Router", "RoutingTable"]

@@ -1,0 +1,107 @@
+"""A serving runtime: router + controller + metrics for one model, with an explicit lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from oserve.planner.plan import Plan
+from oserve.runtime.clock import Clock, WallClock
+from oserve.runtime.controller import Controller, EngineFactory, Planner
+from oserve.runtime.metrics import Metrics
+from oserve.runtime.replan_policy import ReplanConfig
+from oserve.runtime.replica import ReplicaHandle, ReplicaState
+from oserve.runtime.router import Classifier, Router, RoutingTable
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Limits and timings of the serving runtime."""
+
+    max_inflight_per_replica: int = 64
+    max_body_bytes: int = 1_000_000
+    default_max_tokens: int = 256
+    max_attempts: int = 3
+    window_s: float = 60.0
+    check_interval_s: float = 10.0
+    drain_timeout_s: float = 300.0
+    replan: ReplanConfig = field(default_factory=ReplanConfig)
+    seed: int = 0
+
+
+class ServingRuntime:
+    """Everything behind the gateway. ``async with runtime:`` starts the engines and the controller."""
+
+    def __init__(self, model_name: str, plan: Plan, engine_factory: EngineFactory,
+                 classifier: Classifier | None = None, planner: Planner | None = None,
+                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None) -> None:
+        self.model_name = model_name
+        self.config = config
+        self.clock = clock or WallClock()
+        self.metrics = Metrics()
+        handles = tuple(ReplicaHandle(r, engine_factory(r), config.max_inflight_per_replica)
+                        for r in plan.replicas)
+        self.router = Router(RoutingTable(1, plan, handles), self.metrics, classifier, self.clock,
+                             random.Random(config.seed), config.max_attempts)
+        self.controller = Controller(self.router, engine_factory, planner, self.clock, config.replan,
+                                     config.window_s, config.check_interval_s, config.drain_timeout_s,
+                                     config.max_inflight_per_replica)
+        self._control_task: asyncio.Task | None = None
+        self._register_gauges()
+
+    def _register_gauges(self) -> None:
+        gauges = self.metrics.gauges
+        gauges["oserve_plan_version"] = lambda: {(): float(self.router.table.version)}
+        gauges["oserve_queue_depth"] = lambda: {
+            (("replica", h.name),): float(h.num_inflight) for h in self.router.table.handles}
+        gauges["oserve_replica_up"] = lambda: {
+            (("replica", h.name), ("state", h.state.value)): 1.0 for h in self.router.table.handles}
+        gauges["oserve_inflight_requests"] = lambda: {(): float(self.router.num_inflight)}
+        gauges["oserve_measured_rate_rps"] = self._rate_gauge
+
+    def _rate_gauge(self) -> dict:
+        rates = self.controller.meter.rates_rps(self.clock.now_s())
+        return {(("type", self.router.table.type_name(t)),): r for t, r in enumerate(rates)}
+
+    async def start(self) -> None:
+        await self.controller.start()
+        if self.controller.planner is not None:
+            self._control_task = asyncio.create_task(self.controller.run())
+
+    async def stop(self) -> None:
+        if self._control_task is not None:
+            self._control_task.cancel()
+            await asyncio.gather(self._control_task, return_exceptions=True)
+        await self.controller.stop()
+
+    async def __aenter__(self) -> ServingRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def admin_state(self) -> dict:
+        table = self.router.table
+        decision = self.controller.last_decision
+        return {
+            "model": self.model_name,
+            "plan_version": table.version,
+            "plan": table.plan.to_dict(),
+            "replicas": [{"name": h.name, "state": h.state.value, "inflight": h.num_inflight,
+                          "served": h.num_served, "failed": h.num_failed,
+                          "engine": h.engine.info.name} for h in table.handles],
+            "measured_rates_rps": list(self.controller.meter.rates_rps(self.clock.now_s())),
+            "last_decision": None if decision is None else {
+                "replan": decision.should_replan, "reason": decision.reason,
+                "mix_distance": decision.mix_distance, "volume_ratio": decision.volume_ratio},
+            "history": [{"version": r.version, "applied_at_s": r.applied_at_s, "reason": r.reason,
+                         "deployment": r.plan["deployment"]} for r in self.controller.history],
+        }
+
+    def is_healthy(self) -> bool:
+        return any(h.state is ReplicaState.ACTIVE for h in self.router.table.handles)
+
+
+__all__ = ["RuntimeConfig", "ServingRuntime"]
