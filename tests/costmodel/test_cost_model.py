@@ -80,13 +80,23 @@ def test_capacity_formula_matches_definition(cm70):
 
 def test_tpot_slo_caps_batch():
     m = load_models().get("llama-2-70b")
-    free = CostModel(m)
-    tight = CostModel(m, tpot_slo_s=0.03)
+    free = CostModel(m, tpot_slo_s=None)
+    tight = CostModel(m, tpot_slo_s=0.05)
     cfg = ReplicaConfig(H100, 4)
     load = TypeLoad(2000, 300)
-    assert tight.max_batch(cfg, load) < free.max_batch(cfg, load)
     b = tight.max_batch(cfg, load)
-    assert tight.decode_step_s(cfg, b, b * 2150) <= 0.03
+    assert 0 < b < free.max_batch(cfg, load)
+    assert tight.effective_tpot_s(cfg, load, b) <= 0.05 < tight.effective_tpot_s(cfg, load, b + 1)
+    assert tight.decode_step_s(cfg, b, b * 2150) <= 0.05
+    assert tight.type_capacity_rps(cfg, load) < free.type_capacity_rps(cfg, load)
+
+
+def test_config_that_cannot_meet_the_tpot_bound_has_no_capacity():
+    m = load_models().get("llama-2-70b")
+    cfg = ReplicaConfig(H100, 1, 4)  # one GPU's bandwidth per token: slow tokens
+    strict = CostModel(m, tpot_slo_s=0.02)
+    assert strict.max_batch(cfg, TypeLoad(500, 100)) == 0
+    assert strict.type_capacity_rps(cfg, TypeLoad(500, 100)) == 0.0
 
 
 def test_shipped_calibration_meets_targets_on_held_out_models(profiles_dir):

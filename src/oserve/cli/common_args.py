@@ -6,7 +6,7 @@ import argparse
 
 from oserve.costmodel.calibration import load_calibration
 from oserve.costmodel.catalog import ClusterSpec, ModelSpec, load_gpus, load_models, parse_cluster
-from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.cost_model import DEFAULT_TPOT_SLO_S, CostModel
 
 
 def add_cluster_model_args(p: argparse.ArgumentParser) -> None:
@@ -19,6 +19,9 @@ def add_cluster_model_args(p: argparse.ArgumentParser) -> None:
                    help="extra GPU catalog YAML (repeatable)")
     p.add_argument("--calibration", default=None, metavar="FILE",
                    help="cost-model calibration YAML (default: the shipped H100 fit)")
+    p.add_argument("--plan-tpot", type=float, default=DEFAULT_TPOT_SLO_S, metavar="S",
+                   help="time-per-output-token bound the planner's capacities respect "
+                        f"(default {DEFAULT_TPOT_SLO_S}; 0 plans for raw throughput)")
 
 
 def add_trace_args(p: argparse.ArgumentParser) -> None:
@@ -33,5 +36,6 @@ def resolve(args) -> tuple[ClusterSpec, ModelSpec, CostModel]:
     cluster = parse_cluster(args.cluster, gpus)
     model = load_models(args.models).get(args.model)
     cost = CostModel(model, load_calibration(args.calibration),
-                     gpus={g.name: g for g in (gpus.get(n) for n in gpus.names())})
+                     gpus={g.name: g for g in (gpus.get(n) for n in gpus.names())},
+                     tpot_slo_s=args.plan_tpot if args.plan_tpot > 0 else None)
     return cluster, model, cost

@@ -29,6 +29,7 @@ from oserve.costmodel.operators import (
 from oserve.costmodel.replica_config import ReplicaConfig
 
 ACTIVATION_BYTES = 2.0
+DEFAULT_TPOT_SLO_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class CostModel:
     calibration: Calibration = field(default_factory=load_calibration)
     params: EngineParams = field(default_factory=EngineParams)
     gpus: dict[str, GpuSpec] = field(default_factory=dict)
-    tpot_slo_s: float | None = None
+    # Planning latency bound: capacities count only batches whose effective time per output token
+    # (decode step plus interleaved prefill) stays under it. None plans for raw throughput.
+    tpot_slo_s: float | None = DEFAULT_TPOT_SLO_S
 
     def __post_init__(self) -> None:
         if not self.gpus:
@@ -188,15 +191,39 @@ class CostModel:
         n = max(1, budget // s)
         return (self.stage_time_s(cfg, ((s, 0),) * n) + self.params.step_overhead_s) / n
 
+    def effective_tpot_s(self, cfg: ReplicaConfig, load: TypeLoad, batch: int) -> float:
+        """Mean time between a sequence's tokens when the replica runs ``batch`` sequences of this type
+        at its capacity: the decode step plus the prefill work interleaved with it.
+
+        At capacity the prefill of newly admitted requests takes ``X * t_p`` of the replica's time, which
+        stretches every decode step by ``1 / (1 - X t_p)``; with ``X`` from :meth:`type_capacity_rps` this is
+        ``t_d(B) + B * t_p / O``.
+        """
+        o = max(load.mean_output_tokens, 1.0)
+        per_seq = load.mean_input_tokens + o / 2
+        t_d = self.decode_step_s(cfg, batch, batch * per_seq)
+        return t_d + batch * self._prefill_cost_per_request_s(cfg, load.mean_input_tokens) / o
+
     def max_batch(self, cfg: ReplicaConfig, load: TypeLoad) -> int:
-        """Most sequences of this type that run together: KV-cache, max_num_seqs and TPOT bounds."""
+        """Most sequences of this type that run together: KV-cache, max_num_seqs and TPOT bounds.
+
+        0 when even one sequence misses the TPOT bound.
+        """
         per_seq = load.mean_input_tokens + load.mean_output_tokens / 2
         by_kv = int(0.9 * self.kv_capacity_tokens(cfg) / max(per_seq, 1.0))
         batch = max(0, min(self.params.max_num_seqs, by_kv))
-        if self.tpot_slo_s is not None:
-            while batch > 1 and self.decode_step_s(cfg, batch, batch * per_seq) > self.tpot_slo_s:
-                batch = int(batch * 0.8)
-        return batch
+        if self.tpot_slo_s is None or batch == 0:
+            return batch
+        if self.effective_tpot_s(cfg, load, batch) <= self.tpot_slo_s:
+            return batch
+        lo, hi = 0, batch  # effective TPOT grows with the batch: bisect for the largest that meets it
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.effective_tpot_s(cfg, load, mid) <= self.tpot_slo_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def type_capacity_rps(self, cfg: ReplicaConfig, load: TypeLoad) -> float:
         """Requests/s of one type that the replica sustains alone at its best batch size.
@@ -209,8 +236,8 @@ class CostModel:
         if key in self._capacity_cache:
             return self._capacity_cache[key]
         result = 0.0
-        if self.fits(cfg):
-            b_max = self.max_batch(cfg, load)
+        b_max = self.max_batch(cfg, load) if self.fits(cfg) else 0
+        if b_max > 0:
             t_p = self._prefill_cost_per_request_s(cfg, load.mean_input_tokens)
             o = max(load.mean_output_tokens, 1.0)
             per_seq = load.mean_input_tokens + o / 2
