@@ -6,8 +6,8 @@ neighbour idles, so the default policy is *weighted least outstanding*: among th
 for the request's type, pick the one with the fewest outstanding requests relative to its planned share,
 ``argmin_r (outstanding_r + 1) / weight_r``. Under sustained load outstanding counts settle in proportion
 to the weights, so the plan's split is kept; under bursts the less loaded replica absorbs the excess. Ties
-are broken by a per-type smooth weighted round-robin credit, so an idle fleet still spreads requests by
-the plan's fractions instead of always picking the first replica.
+(an idle fleet of equally weighted replicas) are broken by a per-type smooth weighted round-robin credit
+rather than by replica index, so idle replicas take turns.
 
 Everything here is pure: the caller owns the state (``DispatchState``) and passes it in and gets the new
 state back, and the random generator, when a policy needs one, is injected.

@@ -1,0 +1,95 @@
+"""Speed of the simulator itself: the full 1-hour Azure conv trace on 32 H100s, and how cost scales.
+
+Writes bench/results/sim_speed.json and sim_speed.png. Target: the full trace (19,366 requests) on
+32 GPUs in under 30 s of wall time on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from oserve.costmodel.catalog import load_models, parse_cluster
+from oserve.costmodel.cost_model import CostModel
+from oserve.sim.cli import git_revision
+from oserve.sim.config import SimConfig
+from oserve.sim.experiment import plan_for, prepare_trace, simulate_at
+
+
+def _timed(plan, prepared, cost, config, scale=1.0) -> dict:
+    t0 = time.perf_counter()
+    res = simulate_at(plan, prepared, cost, config, scale)
+    wall = time.perf_counter() - t0
+    return {"requests": len(res.arrival_s), "replicas": len(plan.replicas), "gpus": plan.num_gpus,
+            "rate_scale": scale, "wall_s": wall, "events": res.num_events,
+            "engine_steps": sum(r.num_steps for r in res.replicas),
+            "completed": int(res.completed.sum()), "p99_e2e_s": res.summary()["p99_e2e_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="llama-2-70b")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--quick", action="store_true", help="only the headline run")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cost = CostModel(load_models().get(args.model))
+    config = SimConfig()
+    prepared = prepare_trace("azure-conv", cost)
+    report = {"model": args.model, "machine": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(), "git_revision": git_revision()}
+    headline = {}
+    for planner in ("default", "oserve"):
+        plan = plan_for(parse_cluster("4x8xH100-80GB"), cost, prepared, planner)
+        headline[planner] = {"deployment": plan.describe(), **_timed(plan, prepared, cost, config)}
+        print(f"full trace, 32 GPUs, {planner} ({plan.describe()}): "
+              f"{headline[planner]['wall_s']:.1f} s", file=sys.stderr)
+    report["headline"] = headline
+    if not args.quick:
+        plan32 = plan_for(parse_cluster("4x8xH100-80GB"), cost, prepared, "default")
+        report["by_requests"] = []
+        for n in (2500, 5000, 10000, len(prepared.trace)):
+            sub = prepare_trace(prepared.trace.head(n), cost)
+            report["by_requests"].append(_timed(plan32, sub, cost, config))
+        report["by_replicas"] = []  # rate scaled with the cluster: same load per replica
+        for nodes in (1, 2, 4, 8):
+            plan = plan_for(parse_cluster(f"{nodes}x8xH100-80GB"), cost, prepared, "default")
+            report["by_replicas"].append(_timed(plan, prepared, cost, config, nodes / 4 * 4.0))
+        report["by_rate"] = [_timed(plan32, prepared, cost, config, s) for s in (1.0, 4.0, 8.0, 12.0)]
+    report["load_avg_after"] = os.getloadavg()
+    (out / "sim_speed.json").write_text(json.dumps(report, indent=1))
+    if not args.quick:
+        _plot(report, out / "sim_speed.png")
+    print(json.dumps(report["headline"], indent=1))
+    return 0
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, x, label in ((axes[0], "by_requests", "requests", "requests (1x rate, 32 GPUs)"),
+                              (axes[1], "by_replicas", "replicas", "replicas (rate scaled with GPUs)"),
+                              (axes[2], "by_rate", "rate_scale", "rate scale (32 GPUs)")):
+        rows = report[key]
+        ax.plot([r[x] for r in rows], [r["wall_s"] for r in rows], marker="o", label="wall s")
+        ax.set_xlabel(label)
+        ax.set_ylabel("simulator wall time (s)")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("oserve simulator speed (Azure conv, Llama-2-70B)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

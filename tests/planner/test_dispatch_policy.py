@@ -1,0 +1,75 @@
+"""The router's pure dispatch policy (shared by the simulator and the runtime)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from oserve.common.errors import ConfigError
+from oserve.planner.dispatch_policy import DispatchState, DispatchTable, choose_replica
+
+TABLE = DispatchTable(((0.5, 0.25, 0.25), (0.0, 0.0, 1.0)))
+
+
+def _route(policy, types, outstanding=(0, 0, 0), rng=None):
+    state, picks = DispatchState.initial(TABLE), []
+    for t in types:
+        r, state = choose_replica(TABLE, state, t, list(outstanding), policy, rng)
+        picks.append(r)
+    return picks
+
+
+def test_round_robin_keeps_the_plan_fractions_exactly():
+    picks = Counter(_route("round-robin", [0] * 400))
+    assert picks == {0: 200, 1: 100, 2: 100}
+
+
+def test_least_outstanding_fills_replicas_in_proportion_to_weight():
+    state, outstanding = DispatchState.initial(TABLE), [0, 0, 0]
+    for _ in range(400):  # requests that stay: outstanding counts grow with what was sent
+        r, state = choose_replica(TABLE, state, 0, outstanding, "least-outstanding")
+        outstanding[r] += 1
+    assert outstanding == [200, 100, 100]
+
+
+def test_ties_are_broken_by_round_robin_not_by_index():
+    table = DispatchTable(((0.5, 0.5),))
+    state, picks = DispatchState.initial(table), []
+    for _ in range(4):
+        r, state = choose_replica(table, state, 0, [0, 0], "least-outstanding")
+        picks.append(r)
+    assert picks == [0, 1, 0, 1]
+
+
+def test_least_outstanding_avoids_a_loaded_replica():
+    state = DispatchState.initial(TABLE)
+    r, _ = choose_replica(TABLE, state, 0, [10, 0, 3], "least-outstanding")
+    assert r == 1
+
+
+def test_disallowed_replicas_are_never_chosen():
+    assert set(_route("least-outstanding", [1] * 50, (0, 0, 9))) == {2}
+    assert set(_route("weighted-random", [1] * 50, rng=np.random.default_rng(0))) == {2}
+
+
+def test_weighted_random_is_reproducible_and_needs_a_generator():
+    a = _route("weighted-random", [0] * 100, rng=np.random.default_rng(3))
+    b = _route("weighted-random", [0] * 100, rng=np.random.default_rng(3))
+    assert a == b
+    with pytest.raises(ConfigError):
+        _route("weighted-random", [0])
+
+
+def test_state_is_not_mutated():
+    state = DispatchState.initial(TABLE)
+    choose_replica(TABLE, state, 0, [0, 0, 0])
+    assert state == DispatchState.initial(TABLE)
+
+
+def test_unknown_type_or_policy_is_a_config_error():
+    with pytest.raises(ConfigError):
+        choose_replica(TABLE, DispatchState.initial(TABLE), 5, [0, 0, 0])
+    with pytest.raises(ConfigError):
+        choose_replica(TABLE, DispatchState.initial(TABLE), 0, [0, 0, 0], "nope")
