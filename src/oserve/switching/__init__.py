@@ -1,0 +1,44 @@
+"""Switching deployments: cost-aware switch policy, replica transitions, weight transfer plans with an
+LP lower bound, and KV-cache migration of requests in flight."""
+
+from oserve.switching.io_profile import IoProfile
+from oserve.switching.kv_migration import (
+    Destination,
+    InflightRequest,
+    KvMigrationParams,
+    KvMigrationPlan,
+    plan_kv_migration,
+)
+from oserve.switching.links import STORAGE, LinkModel
+from oserve.switching.policy import SwitchContext, SwitchDecision, SwitchParams, decide, deficit_rps
+from oserve.switching.shards import WeightLayout, layout_for
+from oserve.switching.transfer import TransferPlan, TransferProblem, plan_greedy, transfer_problem
+from oserve.switching.transfer_bound import TransferBound, transfer_lower_bound
+from oserve.switching.transition import Transition, counts_of, plan_transition
+
+__all__ = [
+    "STORAGE",
+    "Destination",
+    "InflightRequest",
+    "IoProfile",
+    "KvMigrationParams",
+    "KvMigrationPlan",
+    "LinkModel",
+    "SwitchContext",
+    "SwitchDecision",
+    "SwitchParams",
+    "Transition",
+    "TransferBound",
+    "TransferPlan",
+    "TransferProblem",
+    "WeightLayout",
+    "counts_of",
+    "decide",
+    "deficit_rps",
+    "layout_for",
+    "plan_greedy",
+    "plan_kv_migration",
+    "plan_transition",
+    "transfer_lower_bound",
+    "transfer_problem",
+]

@@ -1,0 +1,97 @@
+"""From the current replicas to a target deployment: which replicas stay where they are, which stop and
+which start on which GPUs.
+
+As many current replicas as the target keeps of each configuration stay on their GPUs untouched; the
+target's other replicas are packed into the remaining GPUs, largest first, each into the node with the
+least free room that holds it. When the kept replicas fragment the nodes so that the rest cannot be packed, the
+whole target is packed afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from oserve.common.errors import InfeasiblePlanError
+from oserve.costmodel.catalog import ClusterSpec
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.placement import pack
+from oserve.planner.plan import Replica
+
+
+@dataclass(frozen=True)
+class Transition:
+    current: tuple[Replica, ...]
+    target: tuple[Replica, ...]  # replica ids 0..n-1 of the new deployment
+    kept: tuple[tuple[int, int], ...]  # (current replica id, target replica id), same GPUs and config
+
+    @property
+    def stopped(self) -> tuple[Replica, ...]:
+        kept_old = {a for a, _ in self.kept}
+        return tuple(r for r in self.current if r.replica_id not in kept_old)
+
+    @property
+    def started(self) -> tuple[Replica, ...]:
+        kept_new = {b for _, b in self.kept}
+        return tuple(r for r in self.target if r.replica_id not in kept_new)
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.stopped and not self.started
+
+    @property
+    def moved_gpus(self) -> int:
+        return sum(r.config.num_gpus for r in self.started)
+
+
+def counts_of(replicas) -> dict[ReplicaConfig, int]:
+    out: dict[ReplicaConfig, int] = {}
+    for r in replicas:
+        out[r.config] = out.get(r.config, 0) + 1
+    return out
+
+
+def plan_transition(current: tuple[Replica, ...] | list[Replica], target_counts: Mapping[ReplicaConfig, int],
+                    cluster: ClusterSpec) -> Transition:
+    current = tuple(current)
+    remaining = {c: n for c, n in target_counts.items() if n > 0}
+    kept_old: list[Replica] = []
+    for r in sorted(current, key=lambda r: r.replica_id):
+        if remaining.get(r.config, 0) > 0:
+            remaining[r.config] -= 1
+            kept_old.append(r)
+    placed = _pack_around(kept_old, remaining, cluster)
+    if placed is None:  # fragmentation: start afresh
+        fresh = pack(target_counts, cluster)
+        if fresh is None:
+            raise InfeasiblePlanError("the target deployment does not fit the cluster")
+        kept = tuple((o.replica_id, n.replica_id) for o, n in _same_place(current, fresh))
+        return Transition(current, tuple(fresh), kept)
+    target = [Replica(i, r.gpus, r.config) for i, r in enumerate(kept_old)]
+    target += [Replica(len(kept_old) + i, gpus, cfg) for i, (gpus, cfg) in enumerate(placed)]
+    return Transition(current, tuple(target), tuple((r.replica_id, i) for i, r in enumerate(kept_old)))
+
+
+def _same_place(current, fresh):
+    by_place = {(r.gpus, r.config): r for r in current}
+    return [(by_place[(n.gpus, n.config)], n) for n in fresh if (n.gpus, n.config) in by_place]
+
+
+def _pack_around(kept: list[Replica], remaining: Mapping[ReplicaConfig, int],
+                 cluster: ClusterSpec) -> list[tuple[tuple[int, ...], ReplicaConfig]] | None:
+    used = {g for r in kept for g in r.gpus}
+    free = {node: [g for g in ids if g not in used] for node, ids in cluster.nodes.items()}
+    node_type = {node: cluster.gpus[ids[0]].gpu_type for node, ids in cluster.nodes.items()}
+    wanted = sorted(((c, n) for c, n in remaining.items() if n > 0),
+                    key=lambda item: (-item[0].num_gpus, item[0]))
+    out = []
+    for cfg, n in wanted:
+        for _ in range(n):
+            fitting = [nd for nd, ids in free.items()
+                       if node_type[nd] == cfg.gpu_type and len(ids) >= cfg.num_gpus]
+            if not fitting:
+                return None
+            node = min(fitting, key=lambda nd: (len(free[nd]), nd))
+            taken, free[node] = tuple(free[node][:cfg.num_gpus]), free[node][cfg.num_gpus:]
+            out.append((taken, cfg))
+    return out

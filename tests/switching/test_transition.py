@@ -1,0 +1,32 @@
+from oserve.switching import counts_of, plan_transition
+from tests.switching.factories import cfg, placed
+
+
+def test_unchanged_counts_are_a_noop(cluster2):
+    current = placed({cfg(4): 2, cfg(2): 4}, cluster2)
+    t = plan_transition(current, {cfg(4): 2, cfg(2): 4}, cluster2)
+    assert t.is_noop and t.moved_gpus == 0
+
+
+def test_kept_replicas_stay_on_their_gpus_and_targets_do_not_overlap(cluster2):
+    current = placed({cfg(4): 4}, cluster2)
+    t = plan_transition(current, {cfg(4): 2, cfg(2): 4}, cluster2)
+    assert len(t.kept) == 2
+    old = {r.replica_id: r for r in current}
+    new = {r.replica_id: r for r in t.target}
+    for a, b in t.kept:
+        assert old[a].gpus == new[b].gpus and old[a].config == new[b].config
+    gpus = [g for r in t.target for g in r.gpus]
+    assert len(gpus) == len(set(gpus))
+    assert counts_of(t.target) == {cfg(4): 2, cfg(2): 4}
+    assert t.moved_gpus == 8 and len(t.stopped) == 2
+
+
+def test_fragmented_kept_replicas_fall_back_to_a_fresh_packing(cluster2):
+    # two TP4 replicas on different nodes leave 4+4 free GPUs: a TP8 must repack
+    current = placed({cfg(4): 4}, cluster2)
+    current = tuple(r for r in current if r.replica_id in (0, 2))
+    t = plan_transition(current, {cfg(8): 1, cfg(4): 2}, cluster2)
+    assert counts_of(t.target) == {cfg(8): 1, cfg(4): 2}
+    gpus = [g for r in t.target for g in r.gpus]
+    assert len(gpus) == len(set(gpus)) == 16
