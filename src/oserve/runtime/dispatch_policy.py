@@ -1,18 +1,20 @@
-"""The dispatch policy: which replica serves a request of a given type. Pure: views in, decision out.
+"""The runtime's dispatch decision: the planner's shared policy, restricted to replicas that can take work.
 
-The plan says what fraction of each type goes to each replica. The policy samples two candidates by
-those fractions and takes the one with fewer requests in flight (power of two choices), so that it
-follows the plan on average and steers around a replica that has fallen behind. A type the plan gives no
-fraction to any open replica (a replica died, or the type had no traffic when planned) spills to the
-least-loaded open replica. A replica whose queue is full is never chosen.
+The per-request choice itself is ``oserve.planner.dispatch_policy.choose_replica`` (weighted least
+outstanding with smooth round-robin ties), the same code the simulator calls. The runtime adds what only
+a live fleet has: replicas that are starting, draining or dead take nothing, a replica whose queue is
+full is skipped, and a type whose planned replicas are all unavailable spills to the open ones. Pure:
+views and state in, decision and state out.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from oserve.planner.dispatch_policy import MIN_WEIGHT, DispatchState, DispatchTable
+from oserve.planner.dispatch_policy import choose_replica as planner_choose
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class ReplicaView:
 
 class Outcome(Enum):
     CHOSEN = "chosen"
-    OVERLOADED = "overloaded"  # replicas exist but every queue is full
-    NO_REPLICA = "no_replica"  # no replica accepts requests
+    OVERLOADED = "overloaded"  # replicas accept work but every queue is full
+    NO_REPLICA = "no_replica"  # no replica accepts work
 
 
 @dataclass(frozen=True)
@@ -41,22 +43,24 @@ class Decision:
     index: int = -1
 
 
-def choose_replica(fractions: Sequence[float], views: Sequence[ReplicaView], rng: random.Random,
-                   excluded: frozenset[int] = frozenset()) -> Decision:
-    """Pick a replica index for a request whose type has the given per-replica fractions."""
-    accepting = [v for v in views if v.is_accepting and v.index not in excluded]
-    if not accepting:
-        return Decision(Outcome.NO_REPLICA)
-    open_views = [v for v in accepting if v.is_open]
-    if not open_views:
-        return Decision(Outcome.OVERLOADED)
-    weights = [fractions[v.index] if v.index < len(fractions) else 0.0 for v in open_views]
-    if sum(weights) <= 0.0:
-        best = min(open_views, key=lambda v: (v.num_inflight / v.max_inflight, v.index))
-        return Decision(Outcome.CHOSEN, best.index)
-    first, second = rng.choices(open_views, weights=weights, k=2)
-    best = first if first.num_inflight <= second.num_inflight else second
-    return Decision(Outcome.CHOSEN, best.index)
+def choose(table: DispatchTable, state: DispatchState, type_index: int,
+           views: Sequence[ReplicaView]) -> tuple[Decision, DispatchState]:
+    """The replica for one request of ``type_index`` among ``views`` (aligned with the table)."""
+    if not any(v.is_accepting for v in views):
+        return Decision(Outcome.NO_REPLICA), state
+    is_open = [v.is_open for v in views]
+    if not any(is_open):
+        return Decision(Outcome.OVERLOADED), state
+    row = table.weights[type_index] if 0 <= type_index < table.num_types else ()
+    masked = [row[i] if i < len(row) and is_open[i] else 0.0 for i in range(len(views))]
+    if sum(masked) <= MIN_WEIGHT:  # the planned replicas are unavailable: spill to any open one
+        masked = [1.0 if o else 0.0 for o in is_open]
+    rows = list(table.weights) or [()]
+    type_index = min(max(type_index, 0), len(rows) - 1)
+    rows[type_index] = tuple(masked)
+    outstanding = [v.num_inflight for v in views]
+    index, state = planner_choose(DispatchTable(tuple(rows)), state, type_index, outstanding)
+    return Decision(Outcome.CHOSEN, index), state
 
 
-__all__ = ["Decision", "Outcome", "ReplicaView", "choose_replica"]
+__all__ = ["Decision", "Outcome", "ReplicaView", "choose"]

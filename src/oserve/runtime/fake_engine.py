@@ -98,4 +98,14 @@ class FakeEngine:
             self._slots.release()
 
 
-__all__ = ["FakeCost", "FakeEngine"]
+
+def fake_cost_from_model(cost_model, config, typical_prompt_tokens: int = 1024,
+                         typical_batch: int = 16) -> FakeCost:
+    """A fake engine's timing from the planner's cost model (``oserve.costmodel.cost_model.CostModel``):
+    prefill time per prompt token of a typical prompt, and one decode step of a typical batch."""
+    prefill_s = cost_model.prefill_time_s(config, [typical_prompt_tokens]) / typical_prompt_tokens
+    decode_s = cost_model.decode_step_s(config, typical_batch, typical_batch * typical_prompt_tokens)
+    return FakeCost(prefill_s_per_token=float(prefill_s), decode_s_per_token=float(decode_s))
+
+
+__all__ = ["FakeCost", "FakeEngine", "fake_cost_from_model"]

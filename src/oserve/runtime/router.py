@@ -8,13 +8,13 @@ replica (up to ``max_attempts``); after the first token a generation cannot move
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
-from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose_replica
+from oserve.planner.dispatch_policy import DispatchState, DispatchTable
+from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
 from oserve.runtime.errors import EngineDeadError, NoReplicaError, OverloadedError
 from oserve.runtime.metrics import Metrics
@@ -31,10 +31,8 @@ class RoutingTable:
     plan: Plan
     handles: tuple[ReplicaHandle, ...]
 
-    def fractions(self, type_index: int) -> tuple[float, ...]:
-        if 0 <= type_index < len(self.plan.dispatch):
-            return self.plan.dispatch[type_index]
-        return ()
+    def dispatch_table(self) -> DispatchTable:
+        return DispatchTable.from_fractions(self.plan.dispatch)
 
     def type_name(self, type_index: int) -> str:
         names = self.plan.type_names
@@ -43,19 +41,21 @@ class RoutingTable:
 
 class Router:
     def __init__(self, table: RoutingTable, metrics: Metrics, classifier: Classifier | None = None,
-                 clock: Clock | None = None, rng: random.Random | None = None,
+                 clock: Clock | None = None,
                  max_attempts: int = 3) -> None:
         self.table = table
+        self._dispatch = (table.dispatch_table(), DispatchState.initial(table.dispatch_table()))
         self.metrics = metrics
         self.classifier = classifier
         self.clock = clock or WallClock()
-        self.rng = rng or random.Random(0)
         self.max_attempts = max_attempts
         self.arrival_listeners: list[Callable[[int, float], None]] = []
         self.num_inflight = 0
 
     def set_table(self, table: RoutingTable) -> None:
+        dispatch = table.dispatch_table()
         self.table = table
+        self._dispatch = (dispatch, DispatchState.initial(dispatch))
 
     def count_tokens(self, text: str) -> int:
         for handle in self.table.handles:
@@ -80,10 +80,12 @@ class Router:
         tried: set[int] = set()
         died: list[str] = []
         for _ in range(self.max_attempts):
-            table = self.table
+            table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
                                  h.max_inflight) for i, h in enumerate(table.handles)]
-            decision = choose_replica(table.fractions(type_index), views, self.rng)
+            decision, state = choose(dispatch, state, type_index, views)
+            if table is self.table:
+                self._dispatch = (dispatch, state)
             type_name = table.type_name(type_index)
             if decision.outcome is not Outcome.CHOSEN:
                 self._reject(type_name, decision.outcome.value)

@@ -81,9 +81,10 @@ class ServerThread:
         self.sock.close()
 
 
-def serve_forever(app: Any, host: str, port: int, log_level: str = "info") -> None:
-    """Run the gateway in the foreground until interrupted (used by ``oserve serve``)."""
-    uvicorn.Server(_config(app, host, port, log_level)).run()
+def serve_sockets(app: Any, sock: socket.socket, log_level: str = "info") -> None:
+    """Run the gateway on a bound socket in the foreground until interrupted (``oserve serve``)."""
+    host, port = sock.getsockname()[:2]
+    uvicorn.Server(_config(app, host, port, log_level)).run(sockets=[sock])
 
 
-__all__ = ["LOOPBACK", "ServerThread", "serve_forever"]
+__all__ = ["LOOPBACK", "ServerThread", "bind_socket", "serve_sockets"]

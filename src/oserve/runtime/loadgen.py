@@ -1,0 +1,210 @@
+"""Replay a trace against any OpenAI-compatible server and measure TTFT, TPOT, end-to-end latency.
+
+Each trace request becomes a streamed completion whose prompt has about the trace's input length (a
+synthetic text of ~4 characters per token) and whose ``max_tokens`` is the trace's output length, sent
+at the trace's arrival time divided by ``rate_scale``. The run is bounded by a request count and a time
+limit, and by default only targets loopback addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+from oserve.runtime.engine import CHARS_PER_TOKEN_ESTIMATE
+from oserve.runtime.errors import ClientRequestError
+from oserve.workload.trace import Trace
+
+WORDS = ("the", "and", "for", "you", "are", "was", "not", "but", "can", "all", "one", "has")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    url: str
+    model: str | None = None
+    rate_scale: float = 1.0
+    max_requests: int = 200
+    max_duration_s: float = 120.0
+    max_input_tokens: int = 1024
+    max_output_tokens: int = 256
+    endpoint: str = "completions"  # or "chat"
+    allow_remote: bool = False
+    request_timeout_s: float = 300.0
+
+
+@dataclass
+class RequestRecord:
+    status: str  # "ok", "http_<code>", "error"
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    output_tokens: int = 0
+    message: str = ""
+
+
+@dataclass
+class BenchReport:
+    url: str
+    model: str
+    num_sent: int
+    num_ok: int
+    num_failed: int
+    failures: dict[str, int]
+    duration_s: float
+    throughput_rps: float
+    output_tokens_per_s: float
+    ttft_s: dict[str, float] = field(default_factory=dict)
+    tpot_s: dict[str, float] = field(default_factory=dict)
+    e2e_s: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def to_text(self) -> str:
+        def row(name: str, p: dict[str, float]) -> str:
+            if not p:
+                return f"{name:6s} -"
+            return f"{name:6s} " + "  ".join(f"{k}={v * 1e3:9.1f} ms" for k, v in p.items())
+
+        return "\n".join([
+            f"{self.url}  model={self.model}",
+            f"sent {self.num_sent}, ok {self.num_ok}, failed {self.num_failed} {self.failures or ''}",
+            f"duration {self.duration_s:.1f} s, {self.throughput_rps:.2f} req/s, "
+            f"{self.output_tokens_per_s:.1f} output tok/s",
+            row("TTFT", self.ttft_s), row("TPOT", self.tpot_s), row("E2E", self.e2e_s)])
+
+
+def check_target(url: str, allow_remote: bool) -> None:
+    host = urlparse(url).hostname
+    if not host:
+        raise ClientRequestError(f"not a URL: {url!r}")
+    if allow_remote:
+        return
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        raise ClientRequestError(f"cannot resolve {host!r}") from None
+    if not address.is_loopback:
+        raise ClientRequestError(f"{host} ({address}) is not a loopback address; the load generator "
+                                 "targets this machine only unless --allow-remote is given")
+
+
+def synthetic_prompt(num_tokens: int) -> str:
+    words, length, i = [], 0, 0
+    while length < num_tokens * CHARS_PER_TOKEN_ESTIMATE:
+        word = WORDS[i % len(WORDS)]
+        words.append(word)
+        length += len(word) + 1
+        i += 1
+    return " ".join(words)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 99)} | {"mean": float(arr.mean())}
+
+
+def summarize(config: BenchConfig, model: str, records: list[RequestRecord],
+              duration_s: float) -> BenchReport:
+    ok = [r for r in records if r.status == "ok"]
+    failures: dict[str, int] = {}
+    for r in records:
+        if r.status != "ok":
+            failures[r.status] = failures.get(r.status, 0) + 1
+    tpots = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in ok
+             if r.output_tokens > 1 and r.ttft_s is not None]
+    duration_s = max(duration_s, 1e-9)
+    return BenchReport(
+        url=config.url, model=model, num_sent=len(records), num_ok=len(ok),
+        num_failed=len(records) - len(ok), failures=failures, duration_s=duration_s,
+        throughput_rps=len(ok) / duration_s,
+        output_tokens_per_s=sum(r.output_tokens for r in ok) / duration_s,
+        ttft_s=percentiles([r.ttft_s for r in ok if r.ttft_s is not None]), tpot_s=percentiles(tpots),
+        e2e_s=percentiles([r.e2e_s for r in ok if r.e2e_s is not None]))
+
+
+async def _one(client: httpx.AsyncClient, config: BenchConfig, model: str, input_tokens: int,
+               output_tokens: int) -> RequestRecord:
+    prompt = synthetic_prompt(min(input_tokens, config.max_input_tokens))
+    body: dict = {"model": model, "max_tokens": min(output_tokens, config.max_output_tokens),
+                  "stream": True, "stream_options": {"include_usage": True}}
+    if config.endpoint == "chat":
+        path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
+    else:
+        path, body["prompt"] = "/v1/completions", prompt
+    start = time.perf_counter()
+    record = RequestRecord("error")
+    try:
+        async with client.stream("POST", path, json=body) as response:
+            if response.status_code != 200:
+                text = (await response.aread()).decode("utf-8", "replace")
+                return RequestRecord(f"http_{response.status_code}", message=text[:200])
+            chunks, usage_tokens = 0, None
+            async for line in response.aiter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                event = json.loads(line[5:])
+                if "error" in event:
+                    return RequestRecord("stream_error", message=str(event["error"])[:200])
+                if event.get("usage"):
+                    usage_tokens = event["usage"].get("completion_tokens")
+                for choice in event.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content") or choice.get("text")
+                    if text:
+                        if record.ttft_s is None:
+                            record.ttft_s = time.perf_counter() - start
+                        chunks += 1
+            record.e2e_s = time.perf_counter() - start
+            record.output_tokens = usage_tokens if usage_tokens is not None else chunks
+            record.status = "ok"
+    except httpx.HTTPError as exc:
+        record.message = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+async def _resolve_model(client: httpx.AsyncClient, model: str | None) -> str:
+    if model:
+        return model
+    response = await client.get("/v1/models")
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
+async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
+    """Replay ``trace`` (at most ``max_requests`` of it, for at most ``max_duration_s``)."""
+    check_target(config.url, config.allow_remote)
+    trace = trace.scaled(config.rate_scale).head(config.max_requests)
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+    base = config.url.rstrip("/").removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=base, limits=limits,
+                                 timeout=httpx.Timeout(config.request_timeout_s, connect=10.0)) as client:
+        model = await _resolve_model(client, config.model)
+        start = time.perf_counter()
+        tasks = []
+        for arrival_s, n_in, n_out in zip(trace.arrival_s, trace.input_tokens, trace.output_tokens):
+            if arrival_s > config.max_duration_s:
+                break
+            delay_s = arrival_s - (time.perf_counter() - start)
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            tasks.append(asyncio.create_task(_one(client, config, model, int(n_in), int(n_out))))
+        remaining_s = max(1.0, config.max_duration_s - (time.perf_counter() - start))
+        done, pending = await asyncio.wait(tasks, timeout=remaining_s) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        records = [t.result() for t in tasks if t in done]
+        records += [RequestRecord("timeout") for _ in pending]
+        return summarize(config, model, records, time.perf_counter() - start)
+
+
+__all__ = ["BenchConfig", "BenchReport", "RequestRecord", "check_target", "run_bench", "summarize",
+           "synthetic_prompt"]

@@ -1,0 +1,170 @@
+"""Replicas as Ray actors, each in its own placement group, so one gateway drives replicas on many hosts.
+
+A replica with TP x PP GPUs gets a placement group of TP x PP bundles of one GPU each (packed on one node
+when it fits: ``PACK``); on CPU-only clusters the bundles are CPU bundles. The actor builds the real
+engine from an ``EngineSpec`` inside its own process and streams chunks back with Ray's streaming
+generators. An actor that dies (node lost, process killed) surfaces as ``EngineDeadError``, which lets the
+router retry a request that has no token yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from oserve.planner.plan import Replica
+from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
+from oserve.runtime.engine_spec import EngineSpec
+from oserve.runtime.errors import EngineDeadError, EngineStartError
+
+
+@dataclass(frozen=True)
+class RayPlacement:
+    """How replicas are placed: GPU bundles (one per GPU of a replica) or CPU bundles."""
+
+    use_gpus: bool = True
+    cpus_per_bundle: float = 1.0
+    strategy: str = "PACK"
+    ready_timeout_s: float = 600.0
+
+    def bundles(self, replica: Replica) -> list[dict[str, float]]:
+        n = max(1, replica.config.num_gpus)
+        if self.use_gpus:
+            return [{"GPU": 1.0, "CPU": self.cpus_per_bundle} for _ in range(n)]
+        return [{"CPU": self.cpus_per_bundle} for _ in range(n)]
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join a Ray cluster (``address``) or start a local one; a no-op if Ray is already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, include_dashboard=False, logging_level="warning")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+
+
+class _EngineActor:
+    """Runs inside the Ray actor: the real engine and a per-request chunk stream."""
+
+    def __init__(self, spec: EngineSpec, replica: Replica) -> None:
+        self.engine = spec.build(replica)
+
+    async def start(self) -> dict:
+        await self.engine.start()
+        return {"name": self.engine.info.name, "context_tokens": self.engine.info.context_tokens}
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    async def health(self) -> bool:
+        return await self.engine.health()
+
+    async def load(self) -> tuple[int, int]:
+        load = self.engine.load()
+        return load.num_running, load.num_waiting
+
+    async def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    async def generate(self, request: GenerationRequest):
+        async for chunk in self.engine.generate(request):
+            yield chunk
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RayActorEngine:
+    """Engine proxy on the gateway side of a replica that lives in a Ray actor."""
+
+    def __init__(self, spec: EngineSpec, replica: Replica, placement: RayPlacement = RayPlacement()) -> None:
+        self.spec = spec
+        self.replica = replica
+        self.placement = placement
+        self.info = EngineInfo(name=f"ray:{spec.kind}-r{replica.replica_id}",
+                               extra={"kind": "ray", "inner": spec.kind})
+        self.actor = None
+        self._pg = None
+        self._num_inflight = 0
+
+    async def start(self) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if not ray.is_initialized():
+            raise EngineStartError("Ray is not initialised: call oserve.runtime.ray_engine.connect()")
+        self._pg = placement_group(self.placement.bundles(self.replica), strategy=self.placement.strategy)
+        try:
+            await _with_timeout(self._pg.ready(), self.placement.ready_timeout_s)
+        except Exception as exc:
+            raise EngineStartError(f"placement group for replica {self.replica.replica_id} "
+                                   f"({self.placement.bundles(self.replica)}) not ready: {exc}") from exc
+        resources = self.placement.bundles(self.replica)[0]
+        actor_cls = ray.remote(_EngineActor)
+        self.actor = actor_cls.options(
+            num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, 0),
+        ).remote(self.spec, self.replica)
+        facts = await self.actor.start.remote()
+        self.info.context_tokens = facts["context_tokens"]
+
+    async def stop(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        actor, self.actor = self.actor, None
+        if actor is not None:
+            try:
+                await actor.stop.remote()
+            except ray.exceptions.RayError:
+                pass
+            ray.kill(actor)
+        if self._pg is not None:
+            remove_placement_group(self._pg)
+            self._pg = None
+
+    async def health(self) -> bool:
+        import ray
+
+        if self.actor is None:
+            return False
+        try:
+            return bool(await self.actor.health.remote())
+        except ray.exceptions.RayError:
+            return False
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(self._num_inflight, 0)
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
+        import ray
+
+        if self.actor is None:
+            raise EngineDeadError(f"{self.info.name} is not running")
+        self._num_inflight += 1
+        try:
+            stream = self.actor.generate.options(num_returns="streaming").remote(request)
+            async for ref in stream:
+                yield await ref
+        except ray.exceptions.RayActorError as exc:
+            raise EngineDeadError(f"{self.info.name} actor died: {type(exc).__name__}") from exc
+        finally:
+            self._num_inflight -= 1
+
+
+async def _with_timeout(ref, timeout_s: float):
+    import asyncio
+
+    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
+
+
+__all__ = ["RayActorEngine", "RayPlacement", "connect"]

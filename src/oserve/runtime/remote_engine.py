@@ -1,0 +1,124 @@
+"""An engine that is someone else's OpenAI-compatible server (vLLM, SGLang, llama.cpp server, ...).
+
+oserve fronts it like any replica: requests are streamed to it (``stream: true``) and its SSE chunks are
+passed on. A connection failure or a 5xx answer means the replica is down (``EngineDeadError``: the router
+retries elsewhere if no token was sent yet); a 4xx answer is the client's fault and is passed on as a
+``ClientRequestError``. Prompt tokens are estimated at ~4 characters per token unless the server reports
+usage, which vLLM does when asked with ``stream_options.include_usage``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
+from oserve.runtime.errors import ClientRequestError, EngineDeadError
+
+
+class RemoteOpenAIEngine:
+    def __init__(self, base_url: str, model: str, name: str | None = None, api_key: str | None = None,
+                 context_tokens: int = 4096, timeout_s: float = 600.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.info = EngineInfo(name=name or f"remote:{self.base_url}", context_tokens=context_tokens,
+                               extra={"kind": "remote", "url": self.base_url})
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client_args = dict(base_url=self.base_url, headers=headers,
+                                 timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
+        self._client: httpx.AsyncClient | None = None
+        self._num_inflight = 0
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(**self._client_args)
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def health(self) -> bool:
+        if self._client is None:
+            return False
+        for path in ("/health", "/v1/models"):
+            try:
+                response = await self._client.get(path, timeout=5.0)
+            except httpx.HTTPError:
+                return False
+            if response.status_code == 200:
+                return True
+        return False
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(self._num_inflight, 0)
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    def _body(self, request: GenerationRequest) -> tuple[str, dict]:
+        body = {"model": self.model, "max_tokens": request.max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}, "temperature": request.temperature,
+                "top_p": request.top_p}
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.is_chat:
+            return "/v1/chat/completions", {**body, "messages": list(request.messages)}
+        return "/v1/completions", {**body, "prompt": request.prompt or ""}
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
+        if self._client is None:
+            raise EngineDeadError(f"engine '{self.info.name}' is not running")
+        path, body = self._body(request)
+        self._num_inflight += 1
+        try:
+            async with self._client.stream("POST", path, json=body) as response:
+                await _check_status(response, self.info.name)
+                finish_reason, usage_prompt, usage_completion, counted = None, None, None, 0
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise EngineDeadError(f"{self.info.name}: {event['error'].get('message')}")
+                    if event.get("usage"):
+                        usage_prompt = event["usage"].get("prompt_tokens")
+                        usage_completion = event["usage"].get("completion_tokens")
+                    for choice in event.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") if request.is_chat \
+                            else choice.get("text")
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                        if text:
+                            counted += 1
+                            yield TokenChunk(text, 1)
+                # the server's usage, when it sends one, corrects the one-token-per-chunk count
+                extra = max(0, usage_completion - counted) if usage_completion is not None else 0
+                yield TokenChunk("", extra, finish_reason or "stop", usage_prompt)
+        except httpx.HTTPError as exc:
+            raise EngineDeadError(f"{self.info.name} unreachable: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._num_inflight -= 1
+
+
+async def _check_status(response: httpx.Response, name: str) -> None:
+    if response.status_code < 400:
+        return
+    text = (await response.aread()).decode("utf-8", "replace")
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = text[:500]
+    if response.status_code < 500 and response.status_code != 429:
+        raise ClientRequestError(f"upstream {name} rejected the request: {message}")
+    raise EngineDeadError(f"upstream {name} answered {response.status_code}: {message}")
+
+
+__all__ = ["RemoteOpenAIEngine"]
