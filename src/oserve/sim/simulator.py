@@ -9,7 +9,6 @@ simulation, so several simulations can run in one process and each is reproducib
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.dispatch_policy import DispatchTable
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
+from oserve.sim.events import EventQueue
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.metrics import ReplicaStats, SimResult
 from oserve.sim.replica import ReplicaSim
@@ -77,99 +77,82 @@ class Simulation:
                                       int(config.watermark_frac * s.kv_blocks)),
                        config.util_bin_s, decode_runs)
             for i, s in enumerate(replicas)]
+        self.max_kv_tokens = [r.pool.num_blocks * r.pool.block_tokens for r in self.replicas]
 
     def run(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
             type_id: np.ndarray, progress: bool = False) -> SimResult:
+        """Serve the requests (arrays sorted by arrival) and return their records."""
         wall0 = time.perf_counter()
-        n = len(arrival_s)
-        arrivals = [float(x) for x in arrival_s]
-        ins = [int(x) for x in input_tokens]
-        outs = [int(x) for x in output_tokens]
-        types = [int(x) for x in type_id]
-        first_tok = np.full(n, np.nan)
-        finish = np.full(n, np.nan)
-        where = np.full(n, -1, dtype=np.int64)
-        drop = np.array([""] * n, dtype=object)
-        seqs: list[Seq | None] = [None] * n
-        reps = self.replicas
-        max_kv = [r.pool.num_blocks * r.pool.block_tokens for r in reps]
-        horizon = (arrivals[-1] if n else 0.0) + self.config.drain_s
-        heap: list[tuple[float, int, int, int]] = []
-        counter = 0
-        i = 0
-        in_system = 0
-        area = 0.0
-        last_t = arrivals[0] if n else 0.0
-        num_events = 0
+        rec = _Records(arrival_s, input_tokens, output_tokens, type_id)
+        n = len(rec.arrivals)
+        queue = EventQueue()
+        horizon = (rec.arrivals[-1] if n else 0.0) + self.config.drain_s
         bar = _progress_bar(n, progress)
+        i = 0
         while True:
-            next_arrival = arrivals[i] if i < n else math.inf
-            if heap and heap[0][0] < next_arrival:
-                t, _, rid, version = heapq.heappop(heap)
+            next_arrival = rec.arrivals[i] if i < n else math.inf
+            next_step = queue.next_time_s()
+            if next_step is not None and next_step < next_arrival:
+                t, _, rid, version = queue.pop()
                 if t > horizon:
                     break
-                rep = reps[rid]
-                if version != rep.version:
-                    continue
-                num_events += 1
-                area += in_system * (t - last_t)
-                last_t = t
-                first, finished, nxt = rep.on_step_end(t)
-                for seq in first:
-                    first_tok[seq.req_id] = t
-                for seq in finished:
-                    finish[seq.req_id] = t
-                in_system -= len(finished)
-                if nxt is not None:
-                    counter += 1
-                    heapq.heappush(heap, (nxt, counter, rid, rep.version))
+                if version == self.replicas[rid].version:
+                    self._on_step_end(t, rid, rec, queue)
                 continue
             if i >= n:
                 break
-            t = next_arrival
-            area += in_system * (t - last_t)
-            last_t = t
-            num_events += 1
-            reason = self._admissible(ins[i], outs[i], max_kv)
-            if reason:
-                drop[i] = reason
-            else:
-                rid = self._route(types[i], ins[i] + outs[i] - 1, max_kv)
-                seq = Seq(i, types[i], ins[i], outs[i])
-                seqs[i] = seq
-                where[i] = rid
-                in_system += 1
-                rep = reps[rid]
-                nxt = rep.on_arrival(seq, t)
-                if nxt is not None:
-                    counter += 1
-                    heapq.heappush(heap, (nxt, counter, rid, rep.version))
+            self._on_arrival(i, next_arrival, rec, queue)
             i += 1
             if bar is not None and i % PROGRESS_EVERY == 0:
                 bar.update(PROGRESS_EVERY)
         if bar is not None:
             bar.update(i % PROGRESS_EVERY)
             bar.close()
-        end_s = min(last_t, horizon)
-        unfinished = np.isnan(finish) & (drop == "")
-        drop[unfinished] = "unfinished_at_horizon"
-        preemptions = np.array([s.num_preemptions if s is not None else 0 for s in seqs], dtype=np.int64)
-        return SimResult(
-            np.asarray(arrival_s, dtype=np.float64), first_tok, finish,
-            np.asarray(input_tokens, dtype=np.int64), np.asarray(output_tokens, dtype=np.int64),
-            np.asarray(type_id, dtype=np.int64), where, preemptions, drop.astype(str),
-            self._replica_stats(where, end_s, arrivals[0] if n else 0.0), end_s,
-            time.perf_counter() - wall0, num_events, area, self.config.util_bin_s)
+        end_s = min(rec.last_t, horizon)
+        result = rec.result(end_s, self.config.util_bin_s)
+        result.replicas = self._replica_stats(result.replica_id, end_s, result.arrival_s[0] if n else 0.0)
+        result.wall_s = time.perf_counter() - wall0
+        return result
 
-    def _admissible(self, prompt: int, output: int, max_kv: list[int]) -> str:
+    def _on_step_end(self, t: float, rid: int, rec: _Records, queue: EventQueue) -> None:
+        rec.advance(t)
+        rep = self.replicas[rid]
+        first, finished, nxt = rep.on_step_end(t)
+        for seq in first:
+            rec.first_tok[seq.req_id] = t
+        for seq in finished:
+            rec.finish[seq.req_id] = t
+        rec.in_system -= len(finished)
+        if nxt is not None:
+            queue.push_step_end(nxt, rid, rep.version)
+
+    def _on_arrival(self, i: int, t: float, rec: _Records, queue: EventQueue) -> None:
+        rec.advance(t)
+        prompt, output = rec.ins[i], rec.outs[i]
+        reason = self._admissible(prompt, output)
+        if reason:
+            rec.drop[i] = reason
+            return
+        rid = self._route(rec.types[i], prompt + output - 1)
+        seq = Seq(i, rec.types[i], prompt, output)
+        rec.seqs[i] = seq
+        rec.where[i] = rid
+        rec.in_system += 1
+        rep = self.replicas[rid]
+        nxt = rep.on_arrival(seq, t)
+        if nxt is not None:
+            queue.push_step_end(nxt, rid, rep.version)
+
+    def _admissible(self, prompt: int, output: int) -> str:
         if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:
             return "exceeds_context"
-        if prompt + output - 1 > max(max_kv):
+        if prompt + output - 1 > max(self.max_kv_tokens):
             return "exceeds_kv_capacity"
         return ""
 
-    def _route(self, type_id: int, max_tokens: int, max_kv: list[int]) -> int:
+    def _route(self, type_id: int, max_tokens: int) -> int:
         rid = self.router.route(type_id, [r.num_outstanding for r in self.replicas])
+        max_kv = self.max_kv_tokens
         if max_tokens > max_kv[rid]:  # the plan's choice cannot hold it: least loaded that can
             fits = [r for r in range(len(max_kv)) if max_kv[r] >= max_tokens]
             rid = min(fits, key=lambda r: (self.replicas[r].num_outstanding, r))
@@ -196,3 +179,41 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="req", desc="simulating", leave=False)
+
+
+class _Records:
+    """Per-request records of one run, and the integral of the number of requests in the system."""
+
+    def __init__(self, arrival_s, input_tokens, output_tokens, type_id) -> None:
+        n = len(arrival_s)
+        self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
+        self.input_tokens = np.asarray(input_tokens, dtype=np.int64)
+        self.output_tokens = np.asarray(output_tokens, dtype=np.int64)
+        self.type_id = np.asarray(type_id, dtype=np.int64)
+        self.arrivals = self.arrival_s.tolist()  # plain floats and ints: faster in the event loop
+        self.ins = self.input_tokens.tolist()
+        self.outs = self.output_tokens.tolist()
+        self.types = self.type_id.tolist()
+        self.first_tok = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.where = np.full(n, -1, dtype=np.int64)
+        self.drop = np.array([""] * n, dtype=object)
+        self.seqs: list[Seq | None] = [None] * n
+        self.in_system = 0
+        self.area = 0.0
+        self.last_t = self.arrivals[0] if n else 0.0
+        self.num_events = 0
+
+    def advance(self, t: float) -> None:
+        self.area += self.in_system * (t - self.last_t)
+        self.last_t = t
+        self.num_events += 1
+
+    def result(self, end_s: float, util_bin_s: float) -> SimResult:
+        unfinished = np.isnan(self.finish) & (self.drop == "")
+        self.drop[unfinished] = "unfinished_at_horizon"
+        preemptions = np.array([s.num_preemptions if s is not None else 0 for s in self.seqs],
+                               dtype=np.int64)
+        return SimResult(self.arrival_s, self.first_tok, self.finish, self.input_tokens,
+                         self.output_tokens, self.type_id, self.where, preemptions,
+                         self.drop.astype(str), [], end_s, 0.0, self.num_events, self.area, util_bin_s)
