@@ -114,8 +114,15 @@ def run(args) -> int:
                              clip=args.context_policy == "truncate")
     plans = _plans(args, cluster, cost, prepared)
     progress = not (args.json or args.no_progress) and sys.stderr.isatty()
-    results = {name: {s: simulate_at(plan, prepared, cost, config, s, progress) for s in scales}
-               for name, plan in plans.items()}
+    done: dict[tuple[str, float], object] = {}  # planners that chose the same plan are simulated once
+
+    def simulate(plan, scale):
+        key = (json.dumps([plan.to_dict()["replicas"], plan.dispatch]), scale)
+        if key not in done:
+            done[key] = simulate_at(plan, prepared, cost, config, scale, progress)
+        return done[key]
+
+    results = {name: {s: simulate(plan, s) for s in scales} for name, plan in plans.items()}
     summaries = {name: {s: r.summary(args.slo_ttft, args.slo_tpot) for s, r in by.items()}
                  for name, by in results.items()}
     report = _report(args, cluster, prepared, plans, summaries, scales, config)

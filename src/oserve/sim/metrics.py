@@ -124,7 +124,8 @@ def summarize(result: SimResult, slo_ttft_s: float | None = None,
         ok &= np.nan_to_num(result.ttft_s, nan=np.inf) <= slo_ttft_s
     if slo_tpot_s is not None:
         ok &= np.nan_to_num(result.tpot_s, nan=0.0) <= slo_tpot_s
-    out["slo_attainment"] = float(ok.mean()) if n else None
+    has_slo = slo_ttft_s is not None or slo_tpot_s is not None
+    out["slo_attainment"] = float(ok.mean()) if n and has_slo else None
     out["preemptions"] = int(result.num_preemptions.sum())
     out["mean_utilisation"] = float(np.mean([r.utilisation for r in result.replicas]))
     out["sim_wall_s"] = result.wall_s
