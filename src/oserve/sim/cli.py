@@ -127,7 +127,7 @@ def run(args) -> int:
                  for name, by in results.items()}
     report = _report(args, cluster, prepared, plans, summaries, scales, config)
     if args.out:
-        _write_outputs(Path(args.out), report, results, summaries, scales)
+        _write_outputs(Path(args.out), report, results, summaries, scales, plans)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -154,7 +154,7 @@ def _report(args, cluster, prepared, plans, summaries, scales, config) -> dict:
     }
 
 
-def _write_outputs(out: Path, report: dict, results, summaries, scales) -> None:
+def _write_outputs(out: Path, report: dict, results, summaries, scales, plans) -> None:
     from oserve.sim.plots import latency_cdfs, p99_vs_rate
 
     out.mkdir(parents=True, exist_ok=True)
@@ -162,8 +162,8 @@ def _write_outputs(out: Path, report: dict, results, summaries, scales) -> None:
         for s, res in by.items():
             res.write_records_csv(out / f"records_{name}_x{s:g}.csv")
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    plans = {name: by[scales[0]].meta for name, by in results.items()}
-    (out / "config.json").write_text(json.dumps({**report["config"], "plans": plans}, indent=2))
+    (out / "config.json").write_text(json.dumps(
+        {**report["config"], "plans": {name: plan.to_dict() for name, plan in plans.items()}}, indent=2))
     latency_cdfs({name: by[scales[0]] for name, by in results.items()}, out / "latency_cdf.png",
                  f"{report['model']} on {report['cluster']}, {report['trace']} x{scales[0]:g}")
     series = {name: [(by[s]["offered_rps"], by[s]["p99_e2e_s"]) for s in scales]
