@@ -22,7 +22,7 @@ def test_simulate_json_and_outputs(tmp_path, capsys):
         assert res["completed"] + res["dropped"] == report["requests"]
         assert set(res["by_rate_scale"]) == {"1.0", "2.0"}
     for name in ("results.json", "config.json", "latency_cdf.png", "p99_vs_rate.png",
-                 "records_default_x1.csv", "records_homogeneous_x2.csv"):
+                 "records_default_x1.csv", "records_homogeneous_x2.csv", "replicas_default_x1.csv"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and "git_revision" in config

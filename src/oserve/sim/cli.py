@@ -14,7 +14,7 @@ from oserve.sim.config import CONTEXT_POLICIES, SimConfig
 
 JSON_KEYS = ("p99_e2e_s", "p50_e2e_s", "p90_e2e_s", "p99_ttft_s", "p50_ttft_s", "p99_tpot_s",
              "throughput_rps", "throughput_tok_s", "completed", "dropped", "dropped_by_reason",
-             "slo_attainment", "preemptions", "mean_utilisation", "offered_rps", "sim_wall_s")
+             "slo_attainment", "preemptions", "mean_utilisation", "offered_rps", "sim_wall_s", "replicas")
 
 
 def register(sub) -> None:
@@ -123,7 +123,8 @@ def run(args) -> int:
         return done[key]
 
     results = {name: {s: simulate(plan, s) for s in scales} for name, plan in plans.items()}
-    summaries = {name: {s: r.summary(args.slo_ttft, args.slo_tpot) for s, r in by.items()}
+    summaries = {name: {s: {**r.summary(args.slo_ttft, args.slo_tpot), "replicas": r.replica_summary()}
+                        for s, r in by.items()}
                  for name, by in results.items()}
     report = _report(args, cluster, prepared, plans, summaries, scales, config)
     if args.out:
@@ -161,6 +162,7 @@ def _write_outputs(out: Path, report: dict, results, summaries, scales, plans) -
     for name, by in results.items():
         for s, res in by.items():
             res.write_records_csv(out / f"records_{name}_x{s:g}.csv")
+            res.write_replicas_csv(out / f"replicas_{name}_x{s:g}.csv")
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "config.json").write_text(json.dumps(
         {**report["config"], "plans": {name: plan.to_dict() for name, plan in plans.items()}}, indent=2))

@@ -68,6 +68,23 @@ class SimResult:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(steps > 0, (self.finish_s - self.first_token_s) / steps, np.nan)
 
+    def write_replicas_csv(self, path: str | Path) -> None:
+        """Per replica and time bin: busy fraction; plus each replica's totals."""
+        with Path(path).open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["replica", "config", "bin_start_s", "busy_frac", "utilisation", "requests",
+                             "peak_kv_frac", "preemptions", "engine_steps"])
+            for r in self.replicas:
+                for b, frac in enumerate(r.busy_frac_by_bin):
+                    writer.writerow([r.replica_id, r.label, b * self.util_bin_s, f"{frac:.4f}",
+                                     f"{r.utilisation:.4f}", r.num_requests, f"{r.peak_kv_frac:.4f}",
+                                     r.num_preemptions, r.num_steps])
+
+    def replica_summary(self) -> list[dict]:
+        return [{"replica": r.replica_id, "config": r.label, "utilisation": r.utilisation,
+                 "requests": r.num_requests, "peak_kv_frac": r.peak_kv_frac,
+                 "preemptions": r.num_preemptions} for r in self.replicas]
+
     def summary(self, slo_ttft_s: float | None = None, slo_tpot_s: float | None = None) -> dict:
         return summarize(self, slo_ttft_s, slo_tpot_s)
 
