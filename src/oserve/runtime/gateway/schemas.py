@@ -104,8 +104,8 @@ def parse_body(schema: type[BaseModel], raw: bytes) -> BaseModel:
         if first.get("type") == "json_invalid":
             raise ClientRequestError(f"request body is not valid JSON: {first.get('msg')}") from None
         message = first.get("msg", "invalid value")
-        raise ClientRequestError(f"invalid field '{where}': {message}" if where else message,
-                                 where) from None
+        raise ClientRequestError(f"invalid field '{where}': {message}" if where
+                                 else f"request body must be a JSON object: {message}", where) from None
 
 
 __all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "parse_body"]

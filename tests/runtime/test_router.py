@@ -1,0 +1,108 @@
+"""Router: typing, retry before the first token, explicit failures, bounded queues (in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from oserve.runtime.engine import GenerationRequest
+from oserve.runtime.errors import EngineDeadError, NoReplicaError, OverloadedError
+from oserve.runtime.fake_engine import FakeCost
+from oserve.runtime.replica import ReplicaState
+from oserve.runtime.serving import RuntimeConfig
+
+from .factories import make_runtime
+
+
+def request(max_tokens: int = 4, prompt: str = "hi") -> GenerationRequest:
+    return GenerationRequest("req", max_tokens, prompt=prompt, prompt_tokens=len(prompt) // 4 + 1)
+
+
+async def collect(runtime, req, type_index=0) -> str:
+    stream = await runtime.router.open(req, type_index)
+    try:
+        return "".join([c.text async for c in stream])
+    finally:
+        await stream.aclose()
+
+
+def test_requests_are_typed_and_counted_per_type_and_replica():
+    async def main():
+        runtime, _ = make_runtime()
+        async with runtime:
+            router = runtime.router
+            assert router.classify(10) == 0 and router.classify(500) == 1
+            await collect(runtime, request(), router.classify(10))
+            await collect(runtime, request(), router.classify(500))
+        return runtime.metrics
+
+    metrics = asyncio.run(main())
+    assert metrics.counter("oserve_requests_total", type="short", status="ok") == 1
+    assert metrics.counter("oserve_requests_total", type="long", status="ok") == 1
+
+
+def test_dead_replica_before_first_token_is_retried_elsewhere():
+    async def main():
+        runtime, fleet = make_runtime(dispatch=[[1.0, 0.0], [1.0, 0.0]])
+        async with runtime:
+            fleet.engines[0].kill()  # crashed, but the router has not noticed yet
+            text = await collect(runtime, request(3))
+            states = [h.state for h in runtime.router.table.handles]
+        return text, states, runtime.metrics
+
+    text, states, metrics = asyncio.run(main())
+    assert text == " ok" * 3
+    assert states == [ReplicaState.DEAD, ReplicaState.ACTIVE]
+    assert metrics.counter("oserve_retries_total", replica="r0") == 1
+    assert metrics.counter("oserve_replica_deaths_total") == 1
+    assert metrics.counter("oserve_requests_total", replica="r1", status="ok") == 1
+
+
+def test_every_replica_dead_is_an_explicit_no_replica_error():
+    async def main():
+        runtime, fleet = make_runtime()
+        async with runtime:
+            for engine in fleet.engines:
+                engine.kill()
+            with pytest.raises(NoReplicaError, match="died"):
+                await collect(runtime, request())
+            with pytest.raises(NoReplicaError, match="no live replica"):
+                await collect(runtime, request())
+        return runtime.metrics
+
+    metrics = asyncio.run(main())
+    assert metrics.counter("oserve_rejected_total") == 2
+
+
+def test_death_after_first_token_fails_the_request_explicitly():
+    async def main():
+        runtime, fleet = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.01))
+        async with runtime:
+            stream = await runtime.router.open(request(50), 0)
+            chunks = []
+            with pytest.raises(EngineDeadError, match="died after"):
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    if len(chunks) == 3:
+                        fleet.engines[0].kill()
+            await stream.aclose()
+            assert runtime.router.num_inflight == 0
+        return runtime.metrics
+
+    metrics = asyncio.run(main())
+    assert metrics.counter("oserve_requests_total", status="engine_dead") == 1
+
+
+def test_full_queues_are_rejected_as_overloaded():
+    async def main():
+        config = RuntimeConfig(max_inflight_per_replica=1)
+        runtime, _ = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.01), config=config)
+        async with runtime:
+            first = await runtime.router.open(request(20), 0)
+            with pytest.raises(OverloadedError):
+                await runtime.router.open(request(20), 0)
+            await first.aclose()
+            await collect(runtime, request(2))  # the slot is free again
+
+    asyncio.run(main())
