@@ -15,11 +15,15 @@ from oserve.common.errors import ConfigError
 from oserve.forecast.backtest import BacktestResult, backtest, split_index
 from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
 from oserve.forecast.series import parse_duration_s, rate_series
-from oserve.forecast.synthetic import DiurnalSpec, synthetic_diurnal_trace
-from oserve.workload import Trace, fit_request_types, load_trace
+from oserve.forecast.synthetic import (
+    SYNTHETIC_PREFIX,
+    DiurnalSpec,
+    load_any_trace,
+    synthetic_diurnal_trace,
+)
+from oserve.workload import fit_request_types
 
 MODELS = ("last", "moving-avg", "ewma", "seasonal-naive", "lstm")
-SYNTHETIC_PREFIX = "synthetic-diurnal"
 
 
 def register(sub) -> None:
@@ -50,20 +54,13 @@ def register(sub) -> None:
 
 
 def _common(p) -> None:
-    p.add_argument("--trace", default="azure-conv", help="trace file, a built-in name, or "
-                   f"{SYNTHETIC_PREFIX}[:HOURS] (generated, SYNTHETIC)")
+    p.add_argument("--trace", default="azure-conv", help="trace file, a built-in name, "
+                   f"{SYNTHETIC_PREFIX}[:HOURS] (generated, SYNTHETIC) or phases:A,B,... (traces one "
+                   "after another)")
     p.add_argument("--window", default="10s", help="forecast window (e.g. 10s, 1m)")
     p.add_argument("--types", type=int, default=4, help="number of request types")
     p.add_argument("--train-frac", type=float, default=0.7, help="head of the series used to fit")
     p.add_argument("--seed", type=int, default=0)
-
-
-def load_any_trace(spec: str, seed: int = 0) -> Trace:
-    """A trace file or built-in, or ``synthetic-diurnal[:HOURS]`` (one synthetic day = 6 h)."""
-    if spec.startswith(SYNTHETIC_PREFIX):
-        hours = float(spec.split(":", 1)[1]) if ":" in spec else 12.0
-        return synthetic_diurnal_trace(DiurnalSpec(duration_s=hours * 3600.0), seed)
-    return load_trace(spec)
 
 
 def _series(args):

@@ -3,10 +3,10 @@
 One small LSTM per request type reads the last ``lookback`` windows of that type's rate and of the total
 rate, both divided by the type's (resp. total) mean training rate, and predicts the change of the type's
 scaled rate from the last window to the next (with ``residual=False``, the level itself: that variant
-extrapolates badly once the rates leave the training range, as on a drifting synthetic day); the loss is the mean squared error of the rate, the quantity RRMSE
-scores. The last ``val_frac`` of the training windows is held out for early stopping. Training runs
-under a forked torch RNG seeded from ``seed``, so it is reproducible and leaves torch's global generator
-untouched. torch is imported only here: the rest of oserve never needs it.
+extrapolates badly once the rates leave the training range, as on a drifting synthetic day); the loss
+is the mean squared error of the rate, the quantity RRMSE scores. The last ``val_frac`` of the
+training windows is held out for early stopping. Training runs under a forked torch RNG seeded from
+``seed``, so it is reproducible and leaves torch's global generator untouched. torch is imported only here: the rest of oserve never needs it.
 """
 
 from __future__ import annotations

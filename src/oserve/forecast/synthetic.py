@@ -87,3 +87,43 @@ def synthetic_diurnal_trace(spec: DiurnalSpec = DiurnalSpec(), seed: int = 0) ->
             "seed": seed, "period_s": spec.period_s, "duration_s": spec.duration_s}
     return Trace(merged.arrival_s, merged.input_tokens, merged.output_tokens,
                  f"SYNTHETIC-diurnal-{spec.duration_s / 3600:g}h-seed{seed}", meta)
+
+
+SYNTHETIC_PREFIX = "synthetic-diurnal"
+PHASES_PREFIX = "phases:"
+
+
+def phased_trace(specs: list[str]) -> Trace:
+    """Traces played one after another (each starts when the previous one's last request arrived)."""
+    if not specs:
+        raise ConfigError("phases: needs at least one trace")
+    arrival, ins, outs, offset = [], [], [], 0.0
+    for spec in specs:
+        t = load_trace(spec)
+        arrival.append(t.arrival_s + offset)
+        ins.append(t.input_tokens)
+        outs.append(t.output_tokens)
+        offset += float(t.arrival_s[-1]) + 1e-3
+    return Trace(np.concatenate(arrival), np.concatenate(ins), np.concatenate(outs),
+                 " then ".join(specs), {"phases": list(specs)})
+
+
+def load_any_trace(spec: str, seed: int = 0) -> Trace:
+    """A trace file or built-in; ``synthetic-diurnal[:HOURS[:RPS]]`` (SYNTHETIC: HOURS long, default
+    12, one day = min(6, HOURS) h; with RPS, conversation and code sources at RPS each in opposite
+    phase, so the total is steady and the mix swings); or ``phases:A,B,...``, traces one after another."""
+    if spec.startswith(SYNTHETIC_PREFIX):
+        parts = spec.split(":")[1:]
+        try:
+            hours = float(parts[0]) if parts else 12.0
+            rps = float(parts[1]) if len(parts) > 1 else None
+        except ValueError:
+            raise ConfigError(f"expected {SYNTHETIC_PREFIX}[:HOURS[:RPS]], got '{spec}'") from None
+        spec_ = DiurnalSpec(duration_s=hours * 3600.0, period_s=min(6.0, hours) * 3600.0)
+        if rps is not None:
+            spec_ = DiurnalSpec(spec_.duration_s, spec_.period_s, (
+                DiurnalSource("azure-conv", rps, 0.8, 0.0), DiurnalSource("azure-code", rps, 0.8, math.pi)))
+        return synthetic_diurnal_trace(spec_, seed)
+    if spec.startswith(PHASES_PREFIX):
+        return phased_trace([s.strip() for s in spec[len(PHASES_PREFIX):].split(",") if s.strip()])
+    return load_trace(spec)

@@ -4,9 +4,9 @@ A destination GPU needs the chunks its target replica assigns it that it does no
 Sources are the GPUs that hold a chunk in the current deployment and keep it during the switch: GPUs of
 replicas that stay, GPUs that are freed, and GPUs being reconfigured whose old weights still fit beside
 the new ones (otherwise they first drop the old chunks their new shard does not include, and offer
-only the rest). Chunks travel directly from a holder: no GPU relays what it has just received. The greedy rule takes, for each chunk, the
-least-loaded holder on the destination's node (NVLink), else the least-loaded holder on another node
-(network), else storage. The duration is that of the most loaded link in the fluid model (every link
+only the rest). Chunks travel directly from a holder: no GPU relays what it has just received.
+The greedy rule takes, for each chunk, the least-loaded holder on the destination's node (NVLink),
+else the least-loaded holder on another node (network), else storage. The duration is that of the most loaded link in the fluid model (every link
 busy at capacity), which preemptive scheduling of the transfers achieves for this bipartite traffic.
 """
 

@@ -3,8 +3,8 @@ which start on which GPUs.
 
 As many current replicas as the target keeps of each configuration stay on their GPUs untouched; the
 target's other replicas are packed into the remaining GPUs, largest first, each into the node with the
-least free room that holds it. When the kept replicas fragment the nodes so that the rest cannot be packed, the
-whole target is packed afresh.
+least free room that holds it. When the kept replicas fragment the nodes so that the rest cannot be
+packed, the whole target is packed afresh.
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Comparing static deployments with switching ones on a workload whose mix shifts.
+
+Modes: ``static-homogeneous`` and ``static-oserve`` plan once for the whole trace's mean per-type rates
+(hindsight a real static deployment would not have); ``switch-reload`` and ``switch-p2p`` start from a
+plan for the first ``warmup_s`` and run the closed loop (forecast, switching policy, switches) with
+weights reloaded from storage or moved peer-to-peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from oserve.costmodel.catalog import ClusterSpec
+from oserve.costmodel.cost_model import CostModel
+from oserve.forecast.baselines import EWMA, LastValue, MovingAverage
+from oserve.planner.api import make_plan
+from oserve.sim.adaptive import AdaptiveResult, AdaptiveSimulation
+from oserve.sim.api import batching_config, request_type_ids, simulate_plan
+from oserve.sim.config import SimConfig
+from oserve.sim.experiment import PreparedTrace
+from oserve.switching.io_profile import IoProfile
+from oserve.switching.links import LinkModel
+from oserve.switching.policy import SwitchContext, SwitchParams
+
+MODES = ("static-homogeneous", "static-oserve", "switch-reload", "switch-p2p")
+FORECASTERS = {"last": LastValue(), "moving-avg": MovingAverage(3), "ewma": EWMA(alphas=(0.5,))}
+
+
+@dataclass(frozen=True)
+class AdaptiveSetup:
+    cluster: ClusterSpec
+    cost: CostModel
+    prepared: PreparedTrace  # already scaled to the rates to simulate
+    sim_config: SimConfig = SimConfig()
+    switch: SwitchParams = SwitchParams()
+    control_interval_s: float = 60.0
+    warmup_s: float = 300.0
+    forecaster: str = "ewma"
+    io: IoProfile = IoProfile()
+
+
+def run_static(setup: AdaptiveSetup, planner: str):
+    p = setup.prepared
+    plan = make_plan(setup.cluster, setup.cost.model, p.stats, planner, setup.cost)
+    return plan, simulate_plan(plan, p.trace, p.types, setup.cost, setup.sim_config)
+
+
+def run_adaptive(setup: AdaptiveSetup, transfer_mode: str) -> tuple:
+    p = setup.prepared
+    warm = p.types.stats(p.trace.window(0.0, setup.warmup_s))
+    warm = [replace(t, rate_rps=t.count / setup.warmup_s) for t in warm]
+    initial = make_plan(setup.cluster, setup.cost.model, warm, "oserve", setup.cost)
+    ctx = SwitchContext(setup.cluster, setup.cost, tuple(p.stats), LinkModel(setup.cluster, setup.io))
+    params = replace(setup.switch, transfer_mode=transfer_mode)
+    sim = AdaptiveSimulation(ctx, params, initial, FORECASTERS[setup.forecaster], setup.sim_config,
+                             batching_config(setup.cost, setup.sim_config), setup.control_interval_s)
+    types = request_type_ids(p.trace, p.types, setup.sim_config.oracle_types)
+    result: AdaptiveResult = sim.run(p.trace.arrival_s, p.trace.input_tokens, p.trace.output_tokens,
+                                     types)
+    return initial, result
+
+
+def compare(setup: AdaptiveSetup, modes=MODES, slo_ttft_s=None, slo_tpot_s=None) -> dict:
+    out: dict = {}
+    for mode in modes:
+        if mode.startswith("static-"):
+            plan, res = run_static(setup, mode.split("-", 1)[1])
+            out[mode] = {"summary": res.summary(slo_ttft_s, slo_tpot_s), "deployment": plan.describe(),
+                         "num_switches": 0, "result": res}
+        else:
+            initial, ares = run_adaptive(setup, mode.split("-", 1)[1])
+            out[mode] = {"summary": ares.sim.summary(slo_ttft_s, slo_tpot_s),
+                         "deployment": initial.describe(), "num_switches": ares.num_switches,
+                         "migrated": ares.migrated, "requeued": ares.requeued,
+                         "rerouted": ares.rerouted, "timeline": ares.timeline, "result": ares.sim}
+    return out
