@@ -29,7 +29,8 @@ def served_name(args) -> str:
 
 def engine_spec(args, num_replicas: int) -> EngineSpec:
     if args.engine in ("embedded", "llama"):
-        threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, num_replicas))
+        # leave one core to the gateway: llama.cpp threads that share a core spin and slow down a lot
+        threads = args.threads or max(1, ((os.cpu_count() or 1) - 1) // max(1, num_replicas))
         options = {"context_tokens": args.context_tokens, "num_threads": threads}
         if args.engine == "llama":
             if not args.model_path:

@@ -1,0 +1,133 @@
+"""Engines other than the fake: remote OpenAI endpoint (against a real server), vLLM launch commands."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.plan import Replica
+from oserve.runtime.engine import Engine, GenerationRequest
+from oserve.runtime.engine_spec import EngineSpec
+from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineStartError
+from oserve.runtime.fake_engine import FakeEngine
+from oserve.runtime.gateway.app import create_app
+from oserve.runtime.remote_engine import RemoteOpenAIEngine
+from oserve.runtime.serving import ServingRuntime
+from oserve.runtime.server import ServerThread
+from oserve.runtime.vllm_engine import VllmLaunch, launch_for_replica, vllm_command, vllm_env
+
+from .factories import MODEL, make_plan, make_runtime, openai_client
+
+
+def test_every_engine_satisfies_the_protocol():
+    assert isinstance(FakeEngine(), Engine)
+    assert isinstance(RemoteOpenAIEngine("http://127.0.0.1:1", "m"), Engine)
+
+
+async def _generate(engine, request):
+    return [c async for c in engine.generate(request)]
+
+
+def test_remote_engine_streams_chat_and_text_from_an_openai_server(gateway):
+    server, _, _ = gateway
+
+    async def main():
+        engine = RemoteOpenAIEngine(server.base_url, MODEL)
+        await engine.start()
+        assert await engine.health()
+        chat = await _generate(engine, GenerationRequest("a", 3, messages=({"role": "user",
+                                                                             "content": "hi"},)))
+        text = await _generate(engine, GenerationRequest("b", 2, prompt="hello"))
+        await engine.stop()
+        return chat, text
+
+    chat, text = asyncio.run(main())
+    assert "".join(c.text for c in chat) == " ok" * 3 and chat[-1].finish_reason == "length"
+    assert sum(c.num_tokens for c in chat) == 3 and chat[-1].prompt_tokens >= 1
+    assert "".join(c.text for c in text) == " ok" * 2
+
+
+def test_remote_engine_reports_client_faults_and_dead_servers(gateway):
+    server, _, _ = gateway
+
+    async def main():
+        wrong_model = RemoteOpenAIEngine(server.base_url, "no-such-model")
+        nobody = RemoteOpenAIEngine("http://127.0.0.1:9", MODEL)  # discard port: nothing listens
+        for engine in (wrong_model, nobody):
+            await engine.start()
+        with pytest.raises(ClientRequestError, match="no-such-model"):
+            await _generate(wrong_model, GenerationRequest("a", 1, prompt="x"))
+        with pytest.raises(EngineDeadError, match="unreachable"):
+            await _generate(nobody, GenerationRequest("a", 1, prompt="x"))
+        assert not await nobody.health()
+
+    asyncio.run(main())
+
+
+def test_oserve_fronts_another_openai_server_through_the_remote_engine(gateway):
+    upstream, _, _ = gateway
+    spec = EngineSpec("remote", {"url": upstream.base_url, "model": MODEL})
+    front = ServingRuntime(MODEL, make_plan(1), lambda r: spec.build(r))
+    with ServerThread(create_app(front)) as server:
+        client = openai_client(server)
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4)
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+    assert reply.choices[0].message.content == " ok" * 4 and reply.usage.completion_tokens == 4
+    assert streamed == " ok" * 4
+
+
+def test_vllm_command_carries_the_replicas_tp_pp_and_gpus():
+    replica = Replica(3, (8, 9, 10, 11), ReplicaConfig("H100", tp=2, pp=2))
+    launch = launch_for_replica(replica, "meta-llama/Llama-2-70b-hf", "llama-2-70b", 31000)
+    cmd = vllm_command(launch)
+    assert cmd[:3] == ["vllm", "serve", "meta-llama/Llama-2-70b-hf"]
+    flags = dict(zip(cmd[3::2], cmd[4::2]))
+    assert flags["--tensor-parallel-size"] == "2" and flags["--pipeline-parallel-size"] == "2"
+    assert flags["--host"] == "127.0.0.1" and flags["--port"] == "31000"
+    assert flags["--served-model-name"] == "llama-2-70b" and flags["--dtype"] == "bfloat16"
+    assert vllm_env(launch, base={})["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"  # node-local ids
+
+
+def test_vllm_command_for_fp8_and_extra_args():
+    launch = VllmLaunch("m", "m", 1, precision="fp8", max_model_len=4096,
+                        extra_args=("--enable-prefix-caching",))
+    cmd = vllm_command(launch)
+    assert cmd[cmd.index("--quantization") + 1] == "fp8" and "--dtype" not in cmd
+    assert cmd[cmd.index("--max-model-len") + 1] == "4096" and cmd[-1] == "--enable-prefix-caching"
+
+
+def test_vllm_launch_rejects_a_replica_with_the_wrong_gpu_count():
+    replica = Replica(0, (0, 1), ReplicaConfig("H100", tp=4))
+    with pytest.raises(EngineStartError, match="needs 4"):
+        launch_for_replica(replica, "m", "m", 1)
+
+
+def test_vllm_engine_without_vllm_installed_fails_to_start_clearly():
+    from oserve.runtime.vllm_engine import VllmProcessEngine
+
+    engine = VllmProcessEngine(VllmLaunch("m", "m", 1, executable="vllm-not-installed-here"))
+    with pytest.raises(EngineStartError, match="not found"):
+        asyncio.run(engine.start())
+
+
+def test_engine_spec_rejects_unknown_kinds_and_builds_fakes():
+    with pytest.raises(EngineStartError, match="unknown engine"):
+        EngineSpec("tpu-magic")
+    engine = EngineSpec("fake", {"decode_s_per_token": 0.5}).build(
+        Replica(2, (0,), ReplicaConfig("cpu")))
+    assert engine.cost.decode_s_per_token == 0.5 and engine.info.name == "fake-r2"
+
+
+def test_runtime_fails_to_start_when_a_replica_fails_health():
+    runtime, fleet = make_runtime(num_replicas=2)
+
+    async def main():
+        fleet.engines[1].kill()
+        await runtime.start()
+
+    with pytest.raises(EngineStartError, match="1 of 2 replicas"):
+        asyncio.run(main())

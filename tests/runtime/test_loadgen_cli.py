@@ -1,0 +1,116 @@
+"""The load generator against a real gateway, and the serve / bench serve commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from oserve.cli.main import build_parser, main
+from oserve.runtime.cli import usage_banner
+from oserve.runtime.errors import ClientRequestError
+from oserve.runtime.loadgen import (BenchConfig, RequestRecord, check_target, run_bench, summarize,
+                                    synthetic_prompt)
+from oserve.workload.trace import Trace
+
+from .factories import MODEL
+
+
+def small_trace(n: int = 30) -> Trace:
+    return Trace(np.linspace(0.0, 1.0, n), np.full(n, 40), np.full(n, 5), "small")
+
+
+def test_bench_replays_a_trace_and_reports_percentiles(gateway):
+    server, _, _ = gateway
+    config = BenchConfig(url=server.base_url, rate_scale=4.0, max_requests=20, max_duration_s=20.0)
+    report = asyncio.run(run_bench(config, small_trace()))
+    assert (report.num_sent, report.num_ok, report.model) == (20, 20, MODEL)
+    assert set(report.ttft_s) == {"p50", "p90", "p99", "mean"} and report.tpot_s and report.e2e_s
+    assert report.output_tokens_per_s > 0 and report.duration_s < 10
+    assert json.loads(report.to_json())["num_ok"] == 20 and "TTFT" in report.to_text()
+
+
+def test_bench_counts_failures_by_kind(gateway):
+    server, _, _ = gateway
+    config = BenchConfig(url=server.base_url, model="wrong-model", max_requests=3, rate_scale=100.0,
+                         endpoint="chat")
+    report = asyncio.run(run_bench(config, small_trace()))
+    assert report.num_ok == 0 and report.failures == {"http_400": 3}
+
+
+def test_bench_targets_loopback_only_unless_allowed():
+    check_target("http://127.0.0.1:8000", allow_remote=False)
+    check_target("http://localhost:8000", allow_remote=False)
+    with pytest.raises(ClientRequestError, match="loopback"):
+        check_target("http://10.1.2.3:8000", allow_remote=False)
+
+
+def test_summary_and_prompt_helpers():
+    records = [RequestRecord("ok", 0.1, 1.1, 11), RequestRecord("ok", 0.3, 0.3, 1),
+               RequestRecord("http_429")]
+    report = summarize(BenchConfig(url="http://127.0.0.1:1"), "m", records, 2.0)
+    assert report.num_ok == 2 and report.failures == {"http_429": 1}
+    assert report.tpot_s["p50"] == pytest.approx(0.1)
+    assert report.throughput_rps == 1.0
+    assert len(synthetic_prompt(100)) == pytest.approx(400, abs=8)
+
+
+def test_cli_registers_serve_and_bench_serve():
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--engine", "fake", "--port", "0"])
+    assert args.engine == "fake" and args.func.__name__ == "run_serve"
+    args = parser.parse_args(["bench", "serve", "--url", "http://127.0.0.1:1", "--rate-scale", "2"])
+    assert args.rate_scale == 2.0 and args.func.__name__ == "run_bench_serve"
+
+
+def test_bench_serve_command_prints_json(gateway, capsys, tmp_path):
+    server, _, _ = gateway
+    out = tmp_path / "bench.json"
+    code = main(["bench", "serve", "--url", server.base_url, "--trace", "azure-conv",
+                 "--rate-scale", "50", "--max-requests", "10", "--max-output-tokens", "4", "--json",
+                 "--out", str(out)])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["num_ok"] == 10
+    assert json.loads(out.read_text())["num_sent"] == 10
+
+
+def test_banner_shows_url_curl_and_openai_example():
+    text = usage_banner("http://127.0.0.1:8000", "SmolLM2-135M-Instruct")
+    assert "http://127.0.0.1:8000/v1" in text and "curl http://127.0.0.1:8000/v1/chat/completions" in text
+    assert "OpenAI(base_url='http://127.0.0.1:8000/v1'" in text
+
+
+def serve_subprocess(*extra: str) -> tuple[subprocess.Popen, str]:
+    """Start ``oserve serve --port 0`` and read the URL it prints."""
+    proc = subprocess.Popen([sys.executable, "-m", "oserve.cli.main", "serve", "--port", "0",
+                             "--log-level", "warning", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("oserve: serving"):
+            return proc, line.split(" at ")[1].strip().removesuffix("/v1")
+    proc.wait(timeout=10)
+    raise AssertionError(f"oserve serve exited with {proc.returncode}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_serve_command_with_fake_engines_answers_the_openai_client():
+    from .factories import openai_client
+
+    proc, url = serve_subprocess("--engine", "fake", "--replicas", "2")
+    try:
+        class Server:
+            base_url = url
+        client = openai_client(Server)
+        reply = client.chat.completions.create(model="oserve-fake", max_tokens=3,
+                                               messages=[{"role": "user", "content": "hi"}])
+        assert reply.usage.completion_tokens == 3
+    finally:
+        stop(proc)

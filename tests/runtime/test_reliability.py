@@ -1,0 +1,100 @@
+"""Reliability under load over real HTTP: a replica killed mid-load, a plan switched mid-load.
+
+Every request sent is classified: completed in full, or failed with an explicit error (an HTTP error
+with an OpenAI error body, or an error event inside the stream). A request that vanishes (connection
+dropped, truncated stream without an error, timeout) counts as lost; the tests require zero lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.runtime.fake_engine import FakeCost
+from oserve.runtime.gateway.app import create_app
+from oserve.runtime.server import ServerThread
+from oserve.runtime.serving import RuntimeConfig
+from oserve.runtime.static_plan import static_plan
+
+from .factories import MODEL, TYPE_NAMES, make_runtime
+
+NUM_TOKENS = 20
+
+
+async def one_request(client: httpx.AsyncClient, i: int, stream: bool) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (8 if i % 2 else 800)}],
+            "max_tokens": NUM_TOKENS, "stream": stream}
+    try:
+        if not stream:
+            response = await client.post("/v1/chat/completions", json=body)
+            if response.status_code == 200:
+                content = response.json()["choices"][0]["message"]["content"]
+                return "completed" if content == " ok" * NUM_TOKENS else "lost"
+            return "error" if "message" in response.json().get("error", {}) else "lost"
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                payload = json.loads(await response.aread())
+                return "error" if "message" in payload.get("error", {}) else "lost"
+            text, done = [], False
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return "error"
+                text += [c["delta"].get("content") or "" for c in event["choices"]]
+            return "completed" if done and "".join(text) == " ok" * NUM_TOKENS else "lost"
+    except httpx.HTTPError:
+        return "lost"
+
+
+async def load(base_url: str, num_requests: int, during=None) -> dict[str, int]:
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0, limits=limits) as client:
+        tasks = []
+        for i in range(num_requests):
+            tasks.append(asyncio.create_task(one_request(client, i, stream=i % 3 != 0)))
+            await asyncio.sleep(0.002)
+            if during is not None and i == num_requests // 3:
+                await asyncio.to_thread(during)
+        results = await asyncio.gather(*tasks)
+    return {k: results.count(k) for k in ("completed", "error", "lost")}
+
+
+def test_killing_a_replica_under_load_loses_no_request():
+    runtime, fleet = make_runtime(num_replicas=3, cost=FakeCost(decode_s_per_token=0.003),
+                                  config=RuntimeConfig(max_inflight_per_replica=500))
+    with ServerThread(create_app(runtime)) as server:
+        counts = asyncio.run(load(server.base_url, 240, during=fleet.engines[1].kill))
+    assert counts["lost"] == 0, counts
+    assert counts["completed"] + counts["error"] == 240
+    assert counts["completed"] >= 150  # only requests already streaming on the dead replica fail
+    failed_in_server = runtime.metrics.counter("oserve_requests_total", status="engine_dead")
+    assert counts["error"] == failed_in_server  # every failure the client saw is counted as one
+    assert runtime.metrics.counter("oserve_replica_deaths_total") == 1
+
+
+def test_plan_switch_under_load_over_http_loses_no_request():
+    runtime, fleet = make_runtime(num_replicas=2, cost=FakeCost(decode_s_per_token=0.003),
+                                  config=RuntimeConfig(max_inflight_per_replica=500))
+    new_plan = static_plan(MODEL, [ReplicaConfig("cpu", tp=2), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
+                           [[0.5, 0.5], [0.5, 0.5]], (1.0, 1.0))
+    with ServerThread(create_app(runtime)) as server:
+        pending = []
+
+        def switch() -> None:  # start the switch and keep sending while it starts, drains, stops
+            pending.append(asyncio.run_coroutine_threadsafe(
+                runtime.controller.apply(new_plan, "switch under load"), server.loop))
+
+        counts = asyncio.run(load(server.base_url, 200, during=switch))
+        pending[0].result(timeout=30)
+        admin = httpx.get(server.base_url + "/admin/plan").json()
+    assert counts == {"completed": 200, "error": 0, "lost": 0}
+    assert admin["plan_version"] == 2 and admin["plan"]["deployment"] == "2x[cpu TP2]"
+    assert len(fleet.engines) == 4 and all(not e.is_started for e in fleet.engines[:2])
