@@ -55,6 +55,7 @@ class StepBatch:
     prefill_tokens: int = 0
     prefill_sq: float = 0.0  # sum over chunks of c * (c + 2 * cached)
     decode_ctx_total: int = 0  # KV tokens the decode tokens attend to, their own included
+    min_output_left: int = 1 << 62  # fewest tokens any decoding sequence still has to produce
 
     @property
     def is_empty(self) -> bool:
@@ -74,17 +75,32 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
                       budget: int, decode_only: bool) -> int:
     """Give each running sequence its tokens for this step, preempting on block shortage."""
     bt = pool.block_tokens
+    decode = batch.decode
+    ctx = 0
+    min_left = batch.min_output_left
     i = 0
     while i < len(running):
         seq = running[i]
-        if seq.num_cached < seq.prefill_target and not decode_only:
-            chunk = min(seq.prefill_target - seq.num_cached, budget)
+        cached = seq.num_cached
+        decoding = cached >= seq.prefill_target
+        if decoding:  # the hot path: one token, usually no new block
+            need = (cached + bt) // bt - seq.num_blocks
+            if need <= 0:
+                decode.append(seq)
+                ctx += cached + 1
+                left = seq.output_tokens - seq.num_generated
+                if left < min_left:
+                    min_left = left
+                budget -= 1
+                i += 1
+                continue
+            chunk = 1
         else:
-            chunk = 1 if seq.num_cached >= seq.prefill_target else 0
-        if chunk <= 0:
-            i += 1
-            continue
-        need = -(-(seq.num_cached + chunk) // bt) - seq.num_blocks
+            chunk = 0 if decode_only else min(seq.prefill_target - cached, budget)
+            if chunk <= 0:
+                i += 1
+                continue
+            need = -(-(cached + chunk) // bt) - seq.num_blocks
         victim = None
         while need > pool.num_free:
             victim = running.pop()
@@ -98,15 +114,18 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
         if need > 0:
             pool.allocate(need)
             seq.num_blocks += need
-        if seq.num_cached < seq.prefill_target:
+        if decoding:
+            decode.append(seq)
+            ctx += cached + 1
+            min_left = min(min_left, seq.output_tokens - seq.num_generated)
+        else:
             batch.prefill.append((seq, chunk))
             batch.prefill_tokens += chunk
-            batch.prefill_sq += chunk * (chunk + 2 * seq.num_cached)
-        else:
-            batch.decode.append(seq)
-            batch.decode_ctx_total += seq.num_cached + 1
+            batch.prefill_sq += chunk * (chunk + 2 * cached)
         budget -= chunk
         i += 1
+    batch.decode_ctx_total += ctx
+    batch.min_output_left = min_left
     return budget
 
 

@@ -77,15 +77,22 @@ class ReplicaSim:
                 if seq.num_generated >= seq.output_tokens:
                     finished.append(seq)
         bt = self.pool.block_tokens
-        for seq in batch.decode:
-            seq.num_cached += steps
-            seq.num_generated += steps
-            need = -(-seq.num_cached // bt) - seq.num_blocks
-            if need > 0:  # blocks for steps 2..k of a decode run (step 1's were allocated up front)
-                self.pool.allocate(need)
-                seq.num_blocks += need
-            if seq.num_generated >= seq.output_tokens:
-                finished.append(seq)
+        if steps == 1:  # step 1's blocks were allocated when it was scheduled
+            for seq in batch.decode:
+                seq.num_cached += 1
+                seq.num_generated += 1
+                if seq.num_generated >= seq.output_tokens:
+                    finished.append(seq)
+        else:
+            for seq in batch.decode:
+                seq.num_cached += steps
+                seq.num_generated += steps
+                need = -(-seq.num_cached // bt) - seq.num_blocks
+                if need > 0:  # blocks for steps 2..k of a decode run
+                    self.pool.allocate(need)
+                    seq.num_blocks += need
+                if seq.num_generated >= seq.output_tokens:
+                    finished.append(seq)
         self.decode_tokens += steps * len(batch.decode)
         if finished:
             done = {id(s) for s in finished}
@@ -109,7 +116,7 @@ class ReplicaSim:
                                          len(batch.decode), batch.decode_ctx_total)
         else:
             n = len(batch.decode)
-            to_finish = min(s.output_tokens - s.num_generated for s in batch.decode)
+            to_finish = batch.min_output_left
             safe = 1 + self.pool.block_tokens * (self.pool.num_free // n)
             self.run_steps = max(1, min(to_finish, safe))
             duration = decode_run_s(self.timer.decode_line(n), n, batch.decode_ctx_total,
