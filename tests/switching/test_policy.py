@@ -8,7 +8,7 @@ from oserve.planner.problem import PlanningProblem
 from oserve.planner.plan import Replica
 from oserve.switching import SwitchContext, SwitchParams, decide, deficit_rps
 from oserve.workload.request_types import TypeStats
-from tests.switching.factories import cfg, placed
+from .factories import cfg, placed
 
 TYPES = (TypeStats("short", 300, 100, 600, 200, 100, 1.0),
          TypeStats("long", 3000, 400, 6000, 800, 100, 1.0))

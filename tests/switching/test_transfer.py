@@ -13,7 +13,7 @@ from oserve.switching import (
     transfer_problem,
 )
 from oserve.switching.shards import WeightLayout
-from tests.switching.factories import cfg, placed
+from .factories import cfg, placed
 
 TRANSITIONS_70B = [
     ({cfg(8): 2}, {cfg(4): 4}),

@@ -1,5 +1,5 @@
 from oserve.switching import counts_of, plan_transition
-from tests.switching.factories import cfg, placed
+from .factories import cfg, placed
 
 
 def test_unchanged_counts_are_a_noop(cluster2):

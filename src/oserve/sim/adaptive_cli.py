@@ -11,7 +11,7 @@ from pathlib import Path
 from oserve.common.errors import ConfigError
 from oserve.forecast.series import parse_duration_s
 from oserve.forecast.synthetic import load_any_trace
-from oserve.sim.adaptive_experiment import FORECASTERS, MODES, AdaptiveSetup, compare
+from oserve.sim.adaptive_experiment import ABLATIONS, FORECASTERS, MODES, AdaptiveSetup, compare
 from oserve.sim.config import SimConfig
 from oserve.switching.io_profile import IoProfile
 from oserve.switching.policy import SwitchParams
@@ -25,7 +25,8 @@ def register(sub) -> None:
     add_trace_args(p)
     p.set_defaults(trace="synthetic-diurnal:1:30")
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated subset of {MODES + ABLATIONS}")
     p.add_argument("--control-interval", default="60s", help="how often the controller decides")
     p.add_argument("--forecaster", default="ewma", choices=sorted(FORECASTERS))
     p.add_argument("--warmup", default="5m", help="the initial plan is for this first stretch")
@@ -69,9 +70,9 @@ def run(args) -> int:
     from oserve.forecast.cli import git_revision
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = sorted(set(modes) - set(MODES))
+    bad = sorted(set(modes) - set(MODES + ABLATIONS))
     if bad or not modes:
-        raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+        raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES + ABLATIONS)}")
     cluster, setup = _setup(args)
     out = compare(setup, modes, args.slo_ttft, args.slo_tpot)
     report = {"cluster": cluster.describe(), "model": args.model, "trace": setup.prepared.trace.name,

@@ -3,7 +3,9 @@
 Modes: ``static-homogeneous`` and ``static-oserve`` plan once for the whole trace's mean per-type rates
 (hindsight a real static deployment would not have); ``switch-reload`` and ``switch-p2p`` start from a
 plan for the first ``warmup_s`` and run the closed loop (forecast, switching policy, switches) with
-weights reloaded from storage or moved peer-to-peer.
+weights reloaded from storage or moved peer-to-peer. Ablations ``blind-reload`` and ``blind-p2p``
+switch whenever the re-plan differs from the current deployment (no gain-versus-cost test, no
+hysteresis, no minimum gap, no preference for nearby deployments).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from oserve.switching.links import LinkModel
 from oserve.switching.policy import SwitchContext, SwitchParams
 
 MODES = ("static-homogeneous", "static-oserve", "switch-reload", "switch-p2p")
+ABLATIONS = ("blind-reload", "blind-p2p")  # switch whenever the re-plan differs: no gain test, no gap
 FORECASTERS = {"last": LastValue(), "moving-avg": MovingAverage(3), "ewma": EWMA(alphas=(0.5,))}
 
 
@@ -45,13 +48,16 @@ def run_static(setup: AdaptiveSetup, planner: str):
     return plan, simulate_plan(plan, p.trace, p.types, setup.cost, setup.sim_config)
 
 
-def run_adaptive(setup: AdaptiveSetup, transfer_mode: str) -> tuple:
+def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False) -> tuple:
     p = setup.prepared
     warm = p.types.stats(p.trace.window(0.0, setup.warmup_s))
     warm = [replace(t, rate_rps=t.count / setup.warmup_s) for t in warm]
     initial = make_plan(setup.cluster, setup.cost.model, warm, "oserve", setup.cost)
     ctx = SwitchContext(setup.cluster, setup.cost, tuple(p.stats), LinkModel(setup.cluster, setup.io))
     params = replace(setup.switch, transfer_mode=transfer_mode)
+    if blind:
+        params = replace(params, min_gap_s=0.0, hysteresis=0.0, near_tolerance=0.0,
+                         min_gain_requests=-float("inf"))
     sim = AdaptiveSimulation(ctx, params, initial, FORECASTERS[setup.forecaster], setup.sim_config,
                              batching_config(setup.cost, setup.sim_config), setup.control_interval_s)
     types = request_type_ids(p.trace, p.types, setup.sim_config.oracle_types)
@@ -68,7 +74,8 @@ def compare(setup: AdaptiveSetup, modes=MODES, slo_ttft_s=None, slo_tpot_s=None)
             out[mode] = {"summary": res.summary(slo_ttft_s, slo_tpot_s), "deployment": plan.describe(),
                          "num_switches": 0, "result": res}
         else:
-            initial, ares = run_adaptive(setup, mode.split("-", 1)[1])
+            kind, transfer = mode.split("-", 1)
+            initial, ares = run_adaptive(setup, transfer, blind=kind == "blind")
             out[mode] = {"summary": ares.sim.summary(slo_ttft_s, slo_tpot_s),
                          "deployment": initial.describe(), "num_switches": ares.num_switches,
                          "migrated": ares.migrated, "requeued": ares.requeued,
