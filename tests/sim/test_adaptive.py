@@ -42,9 +42,14 @@ def _run(setup, mode):
                    request_type_ids(trace, types))
 
 
+@pytest.fixture(scope="module")
+def runs(setup):
+    return {mode: _run(setup, mode) for mode in ("p2p", "reload")}
+
+
 @pytest.mark.parametrize("mode", ["p2p", "reload"])
-def test_switch_from_a_single_tp8_replica_executes_and_loses_nothing(setup, mode):
-    res = _run(setup, mode)
+def test_switch_from_a_single_tp8_replica_executes_and_loses_nothing(runs, mode):
+    res = runs[mode]
     assert res.num_switches >= 1
     first = next(r for r in res.timeline if r.switched)
     assert first.deployment == "1x[H100-80GB TP8]"
@@ -59,6 +64,22 @@ def test_switch_from_a_single_tp8_replica_executes_and_loses_nothing(setup, mode
     assert all(b.time_s - a.time_s >= 30 for a, b in zip(later, later[1:]))
 
 
-def test_reload_switch_hurts_latency_more_than_p2p(setup):
-    p2p, reload = _run(setup, "p2p"), _run(setup, "reload")
+def test_reload_switch_hurts_latency_more_than_p2p(runs):
+    p2p, reload = runs["p2p"], runs["reload"]
     assert reload.sim.summary()["p99_e2e_s"] >= p2p.sim.summary()["p99_e2e_s"] * 0.99
+
+
+def test_simulate_adaptive_cli_writes_results_and_plot(tmp_path, capsys):
+    import json
+
+    from oserve.cli.main import main
+
+    out = tmp_path / "ad"
+    assert main(["simulate-adaptive", "--cluster", "1x8xH100", "--model", "llama-2-7b", "--trace",
+                 "azure-code", "--rate-scale", "25", "--types", "2", "--modes", "static-oserve,switch-p2p",
+                 "--control-interval", "10s", "--warmup", "10s", "--min-gap", "30s", "--json",
+                 "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["modes"]) == {"static-oserve", "switch-p2p"}
+    assert doc["ratios"]["switch-p2p"]["p99_e2e_vs_switch_p2p"] == 1.0
+    assert (out / "adaptive.png").exists() and (out / "timeline_switch-p2p.csv").exists()

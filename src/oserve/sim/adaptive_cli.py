@@ -19,6 +19,9 @@ from oserve.switching.policy import SwitchParams
 
 def register(sub) -> None:
     from oserve.cli.common_args import add_cluster_model_args, add_trace_args
+    from oserve.switching import cli as switching_cli
+
+    switching_cli.register(sub)  # `oserve transfer-plan` (the switching layer has no CLI hook of its own)
 
     p = sub.add_parser("simulate-adaptive", help="simulate forecasting + switching against static plans")
     add_cluster_model_args(p)
