@@ -100,3 +100,14 @@ def test_overload_is_429_and_no_replica_is_503():
             client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
         assert info.value.status_code == 503 and "replica" in info.value.message
     assert runtime.metrics.counter("oserve_rejected_total", reason="overloaded") == 1
+
+
+def test_errors_are_the_same_without_the_hot_path():
+    runtime, _ = make_runtime()
+    with ServerThread(create_app(runtime, fast_path=False)) as server:
+        bad = httpx.post(server.base_url + CHAT, content=b"{not json")
+        unknown = httpx.post(server.base_url + CHAT, json={"model": "x", "messages": MESSAGES})
+        ok = openai_client(server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "model_not_found"
+    assert ok.usage.completion_tokens == 2

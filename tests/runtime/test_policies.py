@@ -103,3 +103,14 @@ def test_metrics_render_prometheus_text():
     assert 'oserve_request_latency_seconds_bucket{type="a",replica="r0",le="0.001"} 0' in text
     assert "oserve_plan_version 2" in text
     assert metrics.counter("oserve_requests_total", status="ok") == 1
+
+
+def test_online_classifier_matches_the_planners_vectorised_typing(conv_types):
+    import numpy as np
+
+    from oserve.runtime.router import online_classifier
+
+    classify = online_classifier(conv_types)
+    lengths = np.unique(np.geomspace(1, 200_000, 3000).astype(int))
+    expected = conv_types.classify_online(lengths)
+    assert [classify(int(n)) for n in lengths] == expected.tolist()

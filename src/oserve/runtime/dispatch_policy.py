@@ -51,6 +51,10 @@ def choose(table: DispatchTable, state: DispatchState, type_index: int,
     is_open = [v.is_open for v in views]
     if not any(is_open):
         return Decision(Outcome.OVERLOADED), state
+    if all(is_open) and 0 <= type_index < table.num_types and len(views) == table.num_replicas:
+        outstanding = [v.num_inflight for v in views]
+        index, state = planner_choose(table, state, type_index, outstanding)
+        return Decision(Outcome.CHOSEN, index), state
     row = table.weights[type_index] if 0 <= type_index < table.num_types else ()
     masked = [row[i] if i < len(row) and is_open[i] else 0.0 for i in range(len(views))]
     if sum(masked) <= MIN_WEIGHT:  # the planned replicas are unavailable: spill to any open one

@@ -8,6 +8,8 @@ replica (up to ``max_attempts``); after the first token a generation cannot move
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -21,6 +23,22 @@ from oserve.runtime.metrics import Metrics
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 
 Classifier = Callable[[int], int]
+
+
+def online_classifier(types) -> Classifier:
+    """The planner's online typing (``RequestTypes.classify_online``) for one prompt at a time.
+
+    Same bins and same answer as the vectorised numpy version, in plain Python (a bisect on the log of
+    the prompt length), so that typing costs about a microsecond per request instead of tens.
+    """
+    edges = list(types.online.log_edges)
+    bin_type = list(types.online.bin_type)
+    last = len(bin_type) - 1
+
+    def classify(prompt_tokens: int) -> int:
+        return bin_type[min(max(bisect.bisect_right(edges, math.log1p(prompt_tokens)), 0), last)]
+
+    return classify
 
 
 @dataclass(frozen=True)
@@ -216,4 +234,4 @@ class RoutedStream:
         await self._release()
 
 
-__all__ = ["RoutedStream", "Router", "RoutingTable"]
+__all__ = ["RoutedStream", "Router", "RoutingTable", "online_classifier"]

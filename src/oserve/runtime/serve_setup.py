@@ -14,6 +14,7 @@ from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.errors import ClientRequestError
+from oserve.runtime.router import online_classifier
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.workload import fit_request_types, load_trace
@@ -83,7 +84,7 @@ def build_runtime(args) -> ServingRuntime:
                              initial=current)
     config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
                            check_interval_s=args.check_interval_s)
-    runtime = ServingRuntime(name, plan, factory, lambda n: types.online.classify(n), planner, config)
+    runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config)
     holder["runtime"] = runtime
     return runtime
 

@@ -21,7 +21,7 @@ LOOPBACK = "127.0.0.1"
 
 def _config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=10)
+                          lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
