@@ -107,3 +107,16 @@ def test_gpus_too_full_for_old_and_new_only_offer_what_they_keep(cost70, cluster
     for chunk, holders in problem.holders.items():
         for h in holders:
             assert chunk in old[h] and chunk in new[h]
+
+
+@pytest.mark.parametrize("before,after", TRANSITIONS_70B)
+def test_earliest_finish_rule_is_exact_once_and_near_the_bound(before, after, cost70, cluster2, links2):
+    transition = plan_transition(placed(before, cluster2), after, cluster2)
+    problem = transfer_problem(transition, cost70)
+    plan = plan_greedy(problem, links2, rule="earliest-finish")
+    got: dict[int, list] = {}
+    for t in plan.transfers:
+        got.setdefault(t.dst, []).extend(t.chunks)
+    assert {d: sorted(c) for d, c in got.items()} == {d: sorted(c) for d, c in problem.needs.items()}
+    bound = transfer_lower_bound(problem, links2)
+    assert bound.duration_s * (1 - 1e-6) <= plan.duration_s <= bound.duration_s * 1.1 + 1e-6

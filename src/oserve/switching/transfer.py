@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oserve.common.errors import ConfigError
 from oserve.costmodel.cost_model import CostModel
 from oserve.switching.links import STORAGE, Link, LinkModel
 from oserve.switching.shards import Chunk, WeightLayout, layout_for
@@ -100,8 +101,20 @@ def _usable_bytes(cost: CostModel, transition: Transition) -> dict[int, float]:
     return out
 
 
-def plan_greedy(problem: TransferProblem, links: LinkModel, use_peers: bool = True) -> TransferPlan:
-    """The greedy transfer plan; with ``use_peers=False`` every chunk is reloaded from storage."""
+GREEDY_RULES = ("same-node-first", "earliest-finish")
+
+
+def plan_greedy(problem: TransferProblem, links: LinkModel, use_peers: bool = True,
+                rule: str = "same-node-first") -> TransferPlan:
+    """The greedy transfer plan; with ``use_peers=False`` every chunk is reloaded from storage.
+
+    ``same-node-first``: the least-loaded holder on the destination's node, else on another node, else
+    storage. ``earliest-finish``: among every holder and storage, the one whose two links would finish
+    their load soonest with this chunk added (it spills onto the network or storage when NVLink is
+    busy enough that they finish first).
+    """
+    if rule not in GREEDY_RULES:
+        raise ConfigError(f"unknown greedy rule '{rule}', expected one of {GREEDY_RULES}")
     load: dict[Link, float] = {}
     picked: dict[tuple[int, int], list[Chunk]] = {}
     chunk_bytes = {}
@@ -109,7 +122,11 @@ def plan_greedy(problem: TransferProblem, links: LinkModel, use_peers: bool = Tr
         for chunk in sorted(problem.needs[dst]):
             size = problem.layout.chunk_bytes(chunk)
             chunk_bytes[chunk] = size
-            src = _choose_source(problem.holders.get(chunk, ()) if use_peers else (), dst, links, load)
+            holders = problem.holders.get(chunk, ()) if use_peers else ()
+            if rule == "earliest-finish":
+                src = _earliest_finish(holders, dst, size, links, load)
+            else:
+                src = _choose_source(holders, dst, links, load)
             for link in links.links(src, dst):
                 load[link] = load.get(link, 0.0) + size
             picked.setdefault((src, dst), []).append(chunk)
@@ -117,6 +134,17 @@ def plan_greedy(problem: TransferProblem, links: LinkModel, use_peers: bool = Tr
                       for (s, d), cs in sorted(picked.items()))
     duration, bottleneck = links.duration_s(load)
     return TransferPlan(transfers, load, duration, bottleneck, dict(problem.needs), chunk_bytes)
+
+
+def _earliest_finish(holders, dst: int, size: float, links: LinkModel, load: dict[Link, float]) -> int:
+    node = links.node_of(dst)
+
+    def finish(src: int) -> tuple[float, int, int]:
+        t = max((load.get(link, 0.0) + size) / links.capacity_bytes_s(link)
+                for link in links.links(src, dst))
+        return t, 0 if src != STORAGE and links.node_of(src) == node else 1, src
+
+    return min([h for h in holders if h != dst] + [STORAGE], key=finish)
 
 
 def _choose_source(holders, dst: int, links: LinkModel, load: dict[Link, float]) -> int:
