@@ -108,3 +108,18 @@ def test_failed_replan_keeps_the_current_plan():
 
     decision, runtime = asyncio.run(main())
     assert decision.should_replan and runtime.router.table.version == 1
+
+
+def test_health_checks_retire_a_silently_dead_replica():
+    async def main():
+        runtime, fleet = make_runtime(num_replicas=2)
+        await runtime.controller.start()
+        fleet.engines[0].kill()
+        dead = await runtime.controller.check_health()
+        states = [h.state for h in runtime.router.table.handles]
+        await runtime.stop()
+        return dead, states, runtime
+
+    dead, states, runtime = asyncio.run(main())
+    assert dead == ["r0"] and states == [ReplicaState.DEAD, ReplicaState.ACTIVE]
+    assert runtime.metrics.counter("oserve_replica_deaths_total", replica="r0") == 1

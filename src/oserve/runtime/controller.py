@@ -131,8 +131,21 @@ class Controller:
         log.info("plan v%d (%s): %s; dispatch %s", table.version, reason, table.plan.describe(),
                  [[round(x, 3) for x in row] for row in table.plan.dispatch])
 
+    async def check_health(self) -> list[str]:
+        """Mark active replicas whose engine fails its health check as dead; returns their names."""
+        handles = [h for h in self.router.table.handles if h.state is ReplicaState.ACTIVE]
+        results = await asyncio.gather(*(h.engine.health() for h in handles), return_exceptions=True)
+        dead = []
+        for handle, ok in zip(handles, results):
+            if ok is not True and handle.state is ReplicaState.ACTIVE:
+                self.router.mark_dead(handle)
+                dead.append(handle.name)
+                log.error("replica %s failed its health check; no new requests go to it", handle.name)
+        return dead
+
     async def check_once(self) -> ReplanDecision:
-        """Measure rates, decide, and re-plan if due. Returns the decision taken."""
+        """Check replica health, measure rates, decide, and re-plan if due. Returns the decision."""
+        await self.check_health()
         now_s = self.clock.now_s()
         measured = self.meter.rates_rps(now_s)
         if self.meter.observed_s(now_s) < self.meter.window_s:

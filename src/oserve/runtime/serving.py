@@ -64,7 +64,7 @@ class ServingRuntime:
 
     async def start(self) -> None:
         await self.controller.start()
-        if self.controller.planner is not None:
+        if self.config.check_interval_s > 0:
             self._control_task = asyncio.create_task(self.controller.run())
 
     async def stop(self) -> None:
