@@ -32,6 +32,8 @@ def register(sub) -> None:
                    help=f"comma-separated subset of {MODES + ABLATIONS}")
     p.add_argument("--control-interval", default="60s", help="how often the controller decides")
     p.add_argument("--forecaster", default="ewma", choices=sorted(FORECASTERS))
+    p.add_argument("--lstm", default=None, metavar="FILE", help="forecast with this trained LSTM "
+                   "(oserve forecast train, same --types and a window equal to --control-interval)")
     p.add_argument("--warmup", default="5m", help="the initial plan is for this first stretch")
     p.add_argument("--horizon", default="10m", help="gain of a switch is counted over this horizon")
     p.add_argument("--min-gap", default="5m", help="minimum time between two switches")
@@ -64,9 +66,24 @@ def _setup(args):
                           hysteresis=args.hysteresis, drain_s=args.drain,
                           restart_overhead_s=args.restart_overhead)
     prepared = prepare_trace(trace, cost, args.types, args.seed)
-    return cluster, AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch,
-                                  parse_duration_s(args.control_interval), parse_duration_s(args.warmup),
-                                  args.forecaster, io)
+    interval_s = parse_duration_s(args.control_interval)
+    return cluster, AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
+                                  parse_duration_s(args.warmup), _forecaster(args, interval_s), io)
+
+
+def _forecaster(args, interval_s: float):
+    if not args.lstm:
+        return args.forecaster
+    from oserve.forecast.lstm import LSTMForecaster
+
+    model, meta = LSTMForecaster.load(args.lstm)
+    if len(model.scale) - 1 != args.types:
+        raise ConfigError(f"LSTM '{args.lstm}' forecasts {len(model.scale) - 1} types, not --types "
+                          f"{args.types}")
+    if meta.get("window_s") not in (None, interval_s):
+        raise ConfigError(f"LSTM '{args.lstm}' was trained on {meta['window_s']:g} s windows, the "
+                          f"control interval is {interval_s:g} s")
+    return model
 
 
 def run(args) -> int:

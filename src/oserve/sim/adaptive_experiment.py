@@ -38,7 +38,7 @@ class AdaptiveSetup:
     switch: SwitchParams = SwitchParams()
     control_interval_s: float = 60.0
     warmup_s: float = 300.0
-    forecaster: str = "ewma"
+    forecaster: object = "ewma"  # a name from FORECASTERS, or a fitted Forecaster (e.g. a loaded LSTM)
     io: IoProfile = IoProfile()
 
 
@@ -58,7 +58,8 @@ def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False) 
     if blind:
         params = replace(params, min_gap_s=0.0, hysteresis=0.0, near_tolerance=0.0,
                          min_gain_requests=-float("inf"))
-    sim = AdaptiveSimulation(ctx, params, initial, FORECASTERS[setup.forecaster], setup.sim_config,
+    forecaster = FORECASTERS[setup.forecaster] if isinstance(setup.forecaster, str) else setup.forecaster
+    sim = AdaptiveSimulation(ctx, params, initial, forecaster, setup.sim_config,
                              batching_config(setup.cost, setup.sim_config), setup.control_interval_s)
     types = request_type_ids(p.trace, p.types, setup.sim_config.oracle_types)
     result: AdaptiveResult = sim.run(p.trace.arrival_s, p.trace.input_tokens, p.trace.output_tokens,
