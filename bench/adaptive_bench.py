@@ -5,6 +5,9 @@ Scenarios (each simulated with the discrete-event simulator, step times from the
              opposite phase: steady total, swinging mix), about 85% of the static plan's capacity.
   phases70   Llama-2-70B on 4x8 H100, the Azure conversation hour then the code hour, replayed 8x faster.
   phases13   Llama-2-13B on 2x8 H100, the same phases replayed 12x faster.
+  longshort70  Llama-2-70B on 4x8 H100: 10 minutes of the Azure requests (both services) with prompts over
+             1500 tokens, then 10 minutes of the others, each replayed (looped when shorter) at 75% /
+             90% of the capacity of the plan for that phase (the phases want different deployments).
 Modes: static-homogeneous, static-oserve (both planned for the whole trace's mean rates), switch-reload,
 switch-p2p (closed loop: EWMA forecast, cost-aware policy) and the ablations blind-reload / blind-p2p
 (switch whenever the re-plan differs). Writes bench/results/adaptive/<scenario>/ and a summary
@@ -22,24 +25,47 @@ from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.forecast.cli import git_revision
 from oserve.forecast.synthetic import load_any_trace
+from oserve.planner.api import make_plan
 from oserve.sim.adaptive_cli import _ratios
 from oserve.sim.adaptive_experiment import ABLATIONS, MODES, AdaptiveSetup, compare
 from oserve.sim.adaptive_plots import plot_adaptive
 from oserve.sim.experiment import prepare_trace
 from oserve.switching import IoProfile, SwitchParams
+from oserve.workload import Trace, fit_request_types, load_trace
 
 SCENARIOS = {
+    "longshort70": ("llama-2-70b", "4x8xH100", "long-short", 1.0, 30.0),
     "diurnal13": ("llama-2-13b", "2x8xH100", "synthetic-diurnal:0.5:48", 1.0, 30.0),
     "phases70": ("llama-2-70b", "4x8xH100", "phases:azure-conv,azure-code", 8.0, 30.0),
     "phases13": ("llama-2-13b", "2x8xH100", "phases:azure-conv,azure-code", 12.0, 30.0),
 }
 
 
+def long_short(cost, cluster, phase_s: float = 600.0, loads=(0.75, 0.9), threshold_tokens: int = 1500):
+    """Long-prompt Azure requests, then short-prompt ones, each rescaled to a load of its own plan."""
+    mix = load_trace("azure-mix")
+    types = fit_request_types(mix, 4, 0)
+    long = mix.input_tokens > threshold_tokens
+    parts = []
+    for i, (mask, load) in enumerate(zip((long, ~long), loads)):
+        part = Trace(mix.arrival_s[mask], mix.input_tokens[mask], mix.output_tokens[mask])
+        plan = make_plan(cluster, cost.model, types.stats(part), "oserve", cost)
+        part = part.scaled(load * plan.demand_scale)
+        span = float(part.arrival_s[-1]) + 1e-3
+        copies = [Trace(part.arrival_s + j * span, part.input_tokens, part.output_tokens)
+                  for j in range(int(phase_s // span) + 1)]  # replay the hour again if it is shorter
+        part = Trace.merge(copies).window(0.0, phase_s)
+        parts.append(Trace(part.arrival_s + i * phase_s, part.input_tokens, part.output_tokens))
+    merged = Trace.merge(parts)
+    return Trace(merged.arrival_s, merged.input_tokens, merged.output_tokens,
+                 f"azure-mix prompts>{threshold_tokens} then <={threshold_tokens} (rescaled)")
+
+
 def run(name: str, out: Path, modes) -> dict:
     model, cluster_spec, trace_spec, scale, interval_s = SCENARIOS[name]
     cost = CostModel(load_models().get(model))
     cluster = parse_cluster(cluster_spec)
-    trace = load_any_trace(trace_spec, 0)
+    trace = long_short(cost, cluster) if trace_spec == "long-short" else load_any_trace(trace_spec, 0)
     if scale != 1.0:
         trace = trace.scaled(scale)
     prepared = prepare_trace(trace, cost, 4, 0)

@@ -1,7 +1,8 @@
 """Comparing static deployments with switching ones on a workload whose mix shifts.
 
 Modes: ``static-homogeneous`` and ``static-oserve`` plan once for the whole trace's mean per-type rates
-(hindsight a real static deployment would not have); ``switch-reload`` and ``switch-p2p`` start from a
+(hindsight a real static deployment would not have); ``static-initial`` keeps the plan for the first
+``warmup_s`` for the whole run (what planning once from recent traffic gives); ``switch-reload`` and ``switch-p2p`` start from a
 plan for the first ``warmup_s`` and run the closed loop (forecast, switching policy, switches) with
 weights reloaded from storage or moved peer-to-peer. Ablations ``blind-reload`` and ``blind-p2p``
 switch whenever the re-plan differs from the current deployment (no gain-versus-cost test, no
@@ -24,7 +25,7 @@ from oserve.switching.io_profile import IoProfile
 from oserve.switching.links import LinkModel
 from oserve.switching.policy import SwitchContext, SwitchParams
 
-MODES = ("static-homogeneous", "static-oserve", "switch-reload", "switch-p2p")
+MODES = ("static-homogeneous", "static-oserve", "static-initial", "switch-reload", "switch-p2p")
 ABLATIONS = ("blind-reload", "blind-p2p")  # switch whenever the re-plan differs: no gain test, no gap
 FORECASTERS = {"last": LastValue(), "moving-avg": MovingAverage(3), "ewma": EWMA(alphas=(0.5,))}
 
@@ -44,15 +45,24 @@ class AdaptiveSetup:
 
 def run_static(setup: AdaptiveSetup, planner: str):
     p = setup.prepared
-    plan = make_plan(setup.cluster, setup.cost.model, p.stats, planner, setup.cost)
+    if planner == "initial":
+        plan = initial_plan(setup)
+    else:
+        plan = make_plan(setup.cluster, setup.cost.model, p.stats, planner, setup.cost)
     return plan, simulate_plan(plan, p.trace, p.types, setup.cost, setup.sim_config)
+
+
+def initial_plan(setup: AdaptiveSetup):
+    """The plan for the per-type rates of the first ``warmup_s``."""
+    p = setup.prepared
+    warm = p.types.stats(p.trace.window(0.0, setup.warmup_s))
+    warm = [replace(t, rate_rps=t.count / setup.warmup_s) for t in warm]
+    return make_plan(setup.cluster, setup.cost.model, warm, "oserve", setup.cost)
 
 
 def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False) -> tuple:
     p = setup.prepared
-    warm = p.types.stats(p.trace.window(0.0, setup.warmup_s))
-    warm = [replace(t, rate_rps=t.count / setup.warmup_s) for t in warm]
-    initial = make_plan(setup.cluster, setup.cost.model, warm, "oserve", setup.cost)
+    initial = initial_plan(setup)
     ctx = SwitchContext(setup.cluster, setup.cost, tuple(p.stats), LinkModel(setup.cluster, setup.io))
     params = replace(setup.switch, transfer_mode=transfer_mode)
     if blind:
