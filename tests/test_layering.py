@@ -29,8 +29,8 @@ def test_layers_import_only_earlier_layers():
             for target, line in _imports(path):
                 if target not in ORDER or target == layer:
                     continue
-                # a layer's own cli.py is a command-line adapter and may use oserve.cli helpers
-                adapter = path.name == "cli.py" and target == "cli"
+                # a layer's own *cli.py modules are command-line adapters and may use oserve.cli helpers
+                adapter = path.stem.endswith("cli") and target == "cli"
                 if (layer, target) in FORBIDDEN or (
                         ORDER.index(target) > ORDER.index(layer) and layer != "cli" and not adapter):
                     violations.append(f"{path.relative_to(root)}:{line} imports oserve.{target}")
