@@ -175,16 +175,19 @@ def embedded_model(num_requests: int) -> dict:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         model = client.models.list().data[0].id
         rates = []
+        story = [{"role": "user", "content": "Write a long story about a cat who learns to sail."}]
         for _ in range(3):
-            start, first, n = time.perf_counter(), None, 0
-            for chunk in client.completions.create(model=model, prompt="Tell me a long story about a cat.",
-                                                   max_tokens=128, temperature=0.0, stream=True):
-                if chunk.choices and chunk.choices[0].text:
+            first, n = None, 0
+            for chunk in client.chat.completions.create(model=model, messages=story, max_tokens=128,
+                                                        temperature=0.0, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
                     first = first or time.perf_counter()
                     n += 1
-            rates.append((n - 1) / (time.perf_counter() - first))
+            if first is not None and n > 1:
+                rates.append((n - 1) / (time.perf_counter() - first))
         config = BenchConfig(url=url.removesuffix("/v1"), rate_scale=1.0, max_requests=num_requests,
-                             max_duration_s=240.0, max_input_tokens=256, max_output_tokens=32)
+                             max_duration_s=240.0, max_input_tokens=256, max_output_tokens=32,
+                             endpoint="chat")
         report = asyncio.run(run_bench(config, load_trace("azure-conv")))
     finally:
         proc.terminate()
