@@ -114,3 +114,18 @@ def test_serve_command_with_fake_engines_answers_the_openai_client():
         assert reply.usage.completion_tokens == 3
     finally:
         stop(proc)
+
+
+def test_serve_setup_plans_a_gpu_fleet_of_cost_model_timed_fakes():
+    from oserve.runtime.serve_setup import build_runtime
+
+    args = build_parser().parse_args(["serve", "--engine", "fake", "--cluster", "1x8xH100", "--model",
+                                      "llama-2-13b", "--replan", "--replan-cooldown-s", "30"])
+    runtime = build_runtime(args)
+    plan = runtime.router.table.plan
+    assert plan.num_gpus <= 8 and plan.planner == "oserve" and len(plan.type_names) == 4
+    engines = [h.engine for h in runtime.router.table.handles]
+    assert all(e.cost.decode_s_per_token > 0 and e.cost.prefill_s_per_token > 0 for e in engines)
+    assert runtime.controller.planner is not None
+    assert runtime.controller.replan.cooldown_s == 30.0
+    assert runtime.model_name == "llama-2-13b"

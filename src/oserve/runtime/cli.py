@@ -48,8 +48,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", default="oserve")
     p.add_argument("--plan", default=None, metavar="FILE", help="a plan JSON (oserve plan --json)")
     p.add_argument("--replan", action="store_true", help="re-plan live as the traffic mix drifts")
-    p.add_argument("--window-s", type=float, default=60.0)
-    p.add_argument("--check-interval-s", type=float, default=10.0)
+    p.add_argument("--window-s", type=float, default=60.0, help="rate measurement window")
+    p.add_argument("--check-interval-s", type=float, default=10.0, help="health/re-plan check period")
+    p.add_argument("--replan-mix-threshold", type=float, default=0.15,
+                   help="mix drift (total-variation distance) that calls for a new plan")
+    p.add_argument("--replan-volume-ratio", type=float, default=1.5,
+                   help="total-rate change (x or /) that calls for a new plan")
+    p.add_argument("--replan-confirm-checks", type=int, default=3,
+                   help="consecutive drifted checks before re-planning")
+    p.add_argument("--replan-cooldown-s", type=float, default=120.0, help="minimum time between switches")
     p.add_argument("--max-inflight", type=int, default=64, help="queue bound per replica (then 429)")
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")

@@ -14,6 +14,7 @@ from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.errors import ClientRequestError
+from oserve.runtime.replan_policy import ReplanConfig
 from oserve.runtime.router import online_classifier
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
@@ -82,8 +83,11 @@ def build_runtime(args) -> ServingRuntime:
             current = Counter(r.config for r in holder["runtime"].router.table.plan.replicas)
             return make_plan(cluster, model, rescaled_types(stats, rates_rps), args.planner, cost,
                              initial=current)
+    replan = ReplanConfig(mix_threshold=args.replan_mix_threshold,
+                          volume_ratio=args.replan_volume_ratio,
+                          confirm_checks=args.replan_confirm_checks, cooldown_s=args.replan_cooldown_s)
     config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
-                           check_interval_s=args.check_interval_s)
+                           check_interval_s=args.check_interval_s, replan=replan)
     runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config)
     holder["runtime"] = runtime
     return runtime
