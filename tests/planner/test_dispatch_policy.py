@@ -73,3 +73,15 @@ def test_unknown_type_or_policy_is_a_config_error():
         choose_replica(TABLE, DispatchState.initial(TABLE), 5, [0, 0, 0])
     with pytest.raises(ConfigError):
         choose_replica(TABLE, DispatchState.initial(TABLE), 0, [0, 0, 0], "nope")
+
+
+def test_spillover_leaves_the_plan_only_when_the_choice_is_queueing():
+    state = DispatchState.initial(TABLE)
+    r, _ = choose_replica(TABLE, state, 1, [5, 0, 3], "spillover", queued=[0, 0, 0])
+    assert r == 2  # no queue: the plan's only replica for type 1
+    r, _ = choose_replica(TABLE, state, 1, [5, 1, 3], "spillover", queued=[2, 0, 1])
+    assert r == 1  # queued there: the least loaded replica with an empty queue
+    r, _ = choose_replica(TABLE, state, 1, [5, 1, 3], "spillover", queued=[2, 1, 1])
+    assert r == 2  # every queue busy: stay with the plan
+    with pytest.raises(ConfigError):
+        choose_replica(TABLE, state, 1, [0, 0, 0], "spillover")

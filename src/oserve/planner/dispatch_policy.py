@@ -9,6 +9,12 @@ to the weights, so the plan's split is kept; under bursts the less loaded replic
 (an idle fleet of equally weighted replicas) are broken by a per-type smooth weighted round-robin credit
 rather than by replica index, so idle replicas take turns.
 
+``spillover`` is least-outstanding that may leave the plan: when the replica it picks has requests queued
+(waiting for admission, not yet running) it sends the request instead to the least loaded replica with an
+empty queue, if any. A plan dedicates replicas to types by their *mean* rates; when a bursty type floods
+its few replicas while the others have room, spilling keeps the burst from queueing (statistical
+multiplexing, which a homogeneous fleet has for free).
+
 Everything here is pure: the caller owns the state (``DispatchState``) and passes it in and gets the new
 state back, and the random generator, when a policy needs one, is injected.
 """
@@ -22,7 +28,7 @@ import numpy as np
 
 from oserve.common.errors import ConfigError
 
-DISPATCH_POLICIES = ("least-outstanding", "weighted-random", "round-robin")
+DISPATCH_POLICIES = ("least-outstanding", "spillover", "weighted-random", "round-robin")
 MIN_WEIGHT = 1e-9
 
 
@@ -86,10 +92,12 @@ def _smooth_wrr(credits: tuple[float, ...], allowed: tuple[int, ...],
 
 def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
                    outstanding: Sequence[int], policy: str = "least-outstanding",
-                   rng: np.random.Generator | None = None) -> tuple[int, DispatchState]:
+                   rng: np.random.Generator | None = None,
+                   queued: Sequence[int] | None = None) -> tuple[int, DispatchState]:
     """The replica for one request of ``type_id``, and the dispatch state after it.
 
-    ``outstanding[r]`` is the number of requests replica r holds (queued or running).
+    ``outstanding[r]`` is the number of requests replica r holds (queued or running); ``queued[r]`` the
+    number waiting for admission (needed by ``spillover`` only).
     """
     if not 0 <= type_id < table.num_types:
         raise ConfigError(f"request type {type_id} is not in the plan ({table.num_types} types)")
@@ -102,10 +110,17 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
     credits, order = _smooth_wrr(state.credits[type_id], allowed, weights)
     if policy == "round-robin":
         choice = order[0]
-    elif policy == "least-outstanding":
+    elif policy in ("least-outstanding", "spillover"):
         rank = {r: i for i, r in enumerate(order)}
         weight_of = dict(zip(allowed, weights))
         choice = min(allowed, key=lambda r: ((outstanding[r] + 1) / weight_of[r], rank[r]))
+        if policy == "spillover":
+            if queued is None:
+                raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
+            if queued[choice] > 0:
+                free = [r for r in range(len(queued)) if queued[r] == 0]
+                if free:
+                    choice = min(free, key=lambda r: (outstanding[r], r))
     else:
         raise ConfigError(f"unknown dispatch policy '{policy}', expected one of {DISPATCH_POLICIES}")
     credits[choice] -= 1.0

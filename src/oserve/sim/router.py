@@ -16,7 +16,7 @@ class Router:
         self.rng = rng
         self.state = DispatchState.initial(table)
 
-    def route(self, type_id: int, outstanding: list[int]) -> int:
+    def route(self, type_id: int, outstanding: list[int], queued: list[int] | None = None) -> int:
         replica, self.state = choose_replica(self.table, self.state, type_id, outstanding, self.policy,
-                                             self.rng)
+                                             self.rng, queued)
         return replica

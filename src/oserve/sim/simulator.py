@@ -151,7 +151,8 @@ class Simulation:
         return ""
 
     def _route(self, type_id: int, max_tokens: int) -> int:
-        rid = self.router.route(type_id, [r.num_outstanding for r in self.replicas])
+        queued = [len(r.waiting) for r in self.replicas] if self.router.policy == "spillover" else None
+        rid = self.router.route(type_id, [r.num_outstanding for r in self.replicas], queued)
         max_kv = self.max_kv_tokens
         if max_tokens > max_kv[rid]:  # the plan's choice cannot hold it: least loaded that can
             fits = [r for r in range(len(max_kv)) if max_kv[r] >= max_tokens]
