@@ -114,3 +114,25 @@ def test_online_classifier_matches_the_planners_vectorised_typing(conv_types):
     lengths = np.unique(np.geomspace(1, 200_000, 3000).astype(int))
     expected = conv_types.classify_online(lengths)
     assert [classify(int(n)) for n in lengths] == expected.tolist()
+
+
+def test_spillover_never_spills_onto_a_closed_replica():
+    table = DispatchTable.from_fractions([[1.0, 0.0, 0.0]])
+    state = DispatchState.initial(table)
+    replicas = [ReplicaView(0, True, 5, 8, num_queued=3), ReplicaView(1, False, 0, 8, num_queued=0),
+                ReplicaView(2, True, 1, 8, num_queued=0)]
+    decision, _ = choose(table, state, 0, replicas, policy="spillover")
+    assert decision.index == 2
+    decision, _ = choose(table, state, 0, replicas, policy="least-outstanding")
+    assert decision.index == 0
+
+
+def test_weighted_random_uses_the_injected_generator():
+    import numpy as np
+
+    table = DispatchTable.from_fractions([[0.5, 0.5]])
+    picks = [choose(table, DispatchState.initial(table), 0, views((True, 0, 8), (True, 0, 8)),
+                    "weighted-random", np.random.default_rng(7))[0].index for _ in range(5)]
+    again = [choose(table, DispatchState.initial(table), 0, views((True, 0, 8), (True, 0, 8)),
+                    "weighted-random", np.random.default_rng(7))[0].index for _ in range(5)]
+    assert picks == again

@@ -58,6 +58,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="consecutive drifted checks before re-planning")
     p.add_argument("--replan-cooldown-s", type=float, default=120.0, help="minimum time between switches")
     p.add_argument("--max-inflight", type=int, default=64, help="queue bound per replica (then 429)")
+    p.add_argument("--dispatch-policy", default="least-outstanding",
+                   choices=("least-outstanding", "spillover", "weighted-random", "round-robin"),
+                   help="per-request choice among the plan's replicas (the planner's shared policies)")
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info")

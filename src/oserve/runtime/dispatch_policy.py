@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
+
 from oserve.planner.dispatch_policy import MIN_WEIGHT, DispatchState, DispatchTable
 from oserve.planner.dispatch_policy import choose_replica as planner_choose
 
@@ -25,10 +27,14 @@ class ReplicaView:
     is_accepting: bool
     num_inflight: int
     max_inflight: int
+    num_queued: int = 0  # waiting inside the engine, not yet running (used by ``spillover``)
 
     @property
     def is_open(self) -> bool:
         return self.is_accepting and self.num_inflight < self.max_inflight
+
+
+CLOSED_QUEUE = 1 << 30
 
 
 class Outcome(Enum):
@@ -43,17 +49,22 @@ class Decision:
     index: int = -1
 
 
-def choose(table: DispatchTable, state: DispatchState, type_index: int,
-           views: Sequence[ReplicaView]) -> tuple[Decision, DispatchState]:
-    """The replica for one request of ``type_index`` among ``views`` (aligned with the table)."""
+def choose(table: DispatchTable, state: DispatchState, type_index: int, views: Sequence[ReplicaView],
+           policy: str = "least-outstanding",
+           rng: np.random.Generator | None = None) -> tuple[Decision, DispatchState]:
+    """The replica for one request of ``type_index`` among ``views`` (aligned with the table).
+
+    ``policy`` is one of the planner's ``DISPATCH_POLICIES``; a closed replica is shown to ``spillover``
+    as infinitely queued, so it never spills onto one."""
     if not any(v.is_accepting for v in views):
         return Decision(Outcome.NO_REPLICA), state
     is_open = [v.is_open for v in views]
     if not any(is_open):
         return Decision(Outcome.OVERLOADED), state
+    outstanding = [v.num_inflight for v in views]
+    queued = [v.num_queued if o else CLOSED_QUEUE for v, o in zip(views, is_open)]
     if all(is_open) and 0 <= type_index < table.num_types and len(views) == table.num_replicas:
-        outstanding = [v.num_inflight for v in views]
-        index, state = planner_choose(table, state, type_index, outstanding)
+        index, state = planner_choose(table, state, type_index, outstanding, policy, rng, queued)
         return Decision(Outcome.CHOSEN, index), state
     row = table.weights[type_index] if 0 <= type_index < table.num_types else ()
     masked = [row[i] if i < len(row) and is_open[i] else 0.0 for i in range(len(views))]
@@ -62,8 +73,8 @@ def choose(table: DispatchTable, state: DispatchState, type_index: int,
     rows = list(table.weights) or [()]
     type_index = min(max(type_index, 0), len(rows) - 1)
     rows[type_index] = tuple(masked)
-    outstanding = [v.num_inflight for v in views]
-    index, state = planner_choose(DispatchTable(tuple(rows)), state, type_index, outstanding)
+    index, state = planner_choose(DispatchTable(tuple(rows)), state, type_index, outstanding, policy, rng,
+                                  queued)
     return Decision(Outcome.CHOSEN, index), state
 
 

@@ -13,6 +13,8 @@ import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
@@ -59,14 +61,16 @@ class RoutingTable:
 
 class Router:
     def __init__(self, table: RoutingTable, metrics: Metrics, classifier: Classifier | None = None,
-                 clock: Clock | None = None,
-                 max_attempts: int = 3) -> None:
+                 clock: Clock | None = None, max_attempts: int = 3,
+                 dispatch_policy: str = "least-outstanding", seed: int = 0) -> None:
         self.table = table
         self._dispatch = (table.dispatch_table(), DispatchState.initial(table.dispatch_table()))
         self.metrics = metrics
         self.classifier = classifier
         self.clock = clock or WallClock()
         self.max_attempts = max_attempts
+        self.dispatch_policy = dispatch_policy
+        self.rng = np.random.default_rng(seed)  # used by the weighted-random policy only
         self.arrival_listeners: list[Callable[[int, float], None]] = []
         self.num_inflight = 0
 
@@ -100,8 +104,9 @@ class Router:
         for _ in range(self.max_attempts):
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
-                                 h.max_inflight) for i, h in enumerate(table.handles)]
-            decision, state = choose(dispatch, state, type_index, views)
+                                 h.max_inflight, h.engine.load().num_waiting)
+                     for i, h in enumerate(table.handles)]
+            decision, state = choose(dispatch, state, type_index, views, self.dispatch_policy, self.rng)
             if table is self.table:
                 self._dispatch = (dispatch, state)
             type_name = table.type_name(type_index)

@@ -87,7 +87,8 @@ def build_runtime(args) -> ServingRuntime:
                           volume_ratio=args.replan_volume_ratio,
                           confirm_checks=args.replan_confirm_checks, cooldown_s=args.replan_cooldown_s)
     config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
-                           check_interval_s=args.check_interval_s, replan=replan)
+                           check_interval_s=args.check_interval_s, replan=replan,
+                           dispatch_policy=args.dispatch_policy)
     runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config)
     holder["runtime"] = runtime
     return runtime
