@@ -123,3 +123,17 @@ def test_health_checks_retire_a_silently_dead_replica():
     dead, states, runtime = asyncio.run(main())
     assert dead == ["r0"] and states == [ReplicaState.DEAD, ReplicaState.ACTIVE]
     assert runtime.metrics.counter("oserve_replica_deaths_total", replica="r0") == 1
+
+
+def test_a_retired_replica_that_answers_again_is_reinstated():
+    async def main():
+        runtime, fleet = make_runtime(num_replicas=2)
+        await runtime.controller.start()
+        runtime.router.mark_dead(runtime.router.table.handles[1])  # e.g. one failed connection
+        retired = await runtime.controller.check_health()
+        state = runtime.router.table.handles[1].state
+        await runtime.stop()
+        return retired, state
+
+    retired, state = asyncio.run(main())
+    assert retired == [] and state is ReplicaState.ACTIVE

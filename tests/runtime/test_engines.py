@@ -131,3 +131,27 @@ def test_runtime_fails_to_start_when_a_replica_fails_health():
 
     with pytest.raises(EngineStartError, match="1 of 2 replicas"):
         asyncio.run(main())
+
+
+def test_a_busy_upstream_is_retried_elsewhere_but_not_retired():
+    from oserve.runtime.fake_engine import FakeCost
+    from oserve.runtime.replica import ReplicaState
+    from oserve.runtime.serving import RuntimeConfig
+
+    busy, _ = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.05),
+                           config=RuntimeConfig(max_inflight_per_replica=1))
+    with ServerThread(create_app(busy)) as upstream:
+        hold = openai_client(upstream).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=40, stream=True)
+        next(iter(hold))  # the upstream's only slot is taken: it answers 429
+        specs = [EngineSpec("remote", {"url": upstream.base_url, "model": MODEL}), EngineSpec("fake")]
+        front = ServingRuntime(MODEL, make_plan(2, dispatch=[[1.0, 0.0], [1.0, 0.0]]),
+                               lambda r: specs[r.replica_id].build(r))
+        with ServerThread(create_app(front)) as server:
+            reply = openai_client(server).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            states = [h.state for h in front.router.table.handles]
+        hold.close()
+    assert reply.choices[0].message.content == " ok" * 2
+    assert states == [ReplicaState.ACTIVE, ReplicaState.ACTIVE]
+    assert front.metrics.counter("oserve_retries_total", replica="r0") == 1

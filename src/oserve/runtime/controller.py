@@ -132,16 +132,22 @@ class Controller:
                  [[round(x, 3) for x in row] for row in table.plan.dispatch])
 
     async def check_health(self) -> list[str]:
-        """Mark active replicas whose engine fails its health check as dead; returns their names."""
-        handles = [h for h in self.router.table.handles if h.state is ReplicaState.ACTIVE]
+        """Health-check the active and dead replicas: a failing active one is retired (marked dead), a
+        dead one that answers again (e.g. a remote server back from a restart) is reinstated.
+        Returns the names of the replicas retired."""
+        handles = [h for h in self.router.table.handles
+                   if h.state in (ReplicaState.ACTIVE, ReplicaState.DEAD)]
         results = await asyncio.gather(*(h.engine.health() for h in handles), return_exceptions=True)
-        dead = []
+        retired = []
         for handle, ok in zip(handles, results):
             if ok is not True and handle.state is ReplicaState.ACTIVE:
                 self.router.mark_dead(handle)
-                dead.append(handle.name)
+                retired.append(handle.name)
                 log.error("replica %s failed its health check; no new requests go to it", handle.name)
-        return dead
+            elif ok is True and handle.state is ReplicaState.DEAD:
+                handle.state = ReplicaState.ACTIVE
+                log.warning("replica %s is healthy again; it takes requests again", handle.name)
+        return retired
 
     async def check_once(self) -> ReplanDecision:
         """Check replica health, measure rates, decide, and re-plan if due. Returns the decision."""

@@ -60,10 +60,14 @@ class EngineDeadError(RuntimeServeError):
     """An engine died or stopped answering. Before the first token the router retries elsewhere."""
 
 
+class EngineBusyError(EngineDeadError):
+    """An engine is alive but refuses work for now (upstream 429/503): retried elsewhere, not retired."""
+
+
 class EngineStartError(RuntimeServeError):
     """An engine could not be started (missing dependency, process exited, health check timed out)."""
 
 
-__all__ = ["ClientRequestError", "EngineDeadError", "EngineStartError", "ModelNotFoundError",
+__all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError", "ModelNotFoundError",
            "NoReplicaError", "OverloadedError", "PromptTooLongError", "RequestTooLargeError",
            "RuntimeServeError"]

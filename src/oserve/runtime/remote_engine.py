@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
-from oserve.runtime.errors import ClientRequestError, EngineDeadError
+from oserve.runtime.errors import ClientRequestError, EngineBusyError, EngineDeadError
 
 
 class RemoteOpenAIEngine:
@@ -118,6 +118,8 @@ async def _check_status(response: httpx.Response, name: str) -> None:
         message = text[:500]
     if response.status_code < 500 and response.status_code != 429:
         raise ClientRequestError(f"upstream {name} rejected the request: {message}")
+    if response.status_code in (429, 503):
+        raise EngineBusyError(f"upstream {name} is busy ({response.status_code}): {message}")
     raise EngineDeadError(f"upstream {name} answered {response.status_code}: {message}")
 
 

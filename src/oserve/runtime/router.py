@@ -20,7 +20,7 @@ from oserve.runtime.clock import Clock, WallClock
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
-from oserve.runtime.errors import EngineDeadError, NoReplicaError, OverloadedError
+from oserve.runtime.errors import EngineBusyError, EngineDeadError, NoReplicaError, OverloadedError
 from oserve.runtime.metrics import Metrics
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 
@@ -122,9 +122,9 @@ class Router:
             try:
                 await stream.start()
                 return stream
-            except EngineDeadError:
+            except EngineDeadError as exc:
                 tried.add(id(handle))
-                died.append(handle.name)
+                died.append(handle.name + (" (busy)" if isinstance(exc, EngineBusyError) else ""))
                 self.metrics.inc("oserve_retries_total", (("replica", handle.name),))
         self._reject(self.table.type_name(type_index), "retries_exhausted")
         raise NoReplicaError(f"replicas {died} died before answering; gave up after "
@@ -168,6 +168,9 @@ class RoutedStream:
             self.first = await self._gen.__anext__()
         except StopAsyncIteration:
             self.first = None
+        except EngineBusyError:
+            await self._release()
+            raise
         except EngineDeadError:
             self.router.mark_dead(self.handle)
             await self._release()

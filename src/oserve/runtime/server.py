@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -71,7 +72,7 @@ class ServerThread:
         while not self.server.started:
             if not self._thread.is_alive() or waited_s > self.start_timeout_s:
                 raise EngineStartError(f"gateway did not start: {self._error!r}")
-            threading.Event().wait(0.02)
+            time.sleep(0.02)
             waited_s += 0.02
         return self
 

@@ -47,7 +47,8 @@ def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: 
         return JSONResponse(body, status_code=status)
 
     async def serve(request: Request, schema: type) -> Response:
-        check_body_size(int(request.headers.get("content-length") or 0), runtime.config.max_body_bytes)
+        declared = request.headers.get("content-length", "")
+        check_body_size(int(declared) if declared.isdigit() else 0, runtime.config.max_body_bytes)
         raw = await request.body()
         check_body_size(len(raw), runtime.config.max_body_bytes)
         body = parse_body(schema, raw)
