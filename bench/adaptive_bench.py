@@ -85,6 +85,8 @@ def run(name: str, out: Path, modes) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     (d / "results.json").write_text(json.dumps(doc, indent=2, default=str))
     timelines = {m: r["timeline"] for m, r in results.items() if "timeline" in r}
+    for mode, timeline in timelines.items():
+        (d / f"timeline_{mode}.json").write_text(json.dumps([vars(r) for r in timeline], indent=1))
     if timelines:
         plot_adaptive(d / "adaptive.png", timelines, prepared.types.names(),
                       f"{model} on {cluster_spec}, {prepared.trace.name}")

@@ -27,10 +27,13 @@ def plot_adaptive(path: Path, timelines: dict, type_names, title: str = "") -> N
     ax.set_ylabel("req/s (past interval)")
     ax.legend(fontsize=7, ncol=len(type_names))
     ax.set_title(title, fontsize=9)
+    all_labels = sorted({lab for tl in timelines.values() for r in tl for lab in r.num_gpus_by_config})
+    colour = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(all_labels)}
     for ax, (mode, timeline) in zip(axes[1:], timelines.items()):
-        labels = sorted({lab for r in timeline for lab in r.num_gpus_by_config})
+        labels = [lab for lab in all_labels if any(lab in r.num_gpus_by_config for r in timeline)]
         stacks = np.array([[r.num_gpus_by_config.get(lab, 0) for r in timeline] for lab in labels])
-        ax.stackplot([r.time_s / 60 for r in timeline], stacks, labels=labels, step="post")
+        ax.stackplot([r.time_s / 60 for r in timeline], stacks, labels=labels, step="post",
+                     colors=[colour[lab] for lab in labels])
         for r in timeline:
             if r.switched:
                 ax.axvline(r.time_s / 60, color="black", lw=0.8, ls=":")
