@@ -105,6 +105,10 @@ def run_serve(args) -> int:
     runtime = build_runtime(args)
     from oserve.runtime.gateway.app import create_app
 
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("oserve.runtime").warning(
+            "listening on %s: /admin/plan and /metrics are reachable by anyone who can reach this "
+            "address; there is no authentication", args.host)
     sock = bind_socket(args.host, args.port)
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     print(usage_banner(url, runtime.model_name), flush=True)
