@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from oserve.costmodel.catalog import load_models, parse_cluster
+from oserve.costmodel.catalog import load_models
 from oserve.costmodel.cost_model import CostModel
 from oserve.planner.plan import Plan
 from oserve.sim.config import SimConfig
@@ -28,7 +28,6 @@ def main() -> int:
         if "error" in d or d["plans"]["oserve"]["deployment"] == d["plans"]["homogeneous"]["deployment"]:
             continue
         cost = CostModel(load_models().get(d["model"]))
-        parse_cluster(d["cluster"])
         prepared = prepare_trace(d["trace"], cost, 4, d["sim_config"]["seed"], (0.0, d["window_s"]))
         scale = d["reference_scale"]
         row = {"model": d["model"], "gpus": d["num_gpus"], "trace": d["trace"], "scale": scale,

@@ -103,13 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bound-factor", type=float, default=2.0)
     ap.add_argument("--rel-tol", type=float, default=0.05)
     ap.add_argument("--batching", default="chunked")
+    ap.add_argument("--dispatch", default="least-outstanding")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "spatial"))
     ap.add_argument("--force", action="store_true", help="recompute scenarios that already have results")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = SimConfig(batching=args.batching, seed=args.seed)
+    config = SimConfig(batching=args.batching, dispatch=args.dispatch, seed=args.seed)
     for model in args.models.split(","):
         for gpus in (int(g) for g in args.gpus.split(",")):
             for trace in args.traces.split(","):
