@@ -25,6 +25,34 @@ from .test_reliability import load  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
+def test_oserve_serve_with_ray_serves_and_shuts_down_cleanly():
+    """``oserve serve --ray`` (a local Ray of its own): answers, then exits on SIGTERM within a minute.
+
+    Runs before the module's in-process Ray starts, so the two never share a machine-wide session."""
+    import signal
+    import subprocess
+
+    from .test_loadgen_cli import serve_subprocess
+
+    proc, url = serve_subprocess("--engine", "fake", "--replicas", "2", "--ray")
+
+    class Server:
+        base_url = url
+
+    try:
+        reply = openai_client(Server).chat.completions.create(
+            model="oserve-fake", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert reply.usage.completion_tokens == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code in (0, 15, -15)  # uvicorn re-raises SIGTERM after its clean shutdown
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     connect(num_cpus=2)

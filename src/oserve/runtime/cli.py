@@ -112,7 +112,13 @@ def run_serve(args) -> int:
     sock = bind_socket(args.host, args.port)
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     print(usage_banner(url, runtime.model_name), flush=True)
-    serve_sockets(create_app(runtime), sock, args.log_level)
+    try:
+        serve_sockets(create_app(runtime), sock, args.log_level)
+    finally:
+        if args.ray or args.ray_address:
+            from oserve.runtime.ray_engine import disconnect
+
+            disconnect()
     return 0
 
 

@@ -34,6 +34,14 @@ class RayPlacement:
         return [{"CPU": self.cpus_per_bundle} for _ in range(n)]
 
 
+def disconnect() -> None:
+    """Leave (or stop the local) Ray cluster; a no-op if Ray is not up."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join a Ray cluster (``address``) or start a local one; a no-op if Ray is already up."""
     import ray
@@ -114,19 +122,27 @@ class RayActorEngine:
         facts = await self.actor.start.remote()
         self.info.context_tokens = facts["context_tokens"]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        import asyncio
+
         import ray
         from ray.util.placement_group import remove_placement_group
 
         actor, self.actor = self.actor, None
         if actor is not None:
-            try:
-                await actor.stop.remote()
-            except ray.exceptions.RayError:
+            try:  # a dead actor or a Ray that is shutting down must not hang the gateway's shutdown
+                await asyncio.wait_for(asyncio.wrap_future(actor.stop.remote().future()), timeout_s)
+            except Exception:  # noqa: BLE001 - best effort: the actor is killed next anyway
                 pass
-            ray.kill(actor)
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         if self._pg is not None:
-            remove_placement_group(self._pg)
+            try:
+                remove_placement_group(self._pg)
+            except Exception:  # noqa: BLE001 - Ray itself may be gone at shutdown
+                pass
             self._pg = None
 
     async def health(self) -> bool:
@@ -167,4 +183,4 @@ async def _with_timeout(ref, timeout_s: float):
     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
 
 
-__all__ = ["RayActorEngine", "RayPlacement", "connect"]
+__all__ = ["RayActorEngine", "RayPlacement", "connect", "disconnect"]
