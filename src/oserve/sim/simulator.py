@@ -179,7 +179,7 @@ def _progress_bar(total: int, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="req", desc="simulating", leave=False)
+    return tqdm(total=total, unit="req", desc="simulating", leave=False, delay=2.0)
 
 
 class _Records:
