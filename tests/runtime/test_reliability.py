@@ -98,3 +98,20 @@ def test_plan_switch_under_load_over_http_loses_no_request():
     assert counts == {"completed": 200, "error": 0, "lost": 0}
     assert admin["plan_version"] == 2 and admin["plan"]["deployment"] == "2x[cpu TP2]"
     assert len(fleet.engines) == 4 and all(not e.is_started for e in fleet.engines[:2])
+
+
+def test_a_client_that_goes_away_mid_stream_frees_its_slot():
+    import time
+
+    runtime, _ = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.01))
+    with ServerThread(create_app(runtime)) as server:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500,
+                "stream": True}
+        with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body) as response:
+            next(response.iter_lines())  # one event, then hang up
+        deadline = time.monotonic() + 10
+        while runtime.router.num_inflight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runtime.router.num_inflight == 0
+        assert runtime.router.table.handles[0].num_inflight == 0
+    assert runtime.metrics.counter("oserve_requests_total", status="cancelled") == 1

@@ -8,6 +8,7 @@ replica (up to ``max_attempts``); after the first token a generation cannot move
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 from collections.abc import AsyncIterator, Callable
@@ -203,6 +204,9 @@ class RoutedStream:
             self._settle("engine_dead")
             raise EngineDeadError(f"replica {self.handle.name} died after {self.num_tokens} tokens of "
                                   f"this request; it cannot be resumed ({exc})") from exc
+        except (asyncio.CancelledError, GeneratorExit):
+            self._settle("cancelled")  # the client went away
+            raise
         except BaseException:
             self._settle("error")
             raise
