@@ -41,6 +41,7 @@ class AdaptiveSetup:
     warmup_s: float = 300.0
     forecaster: object = "ewma"  # a name from FORECASTERS, or a fitted Forecaster (e.g. a loaded LSTM)
     io: IoProfile = IoProfile()
+    redispatch: bool = False  # on hold, re-weight dispatch for the forecast (default: keep the plan's)
 
 
 def run_static(setup: AdaptiveSetup, planner: str):
@@ -70,7 +71,8 @@ def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False) 
                          min_gain_requests=-float("inf"))
     forecaster = FORECASTERS[setup.forecaster] if isinstance(setup.forecaster, str) else setup.forecaster
     sim = AdaptiveSimulation(ctx, params, initial, forecaster, setup.sim_config,
-                             batching_config(setup.cost, setup.sim_config), setup.control_interval_s)
+                             batching_config(setup.cost, setup.sim_config), setup.control_interval_s,
+                             redispatch=setup.redispatch)
     types = request_type_ids(p.trace, p.types, setup.sim_config.oracle_types)
     result: AdaptiveResult = sim.run(p.trace.arrival_s, p.trace.input_tokens, p.trace.output_tokens,
                                      types)
