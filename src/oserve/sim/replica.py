@@ -58,6 +58,10 @@ class ReplicaSim:
         self.waiting.append(seq)
         if self.batch is None:
             return self._start_step(now_s)
+        if len(self.waiting) > 1 and self.run_steps > 1:
+            # A decode run that started with requests waiting could admit none of them (no seat or no
+            # KV room, neither of which frees up during the run); this one queues behind them.
+            return None
         return self._cut_run(now_s)
 
     def on_step_end(self, now_s: float) -> tuple[list[Seq], list[Seq], float | None]:
