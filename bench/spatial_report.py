@@ -106,7 +106,7 @@ def markdown(rows: list[dict], agg: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(runs: list[dict], out: Path) -> None:
+def plots(runs: list[dict], out: Path, name: str = "spatial") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +136,7 @@ def plots(runs: list[dict], out: Path) -> None:
             ax.grid(True, alpha=0.3)
         fig.suptitle(f"{model}: P99 end-to-end latency vs offered load (grey: bound)")
         fig.tight_layout()
-        fig.savefig(out / f"spatial_p99_vs_rate_{model}.png", dpi=100)
+        fig.savefig(out / f"{name}_p99_vs_rate_{model}.png", dpi=100)
         plt.close(fig)
 
 
@@ -144,20 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--results", default=str(HERE / "results" / "spatial"))
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--name", default="spatial", help="prefix of the output files")
     args = ap.parse_args(argv)
     runs = load(Path(args.results))
     rows = scenario_rows(runs)
     ok = [r for r in rows if "error" not in r]
     agg = aggregate(ok)
     out = Path(args.out)
-    with (out / "spatial_summary.csv").open("w", newline="") as fh:
+    with (out / f"{args.name}_summary.csv").open("w", newline="") as fh:
         fields = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "spatial_summary.json").write_text(json.dumps({"scenarios": rows, "aggregate": agg}, indent=1))
-    (out / "spatial_summary.md").write_text(markdown(rows, agg) + "\n")
-    plots(runs, out)
+    (out / f"{args.name}_summary.json").write_text(json.dumps({"scenarios": rows, "aggregate": agg}, indent=1))
+    (out / f"{args.name}_summary.md").write_text(markdown(rows, agg) + "\n")
+    plots(runs, out, args.name)
     print(markdown(rows, agg))
     return 0
 
