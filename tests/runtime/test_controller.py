@@ -137,3 +137,53 @@ def test_a_retired_replica_that_answers_again_is_reinstated():
 
     retired, state = asyncio.run(main())
     assert retired == [] and state is ReplicaState.ACTIVE
+
+
+def test_a_switch_policy_replaces_the_reactive_rule():
+    from oserve.runtime.switch_adapter import SwitchOutcome
+
+    calls = []
+
+    def switcher(plan, last_switch_s, now_s, rates):
+        calls.append((last_switch_s, now_s, tuple(rates)))
+        if last_switch_s is None:
+            return SwitchOutcome(True, "gain 10 req > cost 1 req", make_plan(3, rates=rates))
+        return SwitchOutcome(False, "minimum gap", None)
+
+    async def main():
+        clock = ManualClock()
+        config = RuntimeConfig(window_s=1.0)
+        runtime = ServingRuntime(MODEL, make_plan(2), FakeFleet(), None, None, config, clock,
+                                 switcher=switcher)
+        await runtime.controller.start()
+        decisions = []
+        for _ in range(2):
+            for _ in range(5):
+                await serve_one_typed(runtime, 1)
+            clock.advance(1.0)
+            decisions.append(await runtime.controller.check_once())
+        await runtime.stop()
+        return runtime, decisions
+
+    runtime, decisions = asyncio.run(main())
+    assert [d.should_replan for d in decisions] == [True, False]
+    assert calls[0][0] is None and calls[1][0] == 1.0 and calls[0][2] == (0.0, 5.0)
+    assert runtime.router.table.version == 2 and len(runtime.router.table.handles) == 3
+    assert runtime.controller.history[-1].reason == "gain 10 req > cost 1 req"
+
+
+def test_cost_aware_switcher_wraps_the_switching_policy(conv_trace, conv_types):
+    from oserve.costmodel.catalog import load_models, parse_cluster
+    from oserve.costmodel.cost_model import CostModel
+    from oserve.planner.api import make_plan as plan_for
+    from oserve.runtime.switch_adapter import cost_aware_switcher
+
+    stats = conv_types.stats(conv_trace)
+    cluster, model = parse_cluster("1x8xH100"), load_models().get("llama-2-13b")
+    cost = CostModel(model)
+    plan = plan_for(cluster, model, stats, "oserve", cost)
+    switcher = cost_aware_switcher(cluster, cost, stats)
+    same = switcher(plan, None, 1000.0, [s.rate_rps for s in stats])
+    assert not same.switch and same.plan is None and "current one" in same.reason
+    recent = switcher(plan, 990.0, 1000.0, [10 * s.rate_rps for s in stats])
+    assert not recent.switch and "minimum gap" in recent.reason

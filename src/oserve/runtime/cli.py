@@ -48,6 +48,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", default="oserve")
     p.add_argument("--plan", default=None, metavar="FILE", help="a plan JSON (oserve plan --json)")
     p.add_argument("--replan", action="store_true", help="re-plan live as the traffic mix drifts")
+    p.add_argument("--switch-policy", default="reactive", choices=("reactive", "cost-aware"),
+                   help="reactive: re-plan on persistent drift (--replan-* knobs); cost-aware: "
+                        "oserve.switching's policy, switching only when the gain pays for the switch")
     p.add_argument("--window-s", type=float, default=60.0, help="rate measurement window")
     p.add_argument("--check-interval-s", type=float, default=10.0, help="health/re-plan check period")
     p.add_argument("--replan-mix-threshold", type=float, default=0.15,

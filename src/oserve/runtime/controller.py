@@ -18,7 +18,7 @@ from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.engine import Engine
 from oserve.runtime.errors import EngineStartError
 from oserve.runtime.rate_meter import RateMeter
-from oserve.runtime.replan_policy import ReplanConfig, ReplanDecision, ReplanState, decide
+from oserve.runtime.replan_policy import ReplanConfig, ReplanDecision, ReplanState, decide, drift
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 from oserve.runtime.router import Router, RoutingTable
 
@@ -40,10 +40,12 @@ class Controller:
     def __init__(self, router: Router, engine_factory: EngineFactory, planner: Planner | None = None,
                  clock: Clock | None = None, replan: ReplanConfig = ReplanConfig(),
                  window_s: float = 60.0, check_interval_s: float = 10.0, drain_timeout_s: float = 300.0,
-                 max_inflight_per_replica: int = 64) -> None:
+                 max_inflight_per_replica: int = 64, switcher=None) -> None:
         self.router = router
         self.engine_factory = engine_factory
         self.planner = planner
+        self.switcher = switcher  # a SwitchOutcome-returning policy that replaces decide + planner
+        self.last_switch_s: float | None = None
         self.clock = clock or router.clock
         self.replan = replan
         self.check_interval_s = check_interval_s
@@ -157,6 +159,8 @@ class Controller:
         if self.meter.observed_s(now_s) < self.meter.window_s:
             measured = tuple(0.0 for _ in measured)  # no full window yet: nothing to act on
         planned = self.table.plan.type_rates_rps
+        if self.switcher is not None:
+            return await self._check_switcher(planned, measured, now_s)
         decision = decide(self.replan, self.replan_state, planned, measured, now_s)
         self.replan_state = decision.state
         self.last_decision = decision
@@ -164,8 +168,32 @@ class Controller:
             try:
                 plan = await asyncio.to_thread(self.planner, measured)
                 await self.apply(plan, decision.reason)
+                self.last_switch_s = now_s
             except Exception as exc:  # noqa: BLE001 - a failed re-plan keeps the current plan serving
                 log.error("re-plan failed, keeping plan v%d: %s", self.table.version, exc)
+        return decision
+
+    async def _check_switcher(self, planned, measured, now_s: float) -> ReplanDecision:
+        mix, ratio = drift(planned, measured)
+        if sum(measured) < self.replan.min_total_rps:
+            decision = ReplanDecision(False, self.replan_state, "too little traffic", mix, ratio)
+        else:
+            try:
+                outcome = await asyncio.to_thread(self.switcher, self.table.plan, self.last_switch_s,
+                                                  now_s, measured)
+            except Exception as exc:  # noqa: BLE001 - a failing policy keeps the current plan
+                log.error("switch policy failed, keeping plan v%d: %s", self.table.version, exc)
+                outcome = None
+            reason = outcome.reason if outcome is not None else "switch policy failed"
+            decision = ReplanDecision(bool(outcome and outcome.switch), self.replan_state, reason, mix,
+                                      ratio)
+            if outcome is not None and outcome.switch and outcome.plan is not None:
+                try:
+                    await self.apply(outcome.plan, outcome.reason)
+                    self.last_switch_s = now_s
+                except Exception as exc:  # noqa: BLE001 - e.g. a new replica failed to start
+                    log.error("switch failed, keeping plan v%d: %s", self.table.version, exc)
+        self.last_decision = decision
         return decision
 
     async def run(self) -> None:

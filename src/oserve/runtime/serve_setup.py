@@ -77,8 +77,12 @@ def build_runtime(args) -> ServingRuntime:
     spec = engine_spec(args, len(plan.replicas))
     factory = _engine_factory(args, spec, cost)
     holder: dict[str, ServingRuntime] = {}
-    planner = None
-    if args.replan and cluster is not None:
+    planner = switcher = None
+    if args.replan and cluster is not None and args.switch_policy == "cost-aware":
+        from oserve.runtime.switch_adapter import cost_aware_switcher
+
+        switcher = cost_aware_switcher(cluster, cost, stats)
+    elif args.replan and cluster is not None:
         def planner(rates_rps):
             current = Counter(r.config for r in holder["runtime"].router.table.plan.replicas)
             return make_plan(cluster, model, rescaled_types(stats, rates_rps), args.planner, cost,
@@ -89,7 +93,8 @@ def build_runtime(args) -> ServingRuntime:
     config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
                            check_interval_s=args.check_interval_s, replan=replan,
                            dispatch_policy=args.dispatch_policy)
-    runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config)
+    runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config,
+                             switcher=switcher)
     holder["runtime"] = runtime
     return runtime
 

@@ -35,7 +35,8 @@ class ServingRuntime:
 
     def __init__(self, model_name: str, plan: Plan, engine_factory: EngineFactory,
                  classifier: Classifier | None = None, planner: Planner | None = None,
-                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None) -> None:
+                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None,
+                 switcher=None) -> None:
         self.model_name = model_name
         self.config = config
         self.clock = clock or WallClock()
@@ -46,7 +47,7 @@ class ServingRuntime:
                              config.max_attempts, config.dispatch_policy, config.seed)
         self.controller = Controller(self.router, engine_factory, planner, self.clock, config.replan,
                                      config.window_s, config.check_interval_s, config.drain_timeout_s,
-                                     config.max_inflight_per_replica)
+                                     config.max_inflight_per_replica, switcher)
         self._control_task: asyncio.Task | None = None
         self._register_gauges()
 
