@@ -68,6 +68,6 @@ class EngineStartError(RuntimeServeError):
     """An engine could not be started (missing dependency, process exited, health check timed out)."""
 
 
-__all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError", "ModelNotFoundError",
-           "NoReplicaError", "OverloadedError", "PromptTooLongError", "RequestTooLargeError",
-           "RuntimeServeError"]
+__all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError",
+           "ModelNotFoundError", "NoReplicaError", "OverloadedError", "PromptTooLongError",
+           "RequestTooLargeError", "RuntimeServeError"]

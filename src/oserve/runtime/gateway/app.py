@@ -28,9 +28,13 @@ def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: 
             yield
 
     app = FastAPI(title="oserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    handler = CompletionHandler(runtime)
-    started_at = int(time.time())
+    _add_error_handlers(app)
+    _add_completion_routes(app, runtime)
+    _add_info_routes(app, runtime)
+    return HotPathApp(app) if fast_path else app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OServeError)
     async def _oserve_error(_: Request, exc: OServeError) -> JSONResponse:
         status, body = to_status_and_body(exc)
@@ -45,6 +49,10 @@ def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         status, body = to_status_and_body(exc)
         return JSONResponse(body, status_code=status)
+
+
+def _add_completion_routes(app: FastAPI, runtime: ServingRuntime) -> None:
+    handler = CompletionHandler(runtime)
 
     async def serve(request: Request, schema: type) -> Response:
         declared = request.headers.get("content-length", "")
@@ -69,6 +77,10 @@ def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: 
     app.state.hot_paths = {("POST", "/v1/chat/completions"): chat_completions,
                            ("POST", "/v1/completions"): completions}
 
+
+def _add_info_routes(app: FastAPI, runtime: ServingRuntime) -> None:
+    started_at = int(time.time())
+
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": runtime.model_name, "object": "model",
@@ -89,8 +101,6 @@ def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: 
     @app.get("/admin/plan")
     async def admin_plan() -> dict:
         return runtime.admin_state()
-
-    return HotPathApp(app) if fast_path else app
 
 
 class HotPathApp:
