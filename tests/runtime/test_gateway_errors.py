@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -95,6 +97,9 @@ def test_overload_is_429_and_no_replica_is_503():
             client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
         assert "full queues" in info.value.message
         stream.close()
+        deadline = time.monotonic() + 10  # the server frees the slot once it sees the hang-up
+        while runtime.router.num_inflight and time.monotonic() < deadline:
+            time.sleep(0.02)
         fleet.engines[0].kill()
         with pytest.raises(openai.InternalServerError) as info:
             client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
@@ -111,3 +116,14 @@ def test_errors_are_the_same_without_the_hot_path():
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "model_not_found"
     assert ok.usage.completion_tokens == 2
+
+
+def test_http_errors_are_counted_by_status_and_code(gateway):
+    server, runtime, _ = gateway
+    httpx.post(server.base_url + CHAT, content=b"{not json")
+    httpx.post(server.base_url + CHAT, json={"model": "x", "messages": MESSAGES})
+    httpx.get(server.base_url + "/v1/nothing")
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'oserve_http_errors_total{status="400",code="invalid_request"} 1' in metrics
+    assert 'oserve_http_errors_total{status="400",code="model_not_found"} 1' in metrics
+    assert 'oserve_http_errors_total{status="404",code="404"} 1' in metrics

@@ -13,6 +13,7 @@ from oserve.common.errors import OServeError
 from oserve.runtime.gateway.error_map import http_error_body, to_status_and_body
 from oserve.runtime.gateway.handler import CompletionHandler, check_body_size
 from oserve.runtime.gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+from oserve.runtime.metrics import Metrics
 from oserve.runtime.serving import ServingRuntime
 
 
@@ -28,27 +29,29 @@ def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: 
             yield
 
     app = FastAPI(title="oserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    _add_error_handlers(app)
+    _add_error_handlers(app, runtime.metrics)
     _add_completion_routes(app, runtime)
     _add_info_routes(app, runtime)
-    return HotPathApp(app) if fast_path else app
+    return HotPathApp(app, runtime.metrics) if fast_path else app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(OServeError)
-    async def _oserve_error(_: Request, exc: OServeError) -> JSONResponse:
+def error_response(exc: BaseException, metrics: Metrics) -> JSONResponse:
+    """The OpenAI-style error response for ``exc``, counted in ``oserve_http_errors_total``."""
+    if isinstance(exc, StarletteHTTPException):
+        status, body = exc.status_code, http_error_body(exc.status_code, str(exc.detail))
+    else:
         status, body = to_status_and_body(exc)
-        return JSONResponse(body, status_code=status)
+    metrics.inc("oserve_http_errors_total", (("status", str(status)),
+                                             ("code", str(body["error"]["code"]))))
+    return JSONResponse(body, status_code=status)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(http_error_body(exc.status_code, str(exc.detail)),
-                            status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        status, body = to_status_and_body(exc)
-        return JSONResponse(body, status_code=status)
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, metrics)
+
+    for exc_class in (OServeError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_class, handle)
 
 
 def _add_completion_routes(app: FastAPI, runtime: ServingRuntime) -> None:
@@ -109,8 +112,9 @@ class HotPathApp:
     through ``error_map``, so the answer is the same either way; skipping FastAPI's middleware and
     routing layers roughly halves the gateway's CPU per request (see docs/runtime.md)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
         self.hot_paths = app.state.hot_paths
 
     async def __call__(self, scope, receive, send) -> None:
@@ -124,9 +128,8 @@ class HotPathApp:
         try:
             response = await endpoint(request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI-style error body
-            status, body = to_status_and_body(exc)
-            response = JSONResponse(body, status_code=status)
+            response = error_response(exc, self.metrics)
         await response(scope, receive, send)
 
 
-__all__ = ["HotPathApp", "create_app"]
+__all__ = ["HotPathApp", "create_app", "error_response"]
