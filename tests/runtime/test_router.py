@@ -106,3 +106,37 @@ def test_full_queues_are_rejected_as_overloaded():
             await collect(runtime, request(2))  # the slot is free again
 
     asyncio.run(main())
+
+
+def test_a_silent_replica_is_timed_out_and_the_request_retried_elsewhere():
+    async def main():
+        config = RuntimeConfig(first_token_timeout_s=0.2)
+        runtime, fleet = make_runtime(dispatch=[[1.0, 0.0], [1.0, 0.0]], config=config)
+        async with runtime:
+            fleet.engines[0].stall()
+            text = await collect(runtime, request(2))
+            state = runtime.router.table.handles[0].state
+        return text, state, runtime.metrics
+
+    text, state, metrics = asyncio.run(main())
+    assert text == " ok" * 2 and state is ReplicaState.DEAD
+    assert metrics.counter("oserve_retries_total", replica="r0") == 1
+
+
+def test_a_stream_that_stalls_fails_explicitly():
+    async def main():
+        config = RuntimeConfig(token_timeout_s=0.2)
+        runtime, fleet = make_runtime(num_replicas=1, config=config)
+        async with runtime:
+            stream = await runtime.router.open(request(50), 0)
+            chunks = []
+            with pytest.raises(EngineDeadError, match="stalled"):
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    if len(chunks) == 3:
+                        fleet.engines[0].stall()
+            await stream.aclose()
+            return runtime.router.num_inflight, runtime.metrics
+
+    inflight, metrics = asyncio.run(main())
+    assert inflight == 0 and metrics.counter("oserve_requests_total", status="engine_dead") == 1

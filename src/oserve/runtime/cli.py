@@ -64,6 +64,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dispatch-policy", default="least-outstanding",
                    choices=("least-outstanding", "spillover", "weighted-random", "round-robin"),
                    help="per-request choice among the plan's replicas (the planner's shared policies)")
+    p.add_argument("--first-token-timeout-s", type=float, default=600.0,
+                   help="a replica silent this long (queueing included) is retired, the request retried")
+    p.add_argument("--token-timeout-s", type=float, default=120.0,
+                   help="a stream stalled this long fails with an explicit error")
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info")

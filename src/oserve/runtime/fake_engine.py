@@ -42,6 +42,7 @@ class FakeEngine:
         self.max_num_seqs = max_num_seqs
         self.is_started = False
         self.is_dead = False
+        self.is_stalled = False
         self.num_served = 0
         self._num_running = 0
         self._num_waiting = 0
@@ -63,6 +64,10 @@ class FakeEngine:
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
+
+    def stall(self) -> None:
+        """Simulate a hung engine: generations stop producing tokens (and never finish)."""
+        self.is_stalled = True
 
     def kill(self) -> None:
         """Simulate a crash: every running and later generation fails with ``EngineDeadError``."""
@@ -89,6 +94,8 @@ class FakeEngine:
                 if i and self.cost.decode_s_per_token:
                     await self.clock.sleep(self.cost.decode_s_per_token)
                 self._check_alive()
+                while self.is_stalled:
+                    await asyncio.sleep(3600)
                 last = i == num_tokens - 1
                 yield TokenChunk(self.token_text, 1, "length" if last else None,
                                  prompt_tokens if i == 0 else None)

@@ -63,7 +63,8 @@ class RoutingTable:
 class Router:
     def __init__(self, table: RoutingTable, metrics: Metrics, classifier: Classifier | None = None,
                  clock: Clock | None = None, max_attempts: int = 3,
-                 dispatch_policy: str = "least-outstanding", seed: int = 0) -> None:
+                 dispatch_policy: str = "least-outstanding", seed: int = 0,
+                 first_token_timeout_s: float = 600.0, token_timeout_s: float = 120.0) -> None:
         self.table = table
         self._dispatch = (table.dispatch_table(), DispatchState.initial(table.dispatch_table()))
         self.metrics = metrics
@@ -71,6 +72,8 @@ class Router:
         self.clock = clock or WallClock()
         self.max_attempts = max_attempts
         self.dispatch_policy = dispatch_policy
+        self.first_token_timeout_s = first_token_timeout_s  # a replica that stays silent this long
+        self.token_timeout_s = token_timeout_s              # (or stalls mid-stream) counts as dead
         self.rng = np.random.default_rng(seed)  # used by the weighted-random policy only
         self.arrival_listeners: list[Callable[[int, float], None]] = []
         self.num_inflight = 0
@@ -166,9 +169,15 @@ class RoutedStream:
         self.router.num_inflight += 1
         self._gen = self.handle.engine.generate(self.request)
         try:
-            self.first = await self._gen.__anext__()
+            async with asyncio.timeout(self.router.first_token_timeout_s):
+                self.first = await self._gen.__anext__()
         except StopAsyncIteration:
             self.first = None
+        except TimeoutError as exc:
+            self.router.mark_dead(self.handle)
+            await self._release()
+            raise EngineDeadError(f"replica {self.handle.name} gave no first token within "
+                                  f"{self.router.first_token_timeout_s:g} s") from exc
         except EngineBusyError:
             await self._release()
             raise
@@ -195,7 +204,15 @@ class RoutedStream:
             if self.first is not None:
                 self._note(self.first)
                 yield self.first
-                async for chunk in self._gen:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.router.token_timeout_s):
+                            chunk = await self._gen.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError as exc:
+                        raise EngineDeadError(f"stalled: no token for {self.router.token_timeout_s:g} s"
+                                              ) from exc
                     self._note(chunk)
                     yield chunk
             self._settle("ok")

@@ -92,7 +92,9 @@ def build_runtime(args) -> ServingRuntime:
                           confirm_checks=args.replan_confirm_checks, cooldown_s=args.replan_cooldown_s)
     config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
                            check_interval_s=args.check_interval_s, replan=replan,
-                           dispatch_policy=args.dispatch_policy)
+                           dispatch_policy=args.dispatch_policy,
+                           first_token_timeout_s=args.first_token_timeout_s,
+                           token_timeout_s=args.token_timeout_s)
     runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config,
                              switcher=switcher)
     holder["runtime"] = runtime

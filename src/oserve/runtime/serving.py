@@ -23,6 +23,8 @@ class RuntimeConfig:
     default_max_tokens: int = 256
     max_attempts: int = 3
     dispatch_policy: str = "least-outstanding"  # any of oserve.planner.dispatch_policy.DISPATCH_POLICIES
+    first_token_timeout_s: float = 600.0  # includes queueing inside the engine
+    token_timeout_s: float = 120.0
     seed: int = 0
     window_s: float = 60.0
     check_interval_s: float = 10.0
@@ -44,7 +46,8 @@ class ServingRuntime:
         handles = tuple(ReplicaHandle(r, engine_factory(r), config.max_inflight_per_replica)
                         for r in plan.replicas)
         self.router = Router(RoutingTable(1, plan, handles), self.metrics, classifier, self.clock,
-                             config.max_attempts, config.dispatch_policy, config.seed)
+                             config.max_attempts, config.dispatch_policy, config.seed,
+                             config.first_token_timeout_s, config.token_timeout_s)
         self.controller = Controller(self.router, engine_factory, planner, self.clock, config.replan,
                                      config.window_s, config.check_interval_s, config.drain_timeout_s,
                                      config.max_inflight_per_replica, switcher)
