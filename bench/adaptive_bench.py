@@ -61,7 +61,7 @@ def long_short(cost, cluster, phase_s: float = 600.0, loads=(0.75, 0.9), thresho
                  f"azure-mix prompts>{threshold_tokens} then <={threshold_tokens} (rescaled)")
 
 
-def run(name: str, out: Path, modes) -> dict:
+def run(name: str, out: Path, modes, redispatch: bool = True) -> dict:
     model, cluster_spec, trace_spec, scale, interval_s = SCENARIOS[name]
     cost = CostModel(load_models().get(model))
     cluster = parse_cluster(cluster_spec)
@@ -71,17 +71,18 @@ def run(name: str, out: Path, modes) -> dict:
     prepared = prepare_trace(trace, cost, 4, 0)
     setup = AdaptiveSetup(cluster, cost, prepared, switch=SwitchParams(horizon_s=600, min_gap_s=120),
                           control_interval_s=interval_s, warmup_s=120.0, forecaster="ewma",
-                          io=IoProfile.h100())
+                          io=IoProfile.h100(), redispatch=redispatch)
     t0 = time.perf_counter()
     results = compare(setup, modes)
     modes_doc = {m: {k: v for k, v in r.items() if k not in ("result", "timeline")}
                  for m, r in results.items()}
     doc = {"scenario": name, "model": model, "cluster": cluster_spec, "trace": prepared.trace.name,
            "synthetic": bool(prepared.trace.meta.get("synthetic")), "rate_scale": scale,
-           "requests": len(prepared.trace), "control_interval_s": interval_s, "modes": modes_doc,
+           "requests": len(prepared.trace), "control_interval_s": interval_s, "redispatch": redispatch,
+           "modes": modes_doc,
            "ratios": _ratios(modes_doc), "wall_s": time.perf_counter() - t0,
            "git_revision": git_revision()}
-    d = out / "adaptive" / name
+    d = out / "adaptive" / (name if redispatch else f"{name}_no_redispatch")
     d.mkdir(parents=True, exist_ok=True)
     (d / "results.json").write_text(json.dumps(doc, indent=2, default=str))
     timelines = {m: r["timeline"] for m, r in results.items() if "timeline" in r}
@@ -113,14 +114,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--modes", default=",".join(MODES + ABLATIONS))
+    ap.add_argument("--no-redispatch", action="store_true",
+                    help="between switches keep the deployed plan's dispatch (summary file suffixed)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     docs = []
+    stem = "adaptive_summary" + ("_no_redispatch" if args.no_redispatch else "")
     for name in args.scenarios.split(","):
-        docs.append(run(name, out, args.modes.split(",")))
+        docs.append(run(name, out, args.modes.split(","), not args.no_redispatch))
         print(f"{name}: {docs[-1]['wall_s']:.0f} s", flush=True)
-        (out / "adaptive_summary.json").write_text(json.dumps(docs, indent=2, default=str))
-        (out / "adaptive_summary.md").write_text(markdown(docs) + "\n")
+        (out / f"{stem}.json").write_text(json.dumps(docs, indent=2, default=str))
+        (out / f"{stem}.md").write_text(markdown(docs) + "\n")
     print(markdown(docs))
     return 0
 

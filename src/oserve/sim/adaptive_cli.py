@@ -42,8 +42,8 @@ def register(sub) -> None:
     p.add_argument("--restart-overhead", type=float, default=5.0, metavar="S")
     p.add_argument("--disk-gbps", type=float, default=None,
                    help="storage read rate for reloads (default: measured H100 machine, 1.87 GB/s)")
-    p.add_argument("--redispatch", action="store_true", help="between switches re-weight the dispatch "
-                   "for each forecast (default: keep the deployed plan's dispatch)")
+    p.add_argument("--no-redispatch", action="store_true", help="between switches keep the deployed "
+                   "plan's dispatch instead of re-weighting it for each forecast")
     p.add_argument("--slo-ttft", type=float, default=None, metavar="S")
     p.add_argument("--slo-tpot", type=float, default=None, metavar="S")
     p.add_argument("--json", action="store_true")
@@ -71,7 +71,7 @@ def _setup(args):
     interval_s = parse_duration_s(args.control_interval)
     return cluster, AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
                                   parse_duration_s(args.warmup), _forecaster(args, interval_s), io,
-                                  args.redispatch)
+                                  not args.no_redispatch)
 
 
 def _forecaster(args, interval_s: float):

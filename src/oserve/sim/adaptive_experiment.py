@@ -41,7 +41,7 @@ class AdaptiveSetup:
     warmup_s: float = 300.0
     forecaster: object = "ewma"  # a name from FORECASTERS, or a fitted Forecaster (e.g. a loaded LSTM)
     io: IoProfile = IoProfile()
-    redispatch: bool = False  # on hold, re-weight dispatch for the forecast (default: keep the plan's)
+    redispatch: bool = True  # on hold, re-weight dispatch for the forecast (False: keep the plan's)
 
 
 def run_static(setup: AdaptiveSetup, planner: str):
