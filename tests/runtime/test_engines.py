@@ -155,3 +155,24 @@ def test_a_busy_upstream_is_retried_elsewhere_but_not_retired():
     assert reply.choices[0].message.content == " ok" * 2
     assert states == [ReplicaState.ACTIVE, ReplicaState.ACTIVE]
     assert front.metrics.counter("oserve_retries_total", replica="r0") == 1
+
+
+def test_when_the_only_upstream_is_busy_the_client_gets_429():
+    import openai
+
+    from oserve.runtime.fake_engine import FakeCost
+    from oserve.runtime.serving import RuntimeConfig
+
+    busy, _ = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.05),
+                           config=RuntimeConfig(max_inflight_per_replica=1))
+    with ServerThread(create_app(busy)) as upstream:
+        hold = openai_client(upstream).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=40, stream=True)
+        next(iter(hold))
+        spec = EngineSpec("remote", {"url": upstream.base_url, "model": MODEL})
+        front = ServingRuntime(MODEL, make_plan(1), lambda r: spec.build(r))
+        with ServerThread(create_app(front)) as server:
+            with pytest.raises(openai.RateLimitError, match="busy"):
+                openai_client(server).chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        hold.close()

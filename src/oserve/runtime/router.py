@@ -105,6 +105,7 @@ class Router:
             listener(type_index, now_s)
         tried: set[int] = set()
         died: list[str] = []
+        busy: list[str] = []
         for _ in range(self.max_attempts):
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
@@ -116,11 +117,7 @@ class Router:
             type_name = table.type_name(type_index)
             if decision.outcome is not Outcome.CHOSEN:
                 self._reject(type_name, decision.outcome.value)
-                if decision.outcome is Outcome.OVERLOADED:
-                    raise OverloadedError("all replicas able to serve this request have full queues; "
-                                          "retry later")
-                raise NoReplicaError("no live replica can serve this request"
-                                     + (f" (replicas {died} died)" if died else ""))
+                self._raise_unavailable(decision.outcome, died, busy)
             handle = table.handles[decision.index]
             stream = RoutedStream(self, handle, type_name, request, now_s)
             try:
@@ -128,11 +125,21 @@ class Router:
                 return stream
             except EngineDeadError as exc:
                 tried.add(id(handle))
-                died.append(handle.name + (" (busy)" if isinstance(exc, EngineBusyError) else ""))
+                (busy if isinstance(exc, EngineBusyError) else died).append(handle.name)
                 self.metrics.inc("oserve_retries_total", (("replica", handle.name),))
         self._reject(self.table.type_name(type_index), "retries_exhausted")
-        raise NoReplicaError(f"replicas {died} died before answering; gave up after "
+        if busy and not died:
+            raise OverloadedError(f"replicas {busy} are busy; retry later")
+        raise NoReplicaError(f"replicas {died + busy} failed before answering; gave up after "
                              f"{self.max_attempts} attempts")
+
+    @staticmethod
+    def _raise_unavailable(outcome: Outcome, died: list[str], busy: list[str]) -> None:
+        if outcome is Outcome.OVERLOADED or (busy and not died):
+            raise OverloadedError("all replicas able to serve this request have full queues or are "
+                                  "busy; retry later")
+        raise NoReplicaError("no live replica can serve this request"
+                             + (f" (replicas {died} died)" if died else ""))
 
     def _reject(self, type_name: str, reason: str) -> None:
         self.metrics.inc("oserve_rejected_total", (("type", type_name), ("reason", reason)))
