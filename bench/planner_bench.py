@@ -18,6 +18,7 @@ from pathlib import Path
 
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.planner.api import make_plan
+from oserve.planner.search import SearchParams
 from oserve.workload import fit_request_types, load_trace
 
 EXHAUSTIVE_MAX_GPUS = 16
@@ -40,13 +41,21 @@ def main() -> None:
             model = load_models().get(model_name)
             for n in (int(s) for s in args.sizes.split(",")):
                 cluster = parse_cluster(f"{n // 8}x8xH100")
-                planners = ["oserve", "milp", "homogeneous", "default"]
+                # "oserve" here is the raw search (no preference for homogeneous fleets), so its gap
+                # measures the search itself; "oserve-5%" is what `oserve plan` returns by default.
+                planners = ["oserve", "oserve-5%", "milp", "homogeneous", "default"]
                 if n <= EXHAUSTIVE_MAX_GPUS:
                     planners.append("exhaustive")
                 results = {}
                 for p in planners:
                     t0 = time.perf_counter()
-                    plan = make_plan(cluster, model, stats, p)
+                    if p == "oserve":
+                        plan = make_plan(cluster, model, stats, p,
+                                         search=SearchParams(min_gain_over_homogeneous=0.0))
+                    elif p == "oserve-5%":
+                        plan = make_plan(cluster, model, stats, "oserve")
+                    else:
+                        plan = make_plan(cluster, model, stats, p)
                     results[p] = (time.perf_counter() - t0, plan)
                 best = results["exhaustive" if "exhaustive" in results else "milp"][1].demand_scale
                 for p, (secs, plan) in results.items():
@@ -68,7 +77,8 @@ def _markdown(rows, path: Path) -> None:
     lines = [f"Measured {stamp} on {platform.node()} ({platform.processor() or platform.machine()}, "
              f"2 cores), Python {platform.python_version()}.", "",
              "| trace | model | GPUs | oserve s | oserve gap | milp s | exhaustive s | homogeneous gap "
-             "| default gap | oserve deployment |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| default gap | search's deployment | `oserve plan` default (5% margin) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     key = lambda r: (r["trace"], r["model"], r["gpus"])  # noqa: E731
     cases = {}
     for r in rows:
@@ -81,7 +91,7 @@ def _markdown(rows, path: Path) -> None:
                      f"| {trace} | {model} | {n} | {c['oserve']['seconds']:.2f} | "
                      f"{c['oserve']['gap_vs_best']:.2%} | {c['milp']['seconds']:.2f} | - | ")
         lines[-1] += (f"{c['homogeneous']['gap_vs_best']:.2%} | {c['default']['gap_vs_best']:.2%} | "
-                      f"{c['oserve']['deployment']} |")
+                      f"{c['oserve']['deployment']} | {c['oserve-5%']['deployment']} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -114,3 +114,30 @@ def test_milp_is_exact(model, cluster):
     exact = solve_milp(problem)
     assert exact is not None
     assert problem.scale(exact) == pytest.approx(problem.scale(exhaustive(problem)), rel=1e-6)
+
+
+def test_heterogeneous_plan_needs_a_clear_margin_over_homogeneous():
+    from oserve.planner.search import SearchParams
+
+    cluster = parse_cluster("2x8xH100")
+    model = load_models().get("opt-30b")
+    cost = CostModel(model, tpot_slo_s=None)
+    raw = make_plan(cluster, model, _types(), "oserve", cost,
+                    search=SearchParams(min_gain_over_homogeneous=0.0))
+    homog = make_plan(cluster, model, _types(), "homogeneous", cost)
+    assert len({r.config for r in raw.replicas}) > 1  # the search mixes configurations here...
+    gain = raw.demand_scale / homog.demand_scale - 1
+    assert 0 < gain < 0.5
+    strict = make_plan(cluster, model, _types(), "oserve", cost,
+                       search=SearchParams(min_gain_over_homogeneous=gain + 0.01))
+    assert {r.config for r in strict.replicas} == {r.config for r in homog.replicas}  # ...but not past the margin
+    lax = make_plan(cluster, model, _types(), "oserve", cost,
+                    search=SearchParams(min_gain_over_homogeneous=gain - 0.001))
+    assert lax.demand_scale == pytest.approx(raw.demand_scale)
+
+
+def test_homogeneous_on_mixed_cluster_uses_every_gpu_type():
+    cluster = parse_cluster("1x8xH100+1x8xA100-80GB")
+    plan = make_plan(cluster, load_models().get("llama-2-13b"), _types(), "homogeneous")
+    assert {r.config.gpu_type for r in plan.replicas} == {"H100-80GB", "A100-80GB"}
+    assert len({r.config for r in plan.replicas}) == 2

@@ -6,6 +6,7 @@ import json
 
 from oserve.cli.common_args import add_cluster_model_args, add_trace_args, resolve
 from oserve.planner.api import PLANNERS, make_plan
+from oserve.planner.search import SearchParams
 from oserve.planner.plan import Plan
 from oserve.workload import fit_request_types, load_trace
 
@@ -18,24 +19,31 @@ def register(sub) -> None:
     p.add_argument("--rate-scale", type=float, default=1.0,
                    help="plan for the trace's rates multiplied by this factor")
     p.add_argument("--no-pp", action="store_true", help="consider tensor parallelism only")
+    p.add_argument("--min-gain", type=float, default=SearchParams().min_gain_over_homogeneous,
+                   help="predicted capacity gain a heterogeneous deployment needs over the best "
+                        "homogeneous one to be chosen by the oserve planner (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     cluster, model, cost = resolve(args)
-    trace = load_trace(args.trace)
+    trace, num_clipped = load_trace(args.trace).clipped_to_context(model.max_context_tokens)
     if args.rate_scale != 1.0:
         trace = trace.scaled(args.rate_scale)
     types = fit_request_types(trace, args.types, args.seed)
     stats = types.stats(trace)
-    plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp)
+    plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
+                     search=SearchParams(min_gain_over_homogeneous=args.min_gain))
     if args.json:
         out = plan.to_dict()
-        out.update(cluster=cluster.describe(), trace=trace.name,
+        out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,
                    online_mistype_rate=types.online_mistype_rate(trace))
         print(json.dumps(out, indent=2))
     else:
+        if num_clipped:
+            print(f"note: {num_clipped} of {len(trace)} requests exceed {model.name}'s "
+                  f"{model.max_context_tokens}-token context and were shortened to fit")
         print(render(plan, cluster.describe(), trace.name))
     return 0
 

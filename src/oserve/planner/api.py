@@ -40,14 +40,17 @@ def _choose(problem: PlanningProblem, planner: str, initial: Mapping[ReplicaConf
         return exact if exact is not None else flow_guided_search(
             problem, references.homogeneous(problem), search)
     if planner == "oserve":
-        start = references.homogeneous(problem)
-        best = flow_guided_search(problem, start, search)
+        homogeneous = references.homogeneous(problem)
+        best = flow_guided_search(problem, homogeneous, search)
         if initial:
             warm = tuple(int(initial.get(c, 0)) for c in problem.configs)
             if problem.feasible(warm):
                 from_current = flow_guided_search(problem, warm, search)
                 if problem.scale(from_current) >= problem.scale(best) * (1 - 1e-6):
                     best = from_current
+        margin = 1 + search.min_gain_over_homogeneous
+        if best != homogeneous and problem.scale(best) < problem.scale(homogeneous) * margin:
+            return homogeneous
         return best
     raise ConfigError(f"unknown planner '{planner}'; choose one of {', '.join(PLANNERS)}")
 
@@ -100,7 +103,9 @@ def make_plan(cluster: ClusterSpec, model: ModelSpec, types: list[TypeStats], pl
     """Choose a deployment of ``model`` on ``cluster`` for the request types' rates and dispatch them.
 
     ``initial`` is the current deployment (replica count per config): the ``oserve`` planner also searches
-    from it and keeps its result when it is as good, so re-planning prefers nearby deployments.
+    from it and keeps its result when it is as good, so re-planning prefers nearby deployments. The
+    ``oserve`` planner returns a heterogeneous deployment only when it beats the best homogeneous one by
+    ``search.min_gain_over_homogeneous`` (5%) in predicted capacity.
     """
     start = time.perf_counter()
     cost = cost_model or CostModel(model)

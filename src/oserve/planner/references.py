@@ -4,6 +4,8 @@ configuration for this traffic, replicated: the static baseline given the same k
 
 from __future__ import annotations
 
+import itertools
+
 from oserve.common.errors import ConfigError, InfeasiblePlanError
 from oserve.planner.problem import Counts, PlanningProblem
 
@@ -21,8 +23,11 @@ def replicate(problem: PlanningProblem, index: int) -> Counts:
 
 
 def homogeneous(problem: PlanningProblem) -> Counts:
-    """The single configuration whose replication carries the largest demand scale."""
-    options = [replicate(problem, i) for i in range(len(problem.configs))]
+    """The single configuration whose replication carries the largest demand scale (on a cluster with
+    several GPU types: one configuration per type, the best combination)."""
+    per_type = [[replicate(problem, i) for i, c in enumerate(problem.configs) if c.gpu_type == t]
+                for t in problem.gpu_budget]
+    options = [tuple(map(sum, zip(*combo))) for combo in itertools.product(*per_type)]
     best = max(options, key=lambda c: (problem.scale(c), -sum(c)))
     if problem.scale(best) <= 0:
         raise InfeasiblePlanError("no homogeneous deployment serves every request type")

@@ -12,7 +12,6 @@ from oserve.sim.api import simulate_plan
 from oserve.sim.config import SimConfig
 from oserve.sim.metrics import SimResult
 from oserve.sim.rate_search import RateSearchResult, search_max_scale
-from oserve.sim.trace_prep import clip_to_context
 from oserve.workload.request_types import RequestTypes, TypeStats, fit_request_types
 from oserve.workload.trace import Trace, load_trace
 
@@ -37,7 +36,7 @@ def prepare_trace(trace_spec: str | Trace, cost_model: CostModel, num_types: int
                       trace.name, dict(trace.meta))
     num_clipped = 0
     if clip:
-        trace, num_clipped = clip_to_context(trace, cost_model.model.max_context_tokens)
+        trace, num_clipped = trace.clipped_to_context(cost_model.model.max_context_tokens)
     types = fit_request_types(trace, num_types, seed)
     return PreparedTrace(trace, types, types.stats(trace), num_clipped)
 

@@ -73,6 +73,22 @@ class Trace:
         return Trace(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], self.name,
                      dict(self.meta))
 
+    def clipped_to_context(self, max_context_tokens: int) -> tuple[Trace, int]:
+        """Shorten requests longer than a model's context window; returns the trace and how many were.
+
+        The output is kept up to half the window and the prompt cut to what remains, as a client trims a
+        conversation's history to fit.
+        """
+        ins = np.asarray(self.input_tokens, dtype=np.int64)
+        outs = np.asarray(self.output_tokens, dtype=np.int64)
+        over = ins + outs > max_context_tokens
+        if not over.any():
+            return self, 0
+        new_out = np.where(over, np.minimum(outs, max_context_tokens // 2), outs)
+        new_in = np.where(over, np.minimum(ins, max_context_tokens - new_out), ins)
+        clipped = Trace(self.arrival_s, np.maximum(new_in, 1), new_out, self.name, dict(self.meta))
+        return clipped, int(over.sum())
+
     @staticmethod
     def merge(traces: list[Trace], name: str | None = None) -> Trace:
         """Superpose traces on one clock (each starting at 0), as if their services shared a fleet."""
