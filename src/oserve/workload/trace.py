@@ -111,13 +111,20 @@ def _from_columns(times: list[float], inputs: list[int], outputs: list[int], nam
                  np.asarray(outputs, dtype=np.int64)[order], name)
 
 
-def _parse_count(raw: str | None, path: str, line: int, field_name: str, minimum: int) -> int:
+def _parse_number(raw: str | None, path: str, line: int, field_name: str) -> float:
     if raw is None or str(raw).strip() == "":
         raise InputFormatError(path, line, field_name, "missing value")
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise InputFormatError(path, line, field_name, f"not a number: {raw!r}") from None
+    if not np.isfinite(value):
+        raise InputFormatError(path, line, field_name, f"must be finite, got {raw!r}")
+    return value
+
+
+def _parse_count(raw: str | None, path: str, line: int, field_name: str, minimum: int) -> int:
+    value = _parse_number(raw, path, line, field_name)
     if value != int(value) or value < minimum:
         raise InputFormatError(path, line, field_name,
                                f"must be an integer >= {minimum}, got {raw!r}")
@@ -125,14 +132,9 @@ def _parse_count(raw: str | None, path: str, line: int, field_name: str, minimum
 
 
 def _parse_float(raw: str | None, path: str, line: int, field_name: str) -> float:
-    if raw is None or str(raw).strip() == "":
-        raise InputFormatError(path, line, field_name, "missing value")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise InputFormatError(path, line, field_name, f"not a number: {raw!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise InputFormatError(path, line, field_name, f"must be a finite value >= 0, got {raw!r}")
+    value = _parse_number(raw, path, line, field_name)
+    if value < 0:
+        raise InputFormatError(path, line, field_name, f"must be >= 0, got {raw!r}")
     return value
 
 
