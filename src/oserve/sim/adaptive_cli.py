@@ -26,7 +26,7 @@ def register(sub) -> None:
     p = sub.add_parser("simulate-adaptive", help="simulate forecasting + switching against static plans")
     add_cluster_model_args(p)
     add_trace_args(p)
-    p.set_defaults(trace="synthetic-diurnal:1:30")
+    p.set_defaults(trace="synthetic-diurnal:0.5:10")
     p.add_argument("--rate-scale", type=float, default=1.0, help="replay the trace this many times faster")
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"comma-separated subset of {MODES + ABLATIONS}")
