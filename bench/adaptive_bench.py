@@ -61,6 +61,9 @@ def long_short(cost, cluster, phase_s: float = 600.0, loads=(0.75, 0.9), thresho
                  f"azure-mix prompts>{threshold_tokens} then <={threshold_tokens} (rescaled)")
 
 
+REVISION_AT_START = git_revision()  # the code this process loaded, whatever HEAD becomes meanwhile
+
+
 def run(name: str, out: Path, modes, redispatch: bool = True) -> dict:
     model, cluster_spec, trace_spec, scale, interval_s = SCENARIOS[name]
     cost = CostModel(load_models().get(model))
@@ -81,7 +84,7 @@ def run(name: str, out: Path, modes, redispatch: bool = True) -> dict:
            "requests": len(prepared.trace), "control_interval_s": interval_s, "redispatch": redispatch,
            "modes": modes_doc,
            "ratios": _ratios(modes_doc), "wall_s": time.perf_counter() - t0,
-           "git_revision": git_revision()}
+           "git_revision": REVISION_AT_START}
     d = out / "adaptive" / (name if redispatch else f"{name}_no_redispatch")
     d.mkdir(parents=True, exist_ok=True)
     (d / "results.json").write_text(json.dumps(doc, indent=2, default=str))
