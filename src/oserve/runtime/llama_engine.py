@@ -63,6 +63,14 @@ class LlamaCppEngine:
             raise EngineDeadError(f"engine '{self.info.name}' is not running")
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
+    def _count_generated(self, text: str, finish_reason: str | None, max_tokens: int) -> int:
+        if finish_reason == "length" and max_tokens:
+            return max_tokens  # generation stopped exactly at the limit
+        llama = self._llama
+        if llama is None or not text:
+            return 0
+        return len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _stream(self, request: GenerationRequest):
         llama = self._llama
         if llama is None:
@@ -107,15 +115,21 @@ class LlamaCppEngine:
             self._produce, request, asyncio.get_running_loop(), queue, cancelled))
         try:
             is_first, finish_reason = True, None
+            pieces: list[str] = []
             while (item := await queue.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise RuntimeServeError(f"engine '{self.info.name}' failed: {item}") from item
                 text, finish_reason = item[0], item[1] or finish_reason
                 if not text:
                     continue  # the role-only first delta of a chat stream, or the closing one
+                pieces.append(text)
                 yield TokenChunk(text, 1, None, request.prompt_tokens if is_first else None)
                 is_first = False
-            yield TokenChunk("", 0, finish_reason or "stop", request.prompt_tokens if is_first else None)
+            # A streamed piece is not always one token (llama.cpp holds back the bytes of a character
+            # split over several tokens), so the last chunk settles the count for the usage report.
+            generated = self._count_generated("".join(pieces), finish_reason, request.max_tokens)
+            yield TokenChunk("", max(0, generated - len(pieces)), finish_reason or "stop",
+                             request.prompt_tokens if is_first else None)
         finally:
             cancelled.set()
             await asyncio.gather(worker, return_exceptions=True)
