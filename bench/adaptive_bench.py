@@ -23,7 +23,7 @@ from pathlib import Path
 
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.forecast.cli import git_revision
+from oserve.common.provenance import git_revision
 from oserve.forecast.synthetic import load_any_trace
 from oserve.planner.api import make_plan
 from oserve.sim.adaptive_cli import _ratios

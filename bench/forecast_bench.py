@@ -19,7 +19,7 @@ import numpy as np
 
 from oserve.forecast.backtest import backtest, split_index
 from oserve.forecast.baselines import baseline_forecasters
-from oserve.forecast.cli import git_revision
+from oserve.common.provenance import git_revision
 from oserve.forecast.series import rate_series
 from oserve.forecast.synthetic import load_any_trace
 from oserve.workload import fit_request_types

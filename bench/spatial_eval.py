@@ -25,9 +25,9 @@ from pathlib import Path
 
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.sim.cli import git_revision
+from oserve.common.provenance import git_revision
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import max_sustainable_scale, plan_for, prepare_trace, simulate_at
+from oserve.sim.experiment import plan_for, prepare_trace, simulate_at
 
 MODELS = ("llama-2-70b", "opt-66b", "llama-30b", "opt-30b")
 GPUS = (8, 16, 32)

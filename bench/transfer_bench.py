@@ -19,7 +19,7 @@ from pathlib import Path
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.forecast.cli import git_revision
+from oserve.common.provenance import git_revision
 from oserve.planner.placement import pack
 from oserve.switching import (
     IoProfile,

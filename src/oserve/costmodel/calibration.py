@@ -205,7 +205,6 @@ def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: G
                             loss="soft_l1", f_scale=0.1)
         x = [float(math.exp(v)) for v in sol.x]
         kinds[kind] = KindFactors(x[0], x[1], x[2], x[3] if occupancy_limited else 0.0)
-    cal = Calibration(kinds)
     lrows = [r for r in train if r.kind in LAYER_KINDS]
     extra, fixed = 0.1, 0.0
     if lrows:

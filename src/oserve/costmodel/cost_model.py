@@ -69,12 +69,8 @@ class CostModel:
         if not self.gpus:
             cat = load_gpus()
             self.gpus = {n: cat.get(n) for n in cat.names()}
-        # Per-instance caches (no global state: two cost models can coexist).
-        self._layer_cache: dict = {}
+        # Per-instance cache (no global state: two cost models can coexist).
         self._capacity_cache: dict = {}
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
         if cfg.gpu_type not in self.gpus:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
+from oserve.common.provenance import git_revision
 from oserve.common.errors import ConfigError
 from oserve.forecast.backtest import BacktestResult, backtest, split_index
 from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
@@ -171,15 +171,6 @@ def _write_outputs(out: Path, doc: dict, result: BacktestResult, series, args) -
     from oserve.forecast.plots import plot_backtest
 
     plot_backtest(out / "forecast_eval.png", result, series)
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run_train(args) -> int:

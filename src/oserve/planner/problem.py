@@ -59,7 +59,7 @@ class PlanningProblem:
         return {t: self.gpu_budget[t] - used[t] for t in self.gpu_budget}
 
     def feasible(self, counts: Counts) -> bool:
-        if any(v < 0 for v in self.free_gpus(counts).values()) or min(counts, default=0) < 0:
+        if min(counts, default=0) < 0:
             return False
         return fits_cluster(self.as_dict(counts), self.cluster)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oserve.planner.dispatch_lp import DispatchSolution
 from oserve.planner.problem import Counts, PlanningProblem
 
 
@@ -47,10 +48,10 @@ def fill(problem: PlanningProblem, counts: Counts) -> Counts:
         current = max(options, key=lambda c: (problem.scale(c), -sum(c)))
 
 
-def _receivers(problem: PlanningProblem, counts: Counts, gpu_type: str, limit: int) -> list[int]:
+def _receivers(problem: PlanningProblem, counts: Counts, sol: DispatchSolution | None, gpu_type: str,
+               limit: int) -> list[int]:
     """Configs of one GPU type ranked by how much bottleneck traffic they serve per GPU."""
     idx = [i for i, n in enumerate(counts) if n > 0]
-    sol = problem.solve(counts)
     if sol is None:
         pressure = np.ones(len(problem.demand))
     else:
@@ -75,13 +76,16 @@ def _neighbours(problem: PlanningProblem, counts: Counts, params: SearchParams) 
         donors = [idx[j] for j in order[:params.num_donors]]
         hot = [idx[j] for j in order[::-1] if sol.bottleneck[j]][:1]
         donors += [d for d in hot if d not in donors]
+    # the receivers depend only on the current deployment and the GPU type: rank them once per type
+    receivers = {t: _receivers(problem, counts, sol, t, params.num_receivers)
+                 for t in {problem.configs[a].gpu_type for a in donors}}
     out = []
     for a in donors:
         n_a = counts[a]
         for k in sorted({1, (n_a + 1) // 2, n_a}):
             base = list(counts)
             base[a] -= k
-            for b in _receivers(problem, counts, problem.configs[a].gpu_type, params.num_receivers):
+            for b in receivers[problem.configs[a].gpu_type]:
                 if b == a:
                     continue
                 nxt = list(base)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from oserve.planner.plan import Plan, Replica
-from oserve.runtime.clock import Clock, WallClock
+from oserve.runtime.clock import Clock
 from oserve.runtime.engine import Engine
 from oserve.runtime.errors import EngineStartError
 from oserve.runtime.rate_meter import RateMeter

@@ -77,16 +77,19 @@ def build_runtime(args) -> ServingRuntime:
     spec = engine_spec(args, len(plan.replicas))
     factory = _engine_factory(args, spec, cost)
     holder: dict[str, ServingRuntime] = {}
-    planner = switcher = None
+    switcher = None
+    planner = None  # set below when live re-planning is on
     if args.replan and cluster is not None and args.switch_policy == "cost-aware":
         from oserve.runtime.switch_adapter import cost_aware_switcher
 
         switcher = cost_aware_switcher(cluster, cost, stats)
     elif args.replan and cluster is not None:
-        def planner(rates_rps):
+        def replan_from_current(rates_rps):
             current = Counter(r.config for r in holder["runtime"].router.table.plan.replicas)
             return make_plan(cluster, model, rescaled_types(stats, rates_rps), args.planner, cost,
                              initial=current)
+
+        planner = replan_from_current
     replan = ReplanConfig(mix_threshold=args.replan_mix_threshold,
                           volume_ratio=args.replan_volume_ratio,
                           confirm_checks=args.replan_confirm_checks, cooldown_s=args.replan_cooldown_s)

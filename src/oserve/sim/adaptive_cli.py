@@ -90,7 +90,7 @@ def _forecaster(args, interval_s: float):
 
 
 def run(args) -> int:
-    from oserve.forecast.cli import git_revision
+    from oserve.common.provenance import git_revision
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = sorted(set(modes) - set(MODES + ABLATIONS))

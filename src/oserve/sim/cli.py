@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.sim.batching import BATCHING_MODES
@@ -45,15 +45,6 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="write records, plots and config here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _parse_scales(text: str) -> list[float]:
