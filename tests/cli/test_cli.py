@@ -45,3 +45,9 @@ def test_costmodel_validate_json(profiles_dir):
 def test_user_errors_are_one_clear_line(args, message):
     proc = oserve(*args, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--min-gain", "-0.1"), ("--plan-tpot", "-1")])
+def test_negative_planning_bounds_are_rejected(flag, value):
+    proc = oserve("plan", flag, value, check=False)
+    assert proc.returncode == 2 and flag in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from oserve.common.errors import ConfigError
 from oserve.costmodel.calibration import load_calibration
 from oserve.costmodel.catalog import ClusterSpec, ModelSpec, load_gpus, load_models, parse_cluster
 from oserve.costmodel.cost_model import DEFAULT_TPOT_SLO_S, CostModel
@@ -32,6 +33,8 @@ def add_trace_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(args) -> tuple[ClusterSpec, ModelSpec, CostModel]:
+    if args.plan_tpot < 0:
+        raise ConfigError(f"--plan-tpot must be >= 0 seconds (0 = no bound), got {args.plan_tpot}")
     gpus = load_gpus(args.gpus)
     cluster = parse_cluster(args.cluster, gpus)
     model = load_models(args.models).get(args.model)

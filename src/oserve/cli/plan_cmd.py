@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from oserve.cli.common_args import add_cluster_model_args, add_trace_args, resolve
+from oserve.common.errors import ConfigError
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.search import SearchParams
 from oserve.planner.plan import Plan
@@ -27,6 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.min_gain < 0:
+        raise ConfigError(f"--min-gain must be >= 0, got {args.min_gain}")
     cluster, model, cost = resolve(args)
     trace, num_clipped = load_trace(args.trace).clipped_to_context(model.max_context_tokens)
     if args.rate_scale != 1.0:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from oserve.common.provenance import git_revision
 from oserve.common.errors import ConfigError
+from oserve.common.provenance import git_revision
 from oserve.forecast.backtest import BacktestResult, backtest, split_index
 from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
 from oserve.forecast.series import parse_duration_s, rate_series

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from oserve.common.provenance import git_revision
 from oserve.common.errors import ConfigError
+from oserve.common.provenance import git_revision
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.sim.batching import BATCHING_MODES
 from oserve.sim.config import CONTEXT_POLICIES, SimConfig
