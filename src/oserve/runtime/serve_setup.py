@@ -24,7 +24,7 @@ from oserve.workload import fit_request_types, load_trace
 def served_name(args) -> str:
     if args.served_model_name:
         return args.served_model_name
-    if args.engine == "embedded":
+    if args.engine == "embedded" or (args.engine == "vllm" and not args.hf_model):
         return EMBEDDED_MODEL_NAME
     return args.remote_model or args.hf_model or args.model or "oserve-fake"
 
@@ -45,9 +45,9 @@ def engine_spec(args, num_replicas: int) -> EngineSpec:
         return EngineSpec("remote", {"url": args.remote_url, "model": args.remote_model,
                                      "context_tokens": args.context_tokens})
     if args.engine == "vllm":
-        if not args.hf_model:
-            raise ClientRequestError("--engine vllm needs --hf-model (weights id or path)")
-        return EngineSpec("vllm", {"model": args.hf_model, "served_name": served_name(args)})
+        from oserve.runtime.vllm_setup import vllm_engine_spec
+
+        return vllm_engine_spec(args, num_replicas, served_name(args))
     return EngineSpec("fake", {"prefill_s_per_token": 1e-4, "decode_s_per_token": 0.02,
                                "context_tokens": args.context_tokens})
 
