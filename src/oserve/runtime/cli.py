@@ -93,6 +93,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="closed loop: keep N requests in flight (ignores the trace's arrival times)")
 
 
 def run_bench_serve(args) -> int:
@@ -103,7 +105,7 @@ def run_bench_serve(args) -> int:
                          max_requests=args.max_requests, max_duration_s=args.max_duration_s,
                          max_input_tokens=args.max_input_tokens,
                          max_output_tokens=args.max_output_tokens, endpoint=args.endpoint,
-                         allow_remote=args.allow_remote)
+                         allow_remote=args.allow_remote, concurrency=args.concurrency)
     report = asyncio.run(run_bench(config, load_trace(args.trace)))
     print(report.to_json() if args.json else report.to_text())
     if args.out:

@@ -103,7 +103,8 @@ def vllm_command(launch: VllmLaunch) -> list[str]:
         if launch.enforce_eager:
             cmd.append("--enforce-eager")
     cmd += ["--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
-            "--tensor-parallel-size", str(launch.tp), "--pipeline-parallel-size", str(launch.pp)]
+            "--tensor-parallel-size", str(launch.tp), "--pipeline-parallel-size", str(launch.pp),
+            "--disable-uvicorn-access-log"]  # oserve scrapes /metrics twice a second
     if launch.max_model_len:
         cmd += ["--max-model-len", str(launch.max_model_len)]
     if launch.max_num_seqs is not None:

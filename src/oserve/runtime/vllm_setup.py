@@ -10,6 +10,7 @@ evenly over the replicas (at least one each).
 from __future__ import annotations
 
 import os
+import shlex
 
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.vllm_launch import resolve_vllm_python
@@ -24,6 +25,9 @@ def add_vllm_serve_args(p) -> None:
                    help="KV-cache space of each CPU vLLM replica (VLLM_CPU_KVCACHE_SPACE)")
     p.add_argument("--vllm-log-dir", default=None, metavar="DIR",
                    help="write each vLLM replica's output to DIR/vllm-rN-PORT.log (default: inherit)")
+    p.add_argument("--vllm-extra-args", default="", metavar="ARGS",
+                   help="more vLLM flags for every replica, as one shell-quoted string "
+                        "(e.g. '--no-enable-prefix-caching')")
     p.add_argument("--vllm-startup-timeout-s", type=float, default=900.0,
                    help="a vLLM replica not healthy this long after launch fails to start")
 
@@ -43,7 +47,8 @@ def vllm_engine_spec(args, num_replicas: int, served_name: str) -> EngineSpec:
     options = {"model": model, "served_name": served_name, "python": python,
                "max_model_len": args.context_tokens, "cpu_threads": threads,
                "kv_cache_gib": args.vllm_kv_cache_gib, "log_dir": args.vllm_log_dir,
-               "startup_timeout_s": args.vllm_startup_timeout_s}
+               "startup_timeout_s": args.vllm_startup_timeout_s,
+               "extra_args": tuple(shlex.split(args.vllm_extra_args or ""))}
     if args.vllm_log_dir:
         os.makedirs(args.vllm_log_dir, exist_ok=True)
     return EngineSpec("vllm", options)
