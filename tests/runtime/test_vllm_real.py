@@ -182,6 +182,24 @@ async def load(url: str, num_requests: int, during=None, at: int = 4, gap_s: flo
     return {k: results.count(k) for k in ("completed", "error", "lost")}
 
 
+async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_requests: int = 400,
+                       tail: int = 4) -> dict:
+    """Requests every ``gap_s`` from before ``start()`` until ``is_done()``, then ``tail`` more: the
+    switch (new replica starting, routing switched, old one drained and stopped) happens under load."""
+    async with httpx.AsyncClient(base_url=url, timeout=600.0,
+                                 limits=httpx.Limits(max_connections=100)) as http:
+        tasks = [asyncio.create_task(one_request(http, i)) for i in range(2)]
+        await asyncio.to_thread(start)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        extra = 0
+        while len(tasks) < max_requests and extra < tail and time.monotonic() < deadline:
+            tasks.append(asyncio.create_task(one_request(http, len(tasks))))
+            await asyncio.sleep(gap_s)
+            extra += is_done()
+        results = await asyncio.gather(*tasks)
+    return {"sent": len(results), **{k: results.count(k) for k in ("completed", "error", "lost")}}
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -256,12 +274,13 @@ def test_a_plan_switch_restarts_one_replica_under_load_and_loses_nothing(tmp_pat
             pending.append(asyncio.run_coroutine_threadsafe(
                 runtime.controller.apply(new, "restart r1 with max_num_seqs=4"), server.loop))
 
-        counts = asyncio.run(load(server.base_url, 20, during=switch, at=2, gap_s=0.5))
-        pending[0].result(timeout=START_TIMEOUT_S)
+        counts = asyncio.run(load_through(server.base_url, switch, lambda: pending[0].done()))
+        pending[0].result(timeout=10)
         after = asyncio.run(load(server.base_url, 4, gap_s=0.0))
         pids = [e.pid for e in engines]
         admin = httpx.get(server.base_url + "/admin/plan").json()
-    assert counts == {"completed": 20, "error": 0, "lost": 0}
+    assert counts["sent"] >= 10 and counts["completed"] == counts["sent"], counts
+    assert counts["error"] == counts["lost"] == 0, counts
     assert after == {"completed": 4, "error": 0, "lost": 0}
     assert admin["plan_version"] == 2 and len(engines) == 3
     command = engines[2].info.extra["command"]
