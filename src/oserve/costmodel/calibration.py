@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -144,6 +145,26 @@ def read_profile(path: str | Path) -> list[ProfileRow]:
     return rows
 
 
+def profile_gpu(device_name: str, gpus) -> GpuSpec:
+    """The catalog GPU of a profile's ``gpu`` column: a catalog name or alias, or the device name the
+    driver reports (``NVIDIA H100 80GB HBM3``, ``NVIDIA A100-SXM4-80GB``), matched when every part of one
+    catalog name (``H100``, ``80GB``) is a word of it. ``gpus`` is a catalog from ``load_gpus``."""
+    try:
+        return gpus.get(device_name)
+    except ConfigError:
+        pass
+    words = set(re.split(r"[\s\-_]+", device_name.upper()))
+    matches = [gpus.get(n) for n in gpus.names()
+               if set(re.split(r"[\s\-_]+", n.upper())) <= words]
+    best = max((len(re.split(r"[\s\-_]+", g.name)) for g in matches), default=0)
+    matches = [g for g in matches if len(re.split(r"[\s\-_]+", g.name)) == best]
+    if len(matches) != 1:
+        raise ConfigError(f"profile GPU '{device_name}' matches {'no' if not matches else 'several'} catalog "
+                          f"GPUs ({', '.join(g.name for g in matches) or ', '.join(gpus.names())}); "
+                          "name one with --gpu")
+    return matches[0]
+
+
 def operator_work(row: ProfileRow, model: ModelSpec) -> list[tuple[str, Work]]:
     """The (kind, work) parts of a profile row; a layer row is the sum of its operators."""
     if row.kind == "gemm":
@@ -169,14 +190,6 @@ def predict_row_ms(row: ProfileRow, model: ModelSpec, gpu: GpuSpec, cal: Calibra
 
 
 # ---- fitting ----------------------------------------------------------------------------------------
-
-@dataclass
-class _FitData:
-    rows: list[ProfileRow]
-    models: dict[str, ModelSpec]
-    gpu: GpuSpec
-    works: list[list[tuple[str, Work]]] = field(default_factory=list)
-
 
 def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: GpuSpec,
                     train_models: list[str]) -> Calibration:

@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from oserve.common.errors import ConfigError, InputFormatError
 
 DEFAULT_INTER_NODE_GBPS = 50.0  # one 400 Gb/s InfiniBand NIC per GPU, as in a DGX H100
+# The largest cluster the planner accepts: 128 nodes of 8 GPUs plan in ~10-20 s on a laptop-class CPU; the
+# search grows faster than linearly beyond (4,096 GPUs took over a minute), so larger fleets are refused
+# rather than left running for minutes (plan them as several independent clusters).
+MAX_CLUSTER_GPUS = 1024
 
 
 class ModelSpec(BaseModel):
@@ -222,7 +226,15 @@ def parse_cluster(spec: str, gpus: _Catalog | None = None) -> ClusterSpec:
         if n_nodes < 1 or per_node < 1:
             raise ConfigError(f"cluster '{spec}': node and GPU counts must be >= 1")
         groups.append(NodeGroup(n_nodes, per_node, gpus.get(m.group(3))))
+    _check_size(groups, f"cluster '{spec}'")
     return ClusterSpec(tuple(groups))
+
+
+def _check_size(groups: list[NodeGroup], where: str) -> None:
+    total = sum(g.num_nodes * g.gpus_per_node for g in groups)
+    if total > MAX_CLUSTER_GPUS:
+        raise ConfigError(f"{where} has {total:,} GPUs, beyond the planner's limit of {MAX_CLUSTER_GPUS:,} "
+                          "(oserve.costmodel.catalog.MAX_CLUSTER_GPUS); plan it as several clusters")
 
 
 def _cluster_from_yaml(path: Path, gpus: _Catalog) -> ClusterSpec:
@@ -234,13 +246,27 @@ def _cluster_from_yaml(path: Path, gpus: _Catalog) -> ClusterSpec:
         raise InputFormatError(str(path), None, None, f"invalid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise InputFormatError(str(path), None, "nodes", "expected a 'nodes:' list")
-    groups = []
-    for i, raw in enumerate(doc["nodes"]):
-        try:
-            groups.append(NodeGroup(int(raw.get("count", 1)), int(raw["gpus_per_node"]),
-                                    gpus.get(str(raw["gpu"]))))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputFormatError(str(path), None, f"nodes[{i}]",
-                                   f"needs gpu, gpus_per_node and optional count ({exc})") from None
-    inter = float(doc.get("inter_node_gbps", DEFAULT_INTER_NODE_GBPS))
-    return ClusterSpec(tuple(groups), inter)
+    groups = [_yaml_group(path, i, raw, gpus) for i, raw in enumerate(doc["nodes"])]
+    if not groups:
+        raise InputFormatError(str(path), None, "nodes", "the list is empty: a cluster needs nodes")
+    _check_size(groups, f"cluster file '{path}'")
+    inter = doc.get("inter_node_gbps", DEFAULT_INTER_NODE_GBPS)
+    if isinstance(inter, bool) or not isinstance(inter, (int, float)) or not 0 < inter < float("inf"):
+        raise InputFormatError(str(path), None, "inter_node_gbps", f"must be a positive number, got {inter!r}")
+    return ClusterSpec(tuple(groups), float(inter))
+
+
+def _yaml_group(path: Path, i: int, raw: object, gpus: _Catalog) -> NodeGroup:
+    """One ``nodes:`` entry; each count must be a whole number >= 1, named by field when it is not."""
+    if not isinstance(raw, dict) or "gpu" not in raw or "gpus_per_node" not in raw:
+        raise InputFormatError(str(path), None, f"nodes[{i}]", "needs gpu, gpus_per_node and optional count")
+    unknown = sorted(set(raw) - {"gpu", "gpus_per_node", "count"})
+    if unknown:
+        raise InputFormatError(str(path), None, f"nodes[{i}].{unknown[0]}", "unknown key")
+    counts = {}
+    for key, value in (("count", raw.get("count", 1)), ("gpus_per_node", raw["gpus_per_node"])):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputFormatError(str(path), None, f"nodes[{i}].{key}", f"must be a whole number >= 1, "
+                                   f"got {value!r}")
+        counts[key] = value
+    return NodeGroup(counts["count"], counts["gpus_per_node"], gpus.get(str(raw["gpu"])))
