@@ -23,6 +23,7 @@ from oserve.cli.common_args import (
 )
 from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
+from oserve.planner.plan import Plan
 from oserve.runtime.engine_spec import ENGINE_KINDS
 from oserve.runtime.replan_policy import ReplanConfig
 from oserve.runtime.serve_setup import SWITCH_POLICIES, ServeConfig
@@ -146,6 +147,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_serve(args) -> int:
     config = serve_config(args)
+    if config.plan_file:
+        Plan.load(config.plan_file)  # a bad plan file fails now, before the server binds or engines start
     try:
         from oserve.runtime.server import serve_sockets
     except ModuleNotFoundError as exc:
