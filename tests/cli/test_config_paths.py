@@ -47,8 +47,8 @@ def test_serve_with_a_custom_catalog_model_builds_its_runtime(tmp_path):
 
     models = tmp_path / "models.yaml"
     models.write_text(CUSTOM_MODEL)
-    args = build_parser().parse_args(["serve", "--engine", "fake", "--cluster", "1x8xH100", "--model", "my-7b",
-                                      "--models", str(models)])
+    args = build_parser().parse_args(["serve", "--engine", "fake", "--cluster", "1x8xH100",
+                                      "--model", "my-7b", "--models", str(models)])
     runtime = build_runtime(serve_config(args))
     assert runtime.model_name == "my-7b" and runtime.router.table.plan.num_gpus <= 8
 

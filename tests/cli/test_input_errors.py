@@ -177,8 +177,8 @@ def test_cluster_yaml_with_a_negative_count(tmp_path, capsys):
 
 
 def test_absurd_cluster_size_is_refused_with_the_limit():
-    from oserve.costmodel.catalog import MAX_CLUSTER_GPUS, parse_cluster
     from oserve.common.errors import ConfigError
+    from oserve.costmodel.catalog import MAX_CLUSTER_GPUS, parse_cluster
 
     with pytest.raises(ConfigError, match=f"{MAX_CLUSTER_GPUS:,}"):
         parse_cluster("1000000x8xH100")
@@ -192,7 +192,8 @@ def test_absurd_cluster_size_from_the_cli(capsys):
 # ---- renamed flags: an old spelling is refused, never taken as a prefix of the new one ------------------
 
 @pytest.mark.parametrize("argv", [("simulate", "--window", "0:60"), ("simulate", "--drain", "5"),
-                                  ("simulate-adaptive", "--drain", "5"), ("forecast", "eval", "--window", "10s"),
+                                  ("simulate-adaptive", "--drain", "5"),
+                                  ("forecast", "eval", "--window", "10s"),
                                   ("simulate", "--dispatch", "spillover")])
 def test_old_flag_spellings_are_not_abbreviations(capsys, argv):
     assert "unrecognized arguments" in run_parse_error(capsys, *argv)

@@ -17,8 +17,8 @@ def test_plan_scale_propagates_errors_that_are_not_infeasibility(monkeypatch):
 
     stats = [TypeStats(name="t", mean_input_tokens=100.0, mean_output_tokens=10.0, p90_input_tokens=150.0,
                        p90_output_tokens=20.0, count=10, rate_rps=1.0)]
-    problem = problem_mod.PlanningProblem(parse_cluster("1x8xH100"), CostModel(load_models().get("llama-2-7b")),
-                                          stats)
+    cost = CostModel(load_models().get("llama-2-7b"))
+    problem = problem_mod.PlanningProblem(parse_cluster("1x8xH100"), cost, stats)
     counts = tuple(1 if i == 0 else 0 for i in range(len(problem.configs)))
 
     def infeasible(*a, **k):

@@ -24,7 +24,7 @@ def default(config_type: type, field: str) -> Any:
     on the config type."""
     if isinstance(config_type, type) and issubclass(config_type, BaseModel):
         return config_type.model_fields[field].get_default(call_default_factory=True)
-    spec = {f.name: f for f in dataclasses.fields(config_type)}[field]
+    spec = {f.name: f for f in dataclasses.fields(config_type)}[field]  # type: ignore[arg-type]
     if spec.default_factory is not dataclasses.MISSING:
         return spec.default_factory()
     return spec.default
@@ -79,7 +79,8 @@ def add_cluster_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_trace_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", default="azure-conv",
-                   help="trace file (Azure CSV, Mooncake JSONL, generic CSV) or azure-conv|azure-code|azure-mix")
+                   help="trace file (Azure CSV, Mooncake JSONL, generic CSV) or "
+                        "azure-conv|azure-code|azure-mix")
     p.add_argument("--types", type=POSITIVE_INT, default=4, help="number of request types (k-means k)")
     p.add_argument("--seed", type=int, default=0)
 

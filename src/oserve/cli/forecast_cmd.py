@@ -7,6 +7,7 @@ import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,12 +79,12 @@ def _series(args):
     return trace, types, rate_series(trace, types, window_s)
 
 
-def _forecasters(args, window_s: float) -> list:
+def _forecasters(args, window_s: float) -> list[Any]:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         raise ConfigError(f"unknown forecast models {unknown}; choose from {', '.join(MODELS)}")
-    out = []
+    out: list[Any] = []
     for name in names:
         if name == "last":
             out.append(LastValue())

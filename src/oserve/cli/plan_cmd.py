@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--rate-scale", type=POSITIVE, default=1.0,
                    help="plan for the trace's rates multiplied by this factor")
     p.add_argument("--no-pp", action="store_true", help="consider tensor parallelism only")
-    p.add_argument("--min-gain", type=NON_NEGATIVE, default=default(SearchParams, "min_gain_over_homogeneous"),
+    p.add_argument("--min-gain", type=NON_NEGATIVE,
+                   default=default(SearchParams, "min_gain_over_homogeneous"),
                    help="predicted capacity gain a heterogeneous deployment needs over the best "
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -37,8 +37,10 @@ PORT = number(int, 0, 65535)
 RUNTIME_FLAGS = {"max_inflight_per_replica": "--max-inflight", "window_s": "--window-s",
                  "check_interval_s": "--check-interval-s", "dispatch_policy": "--dispatch-policy",
                  "first_token_timeout_s": "--first-token-timeout-s", "token_timeout_s": "--token-timeout-s",
-                 "replan.mix_threshold": "--replan-mix-threshold", "replan.volume_ratio": "--replan-volume-ratio",
-                 "replan.confirm_checks": "--replan-confirm-checks", "replan.cooldown_s": "--replan-cooldown-s"}
+                 "replan.mix_threshold": "--replan-mix-threshold",
+                 "replan.volume_ratio": "--replan-volume-ratio",
+                 "replan.confirm_checks": "--replan-confirm-checks",
+                 "replan.cooldown_s": "--replan-cooldown-s"}
 SERVE_FLAGS = {"replicas": "--replicas", "context_tokens": "--context-tokens", "threads": "--threads",
                "types": "--types", "engine": "--engine", "switch_policy": "--switch-policy",
                **{f"runtime.{k}": v for k, v in RUNTIME_FLAGS.items()}}
@@ -73,7 +75,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote-model", default=None, help="model name at --remote-url")
     p.add_argument("--context-tokens", type=POSITIVE_INT, default=default(ServeConfig, "context_tokens"))
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads per embedded replica")
-    p.add_argument("--trace", default=default(ServeConfig, "trace"), help="trace that defines the request types")
+    p.add_argument("--trace", default=default(ServeConfig, "trace"),
+                   help="trace that defines the request types")
     p.add_argument("--types", type=POSITIVE_INT, default=default(ServeConfig, "types"),
                    help="number of request types")
     p.add_argument("--cluster", default=None, help="GPU cluster to plan for (e.g. 1x8xH100)")
@@ -119,8 +122,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     runtime = {"max_inflight_per_replica": args.max_inflight, "window_s": args.window_s,
                "check_interval_s": args.check_interval_s, "dispatch_policy": args.dispatch_policy,
                "first_token_timeout_s": args.first_token_timeout_s, "token_timeout_s": args.token_timeout_s,
-               "replan": {"mix_threshold": args.replan_mix_threshold, "volume_ratio": args.replan_volume_ratio,
-                          "confirm_checks": args.replan_confirm_checks, "cooldown_s": args.replan_cooldown_s}}
+               "replan": {"mix_threshold": args.replan_mix_threshold,
+                          "volume_ratio": args.replan_volume_ratio,
+                          "confirm_checks": args.replan_confirm_checks,
+                          "cooldown_s": args.replan_cooldown_s}}
     return config_from_flags(ServeConfig, {
         "engine": args.engine, "replicas": args.replicas, "served_model_name": args.served_model_name,
         "model_path": args.model_path, "hf_model": args.hf_model, "remote_url": args.remote_url,

@@ -32,7 +32,8 @@ def register(sub) -> None:
     p.add_argument("--rate-scale", type=POSITIVE, default=1.0, help="replay the trace this many times faster")
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"comma-separated subset of {MODES + ABLATIONS}")
-    p.add_argument("--control-interval-s", type=POSITIVE, default=default(AdaptiveSetup, "control_interval_s"),
+    p.add_argument("--control-interval-s", type=POSITIVE,
+                   default=default(AdaptiveSetup, "control_interval_s"),
                    metavar="S", help="how often the controller decides (default %(default)s)")
     p.add_argument("--forecaster", default="ewma", choices=sorted(FORECASTERS))
     p.add_argument("--lstm", default=None, metavar="FILE", help="forecast with this trained LSTM "

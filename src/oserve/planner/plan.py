@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,7 +27,7 @@ class Replica:
     gpus: tuple[int, ...]
     config: ReplicaConfig
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
                 "precision": self.config.precision}
@@ -67,7 +68,7 @@ class Plan:
             counts[r.config.label()] = counts.get(r.config.label(), 0) + 1
         return " + ".join(f"{n}x[{label}]" for label, n in sorted(counts.items()))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "planner": self.planner,
@@ -94,11 +95,11 @@ class Plan:
         except ValidationError as exc:
             field, _, problem = first_error(exc).partition(": ")
             raise InputFormatError(source, None, field, problem) from None
-        problem = doc.shape_problem()
-        if problem:
-            raise InputFormatError(source, None, problem[0], problem[1])
-        replicas = tuple(Replica(r.replica_id, tuple(r.gpus), ReplicaConfig(r.gpu_type, r.tp, r.pp, r.precision))
-                         for r in doc.replicas)
+        shape = doc.shape_problem()
+        if shape:
+            raise InputFormatError(source, None, shape[0], shape[1])
+        replicas = tuple(Replica(r.replica_id, tuple(r.gpus),
+                                 ReplicaConfig(r.gpu_type, r.tp, r.pp, r.precision)) for r in doc.replicas)
         return Plan(doc.model, replicas, tuple(doc.types), tuple(doc.type_rates_rps),
                     tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
                     doc.demand_scale, tuple(doc.utilisation), tuple(doc.bottlenecks), doc.planner,

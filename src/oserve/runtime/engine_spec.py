@@ -52,8 +52,8 @@ class VllmOptions(_Options):
     startup_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
-OPTIONS = {"embedded": LlamaOptions, "llama": LlamaOptions, "fake": FakeOptions, "remote": RemoteOptions,
-           "vllm": VllmOptions}
+OPTIONS: dict[str, type[_Options]] = {"embedded": LlamaOptions, "llama": LlamaOptions, "fake": FakeOptions,
+                                     "remote": RemoteOptions, "vllm": VllmOptions}
 
 
 @dataclass(frozen=True)

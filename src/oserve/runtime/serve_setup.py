@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
+from oserve.planner.api import make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.controller import rescaled_types
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
@@ -107,8 +109,6 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     name = served_name(config)
     cluster = model = cost = None
     if config.cost_model is not None:
-        from oserve.planner.api import make_plan
-
         # the same resolution as `oserve plan`: catalogs, calibration file, TPOT bound
         cluster, model, cost = config.cost_model.resolve()
     if config.plan_file:
@@ -116,7 +116,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         if len(plan.type_names) != types.k:
             raise ConfigError(f"plan '{config.plan_file}' has {len(plan.type_names)} request types, the "
                               f"trace '{config.trace}' was typed into {types.k} (use --types)")
-    elif cluster is not None:
+    elif cluster is not None and model is not None and cost is not None:
         plan = make_plan(cluster, model, stats, config.planner, cost)
     else:
         plan = static_plan(name, [ReplicaConfig("cpu")] * config.replicas, types.names(),
@@ -130,8 +130,8 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         from oserve.runtime.switch_adapter import cost_aware_switcher
 
         switcher = cost_aware_switcher(cluster, cost, stats)
-    elif config.replan and cluster is not None:
-        def replan_from_current(rates_rps):
+    elif config.replan and cluster is not None and model is not None and cost is not None:
+        def replan_from_current(rates_rps: Sequence[float]) -> Plan:
             current = Counter(r.config for r in holder["runtime"].router.table.plan.replicas)
             return make_plan(cluster, model, rescaled_types(stats, rates_rps), config.planner, cost,
                              initial=current)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.plan import Plan, Replica
-from oserve.common.errors import ConfigError
 
 
 def static_plan(model: str, configs: Sequence[ReplicaConfig], type_names: Sequence[str],

@@ -4,6 +4,7 @@ from storage (what ``oserve transfer-plan`` prints), and the ``TP4x2,TP8x1`` dep
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from oserve.common.errors import ConfigError
 from oserve.costmodel.catalog import ClusterSpec
@@ -33,7 +34,8 @@ def parse_deployment(text: str, cluster: ClusterSpec) -> dict[ReplicaConfig, int
     return out
 
 
-def transfer_report(current_text: str, target_text: str, cluster: ClusterSpec, cost: CostModel) -> dict:
+def transfer_report(current_text: str, target_text: str, cluster: ClusterSpec,
+                    cost: CostModel) -> dict[str, Any]:
     """Greedy peer-to-peer plan, LP lower bound and reload time of moving ``current`` to ``target``."""
     current_counts = parse_deployment(current_text, cluster)
     target_counts = parse_deployment(target_text, cluster)
@@ -58,7 +60,7 @@ def transfer_report(current_text: str, target_text: str, cluster: ClusterSpec, c
                            "gb": t.num_bytes / 1e9, "chunks": len(t.chunks)} for t in greedy.transfers]}
 
 
-def render(doc: dict) -> str:
+def render(doc: dict[str, Any]) -> str:
     g = doc["greedy"]
     lines = [f"{doc['model']} on {doc['cluster']}: {doc['kept_replicas']} replicas stay, "
              f"{doc['started_replicas']} start on {doc['moved_gpus']} GPUs",
