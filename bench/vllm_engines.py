@@ -95,7 +95,7 @@ def main() -> int:
         # prefix caching off: the synthetic prompts share their first words, which would turn most
         # prefills into cache hits that llama.cpp (one sequence, its own prompt cache) does not get
         "vllm": ["--engine", "vllm", "--replicas", "1", "--threads", "1", "--vllm-python",
-                 args.vllm_python, "--vllm-extra-args", "--no-enable-prefix-caching"],
+                 args.vllm_python, "--vllm-extra-args=--no-enable-prefix-caching"],
     }
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "note": "2 cores shared with other engineers' jobs; see load averages"},

@@ -214,3 +214,19 @@ def test_a_vllm_that_exits_during_start_is_reported_with_its_log(tmp_path, monke
     engine = standin_launch(tmp_path, monkeypatch, STANDIN_EXIT_CODE="4")
     with pytest.raises(EngineStartError, match="exited with code 4.*failing to start as asked"):
         asyncio.run(engine.start())
+
+
+def test_serve_flags_become_the_vllm_config_and_bad_ones_name_their_flag():
+    from oserve.cli.main import build_parser
+    from oserve.cli.serve_cmd import serve_config
+    from oserve.common.errors import ConfigError
+
+    def config(*flags):
+        return serve_config(build_parser().parse_args(["serve", "--engine", "vllm", *flags]))
+
+    vllm = config("--vllm-python", "/py", "--vllm-kv-cache-gib", "2",
+                  "--vllm-extra-args", "--no-enable-prefix-caching --seed 3").vllm
+    assert (vllm.python, vllm.kv_cache_gib) == ("/py", 2)
+    assert vllm.extra_args == ("--no-enable-prefix-caching", "--seed", "3")
+    with pytest.raises(ConfigError, match="--vllm-extra-args"):
+        config("--vllm-extra-args", "'unclosed")
