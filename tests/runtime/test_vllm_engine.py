@@ -230,3 +230,15 @@ def test_serve_flags_become_the_vllm_config_and_bad_ones_name_their_flag():
     assert vllm.extra_args == ("--no-enable-prefix-caching", "--seed", "3")
     with pytest.raises(ConfigError, match="--vllm-extra-args"):
         config("--vllm-extra-args", "'unclosed")
+
+
+def test_a_planned_gpu_fleet_needs_the_weights_of_its_model():
+    from oserve.common.errors import ConfigError
+    from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
+
+    with pytest.raises(ConfigError, match="--hf-model"):
+        vllm_engine_spec(VllmServeConfig(), None, "m", on_cpu=False, num_replicas=2, threads=None,
+                         context_tokens=2048)
+    spec = vllm_engine_spec(VllmServeConfig(extra_args=("--seed", "1")), "org/m", "m", on_cpu=False,
+                            num_replicas=2, threads=None, context_tokens=4096)
+    assert spec.options["model"] == "org/m" and spec.options["extra_args"] == ("--seed", "1")

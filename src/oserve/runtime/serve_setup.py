@@ -21,7 +21,7 @@ from oserve.runtime.engine_spec import ENGINE_KINDS, EngineSpec
 from oserve.runtime.router import online_classifier
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
-from oserve.runtime.vllm_setup import VllmServeConfig
+from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
 from oserve.workload import fit_request_types, load_trace
 
 SWITCH_POLICIES = ("reactive", "cost-aware")
@@ -97,8 +97,6 @@ def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
         return EngineSpec("remote", {"url": config.remote_url, "model": config.remote_model,
                                      "context_tokens": config.context_tokens})
     if config.engine == "vllm":
-        from oserve.runtime.vllm_setup import vllm_engine_spec
-
         return vllm_engine_spec(config.vllm, config.hf_model, served_name(config),
                                 on_cpu=config.cost_model is None and not config.plan_file,
                                 num_replicas=num_replicas, threads=config.threads,

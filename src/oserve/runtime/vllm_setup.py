@@ -13,6 +13,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from oserve.common.errors import ConfigError
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.vllm_launch import resolve_vllm_python
 
@@ -32,6 +33,9 @@ class VllmServeConfig(BaseModel):
 def vllm_engine_spec(config: VllmServeConfig, hf_model: str | None, served_name: str, on_cpu: bool,
                      num_replicas: int, threads: int | None, context_tokens: int) -> EngineSpec:
     """The vLLM replicas' engine spec (converting the embedded model if no ``hf_model`` is given)."""
+    if not (on_cpu or hf_model):
+        raise ConfigError("--engine vllm with --cluster or --plan needs --hf-model (the weights of the "
+                          "planned model); only a CPU fleet serves the embedded SmolLM2")
     python = resolve_vllm_python(config.python) if (on_cpu or not hf_model) else config.python
     model = hf_model
     if not model:
