@@ -19,9 +19,10 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,21 +35,28 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def start_server(engine_args: list[str], timeout_s: float = 900.0) -> tuple[subprocess.Popen, str, float]:
+def start_server(engine_args: list[str], log_path: Path,
+                 timeout_s: float = 900.0) -> tuple[subprocess.Popen, str, float]:
+    """``oserve serve`` with its output in ``log_path``; returns once it answers ``/health``."""
     start = time.perf_counter()
-    proc = subprocess.Popen(oserve("serve", "--port", "0", "--log-level", "warning", *engine_args),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("oserve: serving"):
-            url = line.split(" at ")[1].strip().removesuffix("/v1")
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, url, time.perf_counter() - start
-        if time.perf_counter() - start > timeout_s:
-            break
+    log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until it stops
+    proc = subprocess.Popen(oserve("serve", "--port", "0", "--log-level", "info", *engine_args),
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                            env=env())
+    url = None
+    while time.perf_counter() - start < timeout_s and proc.poll() is None:
+        text = log_path.read_text()
+        if url is None and "oserve: serving" in text:
+            url = text.split("oserve: serving", 1)[1].split(" at ", 1)[1].split()[0].removesuffix("/v1")
+        if url is not None:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    return proc, url, time.perf_counter() - start
+            except httpx.HTTPError:
+                pass
+        time.sleep(1.0)
     proc.kill()
-    raise SystemExit(f"oserve serve {' '.join(engine_args)} did not start:\n{''.join(lines)[-3000:]}")
+    raise SystemExit(f"oserve serve {' '.join(engine_args)} did not start:\n{log_path.read_text()[-3000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -66,7 +74,9 @@ def bench(url: str, concurrency: int, args, out: Path) -> dict:
                  "--max-output-tokens", str(args.max_output_tokens), "--max-duration-s",
                  str(args.max_duration_s), "--json", "--out", str(out))
     load_before = os.getloadavg()[0]
-    subprocess.run(cmd, check=False, capture_output=True, text=True, env=env())
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env())
+    if not out.is_file():
+        raise SystemExit(f"oserve bench serve failed ({done.returncode}): {done.stderr[-2000:]}")
     report = json.loads(out.read_text())
     return {"concurrency": concurrency, "num_requests": num_requests, "num_ok": report["num_ok"],
             "output_tokens_per_s": report["output_tokens_per_s"],
@@ -103,7 +113,7 @@ def main() -> int:
                                                           "max_output_tokens", "min_requests")},
                "engines": {}}
     for engine in args.engines.split(","):
-        proc, url, start_s = start_server(engine_args[engine])
+        proc, url, start_s = start_server(engine_args[engine], out.with_suffix(f'.{engine}.log'))
         try:
             rows = [bench(url, c, args, out.with_suffix(f".{engine}.c{c}.json")) for c in levels]
         finally:
@@ -115,7 +125,7 @@ def main() -> int:
                   f"TTFT p50 {r['ttft_s'].get('p50', float('nan')):6.2f} s  "
                   f"TPOT p50 {1e3 * r['tpot_s'].get('p50', float('nan')):6.1f} ms  "
                   f"ok {r['num_ok']}/{r['num_requests']}  load {r['load_avg_before']:.1f}", flush=True)
-    for tmp in out.parent.glob(out.stem + ".*.c*.json"):
+    for tmp in [*out.parent.glob(out.stem + ".*.c*.json"), *out.parent.glob(out.stem + ".*.log")]:
         tmp.unlink()
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
