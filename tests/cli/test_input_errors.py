@@ -201,3 +201,11 @@ def test_old_flag_spellings_are_not_abbreviations(capsys, argv):
 
 def test_time_range_must_be_ordered(capsys):
     assert "--time-range" in run(capsys, "simulate", "--time-range", "60:10")
+
+
+def test_trace_scaled_refuses_nan():
+    from oserve.common.errors import ConfigError
+    from oserve.workload import load_trace
+
+    with pytest.raises(ConfigError, match="positive finite"):
+        load_trace("azure-code").scaled(float("nan"))
