@@ -33,7 +33,7 @@ def register(sub) -> None:
     fsub = p.add_subparsers(dest="forecast_command", required=True, metavar="ACTION")
     ev = fsub.add_parser("eval", help="backtest forecasters on a held-out tail of a trace")
     _common(ev)
-    ev.add_argument("--models", default=",".join(MODELS),
+    ev.add_argument("--forecasters", default=",".join(MODELS),
                     help=f"comma-separated subset of {', '.join(MODELS)} (lstm needs torch)")
     ev.add_argument("--lstm", default=None, metavar="FILE", help="use this trained LSTM instead of "
                     "training one on the training head")
@@ -80,10 +80,10 @@ def _series(args):
 
 
 def _forecasters(args, window_s: float) -> list[Any]:
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [m.strip() for m in args.forecasters.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
-        raise ConfigError(f"unknown forecast models {unknown}; choose from {', '.join(MODELS)}")
+        raise ConfigError(f"--forecasters: unknown forecasters {unknown}; choose from {', '.join(MODELS)}")
     out: list[Any] = []
     for name in names:
         if name == "last":
@@ -119,7 +119,7 @@ def run_eval(args) -> int:
     if not forecasters:
         raise ConfigError("no forecaster to evaluate (lstm needs torch; seasonal-naive needs --season-s)")
     result = backtest(series, forecasters, args.train_frac)
-    skipped = [m for m in args.models.split(",") if m.strip() == "lstm"] if not any(
+    skipped = [m for m in args.forecasters.split(",") if m.strip() == "lstm"] if not any(
         s.name.startswith("lstm") for s in result.scores) else []
     doc = result.to_dict()
     doc.update(trace=trace.name, synthetic=bool(trace.meta.get("synthetic")), skipped=skipped,
