@@ -105,7 +105,8 @@ def test_serve_plan_typed_for_other_types_than_the_trace(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--port", "99999"), ("--context-tokens", "0"),
                                          ("--max-inflight", "0"), ("--replicas", "0"),
-                                         ("--window-s", "nan"), ("--dispatch-policy", "least-outstandin")])
+                                         ("--window-s", "nan"), ("--dispatch-policy", "least-outstandin"),
+                                         ("--planner", "osrve")])
 def test_serve_flag_out_of_range(capsys, flag, value):
     line = run_parse_error(capsys, "serve", "--engine", "fake", flag, value)
     assert flag in line
