@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from oserve.cli.common_args import POSITIVE, POSITIVE_INT, number
+from oserve.cli.common_args import POSITIVE, POSITIVE_INT, default, number
 from oserve.common.errors import ConfigError
 from oserve.forecast.backtest import backtest, split_index
 from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
+from oserve.forecast.lstm import LSTMParams
 from oserve.forecast.report import Pretrained, render, write_eval_outputs
 from oserve.forecast.series import rate_series
 from oserve.forecast.synthetic import (
@@ -45,12 +46,13 @@ def register(sub) -> None:
     tr = fsub.add_parser("train", help="train the per-type LSTM on a trace's head and save it")
     _common(tr)
     tr.add_argument("--out", required=True, metavar="FILE", help="where to save the model (.pt)")
-    tr.add_argument("--epochs", type=POSITIVE_INT, default=300)
-    tr.add_argument("--lookback", type=POSITIVE_INT, default=12, help="windows of history the LSTM reads")
+    tr.add_argument("--epochs", type=POSITIVE_INT, default=default(LSTMParams, "epochs"))
+    tr.add_argument("--lookback", type=POSITIVE_INT, default=default(LSTMParams, "lookback"),
+                    help="windows of history the LSTM reads")
     tr.set_defaults(func=run_train)
     sy = fsub.add_parser("synth", help="write a SYNTHETIC multi-hour diurnal trace (CSV)")
-    sy.add_argument("--hours", type=POSITIVE, default=6.0)
-    sy.add_argument("--period-s", type=POSITIVE, default=6 * 3600.0, metavar="S",
+    sy.add_argument("--hours", type=POSITIVE, default=default(DiurnalSpec, "duration_s") / 3600.0)
+    sy.add_argument("--period-s", type=POSITIVE, default=default(DiurnalSpec, "period_s"), metavar="S",
                     help="length of one synthetic day in seconds (default %(default)s)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--out", required=True, metavar="FILE")
@@ -105,7 +107,7 @@ def _lstm(args):
         if args.lstm:
             raise ConfigError("--lstm needs PyTorch: pip install -e '.[forecast]'")
         return None  # reported as skipped
-    from oserve.forecast.lstm import LSTMForecaster, LSTMParams
+    from oserve.forecast.lstm import LSTMForecaster
 
     if args.lstm:
         model, _meta = LSTMForecaster.load(args.lstm)
@@ -135,7 +137,7 @@ def run_eval(args) -> int:
 
 
 def run_train(args) -> int:
-    from oserve.forecast.lstm import LSTMForecaster, LSTMParams
+    from oserve.forecast.lstm import LSTMForecaster
 
     trace, types, series = _series(args)
     split = split_index(series.num_windows, args.train_frac)
