@@ -9,11 +9,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 from oserve.runtime.engine_spec import ENGINE_KINDS
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+API_KEY_ENV = "OSERVE_API_KEY"
 
 
 def register(sub) -> None:
@@ -71,6 +73,29 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info")
+    add_reliability_args(p)
+
+
+def add_reliability_args(p: argparse.ArgumentParser) -> None:
+    """Access and shutdown flags of ``oserve serve`` (issue 9)."""
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        f"(default: the {API_KEY_ENV} environment variable; unset: no key)")
+    p.add_argument("--shutdown-grace-s", type=float, default=10.0,
+                   help="on SIGTERM, in-flight requests get this long to finish; then streams end "
+                        "with an SSE error event and other requests with a 503")
+
+
+def api_key_from(args) -> str | None:
+    """The API key of ``oserve serve``: the flag, else the environment variable; empty means none."""
+    import math
+
+    from oserve.runtime.errors import ClientRequestError
+
+    if not (math.isfinite(args.shutdown_grace_s) and args.shutdown_grace_s >= 0):
+        raise ClientRequestError(f"--shutdown-grace-s must be a number >= 0, got {args.shutdown_grace_s}")
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    return key or None
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -109,17 +134,18 @@ def run_serve(args) -> int:
     from oserve.runtime.serve_setup import build_runtime
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    runtime = build_runtime(args)
-    from oserve.runtime.gateway.app import create_app
-
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("oserve.runtime").warning(
-            "listening on %s: /admin/plan and /metrics are reachable by anyone who can reach this "
-            "address; there is no authentication", args.host)
-    sock = bind_socket(args.host, args.port)
-    url = f"http://{args.host}:{sock.getsockname()[1]}"
-    print(usage_banner(url, runtime.model_name), flush=True)
     try:
+        runtime = build_runtime(args)
+        from oserve.runtime.gateway.app import create_app
+
+        if args.host not in ("127.0.0.1", "localhost", "::1") and runtime.config.api_key is None:
+            logging.getLogger("oserve.runtime").warning(
+                "listening on %s without an API key: every endpoint, /admin/plan and /metrics "
+                "included, is open to anyone who can reach this address (set --api-key or %s)",
+                args.host, API_KEY_ENV)
+        sock = bind_socket(args.host, args.port)
+        url = f"http://{args.host}:{sock.getsockname()[1]}"
+        print(usage_banner(url, runtime.model_name, runtime.config.api_key is not None), flush=True)
         serve_sockets(create_app(runtime), sock, args.log_level)
     finally:
         if args.ray or args.ray_address:
@@ -129,15 +155,18 @@ def run_serve(args) -> int:
     return 0
 
 
-def usage_banner(url: str, model: str) -> str:
+def usage_banner(url: str, model: str, needs_key: bool = False) -> str:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello."}]})
+    auth = f" -H \"Authorization: Bearer ${API_KEY_ENV}\"" if needs_key else ""
+    key = f"os.environ['{API_KEY_ENV}']" if needs_key else "'unused'"
     return "\n".join([
         f"oserve: serving {model} at {url}/v1", "",
         "  curl:",
-        f"    curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'", "",
+        f"    curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'",
+        "",
         "  python (pip install openai):",
-        "    from openai import OpenAI",
-        f"    client = OpenAI(base_url='{url}/v1', api_key='unused')",
+        "    from openai import OpenAI" + ("; import os" if needs_key else ""),
+        f"    client = OpenAI(base_url='{url}/v1', api_key={key})",
         f"    print(client.chat.completions.create(model='{model}', "
         "messages=[{'role': 'user', 'content': 'Say hello.'}]).choices[0].message.content)", "",
         f"  metrics: {url}/metrics   plan: {url}/admin/plan   health: {url}/health", ""])

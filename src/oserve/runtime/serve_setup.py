@@ -53,6 +53,8 @@ def engine_spec(args, num_replicas: int) -> EngineSpec:
 
 
 def build_runtime(args) -> ServingRuntime:
+    from oserve.runtime.cli import api_key_from
+
     trace = load_trace(args.trace)
     types = fit_request_types(trace, args.types, 0)
     stats = types.stats(trace)
@@ -75,7 +77,7 @@ def build_runtime(args) -> ServingRuntime:
         plan = static_plan(name, [ReplicaConfig("cpu")] * args.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
     spec = engine_spec(args, len(plan.replicas))
-    factory = _engine_factory(args, spec, cost)
+    factory = _engine_factory(args, spec, cost, plan)
     holder: dict[str, ServingRuntime] = {}
     switcher = None
     planner = None  # set below when live re-planning is on
@@ -97,14 +99,15 @@ def build_runtime(args) -> ServingRuntime:
                            check_interval_s=args.check_interval_s, replan=replan,
                            dispatch_policy=args.dispatch_policy,
                            first_token_timeout_s=args.first_token_timeout_s,
-                           token_timeout_s=args.token_timeout_s)
+                           token_timeout_s=args.token_timeout_s,
+                           shutdown_grace_s=args.shutdown_grace_s, api_key=api_key_from(args))
     runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config,
                              switcher=switcher)
     holder["runtime"] = runtime
     return runtime
 
 
-def _engine_factory(args, spec: EngineSpec, cost):
+def _engine_factory(args, spec: EngineSpec, cost, plan: Plan):
     def spec_for(replica: Replica) -> EngineSpec:
         if spec.kind == "fake" and cost is not None:
             from oserve.runtime.fake_engine import fake_cost_from_model
@@ -116,10 +119,11 @@ def _engine_factory(args, spec: EngineSpec, cost):
 
     if not (args.ray or args.ray_address):
         return lambda replica: spec_for(replica).build(replica)
-    from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, connect
+    from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, check_placement, connect
 
     connect(args.ray_address)
     placement = RayPlacement(use_gpus=spec.kind == "vllm", cpus_per_bundle=1.0)
+    check_placement(plan.replicas, placement)  # before the port is bound: fail in seconds, with why
 
     def factory(replica: Replica) -> Engine:
         return RayActorEngine(spec_for(replica), replica, placement)

@@ -29,6 +29,9 @@ class RuntimeConfig:
     window_s: float = 60.0
     check_interval_s: float = 10.0
     drain_timeout_s: float = 300.0
+    shutdown_grace_s: float = 10.0  # in-flight requests get this long to finish when the server stops
+    body_read_timeout_s: float = 30.0  # a request body not received in full by then is a 408
+    api_key: str | None = field(default=None, repr=False)  # if set, required on all but /health
     replan: ReplanConfig = field(default_factory=ReplanConfig)
 
 
