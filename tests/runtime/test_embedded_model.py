@@ -28,11 +28,15 @@ def test_llama_engine_generates_counts_and_stops_early():
         assert engine.count_tokens("Hello, how are you today?") >= 5
         chunks = [c async for c in engine.generate(GenerationRequest(
             "a", 8, prompt="The capital of France is", temperature=0.0, prompt_tokens=5))]
-        # a consumer that stops listening frees the model for the next request at once
+        # a consumer that stops listening frees the model within a token (once the worker is out)
         gen = engine.generate(GenerationRequest("b", 200, prompt="Count: 1, 2, 3,", temperature=0.0))
         await gen.__anext__()
         await gen.aclose()
-        assert engine.load().num_inflight == 0
+        for _ in range(200):
+            if engine.load().num_inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.load().num_inflight == 0 and engine.num_cancelled == 1
         await engine.stop()
         return chunks
 
@@ -76,6 +80,17 @@ def _post(url: str, path: str, body: dict, timeout_s: float = 60.0):
     return httpx.post(url + path, json=body, timeout=timeout_s)
 
 
+def _stop_or_kill(proc) -> None:
+    import subprocess
+
+    try:
+        stop(proc)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a wedged server never finishes SIGTERM; leave no process behind
+        proc.wait()
+        raise
+
+
 def _metric(url: str, name: str, status: str) -> float:
     import httpx
 
@@ -113,11 +128,14 @@ def test_hanging_up_on_the_real_engine_neither_wedges_it_nor_keeps_it_busy():
         cancelled = _metric(url, "oserve_requests_total", "cancelled")
         health = httpx.get(url + "/health").status_code
     finally:
-        stop(proc)  # SIGTERM: finishes (stop() waits at most 30 s)
+        start = time.monotonic()
+        _stop_or_kill(proc)  # SIGTERM
+        stop_s = time.monotonic() - start
     assert after_stream.status_code == 200 and after_timeout.status_code == 200
     assert after_stream_s < 10 and after_timeout_s < 10, (after_stream_s, after_timeout_s)
     assert cancelled == 2 and health == 200
-    assert proc.returncode == 0
+    # uvicorn re-raises SIGTERM once its shutdown is complete; a wedged engine never got there
+    assert proc.returncode in (0, -15) and stop_s < 10, (proc.returncode, stop_s)
 
 
 def test_real_engine_client_faults_are_400s_and_usage_counts_the_chat_template():
@@ -142,7 +160,7 @@ def test_real_engine_client_faults_are_400s_and_usage_counts_the_chat_template()
             "model": EMBEDDED_MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}],
             "logprobs": True})
     finally:
-        stop(proc)
+        _stop_or_kill(proc)
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt"
     assert near_limit.status_code == 400, near_limit.text
     assert near_limit.json()["error"]["code"] == "context_length_exceeded"

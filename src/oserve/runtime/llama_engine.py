@@ -31,12 +31,16 @@ _END = object()
 
 class LlamaCppEngine:
     def __init__(self, model_path: Path | str, name: str = "llama.cpp", context_tokens: int = 2048,
-                 num_threads: int | None = None, seed: int = 0) -> None:
+                 num_threads: int | None = None, seed: int = 0, use_extra_buffers: bool = False) -> None:
         self.model_path = Path(model_path)
         self.info = EngineInfo(name=name, context_tokens=context_tokens,
                                extra={"kind": "llama.cpp", "model_path": str(self.model_path)})
         self.num_threads = num_threads
         self.seed = seed
+        # llama.cpp's extra CPU buffer types (weight repacking, AMX tiles) are off by default: their
+        # AMX kernels die with SIGILL on hosts that report AMX but do not run it (seen on the team's
+        # VMs), and the embedded Q4_1 model has no repacked layout to gain from them
+        self.use_extra_buffers = use_extra_buffers
         self._llama = None
         self._formatter = None  # the model's chat template (llama_cpp.llama_chat_format)
         self._lock = asyncio.Lock()
@@ -53,8 +57,8 @@ class LlamaCppEngine:
         if not self.model_path.is_file():
             raise EngineStartError(f"model file {self.model_path} does not exist")
         self._llama = await asyncio.to_thread(
-            Llama, model_path=str(self.model_path), n_ctx=self.info.context_tokens,
-            n_threads=self.num_threads, seed=self.seed, verbose=False)
+            _load_llama, Llama, self.use_extra_buffers, model_path=str(self.model_path),
+            n_ctx=self.info.context_tokens, n_threads=self.num_threads, seed=self.seed, verbose=False)
         self._formatter = _chat_formatter(self._llama)
 
     async def stop(self) -> None:
@@ -202,6 +206,30 @@ def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:
         pass  # the event loop is closed (process exiting): nobody is left to tell
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_llama(llama_class, use_extra_buffers: bool, **kwargs):
+    """``Llama(**kwargs)``, with llama.cpp's ``use_extra_bufts`` model parameter set (llama-cpp-python
+    does not expose it, so its default-parameters function is wrapped while this model loads)."""
+    import llama_cpp.llama as module
+
+    with _LOAD_LOCK:
+        defaults = module.llama_cpp.llama_model_default_params
+
+        def params():
+            value = defaults()
+            if hasattr(value, "use_extra_bufts"):
+                value.use_extra_bufts = use_extra_buffers
+            return value
+
+        module.llama_cpp.llama_model_default_params = params
+        try:
+            return llama_class(**kwargs)
+        finally:
+            module.llama_cpp.llama_model_default_params = defaults
 
 
 def _chat_formatter(llama):
