@@ -48,6 +48,9 @@ def openapi_schema(model_name: str) -> dict:
                                   (CompletionRequest, "validation")],
                                  ref_template="#/components/schemas/{model}")
     schemas = {**defs.get("$defs", {}), "Error": ERROR_SCHEMA}
+    for name in ("ChatCompletionRequest", "CompletionRequest"):  # other names are a 400
+        schemas[name]["properties"]["model"] = {"type": "string", "enum": [model_name],
+                                                "title": "Model"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "oserve", "version": "1",
