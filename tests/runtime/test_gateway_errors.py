@@ -312,20 +312,19 @@ def test_api_key_guards_every_endpoint_but_health():
 
 
 def test_api_key_comes_from_the_flag_or_the_environment(monkeypatch):
-    import argparse
+    from oserve.cli.main import build_parser
+    from oserve.cli.serve_cmd import API_KEY_ENV, serve_config
 
-    from oserve.runtime.cli import API_KEY_ENV, add_reliability_args, api_key_from
-    from oserve.runtime.errors import ClientRequestError
-
-    parser = argparse.ArgumentParser()
-    add_reliability_args(parser)
+    parser = build_parser()
     monkeypatch.delenv(API_KEY_ENV, raising=False)
-    assert api_key_from(parser.parse_args([])) is None
+    assert serve_config(parser.parse_args(["serve"])).runtime.api_key is None
     monkeypatch.setenv(API_KEY_ENV, "from-env")
-    assert api_key_from(parser.parse_args([])) == "from-env"
-    assert api_key_from(parser.parse_args(["--api-key", "from-flag"])) == "from-flag"
-    with pytest.raises(ClientRequestError, match="--shutdown-grace-s"):
-        api_key_from(parser.parse_args(["--shutdown-grace-s", "-1"]))
+    assert serve_config(parser.parse_args(["serve"])).runtime.api_key == "from-env"
+    flag = parser.parse_args(["serve", "--api-key", "from-flag", "--shutdown-grace-s", "3"])
+    assert serve_config(flag).runtime.api_key == "from-flag"
+    assert serve_config(flag).runtime.shutdown_grace_s == 3.0
+    with pytest.raises(SystemExit):  # argparse: one line naming the flag
+        parser.parse_args(["serve", "--shutdown-grace-s", "-1"])
 
 
 @pytest.mark.parametrize("error", ["RuntimeError", "RuntimeServeError"])
