@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -200,7 +201,8 @@ def check_fuzz() -> dict:
     with ServerThread(create_app(runtime)) as server:
         done = subprocess.run(["schemathesis", "run", server.base_url + "/openapi.json", "--checks",
                                "not_a_server_error", "--max-examples", "100", "--seed", "1",
-                               "--request-timeout", "30"], capture_output=True, text=True, timeout=1800)
+                               "--request-timeout", "30"], capture_output=True, text=True, timeout=1800,
+                              cwd=tempfile.mkdtemp())  # its example database goes there, not here
     summary = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     server_errors = sum(v for (name, labels), v in runtime.metrics.counters.items()
                         if name == "oserve_http_errors_total" and dict(labels)["status"] >= "500")
