@@ -1,6 +1,7 @@
 """Reliability and security checks of ``oserve serve``, measured on real servers (issue 9).
 
-    python bench/reliability_bench.py [--skip-embedded] [--skip-fuzz] [--out bench/results/runtime/reliability_bench.json]
+    python bench/reliability_bench.py [--skip-embedded] [--skip-fuzz | --only-fuzz]
+                                      [--out bench/results/runtime/reliability_bench.json]
 
 Each check starts ``oserve serve`` as a subprocess on 127.0.0.1 (the embedded SmolLM2 model or fake
 engines) and measures from a client, as a user would: (1) on the embedded model, the latency of a
@@ -42,7 +43,8 @@ def start_server(*extra: str) -> tuple[subprocess.Popen, str, list[str]]:
         if line.startswith("oserve: serving"):
             url = line.split(" at ")[1].strip().removesuffix("/v1")
             log: list[str] = []
-            threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()
+            out = proc.stdout
+            threading.Thread(target=log.extend, args=(out,), daemon=True).start()
             return proc, url, log
     raise RuntimeError(f"oserve serve exited with {proc.wait(10)}")
 
@@ -84,8 +86,8 @@ def check_hang_ups(url: str) -> dict:
         pass
     after_abandon = timed_chat(url, 4, 60)
     metrics = httpx.get(url + "/metrics").text
-    cancelled = sum(float(m) for m in re.findall(r'oserve_requests_total\{[^}]*status="cancelled"[^}]*\} (\S+)',
-                                                  metrics))
+    cancelled = sum(float(m) for m in re.findall(
+        r'oserve_requests_total\{[^}]*status="cancelled"[^}]*\} (\S+)', metrics))
     return {"idle_4_token_chat_s": idle, "after_stream_cut": {"status": after_stream[0],
                                                               "latency_s": after_stream[1]},
             "after_abandoned_request": {"status": after_abandon[0], "latency_s": after_abandon[1]},

@@ -14,8 +14,8 @@ from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineSta
 from oserve.runtime.fake_engine import FakeEngine
 from oserve.runtime.gateway.app import create_app
 from oserve.runtime.remote_engine import RemoteOpenAIEngine
-from oserve.runtime.serving import ServingRuntime
 from oserve.runtime.server import ServerThread
+from oserve.runtime.serving import ServingRuntime
 from oserve.runtime.vllm_engine import VllmLaunch, launch_for_replica, vllm_command, vllm_env
 
 from .factories import MODEL, make_plan, make_runtime, openai_client

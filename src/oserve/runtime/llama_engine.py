@@ -103,7 +103,7 @@ class LlamaCppEngine:
                 raise ClientRequestError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})"
                                          if ids else "the prompt has no tokens", "prompt")
             return ids, []
-        if request.is_chat:
+        if request.messages is not None:
             text, stop = self.render_chat(request.messages)
             # the template writes its own special tokens (as llama-cpp-python's chat handler does)
             return llama.tokenize(text.encode("utf-8"), add_bos=False, special=True), stop

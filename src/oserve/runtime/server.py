@@ -14,6 +14,7 @@ the gateway's grace period runs first and in-flight requests end explicitly (see
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import threading
 import time
@@ -70,10 +71,15 @@ def _header_timeout_protocol(base: type, timeout_s: float) -> type:
 
 
 def _protocol_class(header_timeout_s: float) -> type:
+    base: type
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
     except ImportError:  # uvicorn without [standard]
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
     return _header_timeout_protocol(base, header_timeout_s)
 
 
@@ -81,7 +87,8 @@ def _config(app: Any, host: str, port: int, log_level: str,
             header_timeout_s: float = HEADER_TIMEOUT_S) -> uvicorn.Config:
     grace_s = float(getattr(app, "shutdown_grace_s", 10.0))
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          lifespan="on", timeout_graceful_shutdown=grace_s + FORCED_SHUTDOWN_MARGIN_S,
+                          lifespan="on",
+                          timeout_graceful_shutdown=math.ceil(grace_s + FORCED_SHUTDOWN_MARGIN_S),
                           proxy_headers=False, http=_protocol_class(header_timeout_s))
 
 

@@ -122,7 +122,8 @@ def _add_completion_routes(app: FastAPI, runtime: ServingRuntime, gate: Shutdown
     handler = CompletionHandler(runtime, gate)
     config = runtime.config
 
-    async def serve(request: Request, schema: type) -> Response:
+    async def serve(request: Request,
+                    schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> Response:
         gate.check_open()
         raw = await read_body(request, config.max_body_bytes, config.body_read_timeout_s)
         body = parse_body(schema, raw)

@@ -6,10 +6,18 @@ import json
 import logging
 
 from oserve.common.errors import OServeError
-from oserve.runtime.errors import (ClientRequestError, EngineDeadError, EngineStartError,
-                                   ModelNotFoundError, NoReplicaError, OverloadedError,
-                                   RequestTimeoutError, RequestTooLargeError, ShuttingDownError,
-                                   UnauthorizedError)
+from oserve.runtime.errors import (
+    ClientRequestError,
+    EngineDeadError,
+    EngineStartError,
+    ModelNotFoundError,
+    NoReplicaError,
+    OverloadedError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ShuttingDownError,
+    UnauthorizedError,
+)
 
 log = logging.getLogger("oserve.runtime.gateway")
 
@@ -68,4 +76,5 @@ def retry_headers(status: int) -> dict[str, str] | None:
     return {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
 
 
-__all__ = ["ERROR_TABLE", "RETRY_AFTER_S", "retry_headers", "error_body", "http_error_body", "sse_error_event", "to_status_and_body"]
+__all__ = ["ERROR_TABLE", "RETRY_AFTER_S", "error_body", "http_error_body", "retry_headers",
+           "sse_error_event", "to_status_and_body"]

@@ -7,9 +7,10 @@ import dataclasses
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
-from oserve.runtime.engine import GenerationRequest, count_prompt_tokens, estimate_tokens
+from oserve.runtime.engine import GenerationRequest, TokenChunk, count_prompt_tokens, estimate_tokens
 from oserve.runtime.errors import ModelNotFoundError, PromptTooLongError, RequestTooLargeError
 from oserve.runtime.gateway.error_map import sse_error_event
 from oserve.runtime.gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -42,7 +43,7 @@ class CompletionHandler:
         request = GenerationRequest(
             request_id=secrets.token_hex(8), max_tokens=1, prompt=prompt, messages=messages,
             temperature=body.temperature, top_p=body.top_p, stop=body.stop_tuple(), seed=body.seed,
-            prompt_token_ids=None if is_chat else body.prompt_token_ids(),
+            prompt_token_ids=body.prompt_token_ids() if isinstance(body, CompletionRequest) else None,
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
         text = "\n".join(m["content"] for m in messages) if is_chat else (prompt or "")
         prompt_tokens = await self._count_prompt(request, text)
@@ -95,7 +96,7 @@ class CompletionHandler:
         head = {"id": _new_id(is_chat),
                 "object": "chat.completion.chunk" if is_chat else "text_completion",
                 "created": int(time.time()), "model": body.model}
-        chunks = stream.__aiter__()
+        chunks = cast(AsyncGenerator[TokenChunk, None], stream.__aiter__())
         try:
             is_first = True
             while True:

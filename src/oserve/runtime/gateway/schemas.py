@@ -8,7 +8,7 @@ tools, response formats, ``n > 1``, ...) is a 400 naming the field, never silent
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -123,13 +123,16 @@ class CompletionRequest(_Sampling):
         return self.prompt if isinstance(self.prompt, str) else None
 
     def prompt_token_ids(self) -> tuple[int, ...] | None:
-        return tuple(self.prompt) if isinstance(self.prompt, list) else None
+        return tuple(cast(list[int], self.prompt)) if isinstance(self.prompt, list) else None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
 
-def parse_body(schema: type[_Sampling], raw: bytes) -> _Sampling:
+Body = TypeVar("Body", bound=_Sampling)
+
+
+def parse_body(schema: type[Body], raw: bytes) -> Body:
     """Validate a JSON body against a schema; any problem becomes a ``ClientRequestError``."""
     if not raw:
         raise ClientRequestError("request body is empty; expected a JSON object")
