@@ -256,3 +256,19 @@ def test_llama_engine_is_not_wedged_by_a_consumer_cancelled_twice_mid_stream():
     assert stand_in.max_inside == 1 and stand_in.inside == 0
     assert engine.num_cancelled == 1 and stand_in.num_closed == 3
     assert engine.load().num_inflight == 0
+
+
+def test_remote_engine_passes_token_id_prompts_and_penalties_upstream(gateway):
+    server, _, _ = gateway
+
+    async def main():
+        engine = RemoteOpenAIEngine(server.base_url, MODEL)
+        await engine.start()
+        chunks = await _generate(engine, GenerationRequest(
+            "a", 2, prompt_token_ids=(5, 6, 7, 8, 9), presence_penalty=0.5, frequency_penalty=-0.5))
+        await engine.stop()
+        return chunks
+
+    chunks = asyncio.run(main())
+    # the upstream (an oserve gateway over fakes) counts a token-id prompt as its own length
+    assert chunks[-1].prompt_tokens == 5 and sum(c.num_tokens for c in chunks) == 2
