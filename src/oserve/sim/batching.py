@@ -62,13 +62,15 @@ class StepBatch:
         return not self.prefill and not self.decode
 
 
-def preempt(seq: Seq, pool: BlockPool) -> None:
-    """Free a sequence's blocks; it will prefill its prompt and generated tokens again."""
+def preempt(seq: Seq, pool: BlockPool, count: bool = True) -> None:
+    """Free a sequence's blocks; it will prefill its prompt and generated tokens again. ``count=False``
+    for a sequence that holds nothing yet (a reset, not a preemption)."""
     pool.release(seq.num_blocks)
     seq.num_blocks = 0
     seq.num_cached = 0
     seq.prefill_target = seq.prompt_tokens + seq.num_generated
-    seq.num_preemptions += 1
+    if count:
+        seq.num_preemptions += 1
 
 
 def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: StepBatch,
