@@ -28,7 +28,8 @@ def _timed(plan, prepared, cost, config, scale=1.0) -> dict:
     return {"requests": len(res.arrival_s), "replicas": len(plan.replicas), "gpus": plan.num_gpus,
             "rate_scale": scale, "wall_s": wall, "events": res.num_events,
             "engine_steps": sum(r.num_steps for r in res.replicas),
-            "completed": int(res.completed.sum()), "p99_e2e_s": res.summary()["p99_e2e_s"]}
+            "completed": int(res.completed.sum()), "p99_e2e_s": res.summary()["p99_e2e_s"],
+            "step_timer_hit_rate": res.meta["step_timer"]["hit_rate"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="llama-2-70b")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--quick", action="store_true", help="only the headline run")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="use only the trace's first N requests (0: all; for smoke tests)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cost = CostModel(load_models().get(args.model))
     config = SimConfig()
     prepared = prepare_trace("azure-conv", cost)
+    if args.requests:
+        prepared = prepare_trace(prepared.trace.head(args.requests), cost)
     report = {"model": args.model, "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(), "git_revision": git_revision()}
     headline = {}
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         plan32 = plan_for(parse_cluster("4x8xH100-80GB"), cost, prepared, "default")
         report["by_requests"] = []
-        for n in (2500, 5000, 10000, len(prepared.trace)):
+        for n in sorted({min(n, len(prepared.trace)) for n in (2500, 5000, 10000, len(prepared.trace))}):
             sub = prepare_trace(prepared.trace.head(n), cost)
             report["by_requests"].append(_timed(plan32, sub, cost, config))
         report["by_replicas"] = []  # rate scaled with the cluster: same load per replica

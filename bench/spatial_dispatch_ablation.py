@@ -7,6 +7,7 @@ policy, and `homogeneous` with the default policy. Writes bench/results/spatial_
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,9 +22,14 @@ HERE = Path(__file__).parent
 POLICIES = ("least-outstanding", "spillover", "round-robin")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--spatial", default=str(HERE / "results" / "spatial"),
+                    help="directory of spatial_eval.py results")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
     rows = []
-    for path in sorted((HERE / "results" / "spatial").glob("*.json")):
+    for path in sorted(Path(args.spatial).glob("*.json")):
         d = json.loads(path.read_text())
         if "error" in d or d["plans"]["oserve"]["deployment"] == d["plans"]["homogeneous"]["deployment"]:
             continue
@@ -42,7 +48,7 @@ def main() -> int:
             row[f"oserve_{policy}_p99_ttft_s"] = m["p99_ttft_s"]
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
-    out = HERE / "results"
+    out = Path(args.out)
     (out / "spatial_dispatch_ablation.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | GPUs | trace | homogeneous P99 e2e | oserve " + " | oserve ".join(POLICIES) + " |",
              "|---|---|---|---|" + "---|" * len(POLICIES)]

@@ -36,7 +36,7 @@ from oserve.sim.records import Records
 from oserve.sim.replica import ReplicaSim
 from oserve.sim.request import Seq
 from oserve.sim.router import Router
-from oserve.sim.step_timer import CostModelStepTimer, StepTimer
+from oserve.sim.step_timer import CostModelStepTimer, StepTimer, cache_stats
 
 PROGRESS_EVERY = 2000
 
@@ -210,6 +210,7 @@ class Simulation:
         end_s = min(rec.last_t, horizon)
         result = rec.result(end_s, self.config.util_bin_s, self._live_seqs())
         result.replicas = self._replica_stats(result.replica_id, end_s, rec.first_arrival_s)
+        result.meta["step_timer"] = cache_stats(s.timer for s in self.setups)
         result.wall_s = time.perf_counter() - wall0
         return result
 
