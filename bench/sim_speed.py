@@ -1,7 +1,10 @@
 """Speed of the simulator itself: the full 1-hour Azure conv trace on 32 H100s, and how cost scales.
 
 Writes bench/results/sim_speed.json and sim_speed.png. Target: the full trace (19,366 requests) on
-32 GPUs in under 30 s of wall time on a 2-core machine.
+32 GPUs in under 30 s of wall time on a 2-core machine. ``--scale 2,8,...,1024`` also measures the cost
+per event against the number of TP4 replicas at constant load per replica (the conv trace looped to
+``--requests-per-replica`` requests per replica, replayed at 0.5x its rate per replica) and writes
+sim_speed_scale.json.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.common.provenance import git_revision
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import plan_for, prepare_trace, simulate_at
+from oserve.sim.experiment import PreparedTrace, plan_for, prepare_trace, simulate_at
+from oserve.workload.trace import Trace
 
 
 def _timed(plan, prepared, cost, config, scale=1.0) -> dict:
@@ -32,6 +36,24 @@ def _timed(plan, prepared, cost, config, scale=1.0) -> dict:
             "step_timer_hit_rate": res.meta["step_timer"]["hit_rate"]}
 
 
+def _scale_case(cost, prepared, config, num_replicas: int, per_replica: int) -> dict:
+    """``num_replicas`` TP4 replicas at the load per replica of 0.5x the conv trace each."""
+    trace = prepared.trace
+    n = max(4000, per_replica * num_replicas)
+    span = float(trace.arrival_s[-1]) + 1.0
+    copies = [Trace(trace.arrival_s + j * span, trace.input_tokens, trace.output_tokens)
+              for j in range(-(-n // len(trace)))]
+    looped = Trace.merge(copies).head(n)
+    sub = PreparedTrace(looped, prepared.types, prepared.types.stats(looped), 0)
+    plan = plan_for(parse_cluster(f"{max(1, num_replicas // 2)}x8xH100-80GB"), cost, sub, "default")
+    row = _timed(plan, sub, cost, config, 0.5 * num_replicas)
+    row["us_per_event"] = 1e6 * row["wall_s"] / row["events"]
+    row["requests_per_s"] = row["requests"] / row["wall_s"]
+    print(f"{num_replicas} replicas: {row['requests']} requests, {row['wall_s']:.1f} s, "
+          f"{row['us_per_event']:.1f} us/event, {row['requests_per_s']:.0f} req/s", file=sys.stderr)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="llama-2-70b")
@@ -39,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the headline run")
     ap.add_argument("--requests", type=int, default=0,
                     help="use only the trace's first N requests (0: all; for smoke tests)")
+    ap.add_argument("--scale", default="", help="replica counts for the per-event cost scan, e.g. 2,8,64")
+    ap.add_argument("--requests-per-replica", type=int, default=200)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full trace, 32 GPUs, {planner} ({plan.describe()}): "
               f"{headline[planner]['wall_s']:.1f} s", file=sys.stderr)
     report["headline"] = headline
+    if args.scale:
+        scan = {"git_revision": report["git_revision"], "load_avg_before": os.getloadavg(),
+                "by_replicas": [_scale_case(cost, prepared, config, int(r), args.requests_per_replica)
+                                for r in args.scale.split(",")]}
+        scan["load_avg_after"] = os.getloadavg()
+        (out / "sim_speed_scale.json").write_text(json.dumps(scan, indent=1))
+        if args.quick:
+            return 0
     if not args.quick:
         plan32 = plan_for(parse_cluster("4x8xH100-80GB"), cost, prepared, "default")
         report["by_requests"] = []
