@@ -33,7 +33,7 @@ def _timed(plan, prepared, cost, config, scale=1.0) -> dict:
             "rate_scale": scale, "wall_s": wall, "events": res.num_events,
             "engine_steps": sum(r.num_steps for r in res.replicas),
             "completed": int(res.completed.sum()), "p99_e2e_s": res.summary()["p99_e2e_s"],
-            "step_timer_hit_rate": res.meta["step_timer"]["hit_rate"]}
+            "step_timer_hit_rate": res.meta.get("step_timer", {}).get("hit_rate")}
 
 
 def _scale_case(cost, prepared, config, num_replicas: int, per_replica: int) -> dict:
