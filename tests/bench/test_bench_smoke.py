@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -86,3 +87,15 @@ def test_adaptive_bench_smoke(tmp_path):
     assert set(doc["modes"]) == {"static-oserve", "switch-p2p"}
     assert doc["modes"]["switch-p2p"]["summary"]["completed"] == doc["requests"]
     assert (tmp_path / "adaptive" / "phases13" / "timeline_switch-p2p.json").exists()
+
+
+def test_sim_identity_smoke(tmp_path):
+    tool = _script("sim_identity")
+    a, b = tmp_path / "a.pkl", tmp_path / "b.pkl"
+    assert tool.main(["dump", str(a), "--requests", "200"]) == 0
+    assert tool.main(["compare", str(a), str(a)]) == 0
+    runs = pickle.loads(a.read_bytes())
+    assert {"headline_default", "dispatch_spillover", "prefill_first"} <= set(runs)
+    runs["dispatch_spillover"]["finish_s"][3] += 1e-9
+    b.write_bytes(pickle.dumps(runs))
+    assert tool.main(["compare", str(a), str(b)]) == 1
