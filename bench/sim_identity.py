@@ -74,6 +74,7 @@ def adaptive_runs():
     """(name, SimResult, extra) of the adaptive subset."""
     sys.path.insert(0, str(Path(__file__).parent))
     import adaptive_bench as ab
+
     from oserve.forecast.synthetic import load_any_trace
     from oserve.sim.adaptive_experiment import AdaptiveSetup, compare
     from oserve.switching import IoProfile, SwitchParams
@@ -121,7 +122,8 @@ def differences(x: dict, y: dict) -> list[str]:
             else:
                 differ = u != v
             if differ.any():
-                out.append(f"{key}: {int(differ.sum())} requests differ, first at {int(np.flatnonzero(differ)[0])}")
+                first = int(np.flatnonzero(differ)[0])
+                out.append(f"{key}: {int(differ.sum())} requests differ, first at {first}")
         elif key == "summary":
             changed = [k for k in u if u[k] != v.get(k)]
             if changed:

@@ -13,7 +13,8 @@ from tests.sim.factories import make_sim, run
 
 
 def _replica(num_blocks: int = 100, max_seqs: int = 256) -> ReplicaSim:
-    return ReplicaSim(0, ConstantStepTimer(0.01), BlockPool(num_blocks, 16), BatchingConfig("chunked", max_seqs))
+    return ReplicaSim(0, ConstantStepTimer(0.01), BlockPool(num_blocks, 16),
+                      BatchingConfig("chunked", max_seqs))
 
 
 def _decoding(rep: ReplicaSim, n: int, output: int = 50) -> list[Seq]:

@@ -17,7 +17,6 @@ simulation of the initial plan, request by request (tested).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np

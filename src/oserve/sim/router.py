@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oserve.planner.dispatch_policy import DispatchTable, Dispatcher
+from oserve.planner.dispatch_policy import Dispatcher, DispatchTable
 
 _UNREACHABLE = np.iinfo(np.int64).max
 
