@@ -21,14 +21,14 @@ import json
 import time
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.common.provenance import git_revision
 from oserve.forecast.synthetic import load_any_trace
 from oserve.planner.api import make_plan
-from oserve.sim.adaptive_report import ratios as _ratios
 from oserve.sim.adaptive_experiment import ABLATIONS, MODES, AdaptiveSetup, compare
 from oserve.sim.adaptive_plots import plot_adaptive
+from oserve.sim.adaptive_report import ratios as _ratios
 from oserve.sim.experiment import prepare_trace
 from oserve.switching import IoProfile, SwitchParams
 from oserve.workload import Trace, fit_request_types, load_trace

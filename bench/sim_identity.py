@@ -74,7 +74,6 @@ def adaptive_runs():
     """(name, SimResult, extra) of the adaptive subset."""
     sys.path.insert(0, str(Path(__file__).parent))
     import adaptive_bench as ab
-
     from oserve.forecast.synthetic import load_any_trace
     from oserve.sim.adaptive_experiment import AdaptiveSetup, compare
     from oserve.switching import IoProfile, SwitchParams

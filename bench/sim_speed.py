@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.common.provenance import git_revision
 from oserve.sim.config import SimConfig
 from oserve.sim.experiment import PreparedTrace, plan_for, prepare_trace, simulate_at
 from oserve.workload.trace import Trace

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                "oserve": d["plans"]["oserve"]["deployment"],
                "homogeneous": d["plans"]["homogeneous"]["deployment"]}
         homog = Plan.from_dict(d["plans"]["homogeneous"])
-        row["homogeneous_p99_e2e_s"] = simulate_at(homog, prepared, cost, SimConfig(), scale).summary()["p99_e2e_s"]
+        homog_summary = simulate_at(homog, prepared, cost, SimConfig(), scale).summary()
+        row["homogeneous_p99_e2e_s"] = homog_summary["p99_e2e_s"]
         plan = Plan.from_dict(d["plans"]["oserve"])
         for policy in POLICIES:
             m = simulate_at(plan, prepared, cost, SimConfig(dispatch=policy), scale).summary()
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|" + "---|" * len(POLICIES)]
     for r in rows:
         cells = " | ".join(f"{r[f'oserve_{p}_p99_e2e_s']:.1f}" for p in POLICIES)
-        lines.append(f"| {r['model']} | {r['gpus']} | {r['trace']} | {r['homogeneous_p99_e2e_s']:.1f} | {cells} |")
+        lines.append(f"| {r['model']} | {r['gpus']} | {r['trace']} | {r['homogeneous_p99_e2e_s']:.1f} | "
+                     f"{cells} |")
     (out / "spatial_dispatch_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

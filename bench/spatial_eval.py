@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.common.provenance import git_revision
 from oserve.sim.config import SimConfig
 from oserve.sim.experiment import max_sustainable_scale, plan_for, prepare_trace, summary_at
 

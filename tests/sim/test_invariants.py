@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.sim.factories import make_sim, poisson_workload, run
 
 from oserve.sim.batching import BatchingConfig, schedule_step
 from oserve.sim.kv_blocks import BlockPool, KvInvariantError
 from oserve.sim.request import Seq
-from tests.sim.factories import make_sim, poisson_workload, run
 
 
 def test_every_request_completes_or_is_dropped_with_a_reason():

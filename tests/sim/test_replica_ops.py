@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from tests.sim.factories import make_sim, run
 
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.replica import ReplicaSim
 from oserve.sim.request import Seq
 from oserve.sim.step_timer import ConstantStepTimer
-from tests.sim.factories import make_sim, run
 
 
 def _replica(num_blocks: int = 100, max_seqs: int = 256) -> ReplicaSim:

@@ -25,11 +25,12 @@ and the callers' load counts in numpy arrays, the tie-break an argmin instead of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from oserve.common.errors import ConfigError
 
@@ -119,7 +120,7 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
     else:  # least (outstanding + 1) / weight, ties to the highest credit, then the lower index
         choice = min(zip(allowed, weights),
                      key=lambda rw: ((outstanding[rw[0]] + 1) / rw[1], -credits[rw[0]], rw[0]))[0]
-        if policy == "spillover" and queued[choice] > 0:
+        if queued is not None and policy == "spillover" and queued[choice] > 0:
             free = [r for r in range(len(queued)) if queued[r] == 0]
             if free:
                 choice = min(free, key=lambda r: (outstanding[r], r))
@@ -145,7 +146,8 @@ class Dispatcher:
             raise ConfigError(f"unknown dispatch policy '{policy}', expected one of {DISPATCH_POLICIES}")
         if policy == "weighted-random" and rng is None:
             raise ConfigError("the weighted-random dispatch policy needs a random generator")
-        self.table, self.policy, self.rng = table, policy, rng
+        self.table, self.policy = table, policy
+        self.rng = rng if rng is not None else np.random.default_rng(0)  # used by weighted-random only
         self._allowed = [table.allowed(t) for t in range(table.num_types)]
         self._shares = [table.shares(t) for t in range(table.num_types)]
         self._index = [np.asarray(a, dtype=np.intp) for a in self._allowed]
@@ -155,7 +157,8 @@ class Dispatcher:
         self._position = [{r: j for j, r in enumerate(a)} for a in self._allowed]
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
-    def choose(self, type_id: int, outstanding: np.ndarray, queued: np.ndarray | None = None) -> int:
+    def choose(self, type_id: int, outstanding: npt.NDArray[np.int64],
+               queued: npt.NDArray[np.int64] | None = None) -> int:
         """The replica for one request; ``outstanding``/``queued`` as in ``choose_replica``."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
@@ -177,7 +180,7 @@ class Dispatcher:
             if len(ties) > 1:  # the highest credit among the least loaded, then the lower index
                 j = int(ties[credits[ties].argmax()])
         choice = allowed[j]
-        if policy == "spillover" and queued[choice] > 0:
+        if queued is not None and policy == "spillover" and queued[choice] > 0:
             free = queued == 0
             if free.any():  # the least outstanding replica with an empty queue, lower index on ties
                 choice = int(np.where(free, outstanding, np.iinfo(np.int64).max).argmin())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import Dispatcher, DispatchTable
 
 _UNREACHABLE = np.iinfo(np.int64).max
@@ -51,6 +52,8 @@ class Router:
 
     def route(self, type_id: int, max_tokens: int) -> int:
         """The replica for a request that may hold up to ``max_tokens`` KV tokens."""
+        if self._dispatcher is None:
+            raise ConfigError("no replica accepts work: the caller holds requests until one does")
         c = self._dispatcher.choose(type_id, self.outstanding, self.queued)
         if max_tokens > self._kv_tokens[c]:  # the plan's choice cannot hold it: least loaded that can
             fits = self._kv_tokens >= max_tokens

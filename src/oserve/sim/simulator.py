@@ -103,7 +103,7 @@ class Simulation:
         self.set_dispatch(dispatch.weights, list(range(len(replicas))))
         self.pending: list[Seq] = []  # held at the gateway while no replica accepts work
         self.queue = EventQueue()
-        self.records: Records | None = None
+        self.records = Records(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # set by run
         self.controller: Controller | None = None
 
     # ---- operations a controller uses -----------------------------------------------------------------
@@ -192,7 +192,7 @@ class Simulation:
                 if kind == STEP:
                     if b == replicas[a].version:
                         self._on_step_end(t, a)
-                else:
+                elif controller is not None:  # only a controller queues other kinds
                     rec.advance(t)
                     controller.on_event(self, t, kind, a, b)
                 continue
