@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -130,14 +131,19 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
     return choice, DispatchState(tuple(rows))
 
 
+SMALL_SET = 16  # up to this many allowed replicas a Python loop beats numpy's per-call overhead
+
+
 class Dispatcher:
     """``choose_replica`` for one caller that owns the state: the same choices, the state kept in place.
 
-    Per type, the allowed replicas, their shares and the round-robin credits live in numpy arrays built
-    once; ``choose`` reads the caller's load counts (numpy arrays indexed like the table's replicas, kept
-    up to date by the caller as its replicas change) and replaces the sort by an argmin. The float
-    operations are those of ``choose_replica`` (credits += share, then -1 for the choice), so the
-    credits, and therefore every tie-break, are bit-for-bit the same.
+    Per type, the allowed replicas, their shares and the round-robin credits are built once; ``choose``
+    reads the caller's load counts (indexed like the table's replicas, kept up to date by the caller as
+    its replicas change) and replaces the sort by an argmin: a Python loop over small allowed sets,
+    numpy over large ones (lists or numpy arrays both work as counts; arrays are what make a large
+    fleet's spillover scan fast). The float operations are those of ``choose_replica`` (credits +=
+    share, then -1 for the choice), so the credits, and therefore every tie-break, are bit-for-bit the
+    same.
     """
 
     def __init__(self, table: DispatchTable, policy: str = "least-outstanding",
@@ -150,15 +156,17 @@ class Dispatcher:
         self.rng = rng if rng is not None else np.random.default_rng(0)  # used by weighted-random only
         self._allowed = [table.allowed(t) for t in range(table.num_types)]
         self._shares = [table.shares(t) for t in range(table.num_types)]
+        self._small = [len(a) <= SMALL_SET for a in self._allowed]
         self._index = [np.asarray(a, dtype=np.intp) for a in self._allowed]
         self._full = [a == tuple(range(table.num_replicas)) for a in self._allowed]
         self._weights = [np.asarray(w, dtype=np.float64) for w in self._shares]
-        self._credits = [np.zeros(len(a)) for a in self._allowed]
+        self._credits: list[Any] = [[0.0] * len(a) if small else np.zeros(len(a))
+                                    for a, small in zip(self._allowed, self._small)]
         self._position = [{r: j for j, r in enumerate(a)} for a in self._allowed]
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
-    def choose(self, type_id: int, outstanding: npt.NDArray[np.int64],
-               queued: npt.NDArray[np.int64] | None = None) -> int:
+    def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
+               queued: Sequence[int] | npt.NDArray[np.int64] | None = None) -> int:
         """The replica for one request; ``outstanding``/``queued`` as in ``choose_replica``."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
@@ -168,22 +176,16 @@ class Dispatcher:
             raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
         if policy == "weighted-random":
             return allowed[int(self.rng.choice(len(allowed), p=self._shares[type_id]))]
-        credits, weights = self._credits[type_id], self._weights[type_id]
-        credits += weights
-        if policy == "round-robin":
-            j = int(credits.argmax())  # the first maximum: the lower index on ties
+        credits = self._credits[type_id]
+        if self._small[type_id]:
+            j = self._pick_small(credits, self._shares[type_id], allowed, outstanding)
         else:
-            load = outstanding if self._full[type_id] else outstanding[self._index[type_id]]
-            key = (load + 1) / weights
-            j = int(key.argmin())
-            ties = np.flatnonzero(key == key[j])
-            if len(ties) > 1:  # the highest credit among the least loaded, then the lower index
-                j = int(ties[credits[ties].argmax()])
+            j = self._pick_large(credits, type_id, outstanding)
         choice = allowed[j]
         if queued is not None and policy == "spillover" and queued[choice] > 0:
-            free = queued == 0
-            if free.any():  # the least outstanding replica with an empty queue, lower index on ties
-                choice = int(np.where(free, outstanding, np.iinfo(np.int64).max).argmin())
+            spill = _least_outstanding_empty_queue(outstanding, queued)
+            if spill >= 0:
+                choice = spill
                 j = self._position[type_id].get(choice, -1)
         if j >= 0:
             credits[j] -= 1.0
@@ -192,17 +194,66 @@ class Dispatcher:
             off[choice] = off.get(choice, 0.0) - 1.0
         return choice
 
+    def _pick_small(self, credits: list[float], weights: tuple[float, ...], allowed: tuple[int, ...],
+                    outstanding: Sequence[int] | npt.NDArray[np.int64]) -> int:
+        for j, w in enumerate(weights):
+            credits[j] += w
+        best = 0
+        if self.policy == "round-robin":  # the highest credit, the lower index on ties
+            for j in range(1, len(credits)):
+                if credits[j] > credits[best]:
+                    best = j
+            return best
+        best_key = (outstanding[allowed[0]] + 1) / weights[0]
+        for j in range(1, len(credits)):  # least key, then highest credit, then lower index
+            key = (outstanding[allowed[j]] + 1) / weights[j]
+            if key < best_key or (key == best_key and credits[j] > credits[best]):
+                best, best_key = j, key
+        return best
+
+    def _pick_large(self, credits: npt.NDArray[np.float64], type_id: int,
+                    outstanding: Sequence[int] | npt.NDArray[np.int64]) -> int:
+        weights = self._weights[type_id]
+        credits += weights
+        if self.policy == "round-robin":
+            return int(credits.argmax())  # the first maximum: the lower index on ties
+        counts = np.asarray(outstanding)
+        load = counts if self._full[type_id] else counts[self._index[type_id]]
+        key = (load + 1) / weights
+        j = int(key.argmin())
+        ties = np.flatnonzero(key == key[j])
+        if len(ties) > 1:  # the highest credit among the least loaded, then the lower index
+            j = int(ties[credits[ties].argmax()])
+        return j
+
     def state(self) -> DispatchState:
         """The equivalent ``DispatchState`` (for checks against ``choose_replica``)."""
         rows = []
         for t, allowed in enumerate(self._allowed):
             row = [0.0] * self.table.num_replicas
-            for r, c in zip(allowed, self._credits[t].tolist()):
+            credits = self._credits[t]
+            for r, c in zip(allowed, credits.tolist() if isinstance(credits, np.ndarray) else credits):
                 row[r] = c
             for r, c in self._off_plan[t].items():
                 row[r] = c
             rows.append(tuple(row))
         return DispatchState(tuple(rows))
+
+
+def _least_outstanding_empty_queue(outstanding: Sequence[int] | npt.NDArray[np.int64],
+                                   queued: Sequence[int] | npt.NDArray[np.int64]) -> int:
+    """The replica with an empty queue and the fewest outstanding requests (lower index on ties), -1 if
+    every queue is busy."""
+    if isinstance(queued, np.ndarray):
+        free = queued == 0
+        if not free.any():
+            return -1
+        return int(np.where(free, outstanding, np.iinfo(np.int64).max).argmin())
+    best = -1
+    for r, q in enumerate(queued):
+        if q == 0 and (best < 0 or outstanding[r] < outstanding[best]):
+            best = r
+    return best
 
 
 __all__ = ["DISPATCH_POLICIES", "DispatchState", "DispatchTable", "Dispatcher", "choose_replica"]

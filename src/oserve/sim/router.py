@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from oserve.common.errors import ConfigError
-from oserve.planner.dispatch_policy import Dispatcher, DispatchTable
+from oserve.planner.dispatch_policy import SMALL_SET, Dispatcher, DispatchTable
 
 _UNREACHABLE = np.iinfo(np.int64).max
 
@@ -25,6 +25,8 @@ class Router:
         self.replica_ids: list[int] = []
         self._column: dict[int, int] = {}
         self._dispatcher: Dispatcher | None = None
+        self.outstanding: list[int] | np.ndarray = []
+        self.queued: list[int] | np.ndarray = []
 
     def set_table(self, table: DispatchTable, replica_ids: list[int], kv_tokens: list[int],
                   outstanding: list[int], queued: list[int]) -> None:
@@ -36,8 +38,12 @@ class Router:
         self._ids = np.asarray(replica_ids, dtype=np.int64)
         self._kv_tokens = np.asarray(kv_tokens, dtype=np.int64)
         self.max_kv_tokens = max(kv_tokens) if kv_tokens else None
-        self.outstanding = np.asarray(outstanding, dtype=np.int64)
-        self.queued = np.asarray(queued, dtype=np.int64)
+        # small fleets: Python lists (cheaper to index one by one); large: numpy arrays (cheap to scan)
+        if len(replica_ids) <= SMALL_SET:
+            self.outstanding, self.queued = list(outstanding), list(queued)
+        else:
+            self.outstanding = np.asarray(outstanding, dtype=np.int64)
+            self.queued = np.asarray(queued, dtype=np.int64)
 
     @property
     def is_open(self) -> bool:
@@ -58,7 +64,7 @@ class Router:
         if max_tokens > self._kv_tokens[c]:  # the plan's choice cannot hold it: least loaded that can
             fits = self._kv_tokens >= max_tokens
             if fits.any():
-                load = np.where(fits, self.outstanding, _UNREACHABLE)
+                load = np.where(fits, np.asarray(self.outstanding), _UNREACHABLE)
                 ties = np.flatnonzero(load == load.min())
                 c = int(ties[self._ids[ties].argmin()])  # lower replica id on ties
         return self.replica_ids[c]
