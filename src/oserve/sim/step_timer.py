@@ -16,6 +16,7 @@ memoises. Two facts about ``CostModel.step_time_s`` make that cheap and exact en
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,7 +83,8 @@ class CostModelStepTimer:
     """Step times of one replica configuration from the cost model, memoised (one per simulation).
 
     ``lookups`` counts the cache lookups (one per step priced), ``misses`` those that had to call the
-    cost model; ``hit_rate`` is what a simulation reports (``SimResult.meta["step_timer"]``)."""
+    cost model and ``miss_s`` the CPU time they took; ``hit_rate`` is what a simulation reports
+    (``SimResult.meta["step_timer"]``)."""
 
     cost_model: CostModel
     config: ReplicaConfig
@@ -90,6 +92,7 @@ class CostModelStepTimer:
     _mixed: dict = field(default_factory=dict, repr=False)
     lookups: int = 0
     misses: int = 0
+    miss_s: float = 0.0
 
     @property
     def hit_rate(self) -> float | None:
@@ -100,11 +103,13 @@ class CostModelStepTimer:
         line = self._lines.get(batch)
         if line is None:
             self.misses += 1
+            t0 = time.process_time()
             c1, c2 = (batch * c for c in CTX_PROBE_TOKENS)
             t1, t2 = self._decode_only(batch, c1), self._decode_only(batch, c2)
             slope = (t2 - t1) / (c2 - c1)
             line = (t1 - slope * c1, slope)
             self._lines[batch] = line
+            self.miss_s += time.process_time() - t0
         return line
 
     def _decode_only(self, batch: int, ctx: float) -> float:
@@ -122,8 +127,10 @@ class CostModelStepTimer:
         line = self._mixed.get(key)
         if line is None:
             self.misses += 1
+            t0 = time.process_time()
             line = self._mixed_line(*key)
             self._mixed[key] = line
+            self.miss_s += time.process_time() - t0
         return line[0] + line[1] * decode_ctx_total
 
     def _mixed_line(self, tokens: float, n: int, sq: float, batch: int) -> tuple[float, float]:
@@ -160,12 +167,13 @@ class ConstantStepTimer:
 
 
 def cache_stats(timers) -> dict:
-    """Lookups, misses and hit rate over the distinct memoised timers among ``timers``."""
+    """Lookups, misses, hit rate and CPU seconds spent on misses over the distinct memoised timers."""
     distinct = {id(t): t for t in timers if isinstance(t, CostModelStepTimer)}.values()
     lookups = sum(t.lookups for t in distinct)
     misses = sum(t.misses for t in distinct)
     return {"lookups": lookups, "misses": misses,
-            "hit_rate": 1.0 - misses / lookups if lookups else None}
+            "hit_rate": 1.0 - misses / lookups if lookups else None,
+            "miss_s": sum(t.miss_s for t in distinct)}
 
 
 __all__ = ["ConstantStepTimer", "CostModelStepTimer", "StepTimer", "cache_stats", "decode_run_s",
