@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--modes", default=",".join(MODES + ABLATIONS))
-    ap.add_argument("--window-s", type=float, default=0.0,
+    ap.add_argument("--duration-s", type=float, default=0.0,
                     help="simulate only the first seconds of each scenario (0: all; for smoke tests)")
     ap.add_argument("--no-redispatch", action="store_true",
                     help="between switches keep the deployed plan's dispatch (summary file suffixed)")
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     docs = []
     stem = "adaptive_summary" + ("_no_redispatch" if args.no_redispatch else "")
     for name in args.scenarios.split(","):
-        docs.append(run(name, out, args.modes.split(","), not args.no_redispatch, args.window_s))
+        docs.append(run(name, out, args.modes.split(","), not args.no_redispatch, args.duration_s))
         print(f"{name}: {docs[-1]['wall_s']:.0f} s", flush=True)
         (out / f"{stem}.json").write_text(json.dumps(docs, indent=2, default=str))
         (out / f"{stem}.md").write_text(markdown(docs) + "\n")

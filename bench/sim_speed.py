@@ -21,8 +21,12 @@ from pathlib import Path
 from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.dispatch_policy import DispatchTable
+from oserve.sim.api import batching_config, request_type_ids
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import PreparedTrace, plan_for, prepare_trace, simulate_at
+from oserve.sim.experiment import plan_for, prepare_trace, simulate_at
+from oserve.sim.simulator import Simulation, replicas_from_configs
 from oserve.workload.trace import Trace
 
 
@@ -39,26 +43,37 @@ def _timed(plan, prepared, cost, config, scale=1.0) -> dict:
 
 
 def _scale_case(cost, prepared, config, num_replicas: int, per_replica: int) -> dict:
-    """``num_replicas`` TP4 replicas at the load per replica of 0.5x the conv trace each."""
+    """``num_replicas`` TP4 replicas at the load per replica of 0.5x the conv trace each.
+
+    The fleet is built directly (identical replicas, every type spread evenly over all of them, which is
+    the plan the planners give a homogeneous fleet): the scan measures the simulator, not the planner,
+    and goes beyond the planner's cluster-size limit."""
     trace = prepared.trace
     n = max(4000, per_replica * num_replicas)
     span = float(trace.arrival_s[-1]) + 1.0
     copies = [Trace(trace.arrival_s + j * span, trace.input_tokens, trace.output_tokens)
               for j in range(-(-n // len(trace)))]
-    looped = Trace.merge(copies).head(n)
-    sub = PreparedTrace(looped, prepared.types, prepared.types.stats(looped), 0)
-    plan = plan_for(parse_cluster(f"{max(1, num_replicas // 2)}x8xH100-80GB"), cost, sub, "default")
-    row = _timed(plan, sub, cost, config, 0.5 * num_replicas)
-    # CPU time of this process: on a shared machine wall time mostly measures the other tenants
-    row["cpu_us_per_event"] = 1e6 * row["cpu_s"] / row["events"]
-    # the cost-model calls of cache misses are a fixed cost per distinct step shape, not per event
-    misses = row["step_timer_miss_cpu_s"] or 0.0
-    row["cpu_us_per_event_without_misses"] = 1e6 * (row["cpu_s"] - misses) / row["events"]
-    row["requests_per_cpu_s"] = row["requests"] / row["cpu_s"]
-    print(f"{num_replicas} replicas: {row['requests']} requests, {row['wall_s']:.1f} s wall, "
-          f"{row['cpu_s']:.1f} s CPU, {row['cpu_us_per_event']:.1f} CPU us/event "
-          f"({row['cpu_us_per_event_without_misses']:.1f} without cache misses), "
-          f"{row['requests_per_cpu_s']:.0f} req per CPU s", file=sys.stderr)
+    looped = Trace.merge(copies).head(n).scaled(0.5 * num_replicas)
+    setups = replicas_from_configs([ReplicaConfig("H100-80GB", 4)] * num_replicas, cost)
+    dispatch = DispatchTable(((1.0 / num_replicas,) * num_replicas,) * len(prepared.stats))
+    sim = Simulation(setups, dispatch, config, batching_config(cost, config), cost.params.kv_block_tokens)
+    types = request_type_ids(looped, prepared.types, config.oracle_types)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = sim.run(looped.arrival_s, looped.input_tokens, looped.output_tokens, types)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    misses = res.meta.get("step_timer", {"hit_rate": None, "miss_s": 0.0})  # absent before 2026-12
+    row = {"requests": n, "replicas": num_replicas, "gpus": 4 * num_replicas,
+           "rate_scale": 0.5 * num_replicas, "wall_s": wall, "cpu_s": cpu, "events": res.num_events,
+           "completed": int(res.completed.sum()), "p99_e2e_s": res.summary()["p99_e2e_s"],
+           "step_timer_hit_rate": misses["hit_rate"], "step_timer_miss_cpu_s": misses["miss_s"]}
+    # CPU time of this process: on a shared machine wall time mostly measures the other tenants; the
+    # cost-model calls of cache misses are a fixed cost per distinct step shape, not per event
+    row["cpu_us_per_event"] = 1e6 * cpu / res.num_events
+    row["cpu_us_per_event_without_misses"] = 1e6 * (cpu - misses["miss_s"]) / res.num_events
+    row["requests_per_cpu_s"] = n / cpu
+    print(f"{num_replicas} replicas: {n} requests, {wall:.1f} s wall, {cpu:.1f} s CPU, "
+          f"{row['cpu_us_per_event']:.1f} CPU us/event ({row['cpu_us_per_event_without_misses']:.1f} "
+          f"without cache misses), {row['requests_per_cpu_s']:.0f} req per CPU s", file=sys.stderr)
     return row
 
 

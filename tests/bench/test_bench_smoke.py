@@ -43,7 +43,7 @@ def test_sim_speed_smoke(tmp_path):
 @pytest.fixture(scope="module")
 def spatial_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("spatial")
-    argv = ["--models", "llama-2-7b", "--gpus", "8", "--traces", "azure-code", "--window", "60",
+    argv = ["--models", "llama-2-7b", "--gpus", "8", "--traces", "azure-code", "--duration-s", "60",
             "--rel-tol", "0.5", "--out", str(out)]
     assert _script("spatial_eval").main(argv) == 0
     return out
@@ -72,7 +72,7 @@ def test_spatial_dispatch_ablation_smoke(spatial_dir, tmp_path):
 
 
 def test_spatial_capacity_smoke(tmp_path):
-    argv = ["--models", "llama-2-7b", "--traces", "azure-code", "--window-s", "120", "--out",
+    argv = ["--models", "llama-2-7b", "--traces", "azure-code", "--duration-s", "120", "--out",
             str(tmp_path)]
     assert _script("spatial_capacity").main(argv) == 0
     text = (tmp_path / "spatial_capacity.md").read_text()
@@ -80,7 +80,7 @@ def test_spatial_capacity_smoke(tmp_path):
 
 
 def test_adaptive_bench_smoke(tmp_path):
-    argv = ["--scenarios", "phases13", "--modes", "static-oserve,switch-p2p", "--window-s", "150",
+    argv = ["--scenarios", "phases13", "--modes", "static-oserve,switch-p2p", "--duration-s", "150",
             "--out", str(tmp_path)]
     assert _script("adaptive_bench").main(argv) == 0
     (doc,) = json.loads((tmp_path / "adaptive_summary.json").read_text())
