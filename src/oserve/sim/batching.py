@@ -78,6 +78,7 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
     """Give each running sequence its tokens for this step, preempting on block shortage."""
     bt = pool.block_tokens
     decode = batch.decode
+    append = decode.append
     ctx = 0
     min_left = batch.min_output_left
     i = 0
@@ -88,7 +89,7 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
         if decoding:  # the hot path: one token, usually no new block
             need = (cached + bt) // bt - seq.num_blocks
             if need <= 0:
-                decode.append(seq)
+                append(seq)
                 ctx += cached + 1
                 left = seq.output_tokens - seq.num_generated
                 if left < min_left:

@@ -95,22 +95,24 @@ class ReplicaSim:
                 if seq.num_generated >= seq.output_tokens:
                     finished.append(seq)
         else:
+            new_blocks = 0
             for seq in batch.decode:
                 seq.num_cached += steps
                 seq.num_generated += steps
                 need = -(-seq.num_cached // bt) - seq.num_blocks
                 if need > 0:  # blocks for steps 2..k of a decode run
-                    self.pool.allocate(need)
                     seq.num_blocks += need
+                    new_blocks += need
                 if seq.num_generated >= seq.output_tokens:
                     finished.append(seq)
+            self.pool.allocate(new_blocks)  # in one call: same free count and peak as one by one
         self.decode_tokens += steps * len(batch.decode)
         if finished:
-            done = {id(s) for s in finished}
             for seq in finished:
                 self.pool.release(seq.num_blocks)
                 seq.num_blocks = 0
-            self.running = [s for s in self.running if id(s) not in done]
+            # the finished ones are exactly the running sequences that produced all their tokens
+            self.running = [s for s in self.running if s.num_generated < s.output_tokens]
         self.batch = None
         return first, finished, self._start_step(now_s)
 
