@@ -74,6 +74,7 @@ class ReplicaSim:
     def on_step_end(self, now_s: float) -> tuple[list[Seq], list[Seq], float | None]:
         """Apply the finished step: (sequences that got their first token, finished ones, next end)."""
         batch, steps = self.batch, self.run_steps
+        assert batch is not None, "a step end without a step in flight (simulator bug)"
         self._account_busy(self.step_start_s, now_s)
         self.num_steps += steps
         self.num_events += 1
@@ -142,9 +143,9 @@ class ReplicaSim:
 
     def _cut_run(self, now_s: float) -> float | None:
         """End a decode run at the first step boundary at or after now (a new request is waiting)."""
-        if self.run_steps <= 1:
-            return None
         batch = self.batch
+        if self.run_steps <= 1 or batch is None:
+            return None
         n = len(batch.decode)
         line = self.timer.decode_line(n)
         steps = decode_steps_within(line, n, batch.decode_ctx_total, now_s - self.step_start_s,
