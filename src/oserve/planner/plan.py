@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.common.errors import ConfigError
+from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 
 
 @dataclass(frozen=True)
@@ -16,9 +17,25 @@ class Replica:
     config: ReplicaConfig
 
     def to_dict(self) -> dict:
+        """JSON form; the engine settings under vLLM's names, ``null`` for the engine's default."""
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
-                "precision": self.config.precision}
+                "precision": self.config.precision,
+                "max_num_batched_tokens": self.config.max_num_batched_tokens or None,
+                "max_num_seqs": self.config.max_num_seqs or None}
+
+    @staticmethod
+    def from_dict(d: dict) -> Replica:
+        engine = {}
+        for key in ("max_num_batched_tokens", "max_num_seqs"):
+            value = d.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ConfigError(f"plan replica {d.get('replica_id')}: '{key}' must be a positive "
+                                  f"integer or null, got {value!r}")
+            engine[key] = value or ENGINE_DEFAULT
+        cfg = ReplicaConfig(d["gpu_type"], d["tp"], d["pp"], d.get("precision", "bf16"), **engine)
+        return Replica(d["replica_id"], tuple(d["gpus"]), cfg)
 
 
 @dataclass(frozen=True)
@@ -74,9 +91,7 @@ class Plan:
 
     @staticmethod
     def from_dict(d: dict) -> Plan:
-        replicas = tuple(Replica(r["replica_id"], tuple(r["gpus"]),
-                                 ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], r.get("precision", "bf16")))
-                         for r in d["replicas"])
+        replicas = tuple(Replica.from_dict(r) for r in d["replicas"])
         return Plan(d["model"], replicas, tuple(d["types"]), tuple(d["type_rates_rps"]),
                     tuple(tuple(c) for c in d["capacity_rps"]), tuple(tuple(x) for x in d["dispatch"]),
                     d["demand_scale"], tuple(d["utilisation"]), tuple(d["bottlenecks"]), d["planner"],

@@ -100,9 +100,7 @@ class AdaptiveSimulation:
         (setup,) = replicas_from_configs([r.config], self.cost)
         bt = self.cost.params.kv_block_tokens
         rep = SwitchableReplica(len(self.reps), setup.timer, BlockPool(setup.kv_blocks, bt),
-                                BatchingConfig(self.batching.mode, self.batching.max_num_seqs,
-                                               self.batching.max_num_batched_tokens,
-                                               int(self.config.watermark_frac * setup.kv_blocks)),
+                                setup.batching(self.batching, self.config.watermark_frac),
                                 self.config.util_bin_s)
         self.reps.append(rep)
         self.labels.append(r.config.label())

@@ -34,11 +34,20 @@ PROGRESS_EVERY = 2000
 
 @dataclass(frozen=True)
 class ReplicaSetup:
-    """What the simulator needs of one replica: a label, a step timer and its KV blocks."""
+    """What the simulator needs of one replica: a label, a step timer, its KV blocks and, when the plan
+    sets them, its own engine settings (which override the simulation's global ones)."""
 
     label: str
     timer: StepTimer
     kv_blocks: int
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+
+    def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
+        """This replica's batching: the simulation's, with the replica's own engine settings."""
+        return BatchingConfig(base.mode, self.max_num_seqs or base.max_num_seqs,
+                              self.max_num_batched_tokens or base.max_num_batched_tokens,
+                              int(watermark_frac * self.kv_blocks))
 
 
 def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel) -> list[ReplicaSetup]:
@@ -49,8 +58,10 @@ def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel) -
     for cfg in configs:
         if not cost_model.fits(cfg):
             raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
-        timer = timers.setdefault(cfg, CostModelStepTimer(cost_model, cfg))
-        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt))
+        # step times do not depend on engine settings: replicas of one hardware split share a cache
+        timer = timers.setdefault(cfg.hardware, CostModelStepTimer(cost_model, cfg.hardware))
+        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt,
+                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None))
     return out
 
 
@@ -72,10 +83,7 @@ class Simulation:
         self.router = Router(dispatch, config.dispatch, rng)
         self.replicas = [
             ReplicaSim(i, s.timer, BlockPool(s.kv_blocks, block_tokens),
-                       BatchingConfig(batching.mode, batching.max_num_seqs,
-                                      batching.max_num_batched_tokens,
-                                      int(config.watermark_frac * s.kv_blocks)),
-                       config.util_bin_s, decode_runs)
+                       s.batching(batching, config.watermark_frac), config.util_bin_s, decode_runs)
             for i, s in enumerate(replicas)]
         self.max_kv_tokens = [r.pool.num_blocks * r.pool.block_tokens for r in self.replicas]
 
