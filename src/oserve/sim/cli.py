@@ -14,11 +14,12 @@ from oserve.sim.config import CONTEXT_POLICIES, SimConfig
 
 JSON_KEYS = ("p99_e2e_s", "p50_e2e_s", "p90_e2e_s", "p99_ttft_s", "p50_ttft_s", "p99_tpot_s",
              "throughput_rps", "throughput_tok_s", "completed", "dropped", "dropped_by_reason",
-             "slo_attainment", "preemptions", "mean_utilisation", "offered_rps", "sim_wall_s", "replicas")
+             "slo_attainment", "slo_attainment_per_type", "preemptions", "mean_utilisation", "offered_rps", "sim_wall_s", "replicas")
 
 
 def register(sub) -> None:
     from oserve.cli.common_args import add_cluster_model_args, add_trace_args
+    from oserve.cli.slo_args import add_slo_args
 
     p = sub.add_parser("simulate", help="simulate a trace on the plans of one or more planners")
     add_cluster_model_args(p)
@@ -31,8 +32,10 @@ def register(sub) -> None:
                    help="replay the trace at this many times its rate; a comma list simulates each")
     p.add_argument("--window", default=None, metavar="START:END",
                    help="simulate only the requests arriving in [START, END) seconds")
-    p.add_argument("--slo-ttft", type=float, default=None, metavar="S", help="TTFT bound for SLO attainment")
-    p.add_argument("--slo-tpot", type=float, default=None, metavar="S", help="TPOT bound for SLO attainment")
+    add_slo_args(p)
+    p.add_argument("--goodput", action="store_true",
+                   help="search each plan's SLO goodput: the highest rate scale at which every type's "
+                        "attainment reaches the target (needs an SLO; bisection to 3%%)")
     p.add_argument("--batching", default="chunked", choices=BATCHING_MODES)
     p.add_argument("--dispatch", default="least-outstanding", choices=DISPATCH_POLICIES)
     p.add_argument("--oracle-types", action="store_true",
@@ -95,9 +98,13 @@ def _plans(args, cluster, cost, prepared) -> dict:
 
 def run(args) -> int:
     from oserve.cli.common_args import resolve
+    from oserve.cli.slo_args import slo_from_args
     from oserve.sim.experiment import prepare_trace, simulate_at
 
     cluster, model, cost = resolve(args)
+    slo = slo_from_args(args)
+    if args.goodput and slo is None:
+        raise ConfigError("--goodput needs an SLO: give --slo loose|tight|FILE or --slo-ttft/--slo-tpot")
     scales = _parse_scales(args.rate_scale)
     config = SimConfig(batching=args.batching, dispatch=args.dispatch, oracle_types=args.oracle_types,
                        seed=args.seed, drain_s=args.drain, context_policy=args.context_policy)
@@ -114,17 +121,47 @@ def run(args) -> int:
         return done[key]
 
     results = {name: {s: simulate(plan, s) for s in scales} for name, plan in plans.items()}
-    summaries = {name: {s: {**r.summary(args.slo_ttft, args.slo_tpot), "replicas": r.replica_summary()}
+    summaries = {name: {s: {**r.summary(), **_slo_summary(r, slo, prepared.types),
+                            "replicas": r.replica_summary()}
                         for s, r in by.items()}
                  for name, by in results.items()}
     report = _report(args, cluster, prepared, plans, summaries, scales, config)
+    report["config"]["slo"] = slo.describe() if slo else None
+    if args.goodput:
+        _add_goodput(report, plans, prepared, cost, config, slo)
     if args.out:
         _write_outputs(Path(args.out), report, results, summaries, scales, plans)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(_table(report, summaries, scales))
+        if args.goodput:
+            print(_goodput_table(report))
     return 0
+
+
+def _slo_summary(result, slo, types) -> dict:
+    """SLO attainment of one simulation, overall and per type (None without an SLO)."""
+    if slo is None:
+        return {"slo_attainment": None, "slo_attainment_per_type": None}
+    from oserve.sim.metrics import slo_attainment
+
+    names = types.names()
+    ttft, tpot = slo.bounds(result.type_id, names, result.input_tokens)
+    att = slo_attainment(result, ttft, tpot, len(names))
+    return {"slo_attainment": att.overall, "slo_attainment_per_type": list(att.per_type)}
+
+
+def _add_goodput(report: dict, plans: dict, prepared, cost, config, slo) -> None:
+    from oserve.sim.goodput import plan_goodput
+
+    found: dict[str, dict] = {}  # planners that chose the same plan are searched once
+    for name, plan in plans.items():
+        key = json.dumps([plan.to_dict()["replicas"], plan.dispatch])
+        if key not in found:
+            found[key] = plan_goodput(plan, prepared, cost, config, slo).to_dict(prepared.types.k)
+        report["results"][name].update(found[key])
+    report["types"] = prepared.types.names()
 
 
 def _report(args, cluster, prepared, plans, summaries, scales, config) -> dict:
@@ -140,7 +177,8 @@ def _report(args, cluster, prepared, plans, summaries, scales, config) -> dict:
                                              for s in scales}}
                     for name, by in summaries.items()},
         "config": {"sim": config.model_dump(), "seed": args.seed, "types": args.types,
-                   "slo_ttft_s": args.slo_ttft, "slo_tpot_s": args.slo_tpot,
+                   "slo_ttft_s": args.slo_ttft, "slo_tpot_s": args.slo_tpot, "slo_file": args.slo,
+                   "attainment_target": args.attainment,
                    "window": args.window, "git_revision": git_revision(),
                    "command": sys.argv},
     }
@@ -179,6 +217,16 @@ def _table(report: dict, summaries, scales) -> str:
             lines.append(f"{name:<12} {s:>5g} {dep[:44]:<44} {_s(m['p50_e2e_s'])} {_s(m['p99_e2e_s'])} "
                          f"{_s(m['p99_ttft_s'])} {_s(m['p99_tpot_s'], 3)} {m['throughput_rps']:7.2f} "
                          f"{slo:>6} {m['dropped']:>7}")
+    return "\n".join(lines)
+
+
+def _goodput_table(report: dict) -> str:
+    lines = ["", f"SLO goodput ({report['config']['slo']}): highest rate scale at which every type "
+             "reaches the target", f"{'planner':<12} {'scale':>6}  attainment per type at that scale"]
+    for name, r in report["results"].items():
+        att = r["attainment_at_goodput"]
+        per = "  ".join("-" if a is None else f"{a:.1%}" for a in att["per_type"]) if att else "-"
+        lines.append(f"{name:<12} {r['goodput_scale']:6.3f}  {per}")
     return "\n".join(lines)
 
 
