@@ -55,6 +55,8 @@ from oserve.workload.burstiness import Burstiness, LengthSample
 from oserve.workload.slo import Slo
 
 KV_HEADROOM = 0.9
+REF_BATCH = 16
+REF_CTX_TOKENS = 1024
 MAX_UTILISATION = 0.98
 EXACT_STEPS_BELOW = 64  # TPOT: exact binomial sum over chunk-step counts for outputs up to this
 
@@ -89,15 +91,18 @@ class ReplicaLatencyModel:
 
     cost: CostModel
     config: ReplicaConfig
-    _decode: dict = field(default_factory=dict, repr=False)
-    _chunk: dict = field(default_factory=dict, repr=False)
-    _types: dict = field(default_factory=dict, repr=False)
+    # step-time memos; pass one dict to models of the same hardware split to share them
+    step_cache: dict = field(default_factory=dict, repr=False)
+    _layouts: dict = field(default_factory=dict, repr=False)
+    _chunkings: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.budget_tokens = self.cost.batched_tokens(self.config)
         self.max_seqs = self.cost.max_seqs(self.config)
         self.kv_tokens = self.cost.kv_capacity_tokens(self.config)
         self.hw = self.config.hardware
+        self._decode = self.step_cache.setdefault("decode", {})
+        self._chunk = self.step_cache.setdefault("chunk", {})
 
     # ---- step times (memoised on a coarse grid: the model is an approximation anyway) ---------------
 
@@ -110,181 +115,184 @@ class ReplicaLatencyModel:
             self._decode[key] = t
         return t
 
-    def chunk_extra_s(self, chunk: int, cached: int, batch: float, ctx_per_seq: float) -> float:
-        """What a prompt chunk adds to a decode step of ``batch`` sequences (the whole step without
-        decodes when ``batch`` < 1)."""
-        b = int(round(batch))
-        key = (_q(chunk), _q(cached), _q(b), _q(ctx_per_seq))
+    def chunk_extra_s(self, chunk: int, cached: int) -> float:
+        """What a prompt chunk adds to a decode step. The decode batch changes it little (the step's
+        GEMMs are over chunk + batch tokens, and the chunk dominates), so it is priced once at a
+        reference batch of ``REF_BATCH`` sequences of ``REF_CTX_TOKENS`` context."""
+        key = (_q(chunk), _q(cached))
         t = self._chunk.get(key)
         if t is None:
-            c, p, bb, ctx = key
+            c, p = key
+            b, ctx = REF_BATCH, REF_CTX_TOKENS
             pp = self.hw.pp
             if pp > 1:  # as the simulator: the step split into pp micro-batches filling the pipeline
-                step = self.cost.step_time_s(self.hw, ((c / pp, p),), math.ceil(bb / pp), bb * ctx / pp)
+                step = self.cost.step_time_s(self.hw, ((c / pp, p),), math.ceil(b / pp), b * ctx / pp)
             else:
-                step = self.cost.step_time_s(self.hw, ((c, p),), int(bb), bb * ctx)
-            base = self.cost.decode_step_s(self.hw, int(bb), bb * ctx) if bb >= 1 else 0.0
-            t = max(step - base, 0.0)
+                step = self.cost.step_time_s(self.hw, ((c, p),), b, b * ctx)
+            t = max(step - self.cost.decode_step_s(self.hw, b, b * ctx), 0.0)
             self._chunk[key] = t
         return t
 
     # ---- prediction --------------------------------------------------------------------------------
 
     def predict(self, samples: list[LengthSample], rates_rps: list[float], slos: list[Slo],
-                burstiness: Burstiness | None = None, rate_scale: float = 1.0) -> ReplicaPrediction:
+                burstiness: Burstiness | None = None, rate_scale: float = 1.0,
+                target: float | None = None) -> ReplicaPrediction:
         """Attainment of each type at mean rates ``rates_rps`` on this replica, over the trace's load
-        regimes at replay speed ``rate_scale`` (a stationary stream without ``burstiness``)."""
+        regimes at replay speed ``rate_scale`` (a stationary stream without ``burstiness``).
+
+        With ``target``, the heaviest regimes go first and the prediction stops as soon as some type can
+        no longer reach the target; its attainment is then the (below-target) upper bound so far.
+        """
         rates = np.asarray(rates_rps, dtype=float)
         k = len(samples)
         regimes = (burstiness or Burstiness.poisson()).regimes(rate_scale)
-        num = np.zeros(k)
-        den = np.zeros(k)
-        parts = {"ttft": np.zeros(k), "tpot": np.zeros(k), "mtpot": np.zeros(k), "mttft": np.zeros(k)}
-        overloaded = False
-        first = None
-        for reg in regimes:
-            mult = np.asarray(reg.multipliers) if reg.multipliers else np.ones(k)
-            local = rates * mult
-            pred = self.predict_stationary(samples, list(local), slos)
-            first = first or pred
-            overloaded |= pred.overloaded
-            w = reg.time_share * local  # requests of each type in this regime
-            num += w * np.array([p.attainment for p in pred.types])
-            parts["ttft"] += w * np.array([p.ttft_attainment for p in pred.types])
-            parts["tpot"] += w * np.array([p.tpot_attainment for p in pred.types])
-            parts["mtpot"] += w * np.array([min(p.mean_tpot_s, 1e3) for p in pred.types])
-            parts["mttft"] += w * np.array([min(p.mean_ttft_s, 1e3) for p in pred.types])
-            den += w
+        mults = [np.asarray(r.multipliers) if r.multipliers else np.ones(k) for r in regimes]
+        weights = [r.time_share * rates * m for r, m in zip(regimes, mults)]  # requests per regime
+        den = np.sum(weights, axis=0)
+        order = sorted(range(len(regimes)), key=lambda j: -float(mults[j].max()))
+        sums = np.zeros((4, k))  # request-weighted attainment, TTFT, TPOT attainment, mean TPOT
+        seen = np.zeros(k)
+        heaviest = None
+        for j in order:
+            pred = self.predict_stationary(samples, rates * mults[j], slos)
+            if heaviest is None or regimes[j].time_share >= heaviest[0]:
+                heaviest = (regimes[j].time_share, pred)
+            w = weights[j]
+            sums += w * np.array([[p.attainment, p.ttft_attainment, p.tpot_attainment,
+                                   min(p.mean_tpot_s, 1e3)] for p in pred.types]).T
+            seen += w
+            if target is not None:
+                upper = (sums[0] + (den - seen)) / np.where(den > 0, den, 1.0)
+                if np.any((den > 0) & (upper < target)):
+                    sums[0] = upper * den
+                    break
         safe = np.where(den > 0, den, 1.0)
-        types = tuple(TypePrediction(float(num[t] / safe[t]) if den[t] > 0 else 1.0,
-                                     float(parts["ttft"][t] / safe[t]) if den[t] > 0 else 1.0,
-                                     float(parts["tpot"][t] / safe[t]) if den[t] > 0 else 1.0,
-                                     float(parts["mtpot"][t] / safe[t]), float(parts["mttft"][t] / safe[t]))
-                      for t in range(k))
-        mean = self.predict_stationary(samples, list(rates), slos) if len(regimes) > 1 else first
-        return ReplicaPrediction(types, mean.batch, mean.prefill_frac, mean.queue_utilisation,
-                                 mean.overloaded or types_all_zero(types, rates))
+        avg = sums / np.where(seen > 0, seen, 1.0)
+        avg[0] = sums[0] / safe
+        types = tuple(TypePrediction(*(float(x) for x in avg[:3, t]), float(avg[3, t]), math.nan)
+                      if den[t] > 0 else IDLE for t in range(k))
+        typical = heaviest[1]
+        return ReplicaPrediction(types, typical.batch, typical.prefill_frac, typical.queue_utilisation,
+                                 typical.overloaded)
 
-    def predict_stationary(self, samples: list[LengthSample], rates_rps: list[float],
-                           slos: list[Slo]) -> ReplicaPrediction:
+    def predict_stationary(self, samples: list[LengthSample], rates_rps, slos: list[Slo]) -> ReplicaPrediction:
         """Attainment of each type at constant rates (Poisson arrivals) on this replica."""
         rates = np.asarray(rates_rps, dtype=float)
         total = float(rates.sum())
         k = len(samples)
-        idle = TypePrediction(1.0, 1.0, 1.0, 0.0, 0.0)
         if total <= 0:
-            return ReplicaPrediction((idle,) * k, 0.0, 0.0, 0.0, False)
-        ins = [np.asarray(s.input_tokens, dtype=float) for s in samples]
-        outs = [np.asarray(s.output_tokens, dtype=float) for s in samples]
-        ctx = sum(r * float(np.mean(i + o / 2)) for r, i, o in zip(rates, ins, outs)) / total
-        out_rate = sum(r * float(np.mean(o)) for r, o in zip(rates, outs))  # decode tokens per second
-        batch, chunks = 1.0, None
+            return ReplicaPrediction((IDLE,) * k, 0.0, 0.0, 0.0, False)
+        lay = self._layout(samples, slos)
+        per = rates[lay.typ] / lay.count[lay.typ]  # requests/s each sample stands for
+        ctx = float((per * (lay.inp + lay.out / 2)).sum()) / total
+        out_rate = float((per * lay.out).sum())  # decode tokens per second
+        batch = 1.0
         for _ in range(4):  # fixed point of B = out_rate * d(B) / (1 - M(B)); d and M vary slowly in B
-            chunks = self._chunks(ins, rates, batch, ctx)
-            if chunks.work_per_s >= MAX_UTILISATION:
+            budget = self._budget(batch)
+            ch = self._chunking(lay, budget)
+            d = self.decode_s(batch, ctx)
+            m_frac = float((per * ch.cost).sum())
+            if m_frac >= MAX_UTILISATION:
                 break
-            new = out_rate * chunks.decode_s / (1.0 - chunks.work_per_s)
-            if abs(new - batch) <= 0.05 * max(batch, 1.0):
-                batch = new
-                break
+            new = out_rate * d / (1.0 - m_frac)
+            done = abs(new - batch) <= 0.05 * max(batch, 1.0)
             batch = new
-        m_frac = chunks.work_per_s
+            if done:
+                break
+        work = ch.cost + d * lay.inp / budget  # prompt queue work: steps shared at full chunks
+        rho = float((per * work).sum())
+        mean_w = rho / total
+        cs2 = float((per * (work - mean_w) ** 2).sum()) / total / max(mean_w * mean_w, 1e-18)
         fits = batch <= self.max_seqs and batch * ctx <= KV_HEADROOM * self.kv_tokens
-        if m_frac >= MAX_UTILISATION or not fits or chunks.queue_rho >= MAX_UTILISATION:
+        if m_frac >= MAX_UTILISATION or rho >= MAX_UTILISATION or not fits:
             zero = TypePrediction(0.0, 0.0, 0.0, math.inf, math.inf)
-            return ReplicaPrediction((zero,) * k, batch, m_frac, chunks.queue_rho, True)
-        d = chunks.decode_s
+            return ReplicaPrediction((zero,) * k, batch, m_frac, rho, True)
+        d = self.decode_s(batch, ctx)
         step_s = d / (1.0 - m_frac)
-        rho = chunks.queue_rho
         # chunk steps per second: prompt tokens per second over the tokens a chunk step carries
         # (the full budget when the queue is busy, one prompt's chunk otherwise)
-        tokens_per_chunk = (1 - rho) * chunks.mean_tokens + rho * chunks.budget
-        q = min(1.0, chunks.tokens_per_s / tokens_per_chunk * step_s)
-        extras = np.append(chunks.extras, chunks.full_extra)
-        weights = np.append(chunks.weights / max(chunks.weights.sum(), 1e-12) * (1 - rho), rho)
-        wait = _Wait(rho, chunks.queue_mean_s, chunks.queue_cs2)
-        preds = []
-        for t in range(k):
-            if rates[t] <= 0 and not len(ins[t]):
-                preds.append(idle)
-                continue
-            own = np.array([chunks.own[int(i)] for i in ins[t]]) + 0.5 * step_s * min(1.0, batch)
-            ttft_ok = wait.attainment(slos[t].ttft_s - own)
-            tpot_ok = _tpot_attainment(outs[t], d, q, extras, weights, slos[t].tpot_s)
-            both = ttft_ok * tpot_ok
-            mean_extra = float((extras * weights).sum() / weights.sum())
-            preds.append(TypePrediction(float(both.mean()), float(ttft_ok.mean()), float(tpot_ok.mean()),
-                                        d + q * mean_extra, float(own.mean() + wait.mean_s)))
-        return ReplicaPrediction(tuple(preds), batch, m_frac, rho, False)
+        tokens = float((per * lay.inp).sum())
+        chunks_per_s = float((per * ch.num).sum())
+        tokens_per_chunk = (1 - rho) * tokens / chunks_per_s + rho * budget
+        q = min(1.0, tokens / tokens_per_chunk * step_s)
+        chunk_w = per[ch.owner]
+        extras = np.append(ch.extras, ch.full_extra)
+        weights = np.append(chunk_w / chunk_w.sum() * (1 - rho), rho)
+        wait = _Wait(rho, mean_w, cs2)
+        own = ch.cost + ch.num * d + 0.5 * step_s * min(1.0, batch)
+        ttft_ok = wait.attainment(lay.ttft_bound - own)
+        tpot_ok = _tpot_attainment(lay.out, d, q, extras, weights, lay.tpot_bound)
+        mean_tpot = d + q * float((extras * weights).sum())
+        cnt = lay.count
+        both = np.bincount(lay.typ, ttft_ok * tpot_ok, k) / cnt
+        t_ok = np.bincount(lay.typ, ttft_ok, k) / cnt
+        p_ok = np.bincount(lay.typ, tpot_ok, k) / cnt
+        ttft_mean = np.bincount(lay.typ, own, k) / cnt + wait.mean_s
+        preds = tuple(TypePrediction(float(both[t]), float(t_ok[t]), float(p_ok[t]), mean_tpot,
+                                     float(ttft_mean[t])) if rates[t] > 0 else IDLE for t in range(k))
+        return ReplicaPrediction(preds, batch, m_frac, rho, False)
 
-    def _chunks(self, ins: list[np.ndarray], rates: np.ndarray, batch: float, ctx: float) -> _Chunks:
-        """Every sample prompt's chunks at this batch: their extra step times and rates, M, and the
-        prompt queue's work statistics."""
-        # decodes take their tokens first (the batch on the memo grid, so that chunkings are reused)
-        budget = max(int(self.budget_tokens - _q(round(batch))), 16)
-        d = self.decode_s(batch, ctx)
-        extras, weights, own, work_items, work_rates = [], [], {}, [], []
-        work = tokens = num_chunks = 0.0
-        for r, sample in zip(rates, ins):
-            if r <= 0:
-                continue
-            per = r / len(sample)
-            ex, owner, cost, n = self._type_chunks(sample, budget, batch, ctx)
-            extras.append(ex)
-            weights.append(np.full(len(ex), per))
-            for i, c, k in zip(sample, cost, n):
-                own[int(i)] = c + k * d
-            work_items.append(cost + d * sample / budget)  # queue work: steps shared at full chunks
-            work_rates.append(np.full(len(sample), per))
-            work += per * float(cost.sum())
-            tokens += per * float(sample.sum())
-            num_chunks += per * float(n.sum())
-        ws, ps = np.concatenate(work_items), np.concatenate(work_rates)
-        lam = float(ps.sum())
-        mean = float((ws * ps).sum() / lam)
-        cs2 = float(((ws - mean) ** 2 * ps).sum() / lam) / max(mean * mean, 1e-18)
-        full = self.chunk_extra_s(budget, budget // 2, batch, ctx)
-        return _Chunks(budget, d, np.concatenate(extras), np.concatenate(weights), work, tokens,
-                       tokens / max(num_chunks, 1e-12), full, own, lam * mean, mean, cs2)
+    def _budget(self, batch: float) -> int:
+        """Prompt tokens a step can carry: the budget less the decodes' tokens, on a grid of 1/16 of the
+        budget (so that chunkings are reused across batches)."""
+        grain = max(16, self.budget_tokens // 16)
+        free = max(self.budget_tokens - batch, grain)
+        return int(max(grain, round(free / grain) * grain))
 
-    def _type_chunks(self, sample: np.ndarray, budget: int, batch: float, ctx: float):
-        """(chunk extras, their prompt's index, per-prompt extra sum, per-prompt chunk count)."""
-        key = (hash(sample.tobytes()), budget, _q(round(batch)), _q(ctx))
-        hit = self._types.get(key)
-        if hit is not None:
-            return hit
-        ex, owner = [], []
-        for idx, i in enumerate(sample):
-            n = max(1, math.ceil(i / budget))
-            for j in range(n):
-                ex.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget, batch, ctx))
-                owner.append(idx)
-        ex, owner = np.asarray(ex), np.asarray(owner)
-        cost = np.bincount(owner, weights=ex, minlength=len(sample))
-        n = np.bincount(owner, minlength=len(sample)).astype(float)
-        hit = (ex, owner, cost, n)
-        self._types[key] = hit
-        return hit
+    def _layout(self, samples: list[LengthSample], slos: list[Slo]) -> _Layout:
+        key = (tuple(samples), tuple(slos))
+        lay = self._layouts.get(key)
+        if lay is None:
+            typ = np.concatenate([np.full(len(s.input_tokens), t) for t, s in enumerate(samples)])
+            inp = np.concatenate([np.asarray(s.input_tokens, dtype=float) for s in samples])
+            out = np.concatenate([np.asarray(s.output_tokens, dtype=float) for s in samples])
+            lay = _Layout(typ, inp, out, np.bincount(typ, minlength=len(samples)).astype(float),
+                          np.array([slos[t].ttft_s for t in typ]), np.array([slos[t].tpot_s for t in typ]))
+            self._layouts[key] = lay
+        return lay
+
+    def _chunking(self, lay: _Layout, budget: int) -> _Chunking:
+        """Every sample prompt's chunks at this budget, with their extra step times."""
+        key = (id(lay), budget)
+        ch = self._chunkings.get(key)
+        if ch is None:
+            ex, owner = [], []
+            for idx, i in enumerate(lay.inp):
+                n = max(1, math.ceil(i / budget))
+                for j in range(n):
+                    ex.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget))
+                    owner.append(idx)
+            ex, owner = np.asarray(ex), np.asarray(owner)
+            ch = _Chunking(ex, owner, np.bincount(owner, ex, len(lay.inp)),
+                           np.bincount(owner, minlength=len(lay.inp)).astype(float),
+                           self.chunk_extra_s(budget, budget // 2))
+            self._chunkings[key] = ch
+        return ch
 
 
-def types_all_zero(types: tuple[TypePrediction, ...], rates: np.ndarray) -> bool:
-    return all(p.attainment <= 0 for p, r in zip(types, rates) if r > 0) and bool((rates > 0).any())
+IDLE = TypePrediction(1.0, 1.0, 1.0, 0.0, 0.0)
 
 
-@dataclass
-class _Chunks:
-    budget: int  # C': prompt tokens a step can carry
-    decode_s: float  # d(B)
-    extras: np.ndarray  # extra step time of each sample prompt's chunks
-    weights: np.ndarray  # chunks per second of that kind
-    work_per_s: float  # M
-    tokens_per_s: float
-    mean_tokens: float  # prompt tokens per unpacked chunk
-    full_extra: float  # extra time of a full chunk
-    own: dict  # input tokens -> time of the prompt's own chunk steps
-    queue_rho: float
-    queue_mean_s: float
-    queue_cs2: float
+@dataclass(frozen=True)
+class _Layout:
+    """The samples of all types, flattened, with each one's type and SLO bounds."""
+
+    typ: np.ndarray
+    inp: np.ndarray
+    out: np.ndarray
+    count: np.ndarray  # samples per type
+    ttft_bound: np.ndarray
+    tpot_bound: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Chunking:
+    extras: np.ndarray  # extra step time of each chunk of each sample prompt
+    owner: np.ndarray  # the sample each chunk belongs to
+    cost: np.ndarray  # per sample: the sum of its chunks' extras
+    num: np.ndarray  # per sample: its number of chunks
+    full_extra: float  # extra time of a full chunk (half-way through a prompt)
 
 
 class _Wait:
@@ -305,25 +313,26 @@ class _Wait:
 
 
 def _tpot_attainment(outputs: np.ndarray, d: float, q: float, extras: np.ndarray, weights: np.ndarray,
-                     bound_s: float) -> np.ndarray:
-    """P(TPOT <= bound) for each output length: ``d + S / (O - 1)``, S the sum of a Binomial(O-1, q)
-    number of chunk extras drawn from (extras, weights): exact for 0 or 1 chunk steps, normal beyond."""
+                     bound_s) -> np.ndarray:
+    """P(TPOT <= bound) for each output length (bound a scalar or one per output): ``d + S / (O - 1)``,
+    S the sum of a Binomial(O-1, q) number of chunk extras drawn from (extras, weights): exact for 0 or 1
+    chunk steps, normal beyond."""
     outputs = np.asarray(outputs, dtype=float)
-    if math.isinf(bound_s):
-        return np.ones(len(outputs))
-    if d > bound_s:
-        return np.zeros(len(outputs))
-    if q <= 0 or not len(extras):
-        return np.ones(len(outputs))
+    bound = np.broadcast_to(np.asarray(bound_s, dtype=float), outputs.shape)
+    out = np.ones(len(outputs))
+    n = np.maximum(outputs - 1, 0)
+    live = np.isfinite(bound) & (n > 0)
+    out[live & (bound < d)] = 0.0
+    live &= bound >= d
+    if q <= 0 or not len(extras) or not live.any():
+        return out
     p = weights / weights.sum()
     mu = float((extras * p).sum())
     var = float(((extras - mu) ** 2 * p).sum())
     order = np.argsort(extras)
     cdf_x, cdf_p = extras[order], np.cumsum(p[order])
-    n = np.maximum(outputs - 1, 0)
-    slack = (bound_s - d) * n  # total extra time each request tolerates
-    out = np.ones(len(outputs))
-    small = (n > 0) & (n < EXACT_STEPS_BELOW)
+    slack = np.where(live, (bound - d) * n, 0.0)  # total extra time each request tolerates
+    small = live & (n < EXACT_STEPS_BELOW)
     if small.any():
         ns, sl = n[small][:, None], slack[small][:, None]
         ks = np.arange(EXACT_STEPS_BELOW)[None, :]
@@ -334,7 +343,7 @@ def _tpot_attainment(outputs: np.ndarray, d: float, q: float, extras: np.ndarray
             many = ndtr((sl - ks * mu) / np.sqrt(np.maximum(ks * var, 1e-18)))
         ok = np.where(ks == 0, 1.0, np.where(ks == 1, one[:, None], many))
         out[small] = (pmf * ok).sum(axis=1)
-    large = n >= EXACT_STEPS_BELOW
+    large = live & (n >= EXACT_STEPS_BELOW)
     if large.any():  # compound binomial sum ~ normal
         nl = n[large]
         mean = nl * q * mu
@@ -343,14 +352,19 @@ def _tpot_attainment(outputs: np.ndarray, d: float, q: float, extras: np.ndarray
     return out
 
 
+_LOG_FACT = gammaln(np.arange(EXACT_STEPS_BELOW + 1, dtype=float) + 1)
+
+
 def _binom_pmf(k: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
-    """Binomial(n, q) probabilities of k (0 where k > n), vectorised without scipy.stats' overhead."""
+    """Binomial(n, q) probabilities of k (0 where k > n) for n < EXACT_STEPS_BELOW, from a log-factorial
+    table (scipy.stats' per-call overhead is too much here)."""
     if q >= 1.0:
         return np.where(k == n, 1.0, 0.0)
-    kk = np.minimum(k, n)
-    log = (gammaln(n + 1) - gammaln(kk + 1) - gammaln(n - kk + 1) + kk * math.log(q)
-           + (n - kk) * math.log1p(-q))
-    return np.where(k <= n, np.exp(log), 0.0)
+    ni = n.astype(np.int64)
+    kk = np.minimum(k, ni)
+    log = (_LOG_FACT[ni] - _LOG_FACT[kk] - _LOG_FACT[ni - kk] + kk * math.log(q)
+           + (ni - kk) * math.log1p(-q))
+    return np.where(k <= ni, np.exp(log), 0.0)
 
 
 def _q(x: float) -> float:

@@ -47,6 +47,10 @@ def fleet_attainment(models: Sequence[ReplicaLatencyModel], fractions: np.ndarra
     rates = np.asarray(workload.rates_rps) * scale
     att = np.zeros(workload.num_types)
     seen: dict = {}
+    # one model and one share for all: the fleet's attainment is the replica's, so the prediction may
+    # stop as soon as a type cannot reach the target
+    uniform = len({id(m) for m in models}) == 1 and np.allclose(fractions, fractions[:, :1])
+    target = workload.target if uniform else None
     for r, model in enumerate(models):
         col = fractions[:, r]
         if not (col > 0).any():
@@ -55,7 +59,7 @@ def fleet_attainment(models: Sequence[ReplicaLatencyModel], fractions: np.ndarra
         pred = seen.get(key)
         if pred is None:
             pred = model.predict(list(workload.samples), list(rates * col), list(workload.slos),
-                                 workload.burstiness, scale)
+                                 workload.burstiness, scale, target)
             seen[key] = pred
         att += col * np.array([p.attainment for p in pred.types])
     return att
@@ -114,7 +118,7 @@ def slo_capacity_rps(model: ReplicaLatencyModel, type_index: int, workload: SloW
         rates[type_index] = rate
         # the replica's stream is the type's stream thinned: its bursts are the type's own
         pred = model.predict(list(workload.samples), rates, list(workload.slos), workload.burstiness,
-                             rate / max(workload.rates_rps[type_index], 1e-12))
+                             rate / max(workload.rates_rps[type_index], 1e-12), workload.target)
         return pred.types[type_index].attainment >= workload.target
 
     return max_good_scale(good, start_rps, rel_tol)

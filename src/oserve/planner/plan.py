@@ -59,6 +59,11 @@ class Plan:
     bottlenecks: tuple[int, ...]
     planner: str
     planner_seconds: float = 0.0
+    # SLO planning (None for the throughput objective): the objective, the goodput scale the latency
+    # model predicts and, once the simulator verified the plan, the one it measured
+    objective: str = "throughput"
+    predicted_goodput_scale: float | None = None
+    simulated_goodput_scale: float | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -87,6 +92,9 @@ class Plan:
             "demand_scale": self.demand_scale,
             "utilisation": list(self.utilisation),
             "bottlenecks": list(self.bottlenecks),
+            "objective": self.objective,
+            "predicted_goodput_scale": self.predicted_goodput_scale,
+            "simulated_goodput_scale": self.simulated_goodput_scale,
         }
 
     @staticmethod
@@ -95,7 +103,8 @@ class Plan:
         return Plan(d["model"], replicas, tuple(d["types"]), tuple(d["type_rates_rps"]),
                     tuple(tuple(c) for c in d["capacity_rps"]), tuple(tuple(x) for x in d["dispatch"]),
                     d["demand_scale"], tuple(d["utilisation"]), tuple(d["bottlenecks"]), d["planner"],
-                    d.get("planner_seconds", 0.0))
+                    d.get("planner_seconds", 0.0), d.get("objective", "throughput"),
+                    d.get("predicted_goodput_scale"), d.get("simulated_goodput_scale"))
 
 
 __all__ = ["Plan", "Replica"]

@@ -72,7 +72,7 @@ def _parse_window(text: str | None) -> tuple[float, float] | None:
     return start, end
 
 
-def _plans(args, cluster, cost, prepared) -> dict:
+def _plans(args, cluster, cost, prepared, slo=None, objective="throughput", config=None) -> dict:
     from oserve.planner.api import PLANNERS
     from oserve.planner.plan import Plan
     from oserve.sim.experiment import plan_for
@@ -81,7 +81,13 @@ def _plans(args, cluster, cost, prepared) -> dict:
     for name in [x.strip() for x in args.planner.split(",") if x.strip()]:
         if name not in PLANNERS:
             raise ConfigError(f"unknown planner '{name}'; choose from {', '.join(PLANNERS)}")
-        plans[name] = plan_for(cluster, cost, prepared, name)
+        if slo is not None and objective != "throughput":
+            from oserve.sim.verify import plan_with_slo
+
+            plans[name] = plan_with_slo(cluster, cost, prepared, name, slo, objective, config,
+                                        verify_requests=args.verify_requests)[0]
+        else:
+            plans[name] = plan_for(cluster, cost, prepared, name)
     for path in args.plan:
         try:
             plan = Plan.from_dict(json.loads(Path(path).read_text()))
@@ -98,11 +104,12 @@ def _plans(args, cluster, cost, prepared) -> dict:
 
 def run(args) -> int:
     from oserve.cli.common_args import resolve
-    from oserve.cli.slo_args import slo_from_args
+    from oserve.cli.slo_args import objective_from_args, slo_from_args
     from oserve.sim.experiment import prepare_trace, simulate_at
 
     cluster, model, cost = resolve(args)
     slo = slo_from_args(args)
+    objective = objective_from_args(args, slo)
     if args.goodput and slo is None:
         raise ConfigError("--goodput needs an SLO: give --slo loose|tight|FILE or --slo-ttft/--slo-tpot")
     scales = _parse_scales(args.rate_scale)
@@ -110,7 +117,7 @@ def run(args) -> int:
                        seed=args.seed, drain_s=args.drain, context_policy=args.context_policy)
     prepared = prepare_trace(args.trace, cost, args.types, args.seed, _parse_window(args.window),
                              clip=args.context_policy == "truncate")
-    plans = _plans(args, cluster, cost, prepared)
+    plans = _plans(args, cluster, cost, prepared, slo, objective, config)
     progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     done: dict[tuple[str, float], object] = {}  # planners that chose the same plan are simulated once
 
@@ -172,6 +179,10 @@ def _report(args, cluster, prepared, plans, summaries, scales, config) -> dict:
         "rate_scales": scales,
         "results": {name: {**{k: by[first].get(k) for k in JSON_KEYS},
                            "deployment": plans[name].describe(),
+                           "objective": plans[name].objective,
+                           "predicted_goodput_scale": plans[name].predicted_goodput_scale,
+                           "planned_simulated_goodput_scale": plans[name].simulated_goodput_scale,
+                           "planner_seconds": plans[name].planner_seconds,
                            "by_rate_scale": {str(s): {k: v.get(k) for k, v in
                                                       ((k, by[s]) for k in JSON_KEYS)}
                                              for s in scales}}

@@ -70,7 +70,9 @@ class Burstiness:
 
     def _regimes(self, rate_scale: float) -> list[Regime]:
         width = max(1, int(round(self.window_s * rate_scale)))
-        nwin = max(1, len(self.tokens) // width)
+        nwin = len(self.tokens) // width
+        if nwin < 2:  # the whole trace fits in one window: no burst to speak of at this speed
+            return [Regime(1.0, (1.0,) * self.counts.shape[1])]
         counts = self.counts[:nwin * width].reshape(nwin, width, -1).sum(axis=1)
         tokens = self.tokens[:nwin * width].reshape(nwin, width).sum(axis=1)
         mean_rate = np.maximum(counts.mean(axis=0), 1e-12)  # per window
