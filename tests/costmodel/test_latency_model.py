@@ -133,3 +133,30 @@ def test_max_good_scale_brackets_and_bisects():
         got = max_good_scale(lambda s, k=knee: s <= k, 1.0)
         assert knee / 1.03 <= got <= knee
     assert max_good_scale(lambda s: False, 1.0) == 0.0
+
+
+def test_within_window_clumping_is_measured_and_thinned():
+    from oserve.workload.trace import Trace
+
+    rng = np.random.default_rng(1)
+    poisson = np.sort(rng.uniform(0, 2000, 4000))
+    clumped = np.sort(np.repeat(rng.uniform(0, 2000, 1000), 4))  # arrivals in fours
+    idc = {}
+    for name, t in (("poisson", poisson), ("clumped", clumped)):
+        trace = Trace(t, np.full(len(t), 100), np.full(len(t), 10), name)
+        idc[name] = Burstiness.of_trace(trace, np.zeros(len(t), dtype=int), 1).within_idc
+    assert idc["poisson"] == pytest.approx(1.0, abs=0.15)
+    assert idc["clumped"] == pytest.approx(4.0, rel=0.15)  # batches of 4: Var/mean = 4
+    b = Burstiness(within_idc=4.0)
+    assert b.within_ca2(0.25) == pytest.approx(1.75) and b.within_ca2(1.0) == 4.0
+
+
+def test_clumped_arrivals_wait_longer_and_busy_runs_cost_tpot():
+    cost = LinearCost(decode_s=0.02, token_s=1e-4, budget=512)
+    model = ReplicaLatencyModel(cost, CFG)
+    sample = LengthSample((2000,) * 4, (8,) * 4)
+    slo = [Slo(1.0, 0.02 + 0.6 * 512 * 1e-4)]  # a step with a full chunk misses the TPOT bound
+    poisson = model.predict_stationary([sample], [3.0], slo, ca2=1.0)
+    clumped = model.predict_stationary([sample], [3.0], slo, ca2=4.0)
+    assert clumped.types[0].mean_ttft_s > poisson.types[0].mean_ttft_s
+    assert clumped.types[0].tpot_attainment < poisson.types[0].tpot_attainment < 1.0

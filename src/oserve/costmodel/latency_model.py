@@ -137,16 +137,19 @@ class ReplicaLatencyModel:
 
     def predict(self, samples: list[LengthSample], rates_rps: list[float], slos: list[Slo],
                 burstiness: Burstiness | None = None, rate_scale: float = 1.0,
-                target: float | None = None) -> ReplicaPrediction:
+                target: float | None = None, stream_fraction: float = 1.0) -> ReplicaPrediction:
         """Attainment of each type at mean rates ``rates_rps`` on this replica, over the trace's load
         regimes at replay speed ``rate_scale`` (a stationary stream without ``burstiness``).
 
-        With ``target``, the heaviest regimes go first and the prediction stops as soon as some type can
+        ``stream_fraction`` is this replica's share of the trace's arrivals (thinning lowers their
+        variability). With ``target``, the heaviest regimes go first and the prediction stops as soon as some type can
         no longer reach the target; its attainment is then the (below-target) upper bound so far.
         """
         rates = np.asarray(rates_rps, dtype=float)
         k = len(samples)
-        regimes = (burstiness or Burstiness.poisson()).regimes(rate_scale)
+        burst = burstiness or Burstiness.poisson()
+        regimes = burst.regimes(rate_scale)
+        ca2 = burst.within_ca2(stream_fraction)
         mults = [np.asarray(r.multipliers) if r.multipliers else np.ones(k) for r in regimes]
         weights = [r.time_share * rates * m for r, m in zip(regimes, mults)]  # requests per regime
         den = np.sum(weights, axis=0)
@@ -155,7 +158,7 @@ class ReplicaLatencyModel:
         seen = np.zeros(k)
         heaviest = None
         for j in order:
-            pred = self.predict_stationary(samples, rates * mults[j], slos)
+            pred = self.predict_stationary(samples, rates * mults[j], slos, ca2)
             if heaviest is None or regimes[j].time_share >= heaviest[0]:
                 heaviest = (regimes[j].time_share, pred)
             w = weights[j]
@@ -176,8 +179,10 @@ class ReplicaLatencyModel:
         return ReplicaPrediction(types, typical.batch, typical.prefill_frac, typical.queue_utilisation,
                                  typical.overloaded)
 
-    def predict_stationary(self, samples: list[LengthSample], rates_rps, slos: list[Slo]) -> ReplicaPrediction:
-        """Attainment of each type at constant rates (Poisson arrivals) on this replica."""
+    def predict_stationary(self, samples: list[LengthSample], rates_rps, slos: list[Slo],
+                           ca2: float = 1.0) -> ReplicaPrediction:
+        """Attainment of each type at constant rates on this replica; ``ca2`` is the arrivals' squared
+        coefficient of variation (1: Poisson)."""
         rates = np.asarray(rates_rps, dtype=float)
         total = float(rates.sum())
         k = len(samples)
@@ -219,10 +224,18 @@ class ReplicaLatencyModel:
         chunk_w = per[ch.owner]
         extras = np.append(ch.extras, ch.full_extra)
         weights = np.append(chunk_w / chunk_w.sum() * (1 - rho), rho)
-        wait = _Wait(rho, mean_w, cs2)
+        wait = _Wait(rho, mean_w, cs2, ca2)
         own = ch.cost + ch.num * d + 0.5 * step_s * min(1.0, batch)
         ttft_ok = wait.attainment(lay.ttft_bound - own)
-        tpot_ok = _tpot_attainment(lay.out, d, q, extras, weights, lay.tpot_bound)
+        # a request that decodes inside a busy period of the prompt queue gets a full chunk at every
+        # step; busy periods last (chunks per prompt) / (1 - rho) steps, stretched by the variability
+        # (Kingman's factor), so P(all n steps busy) = rho (1 - 1/L)^n
+        span = chunks_per_s / total / (1.0 - rho) * (ca2 + cs2) / 2.0
+        n = np.maximum(lay.out - 1, 0)
+        in_run = rho * np.power(max(1.0 - 1.0 / span, 0.0), n) if span > 1 else np.zeros(len(n))
+        run_ok = (d + ch.full_extra <= lay.tpot_bound) | (n == 0)
+        tpot_ok = in_run * run_ok + (1.0 - in_run) * _tpot_attainment(lay.out, d, q, extras, weights,
+                                                                       lay.tpot_bound)
         mean_tpot = d + q * float((extras * weights).sum())
         cnt = lay.count
         both = np.bincount(lay.typ, ttft_ok * tpot_ok, k) / cnt
@@ -298,9 +311,9 @@ class _Chunking:
 class _Wait:
     """The FCFS prompt queue's waiting time: Kingman's mean, exponential tail with an atom at 0."""
 
-    def __init__(self, rho: float, mean_work_s: float, cs2: float) -> None:
+    def __init__(self, rho: float, mean_work_s: float, cs2: float, ca2: float = 1.0) -> None:
         self.rho = rho
-        self.mean_s = rho / (1.0 - rho) * (1.0 + cs2) / 2.0 * mean_work_s if rho > 0 else 0.0
+        self.mean_s = rho / (1.0 - rho) * (ca2 + cs2) / 2.0 * mean_work_s if rho > 0 else 0.0
 
     def attainment(self, slack_s: np.ndarray) -> np.ndarray:
         """P(W <= slack) per element (0 where the slack is negative)."""

@@ -58,8 +58,9 @@ def fleet_attainment(models: Sequence[ReplicaLatencyModel], fractions: np.ndarra
         key = (id(model), tuple(np.round(col, 9)))
         pred = seen.get(key)
         if pred is None:
+            share = float((rates * col).sum() / max(rates.sum(), 1e-12))  # of the trace's arrivals
             pred = model.predict(list(workload.samples), list(rates * col), list(workload.slos),
-                                 workload.burstiness, scale, target)
+                                 workload.burstiness, scale, target, share)
             seen[key] = pred
         att += col * np.array([p.attainment for p in pred.types])
     return att
@@ -117,8 +118,9 @@ def slo_capacity_rps(model: ReplicaLatencyModel, type_index: int, workload: SloW
         rates = [0.0] * k
         rates[type_index] = rate
         # the replica's stream is the type's stream thinned: its bursts are the type's own
+        share = workload.rates_rps[type_index] / max(sum(workload.rates_rps), 1e-12)
         pred = model.predict(list(workload.samples), rates, list(workload.slos), workload.burstiness,
-                             rate / max(workload.rates_rps[type_index], 1e-12), workload.target)
+                             rate / max(workload.rates_rps[type_index], 1e-12), workload.target, share)
         return pred.types[type_index].attainment >= workload.target
 
     return max_good_scale(good, start_rps, rel_tol)

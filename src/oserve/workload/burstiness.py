@@ -3,12 +3,15 @@
 **Bursts.** A trace's rate is not stationary: the Azure traces hold 10-second windows with 5-6x the median
 arrivals, and most SLO misses happen there. The trace is cut into windows of ``window_s`` (10 s: long
 against a replica's queue relaxation, short against a burst); windows are sorted by their prompt-token
-load and grouped into ``num_regimes`` regimes of equal token load (so the bursts get regimes of their own
-and the quiet hours share one). Each regime has its share of the trace's time and per-type rate
+load and grouped into regimes by time quantile: the lightest half, then 25%, 15%, 6%, 3% and the heaviest
+1% of the windows, and the heaviest window alone (finer towards the bursts, where the misses are). Each regime has its share of the trace's time and per-type rate
 multipliers (the regime's rate of that type over the trace's). A latency model evaluates each regime at
 its rates as if stationary and weights the regimes by requests. Replaying the trace at ``s`` times its
 rate compresses time, so regimes are formed from windows of ``s * window_s`` trace seconds.
-``Burstiness.poisson()`` is one regime at multiplier 1 (a stationary stream).
+Inside a window, arrivals still clump (the Azure traces: several requests in the same second); the index
+of dispersion of 1-second counts around their window's mean (``within_idc``, about 2-3 on azure-mix) is
+the arrivals' squared coefficient of variation inside a regime, thinned by a replica's share of them
+(``1 + p (IDC - 1)``). ``Burstiness.poisson()`` is one regime at multiplier 1 with Poisson arrivals.
 
 **Length samples** are up to ``max_samples`` (input, output) pairs per request type, drawn evenly over the
 type's requests sorted by input length, so that a latency model averages over the type's real length
@@ -26,6 +29,7 @@ from oserve.workload.trace import Trace
 
 WINDOW_S = 10.0
 NUM_REGIMES = 6
+REGIME_EDGES = (0.0, 0.5, 0.75, 0.9, 0.96, 0.99, 1.0)  # time quantiles of windows sorted by load
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Burstiness:
     tokens: np.ndarray | None = None  # (seconds,) prompt tokens
     window_s: float = WINDOW_S
     num_regimes: int = NUM_REGIMES
+    within_idc: float = 1.0  # index of dispersion of 1-s counts around their 10-s window's mean
     _cache: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
@@ -57,7 +62,12 @@ class Burstiness:
         counts = np.zeros((n, num_types))
         np.add.at(counts, (sec, np.asarray(type_id, dtype=np.int64)), 1.0)
         tokens = np.bincount(sec, weights=trace.input_tokens, minlength=n).astype(float)
-        return Burstiness(counts, tokens, window_s, num_regimes)
+        return Burstiness(counts, tokens, window_s, num_regimes, _within_idc(counts.sum(axis=1), window_s))
+
+    def within_ca2(self, fraction: float = 1.0) -> float:
+        """Squared coefficient of variation of arrivals inside a regime, for a stream thinned to
+        ``fraction`` of the trace (``1 + fraction * (IDC - 1)``; 1 for Poisson)."""
+        return 1.0 + min(max(fraction, 0.0), 1.0) * (self.within_idc - 1.0)
 
     def regimes(self, rate_scale: float = 1.0) -> list[Regime]:
         """The load regimes of the trace replayed at ``rate_scale`` (cached per scale)."""
@@ -77,16 +87,32 @@ class Burstiness:
         tokens = self.tokens[:nwin * width].reshape(nwin, width).sum(axis=1)
         mean_rate = np.maximum(counts.mean(axis=0), 1e-12)  # per window
         order = np.argsort(tokens, kind="stable")
-        cum = np.cumsum(tokens[order]) / max(tokens.sum(), 1e-12)
-        group = np.minimum((cum * self.num_regimes - 1e-9).astype(int), self.num_regimes - 1)
+        # time quantiles of the windows sorted by load, finer towards the heaviest (where misses are)
+        # ... and the heaviest window always a regime of its own
+        edges = np.unique(np.append(np.round(np.asarray(REGIME_EDGES) * nwin).astype(int), nwin - 1))
         out = []
-        for g in range(self.num_regimes):
-            members = order[group == g]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            members = order[lo:hi]
             if len(members) == 0:
                 continue
             mult = counts[members].mean(axis=0) / mean_rate
             out.append(Regime(len(members) / nwin, tuple(float(x) for x in mult)))
         return out
+
+
+def _within_idc(per_second: np.ndarray, window_s: float) -> float:
+    """Pooled Var/mean of 1-second counts around their window's mean: the clumping a regime's
+    stationary model does not see (1 for Poisson arrivals)."""
+    w = max(2, int(window_s))
+    nwin = len(per_second) // w
+    if nwin < 1:
+        return 1.0
+    c = per_second[:nwin * w].reshape(nwin, w)
+    mean = c.mean(axis=1, keepdims=True)
+    total = float(mean.sum() * w)
+    if total <= 0:
+        return 1.0
+    return max(float(((c - mean) ** 2).sum() * w / (w - 1)) / total, 0.05)
 
 
 @dataclass(frozen=True)
