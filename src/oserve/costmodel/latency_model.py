@@ -18,19 +18,22 @@ after p cached ones adds to such a step):
    probability ``q = n_chunks_per_s * d / (1 - M)``; the number of chunk steps is Binomial(O - 1, q) and
    each adds an ``m`` drawn from the chunk mix. Exact for zero or one chunk step (the empirical chunk
    costs), a normal approximation for more. So one 8192-token chunk in a short answer shows up in the
-   tail, not only in the mean.
+   tail, not only in the mean. A request that decodes inside a busy period of the prompt queue gets a
+   full chunk at *every* step: with probability ``rho (1 - 1/L)^(O-1)``, L the busy period in steps
+   (chunks per prompt / (1 - rho), times Kingman's variability factor), its TPOT is ``d + m(C')``.
 3. **TTFT** (queueing counts) is ``W + s(I) + r``: ``s(I)`` the request's own chunk steps
    (``sum (d + m)``), ``r`` half a step in flight, and ``W`` the wait in the FCFS prompt queue. The queue
    is a G/G/1 server whose work per request is its prefill time with steps shared at full chunks
    (``m + d * I / C'``), utilisation ``rho``; Kingman's mean ``W = rho/(1-rho) * (1 + c_s^2)/2 * E[w]``
-   (arrivals Poisson *within* a regime, below; ``c_s^2`` the work's squared coefficient of variation),
+   (``c_a^2``: the clumping of arrivals *within* a regime, below; ``c_s^2``: the work's variability),
    with an exponential tail and an atom at zero, ``P(W > x) = rho exp(-rho x / W)`` (exact for M/M/1).
    When the queue is busy, chunks pack to the full budget: a chunk step carries ``C'`` tokens with
    probability ``rho`` and one prompt's chunk otherwise, which sets how many steps carry a chunk.
 4. **Bursts.** The trace's measured load regimes (``oserve.workload.burstiness``: 10-second windows
    grouped by prompt-token load, each with its time share and per-type rate multipliers) are each
    evaluated as stationary at their rates; a type's attainment is the request-weighted mean over
-   regimes. This, not a Poisson assumption, is where most misses come from: the Azure traces have
+   regimes. Inside a regime, arrivals clump: ``c_a^2`` is the measured index of dispersion of 1-second
+   counts around their window's mean, thinned by the replica's share of the arrivals. This, not a Poisson assumption, is where most misses come from: the Azure traces have
    windows at 4-6x the median rate in which prefill saturates a replica.
 5. A type's **attainment** in a regime is the mean over its samples of ``P(TTFT ok) * P(TPOT ok)``
    (independence: pessimistic, as both suffer in the same bursts); a regime in which the replica is
@@ -191,20 +194,7 @@ class ReplicaLatencyModel:
         lay = self._layout(samples, slos)
         per = rates[lay.typ] / lay.count[lay.typ]  # requests/s each sample stands for
         ctx = float((per * (lay.inp + lay.out / 2)).sum()) / total
-        out_rate = float((per * lay.out).sum())  # decode tokens per second
-        batch = 1.0
-        for _ in range(4):  # fixed point of B = out_rate * d(B) / (1 - M(B)); d and M vary slowly in B
-            budget = self._budget(batch)
-            ch = self._chunking(lay, budget)
-            d = self.decode_s(batch, ctx)
-            m_frac = float((per * ch.cost).sum())
-            if m_frac >= MAX_UTILISATION:
-                break
-            new = out_rate * d / (1.0 - m_frac)
-            done = abs(new - batch) <= 0.05 * max(batch, 1.0)
-            batch = new
-            if done:
-                break
+        batch, budget, ch, d, m_frac = self._steady_batch(lay, per, ctx)
         work = ch.cost + d * lay.inp / budget  # prompt queue work: steps shared at full chunks
         rho = float((per * work).sum())
         mean_w = rho / total
@@ -245,6 +235,25 @@ class ReplicaLatencyModel:
         preds = tuple(TypePrediction(float(both[t]), float(t_ok[t]), float(p_ok[t]), mean_tpot,
                                      float(ttft_mean[t])) if rates[t] > 0 else IDLE for t in range(k))
         return ReplicaPrediction(preds, batch, m_frac, rho, False)
+
+    def _steady_batch(self, lay: _Layout, per: np.ndarray, ctx: float):
+        """Fixed point of ``B = out_rate * d(B) / (1 - M(B))`` (d and M vary slowly in B): the batch,
+        the prompt tokens a step carries, the chunking, d and M."""
+        out_rate = float((per * lay.out).sum())  # decode tokens per second
+        batch = 1.0
+        for _ in range(4):
+            budget = self._budget(batch)
+            ch = self._chunking(lay, budget)
+            d = self.decode_s(batch, ctx)
+            m_frac = float((per * ch.cost).sum())
+            if m_frac >= MAX_UTILISATION:
+                break
+            new = out_rate * d / (1.0 - m_frac)
+            done = abs(new - batch) <= 0.05 * max(batch, 1.0)
+            batch = new
+            if done:
+                break
+        return batch, budget, ch, d, m_frac
 
     def _budget(self, batch: float) -> int:
         """Prompt tokens a step can carry: the budget less the decodes' tokens, on a grid of 1/16 of the
