@@ -90,7 +90,7 @@ def test_plan_cli_goodput_json_and_errors(tmp_path, capsys):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(out))
     assert main(["simulate", "--cluster", "1x8xH100", "--model", "llama-2-70b", "--trace", "azure-conv",
-                 "--window", "0:60", "--planner", "default", "--plan", str(plan_file), "--json"]) == 0
+                 "--time-range", "0:60", "--planner", "default", "--plan", str(plan_file), "--json"]) == 0
     sim = json.loads(capsys.readouterr().out)
     assert sim["results"]["plan"]["deployment"] == out["deployment"]
     assert main(args + ["--objective", "goodput"]) == 2

@@ -44,7 +44,7 @@ def test_search_reports_zero_when_nothing_is_good():
 
 def test_simulate_goodput_json(capsys):
     code = main(["simulate", "--cluster", "1x8xH100-80GB", "--model", "llama-2-70b", "--trace",
-                 "azure-conv", "--window", "0:60", "--planner", "default", "--slo", "loose",
+                 "azure-conv", "--time-range", "0:60", "--planner", "default", "--slo", "loose",
                  "--goodput", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -58,6 +58,6 @@ def test_simulate_goodput_json(capsys):
 
 
 def test_goodput_needs_an_slo(capsys):
-    assert main(["simulate", "--cluster", "1x8xH100-80GB", "--window", "0:30", "--planner", "default",
+    assert main(["simulate", "--cluster", "1x8xH100-80GB", "--time-range", "0:30", "--planner", "default",
                  "--goodput"]) == 2
     assert "--goodput needs an SLO" in capsys.readouterr().err

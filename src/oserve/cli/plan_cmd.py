@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 
-from oserve.cli.common_args import add_cluster_model_args, add_trace_args, resolve
+from oserve.cli.common_args import (
+    NON_NEGATIVE,
+    POSITIVE,
+    add_cluster_model_args,
+    add_trace_args,
+    config_from_flags,
+    default,
+    resolve,
+)
 from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
-from oserve.common.errors import ConfigError
 from oserve.planner.api import PLANNERS, make_plan
-from oserve.planner.search import SearchParams
 from oserve.planner.plan import Plan
+from oserve.planner.search import SearchParams
 from oserve.workload import fit_request_types, load_trace
 
 
@@ -18,10 +25,11 @@ def register(sub) -> None:
     add_cluster_model_args(p)
     add_trace_args(p)
     p.add_argument("--planner", default="oserve", choices=PLANNERS)
-    p.add_argument("--rate-scale", type=float, default=1.0,
+    p.add_argument("--rate-scale", type=POSITIVE, default=1.0,
                    help="plan for the trace's rates multiplied by this factor")
     p.add_argument("--no-pp", action="store_true", help="consider tensor parallelism only")
-    p.add_argument("--min-gain", type=float, default=SearchParams().min_gain_over_homogeneous,
+    p.add_argument("--min-gain", type=NON_NEGATIVE,
+                   default=default(SearchParams, "min_gain_over_homogeneous"),
                    help="predicted capacity gain a heterogeneous deployment needs over the best "
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -30,8 +38,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.min_gain < 0:
-        raise ConfigError(f"--min-gain must be >= 0, got {args.min_gain}")
+    search = config_from_flags(SearchParams, {"min_gain_over_homogeneous": args.min_gain},
+                               {"min_gain_over_homogeneous": "--min-gain"})
     cluster, model, cost = resolve(args)
     slo = slo_from_args(args)
     objective = objective_from_args(args, slo)
@@ -43,10 +51,10 @@ def run(args) -> int:
     verification = None
     if slo is None:
         plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                         search=SearchParams(min_gain_over_homogeneous=args.min_gain))
+                         search=search)
     else:
         plan, verification = _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo,
-                                            objective)
+                                            objective, search)
     if args.json:
         out = plan.to_dict()
         out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,
@@ -65,7 +73,7 @@ def run(args) -> int:
     return 0
 
 
-def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, objective):
+def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, objective, search):
     """Plan under an SLO: the latency model's shortlist, verified by the simulator (oserve.sim)."""
     from oserve.sim.config import SimConfig
     from oserve.sim.experiment import PreparedTrace
@@ -76,7 +84,7 @@ def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, o
         from oserve.planner.slo_planner import score_plan, slo_workload
 
         plan = make_plan(cluster, cost.model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                         search=SearchParams(min_gain_over_homogeneous=args.min_gain))
+                         search=search)
         return score_plan(plan, cost, stats, slo_workload(trace, types, stats, slo), cluster), None
     return plan_with_slo(cluster, cost, prepared, args.planner, slo, objective, SimConfig(seed=args.seed),
                          allow_pp=not args.no_pp, verify_requests=args.verify_requests)

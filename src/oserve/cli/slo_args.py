@@ -1,4 +1,7 @@
-"""The SLO flags that ``oserve plan`` and ``oserve simulate`` share, as one self-contained block."""
+"""The SLO flags that ``oserve plan`` and ``oserve simulate`` share, as one self-contained block.
+
+(``oserve simulate-adaptive`` keeps the plain ``--slo-ttft-s/--slo-tpot-s`` bounds of
+``common_args.add_slo_args``; the spellings and destinations here are the same.)"""
 
 from __future__ import annotations
 
@@ -15,9 +18,9 @@ def add_slo_args(p: argparse.ArgumentParser, planning: bool = True) -> None:
     g.add_argument("--slo", default=None, metavar="PRESET|FILE",
                    help=f"SLO preset ({', '.join(f'{k}: {v.describe()}' for k, v in SLO_PRESETS.items())}) "
                         "or a YAML file with per-type / per-input-length SLOs")
-    g.add_argument("--slo-ttft", type=float, default=None, metavar="S",
+    g.add_argument("--slo-ttft-s", "--slo-ttft", dest="slo_ttft_s", type=float, default=None, metavar="S",
                    help="time-to-first-token bound in seconds, queueing included (sets the default SLO)")
-    g.add_argument("--slo-tpot", type=float, default=None, metavar="S",
+    g.add_argument("--slo-tpot-s", "--slo-tpot", dest="slo_tpot_s", type=float, default=None, metavar="S",
                    help="time-per-output-token bound in seconds (sets the default SLO)")
     g.add_argument("--attainment", type=float, default=None, metavar="FRAC",
                    help="share of each type's requests that must meet their SLO (default 0.9)")
@@ -33,7 +36,7 @@ def add_slo_args(p: argparse.ArgumentParser, planning: bool = True) -> None:
 
 def slo_from_args(args: argparse.Namespace) -> SloSpec | None:
     """The SLO the flags ask for (None when no SLO flag was given); ConfigError on bad values."""
-    return slo_from_flags(args.slo, args.slo_ttft, args.slo_tpot, args.attainment)
+    return slo_from_flags(args.slo, args.slo_ttft_s, args.slo_tpot_s, args.attainment)
 
 
 def objective_from_args(args: argparse.Namespace, slo: SloSpec | None) -> str:
