@@ -110,8 +110,9 @@ def report(results_dir: Path) -> str:
                     f"| " + " | ".join(f"{g[n]:.3f}" for n in PLANNERS)
                     + f" | {p['oserve']['deployment']} | {p['homogeneous-tuned']['deployment']} "
                       f"| {p['oserve']['planner_seconds']:.1f} |")
-    lines = ["| model | GPUs | trace | SLO | oserve | homogeneous-tuned | homogeneous | default | oserve plan "
-             "| homogeneous-tuned plan | oserve planner s |", "|---" * 11 + "|"] + rows
+    head = ("| model | GPUs | trace | SLO | oserve | homogeneous-tuned | homogeneous | default | oserve plan "
+            "| homogeneous-tuned plan | oserve planner s |")
+    lines = [head, "|---" * 11 + "|", *rows]
     lines += ["", "| oserve over | n | mean | geomean | best | worst |", "|---|---|---|---|---|---|"]
     summary = {}
     for b, xs in ratios.items():

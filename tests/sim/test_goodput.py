@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from tests.sim.factories import make_sim, run
 
 from oserve.cli.main import main
 from oserve.sim.goodput import search_goodput_scale
 from oserve.sim.metrics import Attainment, slo_attainment
-from tests.sim.factories import make_sim, run
 
 
 def test_attainment_counts_queueing_drops_and_types():

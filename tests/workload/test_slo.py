@@ -72,8 +72,10 @@ def test_full_type_name_and_uncovered_request(tmp_path):
 @pytest.mark.parametrize("text, match", [
     ("default: {ttft_s: 2.0, tpot_s: 0.1}\nattainment: 2\n", r"slo.yaml:2: field 'attainment'"),
     ("default:\n  ttft_s: 2.0\n  tpot: 0.1\n", r"slo.yaml:3: unknown field 'default.tpot'"),
-    ("default: {ttft_s: 2.0}\ntypes:\n  T0: {ttft_s: -1}\n", r"slo.yaml:3: field 'types.T0.ttft_s' must be positive"),
-    ("input_ranges:\n  - {min_input_tokens: 10, ttft_s: 1}\n  - {min_input_tokens: 100, max_input_tokens: 50, ttft_s: 1}\n",
+    ("default: {ttft_s: 2.0}\ntypes:\n  T0: {ttft_s: -1}\n",
+     r"slo.yaml:3: field 'types.T0.ttft_s' must be positive"),
+    ("input_ranges:\n  - {min_input_tokens: 10, ttft_s: 1}\n"
+     "  - {min_input_tokens: 100, max_input_tokens: 50, ttft_s: 1}\n",
      r"slo.yaml:3: field 'input_ranges\[1\].max_input_tokens' must exceed"),
     ("default: {ttft_s: fast}\n", r"slo.yaml:1: field 'default.ttft_s' must be a number"),
     ("default: [1, 2\n", r"slo.yaml:\d+: not valid YAML"),

@@ -33,7 +33,8 @@ after p cached ones adds to such a step):
    grouped by prompt-token load, each with its time share and per-type rate multipliers) are each
    evaluated as stationary at their rates; a type's attainment is the request-weighted mean over
    regimes. Inside a regime, arrivals clump: ``c_a^2`` is the measured index of dispersion of 1-second
-   counts around their window's mean, thinned by the replica's share of the arrivals. This, not a Poisson assumption, is where most misses come from: the Azure traces have
+   counts around their window's mean, thinned by the replica's share of the arrivals. This, not a
+   Poisson assumption, is where most misses come from: the Azure traces have
    windows at 4-6x the median rate in which prefill saturates a replica.
 5. A type's **attainment** in a regime is the mean over its samples of ``P(TTFT ok) * P(TPOT ok)``
    (independence: pessimistic, as both suffer in the same bursts); a regime in which the replica is
@@ -145,8 +146,8 @@ class ReplicaLatencyModel:
         regimes at replay speed ``rate_scale`` (a stationary stream without ``burstiness``).
 
         ``stream_fraction`` is this replica's share of the trace's arrivals (thinning lowers their
-        variability). With ``target``, the heaviest regimes go first and the prediction stops as soon as some type can
-        no longer reach the target; its attainment is then the (below-target) upper bound so far.
+        variability). With ``target``, the heaviest regimes go first and the prediction stops as soon as
+        some type can no longer reach the target; its attainment is then the (below-target) upper bound.
         """
         rates = np.asarray(rates_rps, dtype=float)
         k = len(samples)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 JSON_KEYS = ("p99_e2e_s", "p50_e2e_s", "p90_e2e_s", "p99_ttft_s", "p50_ttft_s", "p99_tpot_s",
              "throughput_rps", "throughput_tok_s", "completed", "dropped", "dropped_by_reason",
-             "slo_attainment", "slo_attainment_per_type", "preemptions", "mean_utilisation", "offered_rps", "sim_wall_s", "replicas")
+             "slo_attainment", "slo_attainment_per_type", "preemptions", "mean_utilisation", "offered_rps",
+             "sim_wall_s", "replicas")
 
 
 def results_by_planner(summaries: dict, plans: dict, scales: list[float]) -> dict:

@@ -39,7 +39,8 @@ class Verification:
 
     def to_dict(self) -> dict:
         return {"verification_requests": self.requests,
-                "shortlist": [{"deployment": p.describe(), "predicted_goodput_scale": p.predicted_goodput_scale,
+                "shortlist": [{"deployment": p.describe(),
+                               "predicted_goodput_scale": p.predicted_goodput_scale,
                                "simulated_goodput_scale": p.simulated_goodput_scale}
                               for p in self.candidates]}
 

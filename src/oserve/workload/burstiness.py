@@ -4,7 +4,8 @@
 arrivals, and most SLO misses happen there. The trace is cut into windows of ``window_s`` (10 s: long
 against a replica's queue relaxation, short against a burst); windows are sorted by their prompt-token
 load and grouped into regimes by time quantile: the lightest half, then 25%, 15%, 6%, 3% and the heaviest
-1% of the windows, and the heaviest window alone (finer towards the bursts, where the misses are). Each regime has its share of the trace's time and per-type rate
+1% of the windows, and the heaviest window alone (finer towards the bursts, where the misses are).
+Each regime has its share of the trace's time and per-type rate
 multipliers (the regime's rate of that type over the trace's). A latency model evaluates each regime at
 its rates as if stationary and weights the regimes by requests. Replaying the trace at ``s`` times its
 rate compresses time, so regimes are formed from windows of ``s * window_s`` trace seconds.
