@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy.special import gammaln, ndtr
@@ -96,9 +97,10 @@ class ReplicaLatencyModel:
     cost: CostModel
     config: ReplicaConfig
     # step-time memos; pass one dict to models of the same hardware split to share them
-    step_cache: dict = field(default_factory=dict, repr=False)
-    _layouts: dict = field(default_factory=dict, repr=False)
-    _chunkings: dict = field(default_factory=dict, repr=False)
+    step_cache: dict[str, dict[tuple[float, float], float]] = field(default_factory=dict, repr=False)
+    _layouts: dict[tuple[tuple[LengthSample, ...], tuple[Slo, ...]], _Layout] = field(
+        default_factory=dict, repr=False)
+    _chunkings: dict[tuple[int, int], _Chunking] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.budget_tokens = self.cost.batched_tokens(self.config)
@@ -115,9 +117,9 @@ class ReplicaLatencyModel:
         key = (b, _q(ctx_per_seq))
         t = self._decode.get(key)
         if t is None:
-            t = self.cost.decode_step_s(self.hw, b, b * key[1])
+            t = float(self.cost.decode_step_s(self.hw, b, b * key[1]))
             self._decode[key] = t
-        return t
+        return float(t)
 
     def chunk_extra_s(self, chunk: int, cached: int) -> float:
         """What a prompt chunk adds to a decode step. The decode batch changes it little (the step's
@@ -129,13 +131,13 @@ class ReplicaLatencyModel:
             c, p = key
             b, ctx = REF_BATCH, REF_CTX_TOKENS
             pp = self.hw.pp
-            if pp > 1:  # as the simulator: the step split into pp micro-batches filling the pipeline
-                step = self.cost.step_time_s(self.hw, ((c / pp, p),), math.ceil(b / pp), b * ctx / pp)
-            else:
-                step = self.cost.step_time_s(self.hw, ((c, p),), b, b * ctx)
+            # as the simulator: with pp > 1 the step is split into pp micro-batches filling the pipeline
+            # (the cost model prices fractional representative chunks, as the simulator's timer does)
+            chunks = cast("tuple[tuple[int, int], ...]", ((c / pp, p),))
+            step = self.cost.step_time_s(self.hw, chunks, math.ceil(b / pp), b * ctx / pp)
             t = max(step - self.cost.decode_step_s(self.hw, b, b * ctx), 0.0)
             self._chunk[key] = t
-        return t
+        return float(t)
 
     # ---- prediction --------------------------------------------------------------------------------
 
@@ -177,13 +179,15 @@ class ReplicaLatencyModel:
         safe = np.where(den > 0, den, 1.0)
         avg = sums / np.where(seen > 0, seen, 1.0)
         avg[0] = sums[0] / safe
-        types = tuple(TypePrediction(*(float(x) for x in avg[:3, t]), float(avg[3, t]), math.nan)
-                      if den[t] > 0 else IDLE for t in range(k))
+        types = tuple(TypePrediction(float(avg[0, t]), float(avg[1, t]), float(avg[2, t]), float(avg[3, t]),
+                                     math.nan) if den[t] > 0 else IDLE for t in range(k))
+        assert heaviest is not None  # there is always at least one regime
         typical = heaviest[1]
         return ReplicaPrediction(types, typical.batch, typical.prefill_frac, typical.queue_utilisation,
                                  typical.overloaded)
 
-    def predict_stationary(self, samples: list[LengthSample], rates_rps, slos: list[Slo],
+    def predict_stationary(self, samples: list[LengthSample], rates_rps: np.ndarray | list[float],
+                           slos: list[Slo],
                            ca2: float = 1.0) -> ReplicaPrediction:
         """Attainment of each type at constant rates on this replica; ``ca2`` is the arrivals' squared
         coefficient of variation (1: Poisson)."""
@@ -237,7 +241,8 @@ class ReplicaLatencyModel:
                                      float(ttft_mean[t])) if rates[t] > 0 else IDLE for t in range(k))
         return ReplicaPrediction(preds, batch, m_frac, rho, False)
 
-    def _steady_batch(self, lay: _Layout, per: np.ndarray, ctx: float):
+    def _steady_batch(self, lay: _Layout, per: np.ndarray,
+                      ctx: float) -> tuple[float, int, _Chunking, float, float]:
         """Fixed point of ``B = out_rate * d(B) / (1 - M(B))`` (d and M vary slowly in B): the batch,
         the prompt tokens a step carries, the chunking, d and M."""
         out_rate = float((per * lay.out).sum())  # decode tokens per second
@@ -280,13 +285,14 @@ class ReplicaLatencyModel:
         key = (id(lay), budget)
         ch = self._chunkings.get(key)
         if ch is None:
-            ex, owner = [], []
+            ex_list: list[float] = []
+            owner_list: list[int] = []
             for idx, i in enumerate(lay.inp):
                 n = max(1, math.ceil(i / budget))
                 for j in range(n):
-                    ex.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget))
-                    owner.append(idx)
-            ex, owner = np.asarray(ex), np.asarray(owner)
+                    ex_list.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget))
+                    owner_list.append(idx)
+            ex, owner = np.asarray(ex_list), np.asarray(owner_list)
             ch = _Chunking(ex, owner, np.bincount(owner, ex, len(lay.inp)),
                            np.bincount(owner, minlength=len(lay.inp)).astype(float),
                            self.chunk_extra_s(budget, budget // 2))
@@ -336,7 +342,7 @@ class _Wait:
 
 
 def _tpot_attainment(outputs: np.ndarray, d: float, q: float, extras: np.ndarray, weights: np.ndarray,
-                     bound_s) -> np.ndarray:
+                     bound_s: float | np.ndarray) -> np.ndarray:
     """P(TPOT <= bound) for each output length (bound a scalar or one per output): ``d + S / (O - 1)``,
     S the sum of a Binomial(O-1, q) number of chunk extras drawn from (extras, weights): exact for 0 or 1
     chunk steps, normal beyond."""

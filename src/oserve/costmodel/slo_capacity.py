@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oserve.costmodel.latency_model import ReplicaLatencyModel
+from oserve.costmodel.latency_model import ReplicaLatencyModel, ReplicaPrediction
 from oserve.workload.burstiness import Burstiness, LengthSample
 from oserve.workload.slo import Slo
 
@@ -46,7 +46,7 @@ def fleet_attainment(models: Sequence[ReplicaLatencyModel], fractions: np.ndarra
     """
     rates = np.asarray(workload.rates_rps) * scale
     att = np.zeros(workload.num_types)
-    seen: dict = {}
+    seen: dict[tuple[int, tuple[float, ...]], ReplicaPrediction] = {}
     # one model and one share for all: the fleet's attainment is the replica's, so the prediction may
     # stop as soon as a type cannot reach the target
     uniform = len({id(m) for m in models}) == 1 and np.allclose(fractions, fractions[:, :1])

@@ -181,7 +181,7 @@ class _PlanDoc(BaseModel):
     online_mistype_rate: float | None = None
     slo: str | None = None
     verification_requests: int | None = None
-    shortlist: list[dict] | None = None
+    shortlist: list[dict[str, Any]] | None = None
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, problem) of the first inconsistency between the lists, or None."""

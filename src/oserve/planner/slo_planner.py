@@ -88,7 +88,7 @@ class GoodputPlanner:
         self.hardware = candidate_configs(cluster, cost, allow_pp)
         self.budgets = budgets
         self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {}
-        self._step_caches: dict[ReplicaConfig, dict] = {}
+        self._step_caches: dict[ReplicaConfig, dict[str, dict[tuple[float, float], float]]] = {}
         self._tuned: list[Candidate] | None = None
 
     def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
@@ -101,7 +101,7 @@ class GoodputPlanner:
         return predicted_goodput_scale([self.model(r.config) for r in replicas], fractions, self.workload,
                                        start=self._start(replicas))
 
-    def _start(self, replicas) -> float:
+    def _start(self, replicas: tuple[Replica, ...]) -> float:
         """A starting scale for the bracket: the throughput the replicas carry, halved."""
         loads = [TypeLoad(s.mean_input_tokens, s.mean_output_tokens) for s in self.stats]
         demand = np.asarray(self.workload.rates_rps)
@@ -132,7 +132,10 @@ class GoodputPlanner:
             n -= 1
         if n <= 0:
             return None
-        replicas = tuple(pack({cfg: n}, self.cluster))
+        packed = pack({cfg: n}, self.cluster)
+        if packed is None:
+            return None
+        replicas = tuple(packed)
         fractions = np.full((self.workload.num_types, n), 1.0 / n)
         # identical replicas with identical shares: one prediction per scale
         return Candidate(kind, replicas, fractions, self.predicted_scale(replicas, fractions))
@@ -154,6 +157,8 @@ class GoodputPlanner:
                     att = fleet_attainment([model] * n, fr, self.workload, 1.0)
                     if meets_target(att, self.workload) and fits_cluster({cfg: n}, self.cluster):
                         cand = self._replicated(cfg, "min-gpus", n)
+                        if cand is None:
+                            break
                         if best is None or (cand.num_gpus, -cand.predicted_scale) < \
                                 (best.num_gpus, -best.predicted_scale):
                             best = cand
@@ -211,7 +216,7 @@ class GoodputPlanner:
         return sorted(pool, key=lambda c: -c.predicted_scale)
 
 
-def _deployment(c: Candidate) -> tuple:
+def _deployment(c: Candidate) -> tuple[tuple[ReplicaConfig, ...], bytes]:
     return tuple(sorted(r.config for r in c.replicas)), np.round(c.fractions, 6).tobytes()
 
 

@@ -48,7 +48,7 @@ class Burstiness:
     window_s: float = WINDOW_S
     num_regimes: int = NUM_REGIMES
     within_idc: float = 1.0  # index of dispersion of 1-s counts around their 10-s window's mean
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict[int, list[Regime]] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def poisson() -> Burstiness:
@@ -80,7 +80,8 @@ class Burstiness:
         return self._cache[key]
 
     def _regimes(self, rate_scale: float) -> list[Regime]:
-        width = max(1, int(round(self.window_s * rate_scale)))
+        assert self.counts is not None and self.tokens is not None  # regimes() checked
+        width = max(1, round(self.window_s * rate_scale))
         nwin = len(self.tokens) // width
         if nwin < 2:  # the whole trace fits in one window: no burst to speak of at this speed
             return [Regime(1.0, (1.0,) * self.counts.shape[1])]

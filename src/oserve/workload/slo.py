@@ -178,7 +178,7 @@ class _Node:
 
     value: object
     line: int
-    children: dict = field(default_factory=dict)
+    children: dict[str, _Node] = field(default_factory=dict)
 
 
 def _tree(node: yaml.Node) -> _Node:
@@ -257,7 +257,7 @@ def _seconds(node: _Node, path: str, name: str) -> float:
     return v
 
 
-def _slo(node: _Node, path: str, name: str, extra: set[str] = frozenset()) -> Slo:
+def _slo(node: _Node, path: str, name: str, extra: frozenset[str] = frozenset()) -> Slo:
     if not isinstance(node.value, dict):
         raise ConfigError(f"{path}:{node.line}: field '{name}' must be a mapping with ttft_s/tpot_s")
     _known(node, path, f"{name}.", {"ttft_s", "tpot_s"} | set(extra))
@@ -276,7 +276,7 @@ def _tokens(node: _Node, path: str, name: str) -> int:
 
 
 def _range_rule(node: _Node, path: str, name: str) -> SloRule:
-    slo = _slo(node, path, name, {"min_input_tokens", "max_input_tokens"})
+    slo = _slo(node, path, name, frozenset({"min_input_tokens", "max_input_tokens"}))
     c = node.children
     lo = _tokens(c["min_input_tokens"], path, f"{name}.min_input_tokens") if "min_input_tokens" in c else 0
     hi = _tokens(c["max_input_tokens"], path, f"{name}.max_input_tokens") if "max_input_tokens" in c \
