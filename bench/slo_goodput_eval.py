@@ -105,8 +105,8 @@ def report(results_dir: Path) -> str:
         for n in PLANNERS:
             sim, pred = p[n].get("simulated_attainment"), p[n].get("predicted_attainment")
             if sim and pred:
-                model_err += [abs(s - q) for s, q in zip(sim, pred) if s is not None]
-        rows.append(f"| {r['model']} | {r['num_gpus']} | {r['trace']} | {r['slo'].split(',')[0]}... "
+                model_err += [q - s for s, q in zip(sim, pred) if s is not None]
+        rows.append(f"| {r['model']} | {r['num_gpus']} | {r['trace']} | {path.stem.rsplit('_', 1)[-1]} "
                     f"| " + " | ".join(f"{g[n]:.3f}" for n in PLANNERS)
                     + f" | {p['oserve']['deployment']} | {p['homogeneous-tuned']['deployment']} "
                       f"| {p['oserve']['planner_seconds']:.1f} |")
@@ -124,12 +124,14 @@ def report(results_dir: Path) -> str:
             lines.append(f"| {b} | {s['n']} | {s['mean']:.3f} | {s['geomean']:.3f} | {s['best']:.3f} "
                          f"| {s['worst']:.3f} |")
     if model_err:
-        e = np.asarray(model_err)
-        summary["model_abs_error_attainment"] = {"n": len(e), "median": float(np.median(e)),
-                                                 "p90": float(np.percentile(e, 90))}
+        signed = np.asarray(model_err)
+        e = np.abs(signed)
+        summary["model_error_attainment"] = {"n": len(e), "abs_median": float(np.median(e)),
+                                             "abs_p90": float(np.percentile(e, 90)),
+                                             "mean_signed": float(signed.mean())}
         lines += ["", f"Latency model vs simulator, per-type attainment at the simulated goodput scale: "
-                      f"|predicted - simulated| median {np.median(e):.3f}, p90 {np.percentile(e, 90):.3f} "
-                      f"over {len(e)} (plan, type) pairs."]
+                      f"|predicted - simulated| median {np.median(e):.3f}, p90 {np.percentile(e, 90):.3f}, "
+                      f"mean signed {signed.mean():+.3f} over {len(e)} (plan, type) pairs."]
     (results_dir.parent / f"{results_dir.name}_summary.json").write_text(json.dumps(summary, indent=2))
     text = "\n".join(lines)
     (results_dir.parent / f"{results_dir.name}_summary.md").write_text(text + "\n")

@@ -207,17 +207,17 @@ class GoodputPlanner:
             raise InfeasiblePlanError("no configuration fits the cluster")
         pool = [tuned[0]]
         searched = self.searched()
-        if searched is not None and _deployment(searched) != _deployment(tuned[0]):
-            pool.append(searched)
-        for c in tuned[1:]:
+        for c in [searched, *tuned[1:]]:
             if len(pool) >= size:
                 break
-            pool.append(c)
+            # one candidate per deployment (the search may return a tuned fleet with near-even shares)
+            if c is not None and all(_deployment(c) != _deployment(p) for p in pool):
+                pool.append(c)
         return sorted(pool, key=lambda c: -c.predicted_scale)
 
 
-def _deployment(c: Candidate) -> tuple[tuple[ReplicaConfig, ...], bytes]:
-    return tuple(sorted(r.config for r in c.replicas)), np.round(c.fractions, 6).tobytes()
+def _deployment(c: Candidate) -> tuple[ReplicaConfig, ...]:
+    return tuple(sorted(r.config for r in c.replicas))
 
 
 def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], objective: str,
