@@ -43,11 +43,20 @@ PROGRESS_EVERY = 2000
 
 @dataclass(frozen=True)
 class ReplicaSetup:
-    """What the simulator needs of one replica: a label, a step timer and its KV blocks."""
+    """What the simulator needs of one replica: a label, a step timer, its KV blocks and, when the plan
+    sets them, its own engine settings (which override the simulation's global ones)."""
 
     label: str
     timer: StepTimer
     kv_blocks: int
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+
+    def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
+        """This replica's batching: the simulation's, with the replica's own engine settings."""
+        return BatchingConfig(base.mode, self.max_num_seqs or base.max_num_seqs,
+                              self.max_num_batched_tokens or base.max_num_batched_tokens,
+                              int(watermark_frac * self.kv_blocks))
 
 
 def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel,
@@ -61,8 +70,10 @@ def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel,
     for cfg in configs:
         if not cost_model.fits(cfg):
             raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
-        timer = timers.setdefault(cfg, CostModelStepTimer(cost_model, cfg))
-        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt))
+        # step times do not depend on engine settings: replicas of one hardware split share a cache
+        timer = timers.setdefault(cfg.hardware, CostModelStepTimer(cost_model, cfg.hardware))
+        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt,
+                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None))
     return out
 
 
@@ -110,10 +121,8 @@ class Simulation:
 
     def add_replica(self, setup: ReplicaSetup) -> int:
         """A new replica (routed to once ``set_dispatch`` names it); returns its id."""
-        b = self.batching
         rep = ReplicaSim(len(self.replicas), setup.timer, BlockPool(setup.kv_blocks, self.block_tokens),
-                         BatchingConfig(b.mode, b.max_num_seqs, b.max_num_batched_tokens,
-                                        int(self.config.watermark_frac * setup.kv_blocks)),
+                         setup.batching(self.batching, self.config.watermark_frac),
                          self.config.util_bin_s, self.decode_runs)
         self.replicas.append(rep)
         self.setups.append(setup)
