@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from oserve.common.errors import ConfigError, InputFormatError
+from oserve.workload import fast_csv
 
 BUILTIN_TRACES = {
     "azure-conv": ("azure2023_conv.csv",),
@@ -102,7 +103,8 @@ class Trace:
         )
 
 
-def _from_columns(times: list[float], inputs: list[int], outputs: list[int], name: str) -> Trace:
+def _from_columns(times: list[float] | np.ndarray, inputs: list[int] | np.ndarray,
+                  outputs: list[int] | np.ndarray, name: str) -> Trace:
     arrival = np.asarray(times, dtype=np.float64)
     order = np.argsort(arrival, kind="stable")
     arrival = arrival[order]
@@ -167,6 +169,9 @@ def _load_csv(path: Path) -> Trace:
                 raise InputFormatError(str(path), 1, None,
                                        f"header {header} has none of the columns {list(options)}")
         time_scale = 1e-3 if time_col in TIME_COLUMNS_MS else 1.0
+        fast = _load_csv_vectorised(path, time_col, in_col, out_col, is_azure, time_scale)
+        if fast is not None:
+            return fast
         times, inputs, outputs = [], [], []
         for row in reader:
             line = reader.line_num
@@ -179,6 +184,21 @@ def _load_csv(path: Path) -> Trace:
     if not times:
         raise InputFormatError(str(path), None, None, "trace has no requests")
     return _from_columns(times, inputs, outputs, path.stem)
+
+
+def _load_csv_vectorised(path: Path, time_col: str, in_col: str, out_col: str, is_azure: bool,
+                         time_scale: float) -> Trace | None:
+    """The trace by whole-column parsing (1M rows well under a second), or None where the file is not
+    in the plain layout or holds a bad value: the row-by-row loop then parses it or names the error."""
+    kinds = {time_col: fast_csv.AZURE_TIME if is_azure else fast_csv.DECIMAL,
+             in_col: fast_csv.COUNT, out_col: fast_csv.COUNT}
+    if len(kinds) < 3:
+        return None
+    cols = fast_csv.parse_columns(path, kinds)
+    if cols is None or cols[in_col].min() < 1 or cols[out_col].min() < 1:
+        return None
+    times = cols[time_col] if is_azure else cols[time_col] * time_scale
+    return _from_columns(times, cols[in_col], cols[out_col], path.stem)
 
 
 def _load_jsonl(path: Path) -> Trace:
