@@ -43,9 +43,10 @@ def run_cases(out_path: str) -> None:
         for planner in PLANNERS + extra:
             t0 = time.perf_counter()
             try:
-                search = SearchParams(min_gain_over_homogeneous=0.0) if planner == "oserve-raw" else SearchParams()
+                raw = planner == "oserve-raw"
+                search = SearchParams(min_gain_over_homogeneous=0.0) if raw else SearchParams()
                 plan = make_plan(parse_cluster(spec), load_models().get(model_name), stats_of[trace_name],
-                                 "oserve" if planner == "oserve-raw" else planner, search=search)
+                                 "oserve" if raw else planner, search=search)
                 d = plan.to_dict()
                 d.pop("planner_seconds")
             except Exception as exc:  # an error is a result to compare too
@@ -58,15 +59,17 @@ def run_cases(out_path: str) -> None:
 
 def compare(old: dict, new: dict, label: str) -> tuple[list[dict], str]:
     rows = [{"case": k, "same_plan": old[k]["plan"] == new[k]["plan"], "baseline_s": round(old[k]["s"], 3),
-             "s": round(new[k]["s"], 3), "deployment": new[k]["plan"].get("deployment", new[k]["plan"].get("error"))}
+             "s": round(new[k]["s"], 3),
+             "deployment": new[k]["plan"].get("deployment", new[k]["plan"].get("error"))}
             for k in old if k in new]
     same = sum(r["same_plan"] for r in rows)
     lines = [f"Baseline: {label}. {same} of {len(rows)} plans identical (plan dicts without "
              "planner_seconds). Times are wall seconds of the two runs, one after the other on a shared, "
              "loaded 2-core machine: indicative only.", "",
-             "| case (trace, model, cluster, planner) | same | baseline s | s | deployment |", "|---|---|---|---|---|"]
-    lines += [f"| {r['case'].replace('|', ', ')} | {'yes' if r['same_plan'] else 'NO'} | {r['baseline_s']:.2f} | "
-              f"{r['s']:.2f} | {r['deployment']} |" for r in rows]
+             "| case (trace, model, cluster, planner) | same | baseline s | s | deployment |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['case'].replace('|', ', ')} | {'yes' if r['same_plan'] else 'NO'} | "
+              f"{r['baseline_s']:.2f} | {r['s']:.2f} | {r['deployment']} |" for r in rows]
     return rows, "\n".join(lines) + "\n"
 
 

@@ -294,9 +294,9 @@ def markdown(report: dict) -> str:
                 lines.append(f"| - | {r['requests']:,} | > {r['timed_out_s']:.0f} (stopped) | - | - | - "
                              "| - | - |")
             else:
-                lines.append(f"| {r['replicas']} | {r['requests']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                             f"{r['events']:,} | {r['requests_per_cpu_s']:,} | {r['cpu_us_per_event']:.1f} | "
-                             f"{r['peak_rss_mb']} |")
+                lines.append(f"| {r['replicas']} | {r['requests']:,} | {r['wall_s']:.1f} | "
+                             f"{r['cpu_s']:.1f} | {r['events']:,} | {r['requests_per_cpu_s']:,} | "
+                             f"{r['cpu_us_per_event']:.1f} | {r['peak_rss_mb']} |")
     lines += ["", f"Request counts above {sim['max_requests']:,} were not run (`--max-requests`)."]
     return "\n".join(lines) + "\n"
 
@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "load_avg_before": os.getloadavg(), "git_revision": git_revision(),
-              "command": "python bench/scale_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": " ".join(["python bench/scale_bench.py",
+                                   *(argv if argv is not None else sys.argv[1:])])}
     report["planner"] = planner_section(sizes, args.baseline_src, args.baseline_timeout_s,
                                         {"one": args.baseline_max_gpus, "four": args.baseline_max_gpus_four})
     report["startup"] = startup_section()

@@ -22,7 +22,8 @@ def test_scale_bench_tiny_run_writes_every_section(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "tiny.json").read_text())
     assert [(r["gpu_types"], r["gpus"], r["planner"]) for r in report["planner"]] == \
         [(1, 16, p) for p in bench.PLANNERS] + [(4, 32, p) for p in bench.PLANNERS]
-    assert all(r["demand_scale"] > 0 and r["cpu_s"] > 0 and "x[" in r["deployment"] for r in report["planner"])
+    assert all(r["demand_scale"] > 0 and r["cpu_s"] > 0 and "x[" in r["deployment"]
+               for r in report["planner"])
     loads = report["trace_loading"]
     assert loads["vectorised"]["rows"] == loads["row loop"]["rows"] == 3000
     sims = report["simulator"]["by_requests"] + report["simulator"]["by_replicas"]

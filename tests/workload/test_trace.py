@@ -17,7 +17,8 @@ def test_builtin_azure_traces_load_sorted_and_complete():
     assert conv.input_tokens.min() >= 1 and conv.output_tokens.min() >= 1
     mix = load_trace("azure-mix")
     assert len(mix) == len(conv) + len(code)
-    assert sorted(mix.input_tokens.tolist()) == sorted(conv.input_tokens.tolist() + code.input_tokens.tolist())
+    both = conv.input_tokens.tolist() + code.input_tokens.tolist()
+    assert sorted(mix.input_tokens.tolist()) == sorted(both)
 
 
 def test_azure_timestamp_fraction_parsed(tmp_path):
@@ -95,7 +96,8 @@ def test_merge_keeps_every_request():
 def _both_ways(path, monkeypatch):
     """The trace loaded by the vectorised path and by the row-by-row loop, plus whether the fast path
     answered (it declines with None for anything outside the plain layout)."""
-    from oserve.workload import fast_csv, trace as trace_mod
+    from oserve.workload import fast_csv
+    from oserve.workload import trace as trace_mod
 
     fast_answered = []
     real = fast_csv.parse_columns

@@ -44,7 +44,7 @@ def _solve_minmax(demand: np.ndarray, cap_total: np.ndarray, fixed: dict[int, fl
     nv = len(pairs) + 1  # last variable is t
     a_eq = np.zeros((num_t, nv))
     b_eq = np.zeros(num_t)
-    for (t, c), i in index.items():
+    for (t, _c), i in index.items():
         a_eq[t, i] = 1.0
     b_eq[:] = demand
     rows_eq = [t for t in range(num_t) if demand[t] > 0]

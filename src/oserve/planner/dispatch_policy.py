@@ -21,8 +21,8 @@ state back, and the random generator, when a policy needs one, is injected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -21,7 +21,8 @@ from oserve.common.errors import InfeasiblePlanError
 from oserve.planner.problem import Counts, PlanningProblem
 
 
-def _flow_rows(problem: PlanningProblem, count_coef: np.ndarray):
+def _flow_rows(problem: PlanningProblem,
+               count_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Rows shared by both MILPs over variables [flows (nf), per-config column (num_c), lam].
 
     Flow conservation ``sum_c f[t][c] - lam d[t] = 0`` and capacity

@@ -5,6 +5,7 @@ configuration for this traffic, replicated: the static baseline given the same k
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 from oserve.common.errors import ConfigError, InfeasiblePlanError
 from oserve.planner.milp import best_homogeneous
@@ -121,7 +122,8 @@ def exhaustive(problem: PlanningProblem) -> Counts:
     if total > MAX_EXHAUSTIVE_GPUS:
         raise ConfigError(f"exhaustive planning is limited to {MAX_EXHAUSTIVE_GPUS} GPUs "
                           f"(cluster has {total}); use --planner oserve")
-    best, best_scale = None, 0.0
+    best: Counts | None = None
+    best_scale = 0.0
     for counts in _maximal_vectors(problem):
         s = problem.scale(counts)
         if s > best_scale * (1 + 1e-9) or (best is not None and abs(s - best_scale) <= best_scale * 1e-9
@@ -132,7 +134,7 @@ def exhaustive(problem: PlanningProblem) -> Counts:
     return best
 
 
-def _maximal_vectors(problem: PlanningProblem):
+def _maximal_vectors(problem: PlanningProblem) -> Iterator[Counts]:
     """Count vectors within the GPU budget that leave no room for another replica.
 
     Leaving GPUs idle never raises the demand scale, so only maximal vectors can be optimal.
@@ -141,7 +143,7 @@ def _maximal_vectors(problem: PlanningProblem):
     smallest = {t: min((c.num_gpus for c in configs if c.gpu_type == t), default=10 ** 9)
                 for t in problem.gpu_budget}
 
-    def walk(i: int, free: dict[str, int], prefix: list[int]):
+    def walk(i: int, free: dict[str, int], prefix: list[int]) -> Iterator[Counts]:
         if i == len(configs):
             if all(free[t] < smallest[t] for t in free):
                 yield tuple(prefix)

@@ -57,8 +57,8 @@ def parse_columns(path: Path, kinds: dict[str, str]) -> dict[str, np.ndarray] | 
     # lines end in \n or \r\n (the Azure files); a \r anywhere else, or a quote, is for the csv module
     crlf = data[ends - 1] == 13
     seen = np.bincount(data[body_start:size], minlength=256)
-    if seen[13] != np.count_nonzero(crlf) or seen[ord('"')]:
-        return None
+    if seen[13] != np.count_nonzero(crlf) or seen[ord('"')] or seen[0] or seen[128:].any():
+        return None  # NUL and non-ASCII bytes too: the text reader decides what a binary file is
     starts = np.concatenate([[body_start], ends[:-1] + 1])
     fields = _fields(data, starts, ends - crlf, len(header))
     if fields is None:
@@ -92,8 +92,8 @@ def _fields(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
 
 def _window(data: np.ndarray, begin: np.ndarray, width: int) -> np.ndarray:
     """The ``width`` bytes from each offset in ``begin`` as a (lines, width) matrix (``width`` <= _PAD)."""
-    rows = as_strided(data, shape=(len(data) - _PAD, width), strides=(1, 1), writeable=False)
-    return rows[begin]
+    rows: np.ndarray = as_strided(data, shape=(len(data) - _PAD, width), strides=(1, 1), writeable=False)
+    return np.asarray(rows[begin])
 
 
 def _digits(data: np.ndarray, begin: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -160,7 +160,7 @@ def _azure_times(data: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.nda
     seconds = whole.astype(np.float64)
     has_fraction = width > base
     if not has_fraction.any():
-        return seconds
+        return np.asarray(seconds)
     if np.any(data[begin[has_fraction] + base] != ord(".")):
         return None
     frac_begin, frac_end = begin[has_fraction] + base + 1, end[has_fraction]
@@ -170,13 +170,13 @@ def _azure_times(data: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.nda
     value, num_digits = parsed
     fraction = np.zeros(len(begin))
     fraction[has_fraction] = value.astype(np.float64) / _POW10[num_digits]
-    return seconds + fraction
+    return np.asarray(seconds + fraction)
 
 
 def _days_in_month(year: np.ndarray, month: np.ndarray) -> np.ndarray:
     leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
     days = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 1, 12) - 1]
-    return days + ((month == 2) & leap)
+    return np.asarray(days + ((month == 2) & leap))
 
 
 def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
@@ -186,4 +186,4 @@ def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np
     yoe = y - era * 400
     doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
+    return np.asarray(era * 146097 + doe - 719468)

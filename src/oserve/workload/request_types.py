@@ -150,7 +150,8 @@ def fit_request_types(trace: Trace, k: int = 4, seed: int = 0, max_points: int =
         raise ConfigError(f"number of request types must be >= 1, got {k}")
     if len(trace) < k:
         raise ConfigError(f"trace '{trace.name}' has {len(trace)} requests, fewer than k={k} types")
-    key = type_cache.cache_key(trace.input_tokens, trace.output_tokens, k, seed, max_points) if cache else None
+    key = (type_cache.cache_key(trace.input_tokens, trace.output_tokens, k, seed, max_points)
+           if cache else None)
     cached = type_cache.load(key, k) if key else None
     if cached is not None:
         centroids, log_edges, bin_type = cached

@@ -52,7 +52,11 @@ def _entry(key: str) -> Path | None:
     return None if root is None else root / "request_types" / f"{key}.json"
 
 
-def load(key: str, k: int):
+Centroids = tuple[tuple[float, float], ...]
+Entry = tuple[Centroids, tuple[float, ...], tuple[int, ...]]
+
+
+def load(key: str, k: int) -> Entry | None:
     """(centroids, log_edges, bin_type) stored under ``key``, or None."""
     path = _entry(key)
     if path is None:
@@ -71,7 +75,8 @@ def load(key: str, k: int):
     return centroids, edges, bins
 
 
-def store(key: str, k: int, centroids, log_edges, bin_type) -> None:
+def store(key: str, k: int, centroids: Centroids, log_edges: tuple[float, ...],
+          bin_type: tuple[int, ...]) -> None:
     path = _entry(key)
     if path is None:
         return
