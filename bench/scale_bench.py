@@ -234,17 +234,17 @@ def _sim_in_child(spec: dict, timeout_s: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def sim_section(sizes: dict, max_requests: int, timeout_s: float) -> dict:
+def sim_section(sizes: dict, max_requests: int, timeout_s: float, per_replica: int) -> dict:
     by_requests = []
     for n in (n for n in sizes["requests"] if n <= max_requests):
         by_requests.append(_sim_in_child({"cluster": f"{SIM_GPUS // 8}x8xH100", "requests": n}, timeout_s))
         print("sim", by_requests[-1], file=sys.stderr, flush=True)
     by_replicas = []
     for r in sizes["replicas"]:  # the default plan runs Llama-2-70B as TP4: two replicas per node
-        n = min(REQUESTS_PER_REPLICA * r, max_requests)
+        n = min(per_replica * r, max_requests)
         by_replicas.append(_sim_in_child({"cluster": f"{max(1, r // 2)}x8xH100", "requests": n}, timeout_s))
         print("sim", by_replicas[-1], file=sys.stderr, flush=True)
-    return {"by_requests": by_requests, "by_replicas": by_replicas,
+    return {"by_requests": by_requests, "by_replicas": by_replicas, "requests_per_replica": per_replica,
             "max_requests": max_requests, "case_timeout_s": timeout_s}
 
 
@@ -284,7 +284,7 @@ def markdown(report: dict) -> str:
     sim = report["simulator"]
     for key, title in (("by_requests", f"Simulator vs requests ({SIM_GPUS} GPUs, default plan, "
                                         f"{LOAD_OF_CAPACITY:.0%} of predicted capacity)"),
-                       ("by_replicas", f"Simulator vs replicas ({REQUESTS_PER_REPLICA} requests per "
+                       ("by_replicas", f"Simulator vs replicas ({sim['requests_per_replica']} requests per "
                                         f"replica, {LOAD_OF_CAPACITY:.0%} of predicted capacity)")):
         lines += ["", f"### {title}", "",
                   "| replicas | requests | wall s | CPU s | events | requests/CPU s | CPU us/event "
@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=None,
                     help="largest simulated request count (default 10M, 10k with --quick)")
     ap.add_argument("--trace-rows", type=int, default=None, help="rows of the loading test (default 1M)")
+    ap.add_argument("--requests-per-replica", type=int, default=REQUESTS_PER_REPLICA,
+                    help="simulated requests per replica in the replica sweep (same duration at every size)")
     ap.add_argument("--sim-timeout-s", type=float, default=1800.0, help="stop one simulation after this")
     ap.add_argument("--baseline-src", default=None, help="source tree to time the same planner cases on")
     ap.add_argument("--baseline-timeout-s", type=float, default=300.0)
@@ -368,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                                         {"one": args.baseline_max_gpus, "four": args.baseline_max_gpus_four})
     report["startup"] = startup_section()
     report["trace_loading"] = trace_section(trace_rows, min(trace_rows, 100_000))
-    report["simulator"] = sim_section(sizes, max_requests, args.sim_timeout_s)
+    report["simulator"] = sim_section(sizes, max_requests, args.sim_timeout_s, args.requests_per_replica)
     report["load_avg_after"] = os.getloadavg()
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=1))
     (out / f"{args.name}.md").write_text(markdown(report))

@@ -174,6 +174,8 @@ def test_vectorised_decimals_round_like_float(tmp_path, monkeypatch):
      3, "ContextTokens"),
     ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47.x,1,1\n",
      3, "TIMESTAMP"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47,1,20000000\n",
+     3, "GeneratedTokens"),  # plain digits, but beyond MAX_TOKENS_PER_REQUEST
 ])
 def test_values_the_fast_path_rejects_still_get_the_row_loaders_error(tmp_path, content, line, field):
     f = tmp_path / "bad.csv"
