@@ -53,7 +53,7 @@ def _replicated_per_type(problem: PlanningProblem) -> list[list[Counts]]:
 
 def _first_of_ties(problem: PlanningProblem, per_type: list[list[Counts]], start: Counts) -> Counts:
     """From the best-scale combination, walk to the one the enumeration keeps among equal scales."""
-    choice = [next(j for j, o in enumerate(options) if any(a and b for a, b in zip(o, start)))
+    choice = [next((j for j, o in enumerate(options) if any(a and b for a, b in zip(o, start))), 0)
               for options in per_type]
 
     def counts_of(ch: list[int]) -> Counts:
