@@ -18,7 +18,7 @@ def test_scale_bench_tiny_run_writes_every_section(tmp_path, monkeypatch):
     bench = _load()
     monkeypatch.setattr(bench, "QUICK", {"one": (16,), "four": (32,), "requests": (300,), "replicas": (2,)})
     assert bench.main(["--quick", "--max-requests", "300", "--trace-rows", "3000",
-                       "--out", str(tmp_path), "--name", "tiny"]) == 0
+                       "--requests-per-replica", "150", "--out", str(tmp_path), "--name", "tiny"]) == 0
     report = json.loads((tmp_path / "tiny.json").read_text())
     assert [(r["gpu_types"], r["gpus"], r["planner"]) for r in report["planner"]] == \
         [(1, 16, p) for p in bench.PLANNERS] + [(4, 32, p) for p in bench.PLANNERS]
