@@ -221,8 +221,19 @@ def _sim_case(spec: dict) -> dict:
             "requests_per_s": round(len(res.arrival_s) / wall),
             "requests_per_cpu_s": round(len(res.arrival_s) / cpu),
             "cpu_us_per_event": round(cpu / res.num_events * 1e6, 2),
-            "completed": int(res.completed.sum()),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "completed": int(res.completed.sum()), "peak_rss_mb": round(_peak_rss_mb())}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux keeps ``ru_maxrss`` across exec (a child would report its parent's
+    size at fork), so read the address space's own high-water mark where there is one."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sim_in_child(spec: dict, timeout_s: float) -> dict:
@@ -256,7 +267,10 @@ def markdown(report: dict) -> str:
              f"{report['load_avg_before'][0]:.1f} before, {report['load_avg_after'][0]:.1f} after: "
              "wall times on a shared, loaded machine, so CPU seconds are given beside them and ratios "
              "within one run are what count), "
-             f"git {report['git_revision']}, `{report['command']}`.", "",
+             f"git {report['git_revision']}, `{report['command']}`."
+             + (f" Sections not rerun come from the run of {report['reused']['utc']} "
+                f"(`{report['reused']['command']}`, load {report['reused']['load_avg_before'][0]:.1f})."
+                if "reused" in report else ""), "",
              f"### Planner ({MODEL}, {TRACE}; seconds of `make_plan`)", ""]
     has_base = any("baseline_seconds" in r for r in report["planner"])
     head = "| GPU types | GPUs | planner | wall s | CPU s | deployment |"
@@ -351,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="largest four-GPU-type case run on the baseline")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--name", default="scale_bench", help="file name stem of the results")
+    ap.add_argument("--sections", default="planner,startup,trace,sim",
+                    help="sections to run (the others are taken from --reuse)")
+    ap.add_argument("--reuse", default=None, metavar="JSON", help="an earlier report to take the other "
+                    "sections from (its command and load are kept in 'reused')")
     ap.add_argument("--sim-case", default=None, help=argparse.SUPPRESS)  # internal: one child run
     args = ap.parse_args(argv)
     if args.sim_case:
@@ -366,11 +384,22 @@ def main(argv: list[str] | None = None) -> int:
               "load_avg_before": os.getloadavg(), "git_revision": git_revision(),
               "command": " ".join(["python bench/scale_bench.py",
                                    *(argv if argv is not None else sys.argv[1:])])}
-    report["planner"] = planner_section(sizes, args.baseline_src, args.baseline_timeout_s,
-                                        {"one": args.baseline_max_gpus, "four": args.baseline_max_gpus_four})
-    report["startup"] = startup_section()
-    report["trace_loading"] = trace_section(trace_rows, min(trace_rows, 100_000))
-    report["simulator"] = sim_section(sizes, max_requests, args.sim_timeout_s, args.requests_per_replica)
+    sections = set(args.sections.split(","))
+    earlier = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+    if earlier:
+        report["reused"] = {k: earlier[k] for k in ("utc", "command", "git_revision", "load_avg_before",
+                                                     "load_avg_after")}
+    baseline_max = {"one": args.baseline_max_gpus, "four": args.baseline_max_gpus_four}
+    runners = {  # section name -> (report key, how to run it)
+        "planner": ("planner", lambda: planner_section(sizes, args.baseline_src, args.baseline_timeout_s,
+                                                       baseline_max)),
+        "startup": ("startup", startup_section),
+        "trace": ("trace_loading", lambda: trace_section(trace_rows, min(trace_rows, 100_000))),
+        "sim": ("simulator", lambda: sim_section(sizes, max_requests, args.sim_timeout_s,
+                                                 args.requests_per_replica)),
+    }
+    for name, (key, run) in runners.items():
+        report[key] = run() if name in sections or key not in earlier else earlier[key]
     report["load_avg_after"] = os.getloadavg()
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=1))
     (out / f"{args.name}.md").write_text(markdown(report))

@@ -34,6 +34,14 @@ def test_scale_bench_tiny_run_writes_every_section(tmp_path, monkeypatch):
     text = (tmp_path / "tiny.md").read_text()
     assert "### Planner" in text and "### Simulator vs replicas" in text
     assert (tmp_path / "tiny.png").stat().st_size > 1000
+    # rerun one section, the others taken from the first report
+    assert bench.main(["--quick", "--max-requests", "300", "--requests-per-replica", "150", "--sections",
+                       "trace", "--trace-rows", "2000", "--reuse", str(tmp_path / "tiny.json"),
+                       "--out", str(tmp_path), "--name", "again"]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["trace_loading"]["vectorised"]["rows"] == 2000
+    assert again["planner"] == report["planner"] and again["simulator"] == report["simulator"]
+    assert again["reused"]["utc"] == report["utc"]
 
 
 def test_tiled_trace_repeats_lengths_and_gaps():
