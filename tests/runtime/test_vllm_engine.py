@@ -10,7 +10,6 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,13 +37,6 @@ DATA = Path(__file__).parent / "data"
 STANDIN = Path(__file__).parent / "vllm_standin"
 
 
-@dataclass(frozen=True, order=True)
-class ConfigWithSettings(ReplicaConfig):
-    """Test double for a ReplicaConfig carrying the goodput issue's engine settings."""
-
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-
 
 def test_the_launcher_is_chosen_by_the_replicas_device():
     assert launcher_device(ReplicaConfig("cpu")) == "cpu"
@@ -58,7 +50,7 @@ def test_the_launcher_is_chosen_by_the_replicas_device():
 
 def test_engine_settings_are_passed_only_when_the_plan_sets_them():
     assert engine_settings(ReplicaConfig("cpu")) == {}
-    config = ConfigWithSettings("cpu", max_num_batched_tokens=512, max_num_seqs=4)
+    config = ReplicaConfig("cpu", max_num_batched_tokens=512, max_num_seqs=4)
     assert engine_settings(config) == {"max_num_seqs": 4, "max_num_batched_tokens": 512}
     cmd = vllm_command(launch_for_replica(Replica(0, (0,), config), "/m", "m", 1, python="/py"))
     assert cmd[cmd.index("--max-num-seqs") + 1] == "4"

@@ -9,8 +9,6 @@ otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from oserve.costmodel.replica_config import ReplicaConfig
@@ -19,14 +17,6 @@ from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.vllm_launch import CPU_API_SERVER_MODULE, launch_for_replica, vllm_command
 
 from .vllm_fixtures import parse_with_vllm, require_vllm_python
-
-
-@dataclass(frozen=True, order=True)
-class ConfigWithSettings(ReplicaConfig):
-    """Test double for a ReplicaConfig that carries the goodput issue's engine settings."""
-
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
 
 
 def server_args(cmd: list[str]) -> list[str]:
@@ -43,7 +33,7 @@ def gpu_replicas() -> list[Replica]:
         for precision in ("bf16", "fp16", "fp32", "fp8"):
             replicas.append(Replica(rid, tuple(range(tp * pp)), ReplicaConfig("H100", tp, pp, precision)))
             rid += 1
-    replicas.append(Replica(rid, (0, 1), ConfigWithSettings("A100", 2, 1, "bf16", 2048, 64)))
+    replicas.append(Replica(rid, (0, 1), ReplicaConfig("A100", 2, 1, "bf16", 2048, 64)))
     return replicas
 
 
@@ -60,12 +50,12 @@ def planned_replicas() -> list[Replica]:
     return list(plan.replicas)
 
 
-CPU_SETTINGS = [(None, None), (512, 8), (4096, 256)]
+CPU_SETTINGS = [(0, 0), (512, 8), (4096, 256)]  # 0: vLLM's default
 RENAMED_FLAG = ["m", "--tensor-parallel-degree", "2"]  # not a vLLM flag: the check must reject it
 
 
 def cpu_replicas() -> list[Replica]:
-    return [Replica(i, (i,), ConfigWithSettings("cpu", 1, 1, "bf16", *s))
+    return [Replica(i, (i,), ReplicaConfig("cpu", 1, 1, "bf16", *s))
             for i, s in enumerate(CPU_SETTINGS)]
 
 
@@ -124,7 +114,7 @@ def test_cpu_commands_parse_as_fp32_eager_tp1_with_the_engine_settings(parsed):
     for v, settings in zip(values_of(parsed["cpu"]), CPU_SETTINGS):
         assert v["model"] == "/models/smollm2" and v["dtype"] == "float32" and v["enforce_eager"]
         assert (v["tensor_parallel_size"], v["pipeline_parallel_size"]) == (1, 1)
-        assert (v["max_num_batched_tokens"], v["max_num_seqs"]) == settings
+        assert (v["max_num_batched_tokens"] or 0, v["max_num_seqs"] or 0) == settings
 
 
 def test_commands_of_a_planned_gpu_fleet_and_the_serve_path_parse(parsed):

@@ -235,13 +235,6 @@ def test_graceful_stop_leaves_no_vllm_process(served):
     assert not any(alive(p) for p in children)
 
 
-@dataclass(frozen=True, order=True)
-class ConfigWithSettings(ReplicaConfig):
-    """Test double for a ReplicaConfig carrying the goodput issue's engine settings."""
-
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-
 
 def test_a_plan_switch_restarts_one_replica_under_load_and_loses_nothing(tmp_path):
     from oserve.runtime.engine_spec import EngineSpec
@@ -257,7 +250,7 @@ def test_a_plan_switch_restarts_one_replica_under_load_and_loses_nothing(tmp_pat
                                "startup_timeout_s": START_TIMEOUT_S})
     types = ("short", "long")
     old = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu")], types)
-    new = static_plan(MODEL, [ReplicaConfig("cpu"), ConfigWithSettings("cpu", max_num_seqs=4,
+    new = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", max_num_seqs=4,
                                                                        max_num_batched_tokens=512)],
                       types)
     engines = []

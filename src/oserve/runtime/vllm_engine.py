@@ -57,6 +57,7 @@ class VllmProcessEngine:
         self.stats = VllmStats()
         self._process: asyncio.subprocess.Process | None = None
         self._poller: asyncio.Task | None = None
+        self._metrics_client: httpx.AsyncClient | None = None  # its own, for /metrics
 
     @property
     def pid(self) -> int | None:
@@ -79,6 +80,7 @@ class VllmProcessEngine:
         log.info("replica on port %d: started vLLM (pid %d): %s", self.launch.port, self._process.pid,
                  " ".join(cmd))
         await self.remote.start()
+        self._metrics_client = httpx.AsyncClient(base_url=self.remote.base_url, timeout=5.0)
         deadline_s = self.clock.now_s() + self.startup_timeout_s
         while self.clock.now_s() < deadline_s:
             if self._process.returncode is not None:
@@ -101,11 +103,11 @@ class VllmProcessEngine:
         return f"; last lines of {self.log_path}: " + " | ".join(lines)
 
     async def _scrape(self) -> bool:
-        client = self.remote._client
+        client = self._metrics_client
         if client is None:
             return False
         try:
-            response = await client.get("/metrics", timeout=5.0)
+            response = await client.get("/metrics")
         except httpx.HTTPError:
             return False
         if response.status_code != 200:
@@ -128,6 +130,9 @@ class VllmProcessEngine:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         await self.remote.stop()
+        client, self._metrics_client = self._metrics_client, None
+        if client is not None:
+            await client.aclose()
         process, self._process = self._process, None
         if process is None:
             return

@@ -75,17 +75,12 @@ def launcher_device(config: ReplicaConfig) -> str:
     return "cpu" if config.gpu_type.lower() == "cpu" else "gpu"
 
 
-# --- engine settings of a plan replica -------------------------------------------------------------
-# The SLO-goodput work adds ``max_num_batched_tokens`` and ``max_num_seqs`` to ReplicaConfig; until
-# every ReplicaConfig has them they are read with getattr, so a config without them passes nothing.
 ENGINE_SETTINGS = ("max_num_seqs", "max_num_batched_tokens")
 
 
 def engine_settings(config: ReplicaConfig) -> dict[str, int]:
-    """The replica's vLLM engine settings that the plan sets (absent or ``None`` = vLLM's default)."""
-    return {name: int(value) for name in ENGINE_SETTINGS
-            if (value := getattr(config, name, None)) is not None}
-# ----------------------------------------------------------------------------------------------------
+    """The replica's vLLM engine settings that the plan sets (``0``, the engine default, is left out)."""
+    return {name: int(value) for name in ENGINE_SETTINGS if (value := getattr(config, name))}
 
 
 def vllm_command(launch: VllmLaunch) -> list[str]:
