@@ -48,7 +48,7 @@ def test_bench_closed_loop_keeps_at_most_n_requests_in_flight(gateway):
 
     report = asyncio.run(bench_and_watch())
     assert (report.num_sent, report.num_ok) == (12, 12) and max(peak) <= 3
-    with pytest.raises(ClientRequestError, match="--concurrency"):
+    with pytest.raises(ConfigError, match="--concurrency"):
         asyncio.run(run_bench(BenchConfig(url=server.base_url, concurrency=0), small_trace()))
 
 

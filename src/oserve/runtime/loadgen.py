@@ -215,7 +215,7 @@ async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, model
     """``concurrency`` workers take the trace's requests in order, each sending its next one as soon
     as its last one is answered (the arrival times are not used)."""
     if config.concurrency < 1:
-        raise ClientRequestError(f"--concurrency must be >= 1, got {config.concurrency}")
+        raise ConfigError(f"--concurrency must be >= 1, got {config.concurrency}")
     shapes = list(zip(trace.input_tokens, trace.output_tokens))
     records: list[RequestRecord] = []
     start = time.perf_counter()
