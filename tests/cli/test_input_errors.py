@@ -187,7 +187,9 @@ def test_absurd_cluster_size_is_refused_with_the_limit():
 
 
 def test_absurd_cluster_size_from_the_cli(capsys):
-    assert "limit of 1,024" in run(capsys, "plan", "--cluster", "1000000x8xH100")
+    from oserve.costmodel.catalog import MAX_CLUSTER_GPUS
+
+    assert f"limit of {MAX_CLUSTER_GPUS:,}" in run(capsys, "plan", "--cluster", "1000000x8xH100")
 
 
 # ---- renamed flags: an old spelling is refused, never taken as a prefix of the new one ------------------

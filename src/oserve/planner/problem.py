@@ -47,6 +47,7 @@ class PlanningProblem:
             self.demand = np.ones(len(self.types))
         self.gpu_budget = gpus_by_type(self.cluster)
         self._cache: dict[Counts, float] = {}
+        self._feasible: dict[Counts, bool] = {}
 
     @property
     def type_names(self) -> list[str]:
@@ -66,9 +67,12 @@ class PlanningProblem:
         return {t: self.gpu_budget[t] - used[t] for t in self.gpu_budget}
 
     def feasible(self, counts: Counts) -> bool:
-        if min(counts, default=0) < 0:
-            return False
-        return fits_cluster(self.as_dict(counts), self.cluster)
+        """Whether the deployment packs onto the cluster (cached: the search asks again and again)."""
+        known = self._feasible.get(counts)
+        if known is None:
+            known = min(counts, default=0) >= 0 and fits_cluster(self.as_dict(counts), self.cluster)
+            self._feasible[counts] = known
+        return known
 
     def solve(self, counts: Counts, balance: bool = False) -> DispatchSolution | None:
         idx = [i for i, n in enumerate(counts) if n > 0]
