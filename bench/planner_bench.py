@@ -75,7 +75,7 @@ def main() -> None:
 
 
 def _markdown(rows, path: Path) -> None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"Measured {stamp} on {platform.node()} ({platform.processor() or platform.machine()}, "
              f"2 cores), Python {platform.python_version()}.", "",
              "| trace | model | GPUs | oserve s | oserve gap | milp s | exhaustive s | homogeneous gap "

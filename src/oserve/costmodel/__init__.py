@@ -1,1 +1,2 @@
-"""Cost model: hardware and model catalogs, roofline timings calibrated on measured GPU profiles, per-type capacity."""
+"""Cost model: hardware and model catalogs, roofline timings calibrated on measured GPU profiles,
+per-type capacity."""

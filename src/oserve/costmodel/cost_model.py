@@ -70,7 +70,7 @@ class CostModel:
             cat = load_gpus()
             self.gpus = {n: cat.get(n) for n in cat.names()}
         # Per-instance cache (no global state: two cost models can coexist).
-        self._capacity_cache: dict = {}
+        self._capacity_cache: dict[tuple[ReplicaConfig, float, float], float] = {}
 
     def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
         if cfg.gpu_type not in self.gpus:

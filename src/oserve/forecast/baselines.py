@@ -20,7 +20,9 @@ EWMA_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 class Forecaster(Protocol):
     """Predicts the next window's per-type rates from the history ``(windows, types)``."""
 
-    name: str
+    # A read-only property so frozen dataclasses (whose fields mypy treats as read-only) satisfy it.
+    @property
+    def name(self) -> str: ...
 
     def fit(self, train_rps: np.ndarray) -> Forecaster: ...
 

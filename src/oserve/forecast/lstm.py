@@ -6,7 +6,8 @@ scaled rate from the last window to the next (with ``residual=False``, the level
 extrapolates badly once the rates leave the training range, as on a drifting synthetic day); the loss
 is the mean squared error of the rate, the quantity RRMSE scores. The last ``val_frac`` of the
 training windows is held out for early stopping. Training runs under a forked torch RNG seeded from
-``seed``, so it is reproducible and leaves torch's global generator untouched. torch is imported only here: the rest of oserve never needs it.
+``seed``, so it is reproducible and leaves torch's global generator untouched. torch is imported only
+here: the rest of oserve never needs it.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def _samples(train: np.ndarray, t: int, scale: np.ndarray, lookback: int, residu
 def _make_model(torch, hidden: int):
     nn = torch.nn
 
-    class _Net(nn.Module):
+    class _Net(torch.nn.Module):  # torch is passed in (lazy import), so the base is dynamic
         def __init__(self) -> None:
             super().__init__()
             self.lstm = nn.LSTM(2, hidden, batch_first=True)

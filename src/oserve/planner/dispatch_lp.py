@@ -34,7 +34,8 @@ class DispatchSolution:
     bottleneck: np.ndarray  # (groups,) bool
 
 
-def _solve_minmax(demand: np.ndarray, cap_total: np.ndarray, fixed: dict[int, float]):
+def _solve_minmax(demand: np.ndarray, cap_total: np.ndarray,
+                  fixed: dict[int, float]) -> tuple[float, np.ndarray, np.ndarray] | None:
     """min t s.t. flow conserves demand, u_c <= t for free groups, u_c <= fixed[c] for fixed ones."""
     from scipy.optimize import linprog  # 0.4 s to import: only commands that plan pay it
 
@@ -90,7 +91,7 @@ def solve_dispatch(demand_rps: np.ndarray, capacity_rps: np.ndarray, counts: np.
     t_star, flow, marg = solved
     bottleneck = marg < -_TIGHT
     if balance:
-        fixed = {c: t_star * (1 + 1e-9) for c in np.flatnonzero(bottleneck)}
+        fixed = {int(c): t_star * (1 + 1e-9) for c in np.flatnonzero(bottleneck)}
         for _ in range(4):
             if len(fixed) >= num_c:
                 break

@@ -10,6 +10,7 @@ shard of one TP degree can be assembled from shards of another.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from oserve.common.errors import ConfigError
@@ -65,14 +66,14 @@ class WeightLayout:
             out[gpu] = frozenset((layer, s) for layer in layers for s in rng)
         return out
 
-    def holdings(self, replicas) -> dict[int, frozenset[Chunk]]:
+    def holdings(self, replicas: Iterable[Replica]) -> dict[int, frozenset[Chunk]]:
         out: dict[int, frozenset[Chunk]] = {}
         for r in replicas:
             out.update(self.gpu_chunks(r))
         return out
 
 
-def layout_for(model: ModelSpec, *replica_sets) -> WeightLayout:
+def layout_for(model: ModelSpec, *replica_sets: Iterable[Replica]) -> WeightLayout:
     """The coarsest layout that every replica's TP degree divides."""
     slices = 1
     for replicas in replica_sets:

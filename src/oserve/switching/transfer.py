@@ -6,13 +6,16 @@ replicas that stay, GPUs that are freed, and GPUs being reconfigured whose old w
 the new ones (otherwise they first drop the old chunks their new shard does not include, and offer
 only the rest). Chunks travel directly from a holder: no GPU relays what it has just received.
 The greedy rule takes, for each chunk, the least-loaded holder on the destination's node (NVLink),
-else the least-loaded holder on another node (network), else storage. The duration is that of the most loaded link in the fluid model (every link
-busy at capacity), which preemptive scheduling of the transfers achieves for this bipartite traffic.
+else the least-loaded holder on another node (network), else storage. The duration is that of the most
+loaded link in the fluid model (every link busy at capacity), which preemptive scheduling of the
+transfers achieves for this bipartite traffic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from oserve.common.errors import ConfigError
 from oserve.costmodel.cost_model import CostModel
@@ -32,11 +35,11 @@ class Transfer:
 @dataclass(frozen=True)
 class TransferPlan:
     transfers: tuple[Transfer, ...]
-    link_bytes: dict  # Link -> bytes
+    link_bytes: dict[Link, float]  # Link -> bytes
     duration_s: float
     bottleneck: Link | None
-    needs: dict  # dst GPU -> frozenset of chunks it must receive
-    chunk_bytes: dict  # Chunk -> bytes
+    needs: dict[int, frozenset[Chunk]]  # dst GPU -> chunks it must receive
+    chunk_bytes: dict[Chunk, float]  # Chunk -> bytes
 
     @property
     def total_bytes(self) -> float:
@@ -46,7 +49,7 @@ class TransferPlan:
     def storage_bytes(self) -> float:
         return sum(t.num_bytes for t in self.transfers if t.src == STORAGE)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         by_kind: dict[str, float] = {}
         for (kind, _), b in self.link_bytes.items():
             if kind.endswith("send") or kind == "disk":
@@ -61,8 +64,8 @@ class TransferPlan:
 class TransferProblem:
     """What must move and from where: needs per destination and the holders of each chunk."""
 
-    needs: dict  # dst -> frozenset[Chunk]
-    holders: dict  # Chunk -> tuple of source GPU ids
+    needs: dict[int, frozenset[Chunk]]  # dst -> chunks it must receive
+    holders: dict[Chunk, tuple[int, ...]]  # Chunk -> source GPU ids
     layout: WeightLayout
 
 
@@ -72,7 +75,7 @@ def transfer_problem(transition: Transition, cost: CostModel) -> TransferProblem
     new = layout.holdings(transition.target)
     reconfigured = {g for r in transition.started for g in r.gpus}
     usable = _usable_bytes(cost, transition)
-    needs = {}
+    needs: dict[int, frozenset[Chunk]] = {}
     sources: dict[int, frozenset[Chunk]] = {}
     for gpu, chunks in old.items():
         if gpu in reconfigured:
@@ -117,12 +120,12 @@ def plan_greedy(problem: TransferProblem, links: LinkModel, use_peers: bool = Tr
         raise ConfigError(f"unknown greedy rule '{rule}', expected one of {GREEDY_RULES}")
     load: dict[Link, float] = {}
     picked: dict[tuple[int, int], list[Chunk]] = {}
-    chunk_bytes = {}
+    chunk_bytes: dict[Chunk, float] = {}
     for dst in sorted(problem.needs):
         for chunk in sorted(problem.needs[dst]):
             size = problem.layout.chunk_bytes(chunk)
             chunk_bytes[chunk] = size
-            holders = problem.holders.get(chunk, ()) if use_peers else ()
+            holders: tuple[int, ...] = problem.holders.get(chunk, ()) if use_peers else ()
             if rule == "earliest-finish":
                 src = _earliest_finish(holders, dst, size, links, load)
             else:
@@ -136,7 +139,8 @@ def plan_greedy(problem: TransferProblem, links: LinkModel, use_peers: bool = Tr
     return TransferPlan(transfers, load, duration, bottleneck, dict(problem.needs), chunk_bytes)
 
 
-def _earliest_finish(holders, dst: int, size: float, links: LinkModel, load: dict[Link, float]) -> int:
+def _earliest_finish(holders: Sequence[int], dst: int, size: float, links: LinkModel,
+                     load: dict[Link, float]) -> int:
     node = links.node_of(dst)
 
     def finish(src: int) -> tuple[float, int, int]:
@@ -147,7 +151,7 @@ def _earliest_finish(holders, dst: int, size: float, links: LinkModel, load: dic
     return min([h for h in holders if h != dst] + [STORAGE], key=finish)
 
 
-def _choose_source(holders, dst: int, links: LinkModel, load: dict[Link, float]) -> int:
+def _choose_source(holders: Sequence[int], dst: int, links: LinkModel, load: dict[Link, float]) -> int:
     node = links.node_of(dst)
     local = [h for h in holders if h != dst and links.node_of(h) == node]
     remote = [h for h in holders if links.node_of(h) != node]

@@ -24,7 +24,7 @@ GB = 1e9
 @dataclass(frozen=True)
 class TransferBound:
     duration_s: float
-    link_bytes: dict  # Link -> bytes in the LP's optimal split
+    link_bytes: dict[Link, float]  # Link -> bytes in the LP's optimal split
     num_commodities: int
     num_variables: int
 
