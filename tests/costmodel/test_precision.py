@@ -134,3 +134,33 @@ def test_bad_format_names_are_errors_naming_the_flag():
         parse_formats("bf16,fp4", KV_FORMATS, "--kv-formats")
     with pytest.raises(ConfigError, match="unknown weight format"):
         CostModel(load_models().get("llama-2-7b")).weight_bytes_per_gpu(cfg("nf4"))
+
+
+def test_planner_chooses_formats_only_when_allowed_and_they_round_trip(conv_trace):
+    from oserve.costmodel.catalog import parse_cluster
+    from oserve.planner.api import make_plan
+    from oserve.planner.plan import Plan
+    from oserve.workload import fit_request_types
+
+    types = fit_request_types(conv_trace, k=3, seed=0).stats(conv_trace)
+    cluster = parse_cluster("1x4xH100")
+    model = load_models().get("llama-2-70b")
+    plain = make_plan(cluster, model, types, planner="homogeneous")
+    assert {r.config.weight_format for r in plain.replicas} == {"bf16"}
+    mixed = make_plan(cluster, model, types, planner="homogeneous", weight_formats=("bf16", "fp8"),
+                      kv_formats=("bf16", "fp8"))
+    # more choice cannot predict less, and on 4 GPUs a 70B model gains from fp8 (more replicas or KV)
+    assert mixed.demand_scale >= plain.demand_scale
+    assert any(r.config.weight_format == "fp8" or r.config.kv_cache_dtype == "fp8"
+               for r in mixed.replicas)
+    again = Plan.from_dict(mixed.to_dict())
+    assert again.configs() == mixed.configs()
+    default = make_plan(cluster, model, types, planner="default", weight_formats=("fp8",))
+    assert {r.config.weight_format for r in default.replicas} == {"bf16"}
+
+
+def test_legacy_fp8_precision_in_a_plan_file_means_fp8_weights():
+    from oserve.planner.plan import _replica_config
+
+    cfg_ = _replica_config({"gpu_type": "H100-80GB", "tp": 2, "pp": 1, "precision": "fp8"})
+    assert (cfg_.precision, cfg_.weight_format, cfg_.kv_cache_dtype) == ("bf16", "fp8", "bf16")

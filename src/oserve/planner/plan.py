@@ -18,7 +18,8 @@ class Replica:
     def to_dict(self) -> dict:
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
-                "precision": self.config.precision}
+                "precision": self.config.precision, "weight_format": self.config.weight_format,
+                "kv_cache_dtype": self.config.kv_cache_dtype}
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,20 @@ class Plan:
 
     @staticmethod
     def from_dict(d: dict) -> Plan:
-        replicas = tuple(Replica(r["replica_id"], tuple(r["gpus"]),
-                                 ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], r.get("precision", "bf16")))
-                         for r in d["replicas"])
+        replicas = tuple(Replica(r["replica_id"], tuple(r["gpus"]), _replica_config(r)) for r in d["replicas"])
         return Plan(d["model"], replicas, tuple(d["types"]), tuple(d["type_rates_rps"]),
                     tuple(tuple(c) for c in d["capacity_rps"]), tuple(tuple(x) for x in d["dispatch"]),
                     d["demand_scale"], tuple(d["utilisation"]), tuple(d["bottlenecks"]), d["planner"],
                     d.get("planner_seconds", 0.0))
+
+
+def _replica_config(r: dict) -> ReplicaConfig:
+    precision = r.get("precision", "bf16")
+    weight_format = r.get("weight_format", "bf16")
+    if precision == "fp8":  # plans written before weight_format existed said fp8 weights this way
+        precision, weight_format = "bf16", "fp8"
+    return ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], precision, weight_format,
+                         r.get("kv_cache_dtype", "bf16"))
 
 
 __all__ = ["Plan", "Replica"]

@@ -23,6 +23,9 @@ class PlanningProblem:
     cost: CostModel
     types: list[TypeStats]
     allow_pp: bool = True
+    # number formats the user allows (quality is their call): candidates come in each combination
+    weight_formats: tuple[str, ...] = ("bf16",)
+    kv_formats: tuple[str, ...] = ("bf16",)
     configs: list[ReplicaConfig] = field(init=False)
     capacity: np.ndarray = field(init=False)  # (configs, types) requests/s per replica
     demand: np.ndarray = field(init=False)
@@ -30,7 +33,8 @@ class PlanningProblem:
     evaluations: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp)
+        self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp, self.weight_formats,
+                                         self.kv_formats)
         loads = [TypeLoad(t.mean_input_tokens, t.mean_output_tokens) for t in self.types]
         self.capacity = np.array([[self.cost.type_capacity_rps(c, ld) for ld in loads]
                                   for c in self.configs])
