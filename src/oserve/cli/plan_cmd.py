@@ -8,11 +8,14 @@ from oserve.cli.common_args import (
     NON_NEGATIVE,
     POSITIVE,
     add_cluster_model_args,
+    add_format_args,
     add_trace_args,
     config_from_flags,
     default,
+    formats_from_args,
     resolve,
 )
+from oserve.costmodel.cost_model import CostModel
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan
 from oserve.planner.search import SearchParams
@@ -31,6 +34,7 @@ def register(sub) -> None:
                    default=default(SearchParams, "min_gain_over_homogeneous"),
                    help="predicted capacity gain a heterogeneous deployment needs over the best "
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
+    add_format_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -44,19 +48,35 @@ def run(args) -> int:
         trace = trace.scaled(args.rate_scale)
     types = fit_request_types(trace, args.types, args.seed)
     stats = types.stats(trace)
+    weight_formats, kv_formats = formats_from_args(args)
     plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                     search=search)
+                     search=search, weight_formats=weight_formats, kv_formats=kv_formats)
+    notes = uncalibrated_notes(plan, cost)
     if args.json:
         out = plan.to_dict()
         out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,
-                   online_mistype_rate=types.online_mistype_rate(trace))
+                   online_mistype_rate=types.online_mistype_rate(trace), uncalibrated=notes)
         print(json.dumps(out, indent=2))
     else:
         if num_clipped:
             print(f"note: {num_clipped} of {len(trace)} requests exceed {model.name}'s "
                   f"{model.max_context_tokens}-token context and were shortened to fit")
         print(render(plan, cluster.describe(), trace.name))
+        for note in notes:
+            print(f"uncalibrated: {note}")
     return 0
+
+
+def uncalibrated_notes(plan: Plan, cost: CostModel) -> list[str]:
+    """One line per number-format factor the plan's replicas rely on that no profile has measured."""
+    notes = []
+    for cfg in dict.fromkeys(plan.configs()):
+        for what, factor in cost.precision_factors(cfg).items():
+            if factor.source == "assumed":
+                line = f"{cfg.label()}: {what} ({factor.note})"
+                if line not in notes:
+                    notes.append(line)
+    return notes
 
 
 def render(plan: Plan, cluster: str, trace: str) -> str:

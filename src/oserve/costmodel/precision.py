@@ -72,11 +72,9 @@ _EXACT_1 = Factor(1.0, "exact")
 WEIGHT_SPECS = {
     "bf16": WeightFormat("bf16", Factor(2.0, "exact"), 2.0, "bf16", _EXACT_1, "gemm"),
     "fp8": WeightFormat("fp8", Factor(1.0, "exact", "e4m3 with per-channel scales (negligible)"), 1.0,
-                        "fp8", Factor(1.0, "assumed", "fp8 GEMM at bf16's fitted efficiency"),
-                        "gemm_fp8"),
+                        "fp8", _EXACT_1, "gemm_fp8"),
     "int8": WeightFormat("int8", Factor(1.0, "exact", "W8A8, per-channel scales (negligible)"), 1.0,
-                         "int8", Factor(1.0, "assumed", "int8 GEMM at bf16's fitted efficiency"),
-                         "gemm_int8"),
+                         "int8", _EXACT_1, "gemm_int8"),
     "int4": WeightFormat("int4", Factor(0.5 + SCALE_ZERO_BYTES / INT4_GROUP, "exact",
                                         "W4A16, group 128: fp16 scale and zero per 128 weights"),
                          2.0, "bf16", Factor(W4A16_COMPUTE_OVERHEAD, "assumed",

@@ -176,6 +176,7 @@ class _PlanDoc(BaseModel):
     trace: str | None = None
     requests_shortened: int | None = None
     online_mistype_rate: float | None = None
+    uncalibrated: list[str] | None = None
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, problem) of the first inconsistency between the lists, or None."""
