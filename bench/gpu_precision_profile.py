@@ -22,7 +22,7 @@ It writes one row per measurement (columns gpu, kind, model, tp, a, b, ms; the f
 Tokens below 16 (32 for INT8) are padded to what the kernels accept, as engines pad small batches. The
 run stops adding rows after ``--budget-s`` seconds (default 420, so it fits an 8-minute slot) and writes
 every row as soon as it is measured. ``--quick`` runs a handful of shapes; ``--device cpu`` runs the
-kinds that exist on a CPU (a smoke test of the script itself, not a measurement to fit).
+kinds that exist on a CPU on one tiny shape (a smoke test of the script itself, not a measurement to fit).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import itertools
 import math
 import statistics
 import sys
@@ -43,6 +44,7 @@ MODELS = {
     "llama-2-13b": (5120, 40, 40, 13824, True),
     "opt-30b": (7168, 56, 56, 28672, False),
     "llama-2-70b": (8192, 64, 8, 28672, True),
+    "tiny": (256, 2, 2, 512, True),  # --device cpu only: a smoke test of the script, not a profile
 }
 TPS = (1, 2, 4, 8)
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -146,18 +148,19 @@ def make_decode(torch, kind: str, batch: int, context: int, heads: int, kv_heads
     raise ValueError(kind)
 
 
-def plan_rows(quick: bool) -> list[tuple]:
-    """(kind, model, tp, a, b) of every row to measure, the cheap ones first."""
-    models = ["llama-2-7b", "llama-2-70b"] if quick else list(MODELS)
-    tokens = (1, 64, 2048) if quick else TOKENS
-    tps = (1, 4) if quick else TPS
-    rows = [(kind, m, tp, t, layer) for kind in GEMM_KINDS for m in models for tp in tps
-            for t in tokens for layer in LAYERS]
-    batches = (1, 32) if quick else DECODE_BATCH
-    contexts = (512, 4096) if quick else DECODE_CONTEXT
-    rows += [(kind, m, tp, bsz, ctx) for kind in DECODE_KINDS for m in models for tp in tps
-             for bsz in batches for ctx in contexts]
-    return rows
+def plan_rows(quick: bool, smoke: bool = False) -> list[tuple]:
+    """(kind, model, tp, a, b) of every row to measure, the kinds interleaved so that a budget cut
+    thins every kind evenly instead of dropping the last ones."""
+    models = ["tiny"] if smoke else ["llama-2-7b", "llama-2-70b"] if quick else list(MODELS)
+    tokens = (1, 16) if smoke else (1, 64, 2048) if quick else TOKENS
+    tps = (1,) if smoke else (1, 4) if quick else TPS
+    batches = (1, 4) if smoke else (1, 32) if quick else DECODE_BATCH
+    contexts = (64,) if smoke else (512, 4096) if quick else DECODE_CONTEXT
+    per_kind = [[(kind, m, tp, t, layer) for m in models for tp in tps for t in tokens for layer in LAYERS]
+                for kind in GEMM_KINDS]
+    per_kind += [[(kind, m, tp, bsz, ctx) for m in models for tp in tps for bsz in batches
+                  for ctx in contexts] for kind in DECODE_KINDS]
+    return [row for group in itertools.zip_longest(*per_kind) for row in group if row is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerow(["gpu", "kind", "model", "tp", "a", "b", "ms"])
         for kind, unit in (("ceiling_matmul_tflops_fp8", "gemm_fp8"), ("ceiling_matmul_tops_int8",
                                                                        "gemm_int8")):
-            n = 1024 if args.quick or args.device == "cpu" else 8192
+            n = 256 if args.device == "cpu" else 1024 if args.quick else 8192
             try:
                 ms = time_ms(torch, make_gemm(torch, unit, n, n, n, args.device), args.device)
                 writer.writerow([gpu_name, kind, "-", 1, n, n, round(2 * n ** 3 / (ms * 1e-3) / 1e12, 1)])
             except Exception as exc:  # a kernel this torch/GPU lacks: say so, measure the rest
                 skipped[kind] = f"{type(exc).__name__}: {exc}"[:300]
-        for kind, model, tp, a, b in plan_rows(args.quick):
+        for kind, model, tp, a, b in plan_rows(args.quick, smoke=args.device == "cpu"):
             if time.monotonic() - started > args.budget_s:
                 skipped.setdefault("budget", f"stopped after {args.budget_s:.0f} s")
                 break
