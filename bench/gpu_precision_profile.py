@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import itertools
+import json
 import math
 import statistics
 import sys

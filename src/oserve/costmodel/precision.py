@@ -141,9 +141,9 @@ def decode_work_for(model: ModelSpec, tp: int, batch: float, context: float, kvf
                                  kvf.bytes_per_element(model.head_dim).value)
 
 
+_ALL_FORMATS: list[WeightFormat | KvFormat] = [*WEIGHT_SPECS.values(), *KV_SPECS.values()]
 PROFILE_KIND_FORMATS: dict[str, WeightFormat | KvFormat] = {
-    f.profile_kind: f for f in (*WEIGHT_SPECS.values(), *KV_SPECS.values())
-    if f.profile_kind not in ("gemm", "decode")}
+    f.profile_kind: f for f in _ALL_FORMATS if f.profile_kind not in ("gemm", "decode")}
 PRECISION_KINDS = tuple(PROFILE_KIND_FORMATS)
 
 

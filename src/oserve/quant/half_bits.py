@@ -18,11 +18,11 @@ F16_ONE_SIXTEENTH = 0x2C00
 F16_NEG_64 = 0xD400
 
 
-def as_u32(x: np.ndarray) -> np.ndarray:
+def as_u32(x: np.ndarray | np.integer | int) -> np.ndarray:
     return np.asarray(x).astype(np.uint32)
 
 
-def halves(words: np.ndarray) -> np.ndarray:
+def halves(words: np.ndarray | np.integer) -> np.ndarray:
     """uint32 registers -> float16 array with a trailing axis of 2 (low half first)."""
     w = np.ascontiguousarray(as_u32(words)).astype("<u4")
     return w.view("<u2").view(np.float16).reshape(*w.shape, 2)
@@ -55,10 +55,11 @@ def mul_ftz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return flush_subnormals(np.multiply(a, b, dtype=np.float16))
 
 
-def fma_f16(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+def fma_f16(a: np.ndarray | np.floating, b: np.ndarray | np.floating,
+            c: np.ndarray | np.floating) -> np.ndarray:
     """``fma.rn.f16``: a * b + c rounded once."""
     exact = (np.asarray(a, np.float64) * np.asarray(b, np.float64)) + np.asarray(c, np.float64)
-    return exact.astype(np.float16)
+    return np.asarray(exact.astype(np.float16))
 
 
 def round_sat_u8(x: np.ndarray) -> np.ndarray:

@@ -31,8 +31,8 @@ import numpy as np
 
 from oserve.common.errors import ConfigError
 from oserve.quant.half_bits import (
-    F16_1024,
     F16_64,
+    F16_1024,
     F16_NEG_64,
     F16_ONE_SIXTEENTH,
     fma_f16,
