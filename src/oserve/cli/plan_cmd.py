@@ -15,6 +15,7 @@ from oserve.cli.common_args import (
     formats_from_args,
     resolve,
 )
+from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
 from oserve.costmodel.cost_model import CostModel
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan
@@ -36,6 +37,7 @@ def register(sub) -> None:
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
     add_format_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_slo_args(p)
     p.set_defaults(func=run)
 
 
@@ -43,25 +45,37 @@ def run(args) -> int:
     search = config_from_flags(SearchParams, {"min_gain_over_homogeneous": args.min_gain},
                                {"min_gain_over_homogeneous": "--min-gain"})
     cluster, model, cost = resolve(args)
+    slo = slo_from_args(args)
+    objective = objective_from_args(args, slo)
     trace, num_clipped = load_trace(args.trace).clipped_to_context(model.max_context_tokens)
     if args.rate_scale != 1.0:
         trace = trace.scaled(args.rate_scale)
     types = fit_request_types(trace, args.types, args.seed)
     stats = types.stats(trace)
-    weight_formats, kv_formats = formats_from_args(args)
-    plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                     search=search, weight_formats=weight_formats, kv_formats=kv_formats)
+    verification = None
+    formats = formats_from_args(args)
+    if slo is None:
+        plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
+                         search=search, weight_formats=formats[0], kv_formats=formats[1])
+    else:
+        plan, verification = _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo,
+                                            objective, search, formats)
     notes = uncalibrated_notes(plan, cost)
     if args.json:
         out = plan.to_dict()
         out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,
-                   online_mistype_rate=types.online_mistype_rate(trace), uncalibrated=notes)
+                   online_mistype_rate=types.online_mistype_rate(trace),
+                   slo=slo.describe() if slo else None, uncalibrated=notes)
+        if verification is not None:
+            out.update(verification.to_dict())
         print(json.dumps(out, indent=2))
     else:
         if num_clipped:
             print(f"note: {num_clipped} of {len(trace)} requests exceed {model.name}'s "
                   f"{model.max_context_tokens}-token context and were shortened to fit")
         print(render(plan, cluster.describe(), trace.name))
+        if slo is not None:
+            print(render_goodput(plan, slo, verification))
         for note in notes:
             print(f"uncalibrated: {note}")
     return 0
@@ -77,6 +91,39 @@ def uncalibrated_notes(plan: Plan, cost: CostModel) -> list[str]:
                 if line not in notes:
                     notes.append(line)
     return notes
+
+
+def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, objective, search, formats):
+    """Plan under an SLO: the latency model's shortlist, verified by the simulator (oserve.sim)."""
+    from oserve.sim.config import SimConfig
+    from oserve.sim.experiment import PreparedTrace
+    from oserve.sim.verify import plan_with_slo
+
+    prepared = PreparedTrace(trace, types, stats, num_clipped)
+    if objective == "throughput":
+        from oserve.planner.slo_planner import score_plan, slo_workload
+
+        plan = make_plan(cluster, cost.model, stats, args.planner, cost, allow_pp=not args.no_pp,
+                         search=search, weight_formats=formats[0], kv_formats=formats[1])
+        return score_plan(plan, cost, stats, slo_workload(trace, types, stats, slo), cluster), None
+    return plan_with_slo(cluster, cost, prepared, args.planner, slo, objective, SimConfig(seed=args.seed),
+                         allow_pp=not args.no_pp, verify_requests=args.verify_requests,
+                         weight_formats=formats[0], kv_formats=formats[1])
+
+
+def render_goodput(plan: Plan, slo, verification) -> str:
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}x"
+    lines = ["", f"SLO: {slo.describe()}; objective {plan.objective}",
+             f"Goodput scale (highest rate scale at which every type meets the target): predicted "
+             f"{fmt(plan.predicted_goodput_scale)}, simulated {fmt(plan.simulated_goodput_scale)}"]
+    if verification is not None:
+        lines.append(f"Shortlist simulated on {verification.requests} requests around the trace's "
+                     "busiest 10 s:")
+        for p in verification.candidates:
+            lines.append(f"  {p.describe():<56} predicted {fmt(p.predicted_goodput_scale)}  "
+                         f"simulated {fmt(p.simulated_goodput_scale)}")
+    return "\n".join(lines)
 
 
 def render(plan: Plan, cluster: str, trace: str) -> str:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from oserve.common.errors import ConfigError, InputFormatError
 from oserve.common.validation import first_error
 from oserve.costmodel.precision import KV_FORMATS, WEIGHT_FORMATS
-from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,13 @@ class Replica:
     config: ReplicaConfig
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; the engine settings under vLLM's names, ``null`` for the engine's default."""
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
                 "precision": self.config.precision, "weight_format": self.config.weight_format,
-                "kv_cache_dtype": self.config.kv_cache_dtype}
+                "kv_cache_dtype": self.config.kv_cache_dtype,
+                "max_num_batched_tokens": self.config.max_num_batched_tokens or None,
+                "max_num_seqs": self.config.max_num_seqs or None}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class Plan:
     bottlenecks: tuple[int, ...]
     planner: str
     planner_seconds: float = 0.0
+    # SLO planning: the objective, the goodput scale the latency model predicts and, once the simulator
+    # verified the plan, the one it measured (None under the throughput objective / unverified)
+    objective: str = "throughput"
+    predicted_goodput_scale: float | None = None
+    simulated_goodput_scale: float | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -84,6 +92,9 @@ class Plan:
             "demand_scale": self.demand_scale,
             "utilisation": list(self.utilisation),
             "bottlenecks": list(self.bottlenecks),
+            "objective": self.objective,
+            "predicted_goodput_scale": self.predicted_goodput_scale,
+            "simulated_goodput_scale": self.simulated_goodput_scale,
         }
 
     @staticmethod
@@ -105,7 +116,8 @@ class Plan:
         return Plan(doc.model, replicas, tuple(doc.types), tuple(doc.type_rates_rps),
                     tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
                     doc.demand_scale, tuple(doc.utilisation), tuple(doc.bottlenecks), doc.planner,
-                    doc.planner_seconds)
+                    doc.planner_seconds, doc.objective, doc.predicted_goodput_scale,
+                    doc.simulated_goodput_scale)
 
     @staticmethod
     def load(path: str | Path) -> Plan:
@@ -152,6 +164,9 @@ class _ReplicaDoc(BaseModel):
         if v not in KV_FORMATS:
             raise ValueError(f"must be one of {', '.join(KV_FORMATS)}")
         return v
+    # engine settings under vLLM's names; null or absent: the engine's default
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
 
 
 class _PlanDoc(BaseModel):
@@ -170,6 +185,9 @@ class _PlanDoc(BaseModel):
     utilisation: list[float]
     bottlenecks: list[int]
     planner_seconds: float = Field(0.0, ge=0)
+    objective: str = "throughput"
+    predicted_goodput_scale: float | None = Field(None, ge=0)
+    simulated_goodput_scale: float | None = Field(None, ge=0)
     # written by `oserve plan --json` for people, not read back
     deployment: str | None = None
     cluster: str | None = None
@@ -177,6 +195,9 @@ class _PlanDoc(BaseModel):
     requests_shortened: int | None = None
     online_mistype_rate: float | None = None
     uncalibrated: list[str] | None = None
+    slo: str | None = None
+    verification_requests: int | None = None
+    shortlist: list[dict[str, Any]] | None = None
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, problem) of the first inconsistency between the lists, or None."""
@@ -207,8 +228,10 @@ def _replica_config(r: dict[str, Any]) -> ReplicaConfig:
     weight_format = r.get("weight_format", "bf16")
     if precision == "fp8":  # plans written before weight_format existed said fp8 weights this way
         precision, weight_format = "bf16", "fp8"
-    return ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], precision, weight_format,
-                         r.get("kv_cache_dtype", "bf16"))
+    return ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], precision,
+                         r.get("max_num_batched_tokens") or ENGINE_DEFAULT,
+                         r.get("max_num_seqs") or ENGINE_DEFAULT,
+                         weight_format=weight_format, kv_cache_dtype=r.get("kv_cache_dtype", "bf16"))
 
 
 __all__ = ["Plan", "Replica"]
