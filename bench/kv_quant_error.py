@@ -155,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from llama_cpp import Llama
 
+    from oserve.runtime.llama_engine import load_llama
+
     path = model_path()
     started = time.perf_counter()
-    llm = Llama(model_path=path, n_ctx=512, logits_all=True, verbose=False, seed=0)
+    # without llama.cpp's extra buffer types, as the embedded engine loads it (their AMX kernels fault
+    # on hosts that report AMX but do not run it)
+    llm = load_llama(Llama, False, model_path=path, n_ctx=512, logits_all=True, verbose=False, seed=0)
     model = SmolLM(path)
     formats = ["int8", "int4"] + (["fp8"] if fp8_e4m3(np.ones(1)) is not None else [])
     acc = {f: {"k_rel": [], "v_rel": [], "attn_rel": [], "kl": [], "top1": []} for f in formats}
