@@ -52,3 +52,11 @@ def test_commands_parse_with_lmdeploys_own_parser():
     cmd = lmdeploy_command(lmdeploy_launch_for(cfg, "m", "m", 9001))
     args = parser.parse_args(cmd[2:])
     assert args.tp == 2 and args.quant_policy == 4 and args.model_format == "awq"
+
+
+def test_engine_settings_use_turbomind_names():
+    cfg = ReplicaConfig("H100-80GB", 1, 1, max_num_batched_tokens=2048, max_num_seqs=64)
+    f = flags(lmdeploy_command(lmdeploy_launch_for(cfg, "m", "m", 1)))
+    assert f["--max-prefill-token-num"] == "2048" and f["--max-batch-size"] == "64"
+    plain = flags(lmdeploy_command(lmdeploy_launch_for(ReplicaConfig("H100-80GB"), "m", "m", 1)))
+    assert "--max-prefill-token-num" not in plain and "--max-batch-size" not in plain

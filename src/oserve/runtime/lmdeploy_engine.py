@@ -59,8 +59,8 @@ def lmdeploy_launch_for(config: ReplicaConfig, model: str, served_name: str, por
                           model_format=WEIGHT_MODEL_FORMAT[config.weight_format],
                           quant_policy=KV_QUANT_POLICY[config.kv_cache_dtype],
                           dtype=PRECISION_DTYPE[config.precision],
-                          max_batch_size=getattr(config, "max_num_seqs", None),
-                          max_prefill_token_num=getattr(config, "max_num_batched_tokens", None),
+                          max_batch_size=config.max_num_seqs or None,
+                          max_prefill_token_num=config.max_num_batched_tokens or None,
                           session_len=session_len)
 
 
