@@ -234,3 +234,17 @@ def test_a_planned_gpu_fleet_needs_the_weights_of_its_model():
     spec = vllm_engine_spec(VllmServeConfig(extra_args=("--seed", "1")), "org/m", "m", on_cpu=False,
                             num_replicas=2, threads=None, context_tokens=4096)
     assert spec.options["model"] == "org/m" and spec.options["extra_args"] == ("--seed", "1")
+
+
+def test_number_formats_become_vllm_flags_and_int_kv_is_refused():
+    from oserve.runtime.vllm_launch import launch_for_replica, vllm_command
+
+    fp8 = Replica(0, (0, 1), ReplicaConfig("H100-80GB", 2, 1, weight_format="fp8", kv_cache_dtype="fp8"))
+    cmd = vllm_command(launch_for_replica(fp8, "m", "m", 9000))
+    assert cmd[cmd.index("--quantization") + 1] == "fp8"
+    assert cmd[cmd.index("--kv-cache-dtype") + 1] == "fp8"
+    plain = vllm_command(launch_for_replica(Replica(0, (0,), ReplicaConfig("H100-80GB")), "m", "m", 9000))
+    assert "--quantization" not in plain and "--kv-cache-dtype" not in plain
+    int8_kv = Replica(0, (0,), ReplicaConfig("H100-80GB", kv_cache_dtype="int8"))
+    with pytest.raises(EngineStartError, match="TurboMind"):
+        launch_for_replica(int8_kv, "m", "m", 9000)

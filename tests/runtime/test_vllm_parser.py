@@ -33,6 +33,10 @@ def gpu_replicas() -> list[Replica]:
         for precision in ("bf16", "fp16", "fp32", "fp8"):
             replicas.append(Replica(rid, tuple(range(tp * pp)), ReplicaConfig("H100", tp, pp, precision)))
             rid += 1
+    for weights, kv in (("fp8", "fp8"), ("int4", "bf16"), ("int8", "fp8")):
+        replicas.append(Replica(rid, (0, 1), ReplicaConfig("H100", 2, 1, weight_format=weights,
+                                                          kv_cache_dtype=kv)))
+        rid += 1
     replicas.append(Replica(rid, (0, 1), ReplicaConfig("A100", 2, 1, "bf16", 2048, 64)))
     return replicas
 
@@ -99,7 +103,11 @@ def test_gpu_commands_parse_and_carry_tp_pp_precision_and_settings(parsed):
         config = replica.config
         assert v["model_tag"] == "meta-llama/Llama-2-13b-hf"
         assert (v["tensor_parallel_size"], v["pipeline_parallel_size"]) == (config.tp, config.pp)
-        if config.precision == "fp8":
+        if config.weight_format != "bf16":
+            assert v["quantization"] == {"fp8": "fp8", "int4": "awq", "int8": "compressed-tensors"}[
+                config.weight_format]
+            assert v["kv_cache_dtype"] == ("fp8" if config.kv_cache_dtype == "fp8" else "auto")
+        elif config.precision == "fp8":
             assert v["quantization"] == "fp8"
         else:
             assert v["dtype"] == {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[

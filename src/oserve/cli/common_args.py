@@ -121,3 +121,18 @@ def parse_time_range(text: str | None) -> tuple[float, float] | None:
     if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
         raise ConfigError(f"--time-range: need 0 <= START < END (finite seconds), got '{text}'")
     return start, end
+
+
+def add_format_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-formats", default="bf16", metavar="LIST",
+                   help="weight formats replicas may use, from bf16,fp8,int8,int4 (default %(default)s; "
+                        "the quality of a format for your model is your call)")
+    p.add_argument("--kv-formats", default="bf16", metavar="LIST",
+                   help="KV-cache dtypes replicas may use, from bf16,fp8,int8,int4 (default %(default)s)")
+
+
+def formats_from_args(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from oserve.costmodel.precision import KV_FORMATS, WEIGHT_FORMATS, parse_formats
+
+    return (parse_formats(args.weight_formats, WEIGHT_FORMATS, "--weight-formats"),
+            parse_formats(args.kv_formats, KV_FORMATS, "--kv-formats"))

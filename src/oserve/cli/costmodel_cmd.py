@@ -1,4 +1,5 @@
-"""``oserve costmodel validate|fit``: check the cost model against measured profiles, or refit it."""
+"""``oserve costmodel validate|fit|formats``: check the cost model against measured profiles, refit it, or
+show what it assumes about each number format."""
 
 from __future__ import annotations
 
@@ -40,6 +41,38 @@ def register(sub) -> None:
                    "which must name one GPU)")
     f.add_argument("--out", required=True, metavar="FILE")
     f.set_defaults(func=run_fit)
+    fm = cm.add_parser("formats", help="the factors behind each weight format and KV dtype, and which "
+                                       "are measured or uncalibrated")
+    fm.add_argument("--model", default="llama-2-70b", help="catalog model (for KV scale overheads)")
+    fm.add_argument("--gpu", default="H100-80GB")
+    fm.add_argument("--calibration", default=None, metavar="FILE")
+    fm.add_argument("--json", action="store_true")
+    fm.set_defaults(func=run_formats)
+
+
+def run_formats(args) -> int:
+    """Every weight format x KV dtype on one TP1 replica: its factors and their sources."""
+    from oserve.costmodel.cost_model import CostModel
+    from oserve.costmodel.precision import KV_FORMATS, WEIGHT_FORMATS
+    from oserve.costmodel.replica_config import ReplicaConfig
+
+    gpu = load_gpus().get(args.gpu)
+    cost = CostModel(load_models().get(args.model), calibration=load_calibration(args.calibration))
+    out = {}
+    for w in WEIGHT_FORMATS:
+        for kv in KV_FORMATS:
+            cfg = ReplicaConfig(gpu.name, 1, 1, weight_format=w, kv_cache_dtype=kv)
+            out[f"W:{w} KV:{kv}"] = {k: {"value": f.value, "source": f.source, "note": f.note}
+                                     for k, f in cost.precision_factors(cfg).items()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"Number formats on {gpu.name} for {args.model} (sources: exact, datasheet, measured; "
+          "'assumed' = uncalibrated until a profile measures it)")
+    for name, factors in out.items():
+        parts = [f"{k} {f['value']:g} [{f['source']}]" for k, f in factors.items()]
+        print(f"  {name:<16} " + "; ".join(parts))
+    return 0
 
 
 def _row_gpus(rows, gpus, override: str | None) -> dict:

@@ -8,12 +8,15 @@ from oserve.cli.common_args import (
     NON_NEGATIVE,
     POSITIVE,
     add_cluster_model_args,
+    add_format_args,
     add_trace_args,
     config_from_flags,
     default,
+    formats_from_args,
     resolve,
 )
 from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
+from oserve.costmodel.cost_model import CostModel
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan
 from oserve.planner.search import SearchParams
@@ -32,6 +35,7 @@ def register(sub) -> None:
                    default=default(SearchParams, "min_gain_over_homogeneous"),
                    help="predicted capacity gain a heterogeneous deployment needs over the best "
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
+    add_format_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_slo_args(p)
     p.set_defaults(func=run)
@@ -49,17 +53,19 @@ def run(args) -> int:
     types = fit_request_types(trace, args.types, args.seed)
     stats = types.stats(trace)
     verification = None
+    formats = formats_from_args(args)
     if slo is None:
         plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                         search=search)
+                         search=search, weight_formats=formats[0], kv_formats=formats[1])
     else:
         plan, verification = _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo,
-                                            objective, search)
+                                            objective, search, formats)
+    notes = uncalibrated_notes(plan, cost)
     if args.json:
         out = plan.to_dict()
         out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,
                    online_mistype_rate=types.online_mistype_rate(trace),
-                   slo=slo.describe() if slo else None)
+                   slo=slo.describe() if slo else None, uncalibrated=notes)
         if verification is not None:
             out.update(verification.to_dict())
         print(json.dumps(out, indent=2))
@@ -70,10 +76,24 @@ def run(args) -> int:
         print(render(plan, cluster.describe(), trace.name))
         if slo is not None:
             print(render_goodput(plan, slo, verification))
+        for note in notes:
+            print(f"uncalibrated: {note}")
     return 0
 
 
-def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, objective, search):
+def uncalibrated_notes(plan: Plan, cost: CostModel) -> list[str]:
+    """One line per number-format factor the plan's replicas rely on that no profile has measured."""
+    notes = []
+    for cfg in dict.fromkeys(plan.configs()):
+        for what, factor in cost.precision_factors(cfg).items():
+            if factor.source == "assumed":
+                line = f"{cfg.label()}: {what} ({factor.note})"
+                if line not in notes:
+                    notes.append(line)
+    return notes
+
+
+def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, objective, search, formats):
     """Plan under an SLO: the latency model's shortlist, verified by the simulator (oserve.sim)."""
     from oserve.sim.config import SimConfig
     from oserve.sim.experiment import PreparedTrace
@@ -84,10 +104,11 @@ def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, o
         from oserve.planner.slo_planner import score_plan, slo_workload
 
         plan = make_plan(cluster, cost.model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                         search=search)
+                         search=search, weight_formats=formats[0], kv_formats=formats[1])
         return score_plan(plan, cost, stats, slo_workload(trace, types, stats, slo), cluster), None
     return plan_with_slo(cluster, cost, prepared, args.planner, slo, objective, SimConfig(seed=args.seed),
-                         allow_pp=not args.no_pp, verify_requests=args.verify_requests)
+                         allow_pp=not args.no_pp, verify_requests=args.verify_requests,
+                         weight_formats=formats[0], kv_formats=formats[1])
 
 
 def render_goodput(plan: Plan, slo, verification) -> str:

@@ -36,6 +36,7 @@ from oserve.costmodel.operators import (
     gemm_work,
     prefill_attention_work,
 )
+from oserve.costmodel.precision import PRECISION_KINDS, base_kind, kind_peak, precision_row_work
 
 OPERATOR_KINDS = ("gemm", "prefill", "decode")
 LAYER_KINDS = ("layer_prefill", "layer_decode")
@@ -49,9 +50,9 @@ class KindFactors:
     mem_eff: float
     parallel_half: float = 0.0  # units of parallel work at which the kernel reaches half efficiency
 
-    def time_ms(self, work: Work, gpu: GpuSpec) -> float:
+    def time_ms(self, work: Work, gpu: GpuSpec, peak: str = "bf16") -> float:
         occupancy = work.parallelism / (work.parallelism + self.parallel_half)
-        tc = work.flops / (gpu.bf16_tflops * 1e12 * self.compute_eff * occupancy) * 1e3
+        tc = work.flops / (gpu.peak_tflops(peak) * 1e12 * self.compute_eff * occupancy) * 1e3
         tm = work.bytes / (gpu.hbm_gbps * 1e9 * self.mem_eff * occupancy) * 1e3
         return float(self.t0_ms + (tc ** SMOOTH_P + tm ** SMOOTH_P) ** (1.0 / SMOOTH_P))
 
@@ -63,6 +64,16 @@ class Calibration:
     layer_fixed_ms: float = 0.0
     fitted_on: tuple[str, ...] = ()
     source: str = ""
+
+    def factors(self, kind: str) -> tuple[KindFactors, bool]:
+        """The factors of ``kind`` and whether they were measured; an unmeasured precision kind borrows
+        its bf16 kind's factors (applied at its own peak), which the cost model reports as uncalibrated."""
+        if kind in self.kinds:
+            return self.kinds[kind], True
+        return self.kinds[base_kind(kind)], False
+
+    def kind_time_ms(self, kind: str, work: Work, gpu: GpuSpec) -> float:
+        return self.factors(kind)[0].time_ms(work, gpu, kind_peak(kind))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,16 +143,16 @@ def read_profile(path: str | Path) -> list[ProfileRow]:
             kind = rec["kind"]
             if kind.startswith("ceiling"):
                 continue
-            if kind not in OPERATOR_KINDS + LAYER_KINDS:
-                raise InputFormatError(str(path), line, "kind",
-                                       f"unknown kind {kind!r}, expected {OPERATOR_KINDS + LAYER_KINDS}")
+            known = OPERATOR_KINDS + LAYER_KINDS + PRECISION_KINDS
+            if kind not in known:
+                raise InputFormatError(str(path), line, "kind", f"unknown kind {kind!r}, expected {known}")
             try:
                 tp, a, ms = int(rec["tp"]), float(rec["a"]), float(rec["ms"])
             except (TypeError, ValueError):
                 raise InputFormatError(str(path), line, "tp/a/ms", "not a number") from None
             if tp < 1 or a <= 0 or not ms > 0:
                 raise InputFormatError(str(path), line, "tp/a/ms", "must be positive")
-            if kind == "gemm" and rec["b"] not in GEMM_LAYERS:
+            if kind.startswith("gemm") and rec["b"] not in GEMM_LAYERS:
                 raise InputFormatError(str(path), line, "b", f"GEMM layer must be one of {GEMM_LAYERS}")
             rows.append(ProfileRow(line, rec["gpu"], kind, rec["model"], tp, a, rec["b"], ms))
     return rows
@@ -171,6 +182,8 @@ def operator_work(row: ProfileRow, model: ModelSpec) -> list[tuple[str, Work]]:
     """The (kind, work) parts of a profile row; a layer row is the sum of its operators."""
     if row.kind == "gemm":
         return [("gemm", gemm_work(model, row.tp, row.b, row.a))]
+    if row.kind in PRECISION_KINDS:
+        return [(row.kind, precision_row_work(row.kind, model, row.tp, row.a, row.b))]
     if row.kind == "prefill":
         return [("prefill", prefill_attention_work(model, row.tp, row.a, float(row.b)))]
     if row.kind == "decode":
@@ -185,7 +198,7 @@ def operator_work(row: ProfileRow, model: ModelSpec) -> list[tuple[str, Work]]:
 
 
 def predict_row_ms(row: ProfileRow, model: ModelSpec, gpu: GpuSpec, cal: Calibration) -> float:
-    parts = sum(cal.kinds[k].time_ms(w, gpu) for k, w in operator_work(row, model))
+    parts = sum(cal.kind_time_ms(k, w, gpu) for k, w in operator_work(row, model))
     if row.kind in LAYER_KINDS:
         return parts * (1 + cal.layer_extra_frac) + cal.layer_fixed_ms
     return parts
@@ -202,20 +215,22 @@ def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: G
     if not train:
         raise ConfigError(f"no profile rows for the training models {train_models}")
     kinds: dict[str, KindFactors] = {}
-    for kind in OPERATOR_KINDS:
+    present = {r.kind for r in train}
+    for kind in OPERATOR_KINDS + tuple(k for k in PRECISION_KINDS if k in present):
         krows = [r for r in train if r.kind == kind]
         if not krows:
             raise ConfigError(f"profile has no '{kind}' rows for {train_models}")
         works = [operator_work(r, models[r.model])[0][1] for r in krows]
         measured = np.log([r.ms for r in krows])
 
-        occupancy_limited = kind != "gemm"
+        occupancy_limited = not kind.startswith("gemm")
+        peak = kind_peak(kind)
 
         def residuals(x: np.ndarray, works: list[Work] = works, measured: np.ndarray = measured,
-                      occ: bool = occupancy_limited) -> np.ndarray:
+                      occ: bool = occupancy_limited, peak: str = peak) -> np.ndarray:
             f = KindFactors(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]),
                             math.exp(x[3]) if occ else 0.0)
-            return np.asarray(np.log([f.time_ms(w, gpu) for w in works]) - measured)
+            return np.asarray(np.log([f.time_ms(w, gpu, peak) for w in works]) - measured)
 
         sol = least_squares(residuals, x0=[math.log(0.005), math.log(0.6), math.log(0.8), 0.0],
                             loss="soft_l1", f_scale=0.1)

@@ -74,6 +74,8 @@ class GpuSpec(BaseModel):
     name: str
     aliases: tuple[str, ...] = ()
     bf16_tflops: float = Field(gt=0)
+    fp8_tflops: float = Field(default=0.0, ge=0, description="dense FP8 peak; 0 = no FP8 tensor cores")
+    int8_tops: float = Field(default=0.0, ge=0, description="dense INT8 peak; 0 = none")
     hbm_gb: float = Field(gt=0)
     hbm_gbps: float = Field(gt=0)
     intra_node_gbps: float = Field(gt=0)
@@ -81,6 +83,10 @@ class GpuSpec(BaseModel):
     @property
     def hbm_bytes(self) -> float:
         return self.hbm_gb * 1e9
+
+    def peak_tflops(self, peak: str) -> float:
+        """Dense tensor-core peak for ``bf16``, ``fp8`` or ``int8`` operands (0 when unsupported)."""
+        return {"bf16": self.bf16_tflops, "fp8": self.fp8_tflops, "int8": self.int8_tops}[peak]
 
 
 S = TypeVar("S", ModelSpec, GpuSpec)

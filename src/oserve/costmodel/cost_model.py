@@ -22,9 +22,15 @@ from oserve.costmodel.network import all_reduce_s, send_recv_s
 from oserve.costmodel.operators import (
     GEMM_LAYERS,
     Work,
-    decode_attention_work,
     gemm_work,
     kv_heads_per_shard,
+)
+from oserve.costmodel.precision import (
+    Factor,
+    decode_work_for,
+    gemm_work_for,
+    kv_format,
+    resolve_weight_format,
 )
 from oserve.costmodel.replica_config import ReplicaConfig
 
@@ -80,11 +86,18 @@ class CostModel:
     # ---- memory -------------------------------------------------------------------------------------
 
     def weight_bytes_per_gpu(self, cfg: ReplicaConfig) -> float:
-        return self.model.weight_bytes / cfg.num_gpus
+        if cfg.weight_format == "bf16":  # the catalog's own bytes per weight (2, or what a user set)
+            return self.model.weight_bytes / cfg.num_gpus
+        wf = resolve_weight_format(cfg.weight_format, self.gpu(cfg))
+        return self.model.num_params * wf.bytes_per_weight.value / cfg.num_gpus
+
+    def kv_bytes_per_element(self, cfg: ReplicaConfig) -> float:
+        return kv_format(cfg.kv_cache_dtype).bytes_per_element(self.model.head_dim).value
 
     def kv_bytes_per_token_per_gpu(self, cfg: ReplicaConfig) -> float:
         layers = math.ceil(self.model.num_layers / cfg.pp)
-        return layers * 2 * kv_heads_per_shard(self.model, cfg.tp) * self.model.head_dim * ACTIVATION_BYTES
+        return (layers * 2 * kv_heads_per_shard(self.model, cfg.tp) * self.model.head_dim
+                * self.kv_bytes_per_element(cfg))
 
     def kv_capacity_tokens(self, cfg: ReplicaConfig) -> int:
         """Tokens of KV cache the replica holds (0 when the weights alone do not fit)."""
@@ -102,13 +115,40 @@ class CostModel:
     # ---- time of one stage --------------------------------------------------------------------------
 
     def _op_s(self, kind: str, work: Work, gpu: GpuSpec) -> float:
-        return self.calibration.kinds[kind].time_ms(work, gpu) * 1e-3
+        return self.calibration.kind_time_ms(kind, work, gpu) * 1e-3
+
+    def precision_factors(self, cfg: ReplicaConfig) -> dict[str, Factor]:
+        """What the replica's number formats contribute and where each number comes from; a kernel
+        efficiency not measured by the calibration's profile is marked ``assumed`` (uncalibrated)."""
+        gpu = self.gpu(cfg)
+        wf = resolve_weight_format(cfg.weight_format, gpu)
+        kvf = kv_format(cfg.kv_cache_dtype)
+        out = {"weight bytes/param": wf.bytes_per_weight,
+               "KV bytes/value": kvf.bytes_per_element(self.model.head_dim)}
+        if wf.peak != "bf16":
+            out[f"{wf.peak} peak TFLOPS"] = Factor(gpu.peak_tflops(wf.peak), "datasheet", gpu.name)
+        for label, kind, fmt_name in (("GEMM efficiency", wf.profile_kind, wf.name),
+                                      ("decode attention efficiency", kvf.profile_kind, kvf.name)):
+            if fmt_name == "bf16":
+                continue
+            measured = self.calibration.factors(kind)[1]
+            out[label] = (Factor(1.0, "measured", f"profile kind {kind}") if measured else
+                          Factor(1.0, "assumed", f"uncalibrated: bf16 factors until a '{kind}' profile "
+                                                 "is fitted"))
+        if wf.compute_overhead.source != "exact":
+            out["GEMM compute overhead"] = wf.compute_overhead
+        return out
 
     def _layer_s(self, cfg: ReplicaConfig, tokens: float, prefill_sq: float, num_prefill: float,
                  decode_batch: float, decode_ctx_total: float) -> float:
         """One layer on one shard: GEMMs over all tokens, prefill attention, decode attention."""
         gpu, m = self.gpu(cfg), self.model
-        total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
+        if cfg.weight_format == "bf16":
+            total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
+        else:
+            wf = resolve_weight_format(cfg.weight_format, gpu)
+            total = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
+                        for g in GEMM_LAYERS)
         if num_prefill > 0:
             heads = m.num_heads / cfg.tp
             kvh = kv_heads_per_shard(m, cfg.tp)
@@ -118,7 +158,8 @@ class CostModel:
             total += self._op_s("prefill", Work(flops, nbytes, heads * num_prefill), gpu)
         if decode_batch > 0:
             ctx = decode_ctx_total / decode_batch
-            total += self._op_s("decode", decode_attention_work(m, cfg.tp, decode_batch, ctx), gpu)
+            kvf = kv_format(cfg.kv_cache_dtype)
+            total += self._op_s(kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
         return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[int, int], ...] = (),

@@ -1,6 +1,6 @@
 """A replica configuration: the unit the cost model prices and the planner chooses.
 
-A configuration is the hardware split (GPU type, TP, PP, precision) plus the two engine settings that
+A configuration is the hardware split (GPU type, TP, PP, precision, weight and KV formats) plus the two engine settings that
 shape a replica's latency: the chunked-prefill token budget per step (``max_num_batched_tokens``) and the
 most sequences running at once (``max_num_seqs``), both under vLLM's names. ``0`` means "the engine's
 default" (resolved by the cost model); a sentinel integer rather than ``None`` keeps configurations
@@ -9,7 +9,7 @@ totally ordered (``order=True``) and usable as dict keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from oserve.common.errors import ConfigError
 
@@ -18,7 +18,12 @@ ENGINE_DEFAULT = 0  # sentinel of the engine settings: the engine's own default
 
 @dataclass(frozen=True, order=True)
 class ReplicaConfig:
-    """GPU type, tensor- and pipeline-parallel degree, weight precision and engine settings of a replica."""
+    """GPU type, tensor- and pipeline-parallel degree, number formats and engine settings of a replica.
+
+    ``precision`` is the activation dtype the engine computes in (bf16, fp16, or fp32 on CPUs);
+    ``weight_format`` and ``kv_cache_dtype`` are how weights and the KV cache are stored
+    (``costmodel.precision`` prices them).
+    """
 
     gpu_type: str
     tp: int = 1
@@ -26,6 +31,8 @@ class ReplicaConfig:
     precision: str = "bf16"
     max_num_batched_tokens: int = ENGINE_DEFAULT
     max_num_seqs: int = ENGINE_DEFAULT
+    weight_format: str = "bf16"
+    kv_cache_dtype: str = "bf16"
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
@@ -43,12 +50,11 @@ class ReplicaConfig:
         """The same split at the engine's default settings (what memory and step times depend on)."""
         if not (self.max_num_batched_tokens or self.max_num_seqs):
             return self
-        return ReplicaConfig(self.gpu_type, self.tp, self.pp, self.precision)
+        return self.with_engine()
 
     def with_engine(self, max_num_batched_tokens: int = ENGINE_DEFAULT,
                     max_num_seqs: int = ENGINE_DEFAULT) -> ReplicaConfig:
-        return ReplicaConfig(self.gpu_type, self.tp, self.pp, self.precision, max_num_batched_tokens,
-                             max_num_seqs)
+        return replace(self, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
 
     def engine_label(self) -> str:
         """``"2048 tok, 128 seqs"`` for the settings that are set, ``""`` at the engine defaults."""
@@ -61,8 +67,12 @@ class ReplicaConfig:
 
     def label(self) -> str:
         engine = self.engine_label()
-        return (f"{self.gpu_type} TP{self.tp}" + (f" PP{self.pp}" if self.pp > 1 else "")
-                + (f" ({engine})" if engine else ""))
+        label = f"{self.gpu_type} TP{self.tp}" + (f" PP{self.pp}" if self.pp > 1 else "")
+        if self.weight_format != "bf16":
+            label += f" W:{self.weight_format}"
+        if self.kv_cache_dtype != "bf16":
+            label += f" KV:{self.kv_cache_dtype}"
+        return label + (f" ({engine})" if engine else "")
 
 
 __all__ = ["ENGINE_DEFAULT", "ReplicaConfig"]

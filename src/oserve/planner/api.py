@@ -103,16 +103,21 @@ def build_plan(problem: PlanningProblem, counts: Counts, planner: str, seconds: 
 
 def make_plan(cluster: ClusterSpec, model: ModelSpec, types: list[TypeStats], planner: str = "oserve",
               cost_model: CostModel | None = None, initial: Mapping[ReplicaConfig, int] | None = None,
-              allow_pp: bool = True, search: SearchParams = SearchParams()) -> Plan:
+              allow_pp: bool = True, search: SearchParams = SearchParams(),
+              weight_formats: tuple[str, ...] = ("bf16",), kv_formats: tuple[str, ...] = ("bf16",)) -> Plan:
     """Choose a deployment of ``model`` on ``cluster`` for the request types' rates and dispatch them.
 
     ``initial`` is the current deployment (replica count per config): the ``oserve`` planner also searches
     from it and keeps its result when it is as good, so re-planning prefers nearby deployments. The
     ``oserve`` planner returns a heterogeneous deployment only when it beats the best homogeneous one by
-    ``search.min_gain_over_homogeneous`` (5%) in predicted capacity.
+    ``search.min_gain_over_homogeneous`` (5%) in predicted capacity. ``weight_formats`` and
+    ``kv_formats`` are the number formats each replica may use (``costmodel.precision``); ``default``
+    keeps bf16, what a vLLM user deploys unaided.
     """
     start = time.perf_counter()
     cost = cost_model or CostModel(model)
-    problem = PlanningProblem(cluster, cost, types, allow_pp)
+    if planner == "default":
+        weight_formats, kv_formats = ("bf16",), ("bf16",)
+    problem = PlanningProblem(cluster, cost, types, allow_pp, weight_formats, kv_formats)
     counts = _choose(problem, planner, initial, search)
     return build_plan(problem, counts, planner, time.perf_counter() - start)

@@ -23,15 +23,20 @@ from oserve.planner.plan import Replica
 POWERS_OF_TWO = (1, 2, 4, 8, 16)
 
 
-def candidate_configs(cluster: ClusterSpec, cost: CostModel, allow_pp: bool = True) -> list[ReplicaConfig]:
-    """Every configuration that fits the model in memory and fits in one node of its GPU type."""
+def candidate_configs(cluster: ClusterSpec, cost: CostModel, allow_pp: bool = True,
+                      weight_formats: tuple[str, ...] = ("bf16",),
+                      kv_formats: tuple[str, ...] = ("bf16",)) -> list[ReplicaConfig]:
+    """Every configuration (with each allowed number format) that fits the model in memory and fits in
+    one node of its GPU type."""
     out = []
     for group in cluster.groups:
         for tp in POWERS_OF_TWO:
             for pp in POWERS_OF_TWO if allow_pp else (1,):
-                cfg = ReplicaConfig(group.gpu.name, tp, pp)
-                if tp * pp <= group.gpus_per_node and cost.fits(cfg) and cfg not in out:
-                    out.append(cfg)
+                for w in weight_formats:
+                    for kv in kv_formats:
+                        cfg = ReplicaConfig(group.gpu.name, tp, pp, weight_format=w, kv_cache_dtype=kv)
+                        if tp * pp <= group.gpus_per_node and cost.fits(cfg) and cfg not in out:
+                            out.append(cfg)
     if not out:
         raise InfeasiblePlanError(
             f"model '{cost.model.name}' ({cost.model.weight_bytes / 1e9:.0f} GB of weights) fits no "

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from oserve.common.errors import ConfigError, InputFormatError
 from oserve.common.validation import first_error
+from oserve.costmodel.precision import KV_FORMATS, WEIGHT_FORMATS
 from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 
 
@@ -31,7 +32,8 @@ class Replica:
         """JSON form; the engine settings under vLLM's names, ``null`` for the engine's default."""
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
-                "precision": self.config.precision,
+                "precision": self.config.precision, "weight_format": self.config.weight_format,
+                "kv_cache_dtype": self.config.kv_cache_dtype,
                 "max_num_batched_tokens": self.config.max_num_batched_tokens or None,
                 "max_num_seqs": self.config.max_num_seqs or None}
 
@@ -109,10 +111,7 @@ class Plan:
         shape = doc.shape_problem()
         if shape:
             raise InputFormatError(source, None, shape[0], shape[1])
-        replicas = tuple(Replica(r.replica_id, tuple(r.gpus),
-                                 ReplicaConfig(r.gpu_type, r.tp, r.pp, r.precision,
-                                               r.max_num_batched_tokens or ENGINE_DEFAULT,
-                                               r.max_num_seqs or ENGINE_DEFAULT))
+        replicas = tuple(Replica(r.replica_id, tuple(r.gpus), _replica_config(r.model_dump()))
                          for r in doc.replicas)
         return Plan(doc.model, replicas, tuple(doc.types), tuple(doc.type_rates_rps),
                     tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
@@ -149,6 +148,22 @@ class _ReplicaDoc(BaseModel):
     pp: int = Field(ge=1)
     gpu_type: str = Field(min_length=1)
     precision: str = "bf16"
+    weight_format: str = "bf16"
+    kv_cache_dtype: str = "bf16"
+
+    @field_validator("weight_format")
+    @classmethod
+    def _weight_format(cls, v: str) -> str:
+        if v not in WEIGHT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(WEIGHT_FORMATS)}")
+        return v
+
+    @field_validator("kv_cache_dtype")
+    @classmethod
+    def _kv_cache_dtype(cls, v: str) -> str:
+        if v not in KV_FORMATS:
+            raise ValueError(f"must be one of {', '.join(KV_FORMATS)}")
+        return v
     # engine settings under vLLM's names; null or absent: the engine's default
     max_num_batched_tokens: int | None = Field(None, ge=1)
     max_num_seqs: int | None = Field(None, ge=1)
@@ -179,6 +194,7 @@ class _PlanDoc(BaseModel):
     trace: str | None = None
     requests_shortened: int | None = None
     online_mistype_rate: float | None = None
+    uncalibrated: list[str] | None = None
     slo: str | None = None
     verification_requests: int | None = None
     shortlist: list[dict[str, Any]] | None = None
@@ -205,6 +221,17 @@ class _PlanDoc(BaseModel):
         if any(not 0 <= b < num_r for b in self.bottlenecks):
             return "bottlenecks", f"replica ids must be in 0..{num_r - 1}"
         return None
+
+
+def _replica_config(r: dict[str, Any]) -> ReplicaConfig:
+    precision = r.get("precision", "bf16")
+    weight_format = r.get("weight_format", "bf16")
+    if precision == "fp8":  # plans written before weight_format existed said fp8 weights this way
+        precision, weight_format = "bf16", "fp8"
+    return ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], precision,
+                         r.get("max_num_batched_tokens") or ENGINE_DEFAULT,
+                         r.get("max_num_seqs") or ENGINE_DEFAULT,
+                         weight_format=weight_format, kv_cache_dtype=r.get("kv_cache_dtype", "bf16"))
 
 
 __all__ = ["Plan", "Replica"]

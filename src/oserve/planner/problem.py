@@ -24,6 +24,9 @@ class PlanningProblem:
     cost: CostModel
     types: list[TypeStats]
     allow_pp: bool = True
+    # number formats the user allows (quality is their call): candidates come in each combination
+    weight_formats: tuple[str, ...] = ("bf16",)
+    kv_formats: tuple[str, ...] = ("bf16",)
     # SLO planning: the candidate configurations (with engine settings) and their per-type capacities,
     # given instead of listed from the cluster and priced by the throughput model
     config_list: list[ReplicaConfig] | None = None
@@ -38,7 +41,8 @@ class PlanningProblem:
             self.configs = list(self.config_list)
             self.capacity = np.asarray(self.capacity_matrix, dtype=float)
         else:
-            self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp)
+            self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp,
+                                             self.weight_formats, self.kv_formats)
             loads = [TypeLoad(t.mean_input_tokens, t.mean_output_tokens) for t in self.types]
             self.capacity = np.array([[self.cost.type_capacity_rps(c, ld) for ld in loads]
                                       for c in self.configs])

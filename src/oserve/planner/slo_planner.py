@@ -81,11 +81,12 @@ class GoodputPlanner:
 
     def __init__(self, cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats],
                  workload: SloWorkload, allow_pp: bool = True,
-                 budgets: tuple[int, ...] = ENGINE_BUDGETS) -> None:
+                 budgets: tuple[int, ...] = ENGINE_BUDGETS, weight_formats: tuple[str, ...] = ("bf16",),
+                 kv_formats: tuple[str, ...] = ("bf16",)) -> None:
         if len(stats) != workload.num_types:
             raise ConfigError(f"{len(stats)} request types but the SLO workload has {workload.num_types}")
         self.cluster, self.cost, self.stats, self.workload = cluster, cost, stats, workload
-        self.hardware = candidate_configs(cluster, cost, allow_pp)
+        self.hardware = candidate_configs(cluster, cost, allow_pp, weight_formats, kv_formats)
         self.budgets = budgets
         self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {}
         self._step_caches: dict[ReplicaConfig, dict[str, dict[tuple[float, float], float]]] = {}
@@ -237,13 +238,16 @@ def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], object
 
 
 def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,
-                 planner: str, objective: str = "goodput", allow_pp: bool = True) -> tuple[Plan, list[Plan]]:
+                 planner: str, objective: str = "goodput", allow_pp: bool = True,
+                 weight_formats: tuple[str, ...] = ("bf16",),
+                 kv_formats: tuple[str, ...] = ("bf16",)) -> tuple[Plan, list[Plan]]:
     """(the best plan by predicted goodput, the shortlist as plans) for ``oserve``; for the reference
     planners their own deployment, scored by the latency model."""
     if objective not in OBJECTIVES or objective == "throughput":
         raise ConfigError(f"plan_for_slo: objective must be goodput or min-gpus, got '{objective}'")
     t0 = time.perf_counter()
-    gp = GoodputPlanner(cluster, cost, stats, workload, allow_pp)
+    gp = GoodputPlanner(cluster, cost, stats, workload, allow_pp, weight_formats=weight_formats,
+                        kv_formats=kv_formats)
     if objective == "min-gpus":
         best = gp.min_gpus()
         plan = candidate_plan(best, cost, stats, objective, planner, time.perf_counter() - t0)

@@ -57,7 +57,7 @@ class LlamaCppEngine:
         if not self.model_path.is_file():
             raise EngineStartError(f"model file {self.model_path} does not exist")
         self._llama = await asyncio.to_thread(
-            _load_llama, Llama, self.use_extra_buffers, model_path=str(self.model_path),
+            load_llama, Llama, self.use_extra_buffers, model_path=str(self.model_path),
             n_ctx=self.info.context_tokens, n_threads=self.num_threads, seed=self.seed, verbose=False)
         self._formatter = _chat_formatter(self._llama)
 
@@ -211,7 +211,7 @@ def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
 _LOAD_LOCK = threading.Lock()
 
 
-def _load_llama(llama_class, use_extra_buffers: bool, **kwargs):
+def load_llama(llama_class, use_extra_buffers: bool, **kwargs):
     """``Llama(**kwargs)``, with llama.cpp's ``use_extra_bufts`` model parameter set (llama-cpp-python
     does not expose it, so its default-parameters function is wrapped while this model loads)."""
     import llama_cpp.llama as module

@@ -51,6 +51,8 @@ class VllmLaunch:
     gpu_memory_utilization: float = 0.90
     max_num_seqs: int | None = None            # engine settings from the plan, passed when set
     max_num_batched_tokens: int | None = None
+    quantization: str | None = None  # GPU: vLLM's --quantization for the weight format
+    kv_cache_dtype: str = "auto"      # GPU: vLLM's --kv-cache-dtype
     enforce_eager: bool = False
     cpu_cores: tuple[int, ...] = ()  # CPU: cores the replica's OpenMP threads are bound to
     kv_cache_gib: int = 1            # CPU: VLLM_CPU_KVCACHE_SPACE
@@ -95,6 +97,10 @@ def vllm_command(launch: VllmLaunch) -> list[str]:
             cmd += ["--dtype", PRECISION_DTYPE[launch.precision]]
         elif launch.precision == "fp8":
             cmd += ["--quantization", "fp8"]
+        if launch.quantization:
+            cmd += ["--quantization", launch.quantization]
+        if launch.kv_cache_dtype != "auto":
+            cmd += ["--kv-cache-dtype", launch.kv_cache_dtype]
         if launch.enforce_eager:
             cmd.append("--enforce-eager")
     cmd += ["--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
@@ -151,7 +157,22 @@ def launch_for_replica(replica: Replica, model: str, served_name: str, port: int
     return VllmLaunch(model=model, served_name=served_name, port=port, tp=config.tp, pp=config.pp,
                       gpu_ids=tuple(g % gpus_per_node for g in replica.gpus),
                       precision=config.precision, max_model_len=max_model_len,
-                      extra_args=tuple(extra_args), **settings)
+                      extra_args=tuple(extra_args), **settings, **vllm_formats(config))
+
+
+# Weight formats as vLLM loads them: fp8 quantizes a bf16 checkpoint on load; INT4 and INT8 need a
+# checkpoint quantized ahead (AWQ, compressed-tensors W8A8), which --model must point to.
+VLLM_QUANTIZATION = {"bf16": None, "fp8": "fp8", "int4": "awq", "int8": "compressed-tensors"}
+VLLM_KV_CACHE_DTYPE = {"bf16": "auto", "fp8": "fp8"}
+
+
+def vllm_formats(config: ReplicaConfig) -> dict[str, str | None]:
+    """The replica's number formats as vLLM flags; vLLM has no INT8/INT4 KV cache (TurboMind does)."""
+    if config.kv_cache_dtype not in VLLM_KV_CACHE_DTYPE:
+        raise EngineStartError(f"{config.label()}: vLLM's KV cache is bf16 or fp8, not "
+                               f"{config.kv_cache_dtype} (LMDeploy TurboMind serves INT8/INT4 KV)")
+    return {"quantization": VLLM_QUANTIZATION[config.weight_format],
+            "kv_cache_dtype": VLLM_KV_CACHE_DTYPE[config.kv_cache_dtype]}
 
 
 def resolve_vllm_python(explicit: str | None = None) -> str:
