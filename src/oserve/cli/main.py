@@ -25,7 +25,8 @@ def _register_optional(sub) -> None:
     """Subcommands of later layers (simulator, forecasting, runtime) register themselves here."""
     import importlib
 
-    for module in ("oserve.sim.cli", "oserve.sim.adaptive_cli", "oserve.forecast.cli", "oserve.runtime.cli"):
+    for module in ("oserve.sim.cli", "oserve.sim.adaptive_cli", "oserve.forecast.cli", "oserve.runtime.cli",
+                   "oserve.cli.guard_cmd"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

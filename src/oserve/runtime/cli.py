@@ -19,6 +19,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API (embedded CPU model by default)")
     add_serve_args(p)
+    from oserve.cli.guard_cmd import add_guard_serve_args  # the leakage guard's flags (docs/guard.md)
+
+    add_guard_serve_args(p)
     p.set_defaults(func=run_serve)
     bench = sub.add_parser("bench", help="benchmarks against running servers")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -109,7 +112,11 @@ def run_serve(args) -> int:
     from oserve.runtime.serve_setup import build_runtime
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    runtime = build_runtime(args)
+    from oserve.cli.guard_cmd import guard_config_from_args
+    from oserve.runtime.serve_setup import served_name
+
+    runtime = build_runtime(args, guard_config_from_args(args, served_name(args),
+                                                         args.guard_system_prompts))
     from oserve.runtime.gateway.app import create_app
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -51,6 +51,7 @@ class LlamaCppEngine:
             llama, self._llama = self._llama, None
         if llama is not None and hasattr(llama, "close"):
             llama.close()
+        self.close_scorer()
 
     async def health(self) -> bool:
         return self._llama is not None
@@ -135,6 +136,31 @@ class LlamaCppEngine:
             await asyncio.gather(worker, return_exceptions=True)
             self._num_running -= 1
             self._lock.release()
+
+    # --- scoring (the leakage guard's log-likelihood operation); see llama_scoring.py ---------------
+    _scorer = None       # a LlamaScorer, opened on the first call
+    _scorer_lock = None  # an asyncio.Lock, made on the first call (the engine may be built off-loop)
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Per-token log-probs of ``continuation`` after ``messages``, on a scoring instance of the
+        model of its own, so that scoring waits neither for this replica's generations nor blocks
+        the event loop (it runs in a worker thread)."""
+        if self._llama is None:
+            raise EngineDeadError(f"engine '{self.info.name}' is not running")
+        if self._scorer_lock is None:
+            self._scorer_lock = asyncio.Lock()
+        async with self._scorer_lock:
+            if self._scorer is None:
+                from oserve.runtime.llama_scoring import LlamaScorer
+
+                self._scorer = await asyncio.to_thread(
+                    LlamaScorer, self.model_path, self.info.context_tokens, self.num_threads)
+            return tuple(await asyncio.to_thread(self._scorer.score, messages, continuation))
+
+    def close_scorer(self) -> None:
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            scorer.close()
 
 
 __all__ = ["LlamaCppEngine"]

@@ -81,6 +81,13 @@ class _EngineActor:
         async for chunk in self.engine.generate(request):
             yield chunk
 
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        from oserve.runtime.engine import ScoringError, supports_scoring
+
+        if not supports_scoring(self.engine):
+            raise ScoringError(f"engine {self.engine.info.name} cannot score")
+        return await self.engine.log_likelihood(messages, continuation)
+
     def pid(self) -> int:
         import os
 
@@ -175,6 +182,19 @@ class RayActorEngine:
             raise EngineDeadError(f"{self.info.name} actor died: {type(exc).__name__}") from exc
         finally:
             self._num_inflight -= 1
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Scoring runs in the actor, next to its engine (see ``ScoringEngine``)."""
+        import ray
+
+        if self.actor is None:
+            raise EngineDeadError(f"{self.info.name} is not running")
+        try:
+            return tuple(await self.actor.log_likelihood.remote(messages, continuation))
+        except ray.exceptions.RayActorError as exc:
+            raise EngineDeadError(f"{self.info.name} actor died: {type(exc).__name__}") from exc
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
 
 
 async def _with_timeout(ref, timeout_s: float):

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.guard.config import GuardConfig
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.controller import rescaled_types
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
@@ -52,7 +53,7 @@ def engine_spec(args, num_replicas: int) -> EngineSpec:
                                "context_tokens": args.context_tokens})
 
 
-def build_runtime(args) -> ServingRuntime:
+def build_runtime(args, guard: GuardConfig | None = None) -> ServingRuntime:
     trace = load_trace(args.trace)
     types = fit_request_types(trace, args.types, 0)
     stats = types.stats(trace)
@@ -97,7 +98,7 @@ def build_runtime(args) -> ServingRuntime:
                            check_interval_s=args.check_interval_s, replan=replan,
                            dispatch_policy=args.dispatch_policy,
                            first_token_timeout_s=args.first_token_timeout_s,
-                           token_timeout_s=args.token_timeout_s)
+                           token_timeout_s=args.token_timeout_s, guard=guard)
     runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config,
                              switcher=switcher)
     holder["runtime"] = runtime

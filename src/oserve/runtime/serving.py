@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from oserve.guard.config import GuardConfig
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.controller import Controller, EngineFactory, Planner
@@ -30,6 +31,7 @@ class RuntimeConfig:
     check_interval_s: float = 10.0
     drain_timeout_s: float = 300.0
     replan: ReplanConfig = field(default_factory=ReplanConfig)
+    guard: GuardConfig | None = None  # the system-prompt leakage guard (docs/guard.md); None: off
 
 
 class ServingRuntime:

@@ -22,6 +22,11 @@ class CompletionHandler:
 
     def __init__(self, runtime: ServingRuntime) -> None:
         self.runtime = runtime
+        self.guard = None
+        if runtime.config.guard is not None:  # the leakage guard step (gateway/guard_step.py)
+            from oserve.runtime.gateway.guard_step import GuardStep
+
+            self.guard = GuardStep(runtime, runtime.config.guard)
 
     async def open(self, body: ChatCompletionRequest | CompletionRequest) -> RoutedStream:
         if body.model != self.runtime.model_name:
@@ -46,6 +51,8 @@ class CompletionHandler:
             request_id=secrets.token_hex(8), max_tokens=max_tokens, prompt=prompt, messages=messages,
             temperature=body.temperature, top_p=body.top_p, stop=body.stop_tuple(), seed=body.seed,
             prompt_tokens=prompt_tokens)
+        if self.guard is not None:
+            return await self.guard.open(request, router.classify(prompt_tokens))
         return await router.open(request, router.classify(prompt_tokens))
 
     async def complete(self, body: ChatCompletionRequest | CompletionRequest,
