@@ -8,10 +8,12 @@ sampling settings is stale and ``load`` returns None for it (the caller recalibr
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,6 +33,7 @@ class _SamplingFile(BaseModel):
     seed: int
     regenerate: str
     neutral_system_prompt: str
+    statistic: Literal["loglik-gain", "mean-loglik"]
 
 
 class _CalibrationFile(BaseModel):
@@ -40,8 +43,8 @@ class _CalibrationFile(BaseModel):
     system_prompt_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     alpha: float = Field(gt=0.0, lt=1.0)
     upper_tail_is_leak: bool = True
-    no_leak_mll: list[float] = Field(min_length=2)
-    leak_mll: list[float] = Field(min_length=2)
+    no_leak_values: list[float] = Field(min_length=2)
+    leak_values: list[float] = Field(min_length=2)
     sampling: _SamplingFile
     calibration_s: float = Field(ge=0.0)
     created_unix: float = 0.0
@@ -65,13 +68,16 @@ def read_calibration(path: Path | str) -> Calibration:
     if data.version != CALIBRATION_VERSION:
         raise InputFormatError(str(path), None, "version",
                                f"calibration format {data.version}; this oserve reads {CALIBRATION_VERSION}")
-    for name in ("no_leak_mll", "leak_mll"):
-        bad = [v for v in getattr(data, name) if not v <= 1e-6]  # also catches nan
+    for name in ("no_leak_values", "leak_values"):
+        values = getattr(data, name)
+        bad = [v for v in values if not math.isfinite(v)]
+        if data.sampling.statistic == "mean-loglik":
+            bad += [v for v in values if v > 1e-6]
         if bad:
-            raise InputFormatError(str(path), None, name,
-                                   f"mean log-likelihoods must be <= 0, got {bad[0]}")
-    return Calibration(data.model, data.system_prompt_sha256, tuple(data.no_leak_mll),
-                       tuple(data.leak_mll), SamplingSettings(**data.sampling.model_dump()),
+            raise InputFormatError(str(path), None, name, f"{bad[0]} is not a possible "
+                                   f"{data.sampling.statistic} value")
+    return Calibration(data.model, data.system_prompt_sha256, tuple(data.no_leak_values),
+                       tuple(data.leak_values), SamplingSettings(**data.sampling.model_dump()),
                        data.alpha, data.upper_tail_is_leak, data.calibration_s, data.created_unix)
 
 

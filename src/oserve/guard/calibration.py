@@ -2,8 +2,9 @@
 
 The no-leak sample: ordinary questions answered *without* the system prompt (the way the guard
 regenerates, see ``GuardConfig.null_messages``), each answer scored *with* it. The leak sample:
-extraction queries answered *with* the system prompt and scored with it. Both are lists of mean
-log-likelihoods. The test (``threshold.likelihood_ratio_region``) is derived from them for the chosen
+extraction queries answered *with* the system prompt and scored with it. Both are lists of the
+statistic (``GuardConfig.statistic``: the mean log-likelihood, or its gain over the chat without the
+system prompt). The test (``threshold.likelihood_ratio_region``) is derived from them for the chosen
 alpha; it is recomputed whenever a calibration is loaded, so a file cannot carry an inconsistent one.
 
 Generation and scoring are reached through a small ``CalibrationBackend`` protocol, so this module knows
@@ -53,12 +54,13 @@ class SamplingSettings:
     seed: int
     regenerate: str
     neutral_system_prompt: str
+    statistic: str
 
     @classmethod
     def of(cls, config: GuardConfig) -> SamplingSettings:
         return cls(config.num_ordinary, config.num_extraction, config.calibration_max_tokens,
                    config.calibration_temperature, config.calibration_seed, config.regenerate,
-                   config.neutral_system_prompt)
+                   config.neutral_system_prompt, config.statistic)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class Calibration:
 
     model: str
     system_prompt_sha256: str
-    no_leak_mll: tuple[float, ...]
-    leak_mll: tuple[float, ...]
+    no_leak_values: tuple[float, ...]
+    leak_values: tuple[float, ...]
     sampling: SamplingSettings
     alpha: float
     upper_tail_is_leak: bool = True
@@ -79,7 +81,7 @@ class Calibration:
     region: RejectionRegion = field(init=False)  # where the guard declares a leak
 
     def __post_init__(self) -> None:
-        no_leak, leak = GaussianFit.from_samples(self.no_leak_mll), GaussianFit.from_samples(self.leak_mll)
+        no_leak, leak = GaussianFit.from_samples(self.no_leak_values), GaussianFit.from_samples(self.leak_values)
         region = likelihood_ratio_region(no_leak, leak, self.alpha)
         if self.upper_tail_is_leak and leak.mean > no_leak.mean:
             # an answer likelier given the system prompt than the typical leak is a leak, even where a
@@ -89,8 +91,8 @@ class Calibration:
         object.__setattr__(self, "leak", leak)
         object.__setattr__(self, "region", region)
 
-    def is_leak(self, mll: float | None) -> bool:
-        return mll is not None and self.region.contains(mll)
+    def is_leak(self, value: float | None) -> bool:
+        return value is not None and self.region.contains(value)
 
     @property
     def effective_alpha(self) -> float:
@@ -104,13 +106,13 @@ class Calibration:
         return self.region.probability(self.leak)
 
     def with_test(self, alpha: float, upper_tail_is_leak: bool) -> Calibration:
-        return Calibration(self.model, self.system_prompt_sha256, self.no_leak_mll, self.leak_mll,
+        return Calibration(self.model, self.system_prompt_sha256, self.no_leak_values, self.leak_values,
                            self.sampling, alpha, upper_tail_is_leak, self.calibration_s,
                            self.created_unix)
 
     def summary(self) -> dict:
         return {"model": self.model, "system_prompt_sha256": self.system_prompt_sha256,
-                "alpha": self.alpha, "effective_alpha": self.effective_alpha, "power": self.power,
+                "statistic": self.sampling.statistic, "alpha": self.alpha, "effective_alpha": self.effective_alpha, "power": self.power,
                 "no_leak": asdict(self.no_leak), "leak": asdict(self.leak),
                 "rejection_region": [list(i) for i in self.region.intervals],
                 "calibration_s": self.calibration_s}
@@ -118,50 +120,68 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"version": CALIBRATION_VERSION, "model": self.model,
                 "system_prompt_sha256": self.system_prompt_sha256, "alpha": self.alpha,
-                "upper_tail_is_leak": self.upper_tail_is_leak, "no_leak_mll": list(self.no_leak_mll),
-                "leak_mll": list(self.leak_mll), "sampling": asdict(self.sampling),
+                "upper_tail_is_leak": self.upper_tail_is_leak, "no_leak_values": list(self.no_leak_values),
+                "leak_values": list(self.leak_values), "sampling": asdict(self.sampling),
                 "calibration_s": self.calibration_s, "created_unix": self.created_unix}
 
 
 async def collect_samples(system_prompt: str, config: GuardConfig, backend: CalibrationBackend,
-                          null_memo: MutableMapping | None = None, concurrency: int = 1,
+                          memo: MutableMapping | None = None, concurrency: int = 1,
                           ) -> tuple[list[float], list[float]]:
-    """The no-leak and leak samples (mean log-likelihoods; empty answers are left out).
+    """The no-leak and leak samples of the statistic (empty answers are left out).
 
-    ``null_memo`` caches the no-leak answers, which do not depend on the system prompt, across
-    calibrations of several prompts on the same model.
+    ``memo`` caches answers and scores across calibrations on the same model: the no-leak answers do
+    not depend on the system prompt, and a second statistic reuses the first one's answers and scores.
+    Answers are all generated first, then all scored with the system prompt, then (for the gain) all
+    without it, so that consecutive scorings share their prefix (a scorer can reuse its KV cache).
     """
+    memo = {} if memo is None else memo
     limit = asyncio.Semaphore(max(1, concurrency))
     system = ({"role": "system", "content": system_prompt},)
     temperature, max_tokens = config.calibration_temperature, config.calibration_max_tokens
 
-    async def one(question: str, seed: int, leak: bool) -> float | None:
-        asked = system + ({"role": "user", "content": question},)
-        async with limit:
-            generate_from = asked if leak else config.null_messages(asked)
-            key = (repr(generate_from), max_tokens, temperature, seed)
-            if leak or null_memo is None or key not in null_memo:
-                answer = await backend.generate(generate_from, max_tokens, temperature, seed)
-                if not leak and null_memo is not None:
-                    null_memo[key] = answer
-            else:
-                answer = null_memo[key]
-            return mean_log_likelihood(await backend.score(asked, answer)) if answer else None
+    async def answer(messages: tuple[dict, ...], seed: int) -> str:
+        key = ("answer", repr(messages), max_tokens, temperature, seed)
+        if key not in memo:
+            async with limit:
+                memo[key] = await backend.generate(messages, max_tokens, temperature, seed)
+        return memo[key]
+
+    async def mean_score(messages: tuple[dict, ...], text: str) -> float | None:
+        key = ("score", repr(messages), text)
+        if key not in memo:
+            async with limit:
+                memo[key] = mean_log_likelihood(await backend.score(messages, text))
+        return memo[key]
 
     base = config.calibration_seed
-    no_leak = await asyncio.gather(*(one(q, base + i, False) for i, q in
-                                     enumerate(ORDINARY_QUESTIONS[:config.num_ordinary])))
-    leak = await asyncio.gather(*(one(q, base + EXTRACTION_SEED_OFFSET + i, True) for i, q in
-                                  enumerate(EXTRACTION_QUERIES[:config.num_extraction])))
-    return [v for v in no_leak if v is not None], [v for v in leak if v is not None]
+    asked = [(system + ({"role": "user", "content": q},), base + i, False)
+             for i, q in enumerate(ORDINARY_QUESTIONS[:config.num_ordinary])]
+    asked += [(system + ({"role": "user", "content": q},), base + EXTRACTION_SEED_OFFSET + i, True)
+              for i, q in enumerate(EXTRACTION_QUERIES[:config.num_extraction])]
+    texts = await asyncio.gather(*(answer(m if leak else config.null_messages(m), seed)
+                                   for m, seed, leak in asked))
+    with_system = await asyncio.gather(*(mean_score(m, t) for (m, _, _), t in zip(asked, texts)))
+    values = list(with_system)
+    if config.statistic == "loglik-gain":
+        without = await asyncio.gather(*(mean_score(config.null_messages(m), t) if t else _none()
+                                         for (m, _, _), t in zip(asked, texts)))
+        values = [None if w is None or n is None else w - n for w, n in zip(with_system, without)]
+    no_leak = [v for v, (_, _, leak) in zip(values, asked) if not leak and v is not None]
+    leak = [v for v, (_, _, is_leak) in zip(values, asked) if is_leak and v is not None]
+    return no_leak, leak
+
+
+async def _none() -> None:
+    return None
 
 
 async def calibrate(model: str, system_prompt: str, config: GuardConfig, backend: CalibrationBackend,
-                    null_memo: MutableMapping | None = None, concurrency: int = 1,
+                    memo: MutableMapping | None = None, concurrency: int = 1,
                     clock=time.perf_counter) -> Calibration:
     """Collect both samples and derive the test. Raises ``ValueError`` if a sample has < 2 answers."""
     start_s = clock()
-    no_leak, leak = await collect_samples(system_prompt, config, backend, null_memo, concurrency)
+    no_leak, leak = await collect_samples(system_prompt, config, backend, memo, concurrency)
     for name, values in (("no-leak", no_leak), ("leak", leak)):
         if len(values) < 2 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"calibration of model '{model}' got {len(values)} usable {name} answers; "

@@ -30,6 +30,10 @@ class GuardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     alpha: float = Field(0.05, gt=0.0, lt=1.0)  # tolerated share of no-leak answers regenerated
+    # the test statistic of an answer: "mean-loglik" is PromptKeeper's, its mean log-likelihood given
+    # the chat; "loglik-gain" subtracts the same given the chat without the system prompt (how much the
+    # system prompt explains the answer). On SmolLM2-135M only the gain separates leaks (docs/guard.md)
+    statistic: Literal["loglik-gain", "mean-loglik"] = "loglik-gain"
     calibration_dir: Path = Field(default_factory=default_calibration_dir)
     num_ordinary: int = Field(30, ge=2, le=len(ORDINARY_QUESTIONS))
     num_extraction: int = Field(30, ge=2, le=len(EXTRACTION_QUERIES))

@@ -1,4 +1,5 @@
-"""The test statistic: the mean log-likelihood of a response's tokens given its chat context."""
+"""The test statistics of an answer (its mean log-likelihood given the chat, and the gain from the
+system prompt) and the chat helpers they need."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ def mean_log_likelihood(token_logprobs: Sequence[float]) -> float | None:
     return math.fsum(values) / len(values)
 
 
+async def answer_statistic(statistic: str, score, messages: tuple[dict, ...],
+                           null_messages: tuple[dict, ...], answer: str) -> float | None:
+    """The guard's statistic of ``answer`` to the chat ``messages`` (``GuardConfig.statistic``).
+
+    ``score(messages, text)`` returns per-token log-probs. "mean-loglik": the mean log-likelihood given
+    ``messages``; "loglik-gain": that minus the mean log-likelihood given ``null_messages`` (the chat
+    without its system prompt). None for an empty answer.
+    """
+    with_system = mean_log_likelihood(await score(messages, answer))
+    if statistic == "mean-loglik" or with_system is None:
+        return with_system
+    return with_system - mean_log_likelihood(await score(null_messages, answer))
+
+
 def system_prompt_of(messages: Sequence[dict]) -> str:
     """The system prompt of a chat: its system (and developer) messages joined, '' if none."""
     parts = [m.get("content") or "" for m in messages if m.get("role") in ("system", "developer")]
@@ -30,4 +45,4 @@ def without_system(messages: Sequence[dict], neutral_prompt: str | None = None) 
     return ({"role": "system", "content": neutral_prompt},) + rest
 
 
-__all__ = ["mean_log_likelihood", "system_prompt_of", "without_system"]
+__all__ = ["answer_statistic", "mean_log_likelihood", "system_prompt_of", "without_system"]

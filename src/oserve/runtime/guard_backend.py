@@ -74,7 +74,7 @@ class CalibrationStore:
     """Calibrations of one served model, by system prompt."""
 
     def __init__(self, model: str, config: GuardConfig, backend, metrics: Metrics | None = None,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, memo: dict | None = None) -> None:
         self.model = model
         self.config = config
         self.backend = backend
@@ -83,7 +83,8 @@ class CalibrationStore:
         self.cache = CalibrationCache(config.calibration_dir)
         self._ready: dict[str, Calibration] = {}
         self._pending: dict[str, asyncio.Task] = {}
-        self._null_memo: dict = {}  # no-leak answers do not depend on the system prompt
+        # answers and scores of calibrations (no-leak answers do not depend on the system prompt)
+        self._memo: dict = {} if memo is None else memo
 
     async def get(self, system_prompt: str) -> Calibration:
         key = prompt_sha256(system_prompt)
@@ -106,7 +107,7 @@ class CalibrationStore:
                  "queries)", tag, self.model, self.config.num_ordinary, self.config.num_extraction)
         try:
             calibration = await calibrate(self.model, system_prompt, self.config, self.backend,
-                                          self._null_memo, self.concurrency)
+                                          self._memo, self.concurrency)
         except ValueError as exc:
             self.metrics.inc("oserve_guard_calibrations_total", (("status", "failed"),))
             raise GuardCalibrationError(f"leakage guard: calibration of system prompt {tag} failed: "
@@ -120,8 +121,9 @@ class CalibrationStore:
         self._ready[key] = calibration
         self.metrics.inc("oserve_guard_calibrations_total", (("status", "ok"),))
         s = calibration.summary()
-        log.info("guard: calibrated %s in %.1f s: no-leak mll N(%.3f, %.3f), leak mll N(%.3f, %.3f), "
+        log.info("guard: calibrated %s in %.1f s (%s): no-leak N(%.3f, %.3f), leak N(%.3f, %.3f), "
                  "leak region %s, power %.3f; saved to %s", tag, calibration.calibration_s,
+                 self.config.statistic,
                  s["no_leak"]["mean"], s["no_leak"]["std"], s["leak"]["mean"], s["leak"]["std"],
                  s["rejection_region"], s["power"], path)
         return calibration

@@ -36,14 +36,16 @@ class LlamaCppEngine:
 
     async def start(self) -> None:
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise EngineStartError("llama-cpp-python is not installed: pip install -e '.[serve]' "
                                    f"(it builds from source, 10-25 minutes on 2 cores): {exc}") from None
         if not self.model_path.is_file():
             raise EngineStartError(f"model file {self.model_path} does not exist")
+        from oserve.runtime.llama_loader import open_llama  # no AMX/extra buffers: see llama_loader
+
         self._llama = await asyncio.to_thread(
-            Llama, model_path=str(self.model_path), n_ctx=self.info.context_tokens,
+            open_llama, model_path=str(self.model_path), n_ctx=self.info.context_tokens,
             n_threads=self.num_threads, seed=self.seed, verbose=False)
 
     async def stop(self) -> None:

@@ -46,10 +46,10 @@ class LlamaScorer:
 
     def __init__(self, model_path: Path | str, context_tokens: int = 2048,
                  num_threads: int | None = None) -> None:
-        from llama_cpp import Llama
+        from oserve.runtime.llama_loader import open_llama
 
         self.context_tokens = context_tokens
-        self._llama = Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=num_threads,
+        self._llama = open_llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=num_threads,
                             logits_all=True, verbose=False)
         self._formatter = self._chat_formatter()
         self._lock = threading.Lock()

@@ -2,7 +2,8 @@
 
 For a chat request with a system prompt, ``GuardStep.open`` (in place of ``Router.open``) gets the
 prompt's calibration (cached, or made once), generates the answer in full, scores it on the replica that
-generated it (mean log-likelihood given the whole chat), and, if the test declares a leak, regenerates
+generated it (``GuardConfig.statistic``: its mean log-likelihood given the whole chat, or the gain of
+that over the chat without the system prompt), and, if the test declares a leak, regenerates
 the answer from the chat without the system prompt (``GuardConfig.null_messages``: the same way the
 calibration's no-leak sample was made, so the regenerated answer is a draw from the no-leak distribution
 the test was calibrated on). Either answer is returned as a ``BufferedStream`` that replays its chunks,
@@ -23,7 +24,7 @@ import logging
 import secrets
 
 from oserve.guard.config import GuardConfig
-from oserve.guard.statistic import mean_log_likelihood, system_prompt_of
+from oserve.guard.statistic import answer_statistic, system_prompt_of
 from oserve.runtime.engine import GenerationRequest, ScoringError, TokenChunk, supports_scoring
 from oserve.runtime.errors import EngineDeadError
 from oserve.runtime.guard_backend import CalibrationStore, RouterCalibrationBackend, drain, prompt_tag
@@ -73,11 +74,11 @@ class GuardStep:
         answer = BufferedStream(chunks, stream.finish_reason, stream.prompt_tokens, stream.num_tokens)
         text = "".join(c.text for c in chunks)
         started_s = self.runtime.clock.now_s()
-        leak, mll = await self._check(engine, request.messages, text, calibration)
+        leak, value = await self._check(engine, request.messages, text, calibration)
         self.metrics.inc("oserve_guard_checks_total")
         self.metrics.observe("oserve_guard_score_seconds", (), self.runtime.clock.now_s() - started_s)
-        log.debug("guard: system prompt %s, answer mll %s: %s", prompt_tag(system_prompt),
-                  "n/a" if mll is None else f"{mll:.3f}", "leak" if leak else "no leak")
+        log.debug("guard: system prompt %s, answer statistic %s: %s", prompt_tag(system_prompt),
+                  "n/a" if value is None else f"{value:.3f}", "leak" if leak else "no leak")
         if leak:
             self.metrics.inc("oserve_guard_detections_total")
             answer = await self._regenerate(request, type_index, answer.prompt_tokens)
@@ -90,13 +91,14 @@ class GuardStep:
         try:
             if not supports_scoring(engine):
                 raise ScoringError(f"engine {engine.info.name} cannot score")
-            mll = mean_log_likelihood(await engine.log_likelihood(messages, text))
+            value = await answer_statistic(self.config.statistic, engine.log_likelihood, messages,
+                                         self.config.null_messages(messages), text)
         except (ScoringError, EngineDeadError, ValueError) as exc:
             self.metrics.inc("oserve_guard_score_errors_total")
             log.warning("guard: scoring failed (%s: %s); %s", type(exc).__name__, exc,
                         "regenerating" if self.config.on_score_error == "regenerate" else "passing")
             return self.config.on_score_error == "regenerate", None
-        return calibration.is_leak(mll), mll
+        return calibration.is_leak(value), value
 
     async def _regenerate(self, request: GenerationRequest, type_index: int,
                           prompt_tokens: int) -> BufferedStream:
