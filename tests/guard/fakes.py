@@ -6,8 +6,14 @@ import asyncio
 import random
 import zlib
 
-from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, ScoringError, TokenChunk
-from oserve.runtime.engine import estimate_tokens
+from oserve.runtime.engine import (
+    EngineInfo,
+    EngineLoad,
+    GenerationRequest,
+    ScoringError,
+    TokenChunk,
+    estimate_tokens,
+)
 from oserve.runtime.fake_engine import fake_log_likelihood
 
 EXTRACTION_WORDS = ("instruction", "prompt", "repeat", "verbatim", "system", "secret", "rules", "told",

@@ -7,8 +7,12 @@ import math
 import pytest
 from scipy.stats import norm
 
-from oserve.guard.threshold import (GaussianFit, likelihood_ratio_region, log_ratio_coefficients,
-                                    region_for_threshold)
+from oserve.guard.threshold import (
+    GaussianFit,
+    likelihood_ratio_region,
+    log_ratio_coefficients,
+    region_for_threshold,
+)
 
 
 def _log_ratio(null: GaussianFit, alt: GaussianFit, x: float) -> float:

@@ -32,6 +32,14 @@ def add_guard_serve_args(p: argparse.ArgumentParser) -> None:
     add_guard_args(p)
 
 
+def with_guard(config, args, enabled: bool = True):
+    """``config`` (a ``ServeConfig``) with the guard of the served model set from the guard flags."""
+    from oserve.runtime.serve_setup import served_name
+
+    guard = guard_config_from_args(args, served_name(config), enabled)
+    return config.model_copy(update={"runtime": config.runtime.model_copy(update={"guard": guard})})
+
+
 def guard_config_from_args(args, model: str, enabled: bool = True):
     """The ``GuardConfig`` of ``model`` from the guard flags; None when the guard is off."""
     from oserve.guard.config import GuardConfig, load_guard_config
@@ -45,16 +53,18 @@ def guard_config_from_args(args, model: str, enabled: bool = True):
         overrides["calibration_dir"] = Path(args.guard_calibration_dir)
     if args.guard_config:
         return load_guard_config(args.guard_config, model, **overrides)
+    from pydantic import ValidationError
+
     try:
         return GuardConfig(**overrides)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:
         from oserve.common.errors import ConfigError
 
         raise ConfigError(f"--guard-alpha: {exc.errors()[0]['msg']}") from None
 
 
 def register(sub) -> None:
-    from oserve.runtime.cli import add_serve_args
+    from oserve.cli.serve_cmd import add_serve_args
 
     guard = sub.add_parser("guard", help="the system-prompt leakage guard")
     gsub = guard.add_subparsers(dest="guard_command", required=True, metavar="GUARD")
@@ -80,21 +90,23 @@ def read_system_prompt(path: str) -> str:
 
 
 def run_calibrate(args) -> int:
-    from oserve.runtime.serve_setup import build_runtime, served_name
+    from oserve.cli.serve_cmd import LOG_FORMAT, serve_config
+    from oserve.runtime.serve_setup import build_runtime
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     prompts = [(path, read_system_prompt(path)) for path in args.system_prompt]
-    config = guard_config_from_args(args, served_name(args))
     args.check_interval_s = 0.0  # no control loop: this process only calibrates
-    runtime = build_runtime(args)
-    summaries = asyncio.run(_calibrate_all(runtime, config, prompts, args.force))
+    serve = with_guard(serve_config(args), args)
+    runtime = build_runtime(serve)
+    summaries = asyncio.run(_calibrate_all(runtime, serve.runtime.guard, prompts, args.force))
     if args.json:
         print(json.dumps(summaries, indent=1))
     else:
         for s in summaries:
             print(f"{s['file']}: {s['system_prompt_sha256'][:12]} -> {s['cache_file']}\n"
-                  f"  no-leak mll N({s['no_leak']['mean']:.3f}, {s['no_leak']['std']:.3f}) n={s['no_leak']['n']}"
-                  f"   leak mll N({s['leak']['mean']:.3f}, {s['leak']['std']:.3f}) n={s['leak']['n']}\n"
+                  f"  {s['statistic']}: no-leak N({s['no_leak']['mean']:.3f}, {s['no_leak']['std']:.3f}) "
+                  f"n={s['no_leak']['n']}   leak N({s['leak']['mean']:.3f}, {s['leak']['std']:.3f}) "
+                  f"n={s['leak']['n']}\n"
                   f"  leak region {s['rejection_region']}  alpha {s['alpha']:g} (effective "
                   f"{s['effective_alpha']:.3f})  power {s['power']:.3f}  calibrated in "
                   f"{s['calibration_s']:.1f} s")
@@ -117,4 +129,4 @@ async def _calibrate_all(runtime, config, prompts, force: bool) -> list[dict]:
     return out
 
 
-__all__ = ["add_guard_args", "add_guard_serve_args", "guard_config_from_args", "register"]
+__all__ = ["add_guard_args", "add_guard_serve_args", "guard_config_from_args", "register", "with_guard"]

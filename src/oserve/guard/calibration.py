@@ -81,7 +81,8 @@ class Calibration:
     region: RejectionRegion = field(init=False)  # where the guard declares a leak
 
     def __post_init__(self) -> None:
-        no_leak, leak = GaussianFit.from_samples(self.no_leak_values), GaussianFit.from_samples(self.leak_values)
+        no_leak = GaussianFit.from_samples(self.no_leak_values)
+        leak = GaussianFit.from_samples(self.leak_values)
         region = likelihood_ratio_region(no_leak, leak, self.alpha)
         if self.upper_tail_is_leak and leak.mean > no_leak.mean:
             # an answer likelier given the system prompt than the typical leak is a leak, even where a
@@ -112,7 +113,8 @@ class Calibration:
 
     def summary(self) -> dict:
         return {"model": self.model, "system_prompt_sha256": self.system_prompt_sha256,
-                "statistic": self.sampling.statistic, "alpha": self.alpha, "effective_alpha": self.effective_alpha, "power": self.power,
+                "statistic": self.sampling.statistic, "alpha": self.alpha,
+                "effective_alpha": self.effective_alpha, "power": self.power,
                 "no_leak": asdict(self.no_leak), "leak": asdict(self.leak),
                 "rejection_region": [list(i) for i in self.region.intervals],
                 "calibration_s": self.calibration_s}

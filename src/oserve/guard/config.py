@@ -76,7 +76,7 @@ def load_guard_config(path: Path | str, model: str, **overrides) -> GuardConfig:
         file = _GuardFile.model_validate(raw)
     except ValidationError as exc:
         raise _format_error(path, exc, ()) from None
-    layers = [(("default",), file.default)]
+    layers: list[tuple[tuple[str, ...], dict]] = [(("default",), file.default)]
     if model in file.models:
         layers.append((("models", model), file.models[model]))
     merged: dict = {}

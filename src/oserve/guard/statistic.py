@@ -28,7 +28,8 @@ async def answer_statistic(statistic: str, score, messages: tuple[dict, ...],
     with_system = mean_log_likelihood(await score(messages, answer))
     if statistic == "mean-loglik" or with_system is None:
         return with_system
-    return with_system - mean_log_likelihood(await score(null_messages, answer))
+    without = mean_log_likelihood(await score(null_messages, answer))
+    return None if without is None else with_system - without
 
 
 def system_prompt_of(messages: Sequence[dict]) -> str:

@@ -61,8 +61,8 @@ class RouterCalibrationBackend:
         return "".join(c.text for c in chunks)
 
     async def score(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
-        engines = [h.engine for h in self.router.table.handles
-                   if h.state is ReplicaState.ACTIVE and supports_scoring(h.engine)]
+        engines: list = [h.engine for h in self.router.table.handles
+                         if h.state is ReplicaState.ACTIVE and supports_scoring(h.engine)]
         if not engines:
             raise ScoringError("no live replica of this model can score (the engines lack "
                                "log_likelihood); the guard cannot run")

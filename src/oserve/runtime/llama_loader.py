@@ -11,11 +11,12 @@ For SmolLM2's Q4_1 weights nothing else is lost: llama.cpp's CPU repacking does 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 _LOAD_LOCK = threading.Lock()
 
 
-def open_llama(extra_buffers: bool = False, **kwargs):
+def open_llama(extra_buffers: bool = False, **kwargs: Any) -> Any:
     """``llama_cpp.Llama(**kwargs)``; with ``extra_buffers`` False, without extra buffer types."""
     import llama_cpp
     from llama_cpp import llama as llama_module

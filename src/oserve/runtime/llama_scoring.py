@@ -23,6 +23,7 @@ import numpy as np
 
 from oserve.runtime.engine import ScoringError
 
+
 def token_logprobs(logits: np.ndarray, targets: Sequence[int]) -> list[float]:
     """log softmax(logits[i])[targets[i]] for each row ``i`` (rows: the positions before each target)."""
     rows = np.asarray(logits, dtype=np.float64)

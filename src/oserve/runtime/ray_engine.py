@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from oserve.planner.plan import Replica
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
@@ -84,9 +85,10 @@ class _EngineActor:
     async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
         from oserve.runtime.engine import ScoringError, supports_scoring
 
-        if not supports_scoring(self.engine):
-            raise ScoringError(f"engine {self.engine.info.name} cannot score")
-        return await self.engine.log_likelihood(messages, continuation)
+        engine: Any = self.engine
+        if not supports_scoring(engine):
+            raise ScoringError(f"engine {engine.info.name} cannot score")
+        return await engine.log_likelihood(messages, continuation)
 
     def pid(self) -> int:
         import os

@@ -14,8 +14,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from oserve.runtime.engine import (EngineInfo, EngineLoad, GenerationRequest, ScoringError, TokenChunk,
-                                  estimate_tokens)
+from oserve.runtime.engine import (
+    EngineInfo,
+    EngineLoad,
+    GenerationRequest,
+    ScoringError,
+    TokenChunk,
+    estimate_tokens,
+)
 from oserve.runtime.errors import ClientRequestError, EngineBusyError, EngineDeadError
 
 
@@ -144,6 +150,8 @@ class RemoteOpenAIEngine:
         return [int(t) for t in tokens]
 
     async def _post_json(self, path: str, body: dict, scoring_path: bool = False) -> dict:
+        if self._client is None:
+            raise EngineDeadError(f"engine '{self.info.name}' is not running")
         try:
             response = await self._client.post(path, json=body)
         except httpx.HTTPError as exc:

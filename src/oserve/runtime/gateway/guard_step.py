@@ -65,7 +65,7 @@ class GuardStep:
 
     async def open(self, request: GenerationRequest, type_index: int):
         system_prompt = system_prompt_of(request.messages or ())
-        if not system_prompt:
+        if not system_prompt or request.messages is None:
             return await self.router.open(request, type_index)
         calibration = await self.calibrations.get(system_prompt)  # before any replica is taken
         stream = await self.router.open(request, type_index)
@@ -102,7 +102,7 @@ class GuardStep:
 
     async def _regenerate(self, request: GenerationRequest, type_index: int,
                           prompt_tokens: int) -> BufferedStream:
-        messages = self.config.null_messages(request.messages)
+        messages = self.config.null_messages(request.messages or ())
         regen = dataclasses.replace(
             request, request_id=secrets.token_hex(8), messages=messages,
             prompt_tokens=self.router.count_tokens("\n".join(m.get("content") or "" for m in messages)))
