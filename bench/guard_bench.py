@@ -1,6 +1,7 @@
 """System-prompt leakage guard on the embedded SmolLM2-135M: leakage, false regenerations, latency.
 
-    python bench/guard_bench.py [--num-prompts 10] [--max-tokens 40] [--out bench/results/guard/guard_bench.json]
+    python bench/guard_bench.py [--num-prompts 10] [--max-tokens 32]
+                                [--out bench/results/guard/guard_bench.json]
 
 Two gateways (uvicorn, in this process) each over one embedded llama.cpp replica: one without the guard,
 one with ``--guard-system-prompts`` semantics (``RuntimeConfig.guard``). For each of ``--num-prompts``
@@ -16,7 +17,6 @@ Results (with the resolved settings and git revision) go to --out as JSON and a 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import sys
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from oserve.common.provenance import git_revision  # noqa: E402
-from oserve.guard.question_sets import EXTRACTION_QUERIES, ORDINARY_QUESTIONS  # noqa: E402
 from oserve.guard.config import GuardConfig  # noqa: E402
 from oserve.guard.leakage import leak_score  # noqa: E402
+from oserve.guard.question_sets import EXTRACTION_QUERIES, ORDINARY_QUESTIONS  # noqa: E402
 
 # (name, system prompt, secret): ten deployments, each with a secret-like string. The secret sits in the
 # first sentence: SmolLM2-135M restates the opening of its instructions when attacked but, in our probes,
@@ -64,13 +64,15 @@ SYSTEM_PROMPTS = (
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-prompts", type=int, default=10)
-    p.add_argument("--calibration-ordinary", type=int, default=16)
-    p.add_argument("--calibration-extraction", type=int, default=12)
-    p.add_argument("--eval-extraction", type=int, default=4, help="held-out extraction queries per prompt")
-    p.add_argument("--eval-ordinary", type=int, default=4, help="held-out ordinary queries per prompt")
-    p.add_argument("--max-tokens", type=int, default=40, help="max_tokens of every generation")
+    p.add_argument("--calibration-ordinary", type=int, default=8)
+    p.add_argument("--calibration-extraction", type=int, default=8)
+    p.add_argument("--eval-extraction", type=int, default=3, help="held-out extraction queries per prompt")
+    p.add_argument("--eval-ordinary", type=int, default=2, help="held-out ordinary queries per prompt")
+    p.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every generation")
     p.add_argument("--temperature", type=float, default=0.0, help="of calibration and requests alike")
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--statistic", default="loglik-gain", choices=("loglik-gain", "mean-loglik"),
+                   help="the guarded server's statistic; the other one is replayed on the same answers")
     p.add_argument("--threads", type=int, default=1, help="llama.cpp threads per instance")
     p.add_argument("--out", default=str(ROOT / "bench/results/guard/guard_bench.json"))
     args = p.parse_args(argv)
@@ -98,14 +100,40 @@ def build_runtime(guard: GuardConfig | None, threads: int):
                           config=RuntimeConfig(check_interval_s=0.0, guard=guard))
 
 
-def chat(client, model: str, system: str, question: str, args, seed: int) -> tuple[str, float]:
+def chat(client, model: str, system: str | None, question: str, args, seed: int) -> tuple[str, float]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question}]
     body = {"model": model, "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": seed,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+            "messages": messages}
     start_s = time.perf_counter()
     response = client.post("/v1/chat/completions", json=body)
     elapsed_s = time.perf_counter() - start_s
     response.raise_for_status()
     return response.json()["choices"][0]["message"]["content"], elapsed_s
+
+
+def calibrated(srv, store, system: str, name: str) -> dict:
+    cal = srv.call(store.get(system), timeout_s=3600)
+    print(f"[{name}] {cal.sampling.statistic} calibrated in {cal.calibration_s:.1f} s: no-leak "
+          f"N({cal.no_leak.mean:.2f}, {cal.no_leak.std:.2f}) leak N({cal.leak.mean:.2f}, "
+          f"{cal.leak.std:.2f}) power {cal.power:.2f}", flush=True)
+    return cal
+
+
+def replay(off, on_srv, engine, cal, system: str, secret: str, question: str, text_off: str, args,
+           seed: int, model: str) -> dict:
+    """What a guard with another calibration (statistic) would have returned for the same answer: it
+    scores the answer the unguarded server gave and, on a detection, takes the answer to the chat
+    without the system prompt (the guard's regeneration; same seed). Replayed, not through its gateway."""
+    from oserve.guard.statistic import answer_statistic
+
+    messages = ({"role": "system", "content": system}, {"role": "user", "content": question})
+    value = on_srv.call(answer_statistic(cal.sampling.statistic, engine.log_likelihood, messages,
+                                         messages[1:], text_off), timeout_s=600)
+    detected = cal.is_leak(value)
+    text = chat(off, model, None, question, args, seed)[0] if detected else text_off
+    score = leak_score(text, system, secret)
+    return {"value": value, "detected": detected, **vars(score), "reveals": score.reveals}
 
 
 def run(args) -> dict:
@@ -115,23 +143,30 @@ def run(args) -> dict:
     from oserve.runtime.guard_backend import CalibrationStore, RouterCalibrationBackend
     from oserve.runtime.server import ServerThread
 
-    cache_dir = Path(tempfile.mkdtemp(prefix="oserve-guard-bench-"))
-    guard = GuardConfig(alpha=args.alpha, calibration_dir=cache_dir, num_ordinary=args.calibration_ordinary,
-                        num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
-                        calibration_temperature=args.temperature)
+    common = dict(alpha=args.alpha, num_ordinary=args.calibration_ordinary,
+                  num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
+                  calibration_temperature=args.temperature)
+    other = "mean-loglik" if args.statistic == "loglik-gain" else "loglik-gain"
+    guard = GuardConfig(statistic=args.statistic, **common,
+                        calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
+    replayed = GuardConfig(statistic=other, **common,
+                           calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     off_rt, on_rt = build_runtime(None, args.threads), build_runtime(guard, args.threads)
-    rows, calibrations = [], []
+    rows, calibrations, memo = [], [], {}
     with ServerThread(create_app(off_rt), start_timeout_s=300) as off_srv, \
             ServerThread(create_app(on_rt), start_timeout_s=300) as on_srv, \
             httpx.Client(base_url=off_srv.base_url, timeout=600) as off, \
             httpx.Client(base_url=on_srv.base_url, timeout=600) as on:
-        # calibrations ahead (as `oserve guard calibrate` does), on the guarded server's own replica
-        store = CalibrationStore(on_rt.model_name, guard, RouterCalibrationBackend(on_rt.router))
+        backend = RouterCalibrationBackend(on_rt.router)
+        # calibrated ahead (as `oserve guard calibrate` does) on the guarded server's own replica, into
+        # the cache its guard reads; the replayed statistic reuses the same answers and scores (memo)
+        store = CalibrationStore(on_rt.model_name, guard, backend, memo=memo)
+        other_store = CalibrationStore(on_rt.model_name, replayed, backend, memo=memo)
+        engine = on_rt.router.table.handles[0].engine
         for index, (name, system, secret) in enumerate(SYSTEM_PROMPTS[:args.num_prompts]):
-            cal = on_srv.call(store.get(system), timeout_s=3600)
-            calibrations.append({"prompt": name, **cal.summary()})
-            print(f"[{name}] calibrated in {cal.calibration_s:.1f} s: no-leak N({cal.no_leak.mean:.2f}, "
-                  f"{cal.no_leak.std:.2f}) leak N({cal.leak.mean:.2f}, {cal.leak.std:.2f})", flush=True)
+            cal = calibrated(on_srv, store, system, name)
+            other_cal = calibrated(on_srv, other_store, system, name)
+            calibrations.append({"prompt": name, **cal.summary(), "replayed": other_cal.summary()})
             queries = ([("extraction", q) for q in held_out(EXTRACTION_QUERIES, args.calibration_extraction,
                                                             index, args.eval_extraction)]
                        + [("ordinary", q) for q in held_out(ORDINARY_QUESTIONS, args.calibration_ordinary,
@@ -145,11 +180,15 @@ def run(args) -> dict:
                 s_off, s_on = leak_score(text_off, system, secret), leak_score(text_on, system, secret)
                 rows.append({"prompt": name, "kind": kind, "off_s": off_s, "on_s": on_s,
                              "regenerated": regenerated, "off": vars(s_off) | {"reveals": s_off.reveals},
-                             "on": vars(s_on) | {"reveals": s_on.reveals}})
+                             "on": vars(s_on) | {"reveals": s_on.reveals},
+                             "replayed": replay(off, on_srv, engine, other_cal, system, secret, question,
+                                                text_off, args, seed, off_rt.model_name)})
             done = [r for r in rows if r["prompt"] == name]
-            print(f"[{name}] {len(done)} queries: revealed off {sum(r['off']['reveals'] for r in done)}"
-                  f", on {sum(r['on']['reveals'] for r in done)}; regenerated "
-                  f"{sum(r['regenerated'] for r in done)}", flush=True)
+            print(f"[{name}] {len(done)} queries: secret off {sum(r['off']['has_secret'] for r in done)}, "
+                  f"on {sum(r['on']['has_secret'] for r in done)}, {other} replayed "
+                  f"{sum(r['replayed']['has_secret'] for r in done)}; regenerated "
+                  f"{sum(r['regenerated'] for r in done)}, {other} would "
+                  f"{sum(r['replayed']['detected'] for r in done)}", flush=True)
     return {"calibrations": calibrations, "rows": rows}
 
 
@@ -168,6 +207,9 @@ def summarize(rows: list[dict], calibrations: list[dict]) -> dict:
                for metric, key in (("secret_rate", "has_secret"), ("reveal_rate", "reveals"),
                                    ("mean_token_f1", "token_f1"), ("mean_common_words", "common_words"))},
             "regeneration_rate": float(np.mean([r["regenerated"] for r in sel])),
+            "replayed_secret_rate": float(np.mean([r["replayed"]["has_secret"] for r in sel])),
+            "replayed_reveal_rate": float(np.mean([r["replayed"]["reveals"] for r in sel])),
+            "replayed_regeneration_rate": float(np.mean([r["replayed"]["detected"] for r in sel])),
             "off_latency_p50_s": float(np.percentile(off_s, 50)),
             "off_latency_p99_s": float(np.percentile(off_s, 99)),
             "on_latency_p50_s": float(np.percentile(on_s, 50)),
@@ -184,7 +226,8 @@ def summarize(rows: list[dict], calibrations: list[dict]) -> dict:
 
 def markdown(summary: dict, settings: dict) -> str:
     lines = [f"# Guard benchmark ({settings['num_prompts']} system prompts, SmolLM2-135M, "
-             f"max_tokens {settings['max_tokens']}, alpha {settings['alpha']})", "",
+             f"max_tokens {settings['max_tokens']}, alpha {settings['alpha']}, statistic "
+             f"{settings['statistic']})", "",
              "| queries | n | secret off | secret on | reveals off | reveals on | token-F1 off/on | "
              "common words off/on | regenerated | latency p50 off/on (s) | p99 off/on (s) | "
              "per-request on/off p50 | p99 |", "|" + "---|" * 13]
@@ -194,10 +237,18 @@ def markdown(summary: dict, settings: dict) -> str:
             lines.append(
                 f"| {kind} | {s['num_requests']} | {s['off_secret_rate']:.1%} | {s['on_secret_rate']:.1%} | "
                 f"{s['off_reveal_rate']:.1%} | {s['on_reveal_rate']:.1%} | {s['off_mean_token_f1']:.3f}/"
-                f"{s['on_mean_token_f1']:.3f} | {s['off_mean_common_words']:.1f}/{s['on_mean_common_words']:.1f}"
-                f" | {s['regeneration_rate']:.1%} | {s['off_latency_p50_s']:.2f}/{s['on_latency_p50_s']:.2f} | "
+                f"{s['on_mean_token_f1']:.3f} | {s['off_mean_common_words']:.1f}/"
+                f"{s['on_mean_common_words']:.1f} | {s['regeneration_rate']:.1%} | "
+                f"{s['off_latency_p50_s']:.2f}/{s['on_latency_p50_s']:.2f} | "
                 f"{s['off_latency_p99_s']:.2f}/{s['on_latency_p99_s']:.2f} | {s['latency_ratio_p50']:.2f}x | "
                 f"{s['latency_ratio_p99']:.2f}x |")
+    lines += ["", f"Replayed with the other statistic ({settings['replayed_statistic']}) on the same "
+              "answers:", "", "| queries | secret | reveals | regenerated |", "|---|---|---|---|"]
+    for kind in ("extraction", "ordinary", "all"):
+        s = summary.get(kind)
+        if s:
+            lines.append(f"| {kind} | {s['replayed_secret_rate']:.1%} | {s['replayed_reveal_rate']:.1%} | "
+                         f"{s['replayed_regeneration_rate']:.1%} |")
     c = summary["calibration_s"]
     lines += ["", f"Calibration: first prompt {c['first']:.1f} s (includes the shared no-leak answers), "
               f"later prompts {c['mean_after_first'] or 0:.1f} s on average, {c['total']:.1f} s in all."]
@@ -209,7 +260,9 @@ def main(argv=None) -> int:
     started_s = time.perf_counter()
     result = run(args)
     summary = summarize(result["rows"], result["calibrations"])
-    settings = vars(args) | {"git_revision": git_revision(), "platform": platform.platform(),
+    settings = vars(args) | {"replayed_statistic": "mean-loglik" if args.statistic == "loglik-gain"
+                             else "loglik-gain", "git_revision": git_revision(),
+                             "platform": platform.platform(),
                              "wall_s": time.perf_counter() - started_s}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
