@@ -74,10 +74,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--statistic", default="loglik-gain", choices=("loglik-gain", "mean-loglik"),
                    help="the guarded server's statistic; the other one is replayed on the same answers")
     p.add_argument("--threads", type=int, default=1, help="llama.cpp threads per instance")
-    p.add_argument("--out", default=str(ROOT / "bench/results/guard/guard_bench.json"))
+    p.add_argument("--latency-only", action="store_true",
+                   help="only time ordinary requests (guard on vs off) on the first system prompt, at each "
+                        "of --latency-max-tokens; written to --out")
+    p.add_argument("--latency-max-tokens", default="32,128")
+    p.add_argument("--latency-requests", type=int, default=8, help="per max_tokens value")
+    p.add_argument("--out", default=None, help="default bench/results/guard/guard_bench.json "
+                                               "(guard_latency.json with --latency-only)")
     args = p.parse_args(argv)
     if not 1 <= args.num_prompts <= len(SYSTEM_PROMPTS):
         p.error(f"--num-prompts must be in 1..{len(SYSTEM_PROMPTS)}")
+    name = "guard_latency.json" if args.latency_only else "guard_bench.json"
+    args.out = args.out or str(ROOT / "bench/results/guard" / name)
     return args
 
 
@@ -192,6 +200,52 @@ def run(args) -> dict:
     return {"calibrations": calibrations, "rows": rows}
 
 
+def run_latency(args) -> dict:
+    """Guard on vs off for ordinary requests (the common case: checked, rarely regenerated), paired."""
+    import httpx
+
+    from oserve.runtime.gateway.app import create_app
+    from oserve.runtime.server import ServerThread
+
+    guard = GuardConfig(statistic=args.statistic, alpha=args.alpha, num_ordinary=args.calibration_ordinary,
+                        num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
+                        calibration_temperature=args.temperature,
+                        calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
+    name, system, _ = SYSTEM_PROMPTS[0]
+    off_rt, on_rt = build_runtime(None, args.threads), build_runtime(guard, args.threads)
+    out = {}
+    with ServerThread(create_app(off_rt), start_timeout_s=300) as off_srv, \
+            ServerThread(create_app(on_rt), start_timeout_s=300) as on_srv, \
+            httpx.Client(base_url=off_srv.base_url, timeout=3600) as off, \
+            httpx.Client(base_url=on_srv.base_url, timeout=3600) as on:
+        warm = ORDINARY_QUESTIONS[-1]
+        chat(on, on_rt.model_name, system, warm, args, 0)  # calibrates (timed apart) and warms the scorers
+        questions = list(ORDINARY_QUESTIONS[args.calibration_ordinary:-1])
+        for max_tokens in [int(v) for v in args.latency_max_tokens.split(",")]:
+            run_args = argparse.Namespace(**{**vars(args), "max_tokens": max_tokens})
+            pairs = []
+            for j in range(args.latency_requests):
+                question = questions[j % len(questions)]
+                before = on_rt.metrics.counter("oserve_guard_regenerations_total")
+                off_s = chat(off, off_rt.model_name, system, question, run_args, j)[1]
+                on_s = chat(on, on_rt.model_name, system, question, run_args, j)[1]
+                pairs.append({"off_s": off_s, "on_s": on_s, "regenerated":
+                              on_rt.metrics.counter("oserve_guard_regenerations_total") > before})
+            ratio = np.array([p["on_s"] / p["off_s"] for p in pairs])
+            kept = [p for p in pairs if not p["regenerated"]]
+            out[str(max_tokens)] = {
+                "pairs": pairs, "off_p50_s": float(np.median([p["off_s"] for p in pairs])),
+                "on_p50_s": float(np.median([p["on_s"] for p in pairs])),
+                "ratio_p50": float(np.percentile(ratio, 50)), "ratio_p99": float(np.percentile(ratio, 99)),
+                "ratio_p50_not_regenerated": float(np.median([p["on_s"] / p["off_s"] for p in kept]))
+                if kept else None, "num_regenerated": len(pairs) - len(kept)}
+            print(f"[latency {name}] max_tokens {max_tokens}: off p50 {out[str(max_tokens)]['off_p50_s']:.2f} s"
+                  f", on p50 {out[str(max_tokens)]['on_p50_s']:.2f} s, per-request ratio p50 "
+                  f"{out[str(max_tokens)]['ratio_p50']:.2f}x p99 {out[str(max_tokens)]['ratio_p99']:.2f}x, "
+                  f"regenerated {out[str(max_tokens)]['num_regenerated']}", flush=True)
+    return out
+
+
 def summarize(rows: list[dict], calibrations: list[dict]) -> dict:
     out = {}
     for kind in ("extraction", "ordinary", "all"):
@@ -258,6 +312,13 @@ def markdown(summary: dict, settings: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started_s = time.perf_counter()
+    if args.latency_only:
+        latency = run_latency(args)
+        settings = vars(args) | {"git_revision": git_revision(), "platform": platform.platform(),
+                                 "wall_s": time.perf_counter() - started_s}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"settings": settings, "latency": latency}, indent=1))
+        return 0
     result = run(args)
     summary = summarize(result["rows"], result["calibrations"])
     settings = vars(args) | {"replayed_statistic": "mean-loglik" if args.statistic == "loglik-gain"

@@ -3,6 +3,7 @@ system prompt) and the chat helpers they need."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
@@ -25,11 +26,13 @@ async def answer_statistic(statistic: str, score, messages: tuple[dict, ...],
     ``messages``; "loglik-gain": that minus the mean log-likelihood given ``null_messages`` (the chat
     without its system prompt). None for an empty answer.
     """
-    with_system = mean_log_likelihood(await score(messages, answer))
-    if statistic == "mean-loglik" or with_system is None:
-        return with_system
-    without = mean_log_likelihood(await score(null_messages, answer))
-    return None if without is None else with_system - without
+    if statistic == "mean-loglik" or not answer:
+        return mean_log_likelihood(await score(messages, answer))
+    # both passes at once: an engine may score them in parallel (llama.cpp: two scoring instances)
+    with_logprobs, without_logprobs = await asyncio.gather(score(messages, answer),
+                                                           score(null_messages, answer))
+    with_system, without = mean_log_likelihood(with_logprobs), mean_log_likelihood(without_logprobs)
+    return None if with_system is None or without is None else with_system - without
 
 
 def system_prompt_of(messages: Sequence[dict]) -> str:

@@ -140,29 +140,37 @@ class LlamaCppEngine:
             self._lock.release()
 
     # --- scoring (the leakage guard's log-likelihood operation); see llama_scoring.py ---------------
-    _scorer = None       # a LlamaScorer, opened on the first call
-    _scorer_lock = None  # an asyncio.Lock, made on the first call (the engine may be built off-loop)
+    # Two scoring instances, one for chats with a system prompt and one for chats without (the guard's
+    # two passes): each keeps its own prefix in its KV cache (the system prompt, the template's default
+    # one), and the two passes of one check run in parallel. Both are opened on the first call.
+    _scorers: dict | None = None
+    _scorer_locks: dict | None = None  # asyncio.Locks, made on the first call (the engine may be built
+                                       # outside the event loop)
 
     async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
-        """Per-token log-probs of ``continuation`` after ``messages``, on a scoring instance of the
-        model of its own, so that scoring waits neither for this replica's generations nor blocks
-        the event loop (it runs in a worker thread)."""
+        """Per-token log-probs of ``continuation`` after ``messages``, on scoring instances of the model
+        of their own, so that scoring waits neither for this replica's generations nor blocks the event
+        loop (it runs in worker threads)."""
         if self._llama is None:
             raise EngineDeadError(f"engine '{self.info.name}' is not running")
-        if self._scorer_lock is None:
-            self._scorer_lock = asyncio.Lock()
-        async with self._scorer_lock:
-            if self._scorer is None:
+        if self._scorer_locks is None:
+            self._scorer_locks = {role: asyncio.Lock() for role in (True, False)}
+            self._scorers = {}
+        role = any(m.get("role") in ("system", "developer") for m in messages)
+        async with self._scorer_locks[role]:
+            scorer = self._scorers.get(role)
+            if scorer is None:
                 from oserve.runtime.llama_scoring import LlamaScorer
 
-                self._scorer = await asyncio.to_thread(
+                scorer = await asyncio.to_thread(
                     LlamaScorer, self.model_path, self.info.context_tokens, self.num_threads)
-            return tuple(await asyncio.to_thread(self._scorer.score, messages, continuation))
+                self._scorers[role] = scorer
+            return tuple(await asyncio.to_thread(scorer.score, messages, continuation))
 
     def close_scorer(self) -> None:
-        scorer, self._scorer = self._scorer, None
-        if scorer is not None:
+        scorers, self._scorers = self._scorers or {}, None
+        self._scorer_locks = None
+        for scorer in scorers.values():
             scorer.close()
-
 
 __all__ = ["LlamaCppEngine"]
