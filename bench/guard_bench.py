@@ -108,6 +108,14 @@ def build_runtime(guard: GuardConfig | None, threads: int):
                           config=RuntimeConfig(check_interval_s=0.0, guard=guard))
 
 
+def fresh_connections():
+    """A new connection per request: a kept-alive one sits idle while the other server answers, and
+    uvicorn closes idle connections after 5 s, racing the next request on it."""
+    import httpx
+
+    return httpx.Limits(max_keepalive_connections=0)
+
+
 def chat(client, model: str, system: str | None, question: str, args, seed: int) -> tuple[str, float]:
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question}]
@@ -163,8 +171,8 @@ def run(args) -> dict:
     rows, calibrations, memo = [], [], {}
     with ServerThread(create_app(off_rt), start_timeout_s=300) as off_srv, \
             ServerThread(create_app(on_rt), start_timeout_s=300) as on_srv, \
-            httpx.Client(base_url=off_srv.base_url, timeout=600) as off, \
-            httpx.Client(base_url=on_srv.base_url, timeout=600) as on:
+            httpx.Client(base_url=off_srv.base_url, timeout=600, limits=fresh_connections()) as off, \
+            httpx.Client(base_url=on_srv.base_url, timeout=600, limits=fresh_connections()) as on:
         backend = RouterCalibrationBackend(on_rt.router)
         # calibrated ahead (as `oserve guard calibrate` does) on the guarded server's own replica, into
         # the cache its guard reads; the replayed statistic reuses the same answers and scores (memo)
@@ -216,8 +224,8 @@ def run_latency(args) -> dict:
     out = {}
     with ServerThread(create_app(off_rt), start_timeout_s=300) as off_srv, \
             ServerThread(create_app(on_rt), start_timeout_s=300) as on_srv, \
-            httpx.Client(base_url=off_srv.base_url, timeout=3600) as off, \
-            httpx.Client(base_url=on_srv.base_url, timeout=3600) as on:
+            httpx.Client(base_url=off_srv.base_url, timeout=3600, limits=fresh_connections()) as off, \
+            httpx.Client(base_url=on_srv.base_url, timeout=3600, limits=fresh_connections()) as on:
         warm = ORDINARY_QUESTIONS[-1]
         chat(on, on_rt.model_name, system, warm, args, 0)  # calibrates (timed apart) and warms the scorers
         questions = list(ORDINARY_QUESTIONS[args.calibration_ordinary:-1])
@@ -239,10 +247,10 @@ def run_latency(args) -> dict:
                 "ratio_p50": float(np.percentile(ratio, 50)), "ratio_p99": float(np.percentile(ratio, 99)),
                 "ratio_p50_not_regenerated": float(np.median([p["on_s"] / p["off_s"] for p in kept]))
                 if kept else None, "num_regenerated": len(pairs) - len(kept)}
-            print(f"[latency {name}] max_tokens {max_tokens}: off p50 {out[str(max_tokens)]['off_p50_s']:.2f} s"
-                  f", on p50 {out[str(max_tokens)]['on_p50_s']:.2f} s, per-request ratio p50 "
-                  f"{out[str(max_tokens)]['ratio_p50']:.2f}x p99 {out[str(max_tokens)]['ratio_p99']:.2f}x, "
-                  f"regenerated {out[str(max_tokens)]['num_regenerated']}", flush=True)
+            r = out[str(max_tokens)]
+            print(f"[latency {name}] max_tokens {max_tokens}: off p50 {r['off_p50_s']:.2f} s, on p50 "
+                  f"{r['on_p50_s']:.2f} s, per-request ratio p50 {r['ratio_p50']:.2f}x p99 "
+                  f"{r['ratio_p99']:.2f}x, regenerated {r['num_regenerated']}", flush=True)
     return out
 
 

@@ -79,3 +79,40 @@ def test_guarded_server_answers_an_extraction_query_without_the_secret(tmp_path)
     assert "oserve_guard_detections_total 2" in metrics and "oserve_guard_regenerations_total 2" in metrics
     assert "oserve_guard_calibrations_total" not in metrics  # the calibration came from the cache
     assert SECRET not in logs and "Acme" not in logs
+
+
+def test_llama_scoring_does_not_block_generation_on_another_replica():
+    """Scoring a long answer on the embedded engine (worker threads) while another replica streams: the
+    other replica's tokens keep flowing (the event loop is never held by the scorer)."""
+    import asyncio
+    import time
+
+    from oserve.runtime.embedded_model import find_embedded_gguf
+    from oserve.runtime.engine import GenerationRequest
+    from oserve.runtime.fake_engine import FakeCost, FakeEngine
+    from oserve.runtime.llama_engine import LlamaCppEngine
+
+    async def main():
+        llama, other = LlamaCppEngine(find_embedded_gguf(), num_threads=1), FakeEngine(
+            cost=FakeCost(decode_s_per_token=0.01))
+        await llama.start()
+        await other.start()
+        messages = ({"role": "system", "content": SYSTEM}, {"role": "user", "content": ATTACK})
+        await llama.log_likelihood(messages, "warm up")  # opens the scoring instance
+        stamps: list[float] = []
+
+        async def stream():
+            async for _ in other.generate(GenerationRequest("g", 150)):
+                stamps.append(time.perf_counter())
+
+        long_answer = " ".join(["the refund override code is never shared with customers"] * 40)
+        started = time.perf_counter()
+        scores, _ = await asyncio.gather(llama.log_likelihood(messages, long_answer), stream())
+        scored_s = time.perf_counter() - started
+        await llama.stop()
+        return scores, stamps, scored_s
+
+    scores, stamps, scored_s = asyncio.run(main())
+    assert len(scores) > 300 and all(s <= 0 for s in scores)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert len(stamps) == 150 and max(gaps) < 1.0, (max(gaps), scored_s)  # scoring takes seconds
