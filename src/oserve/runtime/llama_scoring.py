@@ -7,16 +7,16 @@ the page cache; the scorer adds its KV cache and an ``n_ctx x n_vocab`` float32 
 for SmolLM2 at 2048 tokens). Having its own instance, scoring never waits for the replica's generation
 lock, and runs in a worker thread, so no other replica (and not the event loop) waits for it.
 
-The chat context is rendered with the model's own chat template (the same Jinja template llama-cpp-python
-uses for ``create_chat_completion``), the continuation tokenised without special tokens, the two
-evaluated in one pass, and each continuation token scored by the log-softmax of the logits at the position
-before it. Consecutive calls sharing a prefix (the system prompt) reuse its evaluated KV cache.
+The chat context is rendered and tokenised by the generating engine (the model's own chat template), the
+continuation tokenised without special tokens, the two evaluated in one pass, and each continuation
+token scored by the log-softmax of the logits at the position before it. Consecutive calls sharing a
+prefix (the system prompt) reuse its evaluated KV cache.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,47 +43,32 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class LlamaScorer:
-    """Scores continuations on a GGUF model. Thread-safe (one scoring at a time)."""
+    """Scores continuations on a GGUF model. Thread-safe (one scoring at a time).
 
-    def __init__(self, model_path: Path | str, context_tokens: int = 2048,
-                 num_threads: int | None = None) -> None:
-        from oserve.runtime.llama_loader import open_llama
+    ``encode_context(messages)`` gives the token ids of a chat as the generating engine renders it
+    (``LlamaCppEngine._prompt_tokens``: chat template, special tokens), so that scoring sees exactly the
+    prompt the answer was generated from.
+    """
+
+    def __init__(self, model_path: Path | str, encode_context: Callable[[Sequence[dict]], list[int]],
+                 context_tokens: int = 2048, num_threads: int | None = None,
+                 use_extra_buffers: bool = False) -> None:
+        from llama_cpp import Llama
+
+        from oserve.runtime.llama_engine import _load_llama
 
         self.context_tokens = context_tokens
-        self._llama = open_llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=num_threads,
-                            logits_all=True, verbose=False)
-        self._formatter = self._chat_formatter()
+        self.encode_context = encode_context
+        self._llama = _load_llama(Llama, use_extra_buffers, model_path=str(model_path),
+                                  n_ctx=context_tokens, n_threads=num_threads, logits_all=True,
+                                  verbose=False)
         self._lock = threading.Lock()
-
-    def _chat_formatter(self):
-        from llama_cpp import llama_chat_format
-
-        llama = self._llama
-        name = llama.chat_format or ""
-        metadata = llama.metadata
-        key = "tokenizer.chat_template" + ("" if name == "chat_template.default"
-                                           else "." + name.removeprefix("chat_template."))
-        if name.startswith("chat_template.") and key in metadata:
-            eos, bos = llama.token_eos(), llama.token_bos()
-            return llama_chat_format.Jinja2ChatFormatter(
-                template=metadata[key], eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llama._model.token_get_text(bos) if bos != -1 else "")
-        formatter = getattr(llama_chat_format, "format_" + name.replace("-", "_"), None)
-        if formatter is None:
-            raise ScoringError(f"cannot score on chat format '{name}': no chat template in the GGUF "
-                               "file and no llama-cpp-python formatter of that name")
-        return formatter
-
-    def context_tokens_of(self, messages: Sequence[dict]) -> list[int]:
-        result = self._formatter(messages=[dict(m) for m in messages])
-        return self._llama.tokenize(result.prompt.encode("utf-8"),
-                                    add_bos=not getattr(result, "added_special", False), special=True)
 
     def score(self, messages: Sequence[dict], continuation: str) -> list[float]:
         """Log-probability of each token of ``continuation`` after the chat ``messages``."""
         llama = self._llama
         with self._lock:
-            context = self.context_tokens_of(messages)
+            context = self.encode_context(messages)
             targets = llama.tokenize(continuation.encode("utf-8"), add_bos=False, special=False)
             if not targets:
                 return []

@@ -25,7 +25,13 @@ import secrets
 
 from oserve.guard.config import GuardConfig
 from oserve.guard.statistic import answer_statistic, system_prompt_of
-from oserve.runtime.engine import GenerationRequest, ScoringError, TokenChunk, supports_scoring
+from oserve.runtime.engine import (
+    GenerationRequest,
+    ScoringError,
+    TokenChunk,
+    count_prompt_tokens,
+    supports_scoring,
+)
 from oserve.runtime.errors import EngineDeadError
 from oserve.runtime.guard_backend import CalibrationStore, RouterCalibrationBackend, drain, prompt_tag
 from oserve.runtime.serving import ServingRuntime
@@ -81,7 +87,7 @@ class GuardStep:
                   "n/a" if value is None else f"{value:.3f}", "leak" if leak else "no leak")
         if leak:
             self.metrics.inc("oserve_guard_detections_total")
-            answer = await self._regenerate(request, type_index, answer.prompt_tokens)
+            answer = await self._regenerate(request, type_index, answer.prompt_tokens, engine)
         self.metrics.observe("oserve_guard_added_seconds", (), self.runtime.clock.now_s() - started_s)
         return answer
 
@@ -100,12 +106,12 @@ class GuardStep:
             return self.config.on_score_error == "regenerate", None
         return calibration.is_leak(value), value
 
-    async def _regenerate(self, request: GenerationRequest, type_index: int,
-                          prompt_tokens: int) -> BufferedStream:
+    async def _regenerate(self, request: GenerationRequest, type_index: int, prompt_tokens: int,
+                          engine) -> BufferedStream:
         messages = self.config.null_messages(request.messages or ())
-        regen = dataclasses.replace(
-            request, request_id=secrets.token_hex(8), messages=messages,
-            prompt_tokens=self.router.count_tokens("\n".join(m.get("content") or "" for m in messages)))
+        regen = dataclasses.replace(request, request_id=secrets.token_hex(8), messages=messages)
+        text = "\n".join(m.get("content") or "" for m in messages)
+        regen = dataclasses.replace(regen, prompt_tokens=count_prompt_tokens(engine, regen, text))
         stream = await self.router.open(regen, type_index)
         chunks = await drain(stream)
         self.metrics.inc("oserve_guard_regenerations_total")
