@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineStartError, RuntimeServeError
@@ -215,22 +216,23 @@ class LlamaCppEngine:
         for generation), on scoring instances of the model of their own, so that scoring waits neither
         for this replica's generations nor blocks the event loop (it runs in worker threads)."""
         self._model()
-        if self._scorer_locks is None:
+        if self._scorer_locks is None or self._scorers is None:
             self._scorer_locks = {role: asyncio.Lock() for role in (True, False)}
             self._scorers = {}
+        locks, scorers = self._scorer_locks, self._scorers
         role = any(m.get("role") in ("system", "developer") for m in messages)
-        async with self._scorer_locks[role]:
-            scorer = self._scorers.get(role)
+        async with locks[role]:
+            scorer: Any = scorers.get(role)
             if scorer is None:
                 from oserve.runtime.llama_scoring import LlamaScorer
 
                 scorer = await asyncio.to_thread(
                     LlamaScorer, self.model_path, self._encode_chat, self.info.context_tokens,
                     self.num_threads, self.use_extra_buffers)
-                self._scorers[role] = scorer
+                scorers[role] = scorer
             return tuple(await asyncio.to_thread(scorer.score, messages, continuation))
 
-    def _encode_chat(self, messages: tuple[dict, ...]) -> list[int]:
+    def _encode_chat(self, messages: Sequence[dict]) -> list[int]:
         return self._prompt_tokens(GenerationRequest("score", 1, messages=tuple(messages)))[0]
 
     def close_scorer(self) -> None:
