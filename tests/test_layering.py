@@ -5,7 +5,8 @@ from pathlib import Path
 
 import oserve
 
-ORDER = ["common", "quant", "workload", "costmodel", "planner", "forecast", "switching", "sim", "runtime", "cli"]
+ORDER = ["common", "quant", "workload", "costmodel", "planner", "forecast", "switching", "guard", "sim",
+         "runtime", "cli"]
 # sim and runtime are siblings: both build on the planner, neither may import the other
 FORBIDDEN = {("sim", "runtime"), ("runtime", "sim")}
 

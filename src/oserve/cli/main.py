@@ -17,6 +17,7 @@ from oserve.cli import (
     bench_cmd,
     costmodel_cmd,
     forecast_cmd,
+    guard_cmd,
     plan_cmd,
     serve_cmd,
     simulate_adaptive_cmd,
@@ -26,7 +27,7 @@ from oserve.cli import (
 from oserve.common.errors import OServeError
 
 COMMANDS = (plan_cmd, simulate_cmd, simulate_adaptive_cmd, transfer_plan_cmd, costmodel_cmd, forecast_cmd,
-            serve_cmd, bench_cmd)
+            serve_cmd, bench_cmd, guard_cmd)
 
 
 class Parser(argparse.ArgumentParser):

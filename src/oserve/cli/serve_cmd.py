@@ -53,6 +53,9 @@ SERVE_FLAGS = {"replicas": "--replicas", "context_tokens": "--context-tokens", "
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API (embedded CPU model by default)")
     add_serve_args(p)
+    from oserve.cli.guard_cmd import add_guard_serve_args  # the leakage guard's flags (docs/guard.md)
+
+    add_guard_serve_args(p)
     p.set_defaults(func=run_serve)
 
 
@@ -217,7 +220,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_serve(args) -> int:
-    config = serve_config(args)
+    from oserve.cli.guard_cmd import with_guard
+
+    config = with_guard(serve_config(args), args, args.guard_system_prompts)
     if config.plan_file:
         Plan.load(config.plan_file)  # a bad plan file fails now, before the server binds or engines start
     try:

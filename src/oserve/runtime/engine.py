@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from oserve.runtime.errors import RuntimeServeError
+
 CHARS_PER_TOKEN_ESTIMATE = 4  # used to size prompts when an engine has no tokenizer
 
 
@@ -116,10 +118,31 @@ def count_prompt_tokens(engine: Engine, request: GenerationRequest, text: str) -
     return engine.count_tokens(text)
 
 
+class ScoringError(RuntimeServeError):
+    """A continuation could not be scored (engine without scoring, too long for the context, ...)."""
+
+
+@runtime_checkable
+class ScoringEngine(Engine, Protocol):
+    """An engine that can also score: the log-likelihood operation the leakage guard needs.
+
+    ``log_likelihood`` returns the log-probability of each token of ``continuation`` when it follows
+    the chat ``messages`` rendered with the model's chat template (as for an assistant turn). It raises
+    ``ScoringError`` when it cannot score, ``EngineDeadError`` when the engine is gone.
+    """
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]: ...
+
+
+def supports_scoring(engine: object) -> bool:
+    return callable(getattr(engine, "log_likelihood", None))
+
+
 def estimate_tokens(text: str) -> int:
     """Token count of a text when no tokenizer is at hand: about 4 characters per token (English)."""
     return max(1, (len(text) + CHARS_PER_TOKEN_ESTIMATE - 1) // CHARS_PER_TOKEN_ESTIMATE)
 
 
 __all__ = ["CHARS_PER_TOKEN_ESTIMATE", "Engine", "EngineInfo", "EngineLoad", "GenerationRequest",
-           "TokenChunk", "count_prompt_tokens", "estimate_tokens"]
+           "ScoringEngine", "ScoringError", "TokenChunk", "count_prompt_tokens", "estimate_tokens",
+           "supports_scoring"]

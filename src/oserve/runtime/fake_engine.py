@@ -110,6 +110,30 @@ class FakeEngine:
             self._num_running -= 1
             self._slots.release()
 
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Test double of scoring: ``fake_log_likelihood`` (no model)."""
+        self._check_alive()
+        return fake_log_likelihood(messages, continuation)
+
+
+FAKE_LOGPROB_SEEN = -0.25    # a word of the continuation that appears in the system messages
+FAKE_LOGPROB_UNSEEN = -2.5   # any other word, minus 0.1 per character beyond 4 (capped at 1.0)
+
+
+def fake_log_likelihood(messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+    """A deterministic TEST scorer standing in for a model: one "token" per word of the continuation,
+    likely when the word occurs in the system messages and unlikely otherwise, so that copying the
+    system prompt scores high given it, as with a real model."""
+    system = {w.strip(".,:;!?\"'()").lower() for m in messages
+              if m.get("role") in ("system", "developer") for w in (m.get("content") or "").split()}
+    scores = []
+    for word in continuation.split():
+        clean = word.strip(".,:;!?\"'()").lower()
+        if clean and clean in system:
+            scores.append(FAKE_LOGPROB_SEEN)
+        else:
+            scores.append(FAKE_LOGPROB_UNSEEN - min(1.0, 0.1 * max(0, len(clean) - 4)))
+    return tuple(scores)
 
 
 def fake_cost_from_model(cost_model, config, typical_prompt_tokens: int = 1024,
@@ -121,4 +145,4 @@ def fake_cost_from_model(cost_model, config, typical_prompt_tokens: int = 1024,
     return FakeCost(prefill_s_per_token=float(prefill_s), decode_s_per_token=float(decode_s))
 
 
-__all__ = ["FakeCost", "FakeEngine", "fake_cost_from_model"]
+__all__ = ["FakeCost", "FakeEngine", "fake_cost_from_model", "fake_log_likelihood"]

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineStartError, RuntimeServeError
@@ -66,6 +67,7 @@ class LlamaCppEngine:
             llama, self._llama = self._llama, None
         if llama is not None and hasattr(llama, "close"):
             llama.close()
+        self.close_scorer()
 
     async def health(self) -> bool:
         return self._llama is not None
@@ -200,6 +202,44 @@ class LlamaCppEngine:
             # no await here: this runs when the consumer is cancelled too, and must not be skipped
             cancelled.set()
 
+
+    # --- scoring (the leakage guard's log-likelihood operation); see llama_scoring.py ---------------
+    # Two scoring instances, one for chats with a system prompt and one for chats without (the guard's
+    # two passes): each keeps its own prefix in its KV cache (the system prompt, the template's default
+    # one), and the two passes of one check run in parallel. Both are opened on the first call.
+    _scorers: dict | None = None
+    _scorer_locks: dict | None = None  # asyncio.Locks, made on the first call (the engine may be built
+                                       # outside the event loop)
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Per-token log-probs of ``continuation`` after ``messages`` (rendered and tokenised exactly as
+        for generation), on scoring instances of the model of their own, so that scoring waits neither
+        for this replica's generations nor blocks the event loop (it runs in worker threads)."""
+        self._model()
+        if self._scorer_locks is None or self._scorers is None:
+            self._scorer_locks = {role: asyncio.Lock() for role in (True, False)}
+            self._scorers = {}
+        locks, scorers = self._scorer_locks, self._scorers
+        role = any(m.get("role") in ("system", "developer") for m in messages)
+        async with locks[role]:
+            scorer: Any = scorers.get(role)
+            if scorer is None:
+                from oserve.runtime.llama_scoring import LlamaScorer
+
+                scorer = await asyncio.to_thread(
+                    LlamaScorer, self.model_path, self._encode_chat, self.info.context_tokens,
+                    self.num_threads, self.use_extra_buffers)
+                scorers[role] = scorer
+            return tuple(await asyncio.to_thread(scorer.score, messages, continuation))
+
+    def _encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        return self._prompt_tokens(GenerationRequest("score", 1, messages=tuple(messages)))[0]
+
+    def close_scorer(self) -> None:
+        scorers, self._scorers = self._scorers or {}, None
+        self._scorer_locks = None
+        for scorer in scorers.values():
+            scorer.close()
 
 def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
     try:

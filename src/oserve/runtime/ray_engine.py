@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from oserve.planner.plan import Replica
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
@@ -99,6 +100,14 @@ class _EngineActor:
     async def generate(self, request: GenerationRequest):
         async for chunk in self.engine.generate(request):
             yield chunk
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        from oserve.runtime.engine import ScoringError, supports_scoring
+
+        engine: Any = self.engine
+        if not supports_scoring(engine):
+            raise ScoringError(f"engine {engine.info.name} cannot score")
+        return await engine.log_likelihood(messages, continuation)
 
     def pid(self) -> int:
         import os
@@ -196,6 +205,19 @@ class RayActorEngine:
             raise EngineDeadError(f"{self.info.name} actor died: {type(exc).__name__}") from exc
         finally:
             self._num_inflight -= 1
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Scoring runs in the actor, next to its engine (see ``ScoringEngine``)."""
+        import ray
+
+        if self.actor is None:
+            raise EngineDeadError(f"{self.info.name} is not running")
+        try:
+            return tuple(await self.actor.log_likelihood.remote(messages, continuation))
+        except ray.exceptions.RayActorError as exc:
+            raise EngineDeadError(f"{self.info.name} actor died: {type(exc).__name__}") from exc
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
 
 
 async def _with_timeout(ref, timeout_s: float):

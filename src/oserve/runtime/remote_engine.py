@@ -14,7 +14,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
+from oserve.runtime.engine import (
+    EngineInfo,
+    EngineLoad,
+    GenerationRequest,
+    ScoringError,
+    TokenChunk,
+    estimate_tokens,
+)
 from oserve.runtime.errors import ClientRequestError, EngineBusyError, EngineDeadError
 
 
@@ -112,6 +119,57 @@ class RemoteOpenAIEngine:
             raise EngineDeadError(f"{self.info.name} unreachable: {type(exc).__name__}: {exc}") from exc
         finally:
             self._num_inflight -= 1
+
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Per-token log-probs of ``continuation`` after ``messages``, through vLLM's API.
+
+        The server renders and tokenises the chat with its own template (``POST /tokenize`` with
+        ``messages`` and ``add_generation_prompt``), tokenises the continuation alone, then scores the
+        concatenated token ids with the completions API: ``echo`` plus ``logprobs`` return the
+        log-prob of every prompt token, and the continuation's are the ones after the context.
+        Servers without ``/tokenize`` (not vLLM) raise ``ScoringError``.
+        """
+        if self._client is None:
+            raise EngineDeadError(f"engine '{self.info.name}' is not running")
+        context = await self._tokenize({"messages": list(messages), "add_generation_prompt": True})
+        targets = await self._tokenize({"prompt": continuation, "add_special_tokens": False})
+        if not targets:
+            return ()
+        body = {"model": self.model, "prompt": context + targets, "max_tokens": 1, "echo": True,
+                "logprobs": 0, "temperature": 0.0}
+        answer = await self._post_json("/v1/completions", body)
+        try:
+            values = answer["choices"][0]["logprobs"]["token_logprobs"]
+            picked = values[len(context):len(context) + len(targets)]
+            if len(picked) != len(targets) or any(v is None for v in picked):
+                raise ValueError(f"{len(values)} log-probs for {len(context) + len(targets)} prompt tokens")
+            return tuple(float(v) for v in picked)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ScoringError(f"{self.info.name}: echoed prompt log-probs missing or misaligned "
+                               f"({type(exc).__name__}: {exc})") from None
+
+    async def _tokenize(self, fields: dict) -> list[int]:
+        answer = await self._post_json("/tokenize", {"model": self.model, **fields}, scoring_path=True)
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list):
+            raise ScoringError(f"{self.info.name}: /tokenize answered without a 'tokens' list")
+        return [int(t) for t in tokens]
+
+    async def _post_json(self, path: str, body: dict, scoring_path: bool = False) -> dict:
+        if self._client is None:
+            raise EngineDeadError(f"engine '{self.info.name}' is not running")
+        try:
+            response = await self._client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise EngineDeadError(f"{self.info.name} unreachable: {type(exc).__name__}: {exc}") from exc
+        if scoring_path and response.status_code in (404, 405):
+            raise ScoringError(f"{self.info.name} has no {path} endpoint: scoring through the remote "
+                               "engine needs a vLLM-compatible server")
+        await _check_status(response, self.info.name)
+        try:
+            return response.json()
+        except ValueError:
+            raise ScoringError(f"{self.info.name}: {path} did not answer JSON") from None
 
 
 async def _check_status(response: httpx.Response, name: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from oserve.guard.config import GuardConfig
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
@@ -37,6 +38,7 @@ class RuntimeConfig(BaseModel):
     body_read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # then a 408
     api_key: str | None = Field(None, repr=False, min_length=1)  # if set, required on all but /health
     replan: ReplanConfig = Field(default_factory=ReplanConfig)
+    guard: GuardConfig | None = None  # the system-prompt leakage guard (docs/guard.md); None: off
 
     @field_validator("dispatch_policy")
     @classmethod

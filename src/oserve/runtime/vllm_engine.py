@@ -171,6 +171,12 @@ class VllmProcessEngine:
         async for chunk in self.remote.generate(request):
             yield chunk
 
+    async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
+        """Scoring through the replica's own OpenAI server (see ``RemoteOpenAIEngine``)."""
+        if self._process is None or self._process.returncode is not None:
+            raise EngineDeadError(f"vllm replica on port {self.launch.port} is not running")
+        return await self.remote.log_likelihood(messages, continuation)
+
 
 __all__ = ["VllmLaunch", "VllmProcessEngine", "free_port", "launch_for_replica", "vllm_command",
            "vllm_env"]

@@ -31,6 +31,11 @@ class CompletionHandler:
     def __init__(self, runtime: ServingRuntime, gate: ShutdownGate | None = None) -> None:
         self.runtime = runtime
         self.gate = gate or ShutdownGate(runtime.config.shutdown_grace_s)
+        self.guard = None
+        if runtime.config.guard is not None:  # the leakage guard step (gateway/guard_step.py)
+            from oserve.runtime.gateway.guard_step import GuardStep
+
+            self.guard = GuardStep(runtime, runtime.config.guard)
 
     async def open(self, body: ChatCompletionRequest | CompletionRequest) -> RoutedStream:
         self.gate.check_open()
@@ -60,6 +65,8 @@ class CompletionHandler:
             max_tokens = requested
         request = dataclasses.replace(request, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
         async with self.gate.bounded():  # the wait for a first token may be long (queueing)
+            if self.guard is not None:  # the leakage guard: generate, score, maybe regenerate
+                return await self.guard.open(request, router.classify(prompt_tokens))
             return await router.open(request, router.classify(prompt_tokens))
 
     async def _count_prompt(self, request: GenerationRequest, text: str) -> int:
