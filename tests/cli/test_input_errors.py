@@ -105,7 +105,8 @@ def test_serve_plan_typed_for_other_types_than_the_trace(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--port", "99999"), ("--context-tokens", "0"),
                                          ("--max-inflight", "0"), ("--replicas", "0"),
-                                         ("--window-s", "nan"), ("--dispatch-policy", "least-outstandin")])
+                                         ("--window-s", "nan"), ("--dispatch-policy", "least-outstandin"),
+                                         ("--planner", "osrve")])
 def test_serve_flag_out_of_range(capsys, flag, value):
     line = run_parse_error(capsys, "serve", "--engine", "fake", flag, value)
     assert flag in line
@@ -203,3 +204,11 @@ def test_old_flag_spellings_are_not_abbreviations(capsys, argv):
 
 def test_time_range_must_be_ordered(capsys):
     assert "--time-range" in run(capsys, "simulate", "--time-range", "60:10")
+
+
+def test_trace_scaled_refuses_nan():
+    from oserve.common.errors import ConfigError
+    from oserve.workload import load_trace
+
+    with pytest.raises(ConfigError, match="positive finite"):
+        load_trace("azure-code").scaled(float("nan"))

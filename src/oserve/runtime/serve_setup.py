@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
-from oserve.planner.api import make_plan
+from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.controller import rescaled_types
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
@@ -56,6 +56,13 @@ class ServeConfig(BaseModel):
     def _engine(cls, v: str) -> str:
         if v not in ENGINE_KINDS:
             raise ValueError(f"must be one of {', '.join(ENGINE_KINDS)}, got '{v}'")
+        return v
+
+    @field_validator("planner")
+    @classmethod
+    def _planner(cls, v: str) -> str:
+        if v not in PLANNERS:
+            raise ValueError(f"must be one of {', '.join(PLANNERS)}, got '{v}'")
         return v
 
     @field_validator("switch_policy")
@@ -122,7 +129,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         plan = static_plan(name, [ReplicaConfig("cpu")] * config.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
     spec = engine_spec(config, len(plan.replicas))
-    factory = _engine_factory(config, spec, cost)
+    factory = _engine_factory(config, spec, cost, plan)
     holder: dict[str, ServingRuntime] = {}
     switcher = None
     planner = None  # set below when live re-planning is on
@@ -143,7 +150,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     return runtime
 
 
-def _engine_factory(config: ServeConfig, spec: EngineSpec, cost):
+def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
     def spec_for(replica: Replica) -> EngineSpec:
         if spec.kind == "fake" and cost is not None:
             from oserve.runtime.fake_engine import fake_cost_from_model
@@ -155,10 +162,11 @@ def _engine_factory(config: ServeConfig, spec: EngineSpec, cost):
 
     if not config.uses_ray:
         return lambda replica: spec_for(replica).build(replica)
-    from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, connect
+    from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, check_placement, connect
 
     connect(config.ray_address)
     placement = RayPlacement(use_gpus=spec.kind == "vllm", cpus_per_bundle=1.0)
+    check_placement(plan.replicas, placement)  # before the port is bound: fail in seconds, with why
 
     def factory(replica: Replica) -> Engine:
         return RayActorEngine(spec_for(replica), replica, placement)

@@ -63,8 +63,8 @@ class Trace:
 
     def scaled(self, rate_scale: float) -> Trace:
         """Replay the same arrival pattern at ``rate_scale`` times the rate (times divided by it)."""
-        if rate_scale <= 0:
-            raise ConfigError(f"rate scale must be positive, got {rate_scale}")
+        if not 0 < rate_scale < float("inf"):  # also refuses nan
+            raise ConfigError(f"rate scale must be a positive finite number, got {rate_scale}")
         return Trace(self.arrival_s / rate_scale, self.input_tokens, self.output_tokens,
                      f"{self.name}@x{rate_scale:g}", dict(self.meta))
 
