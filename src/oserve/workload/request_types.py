@@ -167,12 +167,9 @@ def _fit(trace: Trace, k: int, seed: int, max_points: int) -> RequestTypes:
     points = _log_points(trace.input_tokens, trace.output_tokens)
     sample = points if len(points) <= max_points else points[rng.choice(len(points), max_points,
                                                                          replace=False)]
-    best, best_inertia = None, np.inf
-    for _ in range(4):
-        cents = _kmeans(sample, k, rng)
-        inertia = ((sample[:, None, :] - cents[None]) ** 2).sum(axis=2).min(axis=1).sum()
-        if inertia < best_inertia:
-            best, best_inertia = cents, inertia
+    restarts = [_kmeans(sample, k, rng) for _ in range(4)]  # in turn: each draws from the generator
+    inertia = [((sample[:, None, :] - c[None]) ** 2).sum(axis=2).min(axis=1).sum() for c in restarts]
+    best = restarts[int(np.argmin(inertia))]  # the first of equal minima, as before
     # Order types by expected work (input + output tokens), so T0 is the lightest.
     order = np.argsort(np.expm1(best).sum(axis=1))
     cents = best[order]

