@@ -1,23 +1,22 @@
-"""From ``oserve serve`` arguments to a ready-to-start ``ServingRuntime``: types, plan, engines, planner."""
+"""From ``oserve serve`` arguments to a ready-to-start ``ServingRuntime``: types, plan, engines, control
+policy."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from pathlib import Path
 
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.plan import Plan, Replica
-from oserve.runtime.controller import rescaled_types
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.errors import ClientRequestError
-from oserve.runtime.replan_policy import ReplanConfig
-from oserve.runtime.router import online_classifier
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
+from oserve.switching.control import ControlPolicy
+from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload import fit_request_types, load_trace
 
 
@@ -76,32 +75,32 @@ def build_runtime(args) -> ServingRuntime:
                            type_rates_rps=[s.rate_rps for s in stats])
     spec = engine_spec(args, len(plan.replicas))
     factory = _engine_factory(args, spec, cost)
-    holder: dict[str, ServingRuntime] = {}
-    switcher = None
-    planner = None  # set below when live re-planning is on
-    if args.replan and cluster is not None and args.switch_policy == "cost-aware":
-        from oserve.runtime.switch_adapter import cost_aware_switcher
-
-        switcher = cost_aware_switcher(cluster, cost, stats)
-    elif args.replan and cluster is not None:
-        def replan_from_current(rates_rps):
-            current = Counter(r.config for r in holder["runtime"].router.table.plan.replicas)
-            return make_plan(cluster, model, rescaled_types(stats, rates_rps), args.planner, cost,
-                             initial=current)
-
-        planner = replan_from_current
     replan = ReplanConfig(mix_threshold=args.replan_mix_threshold,
                           volume_ratio=args.replan_volume_ratio,
                           confirm_checks=args.replan_confirm_checks, cooldown_s=args.replan_cooldown_s)
+    policy = None  # live re-planning needs the cluster and cost model to plan on
+    if args.replan and cluster is not None:
+        policy = control_policy(cluster, cost, stats, args.switch_policy, replan)
     config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
                            check_interval_s=args.check_interval_s, replan=replan,
                            dispatch_policy=args.dispatch_policy,
                            first_token_timeout_s=args.first_token_timeout_s,
                            token_timeout_s=args.token_timeout_s)
-    runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config,
-                             switcher=switcher)
-    holder["runtime"] = runtime
-    return runtime
+    return ServingRuntime(name, plan, factory, types.classify_online, policy, config)
+
+
+def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
+    """The controller's policy: the cost-aware ``switching.policy.decide`` each check, behind the drift
+    gate for ``reactive`` (whose cooldown is then the policy's minimum gap between switches). The
+    measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's."""
+    from oserve.switching.links import LinkModel
+    from oserve.switching.policy import SwitchContext, SwitchParams
+
+    context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster))
+    if switch_policy == "reactive":
+        return ControlPolicy(context, SwitchParams(min_gap_s=replan.cooldown_s), gate=replan,
+                             min_total_rps=replan.min_total_rps)
+    return ControlPolicy(context, SwitchParams(), min_total_rps=replan.min_total_rps)
 
 
 def _engine_factory(args, spec: EngineSpec, cost):
@@ -127,4 +126,4 @@ def _engine_factory(args, spec: EngineSpec, cost):
     return factory
 
 
-__all__ = ["build_runtime", "engine_spec", "served_name"]
+__all__ = ["build_runtime", "control_policy", "engine_spec", "served_name"]

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
-from oserve.runtime.controller import Controller, EngineFactory, Planner
+from oserve.runtime.controller import Controller, EngineFactory, RestartPolicy
 from oserve.runtime.metrics import Metrics
-from oserve.runtime.replan_policy import ReplanConfig
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 from oserve.runtime.router import Classifier, Router, RoutingTable
+from oserve.switching.control import ControlPolicy
+from oserve.switching.replan_gate import ReplanConfig
 
 
 @dataclass(frozen=True)
@@ -29,16 +30,17 @@ class RuntimeConfig:
     window_s: float = 60.0
     check_interval_s: float = 10.0
     drain_timeout_s: float = 300.0
-    replan: ReplanConfig = field(default_factory=ReplanConfig)
+    replan: ReplanConfig = field(default_factory=ReplanConfig)  # the drift gate of --switch-policy reactive
+    restart_backoff_s: float = 1.0       # a dead replica is restarted; failed restarts back off from this
+    restart_backoff_max_s: float = 60.0  # ... doubling up to this
 
 
 class ServingRuntime:
     """Everything behind the gateway. ``async with runtime:`` starts the engines and the controller."""
 
     def __init__(self, model_name: str, plan: Plan, engine_factory: EngineFactory,
-                 classifier: Classifier | None = None, planner: Planner | None = None,
-                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None,
-                 switcher=None) -> None:
+                 classifier: Classifier | None = None, policy: ControlPolicy | None = None,
+                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None) -> None:
         self.model_name = model_name
         self.config = config
         self.clock = clock or WallClock()
@@ -48,9 +50,10 @@ class ServingRuntime:
         self.router = Router(RoutingTable(1, plan, handles), self.metrics, classifier, self.clock,
                              config.max_attempts, config.dispatch_policy, config.seed,
                              config.first_token_timeout_s, config.token_timeout_s)
-        self.controller = Controller(self.router, engine_factory, planner, self.clock, config.replan,
-                                     config.window_s, config.check_interval_s, config.drain_timeout_s,
-                                     config.max_inflight_per_replica, switcher)
+        self.controller = Controller(self.router, engine_factory, policy, self.clock, config.window_s,
+                                     config.check_interval_s, config.drain_timeout_s,
+                                     config.max_inflight_per_replica,
+                                     RestartPolicy(config.restart_backoff_s, config.restart_backoff_max_s))
         self._control_task: asyncio.Task | None = None
         self._register_gauges()
 
@@ -65,7 +68,7 @@ class ServingRuntime:
         gauges["oserve_measured_rate_rps"] = self._rate_gauge
 
     def _rate_gauge(self) -> dict:
-        rates = self.controller.meter.rates_rps(self.clock.now_s())
+        rates = self.controller.rates.rates_rps(self.clock.now_s())
         return {(("type", self.router.table.type_name(t)),): r for t, r in enumerate(rates)}
 
     async def start(self) -> None:
@@ -88,7 +91,7 @@ class ServingRuntime:
 
     def admin_state(self) -> dict:
         table = self.router.table
-        decision = self.controller.last_decision
+        step = self.controller.last_step
         return {
             "model": self.model_name,
             "plan_version": table.version,
@@ -96,10 +99,10 @@ class ServingRuntime:
             "replicas": [{"name": h.name, "state": h.state.value, "inflight": h.num_inflight,
                           "served": h.num_served, "failed": h.num_failed,
                           "engine": h.engine.info.name} for h in table.handles],
-            "measured_rates_rps": list(self.controller.meter.rates_rps(self.clock.now_s())),
-            "last_decision": None if decision is None else {
-                "replan": decision.should_replan, "reason": decision.reason,
-                "mix_distance": decision.mix_distance, "volume_ratio": decision.volume_ratio},
+            "measured_rates_rps": list(self.controller.rates.rates_rps(self.clock.now_s())),
+            "last_decision": None if step is None else {
+                "switch": step.decision.switch, "reason": step.decision.reason,
+                "mix_distance": step.mix_distance, "volume_ratio": step.volume_ratio},
             "history": [{"version": r.version, "applied_at_s": r.applied_at_s, "reason": r.reason,
                          "deployment": r.plan["deployment"]} for r in self.controller.history],
         }

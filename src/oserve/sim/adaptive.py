@@ -32,6 +32,7 @@ from oserve.sim.simulator import replicas_from_configs
 from oserve.sim.switchable_replica import SwitchableReplica, preempt_free
 from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrationParams, plan_kv_migration
 from oserve.switching.policy import SwitchContext, SwitchParams, decide
+from oserve.workload.rate_window import window_rates
 
 STEP, CONTROL, JOIN, DEADLINE, ADOPT = range(5)
 
@@ -228,10 +229,7 @@ class AdaptiveSimulation:
     # ---- control and switching -------------------------------------------------------------------
 
     def _observed(self, t: float) -> np.ndarray:
-        arr = np.asarray(self.arrivals)
-        lo, hi = np.searchsorted(arr, [t - self.interval_s, t], side="left")
-        counts = np.bincount(self.types[lo:hi], minlength=self.num_types)[:self.num_types]
-        return counts / self.interval_s
+        return window_rates(self.arrivals, self.types, self.num_types, t, self.interval_s)
 
     def _control(self, t: float) -> None:
         observed = self._observed(t)
