@@ -47,11 +47,35 @@ async def serve_typed(runtime: ServingRuntime, type_index: int, count: int = 1) 
             pass
 
 
+class LoggingFleet(FakeFleet):
+    """Fake engines whose starts and stops are logged in order (``events``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[str] = []
+
+    def __call__(self, replica):
+        engine = super().__call__(replica)
+        start, stop = engine.start, engine.stop
+
+        async def logged_start():
+            self.events.append(f"start {engine.info.name}")
+            await start()
+
+        async def logged_stop():
+            self.events.append(f"stop {engine.info.name}")
+            await stop()
+
+        engine.start, engine.stop = logged_start, logged_stop
+        return engine
+
+
 def test_plan_switch_under_load_loses_no_request():
     async def main():
         clock = ManualClock()
-        runtime, fleet = make_runtime(num_replicas=2, cost=FakeCost(decode_s_per_token=0.002),
-                                      config=RuntimeConfig(max_inflight_per_replica=512), clock=clock)
+        fleet = LoggingFleet(FakeCost(decode_s_per_token=0.002), clock=clock)
+        runtime = ServingRuntime(MODEL, make_plan(2), fleet, lambda n: int(n >= 100),
+                                 config=RuntimeConfig(max_inflight_per_replica=512), clock=clock)
         new_plan = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
                                [[1.0, 0.0], [0.0, 1.0]], (1.0, 1.0))
         await runtime.controller.start()
@@ -77,6 +101,8 @@ def test_plan_switch_under_load_loses_no_request():
     assert old_handles[1].state is ReplicaState.STOPPED and old_handles[1].num_inflight == 0
     assert old_handles[1].num_served == 100  # it finished what it held before stopping
     assert len(fleet.engines) == 3
+    # the new TP2 replica is placed on device 1, which the stopped replica held: break before make
+    assert fleet.events[2:4] == ["stop fake-r1-1", "start fake-r1-2"]
     served = runtime.metrics.counter("oserve_requests_total", status="ok")
     assert served == 300 and runtime.metrics.counter("oserve_rejected_total") == 0
     assert [r.version for r in runtime.controller.history] == [1, 2]
@@ -350,5 +376,36 @@ def test_reactive_and_cost_aware_serve_policies_share_the_decision():
     reactive = control_policy(cluster, cost, TYPES, "reactive", gate)
     cost_aware = control_policy(cluster, cost, TYPES, "cost-aware", gate)
     assert reactive.gate == gate and reactive.params.min_gap_s == 77.0
-    assert cost_aware.gate is None and cost_aware.params == SwitchParams()
+    assert cost_aware.gate is None and cost_aware.params == SwitchParams(transfer_mode="reload")
+    assert reactive.params.transfer_mode == "reload"  # the server's engines load weights from storage
     assert reactive.context.type_template == cost_aware.context.type_template == TYPES
+
+
+def test_a_replica_started_after_the_drain_that_fails_is_restarted():
+    class FailsOnce(FakeFleet):
+        def __call__(self, replica):
+            engine = super().__call__(replica)
+            if len(self.engines) == 3:  # the new TP2 replica's first engine
+                async def broken_start():
+                    raise OSError("GPU still busy")
+                engine.start = broken_start
+            return engine
+
+    async def main():
+        clock = ManualClock()
+        runtime = ServingRuntime(MODEL, make_plan(2), FailsOnce(clock=clock), None, None,
+                                 RuntimeConfig(), clock)
+        await runtime.controller.start()
+        new_plan = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
+                               [[1.0, 0.0], [0.0, 1.0]], (1.0, 1.0))
+        table = await runtime.controller.apply(new_plan, "test switch")
+        after_switch = [h.state for h in table.handles]
+        await runtime.controller.check_once()
+        after_check = [h.state for h in runtime.router.table.handles]
+        await runtime.stop()
+        return table, after_switch, after_check
+
+    table, after_switch, after_check = asyncio.run(main())
+    assert table.version == 2  # the old replica was already stopped: no way back, the switch stands
+    assert after_switch == [ReplicaState.ACTIVE, ReplicaState.DEAD]
+    assert after_check == [ReplicaState.ACTIVE, ReplicaState.ACTIVE]

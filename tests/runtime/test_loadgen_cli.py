@@ -29,9 +29,13 @@ def test_bench_replays_a_trace_and_reports_percentiles(gateway):
     config = BenchConfig(url=server.base_url, rate_scale=4.0, max_requests=20, max_duration_s=20.0)
     report = asyncio.run(run_bench(config, small_trace()))
     assert (report.num_sent, report.num_ok, report.model) == (20, 20, MODEL)
-    assert set(report.ttft_s) == {"p50", "p90", "p99", "mean"} and report.tpot_s and report.e2e_s
+    # the shared latency summary's keys, the same as `oserve simulate` reports
+    doc = json.loads(report.to_json())
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        assert all(doc[f"{k}_{metric}"] > 0 for k in ("p50", "p90", "p99", "mean"))
+    assert sum(t["requests"] for t in doc["per_type"].values()) == 20
     assert report.output_tokens_per_s > 0 and report.duration_s < 10
-    assert json.loads(report.to_json())["num_ok"] == 20 and "TTFT" in report.to_text()
+    assert doc["num_ok"] == 20 and "TTFT" in report.to_text()
 
 
 def test_bench_counts_failures_by_kind(gateway):
@@ -52,9 +56,11 @@ def test_bench_targets_loopback_only_unless_allowed():
 def test_summary_and_prompt_helpers():
     records = [RequestRecord("ok", 0.1, 1.1, 11), RequestRecord("ok", 0.3, 0.3, 1),
                RequestRecord("http_429")]
-    report = summarize(BenchConfig(url="http://127.0.0.1:1"), "m", records, 2.0)
+    report = summarize(BenchConfig(url="http://127.0.0.1:1", slo_ttft_s=0.2), "m", records, 2.0)
     assert report.num_ok == 2 and report.failures == {"http_429": 1}
-    assert report.tpot_s["p50"] == pytest.approx(0.1)
+    assert report.latency["p50_tpot_s"] == pytest.approx(0.1)
+    assert report.latency["slo_attainment"] == pytest.approx(1 / 3)  # the 429 counts as a miss
+    assert "SLO attainment 33.3%" in report.to_text()
     assert report.throughput_rps == 1.0
     assert len(synthetic_prompt(100)) == pytest.approx(400, abs=8)
 

@@ -124,8 +124,15 @@ class Controller:
                                   reason)
 
     async def execute(self, transition: Transition, plan: Plan, reason: str) -> RoutingTable:
-        """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target): start
-        the started replicas, switch routing, drain and stop the stopped ones."""
+        """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target).
+
+        Started replicas whose GPUs are free start first (make before break): if one fails, the switch
+        is abandoned and the current plan keeps serving. Then the routing table switches to the new plan
+        and the stopped replicas drain and stop. Started replicas placed on GPUs that a stopped replica
+        holds can only start after it has stopped (break before make): they sit in the new table as
+        ``starting`` (the router spills their share to the replicas that take work) and start once those
+        GPUs are free; one that then fails to start is marked dead and restarted with back-off.
+        """
         if tuple(plan.replicas) != tuple(transition.target):
             raise ValueError("the plan's replicas are not the transition's target")
         async with self._switch_lock:
@@ -143,17 +150,27 @@ class Controller:
                     handle = self._new_handle(replica)
                     fresh.append(handle)
                 handles.append(handle)
+            kept = {id(h) for h in handles}
+            dropped = [h for h in old.handles if id(h) not in kept and h not in dead_kept]
+            busy_gpus = {g for h in dropped for g in h.replica.gpus}
+            after = [h for h in fresh if busy_gpus & set(h.replica.gpus)]
             await asyncio.gather(*(self._stop_handle(h) for h in dead_kept), return_exceptions=True)
-            await self._start_handles(fresh)
+            await self._start_handles([h for h in fresh if h not in after])
             table = RoutingTable(old.version + 1, plan, tuple(handles))
             self.router.set_table(table)
             self._record(table, reason)
-            kept = {id(h) for h in handles}
-            dropped = [h for h in old.handles if id(h) not in kept]
             for handle in dropped:
                 if handle.state is ReplicaState.ACTIVE:
                     handle.state = ReplicaState.DRAINING
-            await asyncio.gather(*(self._drain_and_stop(h) for h in dropped if h not in dead_kept))
+            await asyncio.gather(*(self._drain_and_stop(h) for h in dropped))
+            if after:
+                try:
+                    await self._start_handles(after)
+                except EngineStartError:
+                    log.exception("replicas started after the drain failed; they are restarted with "
+                                  "back-off")
+                    for handle in after:
+                        self.router.mark_dead(handle)
             return table
 
     async def _drain_and_stop(self, handle: ReplicaHandle) -> None:

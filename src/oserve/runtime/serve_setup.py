@@ -92,15 +92,18 @@ def build_runtime(args) -> ServingRuntime:
 def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
     """The controller's policy: the cost-aware ``switching.policy.decide`` each check, behind the drift
     gate for ``reactive`` (whose cooldown is then the policy's minimum gap between switches). The
-    measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's."""
+    measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's. Switches
+    are priced as the server performs them: new replicas load their weights from storage (``reload``;
+    no engine here receives weights from a peer GPU)."""
     from oserve.switching.links import LinkModel
     from oserve.switching.policy import SwitchContext, SwitchParams
 
     context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster))
     if switch_policy == "reactive":
-        return ControlPolicy(context, SwitchParams(min_gap_s=replan.cooldown_s), gate=replan,
-                             min_total_rps=replan.min_total_rps)
-    return ControlPolicy(context, SwitchParams(), min_total_rps=replan.min_total_rps)
+        params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s)
+        return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)
+    return ControlPolicy(context, SwitchParams(transfer_mode="reload"),
+                         min_total_rps=replan.min_total_rps)
 
 
 def _engine_factory(args, spec: EngineSpec, cost):
