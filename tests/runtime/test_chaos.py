@@ -40,7 +40,7 @@ SEED = 0
 async def one_request(client: httpx.AsyncClient, max_tokens: int, long_prompt: bool,
                       stream: bool) -> str:
     """``ok``, an explicit error (``http_<status>`` with an OpenAI error body, ``stream_error``), or
-    ``lost`` (anything else: dropped connection, timeout, truncated or wrong answer)."""
+    ``lost: <why>`` (anything else: dropped connection, timeout, truncated or wrong answer)."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (800 if long_prompt else 8)}],
             "max_tokens": max_tokens, "stream": stream}
     want = " ok" * max_tokens
@@ -49,13 +49,14 @@ async def one_request(client: httpx.AsyncClient, max_tokens: int, long_prompt: b
             response = await client.post("/v1/chat/completions", json=body)
             if response.status_code == 200:
                 ok = response.json()["choices"][0]["message"]["content"] == want
-                return "ok" if ok else "lost"
+                return "ok" if ok else "lost: wrong answer"
             explicit = "message" in response.json().get("error", {})
-            return f"http_{response.status_code}" if explicit else "lost"
+            return f"http_{response.status_code}" if explicit else f"lost: {response.text[:80]}"
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
-                explicit = "message" in json.loads(await response.aread()).get("error", {})
-                return f"http_{response.status_code}" if explicit else "lost"
+                text = await response.aread()
+                explicit = "message" in json.loads(text).get("error", {})
+                return f"http_{response.status_code}" if explicit else f"lost: {text[:80]!r}"
             text, done = [], False
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -67,9 +68,11 @@ async def one_request(client: httpx.AsyncClient, max_tokens: int, long_prompt: b
                 if "error" in event:
                     return "stream_error"
                 text += [c["delta"].get("content") or "" for c in event["choices"]]
-            return "ok" if done and "".join(text) == want else "lost"
-    except (httpx.HTTPError, json.JSONDecodeError, KeyError):
-        return "lost"
+            if done and "".join(text) == want:
+                return "ok"
+            return f"lost: stream {'ended' if done else 'cut'} after {len(''.join(text)) // 3} tokens"
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
+        return f"lost: {type(exc).__name__} {exc}"[:120]
 
 
 def _states(runtime) -> list[ReplicaState]:
@@ -109,7 +112,10 @@ async def chaos(server, runtime, duration_s: float) -> dict:
             await asyncio.sleep(0.05)
         return worst
 
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+    # idle connections are dropped by the client well before the server's keep-alive timeout (5 s in
+    # uvicorn): a request sent on a connection the server is closing never reaches it (a ReadError that
+    # no server can count), which is not what this test is about
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500, keepalive_expiry=1.0)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60.0, limits=limits) as client:
         kill_task, watch_task = asyncio.create_task(killer()), asyncio.create_task(watch())
         tasks, t0 = [], time.monotonic()
@@ -160,7 +166,8 @@ def test_random_replica_kills_under_steady_load_lose_nothing_and_reconcile_exact
     if os.environ.get("OSERVE_CHAOS_OUT"):
         Path(os.environ["OSERVE_CHAOS_OUT"]).write_text(json.dumps(report, indent=2))
 
-    assert client.get("lost", 0) == 0, report
+    lost = {k: n for k, n in client.items() if k.startswith("lost")}
+    assert not lost, report
     kills = report["kills"]
     assert len(kills) >= max(1, int(duration_s // 30) - 1), report
     # every kill was followed by a restart, and the fleet ends whole

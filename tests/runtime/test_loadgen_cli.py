@@ -132,6 +132,6 @@ def test_serve_setup_plans_a_gpu_fleet_of_cost_model_timed_fakes():
     assert plan.num_gpus <= 8 and plan.planner == "oserve" and len(plan.type_names) == 4
     engines = [h.engine for h in runtime.router.table.handles]
     assert all(e.cost.decode_s_per_token > 0 and e.cost.prefill_s_per_token > 0 for e in engines)
-    assert runtime.controller.planner is not None
-    assert runtime.controller.replan.cooldown_s == 30.0
+    policy = runtime.controller.policy  # --switch-policy reactive: the drift gate before decide
+    assert policy is not None and policy.gate.cooldown_s == 30.0 and policy.params.min_gap_s == 30.0
     assert runtime.model_name == "llama-2-13b"

@@ -224,12 +224,17 @@ class Controller:
         return retired
 
     async def restart_dead(self) -> list[str]:
-        """Restart each dead replica of the current table whose back-off has passed; returns the names
-        of those restarted."""
+        """Restart each dead replica of the current table that fails its health check and whose back-off
+        has passed; returns the names of those restarted. (A dead replica that answers its health check
+        is left to ``check_health``, which reinstates it at the next check.)"""
         async with self._switch_lock:
             restarted = []
             for handle in [h for h in self.router.table.handles if h.state is ReplicaState.DEAD]:
-                if await self._restart(handle):
+                try:
+                    healthy = await handle.engine.health()
+                except Exception:  # noqa: BLE001 - a health check that raises is a failed one
+                    healthy = False
+                if healthy is not True and await self._restart(handle):
                     restarted.append(handle.name)
             return restarted
 
@@ -307,7 +312,9 @@ class Controller:
 
     async def run(self) -> None:
         """Check every ``check_interval_s``; a replica death wakes it early, for the restart only (the
-        control step keeps its cadence, so the drift gate counts checks, not deaths)."""
+        control step keeps its cadence, so the drift gate counts checks, not deaths; a replica marked
+        dead that still answers its health check is reinstated at the next regular check, not at once,
+        so that one that fails requests but answers health checks does not flap)."""
         while not self._stopping.is_set():
             timer = asyncio.ensure_future(self.clock.sleep(self.check_interval_s))
             death = asyncio.ensure_future(self._death.wait())
@@ -321,7 +328,6 @@ class Controller:
             if timer.done() and not timer.cancelled():
                 await self.check_once()
             else:
-                await self.check_health()
                 await self.restart_dead()
 
     async def stop(self) -> None:
