@@ -80,19 +80,20 @@ def _states(runtime) -> list[ReplicaState]:
 
 
 async def chaos(server, runtime, duration_s: float) -> dict:
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(SEED)  # the requests: the same arrivals and shapes every run
+    kill_rng = np.random.default_rng(SEED + 1)  # the kills (their own generator: timing-independent)
     kills: list[dict] = []
     stop = asyncio.Event()
 
     async def killer() -> None:
         t0 = time.monotonic()
         while True:
-            await asyncio.sleep(float(rng.uniform(*KILL_GAP_S)))
+            await asyncio.sleep(float(kill_rng.uniform(*KILL_GAP_S)))
             if time.monotonic() - t0 > duration_s - 10.0:  # leave time to see the last restart
                 return
             table = runtime.router.table.handles
             active = [i for i, h in enumerate(table) if h.state is ReplicaState.ACTIVE]
-            index = active[int(rng.integers(len(active)))]
+            index = active[int(kill_rng.integers(len(active)))]
             victim = table[index]
             killed_at = time.monotonic()
             server.loop.call_soon_threadsafe(victim.engine.kill)

@@ -169,7 +169,8 @@ def test_the_controller_executes_the_policys_transition(half_cluster):
     kept = {cur: new for cur, new in switch.transition.kept}
     assert len(kept) == 2
     for cur, new in kept.items():  # kept replicas: the same handle (the same engine), same GPUs
-        assert table.handles[new] is before[cur] and table.handles[new].replica.gpus == before[cur].replica.gpus
+        assert table.handles[new] is before[cur]
+        assert table.handles[new].replica.gpus == before[cur].replica.gpus
     assert runtime.controller.last_switch_s == 20.0
     assert runtime.controller.history[-1].reason == switch.reason
     # right after a switch the plan matches what is measured: the gate is closed again

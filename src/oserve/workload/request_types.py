@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -74,6 +75,12 @@ class RequestTypes:
         cents = np.asarray(self.centroids_log)
         dist = ((points[:, None, :] - cents[None, :, :]) ** 2).sum(axis=2)
         return dist.argmin(axis=1)
+
+    @overload
+    def classify_online(self, input_tokens: int) -> int: ...
+
+    @overload
+    def classify_online(self, input_tokens: np.ndarray) -> np.ndarray: ...
 
     def classify_online(self, input_tokens: int | np.ndarray) -> np.ndarray | int:
         """The online type from the prompt length alone: an int for an int, an array for an array."""
