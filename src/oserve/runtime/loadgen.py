@@ -199,7 +199,8 @@ def _trace_types(trace: Trace, num_types: int) -> tuple[list[int], list[str] | N
     if num_types <= 0 or len(trace) < num_types:
         return [-1] * len(trace), None
     types = fit_request_types(trace, num_types, 0)
-    return [int(t) for t in types.classify_online(trace.input_tokens)], types.names()
+    # named T0..T<k-1> (lightest first), as in the simulator's summary
+    return [int(t) for t in types.classify_online(trace.input_tokens)], [f"T{k}" for k in range(types.k)]
 
 
 async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:

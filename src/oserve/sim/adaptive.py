@@ -1,7 +1,8 @@
 """Simulating the closed loop: forecast, switching policy and deployment switches on virtual time.
 
 Every ``control_interval_s`` the controller measures each type's arrival rate over the past interval,
-forecasts the next one and asks the shared switching policy (``oserve.switching.decide``) what to run.
+forecasts the next one and runs the control step the server runs (``oserve.switching.control_step``:
+the cost-aware ``decide``, behind the drift gate when one is given) to choose what to run.
 On a switch, replicas that stop take no new requests (their queued requests are re-routed), short
 requests drain, long ones hand their KV cache over to a replica that keeps serving (after the planned KV
 transfer time; re-queued for recompute when nobody has room), and at the drain deadline whatever is left
@@ -31,7 +32,9 @@ from oserve.sim.request import Seq
 from oserve.sim.simulator import replicas_from_configs
 from oserve.sim.switchable_replica import SwitchableReplica, preempt_free
 from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrationParams, plan_kv_migration
-from oserve.switching.policy import SwitchContext, SwitchParams, decide
+from oserve.switching.control import ControlPolicy, control_step
+from oserve.switching.policy import SwitchContext, SwitchParams
+from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload.rate_window import window_rates
 
 STEP, CONTROL, JOIN, DEADLINE, ADOPT = range(5)
@@ -71,10 +74,15 @@ class AdaptiveSimulation:
 
     def __init__(self, ctx: SwitchContext, params: SwitchParams, initial: Plan, forecaster,
                  config: SimConfig, batching: BatchingConfig, control_interval_s: float = 60.0,
-                 kv_params: KvMigrationParams | None = None, redispatch: bool = True) -> None:
+                 kv_params: KvMigrationParams | None = None, redispatch: bool = True,
+                 gate: ReplanConfig | None = None) -> None:
         if control_interval_s <= 0:
             raise ConfigError("control interval must be positive")
         self.ctx, self.params, self.config = ctx, params, config
+        # the server's control step: the drift gate (when given) before ``decide``
+        self.control = ControlPolicy(ctx, params, gate=gate, redispatch=redispatch)
+        self.num_drifted_checks = 0
+        self.planned_rps = tuple(initial.type_rates_rps)  # what the running plan was made for
         self.cost: CostModel = ctx.cost
         self.forecaster = forecaster
         self.batching = batching
@@ -238,11 +246,15 @@ class AdaptiveSimulation:
         if self.switching:
             self._record(t, observed, forecast, False, "switch in progress")
             return
-        d = decide(self.ctx, self.params, self.current, self.last_switch_s, t, forecast)
+        step = control_step(self.control, self.current, self.planned_rps, forecast, self.last_switch_s, t,
+                            self.num_drifted_checks)
+        self.num_drifted_checks, d = step.num_drifted_checks, step.decision
         if d.switch:
             self._start_switch(t, d)
+            self.planned_rps = tuple(d.plan.type_rates_rps)
         elif d.plan is not None and self.redispatch:
             self._set_dispatch(d.plan.dispatch, self.plan_to_global)
+            self.planned_rps = tuple(d.plan.type_rates_rps)
         self._record(t, observed, forecast, d.switch, d.reason, d.switch_s, d.decide_seconds)
 
     def _record(self, t, observed, forecast, switched, reason, switch_s=0.0, secs=0.0) -> None:

@@ -28,6 +28,7 @@ class ControlPolicy:
     gate: ReplanConfig | None = None  # None: ask the policy every check
     redispatch: bool = True           # on hold, re-weight the current replicas for the measured mix
     min_total_rps: float = 0.0        # below this total forecast, hold: too little traffic to plan on
+    # (0 by default: without a gate the step is then exactly ``decide``, as the simulator calls it)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def control_step(policy: ControlPolicy, replicas: Sequence[Replica], planned_rps
                  forecast_rps: Sequence[float], last_switch_s: float | None, now_s: float,
                  num_drifted_checks: int = 0) -> ControlStep:
     """Decide what to run next from ``replicas`` (the plan made for ``planned_rps``) for the forecast."""
-    if sum(forecast_rps) < policy.min_total_rps or sum(forecast_rps) <= 0:
+    if sum(forecast_rps) < policy.min_total_rps:
         mix, ratio = drift(planned_rps, forecast_rps)
         return ControlStep(SwitchDecision(False, "too little traffic", None), 0, mix, ratio)
     if policy.gate is not None:
