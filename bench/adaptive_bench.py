@@ -26,7 +26,7 @@ from oserve.costmodel.cost_model import CostModel
 from oserve.common.provenance import git_revision
 from oserve.forecast.synthetic import load_any_trace
 from oserve.planner.api import make_plan
-from oserve.sim.adaptive_cli import _ratios
+from oserve.sim.adaptive_report import ratios as _ratios
 from oserve.sim.adaptive_experiment import ABLATIONS, MODES, AdaptiveSetup, compare
 from oserve.sim.adaptive_plots import plot_adaptive
 from oserve.sim.experiment import prepare_trace

@@ -99,18 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--gpus", default=",".join(str(g) for g in GPUS))
     ap.add_argument("--traces", default=",".join(TRACES))
-    ap.add_argument("--window", type=float, default=1200.0, help="seconds of trace to use (0 = all)")
+    ap.add_argument("--duration-s", type=float, default=1200.0, help="seconds of trace to use (0 = all)")
     ap.add_argument("--bound-factor", type=float, default=2.0)
     ap.add_argument("--rel-tol", type=float, default=0.05)
     ap.add_argument("--batching", default="chunked")
-    ap.add_argument("--dispatch", default="least-outstanding")
+    ap.add_argument("--dispatch-policy", default=SimConfig.model_fields["dispatch"].default)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "spatial"))
     ap.add_argument("--force", action="store_true", help="recompute scenarios that already have results")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = SimConfig(batching=args.batching, dispatch=args.dispatch, seed=args.seed)
+    config = SimConfig(batching=args.batching, dispatch=args.dispatch_policy, seed=args.seed)
     for model in args.models.split(","):
         for gpus in (int(g) for g in args.gpus.split(",")):
             for trace in args.traces.split(","):
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    result = run_scenario(model, gpus, trace, args.window, config, args.bound_factor,
+                    result = run_scenario(model, gpus, trace, args.duration_s, config, args.bound_factor,
                                           args.rel_tol)
                 except Exception as exc:  # record and go on: one infeasible scenario must not stop the rest
                     result = {"model": model, "num_gpus": gpus, "trace": trace, "error": repr(exc)}

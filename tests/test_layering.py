@@ -29,9 +29,22 @@ def test_layers_import_only_earlier_layers():
             for target, line in _imports(path):
                 if target not in ORDER or target == layer:
                     continue
-                # a layer's own *cli.py modules are command-line adapters and may use oserve.cli helpers
-                adapter = path.stem.endswith("cli") and target == "cli"
-                if (layer, target) in FORBIDDEN or (
-                        ORDER.index(target) > ORDER.index(layer) and layer != "cli" and not adapter):
+                later = ORDER.index(target) > ORDER.index(layer) and layer != "cli"
+                if (layer, target) in FORBIDDEN or later:
                     violations.append(f"{path.relative_to(root)}:{line} imports oserve.{target}")
     assert not violations, "\n".join(violations)
+
+
+def test_argparse_lives_only_in_the_cli_package():
+    root = Path(oserve.__file__).parent
+    users = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            if "argparse" in names:
+                users.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not users, "argparse outside oserve/cli: " + ", ".join(users)

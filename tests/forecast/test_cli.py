@@ -6,7 +6,7 @@ from oserve.cli.main import main
 
 
 def test_forecast_eval_json_baselines(capsys):
-    assert main(["forecast", "eval", "--trace", "azure-code", "--window", "60s",
+    assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "60",
                  "--models", "last,moving-avg,ewma", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["window_s"] == 60 and doc["num_test_windows"] >= 2
@@ -15,16 +15,16 @@ def test_forecast_eval_json_baselines(capsys):
 
 
 def test_forecast_eval_rejects_unknown_model(capsys):
-    assert main(["forecast", "eval", "--trace", "azure-code", "--window", "60s",
+    assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "60",
                  "--models", "prophet"]) == 2
 
 
 def test_forecast_train_then_eval_loaded(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "m.pt"
-    assert main(["forecast", "train", "--trace", "azure-code", "--window", "30s", "--epochs", "5",
+    assert main(["forecast", "train", "--trace", "azure-code", "--window-s", "30", "--epochs", "5",
                  "--out", str(out)]) == 0
-    assert main(["forecast", "eval", "--trace", "azure-code", "--window", "30s", "--models",
+    assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "30", "--models",
                  "last,lstm", "--lstm", str(out), "--out", str(tmp_path / "ev")]) == 0
     text = capsys.readouterr().out
     assert "lstm(loaded)" in text
@@ -35,6 +35,6 @@ def test_forecast_synth_writes_a_loadable_trace(tmp_path, capsys):
     from oserve.workload import load_trace
 
     out = tmp_path / "syn.csv"
-    assert main(["forecast", "synth", "--hours", "0.5", "--period", "1h", "--out", str(out)]) == 0
+    assert main(["forecast", "synth", "--hours", "0.5", "--period-s", "3600", "--out", str(out)]) == 0
     assert "SYNTHETIC" in capsys.readouterr().out
     assert len(load_trace(out)) > 1000

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from oserve.cli.main import build_parser, main
-from oserve.runtime.cli import usage_banner
+from oserve.cli.serve_cmd import usage_banner
 from oserve.runtime.errors import ClientRequestError
 from oserve.runtime.loadgen import (BenchConfig, RequestRecord, check_target, run_bench, summarize,
                                     synthetic_prompt)
@@ -123,11 +123,12 @@ def test_serve_command_with_fake_engines_answers_the_openai_client():
 
 
 def test_serve_setup_plans_a_gpu_fleet_of_cost_model_timed_fakes():
+    from oserve.cli.serve_cmd import serve_config
     from oserve.runtime.serve_setup import build_runtime
 
     args = build_parser().parse_args(["serve", "--engine", "fake", "--cluster", "1x8xH100", "--model",
                                       "llama-2-13b", "--replan", "--replan-cooldown-s", "30"])
-    runtime = build_runtime(args)
+    runtime = build_runtime(serve_config(args))
     plan = runtime.router.table.plan
     assert plan.num_gpus <= 8 and plan.planner == "oserve" and len(plan.type_names) == 4
     engines = [h.engine for h in runtime.router.table.handles]

@@ -77,7 +77,7 @@ def test_simulate_adaptive_cli_writes_results_and_plot(tmp_path, capsys):
     out = tmp_path / "ad"
     assert main(["simulate-adaptive", "--cluster", "1x8xH100", "--model", "llama-2-7b", "--trace",
                  "azure-code", "--rate-scale", "25", "--types", "2", "--modes", "static-oserve,switch-p2p",
-                 "--control-interval", "10s", "--warmup", "10s", "--min-gap", "30s", "--json",
+                 "--control-interval-s", "10", "--warmup-s", "10", "--min-gap-s", "30", "--json",
                  "--out", str(out)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["modes"]) == {"static-oserve", "switch-p2p"}

@@ -10,8 +10,8 @@ from oserve.cli.main import main
 def test_simulate_json_and_outputs(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["simulate", "--cluster", "1x8xH100-80GB", "--model", "llama-2-70b", "--trace",
-                 "azure-conv", "--window", "0:120", "--planner", "default,homogeneous",
-                 "--rate-scale", "1,2", "--slo-ttft", "1", "--slo-tpot", "0.1", "--json",
+                 "azure-conv", "--time-range", "0:120", "--planner", "default,homogeneous",
+                 "--rate-scale", "1,2", "--slo-ttft-s", "1", "--slo-tpot-s", "0.1", "--json",
                  "--out", str(out)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -31,7 +31,7 @@ def test_simulate_json_and_outputs(tmp_path, capsys):
 
 
 def test_simulate_table_and_bad_planner(capsys):
-    assert main(["simulate", "--cluster", "1x8xH100-80GB", "--window", "0:60", "--planner",
+    assert main(["simulate", "--cluster", "1x8xH100-80GB", "--time-range", "0:60", "--planner",
                  "default"]) == 0
     assert "P99 e2e" in capsys.readouterr().out
     assert main(["simulate", "--cluster", "1x8xH100-80GB", "--planner", "nonsense"]) == 2

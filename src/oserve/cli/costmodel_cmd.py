@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import yaml
@@ -12,6 +13,7 @@ from oserve.costmodel.calibration import (
     fit_calibration,
     load_calibration,
     predict_row_ms,
+    profile_gpu,
     read_profile,
 )
 from oserve.costmodel.catalog import load_gpus, load_models
@@ -24,17 +26,29 @@ def register(sub) -> None:
     v.add_argument("--profile", action="append", required=True, metavar="FILE",
                    help="profile CSV (columns gpu,kind,model,tp,a,b,ms); repeatable")
     v.add_argument("--calibration", default=None, metavar="FILE")
-    v.add_argument("--gpu", default="H100-80GB", help="catalog GPU the profile was measured on")
+    v.add_argument("--gpu", default=None, help="catalog GPU every row was measured on (default: each "
+                   "row's gpu column, e.g. 'NVIDIA H100 80GB HBM3' -> H100-80GB)")
     v.add_argument("--models", action="append", default=[], metavar="FILE")
+    v.add_argument("--gpus", action="append", default=[], metavar="FILE", help="extra GPU catalog YAML")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=run_validate)
     f = cm.add_parser("fit", help="fit the calibration on some models' rows and write it as YAML")
     f.add_argument("--profile", action="append", required=True, metavar="FILE")
     f.add_argument("--train-models", default="llama-2-7b,llama-2-70b",
                    help="comma-separated models whose rows the fit may use")
-    f.add_argument("--gpu", default="H100-80GB")
+    f.add_argument("--gpu", default=None, help="catalog GPU of the rows (default: their gpu column, "
+                   "which must name one GPU)")
     f.add_argument("--out", required=True, metavar="FILE")
     f.set_defaults(func=run_fit)
+
+
+def _row_gpus(rows, gpus, override: str | None) -> dict:
+    """Profile gpu column -> catalog GPU (every row the ``override`` GPU when one is given)."""
+    names = dict.fromkeys(r.gpu for r in rows)
+    if override:
+        spec = gpus.get(override)
+        return {n: spec for n in names}
+    return {n: profile_gpu(n, gpus) for n in names}
 
 
 def _rows(paths):
@@ -52,13 +66,13 @@ def _summary(errors: np.ndarray) -> dict:
 def run_validate(args) -> int:
     cal = load_calibration(args.calibration)
     catalog = load_models(args.models)
-    gpu = load_gpus().get(args.gpu)
     rows = _rows(args.profile)
     if not rows:
         raise ConfigError("profile has no rows to validate")
+    gpu_of = _row_gpus(rows, load_gpus(args.gpus), args.gpu)
     errs, kinds, held = [], [], []
     for r in rows:
-        pred = predict_row_ms(r, catalog.get(r.model), gpu, cal)
+        pred = predict_row_ms(r, catalog.get(r.model), gpu_of[r.gpu], cal)
         errs.append(abs(pred / r.ms - 1))
         kinds.append(r.kind)
         held.append(r.model not in cal.fitted_on)
@@ -66,12 +80,14 @@ def run_validate(args) -> int:
     out = _summary(errs_a)
     out["per_kind"] = {k: _summary(errs_a[kinds_a == k]) for k in dict.fromkeys(kinds)}
     out["fitted_on"] = list(cal.fitted_on)
+    out["gpus"] = dict(Counter(gpu_of[r.gpu].name for r in rows))
     if held_a.any():
         out["held_out"] = _summary(errs_a[held_a])
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"Cost model vs {len(rows)} measured rows (calibration fitted on {', '.join(cal.fitted_on)})")
+    print(f"Cost model vs {len(rows)} measured rows on {', '.join(out['gpus'])} (calibration fitted on "
+          f"{', '.join(cal.fitted_on)})")
     print(f"{'kind':<16}{'rows':>6}{'median':>9}{'p90':>9}{'max':>9}")
     for name, s in [("overall", out)] + list(out["per_kind"].items()) + (
             [("held-out models", out["held_out"])] if "held_out" in out else []):
@@ -85,7 +101,12 @@ def run_fit(args) -> int:
     catalog = load_models()
     train = [m.strip() for m in args.train_models.split(",") if m.strip()]
     models = {m: catalog.get(m) for m in {r.model for r in rows}}
-    cal = fit_calibration(rows, models, load_gpus().get(args.gpu), train)
+    gpu_of = _row_gpus(rows, load_gpus(), args.gpu)
+    fitted_gpus = {g.name for g in gpu_of.values()}
+    if len(fitted_gpus) != 1:
+        raise ConfigError(f"--profile rows are from several GPUs ({', '.join(sorted(fitted_gpus))}): a "
+                          "calibration is fitted for one; give one GPU's profiles or --gpu")
+    cal = fit_calibration(rows, models, next(iter(gpu_of.values())), train)
     d = cal.to_dict()
     d["source"] = ", ".join(args.profile)
     with open(args.out, "w") as fh:

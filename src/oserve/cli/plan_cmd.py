@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 
-from oserve.cli.common_args import add_cluster_model_args, add_trace_args, resolve
-from oserve.common.errors import ConfigError
+from oserve.cli.common_args import (
+    NON_NEGATIVE,
+    POSITIVE,
+    add_cluster_model_args,
+    add_trace_args,
+    config_from_flags,
+    default,
+    resolve,
+)
 from oserve.planner.api import PLANNERS, make_plan
-from oserve.planner.search import SearchParams
 from oserve.planner.plan import Plan
+from oserve.planner.search import SearchParams
 from oserve.workload import fit_request_types, load_trace
 
 
@@ -17,10 +24,11 @@ def register(sub) -> None:
     add_cluster_model_args(p)
     add_trace_args(p)
     p.add_argument("--planner", default="oserve", choices=PLANNERS)
-    p.add_argument("--rate-scale", type=float, default=1.0,
+    p.add_argument("--rate-scale", type=POSITIVE, default=1.0,
                    help="plan for the trace's rates multiplied by this factor")
     p.add_argument("--no-pp", action="store_true", help="consider tensor parallelism only")
-    p.add_argument("--min-gain", type=float, default=SearchParams().min_gain_over_homogeneous,
+    p.add_argument("--min-gain", type=NON_NEGATIVE,
+                   default=default(SearchParams, "min_gain_over_homogeneous"),
                    help="predicted capacity gain a heterogeneous deployment needs over the best "
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -28,8 +36,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.min_gain < 0:
-        raise ConfigError(f"--min-gain must be >= 0, got {args.min_gain}")
+    search = config_from_flags(SearchParams, {"min_gain_over_homogeneous": args.min_gain},
+                               {"min_gain_over_homogeneous": "--min-gain"})
     cluster, model, cost = resolve(args)
     trace, num_clipped = load_trace(args.trace).clipped_to_context(model.max_context_tokens)
     if args.rate_scale != 1.0:
@@ -37,7 +45,7 @@ def run(args) -> int:
     types = fit_request_types(trace, args.types, args.seed)
     stats = types.stats(trace)
     plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                     search=SearchParams(min_gain_over_homogeneous=args.min_gain))
+                     search=search)
     if args.json:
         out = plan.to_dict()
         out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,

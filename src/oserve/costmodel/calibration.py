@@ -6,8 +6,9 @@ the number of independent units (attention heads x sequences on the shard) at wh
 the GPU: attention with few heads per shard (high TP) or few sequences cannot occupy all SMs. Its time is
 ``t0 + smoothmax(flops / (peak_flops * eff_c * occ), bytes / (peak_bw * eff_m * occ))`` with
 ``occ = units / (units + parallel_half)`` and a p-norm smooth max (sharp near the ridge point, as measured
-kernels are). GEMMs are not occupancy-limited at these shapes (their ``parallel_half`` is 0). A decoder layer adds norms, activations and
-residuals: ``layer = (sum of operators) * (1 + layer_extra_frac) + layer_fixed_ms``.
+kernels are). GEMMs are not occupancy-limited at these shapes (their ``parallel_half`` is 0). A decoder
+layer adds norms, activations and residuals: ``layer = (sum of operators) * (1 + layer_extra_frac) +
+layer_fixed_ms``.
 
 The factors are fitted by least squares on log time (relative error) to a profile in the shared CSV format
 and shipped in ``data/calibration.yaml``; ``oserve costmodel fit`` refits them.
@@ -17,15 +18,17 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from oserve.common.errors import ConfigError, InputFormatError
-from oserve.costmodel.catalog import GpuSpec, ModelSpec
+from oserve.costmodel.catalog import GpuSpec, ModelSpec, _Catalog
 from oserve.costmodel.operators import (
     GEMM_LAYERS,
     Work,
@@ -50,7 +53,7 @@ class KindFactors:
         occupancy = work.parallelism / (work.parallelism + self.parallel_half)
         tc = work.flops / (gpu.bf16_tflops * 1e12 * self.compute_eff * occupancy) * 1e3
         tm = work.bytes / (gpu.hbm_gbps * 1e9 * self.mem_eff * occupancy) * 1e3
-        return self.t0_ms + (tc ** SMOOTH_P + tm ** SMOOTH_P) ** (1.0 / SMOOTH_P)
+        return float(self.t0_ms + (tc ** SMOOTH_P + tm ** SMOOTH_P) ** (1.0 / SMOOTH_P))
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Calibration:
     fitted_on: tuple[str, ...] = ()
     source: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "fitted_on": list(self.fitted_on),
             "source": self.source,
@@ -72,7 +75,7 @@ class Calibration:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> Calibration:
+    def from_dict(d: dict[str, Any]) -> Calibration:
         try:
             kinds = {k: KindFactors(float(v["t0_ms"]), float(v["compute_eff"]), float(v["mem_eff"]),
                                     float(v.get("parallel_half", 0.0)))
@@ -144,6 +147,26 @@ def read_profile(path: str | Path) -> list[ProfileRow]:
     return rows
 
 
+def profile_gpu(device_name: str, gpus: _Catalog[GpuSpec]) -> GpuSpec:
+    """The catalog GPU of a profile's ``gpu`` column: a catalog name or alias, or the device name the
+    driver reports (``NVIDIA H100 80GB HBM3``, ``NVIDIA A100-SXM4-80GB``), matched when every part of one
+    catalog name (``H100``, ``80GB``) is a word of it. ``gpus`` is a catalog from ``load_gpus``."""
+    try:
+        return gpus.get(device_name)
+    except ConfigError:
+        pass
+    words = set(re.split(r"[\s\-_]+", device_name.upper()))
+    matches = [gpus.get(n) for n in gpus.names()
+               if set(re.split(r"[\s\-_]+", n.upper())) <= words]
+    best = max((len(re.split(r"[\s\-_]+", g.name)) for g in matches), default=0)
+    matches = [g for g in matches if len(re.split(r"[\s\-_]+", g.name)) == best]
+    if len(matches) != 1:
+        raise ConfigError(f"profile GPU '{device_name}' matches {'no' if not matches else 'several'} catalog "
+                          f"GPUs ({', '.join(g.name for g in matches) or ', '.join(gpus.names())}); "
+                          "name one with --gpu")
+    return matches[0]
+
+
 def operator_work(row: ProfileRow, model: ModelSpec) -> list[tuple[str, Work]]:
     """The (kind, work) parts of a profile row; a layer row is the sum of its operators."""
     if row.kind == "gemm":
@@ -170,14 +193,6 @@ def predict_row_ms(row: ProfileRow, model: ModelSpec, gpu: GpuSpec, cal: Calibra
 
 # ---- fitting ----------------------------------------------------------------------------------------
 
-@dataclass
-class _FitData:
-    rows: list[ProfileRow]
-    models: dict[str, ModelSpec]
-    gpu: GpuSpec
-    works: list[list[tuple[str, Work]]] = field(default_factory=list)
-
-
 def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: GpuSpec,
                     train_models: list[str]) -> Calibration:
     """Fit per-kind factors on the operator rows, then the layer terms on the layer rows."""
@@ -196,10 +211,11 @@ def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: G
 
         occupancy_limited = kind != "gemm"
 
-        def residuals(x, works=works, measured=measured, occ=occupancy_limited):
+        def residuals(x: np.ndarray, works: list[Work] = works, measured: np.ndarray = measured,
+                      occ: bool = occupancy_limited) -> np.ndarray:
             f = KindFactors(math.exp(x[0]), math.exp(x[1]), math.exp(x[2]),
                             math.exp(x[3]) if occ else 0.0)
-            return np.log([f.time_ms(w, gpu) for w in works]) - measured
+            return np.asarray(np.log([f.time_ms(w, gpu) for w in works]) - measured)
 
         sol = least_squares(residuals, x0=[math.log(0.005), math.log(0.6), math.log(0.8), 0.0],
                             loss="soft_l1", f_scale=0.1)
@@ -212,8 +228,8 @@ def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: G
                          for r in lrows])
         measured = np.log([r.ms for r in lrows])
 
-        def layer_res(x):
-            return np.log(base * (1 + x[0]) + abs(x[1])) - measured
+        def layer_res(x: np.ndarray) -> np.ndarray:
+            return np.asarray(np.log(base * (1 + x[0]) + abs(x[1])) - measured)
 
         sol = least_squares(layer_res, x0=[0.1, 0.01], loss="soft_l1", f_scale=0.1)
         extra, fixed = float(sol.x[0]), float(abs(sol.x[1]))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from oserve.common.errors import ConfigError, InputFormatError
 
 DEFAULT_INTER_NODE_GBPS = 50.0  # one 400 Gb/s InfiniBand NIC per GPU, as in a DGX H100
+# The largest cluster the planner accepts: 128 nodes of 8 GPUs plan in ~10-20 s on a laptop-class CPU; the
+# search grows faster than linearly beyond (4,096 GPUs took over a minute), so larger fleets are refused
+# rather than left running for minutes (plan them as several independent clusters).
+MAX_CLUSTER_GPUS = 1024
 
 
 class ModelSpec(BaseModel):
@@ -78,14 +83,17 @@ class GpuSpec(BaseModel):
         return self.hbm_gb * 1e9
 
 
-class _Catalog:
+S = TypeVar("S", ModelSpec, GpuSpec)
+
+
+class _Catalog(Generic[S]):
     """Name (or alias, case-insensitive) -> spec."""
 
-    def __init__(self, kind: str, entries: dict[str, BaseModel]):
+    def __init__(self, kind: str, entries: dict[str, S]) -> None:
         self.kind = kind
-        self._entries = entries
+        self._entries: dict[str, S] = entries
 
-    def get(self, name: str):
+    def get(self, name: str) -> S:
         key = name.lower()
         if key not in self._entries:
             names = sorted({e.name for e in self._entries.values()})
@@ -96,8 +104,9 @@ class _Catalog:
         return sorted({e.name for e in self._entries.values()})
 
 
-def _load_entries(path: Path | str, key: str, spec_cls: type[BaseModel], text: str | None = None):
-    path = str(path)
+def _load_entries(path_or_name: Path | str, key: str, spec_cls: type[S],
+                  text: str | None = None) -> list[S]:
+    path = str(path_or_name)
     try:
         doc = yaml.safe_load(text if text is not None else Path(path).read_text())
     except FileNotFoundError:
@@ -120,11 +129,12 @@ def _load_entries(path: Path | str, key: str, spec_cls: type[BaseModel], text: s
     return specs
 
 
-def _index(specs) -> dict:
-    out = {}
-    for s in specs:
-        for n in (s.name, *s.aliases):
-            out[n.lower()] = s
+def _index(specs: list[S]) -> dict[str, S]:
+    out: dict[str, S] = {}
+    for spec in specs:
+        out[spec.name.lower()] = spec
+        for alias in spec.aliases:
+            out[alias.lower()] = spec
     return out
 
 
@@ -133,7 +143,7 @@ def _shipped(filename: str) -> tuple[str, str]:
     return str(res), res.read_text()
 
 
-def load_models(extra_files: list[str] | None = None) -> _Catalog:
+def load_models(extra_files: list[str] | None = None) -> _Catalog[ModelSpec]:
     path, text = _shipped("models.yaml")
     specs = _load_entries(path, "models", ModelSpec, text)
     for f in extra_files or []:
@@ -141,7 +151,7 @@ def load_models(extra_files: list[str] | None = None) -> _Catalog:
     return _Catalog("model", _index(specs))
 
 
-def load_gpus(extra_files: list[str] | None = None) -> _Catalog:
+def load_gpus(extra_files: list[str] | None = None) -> _Catalog[GpuSpec]:
     path, text = _shipped("gpus.yaml")
     specs = _load_entries(path, "gpus", GpuSpec, text)
     for f in extra_files or []:
@@ -172,7 +182,8 @@ class ClusterSpec:
 
     @cached_property
     def gpus(self) -> tuple[Gpu, ...]:
-        out, node = [], 0
+        out: list[Gpu] = []
+        node = 0
         for g in self.groups:
             for _ in range(g.num_nodes):
                 out += [Gpu(len(out) + i, node, g.gpu.name) for i in range(g.gpus_per_node)]
@@ -207,7 +218,7 @@ class ClusterSpec:
 _SHORT = re.compile(r"^(\d+)x(\d+)x([A-Za-z0-9_.\-]+)$")
 
 
-def parse_cluster(spec: str, gpus: _Catalog | None = None) -> ClusterSpec:
+def parse_cluster(spec: str, gpus: _Catalog[GpuSpec] | None = None) -> ClusterSpec:
     """Parse ``NODESxGPUSxTYPE[+...]`` or a YAML file with ``nodes: [{count, gpus_per_node, gpu}]``."""
     gpus = gpus or load_gpus()
     if Path(spec).suffix in (".yaml", ".yml"):
@@ -222,10 +233,18 @@ def parse_cluster(spec: str, gpus: _Catalog | None = None) -> ClusterSpec:
         if n_nodes < 1 or per_node < 1:
             raise ConfigError(f"cluster '{spec}': node and GPU counts must be >= 1")
         groups.append(NodeGroup(n_nodes, per_node, gpus.get(m.group(3))))
+    _check_size(groups, f"cluster '{spec}'")
     return ClusterSpec(tuple(groups))
 
 
-def _cluster_from_yaml(path: Path, gpus: _Catalog) -> ClusterSpec:
+def _check_size(groups: list[NodeGroup], where: str) -> None:
+    total = sum(g.num_nodes * g.gpus_per_node for g in groups)
+    if total > MAX_CLUSTER_GPUS:
+        raise ConfigError(f"{where} has {total:,} GPUs, beyond the planner's limit of {MAX_CLUSTER_GPUS:,} "
+                          "(oserve.costmodel.catalog.MAX_CLUSTER_GPUS); plan it as several clusters")
+
+
+def _cluster_from_yaml(path: Path, gpus: _Catalog[GpuSpec]) -> ClusterSpec:
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -234,13 +253,28 @@ def _cluster_from_yaml(path: Path, gpus: _Catalog) -> ClusterSpec:
         raise InputFormatError(str(path), None, None, f"invalid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise InputFormatError(str(path), None, "nodes", "expected a 'nodes:' list")
-    groups = []
-    for i, raw in enumerate(doc["nodes"]):
-        try:
-            groups.append(NodeGroup(int(raw.get("count", 1)), int(raw["gpus_per_node"]),
-                                    gpus.get(str(raw["gpu"]))))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputFormatError(str(path), None, f"nodes[{i}]",
-                                   f"needs gpu, gpus_per_node and optional count ({exc})") from None
-    inter = float(doc.get("inter_node_gbps", DEFAULT_INTER_NODE_GBPS))
-    return ClusterSpec(tuple(groups), inter)
+    groups = [_yaml_group(path, i, raw, gpus) for i, raw in enumerate(doc["nodes"])]
+    if not groups:
+        raise InputFormatError(str(path), None, "nodes", "the list is empty: a cluster needs nodes")
+    _check_size(groups, f"cluster file '{path}'")
+    inter = doc.get("inter_node_gbps", DEFAULT_INTER_NODE_GBPS)
+    if isinstance(inter, bool) or not isinstance(inter, (int, float)) or not 0 < inter < float("inf"):
+        raise InputFormatError(str(path), None, "inter_node_gbps",
+                               f"must be a positive number, got {inter!r}")
+    return ClusterSpec(tuple(groups), float(inter))
+
+
+def _yaml_group(path: Path, i: int, raw: object, gpus: _Catalog[GpuSpec]) -> NodeGroup:
+    """One ``nodes:`` entry; each count must be a whole number >= 1, named by field when it is not."""
+    if not isinstance(raw, dict) or "gpu" not in raw or "gpus_per_node" not in raw:
+        raise InputFormatError(str(path), None, f"nodes[{i}]", "needs gpu, gpus_per_node and optional count")
+    unknown = sorted(set(raw) - {"gpu", "gpus_per_node", "count"})
+    if unknown:
+        raise InputFormatError(str(path), None, f"nodes[{i}].{unknown[0]}", "unknown key")
+    counts = {}
+    for key, value in (("count", raw.get("count", 1)), ("gpus_per_node", raw["gpus_per_node"])):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputFormatError(str(path), None, f"nodes[{i}].{key}", f"must be a whole number >= 1, "
+                                   f"got {value!r}")
+        counts[key] = value
+    return NodeGroup(counts["count"], counts["gpus_per_node"], gpus.get(str(raw["gpu"])))

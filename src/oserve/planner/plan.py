@@ -1,9 +1,21 @@
-"""The result of planning: a deployment (replicas on GPUs) and the dispatch of request types to it."""
+"""The result of planning: a deployment (replicas on GPUs) and the dispatch of request types to it.
+
+A plan is saved as JSON (``oserve plan --json``) and read back by ``oserve simulate --plan`` and ``oserve
+serve --plan``: ``Plan.load`` / ``Plan.from_dict`` validate that document (types, unknown keys, shapes)
+and name the file and field of the first problem.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from oserve.common.errors import ConfigError, InputFormatError
+from oserve.common.validation import first_error
 from oserve.costmodel.replica_config import ReplicaConfig
 
 
@@ -15,7 +27,7 @@ class Replica:
     gpus: tuple[int, ...]
     config: ReplicaConfig
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
                 "precision": self.config.precision}
@@ -56,7 +68,7 @@ class Plan:
             counts[r.config.label()] = counts.get(r.config.label(), 0) + 1
         return " + ".join(f"{n}x[{label}]" for label, n in sorted(counts.items()))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "planner": self.planner,
@@ -73,14 +85,102 @@ class Plan:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> Plan:
-        replicas = tuple(Replica(r["replica_id"], tuple(r["gpus"]),
-                                 ReplicaConfig(r["gpu_type"], r["tp"], r["pp"], r.get("precision", "bf16")))
-                         for r in d["replicas"])
-        return Plan(d["model"], replicas, tuple(d["types"]), tuple(d["type_rates_rps"]),
-                    tuple(tuple(c) for c in d["capacity_rps"]), tuple(tuple(x) for x in d["dispatch"]),
-                    d["demand_scale"], tuple(d["utilisation"]), tuple(d["bottlenecks"]), d["planner"],
-                    d.get("planner_seconds", 0.0))
+    def from_dict(d: object, source: str = "plan") -> Plan:
+        """The plan of a ``to_dict`` document; ``InputFormatError`` naming ``source`` and the field."""
+        if not isinstance(d, dict):
+            raise InputFormatError(source, None, None, "expected a JSON object (as written by `oserve plan "
+                                   f"--json`), got {type(d).__name__ if d is not None else 'null'}")
+        try:
+            doc = _PlanDoc.model_validate(d)
+        except ValidationError as exc:
+            field, _, problem = first_error(exc).partition(": ")
+            raise InputFormatError(source, None, field, problem) from None
+        shape = doc.shape_problem()
+        if shape:
+            raise InputFormatError(source, None, shape[0], shape[1])
+        replicas = tuple(Replica(r.replica_id, tuple(r.gpus),
+                                 ReplicaConfig(r.gpu_type, r.tp, r.pp, r.precision)) for r in doc.replicas)
+        return Plan(doc.model, replicas, tuple(doc.types), tuple(doc.type_rates_rps),
+                    tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
+                    doc.demand_scale, tuple(doc.utilisation), tuple(doc.bottlenecks), doc.planner,
+                    doc.planner_seconds)
+
+    @staticmethod
+    def load(path: str | Path) -> Plan:
+        """A plan JSON file, with one clear error for a missing file, a directory, bad JSON or content."""
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"plan '{path}' is a directory, not a plan JSON file")
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"plan file '{path}' does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read plan file '{path}': {exc}") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputFormatError(str(path), exc.lineno, None, f"invalid JSON: {exc.msg} "
+                                   f"(column {exc.colno})") from None
+        return Plan.from_dict(doc, str(path))
+
+
+class _ReplicaDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    replica_id: int = Field(ge=0)
+    gpus: list[int] = Field(min_length=1)
+    tp: int = Field(ge=1)
+    pp: int = Field(ge=1)
+    gpu_type: str = Field(min_length=1)
+    precision: str = "bf16"
+
+
+class _PlanDoc(BaseModel):
+    """The JSON form of a plan; ``cluster``, ``trace``, ... are what ``oserve plan --json`` adds to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    planner: str
+    replicas: list[_ReplicaDoc] = Field(min_length=1)
+    types: list[str] = Field(min_length=1)
+    type_rates_rps: list[float]
+    capacity_rps: list[list[float]]
+    dispatch: list[list[float]]
+    demand_scale: float = Field(ge=0, allow_inf_nan=False)
+    utilisation: list[float]
+    bottlenecks: list[int]
+    planner_seconds: float = Field(0.0, ge=0)
+    # written by `oserve plan --json` for people, not read back
+    deployment: str | None = None
+    cluster: str | None = None
+    trace: str | None = None
+    requests_shortened: int | None = None
+    online_mistype_rate: float | None = None
+
+    def shape_problem(self) -> tuple[str, str] | None:
+        """(field, problem) of the first inconsistency between the lists, or None."""
+        num_r, num_t = len(self.replicas), len(self.types)
+        for i, r in enumerate(self.replicas):
+            if r.replica_id != i:
+                return f"replicas[{i}].replica_id", f"expected {i} (replicas are numbered 0, 1, ... in order)"
+            if len(r.gpus) != r.tp * r.pp:
+                return f"replicas[{i}].gpus", f"TP{r.tp} PP{r.pp} needs {r.tp * r.pp} GPUs, got {len(r.gpus)}"
+        if len(self.type_rates_rps) != num_t:
+            return "type_rates_rps", f"expected {num_t} rates (one per type), got {len(self.type_rates_rps)}"
+        if len(self.capacity_rps) != num_r or any(len(row) != num_t for row in self.capacity_rps):
+            return "capacity_rps", f"expected {num_r} rows (replicas) of {num_t} capacities (types)"
+        if len(self.dispatch) != num_t or any(len(row) != num_r for row in self.dispatch):
+            return "dispatch", f"expected {num_t} rows (types) of {num_r} fractions (replicas)"
+        for t, row in enumerate(self.dispatch):
+            if any(not 0 <= x <= 1 for x in row) or (sum(row) > 0 and abs(sum(row) - 1) > 1e-3):
+                return f"dispatch[{t}]", "fractions must be in [0, 1] and sum to 1 (or all be 0)"
+        if len(self.utilisation) != num_r:
+            return "utilisation", f"expected {num_r} values (one per replica), got {len(self.utilisation)}"
+        if any(not 0 <= b < num_r for b in self.bottlenecks):
+            return "bottlenecks", f"replica ids must be in 0..{num_r - 1}"
+        return None
 
 
 __all__ = ["Plan", "Replica"]

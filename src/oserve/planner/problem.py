@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from oserve.common.errors import InfeasiblePlanError
 from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.cost_model import CostModel, TypeLoad
 from oserve.costmodel.replica_config import ReplicaConfig
@@ -27,7 +28,6 @@ class PlanningProblem:
     capacity: np.ndarray = field(init=False)  # (configs, types) requests/s per replica
     demand: np.ndarray = field(init=False)
     gpu_budget: dict[str, int] = field(init=False)
-    evaluations: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp)
@@ -39,7 +39,6 @@ class PlanningProblem:
             self.demand = np.ones(len(self.types))
         self.gpu_budget = gpus_by_type(self.cluster)
         self._cache: dict[Counts, float] = {}
-        self._sizes = np.array([c.num_gpus for c in self.configs])
 
     @property
     def type_names(self) -> list[str]:
@@ -70,14 +69,13 @@ class PlanningProblem:
         try:
             return solve_dispatch(self.demand, self.capacity[idx], np.array(counts)[idx], balance,
                                   self.type_names)
-        except Exception:  # a type nobody in this deployment serves: scale 0
+        except InfeasiblePlanError:  # a type nobody in this deployment serves: scale 0
             return None
 
     def scale(self, counts: Counts) -> float:
         """Max uniform demand scale of a deployment (0 when infeasible or some type is unserved)."""
         if counts in self._cache:
             return self._cache[counts]
-        self.evaluations += 1
         sol = self.solve(counts) if self.feasible(counts) else None
         value = sol.demand_scale if sol is not None else 0.0
         self._cache[counts] = value

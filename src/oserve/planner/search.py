@@ -11,24 +11,26 @@ improvement and returns the best deployment seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from oserve.planner.dispatch_lp import DispatchSolution
 from oserve.planner.problem import Counts, PlanningProblem
 
 
-@dataclass(frozen=True)
-class SearchParams:
-    patience: int = 6
-    max_steps: int = 200
-    num_donors: int = 2
-    num_receivers: int = 3
+class SearchParams(BaseModel):
+    """Knobs of the deployment search (validated; unknown keys rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    patience: int = Field(6, ge=1)
+    max_steps: int = Field(200, ge=0)
+    num_donors: int = Field(2, ge=1)
+    num_receivers: int = Field(3, ge=1)
     # A heterogeneous deployment replaces the best homogeneous one only when it is predicted to carry at
     # least this much more: the simulator showed smaller predicted gains are inside the cost model's
     # error and lose to the simpler fleet in tail latency as often as they win.
-    min_gain_over_homogeneous: float = 0.05
+    min_gain_over_homogeneous: float = Field(0.05, ge=0, allow_inf_nan=False)
 
 
 def fill(problem: PlanningProblem, counts: Counts) -> Counts:

@@ -4,11 +4,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from oserve.common.validation import build
 from oserve.planner.plan import Replica
 from oserve.runtime.engine import Engine
 from oserve.runtime.errors import EngineStartError
 
 ENGINE_KINDS = ("embedded", "llama", "fake", "remote", "vllm")
+
+
+class _Options(BaseModel):
+    """What an engine kind accepts. Validation only: an option left out takes the engine's own default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LlamaOptions(_Options):
+    context_tokens: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1)
+    seed: int | None = None
+    model_path: str | None = None  # required by ``llama``; ``embedded`` uses the shipped GGUF
+
+
+class FakeOptions(_Options):
+    prefill_s_per_token: float | None = Field(None, ge=0, allow_inf_nan=False)
+    decode_s_per_token: float | None = Field(None, ge=0, allow_inf_nan=False)
+    startup_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_num_seqs: int | None = Field(None, ge=1)
+    context_tokens: int | None = Field(None, ge=1)
+    token_text: str | None = None
+
+
+class RemoteOptions(_Options):
+    url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key: str | None = None
+    context_tokens: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class VllmOptions(_Options):
+    model: str = Field(min_length=1)
+    served_name: str = Field(min_length=1)
+    gpus_per_node: int | None = Field(None, ge=1)
+    extra_args: tuple[str, ...] | None = None
+    startup_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+OPTIONS: dict[str, type[_Options]] = {"embedded": LlamaOptions, "llama": LlamaOptions, "fake": FakeOptions,
+                                     "remote": RemoteOptions, "vllm": VllmOptions}
 
 
 @dataclass(frozen=True)
@@ -29,6 +74,10 @@ class EngineSpec:
     def __post_init__(self) -> None:
         if self.kind not in ENGINE_KINDS:
             raise EngineStartError(f"unknown engine '{self.kind}'; choose one of {ENGINE_KINDS}")
+        # validated here, at start-up, so a bad option is one line, not a failure on the first request
+        build(OPTIONS[self.kind], self.options, f"engine '{self.kind}' options")
+        if self.kind == "llama" and not self.options.get("model_path"):
+            raise EngineStartError("engine 'llama' needs the option model_path (a GGUF file)")
 
     def build(self, replica: Replica) -> Engine:
         opts = dict(self.options)

@@ -1,92 +1,130 @@
-"""From ``oserve serve`` arguments to a ready-to-start ``ServingRuntime``: types, plan, engines, control
-policy."""
+"""From a typed ``ServeConfig`` (what ``oserve serve`` was asked for) to a ready-to-start ``ServingRuntime``:
+request types, plan, engines, control policy."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.setup import CostModelConfig
+from oserve.planner.api import make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
-from oserve.runtime.engine_spec import EngineSpec
-from oserve.runtime.errors import ClientRequestError
+from oserve.runtime.engine_spec import ENGINE_KINDS, EngineSpec
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.switching.control import ControlPolicy
 from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload import fit_request_types, load_trace
 
+SWITCH_POLICIES = ("reactive", "cost-aware")
 
-def served_name(args) -> str:
-    if args.served_model_name:
-        return args.served_model_name
-    if args.engine == "embedded":
+
+class ServeConfig(BaseModel):
+    """Everything ``build_runtime`` needs; the CLI builds it from flags, tests build it directly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: str = "embedded"
+    replicas: int = Field(1, ge=1, description="replicas when there is no cluster and no plan file")
+    served_model_name: str | None = None
+    model_path: str | None = None  # GGUF file for engine llama
+    hf_model: str | None = None  # weights for engine vllm
+    remote_url: str | None = None
+    remote_model: str | None = None
+    context_tokens: int = Field(2048, ge=1)
+    threads: int | None = Field(None, ge=1, description="CPU threads per embedded replica")
+    trace: str = "azure-conv"  # defines the request types
+    types: int = Field(4, ge=1)
+    cost_model: CostModelConfig | None = None  # plan for this cluster and model (the --cluster path)
+    planner: str = "oserve"
+    plan_file: str | None = None
+    replan: bool = False
+    switch_policy: str = "reactive"
+    ray: bool = False
+    ray_address: str | None = None
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if v not in ENGINE_KINDS:
+            raise ValueError(f"must be one of {', '.join(ENGINE_KINDS)}, got '{v}'")
+        return v
+
+    @field_validator("switch_policy")
+    @classmethod
+    def _switch_policy(cls, v: str) -> str:
+        if v not in SWITCH_POLICIES:
+            raise ValueError(f"must be one of {', '.join(SWITCH_POLICIES)}, got '{v}'")
+        return v
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.ray or self.ray_address is not None
+
+
+def served_name(config: ServeConfig) -> str:
+    if config.served_model_name:
+        return config.served_model_name
+    if config.engine == "embedded":
         return EMBEDDED_MODEL_NAME
-    return args.remote_model or args.hf_model or args.model or "oserve-fake"
+    model = config.cost_model.model if config.cost_model else None
+    return config.remote_model or config.hf_model or model or "oserve-fake"
 
 
-def engine_spec(args, num_replicas: int) -> EngineSpec:
-    if args.engine in ("embedded", "llama"):
+def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
+    if config.engine in ("embedded", "llama"):
         # leave one core to the gateway: llama.cpp threads that share a core spin and slow down a lot
-        threads = args.threads or max(1, ((os.cpu_count() or 1) - 1) // max(1, num_replicas))
-        options = {"context_tokens": args.context_tokens, "num_threads": threads}
-        if args.engine == "llama":
-            if not args.model_path:
-                raise ClientRequestError("--engine llama needs --model-path FILE.gguf")
-            options["model_path"] = args.model_path
-        return EngineSpec(args.engine, options)
-    if args.engine == "remote":
-        if not (args.remote_url and args.remote_model):
-            raise ClientRequestError("--engine remote needs --remote-url and --remote-model")
-        return EngineSpec("remote", {"url": args.remote_url, "model": args.remote_model,
-                                     "context_tokens": args.context_tokens})
-    if args.engine == "vllm":
-        if not args.hf_model:
-            raise ClientRequestError("--engine vllm needs --hf-model (weights id or path)")
-        return EngineSpec("vllm", {"model": args.hf_model, "served_name": served_name(args)})
+        threads = config.threads or max(1, ((os.cpu_count() or 1) - 1) // max(1, num_replicas))
+        options: dict = {"context_tokens": config.context_tokens, "num_threads": threads}
+        if config.engine == "llama":
+            if not config.model_path:
+                raise ConfigError("--engine llama needs --model-path FILE.gguf")
+            options["model_path"] = config.model_path
+        return EngineSpec(config.engine, options)
+    if config.engine == "remote":
+        if not (config.remote_url and config.remote_model):
+            raise ConfigError("--engine remote needs --remote-url and --remote-model")
+        return EngineSpec("remote", {"url": config.remote_url, "model": config.remote_model,
+                                     "context_tokens": config.context_tokens})
+    if config.engine == "vllm":
+        if not config.hf_model:
+            raise ConfigError("--engine vllm needs --hf-model (weights id or path)")
+        return EngineSpec("vllm", {"model": config.hf_model, "served_name": served_name(config)})
     return EngineSpec("fake", {"prefill_s_per_token": 1e-4, "decode_s_per_token": 0.02,
-                               "context_tokens": args.context_tokens})
+                               "context_tokens": config.context_tokens})
 
 
-def build_runtime(args) -> ServingRuntime:
-    trace = load_trace(args.trace)
-    types = fit_request_types(trace, args.types, 0)
+def build_runtime(config: ServeConfig) -> ServingRuntime:
+    trace = load_trace(config.trace)
+    types = fit_request_types(trace, config.types, 0)
     stats = types.stats(trace)
-    name = served_name(args)
+    name = served_name(config)
     cluster = model = cost = None
-    if args.cluster:
-        from oserve.costmodel.catalog import load_models, parse_cluster
-        from oserve.costmodel.cost_model import CostModel
-        from oserve.planner.api import make_plan
-
-        if not args.model:
-            raise ClientRequestError("--cluster needs --model (a catalog model name)")
-        cluster, model = parse_cluster(args.cluster), load_models().get(args.model)
-        cost = CostModel(model)
-    if args.plan:
-        plan = Plan.from_dict(json.loads(Path(args.plan).read_text()))
-    elif cluster is not None:
-        plan = make_plan(cluster, model, stats, args.planner, cost)
+    if config.cost_model is not None:
+        # the same resolution as `oserve plan`: catalogs, calibration file, TPOT bound
+        cluster, model, cost = config.cost_model.resolve()
+    if config.plan_file:
+        plan = Plan.load(config.plan_file)
+        if len(plan.type_names) != types.k:
+            raise ConfigError(f"plan '{config.plan_file}' has {len(plan.type_names)} request types, the "
+                              f"trace '{config.trace}' was typed into {types.k} (use --types)")
+    elif cluster is not None and model is not None and cost is not None:
+        plan = make_plan(cluster, model, stats, config.planner, cost)
     else:
-        plan = static_plan(name, [ReplicaConfig("cpu")] * args.replicas, types.names(),
+        plan = static_plan(name, [ReplicaConfig("cpu")] * config.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
-    spec = engine_spec(args, len(plan.replicas))
-    factory = _engine_factory(args, spec, cost)
-    replan = ReplanConfig(mix_threshold=args.replan_mix_threshold,
-                          volume_ratio=args.replan_volume_ratio,
-                          confirm_checks=args.replan_confirm_checks, cooldown_s=args.replan_cooldown_s)
+    spec = engine_spec(config, len(plan.replicas))
+    factory = _engine_factory(config, spec, cost)
     policy = None  # live re-planning needs the cluster and cost model to plan on
-    if args.replan and cluster is not None:
-        policy = control_policy(cluster, cost, stats, args.switch_policy, replan)
-    config = RuntimeConfig(max_inflight_per_replica=args.max_inflight, window_s=args.window_s,
-                           check_interval_s=args.check_interval_s, replan=replan,
-                           dispatch_policy=args.dispatch_policy,
-                           first_token_timeout_s=args.first_token_timeout_s,
-                           token_timeout_s=args.token_timeout_s)
-    return ServingRuntime(name, plan, factory, types.classify_online, policy, config)
+    if config.replan and cluster is not None and cost is not None:
+        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan)
+    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
 
 
 def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
@@ -94,7 +132,7 @@ def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfi
     gate for ``reactive`` (whose cooldown is then the policy's minimum gap between switches). The
     measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's. Switches
     are priced as the server performs them: new replicas load their weights from storage (``reload``;
-    no engine here receives weights from a peer GPU)."""
+    no engine here receives weights from a peer GPU). ``--planner`` chooses the initial plan only."""
     from oserve.switching.links import LinkModel
     from oserve.switching.policy import SwitchContext, SwitchParams
 
@@ -106,7 +144,7 @@ def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfi
                          min_total_rps=replan.min_total_rps)
 
 
-def _engine_factory(args, spec: EngineSpec, cost):
+def _engine_factory(config: ServeConfig, spec: EngineSpec, cost):
     def spec_for(replica: Replica) -> EngineSpec:
         if spec.kind == "fake" and cost is not None:
             from oserve.runtime.fake_engine import fake_cost_from_model
@@ -116,11 +154,11 @@ def _engine_factory(args, spec: EngineSpec, cost):
                                        "decode_s_per_token": fc.decode_s_per_token})
         return spec
 
-    if not (args.ray or args.ray_address):
+    if not config.uses_ray:
         return lambda replica: spec_for(replica).build(replica)
     from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, connect
 
-    connect(args.ray_address)
+    connect(config.ray_address)
     placement = RayPlacement(use_gpus=spec.kind == "vllm", cpus_per_bundle=1.0)
 
     def factory(replica: Replica) -> Engine:
@@ -129,4 +167,5 @@ def _engine_factory(args, spec: EngineSpec, cost):
     return factory
 
 
-__all__ = ["build_runtime", "control_policy", "engine_spec", "served_name"]
+__all__ = ["SWITCH_POLICIES", "ServeConfig", "build_runtime", "control_policy", "engine_spec",
+           "served_name"]

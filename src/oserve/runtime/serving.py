@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.controller import Controller, EngineFactory, RestartPolicy
@@ -15,24 +17,34 @@ from oserve.switching.control import ControlPolicy
 from oserve.switching.replan_gate import ReplanConfig
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Limits and timings of the serving runtime."""
+class RuntimeConfig(BaseModel):
+    """Limits and timings of the serving runtime (validated at start-up; unknown keys rejected)."""
 
-    max_inflight_per_replica: int = 64
-    max_body_bytes: int = 1_000_000
-    default_max_tokens: int = 256
-    max_attempts: int = 3
-    dispatch_policy: str = "least-outstanding"  # any of oserve.planner.dispatch_policy.DISPATCH_POLICIES
-    first_token_timeout_s: float = 600.0  # includes queueing inside the engine
-    token_timeout_s: float = 120.0
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_inflight_per_replica: int = Field(64, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    dispatch_policy: str = "least-outstanding"  # one of oserve.planner.dispatch_policy's policies
+    first_token_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)  # includes engine queueing
+    token_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False)
     seed: int = 0
-    window_s: float = 60.0
-    check_interval_s: float = 10.0
-    drain_timeout_s: float = 300.0
-    replan: ReplanConfig = field(default_factory=ReplanConfig)  # the drift gate of --switch-policy reactive
-    restart_backoff_s: float = 1.0       # a dead replica is restarted; failed restarts back off from this
-    restart_backoff_max_s: float = 60.0  # ... doubling up to this
+    window_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    check_interval_s: float = Field(10.0, ge=0, allow_inf_nan=False)  # 0: no control loop
+    drain_timeout_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    replan: ReplanConfig = Field(default_factory=ReplanConfig)  # the drift gate (--switch-policy reactive)
+    # a dead replica is restarted; a failed restart is retried after a back-off doubling from
+    # restart_backoff_s up to restart_backoff_max_s
+    restart_backoff_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+    restart_backoff_max_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("dispatch_policy")
+    @classmethod
+    def _dispatch(cls, v: str) -> str:
+        if v not in DISPATCH_POLICIES:
+            raise ValueError(f"must be one of {', '.join(DISPATCH_POLICIES)}, got '{v}'")
+        return v
 
 
 class ServingRuntime:

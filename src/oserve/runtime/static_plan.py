@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.plan import Plan, Replica
-from oserve.runtime.errors import ClientRequestError
 
 
 def static_plan(model: str, configs: Sequence[ReplicaConfig], type_names: Sequence[str],
@@ -14,12 +14,12 @@ def static_plan(model: str, configs: Sequence[ReplicaConfig], type_names: Sequen
                 type_rates_rps: Sequence[float] | None = None) -> Plan:
     """A plan over the given replicas; without ``dispatch`` every type is spread evenly over them."""
     if not configs:
-        raise ClientRequestError("a plan needs at least one replica")
+        raise ConfigError("a plan needs at least one replica")
     num_replicas, num_types = len(configs), len(type_names)
     if dispatch is None:
         dispatch = [[1.0 / num_replicas] * num_replicas for _ in range(num_types)]
     if len(dispatch) != num_types or any(len(row) != num_replicas for row in dispatch):
-        raise ClientRequestError(f"dispatch must be {num_types} rows of {num_replicas} fractions")
+        raise ConfigError(f"dispatch must be {num_types} rows of {num_replicas} fractions")
     replicas, next_gpu = [], 0
     for i, config in enumerate(configs):
         replicas.append(Replica(i, tuple(range(next_gpu, next_gpu + config.num_gpus)), config))

@@ -15,14 +15,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
 
-@dataclass(frozen=True)
-class ReplanConfig:
-    mix_threshold: float = 0.15     # total-variation distance between planned and measured mix
-    volume_ratio: float = 1.5       # open when total rate moves beyond x1.5 or /1.5
-    confirm_checks: int = 3
-    cooldown_s: float = 120.0
-    min_total_rps: float = 0.05     # below this, traffic is too thin to plan on
+
+class ReplanConfig(BaseModel):
+    """Thresholds of the drift gate (validated; unknown keys rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mix_threshold: float = Field(0.15, ge=0, le=1)  # total-variation distance, planned vs measured mix
+    volume_ratio: float = Field(1.5, ge=1, allow_inf_nan=False)  # open beyond x1.5 or /1.5
+    confirm_checks: int = Field(3, ge=1)
+    cooldown_s: float = Field(120.0, ge=0, allow_inf_nan=False)
+    min_total_rps: float = Field(0.05, ge=0)  # below this, traffic is too thin to plan on
 
 
 @dataclass(frozen=True)

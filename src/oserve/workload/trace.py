@@ -23,6 +23,10 @@ BUILTIN_TRACES = {
     "azure-mix": ("azure2023_conv.csv", "azure2023_code.csv"),
 }
 
+# A request longer than this is a corrupt field, not a prompt: no model's context comes near it, and
+# counts of 1e30 would overflow the int64 arrays.
+MAX_TOKENS_PER_REQUEST = 10_000_000
+
 # Column names the generic CSV loader accepts, first match wins.
 TIME_COLUMNS_S = ("arrival_s", "timestamp_s", "time_s")
 TIME_COLUMNS_MS = ("timestamp_ms", "arrival_ms", "timestamp")
@@ -128,7 +132,14 @@ def _parse_count(raw: str | None, path: str, line: int, field_name: str, minimum
     if value != int(value) or value < minimum:
         raise InputFormatError(path, line, field_name,
                                f"must be an integer >= {minimum}, got {raw!r}")
+    _check_token_count(value, path, line, field_name)
     return int(value)
+
+
+def _check_token_count(value: float, path: str, line: int, field_name: str) -> None:
+    if value > MAX_TOKENS_PER_REQUEST:
+        raise InputFormatError(path, line, field_name, f"{value:g} tokens is beyond the limit of "
+                               f"{MAX_TOKENS_PER_REQUEST:,} per request (a corrupt field?)")
 
 
 def _parse_float(raw: str | None, path: str, line: int, field_name: str) -> float:
@@ -220,6 +231,28 @@ def load_trace(spec: str | Path) -> Trace:
     path = Path(text)
     if not path.exists():
         raise ConfigError(f"trace '{text}' is neither a file nor one of {sorted(BUILTIN_TRACES)}")
-    if path.suffix == ".jsonl":
-        return _load_jsonl(path)
-    return _load_csv(path)
+    if path.is_dir():
+        raise ConfigError(f"trace '{text}' is a directory, not a trace file")
+    try:
+        trace = _load_jsonl(path) if path.suffix == ".jsonl" else _load_csv(path)
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, exc) from None
+    except csv.Error as exc:  # e.g. a NUL byte: a binary file
+        raise InputFormatError(str(path), None, None, f"not a CSV trace ({exc})") from None
+    _check_arrival_span(trace, str(path))
+    return trace
+
+
+def _not_text(path: Path, exc: UnicodeDecodeError) -> InputFormatError:
+    """A binary (or non-UTF-8) file: the line of the first undecodable byte."""
+    with path.open("rb") as fh:
+        line = fh.read(exc.start).count(b"\n") + 1 if exc.start < 1 << 26 else None
+    return InputFormatError(str(path), line, None, "not a text trace: the file is binary or not UTF-8")
+
+
+def _check_arrival_span(trace: Trace, path: str) -> None:
+    """Arrival times that are all equal carry no rate: planning on them would mean a rate of requests per
+    zero seconds (billions per second), so refuse the trace instead."""
+    if len(trace) > 1 and trace.duration_s <= 0:
+        raise InputFormatError(path, None, "arrival time", f"all {len(trace)} requests arrive at the same "
+                               "instant, so the trace has no arrival rate; give real timestamps")

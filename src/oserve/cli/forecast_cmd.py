@@ -7,14 +7,16 @@ import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from oserve.cli.common_args import POSITIVE, POSITIVE_INT, number
 from oserve.common.errors import ConfigError
-from oserve.common.provenance import git_revision
-from oserve.forecast.backtest import BacktestResult, backtest, split_index
+from oserve.forecast.backtest import backtest, split_index
 from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
-from oserve.forecast.series import parse_duration_s, rate_series
+from oserve.forecast.report import Pretrained, render, write_eval_outputs
+from oserve.forecast.series import rate_series
 from oserve.forecast.synthetic import (
     SYNTHETIC_PREFIX,
     DiurnalSpec,
@@ -35,19 +37,21 @@ def register(sub) -> None:
                     help=f"comma-separated subset of {', '.join(MODELS)} (lstm needs torch)")
     ev.add_argument("--lstm", default=None, metavar="FILE", help="use this trained LSTM instead of "
                     "training one on the training head")
-    ev.add_argument("--season", default=None, help="season of the seasonal-naive model (e.g. 6h)")
+    ev.add_argument("--season-s", type=POSITIVE, default=None, metavar="S",
+                    help="season of the seasonal-naive model in seconds (e.g. 21600 for 6 h)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--out", default=None, metavar="DIR", help="write results, config and a plot here")
     ev.set_defaults(func=run_eval)
     tr = fsub.add_parser("train", help="train the per-type LSTM on a trace's head and save it")
     _common(tr)
     tr.add_argument("--out", required=True, metavar="FILE", help="where to save the model (.pt)")
-    tr.add_argument("--epochs", type=int, default=300)
-    tr.add_argument("--lookback", type=int, default=12, help="windows of history the LSTM reads")
+    tr.add_argument("--epochs", type=POSITIVE_INT, default=300)
+    tr.add_argument("--lookback", type=POSITIVE_INT, default=12, help="windows of history the LSTM reads")
     tr.set_defaults(func=run_train)
     sy = fsub.add_parser("synth", help="write a SYNTHETIC multi-hour diurnal trace (CSV)")
-    sy.add_argument("--hours", type=float, default=6.0)
-    sy.add_argument("--period", default="6h", help="length of one synthetic day")
+    sy.add_argument("--hours", type=POSITIVE, default=6.0)
+    sy.add_argument("--period-s", type=POSITIVE, default=6 * 3600.0, metavar="S",
+                    help="length of one synthetic day in seconds (default %(default)s)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--out", required=True, metavar="FILE")
     sy.set_defaults(func=run_synth)
@@ -57,15 +61,17 @@ def _common(p) -> None:
     p.add_argument("--trace", default="azure-conv", help="trace file, a built-in name, "
                    f"{SYNTHETIC_PREFIX}[:HOURS] (generated, SYNTHETIC) or phases:A,B,... (traces one "
                    "after another)")
-    p.add_argument("--window", default="10s", help="forecast window (e.g. 10s, 1m)")
-    p.add_argument("--types", type=int, default=4, help="number of request types")
-    p.add_argument("--train-frac", type=float, default=0.7, help="head of the series used to fit")
+    p.add_argument("--window-s", type=POSITIVE, default=10.0, metavar="S",
+                   help="rate-measurement (forecast) window in seconds (default %(default)s)")
+    p.add_argument("--types", type=POSITIVE_INT, default=4, help="number of request types")
+    p.add_argument("--train-frac", type=number(float, 0.0, 1.0, low_open=True), default=0.7,
+                   help="head of the series used to fit")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _series(args):
     trace = load_any_trace(args.trace, args.seed)
-    window_s = parse_duration_s(args.window)
+    window_s = args.window_s
     num_windows = int(trace.arrival_s[-1] // window_s)
     split = split_index(num_windows, args.train_frac)
     # Request types are fitted on the training head only, so nothing of the tail leaks into the model.
@@ -73,12 +79,12 @@ def _series(args):
     return trace, types, rate_series(trace, types, window_s)
 
 
-def _forecasters(args, window_s: float) -> list:
+def _forecasters(args, window_s: float) -> list[Any]:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         raise ConfigError(f"unknown forecast models {unknown}; choose from {', '.join(MODELS)}")
-    out = []
+    out: list[Any] = []
     for name in names:
         if name == "last":
             out.append(LastValue())
@@ -87,8 +93,8 @@ def _forecasters(args, window_s: float) -> list:
         elif name == "ewma":
             out.append(EWMA())
         elif name == "seasonal-naive":
-            if args.season:
-                out.append(SeasonalNaive(max(1, round(parse_duration_s(args.season) / window_s))))
+            if args.season_s:
+                out.append(SeasonalNaive(max(1, round(args.season_s / window_s))))
         elif name == "lstm":
             out.append(_lstm(args))
     return [f for f in out if f is not None]
@@ -103,32 +109,15 @@ def _lstm(args):
 
     if args.lstm:
         model, _meta = LSTMForecaster.load(args.lstm)
-        return _Pretrained(model)
+        return Pretrained(model)
     return LSTMForecaster(LSTMParams(seed=args.seed))
-
-
-class _Pretrained:
-    """A loaded model: fit() keeps it as trained."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.name = "lstm(loaded)"
-
-    def fit(self, train_rps):
-        return self
-
-    def predict(self, history_rps):
-        return self.model.predict(history_rps)
-
-    def predict_batch(self, rates_rps, origins):
-        return self.model.predict_batch(rates_rps, origins)
 
 
 def run_eval(args) -> int:
     trace, _types, series = _series(args)
     forecasters = _forecasters(args, series.window_s)
     if not forecasters:
-        raise ConfigError("no forecaster to evaluate (lstm needs torch; seasonal-naive needs --season)")
+        raise ConfigError("no forecaster to evaluate (lstm needs torch; seasonal-naive needs --season-s)")
     result = backtest(series, forecasters, args.train_frac)
     skipped = [m for m in args.models.split(",") if m.strip() == "lstm"] if not any(
         s.name.startswith("lstm") for s in result.scores) else []
@@ -136,41 +125,13 @@ def run_eval(args) -> int:
     doc.update(trace=trace.name, synthetic=bool(trace.meta.get("synthetic")), skipped=skipped,
                seed=args.seed, train_frac=args.train_frac)
     if args.out:
-        _write_outputs(Path(args.out), doc, result, series, args)
+        write_eval_outputs(Path(args.out), doc, result, series,
+                           {k: v for k, v in vars(args).items() if k != "func"})
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print(render(result, trace.name, skipped))
     return 0
-
-
-def render(result: BacktestResult, trace_name: str, skipped: list[str]) -> str:
-    lines = [f"Forecast backtest on {trace_name}: window {result.window_s:g} s, "
-             f"{result.num_train_windows} windows to fit, {result.num_test_windows} held out",
-             "RRMSE (RMSE / mean rate) of one-window-ahead forecasts on the held-out tail:", ""]
-    head = f"  {'model':<16}" + "".join(f"{n.split('(')[0]:>8}" for n in result.type_names)
-    lines.append(head + f"{'all':>8}{'mean':>8}{'ms/pred':>9}")
-    rates = "".join(f"{r:8.2f}" for r in result.mean_rate_rps)
-    lines.append(f"  {'(mean req/s)':<16}{rates}{sum(result.mean_rate_rps):8.2f}")
-    floor = "".join(f"{f:8.3f}" for f in result.poisson_floor)
-    lines.append(f"  {'(Poisson floor)':<16}{floor}")
-    for s in result.scores:
-        row = "".join(f"{x:8.3f}" for x in s.rrmse_per_type)
-        lines.append(f"  {s.name:<16}{row}{s.rrmse_total:8.3f}{s.rrmse_mean:8.3f}"
-                     f"{s.seconds_per_prediction * 1e3:9.3f}")
-    if skipped:
-        lines.append("\n  lstm skipped: PyTorch is not installed (pip install -e '.[forecast]')")
-    return "\n".join(lines)
-
-
-def _write_outputs(out: Path, doc: dict, result: BacktestResult, series, args) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(args).items() if k != "func"}
-    (out / "forecast_eval.json").write_text(json.dumps(
-        {**doc, "config": config, "git_revision": git_revision()}, indent=2))
-    from oserve.forecast.plots import plot_backtest
-
-    plot_backtest(out / "forecast_eval.png", result, series)
 
 
 def run_train(args) -> int:
@@ -190,7 +151,7 @@ def run_train(args) -> int:
 
 
 def run_synth(args) -> int:
-    spec = DiurnalSpec(duration_s=args.hours * 3600.0, period_s=parse_duration_s(args.period))
+    spec = DiurnalSpec(duration_s=args.hours * 3600.0, period_s=args.period_s)
     trace = synthetic_diurnal_trace(spec, args.seed)
     out = Path(args.out)
     rows = np.column_stack([trace.arrival_s, trace.input_tokens, trace.output_tokens])

@@ -1,0 +1,200 @@
+"""``oserve serve``: the OpenAI-compatible server (embedded CPU model by default).
+
+Flags become a ``ServeConfig`` (defaults on ``RuntimeConfig`` / ``ReplanConfig``); the listening socket is
+bound before the engines start, so a bad ``--host`` or a port in use fails at once with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+
+from oserve.cli.common_args import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    add_cost_model_args,
+    config_from_flags,
+    cost_model_config,
+    default,
+    number,
+)
+from oserve.common.errors import ConfigError
+from oserve.planner.dispatch_policy import DISPATCH_POLICIES
+from oserve.planner.plan import Plan
+from oserve.runtime.engine_spec import ENGINE_KINDS
+from oserve.switching.replan_gate import ReplanConfig
+from oserve.runtime.serve_setup import SWITCH_POLICIES, ServeConfig
+from oserve.runtime.serving import RuntimeConfig
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+PORT = number(int, 0, 65535)
+
+# config field -> the flag it comes from, so a value the config refuses is reported under its flag
+RUNTIME_FLAGS = {"max_inflight_per_replica": "--max-inflight", "window_s": "--window-s",
+                 "check_interval_s": "--check-interval-s", "dispatch_policy": "--dispatch-policy",
+                 "first_token_timeout_s": "--first-token-timeout-s", "token_timeout_s": "--token-timeout-s",
+                 "replan.mix_threshold": "--replan-mix-threshold",
+                 "replan.volume_ratio": "--replan-volume-ratio",
+                 "replan.confirm_checks": "--replan-confirm-checks",
+                 "replan.cooldown_s": "--replan-cooldown-s"}
+SERVE_FLAGS = {"replicas": "--replicas", "context_tokens": "--context-tokens", "threads": "--threads",
+               "types": "--types", "engine": "--engine", "switch_policy": "--switch-policy",
+               **{f"runtime.{k}": v for k, v in RUNTIME_FLAGS.items()}}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible API (embedded CPU model by default)")
+    add_serve_args(p)
+    p.set_defaults(func=run_serve)
+
+
+def _rt(field: str):
+    return default(RuntimeConfig, field)
+
+
+def _rp(field: str):
+    return default(ReplanConfig, field)
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default=default(ServeConfig, "engine"), choices=ENGINE_KINDS,
+                   help="embedded: SmolLM2-135M-Instruct on CPU (llama.cpp); fake: timed stand-in; "
+                        "remote: an OpenAI server at --remote-url; vllm: vllm serve per replica")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
+    p.add_argument("--replicas", type=POSITIVE_INT, default=default(ServeConfig, "replicas"),
+                   help="replicas when no --cluster/--plan is given")
+    p.add_argument("--served-model-name", default=None, help="the model name clients ask for")
+    p.add_argument("--model-path", default=None, help="GGUF file for --engine llama")
+    p.add_argument("--hf-model", default=None, help="weights for --engine vllm (id or path)")
+    p.add_argument("--remote-url", default=None, help="base URL for --engine remote")
+    p.add_argument("--remote-model", default=None, help="model name at --remote-url")
+    p.add_argument("--context-tokens", type=POSITIVE_INT, default=default(ServeConfig, "context_tokens"))
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads per embedded replica")
+    p.add_argument("--trace", default=default(ServeConfig, "trace"),
+                   help="trace that defines the request types")
+    p.add_argument("--types", type=POSITIVE_INT, default=default(ServeConfig, "types"),
+                   help="number of request types")
+    p.add_argument("--cluster", default=None, help="GPU cluster to plan for (e.g. 1x8xH100)")
+    p.add_argument("--model", default=None, help="catalog model the plan is made for (with --cluster)")
+    add_cost_model_args(p)
+    p.add_argument("--planner", default=default(ServeConfig, "planner"))
+    p.add_argument("--plan", default=None, metavar="FILE", help="a plan JSON (oserve plan --json)")
+    p.add_argument("--replan", action="store_true", help="re-plan live as the traffic mix drifts")
+    p.add_argument("--switch-policy", default=default(ServeConfig, "switch_policy"), choices=SWITCH_POLICIES,
+                   help="reactive: re-plan on persistent drift (--replan-* knobs); cost-aware: "
+                        "oserve.switching's policy, switching only when the gain pays for the switch")
+    p.add_argument("--window-s", type=POSITIVE, default=_rt("window_s"), help="rate measurement window")
+    p.add_argument("--check-interval-s", type=NON_NEGATIVE, default=_rt("check_interval_s"),
+                   help="health/re-plan check period (0: no control loop)")
+    p.add_argument("--replan-mix-threshold", type=NON_NEGATIVE, default=_rp("mix_threshold"),
+                   help="mix drift (total-variation distance) that calls for a new plan")
+    p.add_argument("--replan-volume-ratio", type=POSITIVE, default=_rp("volume_ratio"),
+                   help="total-rate change (x or /) that calls for a new plan")
+    p.add_argument("--replan-confirm-checks", type=POSITIVE_INT, default=_rp("confirm_checks"),
+                   help="consecutive drifted checks before re-planning")
+    p.add_argument("--replan-cooldown-s", type=NON_NEGATIVE, default=_rp("cooldown_s"),
+                   help="minimum time between switches")
+    p.add_argument("--max-inflight", type=POSITIVE_INT, default=_rt("max_inflight_per_replica"),
+                   help="queue bound per replica (then 429)")
+    p.add_argument("--dispatch-policy", default=_rt("dispatch_policy"), choices=DISPATCH_POLICIES,
+                   help="per-request choice among the plan's replicas (the planner's shared policies)")
+    p.add_argument("--first-token-timeout-s", type=POSITIVE, default=_rt("first_token_timeout_s"),
+                   help="a replica silent this long (queueing included) is retired, the request retried")
+    p.add_argument("--token-timeout-s", type=POSITIVE, default=_rt("token_timeout_s"),
+                   help="a stream stalled this long fails with an explicit error")
+    p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The typed config of an ``oserve serve`` command line."""
+    if args.cluster and not args.model:
+        raise ConfigError("--cluster needs --model (a catalog model name)")
+    if args.model and not args.cluster:
+        raise ConfigError("--model is the catalog model to plan for: give --cluster too")
+    cost_model = cost_model_config(args) if args.cluster else None
+    runtime = {"max_inflight_per_replica": args.max_inflight, "window_s": args.window_s,
+               "check_interval_s": args.check_interval_s, "dispatch_policy": args.dispatch_policy,
+               "first_token_timeout_s": args.first_token_timeout_s, "token_timeout_s": args.token_timeout_s,
+               "replan": {"mix_threshold": args.replan_mix_threshold,
+                          "volume_ratio": args.replan_volume_ratio,
+                          "confirm_checks": args.replan_confirm_checks,
+                          "cooldown_s": args.replan_cooldown_s}}
+    return config_from_flags(ServeConfig, {
+        "engine": args.engine, "replicas": args.replicas, "served_model_name": args.served_model_name,
+        "model_path": args.model_path, "hf_model": args.hf_model, "remote_url": args.remote_url,
+        "remote_model": args.remote_model, "context_tokens": args.context_tokens, "threads": args.threads,
+        "trace": args.trace, "types": args.types, "cost_model": cost_model, "planner": args.planner,
+        "plan_file": args.plan, "replan": args.replan, "switch_policy": args.switch_policy, "ray": args.ray,
+        "ray_address": args.ray_address, "runtime": runtime}, SERVE_FLAGS)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound listening socket, or a ``ConfigError`` naming --host / --port."""
+    from oserve.runtime.server import bind_socket
+
+    try:
+        return bind_socket(host, port)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: not an address or name this machine can listen on "
+                          f"({exc.strerror})") from None
+    except OSError as exc:
+        flag = "--port" if exc.errno in (98, 48, 13, 10048) else "--host"  # in use / denied: the port
+        value = port if flag == "--port" else host
+        raise ConfigError(f"{flag} {value}: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def run_serve(args) -> int:
+    config = serve_config(args)
+    if config.plan_file:
+        Plan.load(config.plan_file)  # a bad plan file fails now, before the server binds or engines start
+    try:
+        from oserve.runtime.server import serve_sockets
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"oserve serve needs the serve extra (pip install -e '.[serve]'): "
+                          f"{exc.name} is not installed") from None
+    from oserve.runtime.serve_setup import build_runtime
+
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    sock = listen(args.host, args.port)  # before the engines start: a bad address fails at once
+    try:
+        runtime = build_runtime(config)
+    except BaseException:
+        sock.close()
+        raise
+    from oserve.runtime.gateway.app import create_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("oserve.runtime").warning(
+            "listening on %s: /admin/plan and /metrics are reachable by anyone who can reach this "
+            "address; there is no authentication", args.host)
+    url = f"http://{args.host}:{sock.getsockname()[1]}"
+    print(usage_banner(url, runtime.model_name), flush=True)
+    try:
+        serve_sockets(create_app(runtime), sock, args.log_level)
+    finally:
+        if config.uses_ray:
+            from oserve.runtime.ray_engine import disconnect
+
+            disconnect()
+    return 0
+
+
+def usage_banner(url: str, model: str) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello."}]})
+    return "\n".join([
+        f"oserve: serving {model} at {url}/v1", "",
+        "  curl:",
+        f"    curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'", "",
+        "  python (pip install openai):",
+        "    from openai import OpenAI",
+        f"    client = OpenAI(base_url='{url}/v1', api_key='unused')",
+        f"    print(client.chat.completions.create(model='{model}', "
+        "messages=[{'role': 'user', 'content': 'Say hello.'}]).choices[0].message.content)", "",
+        f"  metrics: {url}/metrics   plan: {url}/admin/plan   health: {url}/health", ""])
