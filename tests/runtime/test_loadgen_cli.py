@@ -78,9 +78,10 @@ def test_bench_serve_command_prints_json(gateway, capsys, tmp_path):
     out = tmp_path / "bench.json"
     code = main(["bench", "serve", "--url", server.base_url, "--trace", "azure-conv",
                  "--rate-scale", "50", "--max-requests", "10", "--max-output-tokens", "4", "--json",
-                 "--out", str(out)])
+                 "--out", str(out), "--types", "2", "--slo-ttft-s", "60"])
     assert code == 0
-    assert json.loads(capsys.readouterr().out)["num_ok"] == 10
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["num_ok"] == 10 and doc["slo_attainment"] == 1.0 and set(doc["per_type"]) == {"T0", "T1"}
     assert json.loads(out.read_text())["num_sent"] == 10
 
 
