@@ -13,8 +13,14 @@ import pytest
 from oserve.cli.main import build_parser, main
 from oserve.cli.serve_cmd import usage_banner
 from oserve.runtime.errors import ClientRequestError
-from oserve.runtime.loadgen import (BenchConfig, RequestRecord, check_target, run_bench, summarize,
-                                    synthetic_prompt)
+from oserve.runtime.loadgen import (
+    BenchConfig,
+    RequestRecord,
+    check_target,
+    run_bench,
+    summarize,
+    synthetic_prompt,
+)
 from oserve.workload.trace import Trace
 
 from .factories import MODEL

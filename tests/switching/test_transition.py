@@ -1,4 +1,5 @@
 from oserve.switching import counts_of, plan_transition
+
 from .factories import cfg, placed
 
 

@@ -101,9 +101,9 @@ class _ManualTimeout:
             self._is_expired = True
             self._inner.reschedule(asyncio.get_running_loop().time())
 
-    async def __aexit__(self, *exc) -> bool | None:
+    async def __aexit__(self, *exc) -> None:
         self.clock._timeouts.remove(self)
-        return await self._inner.__aexit__(*exc)
+        await self._inner.__aexit__(*exc)  # turns its own cancellation into TimeoutError
 
 
 __all__ = ["Clock", "ManualClock", "WallClock"]

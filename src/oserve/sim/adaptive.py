@@ -31,8 +31,8 @@ from oserve.sim.metrics import ReplicaStats, SimResult
 from oserve.sim.request import Seq
 from oserve.sim.simulator import replicas_from_configs
 from oserve.sim.switchable_replica import SwitchableReplica, preempt_free
-from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrationParams, plan_kv_migration
 from oserve.switching.control import ControlPolicy, control_step
+from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrationParams, plan_kv_migration
 from oserve.switching.policy import SwitchContext, SwitchParams
 from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload.rate_window import window_rates
@@ -249,7 +249,7 @@ class AdaptiveSimulation:
         step = control_step(self.control, self.current, self.planned_rps, forecast, self.last_switch_s, t,
                             self.num_drifted_checks)
         self.num_drifted_checks, d = step.num_drifted_checks, step.decision
-        if d.switch:
+        if d.switch and d.plan is not None:
             self._start_switch(t, d)
             self.planned_rps = tuple(d.plan.type_rates_rps)
         elif d.plan is not None and self.redispatch:

@@ -12,6 +12,7 @@ types are given, the same keys per type under ``per_type`` (plus ``requests`` an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +30,8 @@ def _percentiles(values: np.ndarray, name: str) -> dict[str, float | None]:
 
 
 def _latency(ttft: np.ndarray, tpot: np.ndarray, e2e: np.ndarray, done: np.ndarray,
-             slo_ttft_s: float | None, slo_tpot_s: float | None) -> dict:
-    out: dict = {}
+             slo_ttft_s: float | None, slo_tpot_s: float | None) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
     for name, values in (("e2e_s", e2e), ("ttft_s", ttft), ("tpot_s", tpot)):
         out.update(_percentiles(values[done], name))
     ok = done.copy()
@@ -47,7 +48,7 @@ def latency_summary(ttft_s: Sequence[float] | np.ndarray, tpot_s: Sequence[float
                     e2e_s: Sequence[float] | np.ndarray, completed: Sequence[bool] | np.ndarray,
                     slo_ttft_s: float | None = None, slo_tpot_s: float | None = None,
                     type_id: Sequence[int] | np.ndarray | None = None,
-                    type_names: Sequence[str] | None = None) -> dict:
+                    type_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Percentiles of TTFT, TPOT and end-to-end latency, SLO attainment, and the same per type.
 
     All arrays are per request and aligned; ``type_names[k]`` names type ``k`` (default ``T<k>``).
@@ -56,7 +57,7 @@ def latency_summary(ttft_s: Sequence[float] | np.ndarray, tpot_s: Sequence[float
     done = np.asarray(completed, dtype=bool)
     if not len(ttft) == len(tpot) == len(e2e) == len(done):
         raise ValueError("latency_summary: per-request arrays differ in length")
-    out = _latency(ttft, tpot, e2e, done, slo_ttft_s, slo_tpot_s)
+    out: dict[str, Any] = dict(_latency(ttft, tpot, e2e, done, slo_ttft_s, slo_tpot_s))
     if type_id is None:
         return out
     types = np.asarray(type_id, dtype=np.int64)
