@@ -410,3 +410,30 @@ def test_a_replica_started_after_the_drain_that_fails_is_restarted():
     assert table.version == 2  # the old replica was already stopped: no way back, the switch stands
     assert after_switch == [ReplicaState.ACTIVE, ReplicaState.DEAD]
     assert after_check == [ReplicaState.ACTIVE, ReplicaState.ACTIVE]
+
+
+def test_an_engine_factory_that_raises_on_restart_is_retried_and_the_loop_survives():
+    class NoNodes(FakeFleet):
+        def __call__(self, replica):
+            if len(self.engines) >= 2:
+                raise RuntimeError("no node has room for this replica")
+            return super().__call__(replica)
+
+    async def main():
+        clock = ManualClock()
+        runtime = ServingRuntime(MODEL, make_plan(2), NoNodes(clock=clock), None, None,
+                                 RuntimeConfig(check_interval_s=1.0, restart_backoff_s=1.0), clock)
+        await runtime.start()  # with the control loop
+        runtime.router.table.handles[0].engine.kill()
+        runtime.router.mark_dead(runtime.router.table.handles[0])
+        await settle()
+        for _ in range(3):  # the loop keeps checking (and retrying) on schedule
+            clock.advance(1.0)
+            await settle()
+        failed = runtime.metrics.counter("oserve_replica_restarts_total", outcome="failed")
+        alive = not runtime._control_task.done()
+        await runtime.stop()
+        return failed, alive
+
+    failed, alive = asyncio.run(main())
+    assert alive and failed >= 2

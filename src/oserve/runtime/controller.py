@@ -257,8 +257,8 @@ class Controller:
                 await handle.engine.stop()
             except Exception:  # noqa: BLE001 - a dead engine may fail to stop; the restart goes on
                 log.exception("stopping dead replica %s failed", handle.name)
-        fresh = self._new_handle(handle.replica)
         try:
+            fresh = self._new_handle(handle.replica)  # the factory itself may fail (e.g. no Ray node)
             await self._start_handles([fresh])
         except Exception:  # noqa: BLE001 - retried after the back-off
             self.router.metrics.inc("oserve_replica_restarts_total", labels + (("outcome", "failed"),))
@@ -325,10 +325,13 @@ class Controller:
             if self._stopping.is_set():
                 break
             self._death.clear()
-            if timer.done() and not timer.cancelled():
-                await self.check_once()
-            else:
-                await self.restart_dead()
+            try:
+                if timer.done() and not timer.cancelled():
+                    await self.check_once()
+                else:
+                    await self.restart_dead()
+            except Exception:  # noqa: BLE001 - the loop outlives any one failed check
+                log.exception("controller check failed; the next one runs as scheduled")
 
     async def stop(self) -> None:
         self._stopping.set()
