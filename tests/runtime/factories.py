@@ -20,15 +20,18 @@ def make_plan(num_replicas: int = 2, dispatch=None, rates=(1.0, 1.0)):
 class FakeFleet:
     """Builds fake engines for a runtime and keeps them, so a test can kill one."""
 
-    def __init__(self, cost: FakeCost = FakeCost(), context_tokens: int = 4096, clock=None) -> None:
+    def __init__(self, cost: FakeCost = FakeCost(), context_tokens: int = 4096,
+                 max_num_seqs: int = 256, clock=None) -> None:
         self.cost = cost
         self.context_tokens = context_tokens
+        self.max_num_seqs = max_num_seqs
         self.clock = clock
         self.engines: list[FakeEngine] = []
 
     def __call__(self, replica) -> FakeEngine:
         engine = FakeEngine(f"fake-r{replica.replica_id}-{len(self.engines)}", self.cost,
-                            context_tokens=self.context_tokens, clock=self.clock)
+                            max_num_seqs=self.max_num_seqs, context_tokens=self.context_tokens,
+                            clock=self.clock)
         self.engines.append(engine)
         return engine
 
@@ -40,9 +43,9 @@ def split_by_length(prompt_tokens: int) -> int:
 
 def make_runtime(num_replicas: int = 2, cost: FakeCost = FakeCost(), dispatch=None,
                  config: RuntimeConfig = RuntimeConfig(), context_tokens: int = 4096,
-                 clock=None) -> tuple[ServingRuntime, FakeFleet]:
+                 clock=None, max_num_seqs: int = 256) -> tuple[ServingRuntime, FakeFleet]:
     """A runtime over fake replicas; with ``clock`` (e.g. a ``ManualClock``) the engines run on it too."""
-    fleet = FakeFleet(cost, context_tokens, clock)
+    fleet = FakeFleet(cost, context_tokens, max_num_seqs, clock)
     runtime = ServingRuntime(MODEL, make_plan(num_replicas, dispatch), fleet, split_by_length,
                              config=config, clock=clock)
     return runtime, fleet

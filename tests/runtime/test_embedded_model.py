@@ -28,11 +28,15 @@ def test_llama_engine_generates_counts_and_stops_early():
         assert engine.count_tokens("Hello, how are you today?") >= 5
         chunks = [c async for c in engine.generate(GenerationRequest(
             "a", 8, prompt="The capital of France is", temperature=0.0, prompt_tokens=5))]
-        # a consumer that stops listening frees the model for the next request at once
+        # a consumer that stops listening frees the model within a token (once the worker is out)
         gen = engine.generate(GenerationRequest("b", 200, prompt="Count: 1, 2, 3,", temperature=0.0))
         await gen.__anext__()
         await gen.aclose()
-        assert engine.load().num_inflight == 0
+        for _ in range(200):
+            if engine.load().num_inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.load().num_inflight == 0 and engine.num_cancelled == 1
         await engine.stop()
         return chunks
 
@@ -68,3 +72,100 @@ def test_oserve_serve_answers_real_chat_completions_streamed_and_not():
         assert text.choices[0].text.strip()
     finally:
         stop(proc)
+
+
+def _post(url: str, path: str, body: dict, timeout_s: float = 60.0):
+    import httpx
+
+    return httpx.post(url + path, json=body, timeout=timeout_s)
+
+
+def _stop_or_kill(proc) -> None:
+    import subprocess
+
+    try:
+        stop(proc)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a wedged server never finishes SIGTERM; leave no process behind
+        proc.wait()
+        raise
+
+
+def _metric(url: str, name: str, status: str) -> float:
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and f'status="{status}"' in line)
+
+
+def test_hanging_up_on_the_real_engine_neither_wedges_it_nor_keeps_it_busy():
+    """Issue 9 items 1 and 3 against ``oserve serve`` with the embedded model: a stream cut after
+    300 bytes (``curl -N ... | head -c 300``) and a non-streamed request abandoned after 1 s are both
+    cancelled in llama.cpp; the next requests answer at once."""
+    import time
+
+    import httpx
+
+    proc, url = serve_subprocess()
+    chat = {"model": EMBEDDED_MODEL_NAME, "messages": [{"role": "user", "content": "Tell a story."}],
+            "temperature": 0.0}
+    try:
+        assert _post(url, "/v1/chat/completions", {**chat, "max_tokens": 8}).status_code == 200
+        with httpx.stream("POST", url + "/v1/chat/completions", timeout=60,
+                          json={**chat, "max_tokens": 256, "stream": True}) as response:
+            next(response.iter_bytes(300))
+        start = time.monotonic()
+        after_stream = _post(url, "/v1/chat/completions", {**chat, "max_tokens": 4}, 30)
+        after_stream_s = time.monotonic() - start
+        try:
+            _post(url, "/v1/chat/completions", {**chat, "max_tokens": 256}, 1.0)
+        except httpx.ReadTimeout:
+            pass
+        start = time.monotonic()
+        after_timeout = _post(url, "/v1/chat/completions", {**chat, "max_tokens": 4}, 30)
+        after_timeout_s = time.monotonic() - start
+        cancelled = _metric(url, "oserve_requests_total", "cancelled")
+        health = httpx.get(url + "/health").status_code
+    finally:
+        start = time.monotonic()
+        _stop_or_kill(proc)  # SIGTERM
+        stop_s = time.monotonic() - start
+    assert after_stream.status_code == 200 and after_timeout.status_code == 200
+    assert after_stream_s < 10 and after_timeout_s < 10, (after_stream_s, after_timeout_s)
+    assert cancelled == 2 and health == 200
+    # uvicorn re-raises SIGTERM once its shutdown is complete; a wedged engine never got there
+    assert proc.returncode in (0, -15) and stop_s < 10, (proc.returncode, stop_s)
+
+
+def test_real_engine_client_faults_are_400s_and_usage_counts_the_chat_template():
+    """Issue 9 item 2: an empty prompt asserted inside llama.cpp and a chat near the context limit
+    overflowed it (the template's tokens were not counted): both were 500s."""
+    proc, url = serve_subprocess("--context-tokens", "512")
+    try:
+        empty = _post(url, "/v1/completions", {"model": EMBEDDED_MODEL_NAME, "prompt": "",
+                                               "max_tokens": 4})
+        words = " ".join(["cat"] * 505)  # 505 tokens of content: fits alone, not with the template
+        near_limit = _post(url, "/v1/chat/completions", {
+            "model": EMBEDDED_MODEL_NAME, "messages": [{"role": "user", "content": words}],
+            "max_tokens": 1})
+        short = _post(url, "/v1/chat/completions", {
+            "model": EMBEDDED_MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 2, "temperature": 0.0})
+        ids = _post(url, "/v1/completions", {"model": EMBEDDED_MODEL_NAME, "prompt": [504, 3458, 314],
+                                             "max_tokens": 3, "temperature": 0.0})
+        bad_ids = _post(url, "/v1/completions", {"model": EMBEDDED_MODEL_NAME, "prompt": [10**7],
+                                                 "max_tokens": 3})
+        logprobs = _post(url, "/v1/chat/completions", {
+            "model": EMBEDDED_MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}],
+            "logprobs": True})
+    finally:
+        _stop_or_kill(proc)
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt"
+    assert near_limit.status_code == 400, near_limit.text
+    assert near_limit.json()["error"]["code"] == "context_length_exceeded"
+    # "Hi" is one token; SmolLM2's template adds the system prompt and role markers around it
+    assert short.status_code == 200 and short.json()["usage"]["prompt_tokens"] > 10
+    assert ids.status_code == 200 and ids.json()["usage"]["prompt_tokens"] == 3
+    assert bad_ids.status_code == 400 and "vocabulary" in bad_ids.json()["error"]["message"]
+    assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "logprobs"

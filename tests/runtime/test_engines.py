@@ -14,8 +14,8 @@ from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineSta
 from oserve.runtime.fake_engine import FakeEngine
 from oserve.runtime.gateway.app import create_app
 from oserve.runtime.remote_engine import RemoteOpenAIEngine
-from oserve.runtime.serving import ServingRuntime
 from oserve.runtime.server import ServerThread
+from oserve.runtime.serving import ServingRuntime
 from oserve.runtime.vllm_engine import VllmLaunch, launch_for_replica, vllm_command, vllm_env
 
 from .factories import MODEL, make_plan, make_runtime, openai_client
@@ -176,3 +176,99 @@ def test_when_the_only_upstream_is_busy_the_client_gets_429():
                 openai_client(server).chat.completions.create(
                     model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
         hold.close()
+
+
+class StandInLlama:
+    """A test double of ``llama_cpp.Llama`` (the library edge): streams one piece per 10 ms from the
+    worker thread and records how many threads are inside it at once (llama.cpp allows one)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inside = 0
+        self.max_inside = 0
+        self.num_closed = 0
+        self._lock = threading.Lock()
+        self.metadata: dict = {}
+
+    def tokenize(self, data: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return [1] * (len(data.split()) + int(add_bos))
+
+    def n_vocab(self) -> int:
+        return 100
+
+    def create_completion(self, prompt, max_tokens, **_):
+        import time
+
+        with self._lock:
+            self.inside += 1
+            self.max_inside = max(self.max_inside, self.inside)
+        try:
+            for i in range(max_tokens):
+                time.sleep(0.01)
+                yield {"choices": [{"text": " ok", "finish_reason": "length" if i == max_tokens - 1
+                                    else None}]}
+        finally:
+            with self._lock:
+                self.inside -= 1
+                self.num_closed += 1
+
+
+def _llama_engine_with(stand_in):
+    from oserve.runtime.llama_engine import LlamaCppEngine
+
+    engine = LlamaCppEngine("unused.gguf")
+    engine._llama = stand_in  # noqa: SLF001 - start() would load a real GGUF file
+    return engine
+
+
+def test_llama_engine_is_not_wedged_by_a_consumer_cancelled_twice_mid_stream():
+    """Issue 9 item 1: a client hanging up cancels the consumer at every await (anyio cancel scopes),
+    the clean-up included. The model must still be released, only once its worker thread is done."""
+    stand_in = StandInLlama()
+    engine = _llama_engine_with(stand_in)
+
+    async def consume(request_id: str, max_tokens: int) -> list[str]:
+        return [c.text async for c in engine.generate(GenerationRequest(request_id, max_tokens,
+                                                                        prompt="hi there"))]
+
+    async def main():
+        first = engine.generate(GenerationRequest("a", 500, prompt="count"))
+
+        async def hang_up():
+            async for _ in first:  # cancelled while it waits inside the engine for a piece
+                pass
+
+        task = asyncio.create_task(hang_up())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()  # cancelled again while it cleans up, as an anyio cancel scope does
+        await asyncio.gather(task, return_exceptions=True)
+        await first.aclose()
+        # the next requests get the model, promptly and never alongside the stopped generation
+        texts = await asyncio.wait_for(asyncio.gather(consume("b", 3), consume("c", 3)), 5.0)
+        await asyncio.wait_for(engine.stop(), 5.0)
+        return texts
+
+    texts = asyncio.run(main())
+    assert texts == [[" ok"] * 3 + [""], [" ok"] * 3 + [""]]
+    assert stand_in.max_inside == 1 and stand_in.inside == 0
+    assert engine.num_cancelled == 1 and stand_in.num_closed == 3
+    assert engine.load().num_inflight == 0
+
+
+def test_remote_engine_passes_token_id_prompts_and_penalties_upstream(gateway):
+    server, _, _ = gateway
+
+    async def main():
+        engine = RemoteOpenAIEngine(server.base_url, MODEL)
+        await engine.start()
+        chunks = await _generate(engine, GenerationRequest(
+            "a", 2, prompt_token_ids=(5, 6, 7, 8, 9), presence_penalty=0.5, frequency_penalty=-0.5))
+        await engine.stop()
+        return chunks
+
+    chunks = asyncio.run(main())
+    # the upstream (an oserve gateway over fakes) counts a token-id prompt as its own length
+    assert chunks[-1].prompt_tokens == 5 and sum(c.num_tokens for c in chunks) == 2

@@ -89,3 +89,23 @@ def test_ray_replicas_serve_and_a_killed_actor_loses_no_request(local_ray):
     assert counts["completed"] + counts["error"] == 150 and counts["completed"] >= 90
     assert counts["error"] == runtime.metrics.counter("oserve_requests_total", status="engine_dead")
     assert runtime.metrics.counter("oserve_replica_deaths_total") == 1
+
+
+def test_a_ray_placement_that_cannot_be_satisfied_fails_at_start_up_with_the_reason():
+    """Issue 9 item 6: ``--ray --replicas 3`` on 2 cores accepted connections that never answered for
+    600 s, then failed with an empty reason. Now it refuses before binding the port."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    replicas = (os.cpu_count() or 1) + 1  # one CPU bundle per replica: one more than the machine has
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "oserve.cli.main", "serve", "--engine", "fake",
+                           "--replicas", str(replicas), "--ray", "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    elapsed_s = time.monotonic() - start
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cannot be placed" in done.stderr and f"{replicas:g} CPU needed" in done.stderr
+    assert "oserve: serving" not in done.stdout  # it never listened
+    assert elapsed_s < 60  # Ray's own start-up is most of it

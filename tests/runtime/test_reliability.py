@@ -115,3 +115,91 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot():
         assert runtime.router.num_inflight == 0
         assert runtime.router.table.handles[0].num_inflight == 0
     assert runtime.metrics.counter("oserve_requests_total", status="cancelled") == 1
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_hang_up_mid_stream_does_not_wedge_a_one_at_a_time_engine():
+    """Issue 9 item 1 on the fake engine: one sequence at a time, like llama.cpp on CPU."""
+    import time
+
+    runtime, fleet = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.01),
+                                  max_num_seqs=1)
+    with ServerThread(create_app(runtime)) as server:
+        engine = fleet.engines[0]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 256,
+                "stream": True}
+        with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body) as response:
+            next(response.iter_bytes(300))  # about 300 bytes, then hang up (curl ... | head -c 300)
+        start = time.monotonic()
+        reply = httpx.post(server.base_url + "/v1/chat/completions", timeout=10,
+                           json={**body, "stream": False, "max_tokens": 4})
+        assert reply.status_code == 200 and time.monotonic() - start < 2.0
+        assert _wait_until(lambda: engine.num_cancelled == 1)
+    assert runtime.metrics.counter("oserve_requests_total", status="cancelled") == 1
+
+
+def test_an_abandoned_non_streamed_request_is_cancelled_in_the_engine():
+    """Issue 9 item 3: a client that times out no longer holds the replica to the end."""
+    import time
+
+    runtime, fleet = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.02),
+                                  max_num_seqs=1)
+    with ServerThread(create_app(runtime)) as server:
+        engine = fleet.engines[0]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}
+        try:  # 500 tokens take 10 s; the client gives up after 0.5 s
+            httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=0.5)
+        except httpx.ReadTimeout:
+            pass
+        assert _wait_until(lambda: runtime.router.num_inflight == 0, 3.0)
+        start = time.monotonic()
+        reply = httpx.post(server.base_url + "/v1/chat/completions", timeout=10,
+                           json={**body, "max_tokens": 4})
+        assert reply.status_code == 200 and time.monotonic() - start < 2.0
+    assert engine.num_cancelled == 1 and engine.num_served == 1
+    assert runtime.metrics.counter("oserve_requests_total", status="cancelled") == 1
+    assert runtime.metrics.counter("oserve_requests_total", status="ok") == 1
+
+
+def test_graceful_shutdown_ends_unfinished_requests_explicitly(caplog):
+    """Issue 9 item 6: within the grace period requests finish; after it a stream gets an SSE error
+    event and a whole response a 503, both in the OpenAI error shape, with no traceback logged."""
+    import concurrent.futures
+    import logging
+    import time
+
+    config = RuntimeConfig(shutdown_grace_s=1.0)
+    runtime, _ = make_runtime(num_replicas=1, cost=FakeCost(decode_s_per_token=0.02), config=config)
+    server = ServerThread(create_app(runtime)).__enter__()
+    url = server.base_url + "/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+    def streamed() -> list[str]:
+        with httpx.stream("POST", url, json={**body, "max_tokens": 1000, "stream": True},
+                          timeout=30) as response:
+            return [line for line in response.iter_lines() if line.startswith("data: ")]
+
+    with caplog.at_level(logging.INFO), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        long_stream = pool.submit(streamed)
+        long_whole = pool.submit(httpx.post, url, json={**body, "max_tokens": 1000}, timeout=30)
+        short_whole = pool.submit(httpx.post, url, json={**body, "max_tokens": 20}, timeout=30)
+        assert _wait_until(lambda: runtime.router.num_inflight == 3, 5.0)
+        start = time.monotonic()
+        server.stop()  # what SIGTERM does
+        stop_s = time.monotonic() - start
+        events, whole, short = long_stream.result(), long_whole.result(), short_whole.result()
+    assert short.status_code == 200  # 20 tokens (0.4 s) fit in the grace period
+    assert whole.status_code == 503 and whole.json()["error"]["type"] == "service_unavailable_error"
+    assert "shut down" in whole.json()["error"]["message"]
+    last = json.loads(events[-1][6:])
+    assert "shut down" in last["error"]["message"] and len(events) > 2
+    assert stop_s < config.shutdown_grace_s + 4.0
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import socket
 
 from oserve.cli.common_args import (
@@ -22,6 +23,7 @@ from oserve.cli.common_args import (
     number,
 )
 from oserve.common.errors import ConfigError
+from oserve.planner.api import PLANNERS
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
 from oserve.runtime.engine_spec import ENGINE_KINDS
@@ -40,7 +42,8 @@ RUNTIME_FLAGS = {"max_inflight_per_replica": "--max-inflight", "window_s": "--wi
                  "replan.mix_threshold": "--replan-mix-threshold",
                  "replan.volume_ratio": "--replan-volume-ratio",
                  "replan.confirm_checks": "--replan-confirm-checks",
-                 "replan.cooldown_s": "--replan-cooldown-s"}
+                 "replan.cooldown_s": "--replan-cooldown-s",
+                 "shutdown_grace_s": "--shutdown-grace-s", "api_key": "--api-key"}
 SERVE_FLAGS = {"replicas": "--replicas", "context_tokens": "--context-tokens", "threads": "--threads",
                "types": "--types", "engine": "--engine", "switch_policy": "--switch-policy",
                **{f"runtime.{k}": v for k, v in RUNTIME_FLAGS.items()}}
@@ -82,7 +85,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default=None, help="GPU cluster to plan for (e.g. 1x8xH100)")
     p.add_argument("--model", default=None, help="catalog model the plan is made for (with --cluster)")
     add_cost_model_args(p)
-    p.add_argument("--planner", default=default(ServeConfig, "planner"))
+    p.add_argument("--planner", default=default(ServeConfig, "planner"), choices=PLANNERS)
     p.add_argument("--plan", default=None, metavar="FILE", help="a plan JSON (oserve plan --json)")
     p.add_argument("--replan", action="store_true", help="re-plan live as the traffic mix drifts")
     p.add_argument("--switch-policy", default=default(ServeConfig, "switch_policy"), choices=SWITCH_POLICIES,
@@ -110,6 +113,26 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    add_reliability_args(p)
+
+
+# ---- access and shutdown (issue 9) ----
+API_KEY_ENV = "OSERVE_API_KEY"
+
+
+def add_reliability_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        f"(default: the {API_KEY_ENV} environment variable; unset or empty: no key)")
+    p.add_argument("--shutdown-grace-s", type=NON_NEGATIVE, default=_rt("shutdown_grace_s"),
+                   help="on SIGTERM, in-flight requests get this long to finish; then streams end "
+                        "with an SSE error event and other requests with a 503")
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    """The API key: the flag, else the environment variable; empty means none."""
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    return key or None
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -125,7 +148,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                "replan": {"mix_threshold": args.replan_mix_threshold,
                           "volume_ratio": args.replan_volume_ratio,
                           "confirm_checks": args.replan_confirm_checks,
-                          "cooldown_s": args.replan_cooldown_s}}
+                          "cooldown_s": args.replan_cooldown_s},
+               "shutdown_grace_s": args.shutdown_grace_s, "api_key": api_key_from(args)}
     return config_from_flags(ServeConfig, {
         "engine": args.engine, "replicas": args.replicas, "served_model_name": args.served_model_name,
         "model_path": args.model_path, "hf_model": args.hf_model, "remote_url": args.remote_url,
@@ -167,15 +191,21 @@ def run_serve(args) -> int:
         runtime = build_runtime(config)
     except BaseException:
         sock.close()
+        if config.uses_ray:  # e.g. a placement that cannot be satisfied: leave no Ray behind
+            from oserve.runtime.ray_engine import disconnect
+
+            disconnect()
         raise
     from oserve.runtime.gateway.app import create_app
 
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    needs_key = runtime.config.api_key is not None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not needs_key:
         logging.getLogger("oserve.runtime").warning(
-            "listening on %s: /admin/plan and /metrics are reachable by anyone who can reach this "
-            "address; there is no authentication", args.host)
+            "listening on %s without an API key: every endpoint, /admin/plan and /metrics included, "
+            "is open to anyone who can reach this address (set --api-key or %s)", args.host,
+            API_KEY_ENV)
     url = f"http://{args.host}:{sock.getsockname()[1]}"
-    print(usage_banner(url, runtime.model_name), flush=True)
+    print(usage_banner(url, runtime.model_name, needs_key), flush=True)
     try:
         serve_sockets(create_app(runtime), sock, args.log_level)
     finally:
@@ -186,15 +216,18 @@ def run_serve(args) -> int:
     return 0
 
 
-def usage_banner(url: str, model: str) -> str:
+def usage_banner(url: str, model: str, needs_key: bool = False) -> str:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello."}]})
+    auth = f" -H \"Authorization: Bearer ${API_KEY_ENV}\"" if needs_key else ""
+    key = f"os.environ['{API_KEY_ENV}']" if needs_key else "'unused'"
     return "\n".join([
         f"oserve: serving {model} at {url}/v1", "",
         "  curl:",
-        f"    curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'", "",
+        f"    curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'",
+        "",
         "  python (pip install openai):",
-        "    from openai import OpenAI",
-        f"    client = OpenAI(base_url='{url}/v1', api_key='unused')",
+        "    from openai import OpenAI" + ("; import os" if needs_key else ""),
+        f"    client = OpenAI(base_url='{url}/v1', api_key={key})",
         f"    print(client.chat.completions.create(model='{model}', "
         "messages=[{'role': 'user', 'content': 'Say hello.'}]).choices[0].message.content)", "",
         f"  metrics: {url}/metrics   plan: {url}/admin/plan   health: {url}/health", ""])

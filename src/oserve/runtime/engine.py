@@ -15,7 +15,7 @@ CHARS_PER_TOKEN_ESTIMATE = 4  # used to size prompts when an engine has no token
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What an engine is asked to do: either a chat (``messages``) or a raw ``prompt``."""
+    """What an engine is asked to do: a chat (``messages``), a raw ``prompt``, or prompt token ids."""
 
     request_id: str
     max_tokens: int
@@ -26,6 +26,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     prompt_tokens: int = 0  # as counted by the gateway; engines may report their own count
+    prompt_token_ids: tuple[int, ...] | None = None  # a pre-tokenized prompt (OpenAI token arrays)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @property
     def is_chat(self) -> bool:
@@ -33,6 +36,8 @@ class GenerationRequest:
 
     def text(self) -> str:
         """The prompt as plain text (chat messages joined), for token estimates and fake engines."""
+        if self.prompt_token_ids is not None:
+            return " ".join(map(str, self.prompt_token_ids))
         if self.messages is None:
             return self.prompt or ""
         return "\n".join(f"{m.get('role', '')}: {m.get('content') or ''}" for m in self.messages)
@@ -71,7 +76,16 @@ class EngineInfo:
 
 @runtime_checkable
 class Engine(Protocol):
-    """One replica. ``generate`` yields chunks; it raises ``EngineDeadError`` if the engine died."""
+    """One replica. ``generate`` yields chunks; it raises ``EngineDeadError`` if the engine died.
+
+    Optional hook: ``count_prompt_tokens(request) -> int``, the exact prompt length the engine will
+    evaluate (chat template included); engines without it are sized by ``count_tokens`` of the text
+    (see ``count_prompt_tokens`` below).
+
+    A consumer may stop iterating ``generate`` at any point (``aclose`` or cancellation, e.g. a client
+    that hung up): the engine must then stop the generation, free its slot, and must not need an await
+    to do so (the consumer's task may be cancelled again while it cleans up).
+    """
 
     info: EngineInfo
 
@@ -88,10 +102,21 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]: ...
 
 
+def count_prompt_tokens(engine: Engine, request: GenerationRequest, text: str) -> int:
+    """Prompt tokens of ``request`` on ``engine``: its own exact count when it has one, else the count
+    of ``text`` (the prompt, or the chat's contents); a token-id prompt is its own length."""
+    exact = getattr(engine, "count_prompt_tokens", None)
+    if exact is not None:
+        return int(exact(request))
+    if request.prompt_token_ids is not None:
+        return len(request.prompt_token_ids)
+    return engine.count_tokens(text)
+
+
 def estimate_tokens(text: str) -> int:
     """Token count of a text when no tokenizer is at hand: about 4 characters per token (English)."""
     return max(1, (len(text) + CHARS_PER_TOKEN_ESTIMATE - 1) // CHARS_PER_TOKEN_ESTIMATE)
 
 
 __all__ = ["CHARS_PER_TOKEN_ESTIMATE", "Engine", "EngineInfo", "EngineLoad", "GenerationRequest",
-           "TokenChunk", "estimate_tokens"]
+           "TokenChunk", "count_prompt_tokens", "estimate_tokens"]

@@ -34,10 +34,11 @@ class ModelNotFoundError(ClientRequestError):
 class PromptTooLongError(ClientRequestError):
     """Prompt plus requested output exceed the model's context window (HTTP 400)."""
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, context_tokens: int) -> None:
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_tokens: int,
+                 param: str = "messages") -> None:
         super().__init__(
             f"prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} exceeds the model's "
-            f"context of {context_tokens} tokens", "messages", "context_length_exceeded")
+            f"context of {context_tokens} tokens", param, "context_length_exceeded")
 
 
 class RequestTooLargeError(ClientRequestError):
@@ -48,12 +49,31 @@ class RequestTooLargeError(ClientRequestError):
                          None, "request_too_large")
 
 
+class RequestTimeoutError(ClientRequestError):
+    """The client did not send its request body in time (HTTP 408)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"request body not received within {timeout_s:g} s", None, "request_timeout")
+
+
+class UnauthorizedError(ClientRequestError):
+    """Missing or wrong API key (HTTP 401, code ``invalid_api_key``)."""
+
+    def __init__(self) -> None:
+        super().__init__("missing or invalid API key: send 'Authorization: Bearer <key>'", None,
+                         "invalid_api_key")
+
+
 class OverloadedError(RuntimeServeError):
     """Every replica that may serve the request has a full queue (HTTP 429)."""
 
 
 class NoReplicaError(RuntimeServeError):
     """No live replica can serve the request (HTTP 503)."""
+
+
+class ShuttingDownError(RuntimeServeError):
+    """The server is shutting down and the request could not finish within the grace period (503)."""
 
 
 class EngineDeadError(RuntimeServeError):
@@ -70,4 +90,5 @@ class EngineStartError(RuntimeServeError):
 
 __all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError",
            "ModelNotFoundError", "NoReplicaError", "OverloadedError", "PromptTooLongError",
-           "RequestTooLargeError", "RuntimeServeError"]
+           "RequestTimeoutError", "RequestTooLargeError", "RuntimeServeError", "ShuttingDownError",
+           "UnauthorizedError"]

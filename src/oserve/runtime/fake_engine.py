@@ -44,6 +44,7 @@ class FakeEngine:
         self.is_dead = False
         self.is_stalled = False
         self.num_served = 0
+        self.num_cancelled = 0
         self._num_running = 0
         self._num_waiting = 0
         self._slots = asyncio.Semaphore(max_num_seqs)
@@ -79,7 +80,9 @@ class FakeEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
         self._check_alive()
-        prompt_tokens = request.prompt_tokens or self.count_tokens(request.text())
+        prompt_tokens = request.prompt_tokens or (
+            len(request.prompt_token_ids) if request.prompt_token_ids is not None
+            else self.count_tokens(request.text()))
         self._num_waiting += 1
         try:
             await self._slots.acquire()
@@ -100,6 +103,9 @@ class FakeEngine:
                 yield TokenChunk(self.token_text, 1, "length" if last else None,
                                  prompt_tokens if i == 0 else None)
             self.num_served += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.num_cancelled += 1  # the consumer went away: the generation stops here
+            raise
         finally:
             self._num_running -= 1
             self._slots.release()

@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from oserve.common.errors import ConfigError
 from oserve.runtime.engine import CHARS_PER_TOKEN_ESTIMATE
-from oserve.runtime.errors import ClientRequestError
 from oserve.workload.latency_summary import latency_summary
 from oserve.workload.request_types import fit_request_types
 from oserve.workload.trace import Trace
@@ -99,16 +99,16 @@ class BenchReport:
 def check_target(url: str, allow_remote: bool) -> None:
     host = urlparse(url).hostname
     if not host:
-        raise ClientRequestError(f"not a URL: {url!r}")
+        raise ConfigError(f"--url: not a URL: {url!r}")
     if allow_remote:
         return
     try:
         address = ipaddress.ip_address(socket.gethostbyname(host))
     except (OSError, ValueError):
-        raise ClientRequestError(f"cannot resolve {host!r}") from None
+        raise ConfigError(f"--url: cannot resolve {host!r}") from None
     if not address.is_loopback:
-        raise ClientRequestError(f"{host} ({address}) is not a loopback address; the load generator "
-                                 "targets this machine only unless --allow-remote is given")
+        raise ConfigError(f"--url: {host} ({address}) is not a loopback address; the load generator "
+                          "targets this machine only unless --allow-remote is given")
 
 
 def synthetic_prompt(num_tokens: int) -> str:

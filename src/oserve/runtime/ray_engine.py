@@ -34,6 +34,25 @@ class RayPlacement:
         return [{"CPU": self.cpus_per_bundle} for _ in range(n)]
 
 
+def check_placement(replicas, placement: RayPlacement) -> None:
+    """Refuse at start-up a plan whose bundles can never all be placed on this Ray cluster (a
+    placement group that cannot be satisfied waits forever): the reason names what is missing."""
+    import ray
+
+    demand: dict[str, float] = {}
+    for replica in replicas:
+        for bundle in placement.bundles(replica):
+            for resource, amount in bundle.items():
+                demand[resource] = demand.get(resource, 0.0) + amount
+    total = ray.cluster_resources()
+    short = {r: (need, total.get(r, 0.0)) for r, need in demand.items() if need > total.get(r, 0.0)}
+    if short:
+        lacking = ", ".join(f"{need:g} {r} needed, {have:g} in the cluster"
+                            for r, (need, have) in sorted(short.items()))
+        raise EngineStartError(f"the plan's {len(replicas)} replicas cannot be placed on this Ray "
+                               f"cluster ({lacking}); use fewer replicas or a larger cluster")
+
+
 def disconnect() -> None:
     """Leave (or stop the local) Ray cluster; a no-op if Ray is not up."""
     import ray
@@ -112,7 +131,9 @@ class RayActorEngine:
             await _with_timeout(self._pg.ready(), self.placement.ready_timeout_s)
         except Exception as exc:
             raise EngineStartError(f"placement group for replica {self.replica.replica_id} "
-                                   f"({self.placement.bundles(self.replica)}) not ready: {exc}") from exc
+                                   f"({self.placement.bundles(self.replica)}) not ready within "
+                                   f"{self.placement.ready_timeout_s:g} s ({type(exc).__name__}: "
+                                   f"{exc or 'resources held by other work'})") from exc
         resources = self.placement.bundles(self.replica)[0]
         actor_cls = ray.remote(_EngineActor)
         self.actor = actor_cls.options(
@@ -183,4 +204,4 @@ async def _with_timeout(ref, timeout_s: float):
     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
 
 
-__all__ = ["RayActorEngine", "RayPlacement", "connect", "disconnect"]
+__all__ = ["RayActorEngine", "RayPlacement", "check_placement", "connect", "disconnect"]

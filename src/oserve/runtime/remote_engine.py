@@ -67,8 +67,14 @@ class RemoteOpenAIEngine:
             body["stop"] = list(request.stop)
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.presence_penalty:
+            body["presence_penalty"] = request.presence_penalty
+        if request.frequency_penalty:
+            body["frequency_penalty"] = request.frequency_penalty
         if request.is_chat:
             return "/v1/chat/completions", {**body, "messages": list(request.messages)}
+        if request.prompt_token_ids is not None:  # OpenAI servers take a token array as the prompt
+            return "/v1/completions", {**body, "prompt": list(request.prompt_token_ids)}
         return "/v1/completions", {**body, "prompt": request.prompt or ""}
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:

@@ -180,6 +180,10 @@ class RoutedStream:
             self.router.mark_dead(self.handle)
             await self._release()
             raise
+        except asyncio.CancelledError:
+            self._settle("cancelled")  # the client went away while the request waited
+            await self._release()
+            raise
         except BaseException:
             self._settle("error")
             await self._release()

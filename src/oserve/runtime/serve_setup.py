@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
-from oserve.planner.api import make_plan
+from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
@@ -54,6 +54,13 @@ class ServeConfig(BaseModel):
     def _engine(cls, v: str) -> str:
         if v not in ENGINE_KINDS:
             raise ValueError(f"must be one of {', '.join(ENGINE_KINDS)}, got '{v}'")
+        return v
+
+    @field_validator("planner")
+    @classmethod
+    def _planner(cls, v: str) -> str:
+        if v not in PLANNERS:
+            raise ValueError(f"must be one of {', '.join(PLANNERS)}, got '{v}'")
         return v
 
     @field_validator("switch_policy")
@@ -120,7 +127,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         plan = static_plan(name, [ReplicaConfig("cpu")] * config.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
     spec = engine_spec(config, len(plan.replicas))
-    factory = _engine_factory(config, spec, cost)
+    factory = _engine_factory(config, spec, cost, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
         policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan)
@@ -144,7 +151,7 @@ def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfi
                          min_total_rps=replan.min_total_rps)
 
 
-def _engine_factory(config: ServeConfig, spec: EngineSpec, cost):
+def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
     def spec_for(replica: Replica) -> EngineSpec:
         if spec.kind == "fake" and cost is not None:
             from oserve.runtime.fake_engine import fake_cost_from_model
@@ -156,10 +163,11 @@ def _engine_factory(config: ServeConfig, spec: EngineSpec, cost):
 
     if not config.uses_ray:
         return lambda replica: spec_for(replica).build(replica)
-    from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, connect
+    from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, check_placement, connect
 
     connect(config.ray_address)
     placement = RayPlacement(use_gpus=spec.kind == "vllm", cpus_per_bundle=1.0)
+    check_placement(plan.replicas, placement)  # before the port is bound: fail in seconds, with why
 
     def factory(replica: Replica) -> Engine:
         return RayActorEngine(spec_for(replica), replica, placement)

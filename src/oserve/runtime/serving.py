@@ -33,6 +33,10 @@ class RuntimeConfig(BaseModel):
     window_s: float = Field(60.0, gt=0, allow_inf_nan=False)
     check_interval_s: float = Field(10.0, ge=0, allow_inf_nan=False)  # 0: no control loop
     drain_timeout_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    # in-flight requests get this long to finish when the server stops (then an explicit error)
+    shutdown_grace_s: float = Field(10.0, ge=0, allow_inf_nan=False)
+    body_read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # then a 408
+    api_key: str | None = Field(None, repr=False, min_length=1)  # if set, required on all but /health
     replan: ReplanConfig = Field(default_factory=ReplanConfig)  # the drift gate (--switch-policy reactive)
     # a dead replica is restarted; a failed restart is retried after a back-off doubling from
     # restart_backoff_s up to restart_backoff_max_s

@@ -6,23 +6,38 @@ import json
 import logging
 
 from oserve.common.errors import OServeError
-from oserve.runtime.errors import (ClientRequestError, EngineDeadError, EngineStartError,
-                                   ModelNotFoundError, NoReplicaError, OverloadedError,
-                                   RequestTooLargeError)
+from oserve.runtime.errors import (
+    ClientRequestError,
+    EngineDeadError,
+    EngineStartError,
+    ModelNotFoundError,
+    NoReplicaError,
+    OverloadedError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ShuttingDownError,
+    UnauthorizedError,
+)
 
 log = logging.getLogger("oserve.runtime.gateway")
 
 # (exception class, HTTP status, OpenAI error type); the first matching row wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (RequestTooLargeError, 413, "invalid_request_error"),
+    (RequestTimeoutError, 408, "invalid_request_error"),
+    (UnauthorizedError, 401, "invalid_request_error"),
     (ModelNotFoundError, 400, "invalid_request_error"),
     (ClientRequestError, 400, "invalid_request_error"),
     (OverloadedError, 429, "overloaded_error"),
     (NoReplicaError, 503, "service_unavailable_error"),
+    (ShuttingDownError, 503, "service_unavailable_error"),
     (EngineDeadError, 503, "service_unavailable_error"),
     (EngineStartError, 503, "service_unavailable_error"),
     (OServeError, 500, "server_error"),
 )
+
+RETRY_AFTER_S = 1  # sent with 429 and 503: queues turn over within about a second
+
 
 
 def error_body(message: str, error_type: str, param: str | None = None,
@@ -36,8 +51,10 @@ def to_status_and_body(exc: BaseException) -> tuple[int, dict]:
         if isinstance(exc, cls):
             param = getattr(exc, "param", None)
             code = getattr(exc, "code", None) or error_type.removesuffix("_error")
+            if status == 500:  # a server fault raised on purpose still needs its traceback
+                log.error("server error while serving a request", exc_info=exc)
             return status, error_body(str(exc), error_type, param, code)
-    log.exception("unexpected error while serving a request", exc_info=exc)
+    log.error("unexpected error while serving a request", exc_info=exc)
     return 500, error_body(f"internal error: {type(exc).__name__}", "server_error", None,
                            "internal_error")
 
@@ -54,4 +71,10 @@ def sse_error_event(exc: BaseException) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-__all__ = ["ERROR_TABLE", "error_body", "http_error_body", "sse_error_event", "to_status_and_body"]
+def retry_headers(status: int) -> dict[str, str] | None:
+    """``Retry-After`` for the statuses a client should retry (429 overload, 503 unavailable)."""
+    return {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+
+
+__all__ = ["ERROR_TABLE", "RETRY_AFTER_S", "error_body", "http_error_body", "retry_headers",
+           "sse_error_event", "to_status_and_body"]
