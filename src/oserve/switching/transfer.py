@@ -6,8 +6,9 @@ replicas that stay, GPUs that are freed, and GPUs being reconfigured whose old w
 the new ones (otherwise they first drop the old chunks their new shard does not include, and offer
 only the rest). Chunks travel directly from a holder: no GPU relays what it has just received.
 The greedy rule takes, for each chunk, the least-loaded holder on the destination's node (NVLink),
-else the least-loaded holder on another node (network), else storage. The duration is that of the most loaded link in the fluid model (every link
-busy at capacity), which preemptive scheduling of the transfers achieves for this bipartite traffic.
+else the least-loaded holder on another node (network), else storage. The duration is that of the most
+loaded link in the fluid model (every link busy at capacity), which preemptive scheduling of the
+transfers achieves for this bipartite traffic.
 """
 
 from __future__ import annotations
