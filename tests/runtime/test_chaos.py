@@ -142,6 +142,7 @@ async def chaos(server, runtime, duration_s: float) -> dict:
 @pytest.mark.slow
 def test_random_replica_kills_under_steady_load_lose_nothing_and_reconcile_exactly():
     duration_s = float(os.environ.get("OSERVE_CHAOS_S", "150"))
+    revision = git_revision()  # the code this run loaded, whatever HEAD becomes meanwhile
     config = RuntimeConfig(max_inflight_per_replica=256, check_interval_s=1.0, restart_backoff_s=0.5)
     runtime, fleet = make_runtime(NUM_REPLICAS, FakeCost(prefill_s_per_token=1e-5,
                                                          decode_s_per_token=DECODE_S_PER_TOKEN),
@@ -163,7 +164,7 @@ def test_random_replica_kills_under_steady_load_lose_nothing_and_reconcile_exact
                   retries=int(m.counter("oserve_retries_total")),
                   deaths=int(m.counter("oserve_replica_deaths_total")), engines_built=len(fleet.engines),
                   rate_rps=RATE_RPS, decode_s_per_token=DECODE_S_PER_TOKEN, seed=SEED,
-                  git_revision=git_revision())
+                  git_revision=revision)
     if os.environ.get("OSERVE_CHAOS_OUT"):
         Path(os.environ["OSERVE_CHAOS_OUT"]).write_text(json.dumps(report, indent=2))
 
