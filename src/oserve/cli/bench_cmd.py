@@ -35,6 +35,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here")
+    p.add_argument("--concurrency", type=POSITIVE_INT, default=None, metavar="N",
+                   help="closed loop: keep N requests in flight (ignores the trace's arrival times)")
 
 
 def run_bench_serve(args) -> int:
@@ -43,7 +45,7 @@ def run_bench_serve(args) -> int:
 
     given = {k: getattr(args, k) for k in ("model", "rate_scale", "max_requests", "max_duration_s",
                                           "max_input_tokens", "max_output_tokens", "endpoint",
-                                          "num_types", "slo_ttft_s", "slo_tpot_s")}
+                                          "num_types", "slo_ttft_s", "slo_tpot_s", "concurrency")}
     config = BenchConfig(url=args.url, allow_remote=args.allow_remote,
                          **{k: v for k, v in given.items() if v is not None})
     report = asyncio.run(run_bench(config, load_trace(args.trace)))
