@@ -75,7 +75,7 @@ def test_runtime_config_rejects_a_dispatch_typo_and_unknown_keys():
 
 def test_search_params_and_replan_config_validate():
     from oserve.planner.search import SearchParams
-    from oserve.runtime.replan_policy import ReplanConfig
+    from oserve.switching.replan_gate import ReplanConfig
 
     with pytest.raises(ValueError):
         SearchParams(min_gain_over_homogeneous=-0.1)

@@ -1,19 +1,34 @@
-"""Controller: live plan switches lose no request; re-planning follows measured rates with hysteresis."""
+"""Controller: executes the shared control step's transitions losing no request, restarts dead replicas
+with back-off, and keeps serving when the policy or a switch fails. All on a manual clock."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
+
+from oserve.costmodel.catalog import load_models, parse_cluster
+from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.api import build_plan
+from oserve.planner.placement import pack
+from oserve.planner.problem import PlanningProblem
 from oserve.runtime.clock import ManualClock
 from oserve.runtime.engine import GenerationRequest
+from oserve.runtime.errors import EngineStartError
 from oserve.runtime.fake_engine import FakeCost
-from oserve.runtime.replan_policy import ReplanConfig
 from oserve.runtime.replica import ReplicaState
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
+from oserve.switching import ControlPolicy, LinkModel, ReplanConfig, SwitchContext, SwitchParams
+from oserve.workload.request_types import TypeStats
 
-from .factories import MODEL, TYPE_NAMES, FakeFleet, make_plan, make_runtime
+from .factories import MODEL, TYPE_NAMES, FakeFleet, make_plan, make_runtime, run_clock, settle
+
+H100 = "H100-80GB"
+TYPES = (TypeStats("short", 300, 100, 600, 200, 100, 1.0),
+         TypeStats("long", 3000, 400, 6000, 800, 100, 1.0))
 
 
 async def serve_one(runtime: ServingRuntime, i: int) -> str:
@@ -25,90 +40,218 @@ async def serve_one(runtime: ServingRuntime, i: int) -> str:
         await stream.aclose()
 
 
+async def serve_typed(runtime: ServingRuntime, type_index: int, count: int = 1) -> None:
+    for _ in range(count):
+        stream = await runtime.router.open(GenerationRequest("q", 1, prompt="x"), type_index)
+        async for _ in stream:
+            pass
+
+
+class LoggingFleet(FakeFleet):
+    """Fake engines whose starts and stops are logged in order (``events``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[str] = []
+
+    def __call__(self, replica):
+        engine = super().__call__(replica)
+        start, stop = engine.start, engine.stop
+
+        async def logged_start():
+            self.events.append(f"start {engine.info.name}")
+            await start()
+
+        async def logged_stop():
+            self.events.append(f"stop {engine.info.name}")
+            await stop()
+
+        engine.start, engine.stop = logged_start, logged_stop
+        return engine
+
+
 def test_plan_switch_under_load_loses_no_request():
     async def main():
-        runtime, fleet = make_runtime(num_replicas=2, cost=FakeCost(decode_s_per_token=0.002),
-                                      config=RuntimeConfig(max_inflight_per_replica=512))
+        clock = ManualClock()
+        fleet = LoggingFleet(FakeCost(decode_s_per_token=0.002), clock=clock)
+        runtime = ServingRuntime(MODEL, make_plan(2), fleet, lambda n: int(n >= 100),
+                                 config=RuntimeConfig(max_inflight_per_replica=512), clock=clock)
         new_plan = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
                                [[1.0, 0.0], [0.0, 1.0]], (1.0, 1.0))
-        async with runtime:
-            old_handles = list(runtime.router.table.handles)
-            tasks = [asyncio.create_task(serve_one(runtime, i)) for i in range(200)]
-            await asyncio.sleep(0.005)  # requests are in flight on the old plan
-            table = await runtime.controller.apply(new_plan, "test switch")
-            tasks += [asyncio.create_task(serve_one(runtime, i)) for i in range(200, 300)]
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            return runtime, fleet, old_handles, table, results
+        await runtime.controller.start()
+        old_handles = list(runtime.router.table.handles)
+        tasks = [asyncio.create_task(serve_one(runtime, i)) for i in range(200)]
+        await settle()
+        # the clock has not moved: all 200 are in flight on the old plan, on both replicas
+        in_flight = [h.num_inflight for h in old_handles]
+        switch = asyncio.create_task(runtime.controller.apply(new_plan, "test switch"))
+        await settle()
+        tasks += [asyncio.create_task(serve_one(runtime, i)) for i in range(200, 300)]
+        await run_clock(clock, lambda: switch.done() and all(t.done() for t in tasks))
+        results = [t.result() for t in tasks]
+        await runtime.stop()
+        return runtime, fleet, old_handles, switch.result(), results, in_flight
 
-    runtime, fleet, old_handles, table, results = asyncio.run(main())
+    runtime, fleet, old_handles, table, results, in_flight = asyncio.run(main())
+    assert in_flight == [100, 100]
     assert all(r == " ok" * 10 for r in results), [r for r in results if r != " ok" * 10][:3]
     assert table.version == 2
-    # replica 0 (cpu TP1 on GPU 0) is in both plans and kept; replica 1 was drained and stopped
+    # replica 0 (cpu TP1 on device 0) is in both plans and kept; replica 1 was drained and stopped
     assert table.handles[0] is old_handles[0]
     assert old_handles[1].state is ReplicaState.STOPPED and old_handles[1].num_inflight == 0
+    assert old_handles[1].num_served == 100  # it finished what it held before stopping
     assert len(fleet.engines) == 3
+    # the new TP2 replica is placed on device 1, which the stopped replica held: break before make
+    assert fleet.events[2:4] == ["stop fake-r1-1", "start fake-r1-2"]
     served = runtime.metrics.counter("oserve_requests_total", status="ok")
     assert served == 300 and runtime.metrics.counter("oserve_rejected_total") == 0
     assert [r.version for r in runtime.controller.history] == [1, 2]
 
 
-def test_controller_replans_when_the_measured_mix_drifts():
-    clock = ManualClock()
-    planned_for: list[tuple[float, ...]] = []
+# ---- the shared control step, executed -------------------------------------------------------------
 
-    def planner(rates):
-        planned_for.append(tuple(rates))
-        return static_plan(MODEL, [ReplicaConfig("cpu")] * 3, TYPE_NAMES, type_rates_rps=rates)
+@pytest.fixture(scope="module")
+def half_cluster():
+    """Llama-2-13B on 2x8 H100 running 2 TP4 replicas, and a planner that proposes 4 TP4 replicas."""
+    cluster, cost = parse_cluster("2x8xH100"), CostModel(load_models().get("llama-2-13b"))
+    problem = PlanningProblem(cluster, cost, list(TYPES))
+    tp4 = ReplicaConfig(H100, 4)
+
+    def counts(n: int) -> tuple[int, ...]:
+        return tuple(n if c == tp4 else 0 for c in problem.configs)
+
+    def planner(types, _current):
+        return build_plan(PlanningProblem(cluster, cost, list(types)), counts(4), "fixed", 0.0)
+
+    from oserve.switching.policy import place_plan
+
+    initial = place_plan(build_plan(problem, counts(2), "initial", 0.0), tuple(pack({tp4: 2}, cluster)))
+    capacity_rps = [t.rate_rps * problem.scale(counts(2)) for t in TYPES]
+    context = SwitchContext(cluster, cost, TYPES, LinkModel(cluster), planner)
+    return context, initial, capacity_rps
+
+
+def _runtime(context, initial, gate=None, clock=None, fleet=None, **config):
+    clock = clock or ManualClock()
+    policy = ControlPolicy(context, SwitchParams(min_gap_s=0, horizon_s=3600), gate=gate,
+                           min_total_rps=0.05)
+    runtime = ServingRuntime(MODEL, initial, fleet or FakeFleet(), None, policy,
+                             RuntimeConfig(window_s=10.0, check_interval_s=1.0, **config), clock)
+    return runtime, clock
+
+
+def test_the_controller_executes_the_policys_transition(half_cluster):
+    """Load beyond the 2 replicas' capacity: after the drift gate confirms, the policy switches to 4
+    replicas; the 2 kept replicas keep their handles (plan_transition's choice), 2 new ones start."""
+    context, initial, capacity_rps = half_cluster
+    per_window = [round(1.5 * r * 10.0) for r in capacity_rps]  # 1.5x capacity over a 10 s window
 
     async def main():
-        fleet = FakeFleet()
-        config = RuntimeConfig(window_s=10.0, check_interval_s=1.0,
-                               replan=ReplanConfig(confirm_checks=2, cooldown_s=0.0))
-        runtime = ServingRuntime(MODEL, make_plan(2, rates=(1.0, 1.0)), fleet, lambda n: int(n >= 100),
-                                 planner, config, clock)
+        runtime, clock = _runtime(context, initial, gate=ReplanConfig(confirm_checks=2, cooldown_s=0.0))
         await runtime.controller.start()
-        decisions = []
-        for second in range(14):  # 4 short requests per second, no long ones: the mix moved
-            for _ in range(4):
-                await serve_one_typed(runtime, 0)
-            clock.advance(1.0)
-            if second >= 10:
-                decisions.append(await runtime.controller.check_once())
+        before = list(runtime.router.table.handles)
+        steps = []
+        for _ in range(3):
+            for k, n in enumerate(per_window):
+                await serve_typed(runtime, k, n)
+            clock.advance(10.0)
+            steps.append(await runtime.controller.check_once())
         await runtime.stop()
-        return runtime, decisions
+        return runtime, before, steps
 
-    runtime, decisions = asyncio.run(main())
-    assert [d.should_replan for d in decisions] == [False, True, False, False], decisions
-    assert planned_for and planned_for[0] == (4.0, 0.0)
-    assert runtime.router.table.version == 2 and len(runtime.router.table.handles) == 3
-    assert "drift" in runtime.controller.history[-1].reason
+    runtime, before, steps = asyncio.run(main())
+    assert [s.decision.switch for s in steps] == [False, True, False]
+    assert "drift seen 1/2" in steps[0].decision.reason and steps[0].volume_ratio > 1.5
+    switch = steps[1].decision
+    table = runtime.router.table
+    assert table.version == 2 and len(table.handles) == 4
+    assert [h.replica for h in table.handles] == list(switch.transition.target)
+    kept = {cur: new for cur, new in switch.transition.kept}
+    assert len(kept) == 2
+    for cur, new in kept.items():  # kept replicas: the same handle (the same engine), same GPUs
+        assert table.handles[new] is before[cur]
+        assert table.handles[new].replica.gpus == before[cur].replica.gpus
+    assert runtime.controller.last_switch_s == 20.0
+    assert runtime.controller.history[-1].reason == switch.reason
+    # right after a switch the plan matches what is measured: the gate is closed again
+    assert steps[2].decision.reason == "within hysteresis band"
 
 
-async def serve_one_typed(runtime: ServingRuntime, type_index: int) -> None:
-    stream = await runtime.router.open(GenerationRequest("q", 1, prompt="x"), type_index)
-    async for _ in stream:
-        pass
+def test_a_failing_policy_keeps_the_current_plan_and_logs_the_traceback(half_cluster, caplog):
+    context, initial, capacity_rps = half_cluster
 
-
-def test_failed_replan_keeps_the_current_plan():
-    def planner(rates):
+    def planner(types, current):
         raise RuntimeError("planner exploded")
 
+    broken = SwitchContext(context.cluster, context.cost, TYPES, context.links, planner)
+
     async def main():
-        clock = ManualClock()
-        config = RuntimeConfig(window_s=1.0, replan=ReplanConfig(confirm_checks=1, cooldown_s=0.0))
-        runtime = ServingRuntime(MODEL, make_plan(2), FakeFleet(), None, planner, config, clock)
+        runtime, clock = _runtime(broken, initial)
         await runtime.controller.start()
-        for _ in range(10):
-            await serve_one_typed(runtime, 0)
-        clock.advance(1.0)
-        decision = await runtime.controller.check_once()
+        await serve_typed(runtime, 0, 500)
+        clock.advance(10.0)
+        step = await runtime.controller.check_once()
         await runtime.stop()
-        return decision, runtime
+        return step, runtime
 
-    decision, runtime = asyncio.run(main())
-    assert decision.should_replan and runtime.router.table.version == 1
+    with caplog.at_level(logging.ERROR, logger="oserve.runtime.controller"):
+        step, runtime = asyncio.run(main())
+    assert step is None and runtime.router.table.version == 1
+    (record,) = [r for r in caplog.records if "control step failed" in r.getMessage()]
+    assert record.exc_info is not None and "planner exploded" in str(record.exc_info[1])
 
+
+def test_a_switch_whose_new_replica_fails_to_start_keeps_the_old_plan(half_cluster, caplog):
+    context, initial, capacity_rps = half_cluster
+
+    class FailingNewReplicas(FakeFleet):
+        def __call__(self, replica):
+            engine = super().__call__(replica)
+            if len(self.engines) > 2:  # the initial two start; every later one fails its start
+                async def broken_start():
+                    raise OSError("no GPU memory")
+                engine.start = broken_start
+            return engine
+
+    async def main():
+        runtime, clock = _runtime(context, initial, fleet=FailingNewReplicas())
+        await runtime.controller.start()
+        for k, r in enumerate(capacity_rps):
+            await serve_typed(runtime, k, round(1.5 * r * 10.0))
+        clock.advance(10.0)
+        step = await runtime.controller.check_once()
+        states = [h.state for h in runtime.router.table.handles]
+        await runtime.stop()
+        return step, runtime, states
+
+    with caplog.at_level(logging.ERROR, logger="oserve.runtime.controller"):
+        step, runtime, states = asyncio.run(main())
+    assert step.decision.switch and runtime.router.table.version == 1
+    assert states == [ReplicaState.ACTIVE, ReplicaState.ACTIVE] and runtime.controller.last_switch_s is None
+    (record,) = [r for r in caplog.records if "switch failed" in r.getMessage()]
+    assert isinstance(record.exc_info[1], EngineStartError)
+
+
+def test_a_hold_re_weights_the_current_replicas(half_cluster):
+    """Within capacity the policy holds; its plan for the measured mix re-weights the dispatch."""
+    context, initial, capacity_rps = half_cluster
+
+    async def main():
+        runtime, clock = _runtime(context, initial)
+        await runtime.controller.start()
+        await serve_typed(runtime, 0, round(0.5 * capacity_rps[0] * 10.0))  # only short requests
+        clock.advance(10.0)
+        step = await runtime.controller.check_once()
+        await runtime.stop()
+        return step, runtime
+
+    step, runtime = asyncio.run(main())
+    table = runtime.router.table
+    assert not step.decision.switch and table.version == 1
+    assert table.plan is step.decision.plan and table.plan.type_rates_rps[1] == 0.0
+
+
+# ---- health and restarts ---------------------------------------------------------------------------
 
 def test_health_checks_retire_a_silently_dead_replica():
     async def main():
@@ -131,59 +274,166 @@ def test_a_retired_replica_that_answers_again_is_reinstated():
         await runtime.controller.start()
         runtime.router.mark_dead(runtime.router.table.handles[1])  # e.g. one failed connection
         retired = await runtime.controller.check_health()
-        state = runtime.router.table.handles[1].state
+        await runtime.controller.restart_dead()
+        handle = runtime.router.table.handles[1]
+        state = handle.state
         await runtime.stop()
-        return retired, state
+        return retired, handle, state, fleet
 
-    retired, state = asyncio.run(main())
+    retired, handle, state, fleet = asyncio.run(main())
     assert retired == [] and state is ReplicaState.ACTIVE
+    assert handle.engine is fleet.engines[1] and len(fleet.engines) == 2  # reinstated, not restarted
 
 
-def test_a_switch_policy_replaces_the_reactive_rule():
-    from oserve.runtime.switch_adapter import SwitchOutcome
+def test_a_dead_replica_is_restarted():
+    async def main():
+        clock = ManualClock()
+        runtime, fleet = make_runtime(num_replicas=2, clock=clock)
+        await runtime.controller.start()
+        fleet.engines[0].kill()
+        await runtime.controller.check_once()
+        table = runtime.router.table
+        state = table.handles[0].state
+        text = "".join([c.text async for c in await runtime.router.open(
+            GenerationRequest("q", 2, prompt="x"), 0)])
+        await runtime.stop()
+        return runtime, fleet, table, state, text
 
-    calls = []
+    runtime, fleet, table, state, text = asyncio.run(main())
+    assert len(fleet.engines) == 3 and fleet.engines[0].is_started is False  # the dead one was stopped
+    assert table.handles[0].engine is fleet.engines[2] and state is ReplicaState.ACTIVE
+    assert table.version == 1 and text == " ok" * 2
+    assert runtime.metrics.counter("oserve_replica_restarts_total", replica="r0", outcome="ok") == 1
 
-    def switcher(plan, last_switch_s, now_s, rates):
-        calls.append((last_switch_s, now_s, tuple(rates)))
-        if last_switch_s is None:
-            return SwitchOutcome(True, "gain 10 req > cost 1 req", make_plan(3, rates=rates))
-        return SwitchOutcome(False, "minimum gap", None)
+
+def test_failed_restarts_back_off_and_a_crash_loop_is_not_a_restart_storm():
+    class FlakyFleet(FakeFleet):
+        failures = 2
+
+        def __call__(self, replica):
+            engine = super().__call__(replica)
+            if len(self.engines) > 2 and FlakyFleet.failures > 0:
+                FlakyFleet.failures -= 1
+
+                async def broken_start():
+                    raise OSError("port in use")
+                engine.start = broken_start
+            return engine
 
     async def main():
         clock = ManualClock()
-        config = RuntimeConfig(window_s=1.0)
-        runtime = ServingRuntime(MODEL, make_plan(2), FakeFleet(), None, None, config, clock,
-                                 switcher=switcher)
-        await runtime.controller.start()
-        decisions = []
-        for _ in range(2):
-            for _ in range(5):
-                await serve_one_typed(runtime, 1)
+        runtime = ServingRuntime(MODEL, make_plan(2), FlakyFleet(clock=clock), None, None,
+                                 RuntimeConfig(restart_backoff_s=2.0, restart_backoff_max_s=8.0), clock)
+        controller = runtime.controller
+        await controller.start()
+        runtime.router.table.handles[0].engine.kill()
+        attempts = []
+        for _ in range(8):  # a check each second
+            await controller.check_once()
+            attempts.append((clock.now_s(), runtime.router.table.handles[0].state.value))
             clock.advance(1.0)
-            decisions.append(await runtime.controller.check_once())
+        # it now dies again 1 s after its restart: the next restart waits out the doubled back-off
+        runtime.router.table.handles[0].engine.kill()
+        later = []
+        for _ in range(10):
+            await controller.check_once()
+            later.append(runtime.router.table.handles[0].state.value)
+            clock.advance(1.0)
         await runtime.stop()
-        return runtime, decisions
+        return runtime, attempts, later
 
-    runtime, decisions = asyncio.run(main())
-    assert [d.should_replan for d in decisions] == [True, False]
-    assert calls[0][0] is None and calls[1][0] == 1.0 and calls[0][2] == (0.0, 5.0)
-    assert runtime.router.table.version == 2 and len(runtime.router.table.handles) == 3
-    assert runtime.controller.history[-1].reason == "gain 10 req > cost 1 req"
+    runtime, attempts, later = asyncio.run(main())
+    # t=0 fails (next try +2 s), t=2 fails (+4 s), t=6 succeeds
+    assert [s for _, s in attempts] == ["dead"] * 6 + ["active"] * 2
+    assert runtime.metrics.counter("oserve_replica_restarts_total", outcome="failed") == 2
+    # attempt 4 comes 8 s (the cap) after attempt 3, not at once: t=8 dead ... t=14 restarted
+    assert later == ["dead"] * 6 + ["active"] * 4
 
 
-def test_cost_aware_switcher_wraps_the_switching_policy(conv_trace, conv_types):
-    from oserve.costmodel.catalog import load_models, parse_cluster
-    from oserve.costmodel.cost_model import CostModel
-    from oserve.planner.api import make_plan as plan_for
-    from oserve.runtime.switch_adapter import cost_aware_switcher
+def test_the_control_loop_restarts_a_replica_as_soon_as_it_dies():
+    """A death seen by the router wakes the loop at once: no wait for the next check interval."""
+    async def main():
+        clock = ManualClock()
+        runtime, fleet = make_runtime(num_replicas=2, clock=clock,
+                                      config=RuntimeConfig(check_interval_s=10.0))
+        await runtime.start()
+        fleet.engines[0].kill()
+        runtime.router.mark_dead(runtime.router.table.handles[0])  # what a failed request does
+        await settle()
+        states = [h.state for h in runtime.router.table.handles]
+        await runtime.stop()
+        return clock, fleet, states
 
-    stats = conv_types.stats(conv_trace)
-    cluster, model = parse_cluster("1x8xH100"), load_models().get("llama-2-13b")
-    cost = CostModel(model)
-    plan = plan_for(cluster, model, stats, "oserve", cost)
-    switcher = cost_aware_switcher(cluster, cost, stats)
-    same = switcher(plan, None, 1000.0, [s.rate_rps for s in stats])
-    assert not same.switch and same.plan is None and same.reason  # the planned rates: hold
-    recent = switcher(plan, 990.0, 1000.0, [10 * s.rate_rps for s in stats])
-    assert not recent.switch and "minimum gap" in recent.reason
+    clock, fleet, states = asyncio.run(main())
+    assert clock.now_s() == 0.0 and len(fleet.engines) == 3
+    assert states == [ReplicaState.ACTIVE, ReplicaState.ACTIVE]
+
+
+def test_reactive_and_cost_aware_serve_policies_share_the_decision():
+    from oserve.runtime.serve_setup import control_policy
+
+    cluster, cost = parse_cluster("1x8xH100"), CostModel(load_models().get("llama-2-13b"))
+    gate = ReplanConfig(cooldown_s=77.0)
+    reactive = control_policy(cluster, cost, TYPES, "reactive", gate)
+    cost_aware = control_policy(cluster, cost, TYPES, "cost-aware", gate)
+    assert reactive.gate == gate and reactive.params.min_gap_s == 77.0
+    assert cost_aware.gate is None and cost_aware.params == SwitchParams(transfer_mode="reload")
+    assert reactive.params.transfer_mode == "reload"  # the server's engines load weights from storage
+    assert reactive.context.type_template == cost_aware.context.type_template == TYPES
+
+
+def test_a_replica_started_after_the_drain_that_fails_is_restarted():
+    class FailsOnce(FakeFleet):
+        def __call__(self, replica):
+            engine = super().__call__(replica)
+            if len(self.engines) == 3:  # the new TP2 replica's first engine
+                async def broken_start():
+                    raise OSError("GPU still busy")
+                engine.start = broken_start
+            return engine
+
+    async def main():
+        clock = ManualClock()
+        runtime = ServingRuntime(MODEL, make_plan(2), FailsOnce(clock=clock), None, None,
+                                 RuntimeConfig(), clock)
+        await runtime.controller.start()
+        new_plan = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
+                               [[1.0, 0.0], [0.0, 1.0]], (1.0, 1.0))
+        table = await runtime.controller.apply(new_plan, "test switch")
+        after_switch = [h.state for h in table.handles]
+        await runtime.controller.check_once()
+        after_check = [h.state for h in runtime.router.table.handles]
+        await runtime.stop()
+        return table, after_switch, after_check
+
+    table, after_switch, after_check = asyncio.run(main())
+    assert table.version == 2  # the old replica was already stopped: no way back, the switch stands
+    assert after_switch == [ReplicaState.ACTIVE, ReplicaState.DEAD]
+    assert after_check == [ReplicaState.ACTIVE, ReplicaState.ACTIVE]
+
+
+def test_an_engine_factory_that_raises_on_restart_is_retried_and_the_loop_survives():
+    class NoNodes(FakeFleet):
+        def __call__(self, replica):
+            if len(self.engines) >= 2:
+                raise RuntimeError("no node has room for this replica")
+            return super().__call__(replica)
+
+    async def main():
+        clock = ManualClock()
+        runtime = ServingRuntime(MODEL, make_plan(2), NoNodes(clock=clock), None, None,
+                                 RuntimeConfig(check_interval_s=1.0, restart_backoff_s=1.0), clock)
+        await runtime.start()  # with the control loop
+        runtime.router.table.handles[0].engine.kill()
+        runtime.router.mark_dead(runtime.router.table.handles[0])
+        await settle()
+        for _ in range(3):  # the loop keeps checking (and retrying) on schedule
+            clock.advance(1.0)
+            await settle()
+        failed = runtime.metrics.counter("oserve_replica_restarts_total", outcome="failed")
+        alive = not runtime._control_task.done()
+        await runtime.stop()
+        return failed, alive
+
+    failed, alive = asyncio.run(main())
+    assert alive and failed >= 2

@@ -13,8 +13,14 @@ import pytest
 from oserve.cli.main import build_parser, main
 from oserve.cli.serve_cmd import usage_banner
 from oserve.common.errors import ConfigError
-from oserve.runtime.loadgen import (BenchConfig, RequestRecord, check_target, run_bench, summarize,
-                                    synthetic_prompt)
+from oserve.runtime.loadgen import (
+    BenchConfig,
+    RequestRecord,
+    check_target,
+    run_bench,
+    summarize,
+    synthetic_prompt,
+)
 from oserve.workload.trace import Trace
 
 from .factories import MODEL
@@ -29,9 +35,13 @@ def test_bench_replays_a_trace_and_reports_percentiles(gateway):
     config = BenchConfig(url=server.base_url, rate_scale=4.0, max_requests=20, max_duration_s=20.0)
     report = asyncio.run(run_bench(config, small_trace()))
     assert (report.num_sent, report.num_ok, report.model) == (20, 20, MODEL)
-    assert set(report.ttft_s) == {"p50", "p90", "p99", "mean"} and report.tpot_s and report.e2e_s
+    # the shared latency summary's keys, the same as `oserve simulate` reports
+    doc = json.loads(report.to_json())
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        assert all(doc[f"{k}_{metric}"] > 0 for k in ("p50", "p90", "p99", "mean"))
+    assert sum(t["requests"] for t in doc["per_type"].values()) == 20
     assert report.output_tokens_per_s > 0 and report.duration_s < 10
-    assert json.loads(report.to_json())["num_ok"] == 20 and "TTFT" in report.to_text()
+    assert doc["num_ok"] == 20 and "TTFT" in report.to_text()
 
 
 def test_bench_closed_loop_keeps_at_most_n_requests_in_flight(gateway):
@@ -70,9 +80,11 @@ def test_bench_targets_loopback_only_unless_allowed():
 def test_summary_and_prompt_helpers():
     records = [RequestRecord("ok", 0.1, 1.1, 11), RequestRecord("ok", 0.3, 0.3, 1),
                RequestRecord("http_429")]
-    report = summarize(BenchConfig(url="http://127.0.0.1:1"), "m", records, 2.0)
+    report = summarize(BenchConfig(url="http://127.0.0.1:1", slo_ttft_s=0.2), "m", records, 2.0)
     assert report.num_ok == 2 and report.failures == {"http_429": 1}
-    assert report.tpot_s["p50"] == pytest.approx(0.1)
+    assert report.latency["p50_tpot_s"] == pytest.approx(0.1)
+    assert report.latency["slo_attainment"] == pytest.approx(1 / 3)  # the 429 counts as a miss
+    assert "SLO attainment 33.3%" in report.to_text()
     assert report.throughput_rps == 1.0
     assert len(synthetic_prompt(100)) == pytest.approx(400, abs=8)
 
@@ -90,9 +102,10 @@ def test_bench_serve_command_prints_json(gateway, capsys, tmp_path):
     out = tmp_path / "bench.json"
     code = main(["bench", "serve", "--url", server.base_url, "--trace", "azure-conv",
                  "--rate-scale", "50", "--max-requests", "10", "--max-output-tokens", "4", "--json",
-                 "--out", str(out)])
+                 "--out", str(out), "--types", "2", "--slo-ttft-s", "60"])
     assert code == 0
-    assert json.loads(capsys.readouterr().out)["num_ok"] == 10
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["num_ok"] == 10 and doc["slo_attainment"] == 1.0 and set(doc["per_type"]) == {"T0", "T1"}
     assert json.loads(out.read_text())["num_sent"] == 10
 
 
@@ -145,6 +158,6 @@ def test_serve_setup_plans_a_gpu_fleet_of_cost_model_timed_fakes():
     assert plan.num_gpus <= 8 and plan.planner == "oserve" and len(plan.type_names) == 4
     engines = [h.engine for h in runtime.router.table.handles]
     assert all(e.cost.decode_s_per_token > 0 and e.cost.prefill_s_per_token > 0 for e in engines)
-    assert runtime.controller.planner is not None
-    assert runtime.controller.replan.cooldown_s == 30.0
+    policy = runtime.controller.policy  # --switch-policy reactive: the drift gate before decide
+    assert policy is not None and policy.gate.cooldown_s == 30.0 and policy.params.min_gap_s == 30.0
     assert runtime.model_name == "llama-2-13b"

@@ -1,12 +1,11 @@
-"""Pure policies of the runtime: dispatch over live replicas, re-plan hysteresis, rate meter, metrics."""
+"""Pure policies of the runtime: dispatch over live replicas, and metrics. (The drift gate and the rate
+window live in ``switching`` and ``workload`` and are tested there.)"""
 
 from __future__ import annotations
 
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.metrics import Metrics
-from oserve.runtime.rate_meter import RateMeter
-from oserve.runtime.replan_policy import ReplanConfig, ReplanState, decide, drift
 
 
 def views(*specs):
@@ -46,52 +45,6 @@ def test_no_replica_and_overloaded_outcomes():
     assert choose(table, state, 0, views((True, 8, 8), (True, 8, 8)))[0].outcome is Outcome.OVERLOADED
 
 
-def test_replan_needs_persistent_drift_and_respects_cooldown():
-    config = ReplanConfig(mix_threshold=0.15, confirm_checks=3, cooldown_s=100.0)
-    planned, shifted = (1.0, 1.0), (1.8, 0.2)
-    state = ReplanState()
-    for i in range(2):
-        d = decide(config, state, planned, shifted, now_s=10.0 * i)
-        assert not d.should_replan
-        state = d.state
-    d = decide(config, state, planned, shifted, now_s=20.0)
-    assert d.should_replan and d.state.last_switch_s == 20.0
-    state = d.state
-    for i in range(5):  # within the cooldown the same drift does not switch again
-        d = decide(config, state, planned, shifted, now_s=30.0 + i)
-        state = d.state
-        assert not d.should_replan
-
-
-def test_noise_within_band_resets_the_drift_count():
-    config = ReplanConfig(confirm_checks=2)
-    d1 = decide(config, ReplanState(), (1.0, 1.0), (1.8, 0.2), 0.0)
-    d2 = decide(config, d1.state, (1.0, 1.0), (1.05, 0.95), 1.0)
-    assert d2.state.num_drifted_checks == 0 and not d2.should_replan
-
-
-def test_volume_drift_and_mix_distance():
-    assert drift((1.0, 1.0), (2.0, 2.0)) == (0.0, 2.0)
-    mix, ratio = drift((1.0, 0.0), (0.0, 1.0))
-    assert mix == 1.0 and ratio == 1.0
-    d = decide(ReplanConfig(confirm_checks=1, cooldown_s=0.0), ReplanState(), (1.0, 1.0), (3.0, 3.0), 0.0)
-    assert d.should_replan
-
-
-def test_thin_traffic_never_replans():
-    d = decide(ReplanConfig(confirm_checks=1), ReplanState(), (1.0, 1.0), (0.0, 0.01), 0.0)
-    assert not d.should_replan
-
-
-def test_rate_meter_windows_per_type():
-    meter = RateMeter(num_types=2, window_s=10.0)
-    for i in range(20):
-        meter.record(i % 2, now_s=i * 0.5)
-    assert meter.rates_rps(10.0) == (1.0, 1.0)
-    assert meter.rates_rps(17.0) == (0.3, 0.3)  # arrivals before 7.0 s have left the window
-    assert meter.observed_s(100.0) == 10.0
-
-
 def test_metrics_render_prometheus_text():
     metrics = Metrics()
     metrics.inc("oserve_requests_total", (("type", "a"), ("replica", "r0"), ("status", "ok")))
@@ -103,17 +56,6 @@ def test_metrics_render_prometheus_text():
     assert 'oserve_request_latency_seconds_bucket{type="a",replica="r0",le="0.001"} 0' in text
     assert "oserve_plan_version 2" in text
     assert metrics.counter("oserve_requests_total", status="ok") == 1
-
-
-def test_online_classifier_matches_the_planners_vectorised_typing(conv_types):
-    import numpy as np
-
-    from oserve.runtime.router import online_classifier
-
-    classify = online_classifier(conv_types)
-    lengths = np.unique(np.geomspace(1, 200_000, 3000).astype(int))
-    expected = conv_types.classify_online(lengths)
-    assert [classify(int(n)) for n in lengths] == expected.tolist()
 
 
 def test_spillover_never_spills_onto_a_closed_replica():
@@ -130,9 +72,21 @@ def test_spillover_never_spills_onto_a_closed_replica():
 def test_weighted_random_uses_the_injected_generator():
     import numpy as np
 
-    table = DispatchTable.from_fractions([[0.5, 0.5]])
-    picks = [choose(table, DispatchState.initial(table), 0, views((True, 0, 8), (True, 0, 8)),
-                    "weighted-random", np.random.default_rng(7))[0].index for _ in range(5)]
-    again = [choose(table, DispatchState.initial(table), 0, views((True, 0, 8), (True, 0, 8)),
-                    "weighted-random", np.random.default_rng(7))[0].index for _ in range(5)]
-    assert picks == again
+    table = DispatchTable.from_fractions([[0.25, 0.75]])
+    replicas = views((True, 0, 8), (True, 0, 8))
+
+    def picks(seed: int, n: int = 400) -> list[int]:
+        rng = np.random.default_rng(seed)
+        return [choose(table, DispatchState.initial(table), 0, replicas, "weighted-random", rng)[0].index
+                for _ in range(n)]
+
+    first = picks(7)
+    assert first == picks(7)  # reproducible from the seed
+    assert first != picks(8)  # ... and driven by it: another seed, another sequence
+    # the draws follow the plan's fractions (a generator ignored, or a fixed choice, would not)
+    assert abs(sum(first) / len(first) - 0.75) < 0.07
+    # the injected generator is the one consumed
+    rng = np.random.default_rng(7)
+    before = rng.bit_generator.state["state"]["state"]
+    choose(table, DispatchState.initial(table), 0, replicas, "weighted-random", rng)
+    assert rng.bit_generator.state["state"]["state"] != before

@@ -6,13 +6,14 @@ import asyncio
 
 import pytest
 
+from oserve.runtime.clock import ManualClock
 from oserve.runtime.engine import GenerationRequest
 from oserve.runtime.errors import EngineDeadError, NoReplicaError, OverloadedError
 from oserve.runtime.fake_engine import FakeCost
 from oserve.runtime.replica import ReplicaState
 from oserve.runtime.serving import RuntimeConfig
 
-from .factories import make_runtime
+from .factories import make_runtime, settle
 
 
 def request(max_tokens: int = 4, prompt: str = "hi") -> GenerationRequest:
@@ -108,35 +109,60 @@ def test_full_queues_are_rejected_as_overloaded():
     asyncio.run(main())
 
 
-def test_a_silent_replica_is_timed_out_and_the_request_retried_elsewhere():
+def test_a_silent_replica_is_timed_out_on_the_injected_clock_and_the_request_retried_elsewhere():
     async def main():
-        config = RuntimeConfig(first_token_timeout_s=0.2)
-        runtime, fleet = make_runtime(dispatch=[[1.0, 0.0], [1.0, 0.0]], config=config)
-        async with runtime:
-            fleet.engines[0].stall()
-            text = await collect(runtime, request(2))
-            state = runtime.router.table.handles[0].state
-        return text, state, runtime.metrics
+        clock = ManualClock()
+        config = RuntimeConfig(first_token_timeout_s=5.0)
+        runtime, fleet = make_runtime(dispatch=[[1.0, 0.0], [1.0, 0.0]], config=config, clock=clock)
+        await runtime.controller.start()
+        fleet.engines[0].stall()
+        task = asyncio.create_task(collect(runtime, request(2)))
+        await asyncio.sleep(0.05)  # wall time passes, the injected clock does not: still waiting
+        waiting = not task.done()
+        clock.advance(4.9)
+        await settle()
+        still_waiting = not task.done()
+        clock.advance(0.2)  # past the 5 s first-token timeout
+        text = await asyncio.wait_for(task, 2.0)  # well before the timeout in wall time
+        state = runtime.router.table.handles[0].state
+        await runtime.stop()
+        return waiting, still_waiting, text, state, runtime.metrics
 
-    text, state, metrics = asyncio.run(main())
+    waiting, still_waiting, text, state, metrics = asyncio.run(main())
+    assert waiting and still_waiting
     assert text == " ok" * 2 and state is ReplicaState.DEAD
     assert metrics.counter("oserve_retries_total", replica="r0") == 1
 
 
-def test_a_stream_that_stalls_fails_explicitly():
+def test_a_stream_that_stalls_fails_explicitly_after_the_token_timeout():
     async def main():
-        config = RuntimeConfig(token_timeout_s=0.2)
-        runtime, fleet = make_runtime(num_replicas=1, config=config)
-        async with runtime:
-            stream = await runtime.router.open(request(50), 0)
-            chunks = []
-            with pytest.raises(EngineDeadError, match="stalled"):
-                async for chunk in stream:
-                    chunks.append(chunk)
-                    if len(chunks) == 3:
-                        fleet.engines[0].stall()
-            await stream.aclose()
-            return runtime.router.num_inflight, runtime.metrics
+        clock = ManualClock()
+        config = RuntimeConfig(token_timeout_s=3.0)
+        runtime, fleet = make_runtime(num_replicas=1, config=config, clock=clock)
+        await runtime.controller.start()
+        stream = await runtime.router.open(request(50), 0)
+        chunks = []
 
-    inflight, metrics = asyncio.run(main())
+        async def consume():
+            async for chunk in stream:
+                chunks.append(chunk)
+                if len(chunks) == 3:
+                    fleet.engines[0].stall()
+
+        task = asyncio.create_task(consume())
+        await settle()
+        stalled_at = len(chunks)
+        clock.advance(2.9)
+        await settle()
+        alive = not task.done()
+        clock.advance(0.2)
+        with pytest.raises(EngineDeadError, match="stalled"):
+            await asyncio.wait_for(task, 2.0)  # well before the timeout in wall time
+        await stream.aclose()
+        inflight = runtime.router.num_inflight
+        await runtime.stop()
+        return stalled_at, alive, inflight, runtime.metrics
+
+    stalled_at, alive, inflight, metrics = asyncio.run(main())
+    assert stalled_at == 3 and alive
     assert inflight == 0 and metrics.counter("oserve_requests_total", status="engine_dead") == 1

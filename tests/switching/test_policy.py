@@ -4,10 +4,11 @@ import pytest
 
 from oserve.common.errors import ConfigError
 from oserve.planner.api import build_plan
-from oserve.planner.problem import PlanningProblem
 from oserve.planner.plan import Replica
+from oserve.planner.problem import PlanningProblem
 from oserve.switching import SwitchContext, SwitchParams, decide, deficit_rps
 from oserve.workload.request_types import TypeStats
+
 from .factories import cfg, placed
 
 TYPES = (TypeStats("short", 300, 100, 600, 200, 100, 1.0),

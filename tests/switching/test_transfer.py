@@ -13,6 +13,7 @@ from oserve.switching import (
     transfer_problem,
 )
 from oserve.switching.shards import WeightLayout
+
 from .factories import cfg, placed
 
 TRANSITIONS_70B = [

@@ -1,4 +1,5 @@
 from oserve.switching import counts_of, plan_transition
+
 from .factories import cfg, placed
 
 
@@ -30,3 +31,14 @@ def test_fragmented_kept_replicas_fall_back_to_a_fresh_packing(cluster2):
     assert counts_of(t.target) == {cfg(8): 1, cfg(4): 2}
     gpus = [g for r in t.target for g in r.gpus]
     assert len(gpus) == len(set(gpus)) == 16
+
+
+def test_transition_to_a_placed_target_keeps_replicas_in_place():
+    from oserve.planner.plan import Replica
+    from oserve.switching import transition_to
+
+    current = (Replica(0, (0,), cfg(1)), Replica(1, (1,), cfg(1)), Replica(2, (2, 3), cfg(2)))
+    target = (Replica(0, (2, 3), cfg(2)), Replica(1, (1, 4), cfg(2)), Replica(2, (0,), cfg(1)))
+    t = transition_to(current, target)
+    assert sorted(t.kept) == [(0, 2), (2, 0)]
+    assert [r.replica_id for r in t.stopped] == [1] and [r.replica_id for r in t.started] == [1]

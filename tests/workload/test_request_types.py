@@ -50,3 +50,12 @@ def test_per_type_rates_count_every_request():
     assert rates.shape == (3, 2)
     assert rates.sum() * 1.0 == pytest.approx(5)
     assert rates[2].tolist() == [2.0, 0.0]
+
+
+def test_scalar_online_typing_matches_the_vectorised_one(conv_types):
+    """The router types one prompt at a time (a bisect); the planner types arrays (numpy): same bins."""
+    lengths = np.unique(np.geomspace(1, 200_000, 3000).astype(int))
+    expected = conv_types.classify_online(lengths)
+    assert [conv_types.classify_online(int(n)) for n in lengths] == expected.tolist()
+    assert isinstance(conv_types.classify_online(17), int)
+    assert conv_types.classify_online(np.int64(17)) == conv_types.classify_online(17)

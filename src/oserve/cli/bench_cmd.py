@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from oserve.cli.common_args import POSITIVE, POSITIVE_INT
+from oserve.cli.common_args import POSITIVE, POSITIVE_INT, add_slo_args
 
 
 def register(sub) -> None:
@@ -29,6 +29,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-input-tokens", type=POSITIVE_INT, default=None)
     p.add_argument("--max-output-tokens", type=POSITIVE_INT, default=None)
     p.add_argument("--endpoint", default=None, choices=("completions", "chat"))
+    p.add_argument("--types", dest="num_types", type=POSITIVE_INT, default=None,
+                   help="report latencies per request type, typed as `oserve serve --types` does")
+    add_slo_args(p)
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here")
@@ -42,7 +45,7 @@ def run_bench_serve(args) -> int:
 
     given = {k: getattr(args, k) for k in ("model", "rate_scale", "max_requests", "max_duration_s",
                                           "max_input_tokens", "max_output_tokens", "endpoint",
-                                          "concurrency")}
+                                          "num_types", "slo_ttft_s", "slo_tpot_s", "concurrency")}
     config = BenchConfig(url=args.url, allow_remote=args.allow_remote,
                          **{k: v for k, v in given.items() if v is not None})
     report = asyncio.run(run_bench(config, load_trace(args.trace)))

@@ -28,9 +28,9 @@ from oserve.planner.api import PLANNERS
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
 from oserve.runtime.engine_spec import ENGINE_KINDS
-from oserve.runtime.replan_policy import ReplanConfig
 from oserve.runtime.serve_setup import SWITCH_POLICIES, ServeConfig
 from oserve.runtime.serving import RuntimeConfig
+from oserve.switching.replan_gate import ReplanConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

@@ -1,29 +1,40 @@
-"""The controller: measures per-type rates, decides when to re-plan, and applies plans live.
+"""The controller: measures per-type rates, runs the shared control step, executes transitions, and
+restarts dead replicas.
 
-Applying a plan never drops a request: replicas that both plans share keep running; new replicas start
-and pass a health check before the routing table switches to the new plan; replicas the new plan drops
-are drained (they take nothing new and finish what they hold, up to ``drain_timeout_s``) and only then
-stopped. Each plan applied is logged and kept in ``history`` for the admin endpoint.
+Each check (every ``check_interval_s``) it health-checks the replicas, restarts dead ones, and, when a
+control policy is set, runs ``oserve.switching.control.control_step`` on the rates measured over the
+last window (``oserve.workload.RateWindow``), the same step the simulator's adaptive loop runs. A
+switch executes the policy's ``Transition`` (from ``switching.transition.plan_transition``): kept
+replicas keep running untouched; started ones are built, started and health-checked before the routing
+table switches to the new plan; stopped ones take nothing new, finish what they hold (up to
+``drain_timeout_s``) and only then stop. No request is migrated: every engine the server drives
+finishes its own requests (see docs/runtime.md, "Switching"). A hold re-weights the dispatch of the
+current replicas when the policy says so. Each plan applied is logged and kept in ``history``.
+
+A replica found dead (failed health check, or an engine error seen by the router) is restarted: its
+engine is stopped, a new one is built by the engine factory for the same replica and started; a failed
+attempt is retried after a back-off that doubles up to ``restart_backoff_max_s``; a replica that dies
+again within ``restart_backoff_max_s`` of its restart keeps its back-off (no restart storm).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.clock import Clock
 from oserve.runtime.engine import Engine
 from oserve.runtime.errors import EngineStartError
-from oserve.runtime.rate_meter import RateMeter
-from oserve.runtime.replan_policy import ReplanConfig, ReplanDecision, ReplanState, decide, drift
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 from oserve.runtime.router import Router, RoutingTable
+from oserve.switching.control import ControlPolicy, ControlStep, control_step
+from oserve.switching.transition import Transition, transition_to
+from oserve.workload.rate_window import RateWindow
 
 EngineFactory = Callable[[Replica], Engine]
-Planner = Callable[[Sequence[float]], Plan]  # measured per-type rates (req/s) -> a new plan
 
 log = logging.getLogger("oserve.runtime.controller")
 
@@ -36,28 +47,46 @@ class PlanRecord:
     plan: dict
 
 
+@dataclass
+class _Backoff:
+    """Restart bookkeeping of one replica (by place: GPUs and configuration)."""
+
+    attempts: int = 0                 # restarts since the replica last stayed up a full back-off cap
+    next_try_s: float = float("-inf")
+    up_since_s: float | None = None   # when the last restart succeeded
+    engine_stopped: bool = False      # the dead engine was stopped (once)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    backoff_s: float = 1.0       # wait after the first failed or short-lived restart
+    backoff_max_s: float = 60.0  # cap of the doubling; also how long a restart must live to reset it
+
+
 class Controller:
-    def __init__(self, router: Router, engine_factory: EngineFactory, planner: Planner | None = None,
-                 clock: Clock | None = None, replan: ReplanConfig = ReplanConfig(),
+    def __init__(self, router: Router, engine_factory: EngineFactory,
+                 policy: ControlPolicy | None = None, clock: Clock | None = None,
                  window_s: float = 60.0, check_interval_s: float = 10.0, drain_timeout_s: float = 300.0,
-                 max_inflight_per_replica: int = 64, switcher=None) -> None:
+                 max_inflight_per_replica: int = 64, restart: RestartPolicy = RestartPolicy()) -> None:
         self.router = router
         self.engine_factory = engine_factory
-        self.planner = planner
-        self.switcher = switcher  # a SwitchOutcome-returning policy that replaces decide + planner
-        self.last_switch_s: float | None = None
+        self.policy = policy
         self.clock = clock or router.clock
-        self.replan = replan
         self.check_interval_s = check_interval_s
         self.drain_timeout_s = drain_timeout_s
         self.max_inflight_per_replica = max_inflight_per_replica
-        self.meter = RateMeter(len(router.table.plan.type_names), window_s)
-        self.replan_state = ReplanState()
+        self.restart = restart
+        self.rates = RateWindow(len(router.table.plan.type_names), window_s)
+        self.last_switch_s: float | None = None
+        self.num_drifted_checks = 0
+        self.last_step: ControlStep | None = None
         self.history: list[PlanRecord] = []
-        self.last_decision: ReplanDecision | None = None
+        self._backoff: dict[tuple, _Backoff] = {}
         self._switch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        router.arrival_listeners.append(self.meter.record)
+        self._death = asyncio.Event()
+        router.arrival_listeners.append(self.rates.record)
+        router.death_listeners.append(lambda handle: self._death.set())
 
     @property
     def table(self) -> RoutingTable:
@@ -80,35 +109,68 @@ class Controller:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await asyncio.gather(*(self._stop_handle(h) for h in handles), return_exceptions=True)
-            raise EngineStartError(f"{len(errors)} of {len(handles)} replicas failed to start: {errors[0]}")
+            raise EngineStartError(f"{len(errors)} of {len(handles)} replicas failed to start: "
+                                   f"{errors[0]!r}") from errors[0]
 
     def _new_handle(self, replica: Replica) -> ReplicaHandle:
         return ReplicaHandle(replica, self.engine_factory(replica), self.max_inflight_per_replica)
 
+    # ---- executing transitions -------------------------------------------------------------------
+
     async def apply(self, plan: Plan, reason: str) -> RoutingTable:
-        """Switch to ``plan``: start new replicas, switch routing, drain and stop the dropped ones."""
+        """Switch to an already placed ``plan``: replicas on the same GPUs with the same configuration
+        stay (``switching.transition.transition_to``), the others start or stop."""
+        return await self.execute(transition_to(self.router.table.plan.replicas, plan.replicas), plan,
+                                  reason)
+
+    async def execute(self, transition: Transition, plan: Plan, reason: str) -> RoutingTable:
+        """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target).
+
+        Started replicas whose GPUs are free start first (make before break): if one fails, the switch
+        is abandoned and the current plan keeps serving. Then the routing table switches to the new plan
+        and the stopped replicas drain and stop. Started replicas placed on GPUs that a stopped replica
+        holds can only start after it has stopped (break before make): they sit in the new table as
+        ``starting`` (the router spills their share to the replicas that take work) and start once those
+        GPUs are free; one that then fails to start is marked dead and restarted with back-off.
+        """
+        if tuple(plan.replicas) != tuple(transition.target):
+            raise ValueError("the plan's replicas are not the transition's target")
         async with self._switch_lock:
             old = self.router.table
-            reusable = {h.key(): h for h in old.handles if h.state is ReplicaState.ACTIVE}
-            handles, fresh = [], []
+            by_id = {h.replica.replica_id: h for h in old.handles}
+            source_of = {new: cur for cur, new in transition.kept}
+            handles, fresh, dead_kept = [], [], []
             for replica in plan.replicas:
-                handle = reusable.pop((replica.gpus, replica.config), None)
-                if handle is None:
+                handle = by_id.get(source_of.get(replica.replica_id, -1))
+                if handle is not None and handle.state is ReplicaState.ACTIVE:
+                    handle.replica = replica
+                else:
+                    if handle is not None:  # kept but dead: its engine goes before a new one starts
+                        dead_kept.append(handle)
                     handle = self._new_handle(replica)
                     fresh.append(handle)
-                else:
-                    handle.replica = replica
                 handles.append(handle)
-            await self._start_handles(fresh)
+            kept = {id(h) for h in handles}
+            dropped = [h for h in old.handles if id(h) not in kept and h not in dead_kept]
+            busy_gpus = {g for h in dropped for g in h.replica.gpus}
+            after = [h for h in fresh if busy_gpus & set(h.replica.gpus)]
+            await asyncio.gather(*(self._stop_handle(h) for h in dead_kept), return_exceptions=True)
+            await self._start_handles([h for h in fresh if h not in after])
             table = RoutingTable(old.version + 1, plan, tuple(handles))
             self.router.set_table(table)
             self._record(table, reason)
-            kept = {id(h) for h in handles}
-            dropped = [h for h in old.handles if id(h) not in kept]
             for handle in dropped:
                 if handle.state is ReplicaState.ACTIVE:
                     handle.state = ReplicaState.DRAINING
             await asyncio.gather(*(self._drain_and_stop(h) for h in dropped))
+            if after:
+                try:
+                    await self._start_handles(after)
+                except EngineStartError:
+                    log.exception("replicas started after the drain failed; they are restarted with "
+                                  "back-off")
+                    for handle in after:
+                        self.router.mark_dead(handle)
             return table
 
     async def _drain_and_stop(self, handle: ReplicaHandle) -> None:
@@ -133,6 +195,15 @@ class Controller:
         log.info("plan v%d (%s): %s; dispatch %s", table.version, reason, table.plan.describe(),
                  [[round(x, 3) for x in row] for row in table.plan.dispatch])
 
+    def _redispatch(self, plan: Plan) -> None:
+        """Same replicas, the dispatch (and rates) the policy planned for the measured mix: the table
+        keeps its version and its handles."""
+        table = self.router.table
+        if tuple(plan.replicas) == tuple(table.plan.replicas):
+            self.router.set_table(RoutingTable(table.version, plan, table.handles))
+
+    # ---- health and restarts ---------------------------------------------------------------------
+
     async def check_health(self) -> list[str]:
         """Health-check the active and dead replicas: a failing active one is retired (marked dead), a
         dead one that answers again (e.g. a remote server back from a restart) is reinstated.
@@ -145,62 +216,122 @@ class Controller:
             if ok is not True and handle.state is ReplicaState.ACTIVE:
                 self.router.mark_dead(handle)
                 retired.append(handle.name)
-                log.error("replica %s failed its health check; no new requests go to it", handle.name)
+                log.error("replica %s failed its health check (%r); no new requests go to it",
+                          handle.name, ok)
             elif ok is True and handle.state is ReplicaState.DEAD:
                 handle.state = ReplicaState.ACTIVE
                 log.warning("replica %s is healthy again; it takes requests again", handle.name)
         return retired
 
-    async def check_once(self) -> ReplanDecision:
-        """Check replica health, measure rates, decide, and re-plan if due. Returns the decision."""
-        await self.check_health()
-        now_s = self.clock.now_s()
-        measured = self.meter.rates_rps(now_s)
-        if self.meter.observed_s(now_s) < self.meter.window_s:
-            measured = tuple(0.0 for _ in measured)  # no full window yet: nothing to act on
-        planned = self.table.plan.type_rates_rps
-        if self.switcher is not None:
-            return await self._check_switcher(planned, measured, now_s)
-        decision = decide(self.replan, self.replan_state, planned, measured, now_s)
-        self.replan_state = decision.state
-        self.last_decision = decision
-        if decision.should_replan and self.planner is not None:
-            try:
-                plan = await asyncio.to_thread(self.planner, measured)
-                await self.apply(plan, decision.reason)
-                self.last_switch_s = now_s
-            except Exception as exc:  # noqa: BLE001 - a failed re-plan keeps the current plan serving
-                log.error("re-plan failed, keeping plan v%d: %s", self.table.version, exc)
-        return decision
-
-    async def _check_switcher(self, planned, measured, now_s: float) -> ReplanDecision:
-        mix, ratio = drift(planned, measured)
-        if sum(measured) < self.replan.min_total_rps:
-            decision = ReplanDecision(False, self.replan_state, "too little traffic", mix, ratio)
-        else:
-            try:
-                outcome = await asyncio.to_thread(self.switcher, self.table.plan, self.last_switch_s,
-                                                  now_s, measured)
-            except Exception as exc:  # noqa: BLE001 - a failing policy keeps the current plan
-                log.error("switch policy failed, keeping plan v%d: %s", self.table.version, exc)
-                outcome = None
-            reason = outcome.reason if outcome is not None else "switch policy failed"
-            decision = ReplanDecision(bool(outcome and outcome.switch), self.replan_state, reason, mix,
-                                      ratio)
-            if outcome is not None and outcome.switch and outcome.plan is not None:
+    async def restart_dead(self) -> list[str]:
+        """Restart each dead replica of the current table that fails its health check and whose back-off
+        has passed; returns the names of those restarted. (A dead replica that answers its health check
+        is left to ``check_health``, which reinstates it at the next check.)"""
+        async with self._switch_lock:
+            restarted = []
+            for handle in [h for h in self.router.table.handles if h.state is ReplicaState.DEAD]:
                 try:
-                    await self.apply(outcome.plan, outcome.reason)
-                    self.last_switch_s = now_s
-                except Exception as exc:  # noqa: BLE001 - e.g. a new replica failed to start
-                    log.error("switch failed, keeping plan v%d: %s", self.table.version, exc)
-        self.last_decision = decision
-        return decision
+                    healthy = await handle.engine.health()
+                except Exception:  # noqa: BLE001 - a health check that raises is a failed one
+                    healthy = False
+                if healthy is not True and await self._restart(handle):
+                    restarted.append(handle.name)
+            return restarted
+
+    async def _restart(self, handle: ReplicaHandle) -> bool:
+        now_s = self.clock.now_s()
+        backoff = self._backoff.setdefault(handle.key(), _Backoff())
+        if backoff.up_since_s is not None:  # it had been restarted and has died again
+            if now_s - backoff.up_since_s >= self.restart.backoff_max_s:
+                backoff.attempts, backoff.next_try_s = 0, float("-inf")
+            backoff.up_since_s = None
+        if now_s < backoff.next_try_s:
+            return False
+        backoff.attempts += 1
+        backoff.next_try_s = now_s + min(self.restart.backoff_max_s,
+                                         self.restart.backoff_s * 2 ** (backoff.attempts - 1))
+        labels = (("replica", handle.name),)
+        if not backoff.engine_stopped:
+            backoff.engine_stopped = True
+            try:  # release what the dead engine holds (its process, actor or GPU memory) first
+                await handle.engine.stop()
+            except Exception:  # noqa: BLE001 - a dead engine may fail to stop; the restart goes on
+                log.exception("stopping dead replica %s failed", handle.name)
+        try:
+            fresh = self._new_handle(handle.replica)  # the factory itself may fail (e.g. no Ray node)
+            await self._start_handles([fresh])
+        except Exception:  # noqa: BLE001 - retried after the back-off
+            self.router.metrics.inc("oserve_replica_restarts_total", labels + (("outcome", "failed"),))
+            log.exception("restart %d of replica %s failed; next try in %.0f s", backoff.attempts,
+                          handle.name, backoff.next_try_s - now_s)
+            return False
+        table = self.router.table
+        self.router.set_table(RoutingTable(table.version, table.plan,
+                                           tuple(fresh if h is handle else h for h in table.handles)))
+        backoff.up_since_s, backoff.engine_stopped = now_s, False
+        self.router.metrics.inc("oserve_replica_restarts_total", labels + (("outcome", "ok"),))
+        log.warning("replica %s restarted (attempt %d)", handle.name, backoff.attempts)
+        return True
+
+    # ---- the control loop ------------------------------------------------------------------------
+
+    def measured_rps(self, now_s: float) -> tuple[float, ...]:
+        """Per-type rates over the last window; zeros until one full window of traffic was seen."""
+        rates = self.rates.rates_rps(now_s)
+        if self.rates.observed_s(now_s) < self.rates.window_s:
+            return tuple(0.0 for _ in rates)
+        return rates
+
+    async def check_once(self) -> ControlStep | None:
+        """Check health, restart dead replicas, then run the control step and act on it."""
+        await self.check_health()
+        await self.restart_dead()
+        if self.policy is None:
+            return None
+        now_s = self.clock.now_s()
+        measured = self.measured_rps(now_s)
+        plan = self.table.plan
+        try:
+            step = await asyncio.to_thread(control_step, self.policy, plan.replicas, plan.type_rates_rps,
+                                           measured, self.last_switch_s, now_s, self.num_drifted_checks)
+        except Exception:  # noqa: BLE001 - a failing policy keeps the current plan serving
+            log.exception("control step failed, keeping plan v%d", self.table.version)
+            return None
+        self.num_drifted_checks = step.num_drifted_checks
+        self.last_step = step
+        decision = step.decision
+        if decision.switch and decision.transition is not None and decision.plan is not None:
+            try:
+                await self.execute(decision.transition, decision.plan, decision.reason)
+                self.last_switch_s = now_s
+            except Exception:  # noqa: BLE001 - e.g. a new replica failed to start
+                log.exception("switch failed, keeping plan v%d", self.table.version)
+        elif decision.plan is not None and self.policy.redispatch:
+            self._redispatch(decision.plan)
+        return step
 
     async def run(self) -> None:
+        """Check every ``check_interval_s``; a replica death wakes it early, for the restart only (the
+        control step keeps its cadence, so the drift gate counts checks, not deaths; a replica marked
+        dead that still answers its health check is reinstated at the next regular check, not at once,
+        so that one that fails requests but answers health checks does not flap)."""
         while not self._stopping.is_set():
-            await self.clock.sleep(self.check_interval_s)
-            if not self._stopping.is_set():
-                await self.check_once()
+            timer = asyncio.ensure_future(self.clock.sleep(self.check_interval_s))
+            death = asyncio.ensure_future(self._death.wait())
+            await asyncio.wait({timer, death}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (timer, death):
+                task.cancel()
+            await asyncio.gather(timer, death, return_exceptions=True)
+            if self._stopping.is_set():
+                break
+            self._death.clear()
+            try:
+                if timer.done() and not timer.cancelled():
+                    await self.check_once()
+                else:
+                    await self.restart_dead()
+            except Exception:  # noqa: BLE001 - the loop outlives any one failed check
+                log.exception("controller check failed; the next one runs as scheduled")
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -212,9 +343,4 @@ class Controller:
                                  return_exceptions=True)
 
 
-def rescaled_types(base: Sequence, rates_rps: Sequence[float]) -> list:
-    """The planner's TypeStats with the measured rates in place of the planned ones."""
-    return [replace(stats, rate_rps=float(rate)) for stats, rate in zip(base, rates_rps)]
-
-
-__all__ = ["Controller", "EngineFactory", "PlanRecord", "Planner", "rescaled_types"]
+__all__ = ["Controller", "EngineFactory", "PlanRecord", "RestartPolicy"]

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 import httpx
-import numpy as np
 
 from oserve.common.errors import ConfigError
 from oserve.runtime.engine import CHARS_PER_TOKEN_ESTIMATE
+from oserve.workload.latency_summary import latency_summary
+from oserve.workload.request_types import fit_request_types
 from oserve.workload.trace import Trace
 
 WORDS = ("the", "and", "for", "you", "are", "was", "not", "but", "can", "all", "one", "has")
@@ -39,6 +40,9 @@ class BenchConfig:
     endpoint: str = "completions"  # or "chat"
     allow_remote: bool = False
     request_timeout_s: float = 300.0
+    num_types: int = 4                 # per-type latencies by the trace's request types (0: none)
+    slo_ttft_s: float | None = None    # SLO attainment against these bounds (None: not reported)
+    slo_tpot_s: float | None = None
     concurrency: int | None = None  # closed loop: this many requests in flight, arrival times ignored
 
 
@@ -49,10 +53,15 @@ class RequestRecord:
     e2e_s: float | None = None
     output_tokens: int = 0
     message: str = ""
+    type_id: int = -1  # the trace request's type (online typing of its input length)
 
 
 @dataclass
 class BenchReport:
+    """Counts and rates of a replay, and ``latency``: the shared latency/SLO summary
+    (``oserve.workload.latency_summary``: ``p50_ttft_s`` ... ``mean_e2e_s``, ``slo_attainment``,
+    ``per_type``) with the same keys as ``oserve simulate``; the JSON form has them at the top level."""
+
     url: str
     model: str
     num_sent: int
@@ -62,25 +71,31 @@ class BenchReport:
     duration_s: float
     throughput_rps: float
     output_tokens_per_s: float
-    ttft_s: dict[str, float] = field(default_factory=dict)
-    tpot_s: dict[str, float] = field(default_factory=dict)
-    e2e_s: dict[str, float] = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(out.pop("latency"))
+        return out
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
 
     def to_text(self) -> str:
-        def row(name: str, p: dict[str, float]) -> str:
-            if not p:
+        def row(name: str, metric: str) -> str:
+            cells = [(k, self.latency.get(f"{k}_{metric}")) for k in ("p50", "p90", "p99", "mean")]
+            if all(v is None for _, v in cells):
                 return f"{name:6s} -"
-            return f"{name:6s} " + "  ".join(f"{k}={v * 1e3:9.1f} ms" for k, v in p.items())
+            return f"{name:6s} " + "  ".join(f"{k}={v * 1e3:9.1f} ms" for k, v in cells if v is not None)
 
+        slo = self.latency.get("slo_attainment")
         return "\n".join([
             f"{self.url}  model={self.model}",
             f"sent {self.num_sent}, ok {self.num_ok}, failed {self.num_failed} {self.failures or ''}",
             f"duration {self.duration_s:.1f} s, {self.throughput_rps:.2f} req/s, "
             f"{self.output_tokens_per_s:.1f} output tok/s",
-            row("TTFT", self.ttft_s), row("TPOT", self.tpot_s), row("E2E", self.e2e_s)])
+            row("TTFT", "ttft_s"), row("TPOT", "tpot_s"), row("E2E", "e2e_s")]
+            + ([f"SLO attainment {slo:.1%}"] if slo is not None else []))
 
 
 def check_target(url: str, allow_remote: bool) -> None:
@@ -108,30 +123,29 @@ def synthetic_prompt(num_tokens: int) -> str:
     return " ".join(words)
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    arr = np.asarray(values)
-    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 99)} | {"mean": float(arr.mean())}
-
-
-def summarize(config: BenchConfig, model: str, records: list[RequestRecord],
-              duration_s: float) -> BenchReport:
+def summarize(config: BenchConfig, model: str, records: list[RequestRecord], duration_s: float,
+              type_names: list[str] | None = None) -> BenchReport:
     ok = [r for r in records if r.status == "ok"]
     failures: dict[str, int] = {}
     for r in records:
         if r.status != "ok":
             failures[r.status] = failures.get(r.status, 0) + 1
-    tpots = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in ok
-             if r.output_tokens > 1 and r.ttft_s is not None]
+    nan = float("nan")
+    ttft = [r.ttft_s if r.ttft_s is not None else nan for r in records]
+    e2e = [r.e2e_s if r.e2e_s is not None and r.status == "ok" else nan for r in records]
+    tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1)
+            if r.status == "ok" and r.output_tokens > 1 and r.ttft_s is not None and r.e2e_s is not None
+            else nan for r in records]
+    typed = type_names is not None and all(r.type_id >= 0 for r in records)
+    latency = latency_summary(ttft, tpot, e2e, [r.status == "ok" for r in records], config.slo_ttft_s,
+                              config.slo_tpot_s, [r.type_id for r in records] if typed else None,
+                              type_names if typed else None)
     duration_s = max(duration_s, 1e-9)
     return BenchReport(
         url=config.url, model=model, num_sent=len(records), num_ok=len(ok),
         num_failed=len(records) - len(ok), failures=failures, duration_s=duration_s,
         throughput_rps=len(ok) / duration_s,
-        output_tokens_per_s=sum(r.output_tokens for r in ok) / duration_s,
-        ttft_s=percentiles([r.ttft_s for r in ok if r.ttft_s is not None]), tpot_s=percentiles(tpots),
-        e2e_s=percentiles([r.e2e_s for r in ok if r.e2e_s is not None]))
+        output_tokens_per_s=sum(r.output_tokens for r in ok) / duration_s, latency=latency)
 
 
 async def _one(client: httpx.AsyncClient, config: BenchConfig, model: str, input_tokens: int,
@@ -181,9 +195,20 @@ async def _resolve_model(client: httpx.AsyncClient, model: str | None) -> str:
     return response.json()["data"][0]["id"]
 
 
+def _trace_types(trace: Trace, num_types: int) -> tuple[list[int], list[str] | None]:
+    """The online type of each trace request, fitted on the whole trace as ``oserve serve --types``
+    does (same seed), so that the client's per-type rows are the server's types."""
+    if num_types <= 0 or len(trace) < num_types:
+        return [-1] * len(trace), None
+    types = fit_request_types(trace, num_types, 0)
+    # named T0..T<k-1> (lightest first), as in the simulator's summary
+    return [int(t) for t in types.classify_online(trace.input_tokens)], [f"T{k}" for k in range(types.k)]
+
+
 async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
     """Replay ``trace`` (at most ``max_requests`` of it, for at most ``max_duration_s``)."""
     check_target(config.url, config.allow_remote)
+    type_ids, type_names = _trace_types(trace, config.num_types)
     trace = trace.scaled(config.rate_scale).head(config.max_requests)
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
     base = config.url.rstrip("/").removesuffix("/v1")
@@ -205,9 +230,10 @@ async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
         done, pending = await asyncio.wait(tasks, timeout=remaining_s) if tasks else (set(), set())
         for task in pending:
             task.cancel()
-        records = [t.result() for t in tasks if t in done]
-        records += [RequestRecord("timeout") for _ in pending]
-        return summarize(config, model, records, time.perf_counter() - start)
+        records = [t.result() if t in done else RequestRecord("timeout") for t in tasks]
+        for record, type_id in zip(records, type_ids):
+            record.type_id = int(type_id)
+        return summarize(config, model, records, time.perf_counter() - start, type_names)
 
 
 async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, model: str,

@@ -1,5 +1,8 @@
 """The router: types each request on arrival, picks a replica by the plan, retries before the first token.
 
+Typing is the planner's own online classifier (``RequestTypes.classify_online``, passed in as
+``classifier``); the timeouts run on the injected clock.
+
 Every request the router accepts ends in exactly one of: completed, failed with an explicit error. A
 replica that dies before a request's first token is marked dead and the request is tried on another
 replica (up to ``max_attempts``); after the first token a generation cannot move, so it fails with
@@ -9,39 +12,21 @@ replica (up to ``max_attempts``); after the first token a generation cannot move
 from __future__ import annotations
 
 import asyncio
-import bisect
-import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
-from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
 from oserve.runtime.errors import EngineBusyError, EngineDeadError, NoReplicaError, OverloadedError
 from oserve.runtime.metrics import Metrics
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 
-Classifier = Callable[[int], int]
-
-
-def online_classifier(types) -> Classifier:
-    """The planner's online typing (``RequestTypes.classify_online``) for one prompt at a time.
-
-    Same bins and same answer as the vectorised numpy version, in plain Python (a bisect on the log of
-    the prompt length), so that typing costs about a microsecond per request instead of tens.
-    """
-    edges = list(types.online.log_edges)
-    bin_type = list(types.online.bin_type)
-    last = len(bin_type) - 1
-
-    def classify(prompt_tokens: int) -> int:
-        return bin_type[min(max(bisect.bisect_right(edges, math.log1p(prompt_tokens)), 0), last)]
-
-    return classify
+Classifier = Callable[[int], int]  # prompt tokens -> request type, e.g. RequestTypes.classify_online
 
 
 @dataclass(frozen=True)
@@ -75,7 +60,8 @@ class Router:
         self.first_token_timeout_s = first_token_timeout_s  # a replica that stays silent this long
         self.token_timeout_s = token_timeout_s              # (or stalls mid-stream) counts as dead
         self.rng = np.random.default_rng(seed)  # used by the weighted-random policy only
-        self.arrival_listeners: list[Callable[[int, float], None]] = []
+        self.arrival_listeners: list[Callable[[int, float], None]] = []  # (type, arrival time)
+        self.death_listeners: list[Callable[[ReplicaHandle], None]] = []  # a replica marked dead
         self.num_inflight = 0
 
     def set_table(self, table: RoutingTable) -> None:
@@ -148,6 +134,8 @@ class Router:
         if handle.state is not ReplicaState.DEAD:
             handle.state = ReplicaState.DEAD
             self.metrics.inc("oserve_replica_deaths_total", (("replica", handle.name),))
+            for listener in self.death_listeners:
+                listener(handle)
 
 
 class RoutedStream:
@@ -176,7 +164,7 @@ class RoutedStream:
         self.router.num_inflight += 1
         self._gen = self.handle.engine.generate(self.request)
         try:
-            async with asyncio.timeout(self.router.first_token_timeout_s):
+            async with self.router.clock.timeout(self.router.first_token_timeout_s):
                 self.first = await self._gen.__anext__()
         except StopAsyncIteration:
             self.first = None
@@ -217,7 +205,7 @@ class RoutedStream:
                 yield self.first
                 while True:
                     try:
-                        async with asyncio.timeout(self.router.token_timeout_s):
+                        async with self.router.clock.timeout(self.router.token_timeout_s):
                             chunk = await self._gen.__anext__()
                     except StopAsyncIteration:
                         break
@@ -274,4 +262,4 @@ class RoutedStream:
         await self._release()
 
 
-__all__ = ["RoutedStream", "Router", "RoutingTable", "online_classifier"]
+__all__ = ["Classifier", "RoutedStream", "Router", "RoutingTable"]

@@ -1,11 +1,9 @@
 """From a typed ``ServeConfig`` (what ``oserve serve`` was asked for) to a ready-to-start ``ServingRuntime``:
-request types, plan, engines, live planner."""
+request types, plan, engines, control policy."""
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,14 +12,14 @@ from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
-from oserve.runtime.controller import rescaled_types
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, EngineSpec
-from oserve.runtime.router import online_classifier
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
+from oserve.switching.control import ControlPolicy
+from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload import fit_request_types, load_trace
 
 SWITCH_POLICIES = ("reactive", "cost-aware")
@@ -133,24 +131,27 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
                            type_rates_rps=[s.rate_rps for s in stats])
     spec = engine_spec(config, len(plan.replicas))
     factory = _engine_factory(config, spec, cost, plan)
-    holder: dict[str, ServingRuntime] = {}
-    switcher = None
-    planner = None  # set below when live re-planning is on
-    if config.replan and cluster is not None and config.switch_policy == "cost-aware":
-        from oserve.runtime.switch_adapter import cost_aware_switcher
+    policy = None  # live re-planning needs the cluster and cost model to plan on
+    if config.replan and cluster is not None and cost is not None:
+        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan)
+    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
 
-        switcher = cost_aware_switcher(cluster, cost, stats)
-    elif config.replan and cluster is not None and model is not None and cost is not None:
-        def replan_from_current(rates_rps: Sequence[float]) -> Plan:
-            current = Counter(r.config for r in holder["runtime"].router.table.plan.replicas)
-            return make_plan(cluster, model, rescaled_types(stats, rates_rps), config.planner, cost,
-                             initial=current)
 
-        planner = replan_from_current
-    runtime = ServingRuntime(name, plan, factory, online_classifier(types), planner, config.runtime,
-                             switcher=switcher)
-    holder["runtime"] = runtime
-    return runtime
+def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
+    """The controller's policy: the cost-aware ``switching.policy.decide`` each check, behind the drift
+    gate for ``reactive`` (whose cooldown is then the policy's minimum gap between switches). The
+    measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's. Switches
+    are priced as the server performs them: new replicas load their weights from storage (``reload``;
+    no engine here receives weights from a peer GPU). ``--planner`` chooses the initial plan only."""
+    from oserve.switching.links import LinkModel
+    from oserve.switching.policy import SwitchContext, SwitchParams
+
+    context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster))
+    if switch_policy == "reactive":
+        params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s)
+        return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)
+    return ControlPolicy(context, SwitchParams(transfer_mode="reload"),
+                         min_total_rps=replan.min_total_rps)
 
 
 def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
@@ -177,4 +178,5 @@ def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
     return factory
 
 
-__all__ = ["SWITCH_POLICIES", "ServeConfig", "build_runtime", "engine_spec", "served_name"]
+__all__ = ["SWITCH_POLICIES", "ServeConfig", "build_runtime", "control_policy", "engine_spec",
+           "served_name"]

@@ -10,11 +10,12 @@ from oserve.guard.config import GuardConfig
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
 from oserve.runtime.clock import Clock, WallClock
-from oserve.runtime.controller import Controller, EngineFactory, Planner
+from oserve.runtime.controller import Controller, EngineFactory, RestartPolicy
 from oserve.runtime.metrics import Metrics
-from oserve.runtime.replan_policy import ReplanConfig
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 from oserve.runtime.router import Classifier, Router, RoutingTable
+from oserve.switching.control import ControlPolicy
+from oserve.switching.replan_gate import ReplanConfig
 
 
 class RuntimeConfig(BaseModel):
@@ -37,8 +38,12 @@ class RuntimeConfig(BaseModel):
     shutdown_grace_s: float = Field(10.0, ge=0, allow_inf_nan=False)
     body_read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # then a 408
     api_key: str | None = Field(None, repr=False, min_length=1)  # if set, required on all but /health
-    replan: ReplanConfig = Field(default_factory=ReplanConfig)
+    replan: ReplanConfig = Field(default_factory=ReplanConfig)  # the drift gate (--switch-policy reactive)
     guard: GuardConfig | None = None  # the system-prompt leakage guard (docs/guard.md); None: off
+    # a dead replica is restarted; a failed restart is retried after a back-off doubling from
+    # restart_backoff_s up to restart_backoff_max_s
+    restart_backoff_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+    restart_backoff_max_s: float = Field(60.0, gt=0, allow_inf_nan=False)
 
     @field_validator("dispatch_policy")
     @classmethod
@@ -52,9 +57,8 @@ class ServingRuntime:
     """Everything behind the gateway. ``async with runtime:`` starts the engines and the controller."""
 
     def __init__(self, model_name: str, plan: Plan, engine_factory: EngineFactory,
-                 classifier: Classifier | None = None, planner: Planner | None = None,
-                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None,
-                 switcher=None) -> None:
+                 classifier: Classifier | None = None, policy: ControlPolicy | None = None,
+                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None) -> None:
         self.model_name = model_name
         self.config = config
         self.clock = clock or WallClock()
@@ -64,9 +68,10 @@ class ServingRuntime:
         self.router = Router(RoutingTable(1, plan, handles), self.metrics, classifier, self.clock,
                              config.max_attempts, config.dispatch_policy, config.seed,
                              config.first_token_timeout_s, config.token_timeout_s)
-        self.controller = Controller(self.router, engine_factory, planner, self.clock, config.replan,
-                                     config.window_s, config.check_interval_s, config.drain_timeout_s,
-                                     config.max_inflight_per_replica, switcher)
+        self.controller = Controller(self.router, engine_factory, policy, self.clock, config.window_s,
+                                     config.check_interval_s, config.drain_timeout_s,
+                                     config.max_inflight_per_replica,
+                                     RestartPolicy(config.restart_backoff_s, config.restart_backoff_max_s))
         self._control_task: asyncio.Task | None = None
         self._register_gauges()
 
@@ -93,7 +98,7 @@ class ServingRuntime:
         return out
 
     def _rate_gauge(self) -> dict:
-        rates = self.controller.meter.rates_rps(self.clock.now_s())
+        rates = self.controller.rates.rates_rps(self.clock.now_s())
         return {(("type", self.router.table.type_name(t)),): r for t, r in enumerate(rates)}
 
     async def start(self) -> None:
@@ -116,7 +121,7 @@ class ServingRuntime:
 
     def admin_state(self) -> dict:
         table = self.router.table
-        decision = self.controller.last_decision
+        step = self.controller.last_step
         return {
             "model": self.model_name,
             "plan_version": table.version,
@@ -124,10 +129,10 @@ class ServingRuntime:
             "replicas": [{"name": h.name, "state": h.state.value, "inflight": h.num_inflight,
                           "served": h.num_served, "failed": h.num_failed,
                           "engine": h.engine.info.name} for h in table.handles],
-            "measured_rates_rps": list(self.controller.meter.rates_rps(self.clock.now_s())),
-            "last_decision": None if decision is None else {
-                "replan": decision.should_replan, "reason": decision.reason,
-                "mix_distance": decision.mix_distance, "volume_ratio": decision.volume_ratio},
+            "measured_rates_rps": list(self.controller.rates.rates_rps(self.clock.now_s())),
+            "last_decision": None if step is None else {
+                "switch": step.decision.switch, "reason": step.decision.reason,
+                "mix_distance": step.mix_distance, "volume_ratio": step.volume_ratio},
             "history": [{"version": r.version, "applied_at_s": r.applied_at_s, "reason": r.reason,
                          "deployment": r.plan["deployment"]} for r in self.controller.history],
         }

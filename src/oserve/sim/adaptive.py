@@ -1,7 +1,8 @@
 """Simulating the closed loop: forecast, switching policy and deployment switches on virtual time.
 
 Every ``control_interval_s`` the controller measures each type's arrival rate over the past interval,
-forecasts the next one and asks the shared switching policy (``oserve.switching.decide``) what to run.
+forecasts the next one and runs the control step the server runs (``oserve.switching.control_step``:
+the cost-aware ``decide``, behind the drift gate when one is given) to choose what to run.
 On a switch, replicas that stop take no new requests (their queued requests are re-routed), short
 requests drain, long ones hand their KV cache over to a replica that keeps serving (after the planned KV
 transfer time; re-queued for recompute when nobody has room), and at the drain deadline whatever is left
@@ -31,8 +32,11 @@ from oserve.sim.config import SimConfig
 from oserve.sim.metrics import SimResult
 from oserve.sim.simulator import Simulation, replicas_from_configs
 from oserve.sim.step_timer import CostModelStepTimer
+from oserve.switching.control import ControlPolicy, control_step
 from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrationParams, plan_kv_migration
-from oserve.switching.policy import SwitchContext, SwitchParams, decide
+from oserve.switching.policy import SwitchContext, SwitchParams
+from oserve.switching.replan_gate import ReplanConfig
+from oserve.workload.rate_window import window_rates
 
 CONTROL, JOIN, DEADLINE, ADOPT = range(1, 5)  # event kinds, after the simulator's STEP (0)
 
@@ -72,10 +76,15 @@ class AdaptiveSimulation:
 
     def __init__(self, ctx: SwitchContext, params: SwitchParams, initial: Plan, forecaster,
                  config: SimConfig, batching: BatchingConfig, control_interval_s: float = 60.0,
-                 kv_params: KvMigrationParams | None = None, redispatch: bool = True) -> None:
+                 kv_params: KvMigrationParams | None = None, redispatch: bool = True,
+                 gate: ReplanConfig | None = None) -> None:
         if control_interval_s <= 0:
             raise ConfigError("control interval must be positive")
         self.ctx, self.params, self.config = ctx, params, config
+        # the server's control step: the drift gate (when given) before ``decide``
+        self.control = ControlPolicy(ctx, params, gate=gate, redispatch=redispatch)
+        self.num_drifted_checks = 0
+        self.planned_rps = tuple(initial.type_rates_rps)  # what the running plan was made for
         self.cost: CostModel = ctx.cost
         self.forecaster = forecaster
         self.batching = batching
@@ -156,9 +165,7 @@ class AdaptiveSimulation:
 
     def _observed(self, sim: Simulation, t: float) -> np.ndarray:
         rec = sim.records
-        lo, hi = np.searchsorted(rec.arrival_s, [t - self.interval_s, t], side="left")
-        counts = np.bincount(rec.type_id[lo:hi], minlength=self.num_types)[:self.num_types]
-        return counts / self.interval_s
+        return window_rates(rec.arrival_s, rec.type_id, self.num_types, t, self.interval_s)
 
     def _control(self, sim: Simulation, t: float) -> None:
         observed = self._observed(sim, t)
@@ -167,11 +174,15 @@ class AdaptiveSimulation:
         if self.switching:
             self._record(t, observed, forecast, False, "switch in progress")
             return
-        d = decide(self.ctx, self.params, self.current, self.last_switch_s, t, forecast)
-        if d.switch:
+        step = control_step(self.control, self.current, self.planned_rps, forecast, self.last_switch_s, t,
+                            self.num_drifted_checks)
+        self.num_drifted_checks, d = step.num_drifted_checks, step.decision
+        if d.switch and d.plan is not None:
             self._start_switch(sim, t, d)
+            self.planned_rps = tuple(d.plan.type_rates_rps)
         elif d.plan is not None and self.redispatch:
             sim.set_dispatch(d.plan.dispatch, self.plan_to_global)
+            self.planned_rps = tuple(d.plan.type_rates_rps)
         self._record(t, observed, forecast, d.switch, d.reason, d.switch_s, d.decide_seconds)
 
     def _record(self, t, observed, forecast, switched, reason, switch_s=0.0, secs=0.0) -> None:

@@ -24,9 +24,12 @@ from oserve.sim.experiment import PreparedTrace
 from oserve.switching.io_profile import IoProfile
 from oserve.switching.links import LinkModel
 from oserve.switching.policy import SwitchContext, SwitchParams
+from oserve.switching.replan_gate import ReplanConfig
 
 MODES = ("static-homogeneous", "static-oserve", "static-initial", "switch-reload", "switch-p2p")
-ABLATIONS = ("blind-reload", "blind-p2p")  # switch whenever the re-plan differs: no gain test, no gap
+# blind: switch whenever the re-plan differs (no gain test, no gap); gated: the server's default
+# (`--switch-policy reactive`): the drift gate (switching.replan_gate) before the policy, its cooldown the gap
+ABLATIONS = ("blind-reload", "blind-p2p", "gated-reload", "gated-p2p")
 FORECASTERS = {"last": LastValue(), "moving-avg": MovingAverage(3), "ewma": EWMA(alphas=(0.5,))}
 
 
@@ -61,7 +64,8 @@ def initial_plan(setup: AdaptiveSetup):
     return make_plan(setup.cluster, setup.cost.model, warm, "oserve", setup.cost)
 
 
-def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False) -> tuple:
+def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False,
+                 gate: ReplanConfig | None = None) -> tuple:
     p = setup.prepared
     initial = initial_plan(setup)
     ctx = SwitchContext(setup.cluster, setup.cost, tuple(p.stats), LinkModel(setup.cluster, setup.io))
@@ -72,7 +76,7 @@ def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False) 
     forecaster = FORECASTERS[setup.forecaster] if isinstance(setup.forecaster, str) else setup.forecaster
     sim = AdaptiveSimulation(ctx, params, initial, forecaster, setup.sim_config,
                              batching_config(setup.cost, setup.sim_config), setup.control_interval_s,
-                             redispatch=setup.redispatch)
+                             redispatch=setup.redispatch, gate=gate)
     types = request_type_ids(p.trace, p.types, setup.sim_config.oracle_types)
     result: AdaptiveResult = sim.run(p.trace.arrival_s, p.trace.input_tokens, p.trace.output_tokens,
                                      types)
@@ -88,7 +92,8 @@ def compare(setup: AdaptiveSetup, modes=MODES, slo_ttft_s=None, slo_tpot_s=None)
                          "num_switches": 0, "result": res}
         else:
             kind, transfer = mode.split("-", 1)
-            initial, ares = run_adaptive(setup, transfer, blind=kind == "blind")
+            gate = ReplanConfig(cooldown_s=setup.switch.min_gap_s) if kind == "gated" else None
+            initial, ares = run_adaptive(setup, transfer, blind=kind == "blind", gate=gate)
             out[mode] = {"summary": ares.sim.summary(slo_ttft_s, slo_tpot_s),
                          "deployment": initial.describe(), "num_switches": ares.num_switches,
                          "migrated": ares.migrated, "requeued": ares.requeued,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from oserve.workload.latency_summary import latency_summary
+
 DROP_REASONS = ("exceeds_context", "exceeds_kv_capacity", "unfinished_at_horizon")
-PERCENTILES = (50, 90, 99)
 
 
 @dataclass(frozen=True)
@@ -109,18 +110,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _percentiles(values: np.ndarray, name: str) -> dict:
-    values = values[~np.isnan(values)]
-    out = {}
-    for p in PERCENTILES:
-        out[f"p{p}_{name}"] = float(np.percentile(values, p)) if len(values) else None
-    out[f"mean_{name}"] = float(values.mean()) if len(values) else None
-    return out
-
-
 def summarize(result: SimResult, slo_ttft_s: float | None = None,
               slo_tpot_s: float | None = None) -> dict:
-    """Aggregates: latency percentiles over completed requests, throughput, SLO attainment, drops."""
+    """Aggregates: counts and drops, the shared latency/SLO summary (``workload.latency_summary``, with
+    per-type entries), throughput and utilisation."""
     done = result.completed
     n = len(done)
     start = float(result.arrival_s.min()) if n else 0.0
@@ -129,20 +122,13 @@ def summarize(result: SimResult, slo_ttft_s: float | None = None,
     out = {"requests": n, "completed": int(done.sum()), "dropped": int(n - done.sum())}
     out["dropped_by_reason"] = {r: int((result.drop_reason == r).sum()) for r in DROP_REASONS
                                 if (result.drop_reason == r).any()}
-    for name, values in (("e2e_s", result.e2e_s), ("ttft_s", result.ttft_s), ("tpot_s", result.tpot_s)):
-        out.update(_percentiles(values[done], name))
+    out.update(latency_summary(result.ttft_s, result.tpot_s, result.e2e_s, done, slo_ttft_s, slo_tpot_s,
+                               result.type_id))
     out["throughput_rps"] = float(done.sum() / span)
     tokens = result.input_tokens[done].sum() + result.output_tokens[done].sum()
     out["throughput_tok_s"] = float(tokens / span)
     out["output_tok_s"] = float(result.output_tokens[done].sum() / span)
     out["offered_rps"] = float(n / max(float(result.arrival_s.max()) - start, 1e-9)) if n > 1 else 0.0
-    ok = done.copy()
-    if slo_ttft_s is not None:
-        ok &= np.nan_to_num(result.ttft_s, nan=np.inf) <= slo_ttft_s
-    if slo_tpot_s is not None:
-        ok &= np.nan_to_num(result.tpot_s, nan=0.0) <= slo_tpot_s
-    has_slo = slo_ttft_s is not None or slo_tpot_s is not None
-    out["slo_attainment"] = float(ok.mean()) if n and has_slo else None
     out["preemptions"] = int(result.num_preemptions.sum())
     out["mean_utilisation"] = float(np.mean([r.utilisation for r in result.replicas]))
     out["sim_wall_s"] = result.wall_s

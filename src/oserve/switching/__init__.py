@@ -1,6 +1,7 @@
-"""Switching deployments: cost-aware switch policy, replica transitions, weight transfer plans with an
-LP lower bound, and KV-cache migration of requests in flight."""
+"""Switching deployments: one control step (drift gate + cost-aware switch policy), replica
+transitions, weight transfer plans with an LP lower bound, and KV-cache migration of requests in flight."""
 
+from oserve.switching.control import ControlPolicy, ControlStep, control_step
 from oserve.switching.io_profile import IoProfile
 from oserve.switching.kv_migration import (
     Destination,
@@ -11,19 +12,24 @@ from oserve.switching.kv_migration import (
 )
 from oserve.switching.links import STORAGE, LinkModel
 from oserve.switching.policy import SwitchContext, SwitchDecision, SwitchParams, decide, deficit_rps
+from oserve.switching.replan_gate import GateDecision, ReplanConfig, drift, gate
 from oserve.switching.shards import WeightLayout, layout_for
 from oserve.switching.transfer import TransferPlan, TransferProblem, plan_greedy, transfer_problem
 from oserve.switching.transfer_bound import TransferBound, transfer_lower_bound
-from oserve.switching.transition import Transition, counts_of, plan_transition
+from oserve.switching.transition import Transition, counts_of, plan_transition, transition_to
 
 __all__ = [
     "STORAGE",
+    "ControlPolicy",
+    "ControlStep",
     "Destination",
+    "GateDecision",
     "InflightRequest",
     "IoProfile",
     "KvMigrationParams",
     "KvMigrationPlan",
     "LinkModel",
+    "ReplanConfig",
     "SwitchContext",
     "SwitchDecision",
     "SwitchParams",
@@ -32,13 +38,17 @@ __all__ = [
     "TransferPlan",
     "TransferProblem",
     "WeightLayout",
+    "control_step",
     "counts_of",
     "decide",
     "deficit_rps",
+    "drift",
+    "gate",
     "layout_for",
     "plan_greedy",
     "plan_kv_migration",
     "plan_transition",
     "transfer_lower_bound",
     "transfer_problem",
+    "transition_to",
 ]

@@ -1,5 +1,5 @@
 """From the current replicas to a target deployment: which replicas stay where they are, which stop and
-which start on which GPUs.
+which start on which GPUs. The simulator and the server's controller both execute these transitions.
 
 As many current replicas as the target keeps of each configuration stay on their GPUs untouched; the
 target's other replicas are packed into the remaining GPUs, largest first, each into the node with the
@@ -70,6 +70,15 @@ def plan_transition(current: tuple[Replica, ...] | list[Replica], target_counts:
     target = [Replica(i, r.gpus, r.config) for i, r in enumerate(kept_old)]
     target += [Replica(len(kept_old) + i, gpus, cfg) for i, (gpus, cfg) in enumerate(placed)]
     return Transition(current, tuple(target), tuple((r.replica_id, i) for i, r in enumerate(kept_old)))
+
+
+def transition_to(current: tuple[Replica, ...] | list[Replica],
+                  target: tuple[Replica, ...] | list[Replica]) -> Transition:
+    """The transition to an already placed ``target`` (e.g. a plan given to the server): a current
+    replica stays when the target has one of the same configuration on the same GPUs."""
+    current, target = tuple(current), tuple(target)
+    return Transition(current, target, tuple((o.replica_id, n.replica_id)
+                                             for o, n in _same_place(current, target)))
 
 
 def _same_place(current, fresh):

@@ -9,7 +9,10 @@ assign them*, so that what it plans for is what each replica receives.
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -41,6 +44,9 @@ class OnlineClassifier:
     bin_type: tuple[int, ...]
 
     def classify(self, input_tokens: int | np.ndarray) -> np.ndarray | int:
+        if isinstance(input_tokens, (int, np.integer)):  # the router's case: one prompt, ~1 us
+            b = bisect.bisect_right(self.log_edges, math.log1p(input_tokens))
+            return self.bin_type[min(b, len(self.bin_type) - 1)]
         logs = np.log1p(np.asarray(input_tokens, dtype=np.float64))
         bins = np.searchsorted(np.asarray(self.log_edges), logs, side="right")
         out = np.asarray(self.bin_type)[np.clip(bins, 0, len(self.bin_type) - 1)]
@@ -71,7 +77,16 @@ class RequestTypes:
         dist = ((points[:, None, :] - cents[None, :, :]) ** 2).sum(axis=2)
         return dist.argmin(axis=1)
 
-    def classify_online(self, input_tokens: np.ndarray) -> np.ndarray:
+    @overload
+    def classify_online(self, input_tokens: int) -> int: ...
+
+    @overload
+    def classify_online(self, input_tokens: np.ndarray) -> np.ndarray: ...
+
+    def classify_online(self, input_tokens: int | np.ndarray) -> np.ndarray | int:
+        """The online type from the prompt length alone: an int for an int, an array for an array."""
+        if isinstance(input_tokens, (int, np.integer)):
+            return int(self.online.classify(input_tokens))
         return np.asarray(self.online.classify(np.asarray(input_tokens)))
 
     def stats(self, trace: Trace, labels: np.ndarray | None = None) -> list[TypeStats]:
