@@ -21,14 +21,14 @@ import json
 import time
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.common.provenance import git_revision
 from oserve.forecast.synthetic import load_any_trace
 from oserve.planner.api import make_plan
-from oserve.sim.adaptive_report import ratios as _ratios
 from oserve.sim.adaptive_experiment import ABLATIONS, MODES, AdaptiveSetup, compare
 from oserve.sim.adaptive_plots import plot_adaptive
+from oserve.sim.adaptive_report import ratios as _ratios
 from oserve.sim.experiment import prepare_trace
 from oserve.switching import IoProfile, SwitchParams
 from oserve.workload import Trace, fit_request_types, load_trace
@@ -64,13 +64,15 @@ def long_short(cost, cluster, phase_s: float = 600.0, loads=(0.75, 0.9), thresho
 REVISION_AT_START = git_revision()  # the code this process loaded, whatever HEAD becomes meanwhile
 
 
-def run(name: str, out: Path, modes, redispatch: bool = True) -> dict:
+def run(name: str, out: Path, modes, redispatch: bool = True, window_s: float = 0.0) -> dict:
     model, cluster_spec, trace_spec, scale, interval_s = SCENARIOS[name]
     cost = CostModel(load_models().get(model))
     cluster = parse_cluster(cluster_spec)
     trace = long_short(cost, cluster) if trace_spec == "long-short" else load_any_trace(trace_spec, 0)
     if scale != 1.0:
         trace = trace.scaled(scale)
+    if window_s:
+        trace = trace.window(0.0, window_s)
     prepared = prepare_trace(trace, cost, 4, 0)
     setup = AdaptiveSetup(cluster, cost, prepared, switch=SwitchParams(horizon_s=600, min_gap_s=120),
                           control_interval_s=interval_s, warmup_s=120.0, forecaster="ewma",
@@ -117,14 +119,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--modes", default=",".join(MODES + ABLATIONS))
+    ap.add_argument("--duration-s", type=float, default=0.0,
+                    help="simulate only the first seconds of each scenario (0: all; for smoke tests)")
     ap.add_argument("--no-redispatch", action="store_true",
                     help="between switches keep the deployed plan's dispatch (summary file suffixed)")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     docs = []
     stem = "adaptive_summary" + ("_no_redispatch" if args.no_redispatch else "")
     for name in args.scenarios.split(","):
-        docs.append(run(name, out, args.modes.split(","), not args.no_redispatch))
+        docs.append(run(name, out, args.modes.split(","), not args.no_redispatch, args.duration_s))
         print(f"{name}: {docs[-1]['wall_s']:.0f} s", flush=True)
         (out / f"{stem}.json").write_text(json.dumps(docs, indent=2, default=str))
         (out / f"{stem}.md").write_text(markdown(docs) + "\n")

@@ -35,10 +35,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for trace_name in args.traces.split(","):
-        trace = load_trace(trace_name)
-        stats = fit_request_types(trace, 4, 0).stats(trace)
+        full = load_trace(trace_name)
         for model_name in args.models.split(","):
             model = load_models().get(model_name)
+            # plan on the trace as `oserve plan` and the simulator see it: clipped to the model's context
+            trace, _ = full.clipped_to_context(model.max_context_tokens)
+            stats = fit_request_types(trace, 4, 0).stats(trace)
             for n in (int(s) for s in args.sizes.split(",")):
                 cluster = parse_cluster(f"{n // 8}x8xH100")
                 # "oserve" here is the raw search (no preference for homogeneous fleets), so its gap

@@ -8,6 +8,7 @@ and marks each type's best configuration. Output: bench/results/spatial_capacity
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -39,13 +40,19 @@ def table(model: str, trace: str, window_s: float = 1200.0) -> list[str]:
     return lines + [""]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--traces", default=",".join(TRACES))
+    ap.add_argument("--duration-s", type=float, default=1200.0, help="seconds of each trace to type")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
     out = ["# Capacity per GPU (requests/s) of each configuration for each request type", "",
            "Cost model defaults (TPOT bound included). Bold: the type's best configuration.", ""]
-    for model in MODELS:
-        for trace in TRACES:
-            out += table(model, trace)
-    path = Path(__file__).parent / "results" / "spatial_capacity.md"
+    for model in args.models.split(","):
+        for trace in args.traces.split(","):
+            out += table(model, trace, args.duration_s)
+    path = Path(args.out) / "spatial_capacity.md"
     path.write_text("\n".join(out))
     print("\n".join(out))
     return 0

@@ -7,6 +7,7 @@ policy, and `homogeneous` with the default policy. Writes bench/results/spatial_
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,9 +22,14 @@ HERE = Path(__file__).parent
 POLICIES = ("least-outstanding", "spillover", "round-robin")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--spatial", default=str(HERE / "results" / "spatial"),
+                    help="directory of spatial_eval.py results")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
     rows = []
-    for path in sorted((HERE / "results" / "spatial").glob("*.json")):
+    for path in sorted(Path(args.spatial).glob("*.json")):
         d = json.loads(path.read_text())
         if "error" in d or d["plans"]["oserve"]["deployment"] == d["plans"]["homogeneous"]["deployment"]:
             continue
@@ -34,7 +40,8 @@ def main() -> int:
                "oserve": d["plans"]["oserve"]["deployment"],
                "homogeneous": d["plans"]["homogeneous"]["deployment"]}
         homog = Plan.from_dict(d["plans"]["homogeneous"])
-        row["homogeneous_p99_e2e_s"] = simulate_at(homog, prepared, cost, SimConfig(), scale).summary()["p99_e2e_s"]
+        homog_summary = simulate_at(homog, prepared, cost, SimConfig(), scale).summary()
+        row["homogeneous_p99_e2e_s"] = homog_summary["p99_e2e_s"]
         plan = Plan.from_dict(d["plans"]["oserve"])
         for policy in POLICIES:
             m = simulate_at(plan, prepared, cost, SimConfig(dispatch=policy), scale).summary()
@@ -42,13 +49,14 @@ def main() -> int:
             row[f"oserve_{policy}_p99_ttft_s"] = m["p99_ttft_s"]
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
-    out = HERE / "results"
+    out = Path(args.out)
     (out / "spatial_dispatch_ablation.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | GPUs | trace | homogeneous P99 e2e | oserve " + " | oserve ".join(POLICIES) + " |",
              "|---|---|---|---|" + "---|" * len(POLICIES)]
     for r in rows:
         cells = " | ".join(f"{r[f'oserve_{p}_p99_e2e_s']:.1f}" for p in POLICIES)
-        lines.append(f"| {r['model']} | {r['gpus']} | {r['trace']} | {r['homogeneous_p99_e2e_s']:.1f} | {cells} |")
+        lines.append(f"| {r['model']} | {r['gpus']} | {r['trace']} | {r['homogeneous_p99_e2e_s']:.1f} | "
+                     f"{cells} |")
     (out / "spatial_dispatch_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.common.provenance import git_revision
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import plan_for, prepare_trace, simulate_at
+from oserve.sim.experiment import max_sustainable_scale, plan_for, prepare_trace, summary_at
 
 MODELS = ("llama-2-70b", "opt-66b", "llama-30b", "opt-30b")
 GPUS = (8, 16, 32)
@@ -56,11 +56,7 @@ def run_scenario(model: str, num_gpus: int, trace: str, window_s: float, config:
     cache: dict[tuple[str, float], dict] = {}  # identical deployments are simulated once
 
     def evaluate(name: str, scale: float) -> dict:
-        plan = plans[name]
-        key = (json.dumps(plan.to_dict()["replicas"]) + json.dumps(plan.dispatch), round(scale, 9))
-        if key not in cache:
-            cache[key] = simulate_at(plan, prepared, cost, config, scale).summary()
-        return cache[key]
+        return summary_at(plans[name], prepared, cost, config, scale, cache)
 
     homog = plans["homogeneous"]
     light = 0.1 * homog.demand_scale
@@ -68,8 +64,9 @@ def run_scenario(model: str, num_gpus: int, trace: str, window_s: float, config:
     bound = bound_factor * unloaded_p99
     searches = {}
     for name, plan in plans.items():
-        res = max_sustainable_scale_cached(evaluate, name, bound, 0.7 * plan.demand_scale, rel_tol)
-        searches[name] = res
+        res = max_sustainable_scale(plan, prepared, cost, config, bound, 0.7 * plan.demand_scale, rel_tol,
+                                    cache)
+        searches[name] = {"best_scale": res.best_scale, "probes": [list(p) for p in res.probes]}
     ref = searches["homogeneous"]["best_scale"] or homog.demand_scale
     curves = {name: [_point(evaluate(name, f * ref), f * ref) for f in CURVE_FRACTIONS] for name in plans}
     base_rate = prepared.trace.mean_rate_rps
@@ -85,13 +82,6 @@ def run_scenario(model: str, num_gpus: int, trace: str, window_s: float, config:
         "curves": curves, "sim_config": config.model_dump(), "git_revision": git_revision(),
         "wall_s": time.perf_counter() - t0,
     }
-
-
-def max_sustainable_scale_cached(evaluate, name: str, bound: float, start: float, rel_tol: float) -> dict:
-    from oserve.sim.rate_search import search_max_scale
-
-    res = search_max_scale(lambda s: evaluate(name, s), bound, start, rel_tol)
-    return {"best_scale": res.best_scale, "probes": [list(p) for p in res.probes]}
 
 
 def main(argv: list[str] | None = None) -> int:

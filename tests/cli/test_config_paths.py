@@ -146,3 +146,15 @@ def test_plan_json_into_a_closed_pipe_exits_quietly():
                           "--planner homogeneous --json | head -c 10", shell=True, capture_output=True,
                           text=True, timeout=300)
     assert proc.stdout == '{\n  "model"'[:10] and proc.stderr == "", proc.stderr
+
+
+def test_serve_config_validates_names():
+    from oserve.common.validation import build
+    from oserve.runtime.serve_setup import ServeConfig
+
+    with pytest.raises(ConfigError, match="planner: must be one of"):
+        build(ServeConfig, {"planner": "osrve"})
+    with pytest.raises(ConfigError, match="engine: must be one of"):
+        build(ServeConfig, {"engine": "tpu"})
+    with pytest.raises(ConfigError, match="runtime.max_inflight_per_replica"):
+        build(ServeConfig, {"runtime": {"max_inflight_per_replica": 0}})

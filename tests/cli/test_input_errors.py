@@ -105,7 +105,8 @@ def test_serve_plan_typed_for_other_types_than_the_trace(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--port", "99999"), ("--context-tokens", "0"),
                                          ("--max-inflight", "0"), ("--replicas", "0"),
-                                         ("--window-s", "nan"), ("--dispatch-policy", "least-outstandin")])
+                                         ("--window-s", "nan"), ("--dispatch-policy", "least-outstandin"),
+                                         ("--planner", "osrve")])
 def test_serve_flag_out_of_range(capsys, flag, value):
     line = run_parse_error(capsys, "serve", "--engine", "fake", flag, value)
     assert flag in line
@@ -186,7 +187,9 @@ def test_absurd_cluster_size_is_refused_with_the_limit():
 
 
 def test_absurd_cluster_size_from_the_cli(capsys):
-    assert "limit of 1,024" in run(capsys, "plan", "--cluster", "1000000x8xH100")
+    from oserve.costmodel.catalog import MAX_CLUSTER_GPUS
+
+    assert f"limit of {MAX_CLUSTER_GPUS:,}" in run(capsys, "plan", "--cluster", "1000000x8xH100")
 
 
 # ---- renamed flags: an old spelling is refused, never taken as a prefix of the new one ------------------
@@ -201,3 +204,11 @@ def test_old_flag_spellings_are_not_abbreviations(capsys, argv):
 
 def test_time_range_must_be_ordered(capsys):
     assert "--time-range" in run(capsys, "simulate", "--time-range", "60:10")
+
+
+def test_trace_scaled_refuses_nan():
+    from oserve.common.errors import ConfigError
+    from oserve.workload import load_trace
+
+    with pytest.raises(ConfigError, match="positive finite"):
+        load_trace("azure-code").scaled(float("nan"))

@@ -4,11 +4,13 @@ from oserve.common.errors import ConfigError, InputFormatError
 from oserve.costmodel.catalog import load_gpus, load_models, parse_cluster
 
 REQUIRED = ["llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "llama-30b",
-            "opt-30b", "opt-66b", "smollm2-135m"]
+            "opt-30b", "opt-66b", "smollm2-135m", "llama-3.1-8b", "llama-3.1-70b", "qwen2.5-72b"]
 
 
 @pytest.mark.parametrize("name, billions", [("llama-2-7b", 6.7), ("llama-2-70b", 69.0), ("opt-66b", 66.2),
-                                            ("llama-30b", 32.5), ("llama-3-8b", 8.0)])
+                                            ("llama-30b", 32.5), ("llama-3-8b", 8.0),
+                                            ("llama-3.1-8b", 8.03), ("llama-3.1-70b", 70.6),
+                                            ("qwen2.5-72b", 72.7)])
 def test_parameter_counts_match_published_sizes(name, billions):
     assert load_models().get(name).num_params / 1e9 == pytest.approx(billions, rel=0.03)
 
@@ -18,6 +20,8 @@ def test_required_catalog_entries_exist():
     for name in REQUIRED:
         models.get(name)
     assert load_models().get("llama-30b").hidden_size == 6656
+    assert load_models().get("meta-llama/Llama-3.1-70B-Instruct").max_context_tokens == 131072
+    assert load_models().get("qwen2.5-72b").max_context_tokens == 32768
     gpus = load_gpus()
     for name in ["A100-40GB", "A100-80GB", "H100-80GB", "H200", "L40S", "L4"]:
         assert gpus.get(name).bf16_tflops > 0

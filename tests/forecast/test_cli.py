@@ -7,7 +7,7 @@ from oserve.cli.main import main
 
 def test_forecast_eval_json_baselines(capsys):
     assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "60",
-                 "--models", "last,moving-avg,ewma", "--json"]) == 0
+                 "--forecasters", "last,moving-avg,ewma", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["window_s"] == 60 and doc["num_test_windows"] >= 2
     assert [m["name"] for m in doc["models"]] == ["last", "moving-avg", "ewma"]
@@ -16,7 +16,7 @@ def test_forecast_eval_json_baselines(capsys):
 
 def test_forecast_eval_rejects_unknown_model(capsys):
     assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "60",
-                 "--models", "prophet"]) == 2
+                 "--forecasters", "prophet"]) == 2
 
 
 def test_forecast_train_then_eval_loaded(tmp_path, capsys):
@@ -24,7 +24,7 @@ def test_forecast_train_then_eval_loaded(tmp_path, capsys):
     out = tmp_path / "m.pt"
     assert main(["forecast", "train", "--trace", "azure-code", "--window-s", "30", "--epochs", "5",
                  "--out", str(out)]) == 0
-    assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "30", "--models",
+    assert main(["forecast", "eval", "--trace", "azure-code", "--window-s", "30", "--forecasters",
                  "last,lstm", "--lstm", str(out), "--out", str(tmp_path / "ev")]) == 0
     text = capsys.readouterr().out
     assert "lstm(loaded)" in text

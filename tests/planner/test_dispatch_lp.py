@@ -36,7 +36,8 @@ def test_dispatch_conserves_flow_and_respects_capacity(num_types, num_groups, da
     cap = np.array(data.draw(st.lists(st.lists(st.floats(0.1, 50.0), min_size=num_types,
                                                 max_size=num_types), min_size=num_groups,
                                        max_size=num_groups)))
-    demand = np.array(data.draw(st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 20.0)), min_size=num_types, max_size=num_types)))
+    demand = np.array(data.draw(st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 20.0)),
+                                         min_size=num_types, max_size=num_types)))
     counts = np.array(data.draw(st.lists(st.integers(1, 4), min_size=num_groups, max_size=num_groups)))
     sol = solve_dispatch(demand, cap, counts, balance=data.draw(st.booleans()))
     assert np.all(sol.flow >= -1e-9)

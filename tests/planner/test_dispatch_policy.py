@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from oserve.common.errors import ConfigError
-from oserve.planner.dispatch_policy import DispatchState, DispatchTable, choose_replica
+from oserve.planner.dispatch_policy import (
+    DISPATCH_POLICIES,
+    Dispatcher,
+    DispatchState,
+    DispatchTable,
+    choose_replica,
+)
 
 TABLE = DispatchTable(((0.5, 0.25, 0.25), (0.0, 0.0, 1.0)))
 
@@ -85,3 +91,53 @@ def test_spillover_leaves_the_plan_only_when_the_choice_is_queueing():
     assert r == 2  # every queue busy: stay with the plan
     with pytest.raises(ConfigError):
         choose_replica(TABLE, state, 1, [0, 0, 0], "spillover")
+
+
+def _random_table(rng, num_types, num_replicas):
+    rows = []
+    for _ in range(num_types):
+        row = rng.random(num_replicas) * (rng.random(num_replicas) < 0.6)
+        if rng.random() < 0.2:
+            row[:] = 0.0  # a type the plan gives no replica: every replica allowed
+        if rng.random() < 0.3:
+            row = np.where(row > 0, 1.0, 0.0)  # equal shares: ties on load and on credit
+        rows.append(row)
+    return DispatchTable.from_fractions(rows)
+
+
+@pytest.mark.parametrize("policy", DISPATCH_POLICIES)
+@pytest.mark.parametrize("seed", range(6))
+def test_in_place_dispatcher_makes_the_reference_choices(policy, seed):
+    """The simulator's fast path: same choice at every request and same credits as choose_replica."""
+    rng = np.random.default_rng(seed)
+    num_types, num_replicas = int(rng.integers(1, 5)), int(rng.integers(1, 48))
+    table = _random_table(rng, num_types, num_replicas)
+    fast = Dispatcher(table, policy, np.random.default_rng(seed))
+    ref_rng, state = np.random.default_rng(seed), DispatchState.initial(table)
+    outstanding = np.zeros(num_replicas, dtype=np.int64)
+    queued = np.zeros(num_replicas, dtype=np.int64)
+    for _ in range(400):
+        t = int(rng.integers(num_types))
+        ref, state = choose_replica(table, state, t, outstanding.tolist(), policy, ref_rng,
+                                    queued.tolist())
+        if seed % 2:  # the caller's counts may be numpy arrays or lists
+            assert fast.choose(t, outstanding, queued) == ref
+        else:
+            assert fast.choose(t, outstanding.tolist(), queued.tolist()) == ref
+        outstanding[ref] += 1
+        queued[ref] += int(rng.random() < 0.5)
+        done = rng.random(num_replicas) < 0.1  # some replicas finish or admit some of their requests
+        outstanding[done] = np.maximum(0, outstanding[done] - 1)
+        queued[:] = np.minimum(queued, outstanding) * (rng.random(num_replicas) < 0.8)
+    assert fast.state() == state
+
+
+def test_in_place_dispatcher_rejects_what_the_reference_rejects():
+    with pytest.raises(ConfigError):
+        Dispatcher(TABLE, "nope")
+    with pytest.raises(ConfigError):
+        Dispatcher(TABLE, "weighted-random")
+    with pytest.raises(ConfigError):
+        Dispatcher(TABLE, "least-outstanding").choose(5, np.zeros(3, dtype=np.int64))
+    with pytest.raises(ConfigError):
+        Dispatcher(TABLE, "spillover").choose(0, np.zeros(3, dtype=np.int64))

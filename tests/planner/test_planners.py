@@ -130,7 +130,8 @@ def test_heterogeneous_plan_needs_a_clear_margin_over_homogeneous():
     assert 0 < gain < 0.5
     strict = make_plan(cluster, model, _types(), "oserve", cost,
                        search=SearchParams(min_gain_over_homogeneous=gain + 0.01))
-    assert {r.config for r in strict.replicas} == {r.config for r in homog.replicas}  # ...but not past the margin
+    # ...but not past the margin
+    assert {r.config for r in strict.replicas} == {r.config for r in homog.replicas}
     lax = make_plan(cluster, model, _types(), "oserve", cost,
                     search=SearchParams(min_gain_over_homogeneous=gain - 0.001))
     assert lax.demand_scale == pytest.approx(raw.demand_scale)

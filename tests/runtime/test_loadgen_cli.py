@@ -12,7 +12,7 @@ import pytest
 
 from oserve.cli.main import build_parser, main
 from oserve.cli.serve_cmd import usage_banner
-from oserve.runtime.errors import ClientRequestError
+from oserve.common.errors import ConfigError
 from oserve.runtime.loadgen import (BenchConfig, RequestRecord, check_target, run_bench, summarize,
                                     synthetic_prompt)
 from oserve.workload.trace import Trace
@@ -45,7 +45,7 @@ def test_bench_counts_failures_by_kind(gateway):
 def test_bench_targets_loopback_only_unless_allowed():
     check_target("http://127.0.0.1:8000", allow_remote=False)
     check_target("http://localhost:8000", allow_remote=False)
-    with pytest.raises(ClientRequestError, match="loopback"):
+    with pytest.raises(ConfigError, match="--url: .*loopback"):
         check_target("http://10.1.2.3:8000", allow_remote=False)
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.sim.factories import make_sim, poisson_workload, run
 
 from oserve.sim.batching import BatchingConfig, schedule_step
 from oserve.sim.kv_blocks import BlockPool, KvInvariantError
 from oserve.sim.request import Seq
-from tests.sim.factories import make_sim, poisson_workload, run
 
 
 def test_every_request_completes_or_is_dropped_with_a_reason():
@@ -131,3 +131,15 @@ def test_decode_runs_equal_step_by_step_simulation(mode):
     np.testing.assert_allclose(fast.first_token_s, slow.first_token_s, rtol=1e-9)
     assert fast.num_preemptions.sum() == slow.num_preemptions.sum()
     assert sum(r.num_events for r in fast.replicas) < sum(r.num_events for r in slow.replicas) / 5
+
+
+def test_reading_the_trace_in_chunks_changes_nothing(monkeypatch):
+    arrivals, inputs, outputs = poisson_workload(300, rate_rps=80.0, seed=5)
+    types = np.arange(300) % 2
+    whole = run(make_sim(num_replicas=2, weights=((0.5, 0.5), (0.2, 0.8))), arrivals, inputs, outputs, types)
+    monkeypatch.setattr("oserve.sim.records.CHUNK", 7)  # many chunk boundaries, one not aligned with n
+    chunked = run(make_sim(num_replicas=2, weights=((0.5, 0.5), (0.2, 0.8))), arrivals, inputs, outputs,
+                  types)
+    for name in ("first_token_s", "finish_s", "replica_id", "num_preemptions", "drop_reason"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    assert chunked.completed.all() and chunked.num_events == whole.num_events

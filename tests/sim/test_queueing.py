@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tests.sim.factories import make_sim, poisson_workload, run
 
 STEP = 0.01

@@ -68,3 +68,21 @@ def test_saturated_replica_serves_what_the_planner_assumes(cost, tp, shape):
     lo, hi = int(0.3 * len(done)), int(0.9 * len(done))
     throughput = (hi - lo) / (done[hi] - done[lo])
     assert throughput == pytest.approx(capacity, rel=0.2)
+
+
+def test_simulation_reports_the_step_timer_cache_hit_rate(cost):
+    cfg = ReplicaConfig("H100-80GB", 4)
+    setups = replicas_from_configs([cfg, cfg], cost)  # one configuration: one shared cache
+    conf = SimConfig()
+    sim = Simulation(setups, DispatchTable(((0.5, 0.5),)), conf, batching_config(cost, conf),
+                     cost.params.kv_block_tokens)
+    rng = np.random.default_rng(0)
+    n = 400
+    res = sim.run(np.sort(rng.uniform(0, 20, n)), rng.integers(10, 2000, n), rng.integers(2, 300, n),
+                  np.zeros(n, dtype=np.int64))
+    stats = res.meta["step_timer"]
+    timer = setups[0].timer
+    assert stats["misses"] == len(timer._lines) + len(timer._mixed) > 0  # one miss per key cached
+    assert stats["lookups"] >= sum(r.num_events for r in res.replicas)  # at least one per event
+    assert stats["hit_rate"] == pytest.approx(1 - stats["misses"] / stats["lookups"])
+    assert 0.0 < stats["hit_rate"] < 1.0

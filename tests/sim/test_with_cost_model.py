@@ -21,7 +21,8 @@ def setup():
 
 
 def _mixed_plan(k: int) -> Plan:
-    configs = [ReplicaConfig("H100-80GB", 2, 2), ReplicaConfig("H100-80GB", 4), ReplicaConfig("H100-80GB", 1, 4)]
+    configs = [ReplicaConfig("H100-80GB", 2, 2), ReplicaConfig("H100-80GB", 4),
+               ReplicaConfig("H100-80GB", 1, 4)]
     replicas = tuple(Replica(i, tuple(range(4 * i, 4 * i + 4)), c) for i, c in enumerate(configs))
     dispatch = tuple((0.5, 0.5, 0.0) if t % 2 else (0.0, 0.3, 0.7) for t in range(k))
     zeros = tuple((0.0,) * k for _ in replicas)

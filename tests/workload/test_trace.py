@@ -17,7 +17,8 @@ def test_builtin_azure_traces_load_sorted_and_complete():
     assert conv.input_tokens.min() >= 1 and conv.output_tokens.min() >= 1
     mix = load_trace("azure-mix")
     assert len(mix) == len(conv) + len(code)
-    assert sorted(mix.input_tokens.tolist()) == sorted(conv.input_tokens.tolist() + code.input_tokens.tolist())
+    both = conv.input_tokens.tolist() + code.input_tokens.tolist()
+    assert sorted(mix.input_tokens.tolist()) == sorted(both)
 
 
 def test_azure_timestamp_fraction_parsed(tmp_path):
@@ -88,3 +89,97 @@ def test_merge_keeps_every_request():
     b = Trace(np.array([1.0]), np.array([9]), np.array([1]), "b")
     m = Trace.merge([a, b])
     assert m.arrival_s.tolist() == [0.0, 1.0, 2.0] and m.input_tokens.tolist() == [1, 9, 2]
+
+
+# --- the vectorised CSV path against the row-by-row loader it replaces (trace._load_csv's loop) ---
+
+def _both_ways(path, monkeypatch):
+    """The trace loaded by the vectorised path and by the row-by-row loop, plus whether the fast path
+    answered (it declines with None for anything outside the plain layout)."""
+    from oserve.workload import fast_csv
+    from oserve.workload import trace as trace_mod
+
+    fast_answered = []
+    real = fast_csv.parse_columns
+
+    def spy(*args):
+        out = real(*args)
+        fast_answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(fast_csv, "parse_columns", spy)
+    fast = load_trace(path)
+    monkeypatch.setattr(trace_mod, "_load_csv_vectorised", lambda *a: None)
+    rows = load_trace(path)
+    return fast, rows, all(fast_answered)
+
+
+def _same(a, b):
+    return all(np.array_equal(getattr(a, k), getattr(b, k)) and getattr(a, k).dtype == getattr(b, k).dtype
+               for k in ("arrival_s", "input_tokens", "output_tokens"))
+
+
+def test_vectorised_csv_equals_row_loader_on_the_bundled_azure_traces(monkeypatch):
+    from oserve.workload.trace import _builtin_path
+
+    for name in ("azure2023_conv.csv", "azure2023_code.csv"):
+        fast, rows, answered = _both_ways(_builtin_path(name), monkeypatch)
+        assert answered and _same(fast, rows) and len(fast) > 8000
+
+
+@pytest.mark.parametrize("body, answered", [
+    # CRLF with and without a final newline, LF, unsorted arrivals, a leap day, fractions of any length
+    ("2024-02-29 23:59:59.9999999,5,6\r\n2024-03-01 00:00:00,7,8\r\n2024-02-29 12:00:00.5,1,1", True),
+    ("2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.995169,396,109\n", True),
+    ("2023-12-31 23:59:59.1,10,20\n2024-01-01 00:00:00.123456789012345,30,40\n", True),
+    # layouts the fast path leaves to the csv module, which still parses them
+    ('"2023-11-16 18:15:46.1",10,5\n2023-11-16 18:15:47.2,11,6\n', False),
+    ("2023-11-16 18:15:46.1, 10,5\n2023-11-16 18:15:47.2,11,6\n", False),
+    ("2023-1-6 8:15:46.1,10,5\n2023-11-16 18:15:47.2,11,6\n", False),
+    ("2023-11-16 18:15:46.1,10.0,5\n2023-11-16 18:15:47.2,11,6,extra\n", False),
+])
+def test_vectorised_azure_csv_gives_the_row_loaders_trace(tmp_path, monkeypatch, body, answered):
+    f = tmp_path / "t.csv"
+    f.write_bytes(("TIMESTAMP,ContextTokens,GeneratedTokens\r\n" + body).encode())
+    fast, rows, fast_answered = _both_ways(f, monkeypatch)
+    assert fast_answered == answered and _same(fast, rows)
+
+
+@pytest.mark.parametrize("header, body", [
+    ("arrival_s,prompt_tokens,completion_tokens", "1.5,10,3\n0.5,7,2\n12345.678901234567,1,1\n3,4,5\n"),
+    ("timestamp_ms,input_tokens,output_tokens", "1500,10,3\n500,7,2\n"),
+    ("id,input_length,time_s,output_length", "a,10,0.1,3\nb,7,.25,2\nc,5,7.,1\n"),
+])
+def test_vectorised_generic_csv_gives_the_row_loaders_trace(tmp_path, monkeypatch, header, body):
+    f = tmp_path / "g.csv"
+    f.write_text(header + "\n" + body)
+    fast, rows, answered = _both_ways(f, monkeypatch)
+    assert answered and _same(fast, rows)
+
+
+def test_vectorised_decimals_round_like_float(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    values = [f"{x:.{int(d)}f}" for x, d in zip(rng.random(2000) * 10.0 ** rng.integers(0, 9, 2000),
+                                                rng.integers(0, 12, 2000))]
+    f = tmp_path / "d.csv"
+    f.write_text("arrival_s,input_tokens,output_tokens\n" + "".join(f"{v},1,1\n" for v in values))
+    fast, rows, answered = _both_ways(f, monkeypatch)
+    assert answered and _same(fast, rows)
+
+
+@pytest.mark.parametrize("content, line, field", [
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-02-30 18:15:46.1,1,1\n",
+     3, "TIMESTAMP"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47,0,1\n",
+     3, "ContextTokens"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47.x,1,1\n",
+     3, "TIMESTAMP"),
+    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47,1,20000000\n",
+     3, "GeneratedTokens"),  # plain digits, but beyond MAX_TOKENS_PER_REQUEST
+])
+def test_values_the_fast_path_rejects_still_get_the_row_loaders_error(tmp_path, content, line, field):
+    f = tmp_path / "bad.csv"
+    f.write_text(content)
+    with pytest.raises(InputFormatError) as err:
+        load_trace(f)
+    assert err.value.line == line and err.value.field == field

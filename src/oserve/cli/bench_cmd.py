@@ -22,7 +22,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--trace", default="azure-conv")
     p.add_argument("--rate-scale", type=POSITIVE, default=None)
-    p.add_argument("--model", default=None, help="default: the server's first model")
+    p.add_argument("--served-model-name", dest="model", default=None,
+                   help="the model name to ask the server for (default: the server's first model)")
     p.add_argument("--max-requests", type=POSITIVE_INT, default=None)
     p.add_argument("--max-duration-s", type=POSITIVE, default=None)
     p.add_argument("--max-input-tokens", type=POSITIVE_INT, default=None)

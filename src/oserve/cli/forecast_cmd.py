@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from oserve.cli.common_args import POSITIVE, POSITIVE_INT, number
+from oserve.cli.common_args import POSITIVE, POSITIVE_INT, default, number
 from oserve.common.errors import ConfigError
 from oserve.forecast.backtest import backtest, split_index
 from oserve.forecast.baselines import EWMA, LastValue, MovingAverage, SeasonalNaive
+from oserve.forecast.lstm import LSTMParams
 from oserve.forecast.report import Pretrained, render, write_eval_outputs
 from oserve.forecast.series import rate_series
 from oserve.forecast.synthetic import (
@@ -33,7 +34,7 @@ def register(sub) -> None:
     fsub = p.add_subparsers(dest="forecast_command", required=True, metavar="ACTION")
     ev = fsub.add_parser("eval", help="backtest forecasters on a held-out tail of a trace")
     _common(ev)
-    ev.add_argument("--models", default=",".join(MODELS),
+    ev.add_argument("--forecasters", default=",".join(MODELS),
                     help=f"comma-separated subset of {', '.join(MODELS)} (lstm needs torch)")
     ev.add_argument("--lstm", default=None, metavar="FILE", help="use this trained LSTM instead of "
                     "training one on the training head")
@@ -45,12 +46,13 @@ def register(sub) -> None:
     tr = fsub.add_parser("train", help="train the per-type LSTM on a trace's head and save it")
     _common(tr)
     tr.add_argument("--out", required=True, metavar="FILE", help="where to save the model (.pt)")
-    tr.add_argument("--epochs", type=POSITIVE_INT, default=300)
-    tr.add_argument("--lookback", type=POSITIVE_INT, default=12, help="windows of history the LSTM reads")
+    tr.add_argument("--epochs", type=POSITIVE_INT, default=default(LSTMParams, "epochs"))
+    tr.add_argument("--lookback", type=POSITIVE_INT, default=default(LSTMParams, "lookback"),
+                    help="windows of history the LSTM reads")
     tr.set_defaults(func=run_train)
     sy = fsub.add_parser("synth", help="write a SYNTHETIC multi-hour diurnal trace (CSV)")
-    sy.add_argument("--hours", type=POSITIVE, default=6.0)
-    sy.add_argument("--period-s", type=POSITIVE, default=6 * 3600.0, metavar="S",
+    sy.add_argument("--hours", type=POSITIVE, default=default(DiurnalSpec, "duration_s") / 3600.0)
+    sy.add_argument("--period-s", type=POSITIVE, default=default(DiurnalSpec, "period_s"), metavar="S",
                     help="length of one synthetic day in seconds (default %(default)s)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--out", required=True, metavar="FILE")
@@ -80,10 +82,10 @@ def _series(args):
 
 
 def _forecasters(args, window_s: float) -> list[Any]:
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [m.strip() for m in args.forecasters.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
-        raise ConfigError(f"unknown forecast models {unknown}; choose from {', '.join(MODELS)}")
+        raise ConfigError(f"--forecasters: unknown forecasters {unknown}; choose from {', '.join(MODELS)}")
     out: list[Any] = []
     for name in names:
         if name == "last":
@@ -105,7 +107,7 @@ def _lstm(args):
         if args.lstm:
             raise ConfigError("--lstm needs PyTorch: pip install -e '.[forecast]'")
         return None  # reported as skipped
-    from oserve.forecast.lstm import LSTMForecaster, LSTMParams
+    from oserve.forecast.lstm import LSTMForecaster
 
     if args.lstm:
         model, _meta = LSTMForecaster.load(args.lstm)
@@ -119,7 +121,7 @@ def run_eval(args) -> int:
     if not forecasters:
         raise ConfigError("no forecaster to evaluate (lstm needs torch; seasonal-naive needs --season-s)")
     result = backtest(series, forecasters, args.train_frac)
-    skipped = [m for m in args.models.split(",") if m.strip() == "lstm"] if not any(
+    skipped = [m for m in args.forecasters.split(",") if m.strip() == "lstm"] if not any(
         s.name.startswith("lstm") for s in result.scores) else []
     doc = result.to_dict()
     doc.update(trace=trace.name, synthetic=bool(trace.meta.get("synthetic")), skipped=skipped,
@@ -135,7 +137,7 @@ def run_eval(args) -> int:
 
 
 def run_train(args) -> int:
-    from oserve.forecast.lstm import LSTMForecaster, LSTMParams
+    from oserve.forecast.lstm import LSTMForecaster
 
     trace, types, series = _series(args)
     split = split_index(series.num_windows, args.train_frac)

@@ -13,6 +13,7 @@ from oserve.cli.common_args import (
     default,
     resolve,
 )
+from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan
 from oserve.planner.search import SearchParams
@@ -32,6 +33,7 @@ def register(sub) -> None:
                    help="predicted capacity gain a heterogeneous deployment needs over the best "
                         "homogeneous one to be chosen by the oserve planner (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_slo_args(p)
     p.set_defaults(func=run)
 
 
@@ -39,24 +41,68 @@ def run(args) -> int:
     search = config_from_flags(SearchParams, {"min_gain_over_homogeneous": args.min_gain},
                                {"min_gain_over_homogeneous": "--min-gain"})
     cluster, model, cost = resolve(args)
+    slo = slo_from_args(args)
+    objective = objective_from_args(args, slo)
     trace, num_clipped = load_trace(args.trace).clipped_to_context(model.max_context_tokens)
     if args.rate_scale != 1.0:
         trace = trace.scaled(args.rate_scale)
     types = fit_request_types(trace, args.types, args.seed)
     stats = types.stats(trace)
-    plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
-                     search=search)
+    verification = None
+    if slo is None:
+        plan = make_plan(cluster, model, stats, args.planner, cost, allow_pp=not args.no_pp,
+                         search=search)
+    else:
+        plan, verification = _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo,
+                                            objective, search)
     if args.json:
         out = plan.to_dict()
         out.update(cluster=cluster.describe(), trace=trace.name, requests_shortened=num_clipped,
-                   online_mistype_rate=types.online_mistype_rate(trace))
+                   online_mistype_rate=types.online_mistype_rate(trace),
+                   slo=slo.describe() if slo else None)
+        if verification is not None:
+            out.update(verification.to_dict())
         print(json.dumps(out, indent=2))
     else:
         if num_clipped:
             print(f"note: {num_clipped} of {len(trace)} requests exceed {model.name}'s "
                   f"{model.max_context_tokens}-token context and were shortened to fit")
         print(render(plan, cluster.describe(), trace.name))
+        if slo is not None:
+            print(render_goodput(plan, slo, verification))
     return 0
+
+
+def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, objective, search):
+    """Plan under an SLO: the latency model's shortlist, verified by the simulator (oserve.sim)."""
+    from oserve.sim.config import SimConfig
+    from oserve.sim.experiment import PreparedTrace
+    from oserve.sim.verify import plan_with_slo
+
+    prepared = PreparedTrace(trace, types, stats, num_clipped)
+    if objective == "throughput":
+        from oserve.planner.slo_planner import score_plan, slo_workload
+
+        plan = make_plan(cluster, cost.model, stats, args.planner, cost, allow_pp=not args.no_pp,
+                         search=search)
+        return score_plan(plan, cost, stats, slo_workload(trace, types, stats, slo), cluster), None
+    return plan_with_slo(cluster, cost, prepared, args.planner, slo, objective, SimConfig(seed=args.seed),
+                         allow_pp=not args.no_pp, verify_requests=args.verify_requests)
+
+
+def render_goodput(plan: Plan, slo, verification) -> str:
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}x"
+    lines = ["", f"SLO: {slo.describe()}; objective {plan.objective}",
+             f"Goodput scale (highest rate scale at which every type meets the target): predicted "
+             f"{fmt(plan.predicted_goodput_scale)}, simulated {fmt(plan.simulated_goodput_scale)}"]
+    if verification is not None:
+        lines.append(f"Shortlist simulated on {verification.requests} requests around the trace's "
+                     "busiest 10 s:")
+        for p in verification.candidates:
+            lines.append(f"  {p.describe():<56} predicted {fmt(p.predicted_goodput_scale)}  "
+                         f"simulated {fmt(p.simulated_goodput_scale)}")
+    return "\n".join(lines)
 
 
 def render(plan: Plan, cluster: str, trace: str) -> str:

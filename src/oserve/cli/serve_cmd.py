@@ -23,6 +23,7 @@ from oserve.cli.common_args import (
     number,
 )
 from oserve.common.errors import ConfigError
+from oserve.planner.api import PLANNERS
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
 from oserve.runtime.engine_spec import ENGINE_KINDS
@@ -84,7 +85,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default=None, help="GPU cluster to plan for (e.g. 1x8xH100)")
     p.add_argument("--model", default=None, help="catalog model the plan is made for (with --cluster)")
     add_cost_model_args(p)
-    p.add_argument("--planner", default=default(ServeConfig, "planner"))
+    p.add_argument("--planner", default=default(ServeConfig, "planner"), choices=PLANNERS)
     p.add_argument("--plan", default=None, metavar="FILE", help="a plan JSON (oserve plan --json)")
     p.add_argument("--replan", action="store_true", help="re-plan live as the traffic mix drifts")
     p.add_argument("--switch-policy", default=default(ServeConfig, "switch_policy"), choices=SWITCH_POLICIES,

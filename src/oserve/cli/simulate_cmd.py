@@ -9,13 +9,13 @@ from pathlib import Path
 from oserve.cli.common_args import (
     POSITIVE,
     add_cluster_model_args,
-    add_slo_args,
     add_trace_args,
     config_from_flags,
     default,
     parse_time_range,
     resolve,
 )
+from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
 from oserve.common.errors import ConfigError
 from oserve.common.provenance import git_revision
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
@@ -39,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--time-range", default=None, metavar="START:END",
                    help="simulate only the requests arriving in [START, END) seconds of the trace")
     add_slo_args(p)
+    p.add_argument("--goodput", action="store_true",
+                   help="search each plan's SLO goodput: the highest rate scale at which every type's "
+                        "attainment reaches the target (needs an SLO; bisection to 3%%)")
     p.add_argument("--batching", default=default(SimConfig, "batching"), choices=BATCHING_MODES)
     p.add_argument("--dispatch-policy", default=default(SimConfig, "dispatch"), choices=DISPATCH_POLICIES,
                    help="per-request choice among the plan's replicas (the planner's shared policies)")
@@ -65,7 +68,7 @@ def parse_scales(text: str, flag: str = "--rate-scale") -> list[float]:
     return scales
 
 
-def _plans(args, cluster, cost, prepared) -> dict:
+def _plans(args, cluster, cost, prepared, slo=None, objective="throughput", config=None) -> dict:
     from oserve.planner.api import PLANNERS
     from oserve.planner.plan import Plan
     from oserve.sim.experiment import plan_for
@@ -74,7 +77,13 @@ def _plans(args, cluster, cost, prepared) -> dict:
     for name in [x.strip() for x in args.planner.split(",") if x.strip()]:
         if name not in PLANNERS:
             raise ConfigError(f"unknown planner '{name}'; choose from {', '.join(PLANNERS)}")
-        plans[name] = plan_for(cluster, cost, prepared, name)
+        if slo is not None and objective != "throughput":
+            from oserve.sim.verify import plan_with_slo
+
+            plans[name] = plan_with_slo(cluster, cost, prepared, name, slo, objective, config,
+                                        verify_requests=args.verify_requests)[0]
+        else:
+            plans[name] = plan_for(cluster, cost, prepared, name)
     for path in args.plan:
         plan = Plan.load(path)
         if len(plan.type_names) != prepared.types.k:
@@ -88,7 +97,7 @@ def _plans(args, cluster, cost, prepared) -> dict:
 
 def run(args) -> int:
     from oserve.sim.experiment import prepare_trace, simulate_at
-    from oserve.sim.report import results_by_planner, table, write_outputs
+    from oserve.sim.report import goodput_table, results_by_planner, table, write_outputs
 
     config = config_from_flags(SimConfig, {
         "batching": args.batching, "dispatch": args.dispatch_policy, "oracle_types": args.oracle_types,
@@ -96,9 +105,13 @@ def run(args) -> int:
     scales = parse_scales(args.rate_scale)
     time_range = parse_time_range(args.time_range)
     cluster, model, cost = resolve(args)
+    slo = slo_from_args(args)
+    objective = objective_from_args(args, slo)
+    if args.goodput and slo is None:
+        raise ConfigError("--goodput needs an SLO: give --slo loose|tight|FILE or --slo-ttft/--slo-tpot")
     prepared = prepare_trace(args.trace, cost, args.types, args.seed, time_range,
                              clip=args.context_policy == "truncate")
-    plans = _plans(args, cluster, cost, prepared)
+    plans = _plans(args, cluster, cost, prepared, slo, objective, config)
     progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     done: dict[tuple[str, float], object] = {}  # planners that chose the same plan are simulated once
 
@@ -109,7 +122,8 @@ def run(args) -> int:
         return done[key]
 
     results = {name: {s: simulate(plan, s) for s in scales} for name, plan in plans.items()}
-    summaries = {name: {s: {**r.summary(args.slo_ttft_s, args.slo_tpot_s), "replicas": r.replica_summary()}
+    summaries = {name: {s: {**r.summary(), **_slo_summary(r, slo, prepared.types),
+                            "replicas": r.replica_summary()}
                         for s, r in by.items()}
                  for name, by in results.items()}
     report = {
@@ -117,13 +131,42 @@ def run(args) -> int:
         "requests": len(prepared.trace), "requests_shortened_to_context": prepared.num_clipped,
         "rate_scales": scales, "results": results_by_planner(summaries, plans, scales),
         "config": {"sim": config.model_dump(), "seed": args.seed, "types": args.types,
-                   "slo_ttft_s": args.slo_ttft_s, "slo_tpot_s": args.slo_tpot_s,
+                   "slo_ttft_s": args.slo_ttft_s, "slo_tpot_s": args.slo_tpot_s, "slo_file": args.slo,
+                   "attainment_target": args.attainment, "slo": slo.describe() if slo else None,
                    "time_range": args.time_range, "git_revision": git_revision(), "command": sys.argv},
     }
+    if args.goodput:
+        _add_goodput(report, plans, prepared, cost, config, slo)
     if args.out:
         write_outputs(Path(args.out), report, results, summaries, scales, plans)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(table(report, summaries, scales))
+        if args.goodput:
+            print(goodput_table(report))
     return 0
+
+
+def _slo_summary(result, slo, types) -> dict:
+    """SLO attainment of one simulation, overall and per type (None without an SLO)."""
+    if slo is None:
+        return {"slo_attainment": None, "slo_attainment_per_type": None}
+    from oserve.sim.metrics import slo_attainment
+
+    names = types.names()
+    ttft, tpot = slo.bounds(result.type_id, names, result.input_tokens)
+    att = slo_attainment(result, ttft, tpot, len(names))
+    return {"slo_attainment": att.overall, "slo_attainment_per_type": list(att.per_type)}
+
+
+def _add_goodput(report: dict, plans: dict, prepared, cost, config, slo) -> None:
+    from oserve.sim.goodput import plan_goodput
+
+    found: dict[str, dict] = {}  # planners that chose the same plan are searched once
+    for name, plan in plans.items():
+        key = json.dumps([plan.to_dict()["replicas"], plan.dispatch])
+        if key not in found:
+            found[key] = plan_goodput(plan, prepared, cost, config, slo).to_dict(prepared.types.k)
+        report["results"][name].update(found[key])
+    report["types"] = prepared.types.names()

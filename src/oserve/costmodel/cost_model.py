@@ -174,11 +174,21 @@ class CostModel:
         """Time to prefill the given prompts in one step (no cached prefix)."""
         return self.step_time_s(cfg, tuple((int(s), 0) for s in prompt_lens))
 
+    # ---- engine settings ----------------------------------------------------------------------------
+
+    def batched_tokens(self, cfg: ReplicaConfig) -> int:
+        """The replica's chunked-prefill budget per step: its own setting, else the engine default."""
+        return cfg.max_num_batched_tokens or self.params.max_num_batched_tokens
+
+    def max_seqs(self, cfg: ReplicaConfig) -> int:
+        """Most sequences the replica runs at once: its own setting, else the engine default."""
+        return cfg.max_num_seqs or self.params.max_num_seqs
+
     # ---- capacity -----------------------------------------------------------------------------------
 
     def _prefill_cost_per_request_s(self, cfg: ReplicaConfig, input_tokens: float) -> float:
         """Busy time a replica spends prefilling one prompt when prompts are batched to the budget."""
-        budget = self.params.max_num_batched_tokens
+        budget = self.batched_tokens(cfg)
         s = max(1, int(round(input_tokens)))
         if s >= budget:
             chunks = math.ceil(s / budget)
@@ -207,7 +217,7 @@ class CostModel:
         """
         per_seq = load.mean_input_tokens + load.mean_output_tokens / 2
         by_kv = int(0.9 * self.kv_capacity_tokens(cfg) / max(per_seq, 1.0))
-        batch = max(0, min(self.params.max_num_seqs, by_kv))
+        batch = max(0, min(self.max_seqs(cfg), by_kv))
         if self.tpot_slo_s is None or batch == 0:
             return batch
         if self.effective_tpot_s(cfg, load, batch) <= self.tpot_slo_s:

@@ -2,7 +2,8 @@
 
 Planners: ``oserve`` (LP dispatch + flow-guided deployment search, started from the best homogeneous
 deployment or from a given current deployment), ``milp`` (the exact joint optimum by mixed-integer LP),
-``homogeneous``, ``default`` and ``exhaustive``.
+``homogeneous``, ``default`` and ``exhaustive``. Under SLOs, ``planner.slo_planner`` plans for goodput
+(``oserve`` and ``homogeneous-tuned``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from oserve.planner.problem import Counts, PlanningProblem
 from oserve.planner.search import SearchParams, flow_guided_search
 from oserve.workload.request_types import TypeStats
 
-PLANNERS = ("oserve", "milp", "homogeneous", "default", "exhaustive")
+PLANNERS = ("oserve", "milp", "homogeneous", "homogeneous-tuned", "default", "exhaustive")
 
 
 def _choose(problem: PlanningProblem, planner: str, initial: Mapping[ReplicaConfig, int] | None,
             search: SearchParams) -> Counts:
     if planner == "homogeneous":
         return references.homogeneous(problem)
+    if planner == "homogeneous-tuned":
+        raise ConfigError("planner 'homogeneous-tuned' tunes engine settings for an SLO: give one "
+                          "(--slo loose|tight|FILE or --slo-ttft/--slo-tpot)")
     if planner == "default":
         return references.default(problem)
     if planner == "exhaustive":

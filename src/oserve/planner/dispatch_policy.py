@@ -15,16 +15,23 @@ empty queue, if any. A plan dedicates replicas to types by their *mean* rates; w
 its few replicas while the others have room, spilling keeps the burst from queueing (statistical
 multiplexing, which a homogeneous fleet has for free).
 
-Everything here is pure: the caller owns the state (``DispatchState``) and passes it in and gets the new
-state back, and the random generator, when a policy needs one, is injected.
+Everything in ``choose_replica`` is pure: the caller owns the state (``DispatchState``) and passes it in
+and gets the new state back, and the random generator, when a policy needs one, is injected. The
+simulator routes millions of requests over up to thousands of replicas, so it uses ``Dispatcher``, the
+same decisions with the state kept in place: per-type allowed replicas and weights computed once, credits
+and the callers' load counts in numpy arrays, the tie-break an argmin instead of a sort (tested equal to
+``choose_replica``, choice by choice).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from functools import cached_property
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from oserve.common.errors import ConfigError
 
@@ -53,9 +60,22 @@ class DispatchTable:
 
     def allowed(self, type_id: int) -> tuple[int, ...]:
         """Replicas the plan sends this type to; every replica when the plan gives the type none."""
-        row = self.weights[type_id]
-        chosen = tuple(r for r, w in enumerate(row) if w > MIN_WEIGHT)
-        return chosen or tuple(range(len(row)))
+        return self._allowed_and_weights[type_id][0]
+
+    def shares(self, type_id: int) -> tuple[float, ...]:
+        """The type's weights over ``allowed(type_id)``, normalised to sum 1 (equal when all are ~0)."""
+        return self._allowed_and_weights[type_id][1]
+
+    @cached_property
+    def _allowed_and_weights(self) -> tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]:
+        out = []
+        for row in self.weights:
+            allowed = tuple(r for r, w in enumerate(row) if w > MIN_WEIGHT) or tuple(range(len(row)))
+            ws = [row[r] for r in allowed]
+            total = sum(ws)
+            shares = [w / total for w in ws] if total > MIN_WEIGHT else [1.0 / len(allowed)] * len(allowed)
+            out.append((allowed, tuple(shares)))
+        return tuple(out)
 
     @staticmethod
     def from_fractions(dispatch: Sequence[Sequence[float]]) -> DispatchTable:
@@ -73,23 +93,6 @@ class DispatchState:
         return DispatchState(tuple((0.0,) * table.num_replicas for _ in range(table.num_types)))
 
 
-def _weights_of(table: DispatchTable, type_id: int, allowed: tuple[int, ...]) -> list[float]:
-    row = table.weights[type_id]
-    ws = [row[r] for r in allowed]
-    total = sum(ws)
-    return [w / total for w in ws] if total > MIN_WEIGHT else [1.0 / len(allowed)] * len(allowed)
-
-
-def _smooth_wrr(credits: tuple[float, ...], allowed: tuple[int, ...],
-                weights: list[float]) -> tuple[list[float], list[int]]:
-    """Credits after one round of smooth weighted round-robin, and the allowed replicas by credit."""
-    new = list(credits)
-    for r, w in zip(allowed, weights):
-        new[r] += w
-    order = sorted(allowed, key=lambda r: (-new[r], r))
-    return new, order
-
-
 def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
                    outstanding: Sequence[int], policy: str = "least-outstanding",
                    rng: np.random.Generator | None = None,
@@ -101,32 +104,156 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
     """
     if not 0 <= type_id < table.num_types:
         raise ConfigError(f"request type {type_id} is not in the plan ({table.num_types} types)")
-    allowed = table.allowed(type_id)
-    weights = _weights_of(table, type_id, allowed)
+    allowed, weights = table.allowed(type_id), table.shares(type_id)
     if policy == "weighted-random":
         if rng is None:
             raise ConfigError("the weighted-random dispatch policy needs a random generator")
         return allowed[int(rng.choice(len(allowed), p=weights))], state
-    credits, order = _smooth_wrr(state.credits[type_id], allowed, weights)
-    if policy == "round-robin":
-        choice = order[0]
-    elif policy in ("least-outstanding", "spillover"):
-        rank = {r: i for i, r in enumerate(order)}
-        weight_of = dict(zip(allowed, weights))
-        choice = min(allowed, key=lambda r: ((outstanding[r] + 1) / weight_of[r], rank[r]))
-        if policy == "spillover":
-            if queued is None:
-                raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
-            if queued[choice] > 0:
-                free = [r for r in range(len(queued)) if queued[r] == 0]
-                if free:
-                    choice = min(free, key=lambda r: (outstanding[r], r))
-    else:
+    if policy not in DISPATCH_POLICIES:
         raise ConfigError(f"unknown dispatch policy '{policy}', expected one of {DISPATCH_POLICIES}")
+    if policy == "spillover" and queued is None:
+        raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
+    credits = list(state.credits[type_id])  # one round of smooth weighted round-robin
+    for r, w in zip(allowed, weights):
+        credits[r] += w
+    if policy == "round-robin":  # the highest credit, the lower index on ties
+        choice = min(allowed, key=lambda r: (-credits[r], r))
+    else:  # least (outstanding + 1) / weight, ties to the highest credit, then the lower index
+        choice = min(zip(allowed, weights),
+                     key=lambda rw: ((outstanding[rw[0]] + 1) / rw[1], -credits[rw[0]], rw[0]))[0]
+        if queued is not None and policy == "spillover" and queued[choice] > 0:
+            free = [r for r in range(len(queued)) if queued[r] == 0]
+            if free:
+                choice = min(free, key=lambda r: (outstanding[r], r))
     credits[choice] -= 1.0
     rows = list(state.credits)
     rows[type_id] = tuple(credits)
     return choice, DispatchState(tuple(rows))
 
 
-__all__ = ["DISPATCH_POLICIES", "DispatchState", "DispatchTable", "choose_replica"]
+SMALL_SET = 16  # up to this many allowed replicas a Python loop beats numpy's per-call overhead
+
+
+class Dispatcher:
+    """``choose_replica`` for one caller that owns the state: the same choices, the state kept in place.
+
+    Per type, the allowed replicas, their shares and the round-robin credits are built once; ``choose``
+    reads the caller's load counts (indexed like the table's replicas, kept up to date by the caller as
+    its replicas change) and replaces the sort by an argmin: a Python loop over small allowed sets,
+    numpy over large ones (lists or numpy arrays both work as counts; arrays are what make a large
+    fleet's spillover scan fast). The float operations are those of ``choose_replica`` (credits +=
+    share, then -1 for the choice), so the credits, and therefore every tie-break, are bit-for-bit the
+    same.
+    """
+
+    def __init__(self, table: DispatchTable, policy: str = "least-outstanding",
+                 rng: np.random.Generator | None = None) -> None:
+        if policy not in DISPATCH_POLICIES:
+            raise ConfigError(f"unknown dispatch policy '{policy}', expected one of {DISPATCH_POLICIES}")
+        if policy == "weighted-random" and rng is None:
+            raise ConfigError("the weighted-random dispatch policy needs a random generator")
+        self.table, self.policy = table, policy
+        self.rng = rng if rng is not None else np.random.default_rng(0)  # used by weighted-random only
+        self._allowed = [table.allowed(t) for t in range(table.num_types)]
+        self._shares = [table.shares(t) for t in range(table.num_types)]
+        self._small = [len(a) <= SMALL_SET for a in self._allowed]
+        self._index = [np.asarray(a, dtype=np.intp) for a in self._allowed]
+        self._full = [a == tuple(range(table.num_replicas)) for a in self._allowed]
+        self._weights = [np.asarray(w, dtype=np.float64) for w in self._shares]
+        self._credits: list[Any] = [[0.0] * len(a) if small else np.zeros(len(a))
+                                    for a, small in zip(self._allowed, self._small)]
+        self._position = [{r: j for j, r in enumerate(a)} for a in self._allowed]
+        self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
+
+    def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
+               queued: Sequence[int] | npt.NDArray[np.int64] | None = None) -> int:
+        """The replica for one request; ``outstanding``/``queued`` as in ``choose_replica``."""
+        if not 0 <= type_id < len(self._allowed):
+            raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
+        allowed = self._allowed[type_id]
+        policy = self.policy
+        if policy == "spillover" and queued is None:
+            raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
+        if policy == "weighted-random":
+            return allowed[int(self.rng.choice(len(allowed), p=self._shares[type_id]))]
+        credits = self._credits[type_id]
+        if self._small[type_id]:
+            j = self._pick_small(credits, self._shares[type_id], allowed, outstanding)
+        else:
+            j = self._pick_large(credits, type_id, outstanding)
+        choice = allowed[j]
+        if queued is not None and policy == "spillover" and queued[choice] > 0:
+            spill = _least_outstanding_empty_queue(outstanding, queued)
+            if spill >= 0:
+                choice = spill
+                j = self._position[type_id].get(choice, -1)
+        if j >= 0:
+            credits[j] -= 1.0
+        else:  # spilled off the plan: the credit is kept (as choose_replica does) but never compared
+            off = self._off_plan[type_id]
+            off[choice] = off.get(choice, 0.0) - 1.0
+        return choice
+
+    def _pick_small(self, credits: list[float], weights: tuple[float, ...], allowed: tuple[int, ...],
+                    outstanding: Sequence[int] | npt.NDArray[np.int64]) -> int:
+        for j, w in enumerate(weights):
+            credits[j] += w
+        best = 0
+        if self.policy == "round-robin":  # the highest credit, the lower index on ties
+            for j in range(1, len(credits)):
+                if credits[j] > credits[best]:
+                    best = j
+            return best
+        best_key = (outstanding[allowed[0]] + 1) / weights[0]
+        for j in range(1, len(credits)):  # least key, then highest credit, then lower index
+            key = (outstanding[allowed[j]] + 1) / weights[j]
+            if key < best_key or (key == best_key and credits[j] > credits[best]):
+                best, best_key = j, key
+        return best
+
+    def _pick_large(self, credits: npt.NDArray[np.float64], type_id: int,
+                    outstanding: Sequence[int] | npt.NDArray[np.int64]) -> int:
+        weights = self._weights[type_id]
+        credits += weights
+        if self.policy == "round-robin":
+            return int(credits.argmax())  # the first maximum: the lower index on ties
+        counts = np.asarray(outstanding)
+        load = counts if self._full[type_id] else counts[self._index[type_id]]
+        key = (load + 1) / weights
+        j = int(key.argmin())
+        ties = np.flatnonzero(key == key[j])
+        if len(ties) > 1:  # the highest credit among the least loaded, then the lower index
+            j = int(ties[credits[ties].argmax()])
+        return j
+
+    def state(self) -> DispatchState:
+        """The equivalent ``DispatchState`` (for checks against ``choose_replica``)."""
+        rows = []
+        for t, allowed in enumerate(self._allowed):
+            row = [0.0] * self.table.num_replicas
+            credits = self._credits[t]
+            for r, c in zip(allowed, credits.tolist() if isinstance(credits, np.ndarray) else credits):
+                row[r] = c
+            for r, c in self._off_plan[t].items():
+                row[r] = c
+            rows.append(tuple(row))
+        return DispatchState(tuple(rows))
+
+
+def _least_outstanding_empty_queue(outstanding: Sequence[int] | npt.NDArray[np.int64],
+                                   queued: Sequence[int] | npt.NDArray[np.int64]) -> int:
+    """The replica with an empty queue and the fewest outstanding requests (lower index on ties), -1 if
+    every queue is busy."""
+    if isinstance(queued, np.ndarray):
+        free = queued == 0
+        if not free.any():
+            return -1
+        return int(np.where(free, outstanding, np.iinfo(np.int64).max).argmin())
+    best = -1
+    for r, q in enumerate(queued):
+        if q == 0 and (best < 0 or outstanding[r] < outstanding[best]):
+            best = r
+    return best
+
+
+__all__ = ["DISPATCH_POLICIES", "DispatchState", "DispatchTable", "Dispatcher", "choose_replica"]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oserve.common.errors import ConfigError, InputFormatError
 from oserve.common.validation import first_error
-from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,12 @@ class Replica:
     config: ReplicaConfig
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; the engine settings under vLLM's names, ``null`` for the engine's default."""
         return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
-                "precision": self.config.precision}
+                "precision": self.config.precision,
+                "max_num_batched_tokens": self.config.max_num_batched_tokens or None,
+                "max_num_seqs": self.config.max_num_seqs or None}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class Plan:
     bottlenecks: tuple[int, ...]
     planner: str
     planner_seconds: float = 0.0
+    # SLO planning: the objective, the goodput scale the latency model predicts and, once the simulator
+    # verified the plan, the one it measured (None under the throughput objective / unverified)
+    objective: str = "throughput"
+    predicted_goodput_scale: float | None = None
+    simulated_goodput_scale: float | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -82,6 +90,9 @@ class Plan:
             "demand_scale": self.demand_scale,
             "utilisation": list(self.utilisation),
             "bottlenecks": list(self.bottlenecks),
+            "objective": self.objective,
+            "predicted_goodput_scale": self.predicted_goodput_scale,
+            "simulated_goodput_scale": self.simulated_goodput_scale,
         }
 
     @staticmethod
@@ -99,11 +110,15 @@ class Plan:
         if shape:
             raise InputFormatError(source, None, shape[0], shape[1])
         replicas = tuple(Replica(r.replica_id, tuple(r.gpus),
-                                 ReplicaConfig(r.gpu_type, r.tp, r.pp, r.precision)) for r in doc.replicas)
+                                 ReplicaConfig(r.gpu_type, r.tp, r.pp, r.precision,
+                                               r.max_num_batched_tokens or ENGINE_DEFAULT,
+                                               r.max_num_seqs or ENGINE_DEFAULT))
+                         for r in doc.replicas)
         return Plan(doc.model, replicas, tuple(doc.types), tuple(doc.type_rates_rps),
                     tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
                     doc.demand_scale, tuple(doc.utilisation), tuple(doc.bottlenecks), doc.planner,
-                    doc.planner_seconds)
+                    doc.planner_seconds, doc.objective, doc.predicted_goodput_scale,
+                    doc.simulated_goodput_scale)
 
     @staticmethod
     def load(path: str | Path) -> Plan:
@@ -134,6 +149,9 @@ class _ReplicaDoc(BaseModel):
     pp: int = Field(ge=1)
     gpu_type: str = Field(min_length=1)
     precision: str = "bf16"
+    # engine settings under vLLM's names; null or absent: the engine's default
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
 
 
 class _PlanDoc(BaseModel):
@@ -152,12 +170,18 @@ class _PlanDoc(BaseModel):
     utilisation: list[float]
     bottlenecks: list[int]
     planner_seconds: float = Field(0.0, ge=0)
+    objective: str = "throughput"
+    predicted_goodput_scale: float | None = Field(None, ge=0)
+    simulated_goodput_scale: float | None = Field(None, ge=0)
     # written by `oserve plan --json` for people, not read back
     deployment: str | None = None
     cluster: str | None = None
     trace: str | None = None
     requests_shortened: int | None = None
     online_mistype_rate: float | None = None
+    slo: str | None = None
+    verification_requests: int | None = None
+    shortlist: list[dict[str, Any]] | None = None
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, problem) of the first inconsistency between the lists, or None."""

@@ -24,21 +24,30 @@ class PlanningProblem:
     cost: CostModel
     types: list[TypeStats]
     allow_pp: bool = True
+    # SLO planning: the candidate configurations (with engine settings) and their per-type capacities,
+    # given instead of listed from the cluster and priced by the throughput model
+    config_list: list[ReplicaConfig] | None = None
+    capacity_matrix: np.ndarray | None = None
     configs: list[ReplicaConfig] = field(init=False)
     capacity: np.ndarray = field(init=False)  # (configs, types) requests/s per replica
     demand: np.ndarray = field(init=False)
     gpu_budget: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp)
-        loads = [TypeLoad(t.mean_input_tokens, t.mean_output_tokens) for t in self.types]
-        self.capacity = np.array([[self.cost.type_capacity_rps(c, ld) for ld in loads]
-                                  for c in self.configs])
+        if self.config_list is not None:
+            self.configs = list(self.config_list)
+            self.capacity = np.asarray(self.capacity_matrix, dtype=float)
+        else:
+            self.configs = candidate_configs(self.cluster, self.cost, self.allow_pp)
+            loads = [TypeLoad(t.mean_input_tokens, t.mean_output_tokens) for t in self.types]
+            self.capacity = np.array([[self.cost.type_capacity_rps(c, ld) for ld in loads]
+                                      for c in self.configs])
         self.demand = np.array([t.rate_rps for t in self.types], dtype=float)
         if self.demand.sum() <= 0:  # no traffic observed: plan for the types' mix as equal shares
             self.demand = np.ones(len(self.types))
         self.gpu_budget = gpus_by_type(self.cluster)
         self._cache: dict[Counts, float] = {}
+        self._feasible: dict[Counts, bool] = {}
 
     @property
     def type_names(self) -> list[str]:
@@ -58,9 +67,12 @@ class PlanningProblem:
         return {t: self.gpu_budget[t] - used[t] for t in self.gpu_budget}
 
     def feasible(self, counts: Counts) -> bool:
-        if min(counts, default=0) < 0:
-            return False
-        return fits_cluster(self.as_dict(counts), self.cluster)
+        """Whether the deployment packs onto the cluster (cached: the search asks again and again)."""
+        known = self._feasible.get(counts)
+        if known is None:
+            known = min(counts, default=0) >= 0 and fits_cluster(self.as_dict(counts), self.cluster)
+            self._feasible[counts] = known
+        return known
 
     def solve(self, counts: Counts, balance: bool = False) -> DispatchSolution | None:
         idx = [i for i, n in enumerate(counts) if n > 0]

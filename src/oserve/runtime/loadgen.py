@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
+from oserve.common.errors import ConfigError
 from oserve.runtime.engine import CHARS_PER_TOKEN_ESTIMATE
-from oserve.runtime.errors import ClientRequestError
 from oserve.workload.trace import Trace
 
 WORDS = ("the", "and", "for", "you", "are", "was", "not", "but", "can", "all", "one", "has")
@@ -84,16 +84,16 @@ class BenchReport:
 def check_target(url: str, allow_remote: bool) -> None:
     host = urlparse(url).hostname
     if not host:
-        raise ClientRequestError(f"not a URL: {url!r}")
+        raise ConfigError(f"--url: not a URL: {url!r}")
     if allow_remote:
         return
     try:
         address = ipaddress.ip_address(socket.gethostbyname(host))
     except (OSError, ValueError):
-        raise ClientRequestError(f"cannot resolve {host!r}") from None
+        raise ConfigError(f"--url: cannot resolve {host!r}") from None
     if not address.is_loopback:
-        raise ClientRequestError(f"{host} ({address}) is not a loopback address; the load generator "
-                                 "targets this machine only unless --allow-remote is given")
+        raise ConfigError(f"--url: {host} ({address}) is not a loopback address; the load generator "
+                          "targets this machine only unless --allow-remote is given")
 
 
 def synthetic_prompt(num_tokens: int) -> str:

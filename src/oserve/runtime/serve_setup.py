@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
-from oserve.planner.api import make_plan
+from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.controller import rescaled_types
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
@@ -56,6 +56,13 @@ class ServeConfig(BaseModel):
     def _engine(cls, v: str) -> str:
         if v not in ENGINE_KINDS:
             raise ValueError(f"must be one of {', '.join(ENGINE_KINDS)}, got '{v}'")
+        return v
+
+    @field_validator("planner")
+    @classmethod
+    def _planner(cls, v: str) -> str:
+        if v not in PLANNERS:
+            raise ValueError(f"must be one of {', '.join(PLANNERS)}, got '{v}'")
         return v
 
     @field_validator("switch_policy")

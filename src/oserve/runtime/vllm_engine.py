@@ -37,6 +37,8 @@ class VllmLaunch:
     precision: str = "bf16"
     host: str = "127.0.0.1"
     max_model_len: int | None = None
+    max_num_batched_tokens: int | None = None  # None: vLLM's default
+    max_num_seqs: int | None = None
     gpu_memory_utilization: float = 0.90
     extra_args: tuple[str, ...] = ()
     executable: str = "vllm"
@@ -54,6 +56,10 @@ def vllm_command(launch: VllmLaunch) -> list[str]:
         cmd += ["--quantization", "fp8"]
     if launch.max_model_len:
         cmd += ["--max-model-len", str(launch.max_model_len)]
+    if launch.max_num_batched_tokens:
+        cmd += ["--max-num-batched-tokens", str(launch.max_num_batched_tokens)]
+    if launch.max_num_seqs:
+        cmd += ["--max-num-seqs", str(launch.max_num_seqs)]
     return cmd + list(launch.extra_args)
 
 
@@ -66,14 +72,16 @@ def vllm_env(launch: VllmLaunch, base: dict[str, str] | None = None) -> dict[str
 
 def launch_for_replica(replica: Replica, model: str, served_name: str, port: int,
                        gpus_per_node: int = 8, extra_args: Sequence[str] = ()) -> VllmLaunch:
-    """The launch of a plan replica: its TP/PP, precision and node-local GPU ids."""
+    """The launch of a plan replica: its TP/PP, precision, engine settings and node-local GPU ids."""
     if replica.config.num_gpus != len(replica.gpus):
         raise EngineStartError(f"replica {replica.replica_id} has {len(replica.gpus)} GPUs but "
                                f"TP{replica.config.tp} x PP{replica.config.pp} needs "
                                f"{replica.config.num_gpus}")
     return VllmLaunch(model=model, served_name=served_name, port=port, tp=replica.config.tp,
                       pp=replica.config.pp, gpu_ids=tuple(g % gpus_per_node for g in replica.gpus),
-                      precision=replica.config.precision, extra_args=tuple(extra_args))
+                      precision=replica.config.precision,
+                      max_num_batched_tokens=replica.config.max_num_batched_tokens or None,
+                      max_num_seqs=replica.config.max_num_seqs or None, extra_args=tuple(extra_args))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

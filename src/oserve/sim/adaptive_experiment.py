@@ -2,11 +2,11 @@
 
 Modes: ``static-homogeneous`` and ``static-oserve`` plan once for the whole trace's mean per-type rates
 (hindsight a real static deployment would not have); ``static-initial`` keeps the plan for the first
-``warmup_s`` for the whole run (what planning once from recent traffic gives); ``switch-reload`` and ``switch-p2p`` start from a
-plan for the first ``warmup_s`` and run the closed loop (forecast, switching policy, switches) with
-weights reloaded from storage or moved peer-to-peer. Ablations ``blind-reload`` and ``blind-p2p``
-switch whenever the re-plan differs from the current deployment (no gain-versus-cost test, no
-hysteresis, no minimum gap, no preference for nearby deployments).
+``warmup_s`` for the whole run (what planning once from recent traffic gives); ``switch-reload`` and
+``switch-p2p`` start from a plan for the first ``warmup_s`` and run the closed loop (forecast, switching
+policy, switches) with weights reloaded from storage or moved peer-to-peer. Ablations ``blind-reload``
+and ``blind-p2p`` switch whenever the re-plan differs from the current deployment (no gain-versus-cost
+test, no hysteresis, no minimum gap, no preference for nearby deployments).
 """
 
 from __future__ import annotations

@@ -62,13 +62,15 @@ class StepBatch:
         return not self.prefill and not self.decode
 
 
-def preempt(seq: Seq, pool: BlockPool) -> None:
-    """Free a sequence's blocks; it will prefill its prompt and generated tokens again."""
+def preempt(seq: Seq, pool: BlockPool, count: bool = True) -> None:
+    """Free a sequence's blocks; it will prefill its prompt and generated tokens again. ``count=False``
+    for a sequence that holds nothing yet (a reset, not a preemption)."""
     pool.release(seq.num_blocks)
     seq.num_blocks = 0
     seq.num_cached = 0
     seq.prefill_target = seq.prompt_tokens + seq.num_generated
-    seq.num_preemptions += 1
+    if count:
+        seq.num_preemptions += 1
 
 
 def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: StepBatch,
@@ -76,6 +78,7 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
     """Give each running sequence its tokens for this step, preempting on block shortage."""
     bt = pool.block_tokens
     decode = batch.decode
+    append = decode.append
     ctx = 0
     min_left = batch.min_output_left
     i = 0
@@ -86,7 +89,7 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
         if decoding:  # the hot path: one token, usually no new block
             need = (cached + bt) // bt - seq.num_blocks
             if need <= 0:
-                decode.append(seq)
+                append(seq)
                 ctx += cached + 1
                 left = seq.output_tokens - seq.num_generated
                 if left < min_left:

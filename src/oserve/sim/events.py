@@ -1,33 +1,42 @@
-"""The event queue: engine-step ends of the replicas, totally ordered by (time, sequence number).
+"""The event queue: replicas' step ends and a controller's events, totally ordered by (time, kind, sequence).
 
 Arrivals are not queued: they are read in order from the trace's sorted arrays and, at equal times, come
-before step ends. A step end carries the replica's version at scheduling time; when the replica re-times
-its step (a decode run cut by an arrival) the version moves on and the old event is skipped as stale.
+before queued events. Step ends (kind ``STEP``) carry the replica's version at scheduling time; when the
+replica re-times its step (a decode run cut by an arrival) the version moves on and the old event is
+skipped as stale. A controller (the adaptive run's switching) queues its own kinds, numbered above
+``STEP``: at equal times step ends come first, then its kinds in their numeric order, each in the order
+queued.
 """
 
 from __future__ import annotations
 
 import heapq
 
+STEP = 0
+
 
 class EventQueue:
-    """A heap of (time_s, sequence, replica_id, version) step-end events, sequence numbers per queue."""
+    """A heap of (time_s, kind, sequence, a, b) events; for a step end a = replica id, b = its version."""
 
-    __slots__ = ("_heap", "_next_seq")
+    __slots__ = ("heap", "_next_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, int]] = []
+        self.heap: list[tuple] = []
         self._next_seq = 0
+
+    def push(self, time_s: float, kind: int, a: object, b: object) -> None:
+        self._next_seq += 1
+        heapq.heappush(self.heap, (time_s, kind, self._next_seq, a, b))
 
     def push_step_end(self, time_s: float, replica_id: int, version: int) -> None:
         self._next_seq += 1
-        heapq.heappush(self._heap, (time_s, self._next_seq, replica_id, version))
+        heapq.heappush(self.heap, (time_s, STEP, self._next_seq, replica_id, version))
 
     def next_time_s(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        return self.heap[0][0] if self.heap else None
 
-    def pop(self) -> tuple[float, int, int, int]:
-        return heapq.heappop(self._heap)
+    def pop(self) -> tuple:
+        return heapq.heappop(self.heap)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self.heap)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from oserve.costmodel.catalog import ClusterSpec
@@ -54,11 +55,24 @@ def simulate_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, conf
     return simulate_plan(plan, trace, prepared.types, cost_model, config, progress)
 
 
+def summary_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,
+               rate_scale: float = 1.0, cache: dict | None = None) -> dict:
+    """``simulate_at(...).summary()``, memoised in ``cache`` (when given) by deployment (replicas and
+    dispatch) and scale: the same deployment from two planners is simulated once."""
+    if cache is None:
+        return simulate_at(plan, prepared, cost_model, config, rate_scale).summary()
+    key = (json.dumps(plan.to_dict()["replicas"]) + json.dumps(plan.dispatch), round(rate_scale, 9))
+    if key not in cache:
+        cache[key] = simulate_at(plan, prepared, cost_model, config, rate_scale).summary()
+    return cache[key]
+
+
 def max_sustainable_scale(plan: Plan, prepared: PreparedTrace, cost_model: CostModel,
                           config: SimConfig, p99_bound_s: float, start_scale: float = 1.0,
-                          rel_tol: float = 0.05) -> RateSearchResult:
-    """Highest rate scale at which ``plan`` keeps P99 end-to-end latency within the bound."""
+                          rel_tol: float = 0.05, cache: dict | None = None) -> RateSearchResult:
+    """Highest rate scale at which ``plan`` keeps P99 end-to-end latency within the bound (simulations
+    memoised in ``cache`` as by ``summary_at``)."""
     def evaluate(scale: float) -> dict:
-        return simulate_at(plan, prepared, cost_model, config, scale).summary()
+        return summary_at(plan, prepared, cost_model, config, scale, cache)
 
     return search_max_scale(evaluate, p99_bound_s, start_scale, rel_tol)

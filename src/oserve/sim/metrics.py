@@ -147,3 +147,52 @@ def summarize(result: SimResult, slo_ttft_s: float | None = None,
     out["mean_utilisation"] = float(np.mean([r.utilisation for r in result.replicas]))
     out["sim_wall_s"] = result.wall_s
     return out
+
+
+@dataclass(frozen=True)
+class Attainment:
+    """Share of requests meeting their SLO: overall and per request type (None: no requests)."""
+
+    overall: float
+    per_type: tuple[float | None, ...]
+    requests_per_type: tuple[int, ...]
+
+    def meets(self, target: float) -> bool:
+        """Every type with requests reaches the target (the goodput criterion)."""
+        return all(a is None or a >= target for a in self.per_type)
+
+    def to_dict(self) -> dict:
+        return {"overall": self.overall, "per_type": list(self.per_type),
+                "requests_per_type": list(self.requests_per_type)}
+
+
+def slo_attainment(result: SimResult, ttft_bound_s: np.ndarray, tpot_bound_s: np.ndarray,
+                   num_types: int) -> Attainment:
+    """Per-request bounds (arrays aligned with the trace): a request meets its SLO when it completed,
+    its TTFT (from arrival, queueing included) and its mean TPOT are within its bounds. A dropped or
+    unfinished request misses; a one-token output has no TPOT and meets that bound."""
+    ok = result.completed & (np.nan_to_num(result.ttft_s, nan=np.inf) <= ttft_bound_s)
+    ok &= np.nan_to_num(result.tpot_s, nan=0.0) <= tpot_bound_s
+    per_type, counts = [], []
+    for t in range(num_types):
+        mask = result.type_id == t
+        counts.append(int(mask.sum()))
+        per_type.append(float(ok[mask].mean()) if mask.any() else None)
+    return Attainment(float(ok.mean()) if len(ok) else 1.0, tuple(per_type), tuple(counts))
+
+
+def per_type_latency(result: SimResult, num_types: int) -> list[dict]:
+    """P99 TTFT, TPOT and end-to-end latency of each type's completed requests (None if none)."""
+    done = result.completed
+    out = []
+    for t in range(num_types):
+        mask = done & (result.type_id == t)
+        row = {}
+        for name, values in (("ttft_s", result.ttft_s), ("tpot_s", result.tpot_s),
+                             ("e2e_s", result.e2e_s)):
+            v = values[mask]
+            v = v[~np.isnan(v)]
+            row[f"p99_{name}"] = float(np.percentile(v, 99)) if len(v) else None
+        out.append(row)
+    return out
+

@@ -7,13 +7,17 @@ sequence finishes or until free KV blocks could run short. The run's time has a 
 time is affine in context). If a request arrives in the middle, the run is cut at the first step boundary
 after the arrival, which is exactly when a step-by-step engine would first see the request. The run is
 therefore equivalent to simulating its steps one by one, at one event instead of k.
+
+A deployment switch uses the public operations at the end of the class: stop admitting (hand back the
+queue), extract sequences at the next step boundary (with their KV released), adopt a sequence with its
+KV cache, and account a sequence that must be recomputed as a preemption.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from oserve.sim.batching import BatchingConfig, StepBatch, schedule_step
+from oserve.sim.batching import BatchingConfig, StepBatch, preempt, schedule_step
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.request import Seq
 from oserve.sim.step_timer import StepTimer, decode_run_s, decode_steps_within
@@ -44,6 +48,9 @@ class ReplicaSim:
         self.num_preemptions = 0
         self.prefill_tokens = 0
         self.decode_tokens = 0
+        self.accepting = True  # False once a switch stops the replica: the router sends it nothing
+        self._to_extract: set[int] = set()  # req ids leaving at the next step boundary
+        self.extracted: list[Seq] = []  # left (KV released), not yet taken by the switch
 
     @property
     def num_outstanding(self) -> int:
@@ -67,6 +74,7 @@ class ReplicaSim:
     def on_step_end(self, now_s: float) -> tuple[list[Seq], list[Seq], float | None]:
         """Apply the finished step: (sequences that got their first token, finished ones, next end)."""
         batch, steps = self.batch, self.run_steps
+        assert batch is not None, "a step end without a step in flight (simulator bug)"
         self._account_busy(self.step_start_s, now_s)
         self.num_steps += steps
         self.num_events += 1
@@ -88,26 +96,30 @@ class ReplicaSim:
                 if seq.num_generated >= seq.output_tokens:
                     finished.append(seq)
         else:
+            new_blocks = 0
             for seq in batch.decode:
                 seq.num_cached += steps
                 seq.num_generated += steps
                 need = -(-seq.num_cached // bt) - seq.num_blocks
                 if need > 0:  # blocks for steps 2..k of a decode run
-                    self.pool.allocate(need)
                     seq.num_blocks += need
+                    new_blocks += need
                 if seq.num_generated >= seq.output_tokens:
                     finished.append(seq)
+            self.pool.allocate(new_blocks)  # in one call: same free count and peak as one by one
         self.decode_tokens += steps * len(batch.decode)
         if finished:
-            done = {id(s) for s in finished}
             for seq in finished:
                 self.pool.release(seq.num_blocks)
                 seq.num_blocks = 0
-            self.running = [s for s in self.running if id(s) not in done]
+            # the finished ones are exactly the running sequences that produced all their tokens
+            self.running = [s for s in self.running if s.num_generated < s.output_tokens]
         self.batch = None
         return first, finished, self._start_step(now_s)
 
     def _start_step(self, now_s: float) -> float | None:
+        if self._to_extract:
+            self._extract()
         batch = schedule_step(self.batching, self.waiting, self.running, self.pool)
         self.num_preemptions += batch.num_preempted
         if batch.is_empty:
@@ -131,9 +143,9 @@ class ReplicaSim:
 
     def _cut_run(self, now_s: float) -> float | None:
         """End a decode run at the first step boundary at or after now (a new request is waiting)."""
-        if self.run_steps <= 1:
-            return None
         batch = self.batch
+        if self.run_steps <= 1 or batch is None:
+            return None
         n = len(batch.decode)
         line = self.timer.decode_line(n)
         steps = decode_steps_within(line, n, batch.decode_ctx_total, now_s - self.step_start_s,
@@ -144,6 +156,66 @@ class ReplicaSim:
         self.step_end_s = self.step_start_s + decode_run_s(line, n, batch.decode_ctx_total, steps)
         self.version += 1
         return self.step_end_s
+
+    # ---- what a deployment switch needs ---------------------------------------------------------------
+
+    def stop_admitting(self) -> list[Seq]:
+        """Take no new work; returns the queued sequences (they hold no KV) for re-routing."""
+        self.accepting = False
+        queued = list(self.waiting)
+        self.waiting.clear()
+        return queued
+
+    def extract(self, req_ids, now_s: float) -> float | None:
+        """These running sequences leave at the next step boundary (now, when idle), their KV released,
+        to be collected by ``take_extracted``; returns a new step end when the run in flight was cut."""
+        self._to_extract |= set(req_ids)
+        if self.batch is None:
+            self._extract()
+            return None
+        return self._cut_run(now_s)
+
+    def take_extracted(self) -> list[Seq]:
+        out, self.extracted = self.extracted, []
+        return out
+
+    def adopt(self, seq: Seq, now_s: float) -> float | None:
+        """Take a sequence with its KV cache, or to recompute (a preemption) when its blocks do not fit;
+        returns a new step end if one must be (re)scheduled."""
+        need = self.pool.blocks_for(seq.num_cached)
+        if seq.num_cached and need <= self.pool.num_free:
+            self.pool.allocate(need)
+            seq.num_blocks = need
+            self.running.append(seq)
+        else:
+            if seq.num_cached:
+                self.num_preemptions += 1
+            preempt(seq, self.pool, count=bool(seq.num_cached))
+            self.waiting.append(seq)
+        if self.batch is None:
+            return self._start_step(now_s)
+        return self._cut_run(now_s)
+
+    def release_for_recompute(self, seq: Seq) -> None:
+        """A sequence this replica extracted will be recomputed elsewhere: one of its preemptions."""
+        preempt(seq, self.pool)
+        self.num_preemptions += 1
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.running and not self.waiting and self.batch is None
+
+    def _extract(self) -> None:
+        keep = []
+        for seq in self.running:
+            if seq.req_id in self._to_extract:
+                self.pool.release(seq.num_blocks)
+                seq.num_blocks = 0
+                self.extracted.append(seq)
+            else:
+                keep.append(seq)
+        self.running = keep
+        self._to_extract = set()
 
     def _account_busy(self, start_s: float, end_s: float) -> None:
         self.busy_s += end_s - start_s

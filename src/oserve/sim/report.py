@@ -7,7 +7,8 @@ from pathlib import Path
 
 JSON_KEYS = ("p99_e2e_s", "p50_e2e_s", "p90_e2e_s", "p99_ttft_s", "p50_ttft_s", "p99_tpot_s",
              "throughput_rps", "throughput_tok_s", "completed", "dropped", "dropped_by_reason",
-             "slo_attainment", "preemptions", "mean_utilisation", "offered_rps", "sim_wall_s", "replicas")
+             "slo_attainment", "slo_attainment_per_type", "preemptions", "mean_utilisation", "offered_rps",
+             "sim_wall_s", "replicas")
 
 
 def results_by_planner(summaries: dict, plans: dict, scales: list[float]) -> dict:
@@ -15,6 +16,10 @@ def results_by_planner(summaries: dict, plans: dict, scales: list[float]) -> dic
     first = scales[0]
     return {name: {**{k: by[first].get(k) for k in JSON_KEYS},
                    "deployment": plans[name].describe(),
+                   "objective": plans[name].objective,
+                   "predicted_goodput_scale": plans[name].predicted_goodput_scale,
+                   "planned_simulated_goodput_scale": plans[name].simulated_goodput_scale,
+                   "planner_seconds": plans[name].planner_seconds,
                    "by_rate_scale": {str(s): {k: by[s].get(k) for k in JSON_KEYS} for s in scales}}
             for name, by in summaries.items()}
 
@@ -55,8 +60,18 @@ def table(report: dict, summaries, scales) -> str:
     return "\n".join(lines)
 
 
+def goodput_table(report: dict) -> str:
+    lines = ["", f"SLO goodput ({report['config']['slo']}): highest rate scale at which every type "
+             "reaches the target", f"{'planner':<18} {'scale':>6}  attainment per type at that scale"]
+    for name, r in report["results"].items():
+        att = r["attainment_at_goodput"]
+        per = "  ".join("-" if a is None else f"{a:.1%}" for a in att["per_type"]) if att else "-"
+        lines.append(f"{name:<18} {r['goodput_scale']:6.3f}  {per}")
+    return "\n".join(lines)
+
+
 def _s(v: float | None, digits: int = 2) -> str:
     return f"{'-':>8}" if v is None else f"{v:8.{digits}f}"
 
 
-__all__ = ["JSON_KEYS", "results_by_planner", "table", "write_outputs"]
+__all__ = ["JSON_KEYS", "goodput_table", "results_by_planner", "table", "write_outputs"]

@@ -1,22 +1,70 @@
-"""The cluster router: types each arriving request online and dispatches it by the plan."""
+"""The cluster router: dispatches each arriving request by the plan over the replicas that accept work.
+
+The decision is the shared dispatch policy (``planner.dispatch_policy``, through its in-place
+``Dispatcher``). What the policy reads, each replica's outstanding and queued requests, is kept here as
+numpy arrays that the simulator updates after every operation on a replica, so routing a request costs
+the same whatever the fleet's size: nothing is rebuilt or scanned in Python per request.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from oserve.planner.dispatch_policy import DispatchState, DispatchTable, choose_replica
+from oserve.common.errors import ConfigError
+from oserve.planner.dispatch_policy import SMALL_SET, Dispatcher, DispatchTable
+
+_UNREACHABLE = np.iinfo(np.int64).max
 
 
 class Router:
-    """Holds the dispatch state of one simulation; the decision itself is the shared pure policy."""
+    """Routes over ``replica_ids`` (the table's columns, in order); ids are the simulator's replicas."""
 
-    def __init__(self, table: DispatchTable, policy: str, rng: np.random.Generator) -> None:
-        self.table = table
+    def __init__(self, policy: str, rng: np.random.Generator) -> None:
         self.policy = policy
         self.rng = rng
-        self.state = DispatchState.initial(table)
+        self.replica_ids: list[int] = []
+        self._column: dict[int, int] = {}
+        self._dispatcher: Dispatcher | None = None
+        self.outstanding: list[int] | np.ndarray = []
+        self.queued: list[int] | np.ndarray = []
 
-    def route(self, type_id: int, outstanding: list[int], queued: list[int] | None = None) -> int:
-        replica, self.state = choose_replica(self.table, self.state, type_id, outstanding, self.policy,
-                                             self.rng, queued)
-        return replica
+    def set_table(self, table: DispatchTable, replica_ids: list[int], kv_tokens: list[int],
+                  outstanding: list[int], queued: list[int]) -> None:
+        """Route by ``table`` over these replicas (with their KV capacity and current load) from now on;
+        the round-robin credits start afresh."""
+        self.replica_ids = list(replica_ids)
+        self._column = {rid: c for c, rid in enumerate(replica_ids)}
+        self._dispatcher = Dispatcher(table, self.policy, self.rng) if replica_ids else None
+        self._ids = np.asarray(replica_ids, dtype=np.int64)
+        self._kv_tokens = np.asarray(kv_tokens, dtype=np.int64)
+        self.max_kv_tokens = max(kv_tokens) if kv_tokens else None
+        # small fleets: Python lists (cheaper to index one by one); large: numpy arrays (cheap to scan)
+        if len(replica_ids) <= SMALL_SET:
+            self.outstanding, self.queued = list(outstanding), list(queued)
+        else:
+            self.outstanding = np.asarray(outstanding, dtype=np.int64)
+            self.queued = np.asarray(queued, dtype=np.int64)
+
+    @property
+    def is_open(self) -> bool:
+        return self._dispatcher is not None
+
+    def update(self, replica_id: int, num_outstanding: int, num_queued: int) -> None:
+        """A replica's load changed (no-op for replicas the router does not route to)."""
+        c = self._column.get(replica_id)
+        if c is not None:
+            self.outstanding[c] = num_outstanding
+            self.queued[c] = num_queued
+
+    def route(self, type_id: int, max_tokens: int) -> int:
+        """The replica for a request that may hold up to ``max_tokens`` KV tokens."""
+        if self._dispatcher is None:
+            raise ConfigError("no replica accepts work: the caller holds requests until one does")
+        c = self._dispatcher.choose(type_id, self.outstanding, self.queued)
+        if max_tokens > self._kv_tokens[c]:  # the plan's choice cannot hold it: least loaded that can
+            fits = self._kv_tokens >= max_tokens
+            if fits.any():
+                load = np.where(fits, np.asarray(self.outstanding), _UNREACHABLE)
+                ties = np.flatnonzero(load == load.min())
+                c = int(ties[self._ids[ties].argmin()])  # lower replica id on ties
+        return self.replica_ids[c]

@@ -1,10 +1,17 @@
 """The discrete-event cluster simulator: a trace, a plan, and replicas timed by the cost model.
 
-Events are totally ordered by (time, class, sequence): at equal times, arrivals (in trace order) come
-before step ends (in the order they were scheduled). Each replica has at most one live step-end event; a
-cut decode run re-schedules it and the old one is recognised as stale by the replica's version number.
-Nothing is global: the random generator comes from the config's seed, the step-time caches belong to the
-simulation, so several simulations can run in one process and each is reproducible.
+This is the one event loop, for static plans and, with a ``Controller`` (``sim.adaptive``), for runs
+that switch deployments. Events are totally ordered by (time, kind, sequence): at equal times, arrivals
+(in trace order) come before step ends (in the order they were scheduled), then the controller's events.
+Each replica has at most one live step-end event; a cut decode run re-schedules it and the old one is
+recognised as stale by the replica's version number. Nothing is global: the random generator comes from
+the config's seed, the step-time caches belong to the simulation, so several simulations can run in one
+process and each is reproducible.
+
+A controller drives the switching through the public operations here (add a replica, re-route over a
+new set of replicas, admit a sequence, adopt one with its KV cache, schedule its own events) and the
+replicas' own (stop admitting, extract, ...); the loop calls it back for its events and when a replica
+released sequences it extracted.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -21,37 +29,65 @@ from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.dispatch_policy import DispatchTable
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
-from oserve.sim.events import EventQueue
+from oserve.sim.events import STEP, EventQueue
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.metrics import ReplicaStats, SimResult
+from oserve.sim.records import Records
 from oserve.sim.replica import ReplicaSim
 from oserve.sim.request import Seq
 from oserve.sim.router import Router
-from oserve.sim.step_timer import CostModelStepTimer, StepTimer
+from oserve.sim.step_timer import CostModelStepTimer, StepTimer, cache_stats
 
 PROGRESS_EVERY = 2000
 
 
 @dataclass(frozen=True)
 class ReplicaSetup:
-    """What the simulator needs of one replica: a label, a step timer and its KV blocks."""
+    """What the simulator needs of one replica: a label, a step timer, its KV blocks and, when the plan
+    sets them, its own engine settings (which override the simulation's global ones)."""
 
     label: str
     timer: StepTimer
     kv_blocks: int
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+
+    def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
+        """This replica's batching: the simulation's, with the replica's own engine settings."""
+        return BatchingConfig(base.mode, self.max_num_seqs or base.max_num_seqs,
+                              self.max_num_batched_tokens or base.max_num_batched_tokens,
+                              int(watermark_frac * self.kv_blocks))
 
 
-def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel) -> list[ReplicaSetup]:
-    """Replica setups timed by the cost model; replicas of one configuration share a timer cache."""
-    timers: dict[ReplicaConfig, CostModelStepTimer] = {}
+def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel,
+                          timers: dict[ReplicaConfig, CostModelStepTimer] | None = None
+                          ) -> list[ReplicaSetup]:
+    """Replica setups timed by the cost model; replicas of one configuration share a timer cache
+    (``timers``, when given, is that cache across calls)."""
+    timers = {} if timers is None else timers
     out = []
     bt = cost_model.params.kv_block_tokens
     for cfg in configs:
         if not cost_model.fits(cfg):
             raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
-        timer = timers.setdefault(cfg, CostModelStepTimer(cost_model, cfg))
-        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt))
+        # step times do not depend on engine settings: replicas of one hardware split share a cache
+        timer = timers.setdefault(cfg.hardware, CostModelStepTimer(cost_model, cfg.hardware))
+        out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt,
+                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None))
     return out
+
+
+class Controller(Protocol):
+    """What the event loop calls back (the adaptive run's switching implements it)."""
+
+    def start(self, sim: Simulation) -> None:
+        """Before the first event: queue the controller's first events (``sim.schedule``)."""
+
+    def on_event(self, sim: Simulation, t: float, kind: int, a: object, b: object) -> None:
+        """One of the controller's own events (kind > STEP), at time ``t``."""
+
+    def on_extracted(self, sim: Simulation, replica_id: int, t: float) -> None:
+        """A replica's step boundary released sequences marked for extraction."""
 
 
 class Simulation:
@@ -65,111 +101,180 @@ class Simulation:
         if dispatch.num_replicas != len(replicas):
             raise ConfigError(f"dispatch table has {dispatch.num_replicas} replicas, plan has "
                               f"{len(replicas)}")
-        self.setups = replicas
         self.config = config
+        self.batching = batching
+        self.block_tokens = block_tokens
+        self.decode_runs = decode_runs
         self.max_context_tokens = max_context_tokens
-        rng = np.random.default_rng(config.seed)
-        self.router = Router(dispatch, config.dispatch, rng)
-        self.replicas = [
-            ReplicaSim(i, s.timer, BlockPool(s.kv_blocks, block_tokens),
-                       BatchingConfig(batching.mode, batching.max_num_seqs,
-                                      batching.max_num_batched_tokens,
-                                      int(config.watermark_frac * s.kv_blocks)),
-                       config.util_bin_s, decode_runs)
-            for i, s in enumerate(replicas)]
-        self.max_kv_tokens = [r.pool.num_blocks * r.pool.block_tokens for r in self.replicas]
+        self.router = Router(config.dispatch, np.random.default_rng(config.seed))
+        self.setups: list[ReplicaSetup] = []
+        self.replicas: list[ReplicaSim] = []
+        for s in replicas:
+            self.add_replica(s)
+        self.set_dispatch(dispatch.weights, list(range(len(replicas))))
+        self.pending: list[Seq] = []  # held at the gateway while no replica accepts work
+        self.queue = EventQueue()
+        self.records = Records(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # set by run
+        self.controller: Controller | None = None
+
+    # ---- operations a controller uses -----------------------------------------------------------------
+
+    def add_replica(self, setup: ReplicaSetup) -> int:
+        """A new replica (routed to once ``set_dispatch`` names it); returns its id."""
+        rep = ReplicaSim(len(self.replicas), setup.timer, BlockPool(setup.kv_blocks, self.block_tokens),
+                         setup.batching(self.batching, self.config.watermark_frac),
+                         self.config.util_bin_s, self.decode_runs)
+        self.replicas.append(rep)
+        self.setups.append(setup)
+        return rep.replica_id
+
+    def set_dispatch(self, dispatch, replica_ids: list[int]) -> None:
+        """Route by ``dispatch`` (weights[type][column]) over ``replica_ids`` (one per column; a negative
+        id is a replica not there yet), restricted to those that accept work; credits start afresh."""
+        cols = [c for c, rid in enumerate(replica_ids) if rid >= 0 and self.replicas[rid].accepting]
+        active = [replica_ids[c] for c in cols]
+        table = DispatchTable(tuple(tuple(float(row[c]) for c in cols) for row in dispatch))
+        reps = [self.replicas[rid] for rid in active]
+        self.router.set_table(table, active, [r.pool.num_blocks * r.pool.block_tokens for r in reps],
+                              [r.num_outstanding for r in reps], [len(r.waiting) for r in reps])
+
+    def admit(self, seq: Seq, t: float) -> None:
+        """Route a sequence (new, re-routed or re-queued) to a replica, or hold it when none accepts."""
+        router = self.router
+        if not router.is_open:
+            self.pending.append(seq)
+            return
+        rid = router.route(seq.type_id, seq.prompt_tokens + seq.output_tokens - 1)
+        self.records.where[seq.req_id] = rid
+        rep = self.replicas[rid]
+        nxt = rep.on_arrival(seq, t)
+        if nxt is not None:
+            self.queue.push_step_end(nxt, rid, rep.version)
+        router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+
+    def adopt(self, replica_id: int, seq: Seq, t: float) -> None:
+        """``replica_id`` takes a sequence with its KV cache (or to recompute, when it has no room)."""
+        rep = self.replicas[replica_id]
+        self.records.where[seq.req_id] = replica_id
+        self.push_step(replica_id, rep.adopt(seq, t))
+        self.router.update(replica_id, rep.num_outstanding, len(rep.waiting))
+
+    def release_pending(self, t: float) -> None:
+        pending, self.pending = self.pending, []
+        for seq in pending:
+            self.admit(seq, t)
+
+    def push_step(self, replica_id: int, end_s: float | None) -> None:
+        """Queue the step end a replica operation returned (None: nothing to queue)."""
+        if end_s is not None:
+            self.queue.push_step_end(end_s, replica_id, self.replicas[replica_id].version)
+
+    def schedule(self, t: float, kind: int, a: object = None, b: object = None) -> None:
+        """Queue a controller event (``kind`` > STEP)."""
+        self.queue.push(t, kind, a, b)
+
+    # ---- the event loop -------------------------------------------------------------------------------
 
     def run(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
-            type_id: np.ndarray, progress: bool = False) -> SimResult:
+            type_id: np.ndarray, progress: bool = False,
+            controller: Controller | None = None) -> SimResult:
         """Serve the requests (arrays sorted by arrival) and return their records."""
         wall0 = time.perf_counter()
-        rec = _Records(arrival_s, input_tokens, output_tokens, type_id)
-        n = len(rec.arrivals)
-        queue = EventQueue()
-        horizon = (rec.arrivals[-1] if n else 0.0) + self.config.drain_s
+        rec = self.records = Records(arrival_s, input_tokens, output_tokens, type_id)
+        self.controller = controller
+        n = rec.n
+        heap = self.queue.heap
+        pop = self.queue.pop
+        replicas = self.replicas
+        horizon = rec.last_arrival_s + self.config.drain_s
         bar = _progress_bar(n, progress)
+        if controller is not None:
+            controller.start(self)
         i = 0
+        arrivals, base = rec.arrival_chunk(0)
         while True:
-            next_arrival = rec.arrivals[i] if i < n else math.inf
-            next_step = queue.next_time_s()
-            if next_step is not None and next_step < next_arrival:
-                t, _, rid, version = queue.pop()
+            next_arrival = arrivals[i - base] if i < n else math.inf
+            if heap and heap[0][0] < next_arrival:
+                t, kind, _, a, b = pop()
                 if t > horizon:
                     break
-                if version == self.replicas[rid].version:
-                    self._on_step_end(t, rid, rec, queue)
+                if kind == STEP:
+                    if b == replicas[a].version:
+                        self._on_step_end(t, a)
+                elif controller is not None:  # only a controller queues other kinds
+                    rec.advance(t)
+                    controller.on_event(self, t, kind, a, b)
                 continue
             if i >= n:
                 break
-            self._on_arrival(i, next_arrival, rec, queue)
+            self._on_arrival(i, next_arrival)
             i += 1
+            if i - base == len(arrivals):
+                arrivals, base = rec.arrival_chunk(i)
             if bar is not None and i % PROGRESS_EVERY == 0:
                 bar.update(PROGRESS_EVERY)
         if bar is not None:
             bar.update(i % PROGRESS_EVERY)
             bar.close()
         end_s = min(rec.last_t, horizon)
-        result = rec.result(end_s, self.config.util_bin_s)
-        result.replicas = self._replica_stats(result.replica_id, end_s, result.arrival_s[0] if n else 0.0)
+        result = rec.result(end_s, self.config.util_bin_s, self._live_seqs())
+        result.replicas = self._replica_stats(result.replica_id, end_s, rec.first_arrival_s)
+        result.meta["step_timer"] = cache_stats(s.timer for s in self.setups)
         result.wall_s = time.perf_counter() - wall0
         return result
 
-    def _on_step_end(self, t: float, rid: int, rec: _Records, queue: EventQueue) -> None:
+    def _on_step_end(self, t: float, rid: int) -> None:
+        rec = self.records
         rec.advance(t)
         rep = self.replicas[rid]
         first, finished, nxt = rep.on_step_end(t)
-        for seq in first:
-            rec.first_tok[seq.req_id] = t
-        for seq in finished:
-            rec.finish[seq.req_id] = t
-        rec.in_system -= len(finished)
+        if first:
+            first_tok = rec.first_tok
+            for seq in first:
+                first_tok[seq.req_id] = t
+        if finished:
+            rec.finished(finished, t)
         if nxt is not None:
-            queue.push_step_end(nxt, rid, rep.version)
+            self.queue.push_step_end(nxt, rid, rep.version)
+        self.router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        if rep.extracted and self.controller is not None:
+            self.controller.on_extracted(self, rid, t)
 
-    def _on_arrival(self, i: int, t: float, rec: _Records, queue: EventQueue) -> None:
+    def _on_arrival(self, i: int, t: float) -> None:
+        rec = self.records
         rec.advance(t)
-        prompt, output = rec.ins[i], rec.outs[i]
-        reason = self._admissible(prompt, output)
-        if reason:
-            rec.drop[i] = reason
-            return
-        rid = self._route(rec.types[i], prompt + output - 1)
-        seq = Seq(i, rec.types[i], prompt, output)
-        rec.seqs[i] = seq
-        rec.where[i] = rid
-        rec.in_system += 1
-        rep = self.replicas[rid]
-        nxt = rep.on_arrival(seq, t)
-        if nxt is not None:
-            queue.push_step_end(nxt, rid, rep.version)
-
-    def _admissible(self, prompt: int, output: int) -> str:
+        prompt, output = rec.lengths(i)
+        max_kv = self.router.max_kv_tokens  # None while no replica accepts: the gateway holds it
         if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:
-            return "exceeds_context"
-        if prompt + output - 1 > max(self.max_kv_tokens):
-            return "exceeds_kv_capacity"
-        return ""
+            rec.drop(i, "exceeds_context")
+        elif max_kv is not None and prompt + output - 1 > max_kv:
+            rec.drop(i, "exceeds_kv_capacity")
+        else:
+            self.admit(rec.admitted(i, prompt, output), t)
 
-    def _route(self, type_id: int, max_tokens: int) -> int:
-        queued = [len(r.waiting) for r in self.replicas] if self.router.policy == "spillover" else None
-        rid = self.router.route(type_id, [r.num_outstanding for r in self.replicas], queued)
-        max_kv = self.max_kv_tokens
-        if max_tokens > max_kv[rid]:  # the plan's choice cannot hold it: least loaded that can
-            fits = [r for r in range(len(max_kv)) if max_kv[r] >= max_tokens]
-            rid = min(fits, key=lambda r: (self.replicas[r].num_outstanding, r))
-        return rid
+    def _live_seqs(self) -> list[Seq]:
+        """Sequences still in the system at the end (their preemption counts go into the records)."""
+        live = list(self.pending)
+        for rep in self.replicas:
+            live += rep.waiting
+            live += rep.running
+            live += rep.extracted
+        for event in self.queue.heap:
+            live += [x for x in event[3:] if isinstance(x, Seq)]
+        return live
 
     def _replica_stats(self, where: np.ndarray, end_s: float, start_s: float) -> list[ReplicaStats]:
         span = max(end_s - start_s, 1e-9)
         w = self.config.util_bin_s
         num_bins = max(1, int(math.ceil(end_s / w)))
+        counts = np.bincount(where[where >= 0], minlength=len(self.replicas))
         out = []
         for rep, setup in zip(self.replicas, self.setups):
             bins = tuple(min(1.0, rep.busy_bins.get(b, 0.0) / w) for b in range(num_bins))
             peak = rep.pool.peak_used / rep.pool.num_blocks if rep.pool.num_blocks else 0.0
             out.append(ReplicaStats(rep.replica_id, setup.label, rep.busy_s, min(1.0, rep.busy_s / span),
                                     bins, peak, rep.num_steps, rep.num_events, rep.num_preemptions,
-                                    int((where == rep.replica_id).sum()), rep.prefill_tokens,
+                                    int(counts[rep.replica_id]), rep.prefill_tokens,
                                     rep.decode_tokens))
         return out
 
@@ -180,41 +285,3 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="req", desc="simulating", leave=False, delay=2.0)
-
-
-class _Records:
-    """Per-request records of one run, and the integral of the number of requests in the system."""
-
-    def __init__(self, arrival_s, input_tokens, output_tokens, type_id) -> None:
-        n = len(arrival_s)
-        self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
-        self.input_tokens = np.asarray(input_tokens, dtype=np.int64)
-        self.output_tokens = np.asarray(output_tokens, dtype=np.int64)
-        self.type_id = np.asarray(type_id, dtype=np.int64)
-        self.arrivals = self.arrival_s.tolist()  # plain floats and ints: faster in the event loop
-        self.ins = self.input_tokens.tolist()
-        self.outs = self.output_tokens.tolist()
-        self.types = self.type_id.tolist()
-        self.first_tok = np.full(n, np.nan)
-        self.finish = np.full(n, np.nan)
-        self.where = np.full(n, -1, dtype=np.int64)
-        self.drop = np.array([""] * n, dtype=object)
-        self.seqs: list[Seq | None] = [None] * n
-        self.in_system = 0
-        self.area = 0.0
-        self.last_t = self.arrivals[0] if n else 0.0
-        self.num_events = 0
-
-    def advance(self, t: float) -> None:
-        self.area += self.in_system * (t - self.last_t)
-        self.last_t = t
-        self.num_events += 1
-
-    def result(self, end_s: float, util_bin_s: float) -> SimResult:
-        unfinished = np.isnan(self.finish) & (self.drop == "")
-        self.drop[unfinished] = "unfinished_at_horizon"
-        preemptions = np.array([s.num_preemptions if s is not None else 0 for s in self.seqs],
-                               dtype=np.int64)
-        return SimResult(self.arrival_s, self.first_tok, self.finish, self.input_tokens,
-                         self.output_tokens, self.type_id, self.where, preemptions,
-                         self.drop.astype(str), [], end_s, 0.0, self.num_events, self.area, util_bin_s)

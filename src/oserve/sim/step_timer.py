@@ -16,6 +16,7 @@ memoises. Two facts about ``CostModel.step_time_s`` make that cheap and exact en
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,26 +80,39 @@ def decode_steps_within(line: tuple[float, float], batch: int, ctx_total: float,
 
 @dataclass
 class CostModelStepTimer:
-    """Step times of one replica configuration from the cost model, memoised (one per simulation)."""
+    """Step times of one replica configuration from the cost model, memoised (one per simulation).
+
+    ``lookups`` counts the cache lookups (one per step priced), ``misses`` those that had to call the
+    cost model and ``miss_s`` the CPU time they took; ``hit_rate`` is what a simulation reports
+    (``SimResult.meta["step_timer"]``)."""
 
     cost_model: CostModel
     config: ReplicaConfig
     _lines: dict = field(default_factory=dict, repr=False)
     _mixed: dict = field(default_factory=dict, repr=False)
+    lookups: int = 0
     misses: int = 0
+    miss_s: float = 0.0
+
+    @property
+    def hit_rate(self) -> float | None:
+        return 1.0 - self.misses / self.lookups if self.lookups else None
 
     def decode_line(self, batch: int) -> tuple[float, float]:
+        self.lookups += 1
         line = self._lines.get(batch)
         if line is None:
+            self.misses += 1
+            t0 = time.process_time()
             c1, c2 = (batch * c for c in CTX_PROBE_TOKENS)
             t1, t2 = self._decode_only(batch, c1), self._decode_only(batch, c2)
             slope = (t2 - t1) / (c2 - c1)
             line = (t1 - slope * c1, slope)
             self._lines[batch] = line
+            self.miss_s += time.process_time() - t0
         return line
 
     def _decode_only(self, batch: int, ctx: float) -> float:
-        self.misses += 1
         if self.config.pp > 1:  # pp micro-batches fill the pipeline
             return self.cost_model.decode_step_s(self.config, batch, ctx)
         return self.cost_model.step_time_s(self.config, (), batch, ctx)
@@ -109,10 +123,14 @@ class CostModelStepTimer:
             a, b = self.decode_line(decode_batch)
             return a + b * decode_ctx_total
         key = (quantize(prefill_tokens), num_prefill, quantize(prefill_sq), decode_batch)
+        self.lookups += 1
         line = self._mixed.get(key)
         if line is None:
+            self.misses += 1
+            t0 = time.process_time()
             line = self._mixed_line(*key)
             self._mixed[key] = line
+            self.miss_s += time.process_time() - t0
         return line[0] + line[1] * decode_ctx_total
 
     def _mixed_line(self, tokens: float, n: int, sq: float, batch: int) -> tuple[float, float]:
@@ -126,12 +144,10 @@ class CostModelStepTimer:
         p = max(0.0, (sq / n - c * c) / (2 * c))
         chunks = ((c, p),) * n
         if batch == 0:
-            self.misses += 1
             return (self.cost_model.step_time_s(self.config, chunks), 0.0)
         c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
         t1 = self.cost_model.step_time_s(self.config, chunks, batch, c1)
         t2 = self.cost_model.step_time_s(self.config, chunks, batch, c2)
-        self.misses += 2
         slope = (t2 - t1) / (c2 - c1) / (pp if pp > 1 else 1)  # per token of the whole step's context
         return (t1 - slope * c1 * (pp if pp > 1 else 1), slope)
 
@@ -150,5 +166,15 @@ class ConstantStepTimer:
         return (self.step_time_s, 0.0)
 
 
-__all__ = ["ConstantStepTimer", "CostModelStepTimer", "StepTimer", "decode_run_s",
+def cache_stats(timers) -> dict:
+    """Lookups, misses, hit rate and CPU seconds spent on misses over the distinct memoised timers."""
+    distinct = {id(t): t for t in timers if isinstance(t, CostModelStepTimer)}.values()
+    lookups = sum(t.lookups for t in distinct)
+    misses = sum(t.misses for t in distinct)
+    return {"lookups": lookups, "misses": misses,
+            "hit_rate": 1.0 - misses / lookups if lookups else None,
+            "miss_s": sum(t.miss_s for t in distinct)}
+
+
+__all__ = ["ConstantStepTimer", "CostModelStepTimer", "StepTimer", "cache_stats", "decode_run_s",
            "decode_steps_within", "quantize"]

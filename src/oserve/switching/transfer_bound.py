@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
 
 from oserve.common.errors import InfeasiblePlanError
 from oserve.switching.links import STORAGE, Link, LinkModel
@@ -41,6 +39,9 @@ def _commodities(problem: TransferProblem) -> dict[tuple[int, tuple[int, ...]], 
 
 
 def transfer_lower_bound(problem: TransferProblem, links: LinkModel) -> TransferBound:
+    from scipy.optimize import linprog  # 0.4 s to import: only paid where a switch is planned
+    from scipy.sparse import coo_matrix
+
     comms = _commodities(problem)
     if not comms:
         return TransferBound(0.0, {}, 0, 0)

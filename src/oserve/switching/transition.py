@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from oserve.common.errors import InfeasiblePlanError
 from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.planner.placement import pack
+from oserve.planner.placement import best_fit_decreasing, node_types, pack
 from oserve.planner.plan import Replica
 
 
@@ -81,17 +81,4 @@ def _pack_around(kept: list[Replica], remaining: Mapping[ReplicaConfig, int],
                  cluster: ClusterSpec) -> list[tuple[tuple[int, ...], ReplicaConfig]] | None:
     used = {g for r in kept for g in r.gpus}
     free = {node: [g for g in ids if g not in used] for node, ids in cluster.nodes.items()}
-    node_type = {node: cluster.gpus[ids[0]].gpu_type for node, ids in cluster.nodes.items()}
-    wanted = sorted(((c, n) for c, n in remaining.items() if n > 0),
-                    key=lambda item: (-item[0].num_gpus, item[0]))
-    out = []
-    for cfg, n in wanted:
-        for _ in range(n):
-            fitting = [nd for nd, ids in free.items()
-                       if node_type[nd] == cfg.gpu_type and len(ids) >= cfg.num_gpus]
-            if not fitting:
-                return None
-            node = min(fitting, key=lambda nd: (len(free[nd]), nd))
-            taken, free[node] = tuple(free[node][:cfg.num_gpus]), free[node][cfg.num_gpus:]
-            out.append((taken, cfg))
-    return out
+    return best_fit_decreasing(free, node_types(cluster), remaining)

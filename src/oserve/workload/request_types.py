@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oserve.common.errors import ConfigError
+from oserve.workload import type_cache
 from oserve.workload.trace import Trace
 
 NUM_ONLINE_BINS = 64
@@ -137,13 +138,31 @@ def _fit_online(log_input: np.ndarray, labels: np.ndarray, k: int) -> OnlineClas
     return OnlineClassifier(tuple(float(e) for e in edges), tuple(bin_type))
 
 
-def fit_request_types(trace: Trace, k: int = 4, seed: int = 0,
-                      max_points: int = 20000) -> RequestTypes:
-    """Cluster a trace's requests into k types (k-means on log lengths, best of 4 restarts)."""
+def fit_request_types(trace: Trace, k: int = 4, seed: int = 0, max_points: int = 20000,
+                      cache: bool = True) -> RequestTypes:
+    """Cluster a trace's requests into k types (k-means on log lengths, best of 4 restarts).
+
+    The result is a pure function of the request lengths, k, seed and max_points, and is kept in the
+    user's cache (``type_cache.py``; ``cache=False`` or ``OSERVE_CACHE_DIR=off`` skips it), so commands
+    re-run on the same trace skip the clustering.
+    """
     if k < 1:
         raise ConfigError(f"number of request types must be >= 1, got {k}")
     if len(trace) < k:
         raise ConfigError(f"trace '{trace.name}' has {len(trace)} requests, fewer than k={k} types")
+    key = (type_cache.cache_key(trace.input_tokens, trace.output_tokens, k, seed, max_points)
+           if cache else None)
+    cached = type_cache.load(key, k) if key else None
+    if cached is not None:
+        centroids, log_edges, bin_type = cached
+        return RequestTypes(centroids, OnlineClassifier(log_edges, bin_type))
+    fitted = _fit(trace, k, seed, max_points)
+    if key:
+        type_cache.store(key, k, fitted.centroids_log, fitted.online.log_edges, fitted.online.bin_type)
+    return fitted
+
+
+def _fit(trace: Trace, k: int, seed: int, max_points: int) -> RequestTypes:
     rng = np.random.default_rng(seed)
     points = _log_points(trace.input_tokens, trace.output_tokens)
     sample = points if len(points) <= max_points else points[rng.choice(len(points), max_points,

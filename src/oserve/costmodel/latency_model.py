@@ -1,0 +1,406 @@
+"""Latency-aware capacity: predicted TTFT and TPOT attainment of the request types on one replica.
+
+One replica (a hardware split with its engine settings: chunk budget ``C``, ``max_num_seqs``) serves
+types t at rates ``l_t`` (the co-located mix). Each type comes with equal-weight (input, output) length
+samples and an SLO; the arrival stream with its measured index of dispersion (burstiness). vLLM's
+chunked-prefill scheduler runs every decoding sequence first (one token each) and fills the rest of the
+budget, ``C' = C - B``, with prompt chunks in arrival order. The model, all from the cost model's step
+times ``d(B)`` (a decode-only step of B sequences) and ``m(c, p, B)`` (what a chunk of c prompt tokens
+after p cached ones adds to such a step):
+
+1. **Decode and interleaved prefill.** A prompt of I tokens is ``ceil(I / C')`` chunks. Per second the
+   replica spends ``M = sum_t l_t E_t[sum of its chunks' m]`` on prefill, so steps take on average
+   ``d / (1 - M)`` and a running sequence gets a token per step; Little's law gives the batch
+   ``B = sum_t l_t O_t * d / (1 - M)``, solved by fixed-point iteration. ``M >= 1``, more sequences than
+   ``max_num_seqs`` or than the KV cache holds: the replica is overloaded (attainment 0).
+2. **TPOT** (a request's mean time per output token after the first) is ``d + S / (O - 1)``: S is the
+   extra time of the chunk steps among its ``O - 1`` decode steps. A step carries a chunk with
+   probability ``q = n_chunks_per_s * d / (1 - M)``; the number of chunk steps is Binomial(O - 1, q) and
+   each adds an ``m`` drawn from the chunk mix. Exact for zero or one chunk step (the empirical chunk
+   costs), a normal approximation for more. So one 8192-token chunk in a short answer shows up in the
+   tail, not only in the mean. A request that decodes inside a busy period of the prompt queue gets a
+   full chunk at *every* step: with probability ``rho (1 - 1/L)^(O-1)``, L the busy period in steps
+   (chunks per prompt / (1 - rho), times Kingman's variability factor), its TPOT is ``d + m(C')``.
+3. **TTFT** (queueing counts) is ``W + s(I) + r``: ``s(I)`` the request's own chunk steps
+   (``sum (d + m)``), ``r`` half a step in flight, and ``W`` the wait in the FCFS prompt queue. The queue
+   is a G/G/1 server whose work per request is its prefill time with steps shared at full chunks
+   (``m + d * I / C'``), utilisation ``rho``; Kingman's mean ``W = rho/(1-rho) * (1 + c_s^2)/2 * E[w]``
+   (``c_a^2``: the clumping of arrivals *within* a regime, below; ``c_s^2``: the work's variability),
+   with an exponential tail and an atom at zero, ``P(W > x) = rho exp(-rho x / W)`` (exact for M/M/1).
+   When the queue is busy, chunks pack to the full budget: a chunk step carries ``C'`` tokens with
+   probability ``rho`` and one prompt's chunk otherwise, which sets how many steps carry a chunk.
+4. **Bursts.** The trace's measured load regimes (``oserve.workload.burstiness``: 10-second windows
+   grouped by prompt-token load, each with its time share and per-type rate multipliers) are each
+   evaluated as stationary at their rates; a type's attainment is the request-weighted mean over
+   regimes. Inside a regime, arrivals clump: ``c_a^2`` is the measured index of dispersion of 1-second
+   counts around their window's mean, thinned by the replica's share of the arrivals. This, not a
+   Poisson assumption, is where most misses come from: the Azure traces have
+   windows at 4-6x the median rate in which prefill saturates a replica.
+5. A type's **attainment** in a regime is the mean over its samples of ``P(TTFT ok) * P(TPOT ok)``
+   (independence: pessimistic, as both suffer in the same bursts); a regime in which the replica is
+   overloaded counts as 0. A type's **SLO capacity** on a replica is the highest rate of that type (alone,
+   or scaling a given mix) at which every type's attainment reaches the target.
+
+Step times with PP > 1 follow the simulator's convention: a step's work is split into ``pp``
+micro-batches that fill the pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+from scipy.special import gammaln, ndtr
+
+from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.workload.burstiness import Burstiness, LengthSample
+from oserve.workload.slo import Slo
+
+KV_HEADROOM = 0.9
+REF_BATCH = 16
+REF_CTX_TOKENS = 1024
+MAX_UTILISATION = 0.98
+EXACT_STEPS_BELOW = 64  # TPOT: exact binomial sum over chunk-step counts for outputs up to this
+
+
+@dataclass(frozen=True)
+class TypePrediction:
+    """Predicted SLO attainment of one type on one replica (all 0 when the replica is overloaded)."""
+
+    attainment: float
+    ttft_attainment: float
+    tpot_attainment: float
+    mean_tpot_s: float
+    mean_ttft_s: float
+
+
+@dataclass(frozen=True)
+class ReplicaPrediction:
+    types: tuple[TypePrediction, ...]
+    batch: float  # mean decoding sequences
+    prefill_frac: float  # M: share of time spent on prompt chunks
+    queue_utilisation: float  # rho of the prompt queue
+    overloaded: bool
+
+    def meets(self, target: float, rates_rps: list[float]) -> bool:
+        return not self.overloaded and all(
+            p.attainment >= target for p, r in zip(self.types, rates_rps) if r > 0)
+
+
+@dataclass
+class ReplicaLatencyModel:
+    """The latency model of one configuration; step times are memoised per instance."""
+
+    cost: CostModel
+    config: ReplicaConfig
+    # step-time memos; pass one dict to models of the same hardware split to share them
+    step_cache: dict[str, dict[tuple[float, float], float]] = field(default_factory=dict, repr=False)
+    _layouts: dict[tuple[tuple[LengthSample, ...], tuple[Slo, ...]], _Layout] = field(
+        default_factory=dict, repr=False)
+    _chunkings: dict[tuple[int, int], _Chunking] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.budget_tokens = self.cost.batched_tokens(self.config)
+        self.max_seqs = self.cost.max_seqs(self.config)
+        self.kv_tokens = self.cost.kv_capacity_tokens(self.config)
+        self.hw = self.config.hardware
+        self._decode = self.step_cache.setdefault("decode", {})
+        self._chunk = self.step_cache.setdefault("chunk", {})
+
+    # ---- step times (memoised on a coarse grid: the model is an approximation anyway) ---------------
+
+    def decode_s(self, batch: float, ctx_per_seq: float) -> float:
+        b = max(1, int(round(batch)))
+        key = (b, _q(ctx_per_seq))
+        t = self._decode.get(key)
+        if t is None:
+            t = float(self.cost.decode_step_s(self.hw, b, b * key[1]))
+            self._decode[key] = t
+        return float(t)
+
+    def chunk_extra_s(self, chunk: int, cached: int) -> float:
+        """What a prompt chunk adds to a decode step. The decode batch changes it little (the step's
+        GEMMs are over chunk + batch tokens, and the chunk dominates), so it is priced once at a
+        reference batch of ``REF_BATCH`` sequences of ``REF_CTX_TOKENS`` context."""
+        key = (_q(chunk), _q(cached))
+        t = self._chunk.get(key)
+        if t is None:
+            c, p = key
+            b, ctx = REF_BATCH, REF_CTX_TOKENS
+            pp = self.hw.pp
+            # as the simulator: with pp > 1 the step is split into pp micro-batches filling the pipeline
+            # (the cost model prices fractional representative chunks, as the simulator's timer does)
+            chunks = cast("tuple[tuple[int, int], ...]", ((c / pp, p),))
+            step = self.cost.step_time_s(self.hw, chunks, math.ceil(b / pp), b * ctx / pp)
+            t = max(step - self.cost.decode_step_s(self.hw, b, b * ctx), 0.0)
+            self._chunk[key] = t
+        return float(t)
+
+    # ---- prediction --------------------------------------------------------------------------------
+
+    def predict(self, samples: list[LengthSample], rates_rps: list[float], slos: list[Slo],
+                burstiness: Burstiness | None = None, rate_scale: float = 1.0,
+                target: float | None = None, stream_fraction: float = 1.0) -> ReplicaPrediction:
+        """Attainment of each type at mean rates ``rates_rps`` on this replica, over the trace's load
+        regimes at replay speed ``rate_scale`` (a stationary stream without ``burstiness``).
+
+        ``stream_fraction`` is this replica's share of the trace's arrivals (thinning lowers their
+        variability). With ``target``, the heaviest regimes go first and the prediction stops as soon as
+        some type can no longer reach the target; its attainment is then the (below-target) upper bound.
+        """
+        rates = np.asarray(rates_rps, dtype=float)
+        k = len(samples)
+        burst = burstiness or Burstiness.poisson()
+        regimes = burst.regimes(rate_scale)
+        ca2 = burst.within_ca2(stream_fraction)
+        mults = [np.asarray(r.multipliers) if r.multipliers else np.ones(k) for r in regimes]
+        weights = [r.time_share * rates * m for r, m in zip(regimes, mults)]  # requests per regime
+        den = np.sum(weights, axis=0)
+        order = sorted(range(len(regimes)), key=lambda j: -float(mults[j].max()))
+        sums = np.zeros((4, k))  # request-weighted attainment, TTFT, TPOT attainment, mean TPOT
+        seen = np.zeros(k)
+        heaviest = None
+        for j in order:
+            pred = self.predict_stationary(samples, rates * mults[j], slos, ca2)
+            if heaviest is None or regimes[j].time_share >= heaviest[0]:
+                heaviest = (regimes[j].time_share, pred)
+            w = weights[j]
+            sums += w * np.array([[p.attainment, p.ttft_attainment, p.tpot_attainment,
+                                   min(p.mean_tpot_s, 1e3)] for p in pred.types]).T
+            seen += w
+            if target is not None:
+                upper = (sums[0] + (den - seen)) / np.where(den > 0, den, 1.0)
+                if np.any((den > 0) & (upper < target)):
+                    sums[0] = upper * den
+                    break
+        safe = np.where(den > 0, den, 1.0)
+        avg = sums / np.where(seen > 0, seen, 1.0)
+        avg[0] = sums[0] / safe
+        types = tuple(TypePrediction(float(avg[0, t]), float(avg[1, t]), float(avg[2, t]), float(avg[3, t]),
+                                     math.nan) if den[t] > 0 else IDLE for t in range(k))
+        assert heaviest is not None  # there is always at least one regime
+        typical = heaviest[1]
+        return ReplicaPrediction(types, typical.batch, typical.prefill_frac, typical.queue_utilisation,
+                                 typical.overloaded)
+
+    def predict_stationary(self, samples: list[LengthSample], rates_rps: np.ndarray | list[float],
+                           slos: list[Slo],
+                           ca2: float = 1.0) -> ReplicaPrediction:
+        """Attainment of each type at constant rates on this replica; ``ca2`` is the arrivals' squared
+        coefficient of variation (1: Poisson)."""
+        rates = np.asarray(rates_rps, dtype=float)
+        total = float(rates.sum())
+        k = len(samples)
+        if total <= 0:
+            return ReplicaPrediction((IDLE,) * k, 0.0, 0.0, 0.0, False)
+        lay = self._layout(samples, slos)
+        per = rates[lay.typ] / lay.count[lay.typ]  # requests/s each sample stands for
+        ctx = float((per * (lay.inp + lay.out / 2)).sum()) / total
+        batch, budget, ch, d, m_frac = self._steady_batch(lay, per, ctx)
+        work = ch.cost + d * lay.inp / budget  # prompt queue work: steps shared at full chunks
+        rho = float((per * work).sum())
+        mean_w = rho / total
+        cs2 = float((per * (work - mean_w) ** 2).sum()) / total / max(mean_w * mean_w, 1e-18)
+        fits = batch <= self.max_seqs and batch * ctx <= KV_HEADROOM * self.kv_tokens
+        if m_frac >= MAX_UTILISATION or rho >= MAX_UTILISATION or not fits:
+            zero = TypePrediction(0.0, 0.0, 0.0, math.inf, math.inf)
+            return ReplicaPrediction((zero,) * k, batch, m_frac, rho, True)
+        d = self.decode_s(batch, ctx)
+        step_s = d / (1.0 - m_frac)
+        # chunk steps per second: prompt tokens per second over the tokens a chunk step carries
+        # (the full budget when the queue is busy, one prompt's chunk otherwise)
+        tokens = float((per * lay.inp).sum())
+        chunks_per_s = float((per * ch.num).sum())
+        tokens_per_chunk = (1 - rho) * tokens / chunks_per_s + rho * budget
+        q = min(1.0, tokens / tokens_per_chunk * step_s)
+        chunk_w = per[ch.owner]
+        extras = np.append(ch.extras, ch.full_extra)
+        weights = np.append(chunk_w / chunk_w.sum() * (1 - rho), rho)
+        wait = _Wait(rho, mean_w, cs2, ca2)
+        own = ch.cost + ch.num * d + 0.5 * step_s * min(1.0, batch)
+        ttft_ok = wait.attainment(lay.ttft_bound - own)
+        # a request that decodes inside a busy period of the prompt queue gets a full chunk at every
+        # step; busy periods last (chunks per prompt) / (1 - rho) steps, stretched by the variability
+        # (Kingman's factor), so P(all n steps busy) = rho (1 - 1/L)^n
+        span = chunks_per_s / total / (1.0 - rho) * (ca2 + cs2) / 2.0
+        n = np.maximum(lay.out - 1, 0)
+        in_run = rho * np.power(max(1.0 - 1.0 / span, 0.0), n) if span > 1 else np.zeros(len(n))
+        run_ok = (d + ch.full_extra <= lay.tpot_bound) | (n == 0)
+        tpot_ok = in_run * run_ok + (1.0 - in_run) * _tpot_attainment(lay.out, d, q, extras, weights,
+                                                                       lay.tpot_bound)
+        mean_tpot = d + q * float((extras * weights).sum())
+        cnt = lay.count
+        both = np.bincount(lay.typ, ttft_ok * tpot_ok, k) / cnt
+        t_ok = np.bincount(lay.typ, ttft_ok, k) / cnt
+        p_ok = np.bincount(lay.typ, tpot_ok, k) / cnt
+        ttft_mean = np.bincount(lay.typ, own, k) / cnt + wait.mean_s
+        preds = tuple(TypePrediction(float(both[t]), float(t_ok[t]), float(p_ok[t]), mean_tpot,
+                                     float(ttft_mean[t])) if rates[t] > 0 else IDLE for t in range(k))
+        return ReplicaPrediction(preds, batch, m_frac, rho, False)
+
+    def _steady_batch(self, lay: _Layout, per: np.ndarray,
+                      ctx: float) -> tuple[float, int, _Chunking, float, float]:
+        """Fixed point of ``B = out_rate * d(B) / (1 - M(B))`` (d and M vary slowly in B): the batch,
+        the prompt tokens a step carries, the chunking, d and M."""
+        out_rate = float((per * lay.out).sum())  # decode tokens per second
+        batch = 1.0
+        for _ in range(4):
+            budget = self._budget(batch)
+            ch = self._chunking(lay, budget)
+            d = self.decode_s(batch, ctx)
+            m_frac = float((per * ch.cost).sum())
+            if m_frac >= MAX_UTILISATION:
+                break
+            new = out_rate * d / (1.0 - m_frac)
+            done = abs(new - batch) <= 0.05 * max(batch, 1.0)
+            batch = new
+            if done:
+                break
+        return batch, budget, ch, d, m_frac
+
+    def _budget(self, batch: float) -> int:
+        """Prompt tokens a step can carry: the budget less the decodes' tokens, on a grid of 1/16 of the
+        budget (so that chunkings are reused across batches)."""
+        grain = max(16, self.budget_tokens // 16)
+        free = max(self.budget_tokens - batch, grain)
+        return int(max(grain, round(free / grain) * grain))
+
+    def _layout(self, samples: list[LengthSample], slos: list[Slo]) -> _Layout:
+        key = (tuple(samples), tuple(slos))
+        lay = self._layouts.get(key)
+        if lay is None:
+            typ = np.concatenate([np.full(len(s.input_tokens), t) for t, s in enumerate(samples)])
+            inp = np.concatenate([np.asarray(s.input_tokens, dtype=float) for s in samples])
+            out = np.concatenate([np.asarray(s.output_tokens, dtype=float) for s in samples])
+            lay = _Layout(typ, inp, out, np.bincount(typ, minlength=len(samples)).astype(float),
+                          np.array([slos[t].ttft_s for t in typ]), np.array([slos[t].tpot_s for t in typ]))
+            self._layouts[key] = lay
+        return lay
+
+    def _chunking(self, lay: _Layout, budget: int) -> _Chunking:
+        """Every sample prompt's chunks at this budget, with their extra step times."""
+        key = (id(lay), budget)
+        ch = self._chunkings.get(key)
+        if ch is None:
+            ex_list: list[float] = []
+            owner_list: list[int] = []
+            for idx, i in enumerate(lay.inp):
+                n = max(1, math.ceil(i / budget))
+                for j in range(n):
+                    ex_list.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget))
+                    owner_list.append(idx)
+            ex, owner = np.asarray(ex_list), np.asarray(owner_list)
+            ch = _Chunking(ex, owner, np.bincount(owner, ex, len(lay.inp)),
+                           np.bincount(owner, minlength=len(lay.inp)).astype(float),
+                           self.chunk_extra_s(budget, budget // 2))
+            self._chunkings[key] = ch
+        return ch
+
+
+IDLE = TypePrediction(1.0, 1.0, 1.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The samples of all types, flattened, with each one's type and SLO bounds."""
+
+    typ: np.ndarray
+    inp: np.ndarray
+    out: np.ndarray
+    count: np.ndarray  # samples per type
+    ttft_bound: np.ndarray
+    tpot_bound: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Chunking:
+    extras: np.ndarray  # extra step time of each chunk of each sample prompt
+    owner: np.ndarray  # the sample each chunk belongs to
+    cost: np.ndarray  # per sample: the sum of its chunks' extras
+    num: np.ndarray  # per sample: its number of chunks
+    full_extra: float  # extra time of a full chunk (half-way through a prompt)
+
+
+class _Wait:
+    """The FCFS prompt queue's waiting time: Kingman's mean, exponential tail with an atom at 0."""
+
+    def __init__(self, rho: float, mean_work_s: float, cs2: float, ca2: float = 1.0) -> None:
+        self.rho = rho
+        self.mean_s = rho / (1.0 - rho) * (ca2 + cs2) / 2.0 * mean_work_s if rho > 0 else 0.0
+
+    def attainment(self, slack_s: np.ndarray) -> np.ndarray:
+        """P(W <= slack) per element (0 where the slack is negative)."""
+        slack = np.asarray(slack_s, dtype=float)
+        if self.mean_s <= 0:
+            return np.where(slack >= 0, 1.0, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            tail = self.rho * np.exp(-self.rho * np.maximum(slack, 0.0) / self.mean_s)
+        return np.where(slack >= 0, 1.0 - np.nan_to_num(tail, nan=0.0), 0.0)
+
+
+def _tpot_attainment(outputs: np.ndarray, d: float, q: float, extras: np.ndarray, weights: np.ndarray,
+                     bound_s: float | np.ndarray) -> np.ndarray:
+    """P(TPOT <= bound) for each output length (bound a scalar or one per output): ``d + S / (O - 1)``,
+    S the sum of a Binomial(O-1, q) number of chunk extras drawn from (extras, weights): exact for 0 or 1
+    chunk steps, normal beyond."""
+    outputs = np.asarray(outputs, dtype=float)
+    bound = np.broadcast_to(np.asarray(bound_s, dtype=float), outputs.shape)
+    out = np.ones(len(outputs))
+    n = np.maximum(outputs - 1, 0)
+    live = np.isfinite(bound) & (n > 0)
+    out[live & (bound < d)] = 0.0
+    live &= bound >= d
+    if q <= 0 or not len(extras) or not live.any():
+        return out
+    p = weights / weights.sum()
+    mu = float((extras * p).sum())
+    var = float(((extras - mu) ** 2 * p).sum())
+    order = np.argsort(extras)
+    cdf_x, cdf_p = extras[order], np.cumsum(p[order])
+    slack = np.where(live, (bound - d) * n, 0.0)  # total extra time each request tolerates
+    small = live & (n < EXACT_STEPS_BELOW)
+    if small.any():
+        ns, sl = n[small][:, None], slack[small][:, None]
+        ks = np.arange(EXACT_STEPS_BELOW)[None, :]
+        pmf = _binom_pmf(ks, ns, q)
+        pos = np.searchsorted(cdf_x, sl[:, 0], side="right") - 1
+        one = np.where(pos >= 0, cdf_p[np.maximum(pos, 0)], 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            many = ndtr((sl - ks * mu) / np.sqrt(np.maximum(ks * var, 1e-18)))
+        ok = np.where(ks == 0, 1.0, np.where(ks == 1, one[:, None], many))
+        out[small] = (pmf * ok).sum(axis=1)
+    large = live & (n >= EXACT_STEPS_BELOW)
+    if large.any():  # compound binomial sum ~ normal
+        nl = n[large]
+        mean = nl * q * mu
+        sd = np.sqrt(np.maximum(nl * q * (var + mu * mu * (1 - q)), 1e-18))
+        out[large] = ndtr((slack[large] - mean) / sd)
+    return out
+
+
+_LOG_FACT = gammaln(np.arange(EXACT_STEPS_BELOW + 1, dtype=float) + 1)
+
+
+def _binom_pmf(k: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
+    """Binomial(n, q) probabilities of k (0 where k > n) for n < EXACT_STEPS_BELOW, from a log-factorial
+    table (scipy.stats' per-call overhead is too much here)."""
+    if q >= 1.0:
+        return np.where(k == n, 1.0, 0.0)
+    ni = n.astype(np.int64)
+    kk = np.minimum(k, ni)
+    log = (_LOG_FACT[ni] - _LOG_FACT[kk] - _LOG_FACT[ni - kk] + kk * math.log(q)
+           + (ni - kk) * math.log1p(-q))
+    return np.where(k <= ni, np.exp(log), 0.0)
+
+
+def _q(x: float) -> float:
+    """A geometric grid (~2% apart, so within 1.1%) for memo keys; exact below 16."""
+    if x < 16:
+        return float(round(x))
+    return float(2.0 ** (round(math.log2(x) * 32) / 32))
+
+
+__all__ = ["ReplicaLatencyModel", "ReplicaPrediction", "TypePrediction"]

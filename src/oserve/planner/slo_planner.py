@@ -1,0 +1,271 @@
+"""Planning for SLO goodput: engine settings from a grid, homogeneous-tuned fleets, and a shortlist.
+
+Objectives (``OBJECTIVES``):
+
+* ``goodput``: the largest uniform scale of the trace's per-type rates at which every type's predicted
+  attainment reaches the target (``costmodel.slo_capacity.predicted_goodput_scale``);
+* ``min-gpus``: the fewest GPUs that carry the trace's rates (scale 1) at the target;
+* ``throughput``: the max-concurrent-flow objective of ``planner.api`` (no latency model).
+
+Candidates:
+
+* **homogeneous-tuned**: every hardware configuration at every chunk budget of ``ENGINE_BUDGETS``,
+  replicated over the cluster, types spread evenly; the best predicted one is the strongest static
+  baseline (best configuration *and* best uniform engine settings);
+* **oserve**: the flow-guided search of ``planner.search`` over the best few tuned configurations, with
+  per-type SLO capacities (``slo_capacity_rps``) in the dispatch LP; its plan is then scored by the
+  latency model on the co-located mixes the LP dispatch gives each replica.
+
+``GoodputPlanner.shortlist`` returns the best plans by predicted goodput and always includes the best
+homogeneous-tuned fleet, so that a simulator verifying the shortlist (``sim.verify``) never returns a
+plan worse than it on the verification trace. ``max_num_seqs`` stays at the engine default (256): under
+TTFT/TPOT SLOs the chunk budget is what trades latency for throughput, and the model checks the seats.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from oserve.common.errors import ConfigError, InfeasiblePlanError
+from oserve.costmodel.catalog import ClusterSpec
+from oserve.costmodel.cost_model import CostModel, TypeLoad
+from oserve.costmodel.latency_model import ReplicaLatencyModel
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.slo_capacity import (
+    SloWorkload,
+    fleet_attainment,
+    meets_target,
+    predicted_goodput_scale,
+    slo_capacity_rps,
+)
+from oserve.planner.placement import candidate_configs, fits_cluster, gpus_by_type, pack
+from oserve.planner.plan import Plan, Replica
+from oserve.workload.burstiness import Burstiness, length_samples
+from oserve.workload.request_types import RequestTypes, TypeStats
+from oserve.workload.slo import SloSpec
+from oserve.workload.trace import Trace
+
+OBJECTIVES = ("goodput", "min-gpus", "throughput")
+ENGINE_BUDGETS = (512, 1024, 2048, 4096, 8192)
+NUM_SEARCH_CONFIGS = 4  # tuned configurations the oserve search mixes
+
+
+def slo_workload(trace: Trace, types: RequestTypes, stats: list[TypeStats], slo: SloSpec) -> SloWorkload:
+    """What latency planning needs of a (clipped) trace typed as the router will type it."""
+    type_id = types.classify_online(trace.input_tokens)
+    return SloWorkload(tuple(length_samples(trace, type_id, types.k, max_samples=32)),
+                       tuple(float(s.rate_rps) for s in stats),
+                       tuple(slo.type_slos(type_id, types.names(), trace.input_tokens)),
+                       Burstiness.of_trace(trace, type_id, types.k), slo.attainment)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A deployment with its dispatch and predicted goodput scale."""
+
+    kind: str
+    replicas: tuple[Replica, ...]
+    fractions: np.ndarray  # (types, replicas)
+    predicted_scale: float
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(r.config.num_gpus for r in self.replicas)
+
+
+class GoodputPlanner:
+    """Candidates for one cluster, model and SLO workload; latency models shared across candidates."""
+
+    def __init__(self, cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats],
+                 workload: SloWorkload, allow_pp: bool = True,
+                 budgets: tuple[int, ...] = ENGINE_BUDGETS) -> None:
+        if len(stats) != workload.num_types:
+            raise ConfigError(f"{len(stats)} request types but the SLO workload has {workload.num_types}")
+        self.cluster, self.cost, self.stats, self.workload = cluster, cost, stats, workload
+        self.hardware = candidate_configs(cluster, cost, allow_pp)
+        self.budgets = budgets
+        self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {}
+        self._step_caches: dict[ReplicaConfig, dict[str, dict[tuple[float, float], float]]] = {}
+        self._tuned: list[Candidate] | None = None
+
+    def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
+        if cfg not in self._models:
+            shared = self._step_caches.setdefault(cfg.hardware, {})  # engine variants share step times
+            self._models[cfg] = ReplicaLatencyModel(self.cost, cfg, shared)
+        return self._models[cfg]
+
+    def predicted_scale(self, replicas: tuple[Replica, ...], fractions: np.ndarray) -> float:
+        return predicted_goodput_scale([self.model(r.config) for r in replicas], fractions, self.workload,
+                                       start=self._start(replicas))
+
+    def _start(self, replicas: tuple[Replica, ...]) -> float:
+        """A starting scale for the bracket: the throughput the replicas carry, halved."""
+        loads = [TypeLoad(s.mean_input_tokens, s.mean_output_tokens) for s in self.stats]
+        demand = np.asarray(self.workload.rates_rps)
+        per = [sum(self.cost.type_capacity_rps(r.config.hardware, ld) for r in replicas) for ld in loads]
+        with np.errstate(divide="ignore"):
+            ratios = np.where(demand > 0, np.asarray(per) / np.maximum(demand, 1e-12), np.inf)
+        best = float(np.min(ratios)) if np.isfinite(ratios).any() else 1.0
+        return max(best * 0.5, 1e-3)
+
+    # ---- homogeneous-tuned -----------------------------------------------------------------------
+
+    def homogeneous_tuned(self) -> list[Candidate]:
+        """Every tuned configuration replicated over the cluster, best predicted goodput first."""
+        if self._tuned is None:
+            out = []
+            for hw in self.hardware:
+                for budget in self.budgets:
+                    cand = self._replicated(hw.with_engine(budget), "homogeneous-tuned")
+                    if cand is not None:
+                        out.append(cand)
+            out.sort(key=lambda c: (-c.predicted_scale, c.num_gpus, c.replicas[0].config))
+            self._tuned = out
+        return self._tuned
+
+    def _replicated(self, cfg: ReplicaConfig, kind: str, n: int | None = None) -> Candidate | None:
+        n = gpus_by_type(self.cluster).get(cfg.gpu_type, 0) // cfg.num_gpus if n is None else n
+        while n > 0 and not fits_cluster({cfg: n}, self.cluster):
+            n -= 1
+        if n <= 0:
+            return None
+        packed = pack({cfg: n}, self.cluster)
+        if packed is None:
+            return None
+        replicas = tuple(packed)
+        fractions = np.full((self.workload.num_types, n), 1.0 / n)
+        # identical replicas with identical shares: one prediction per scale
+        return Candidate(kind, replicas, fractions, self.predicted_scale(replicas, fractions))
+
+    # ---- min-gpus --------------------------------------------------------------------------------
+
+    def min_gpus(self) -> Candidate:
+        """The fewest GPUs (a tuned configuration replicated) that meet the target at scale 1."""
+        best = None
+        budget = gpus_by_type(self.cluster)
+        for hw in self.hardware:
+            for b in self.budgets:
+                cfg = hw.with_engine(b)
+                model = self.model(cfg)
+                for n in range(1, budget.get(cfg.gpu_type, 0) // cfg.num_gpus + 1):
+                    if best is not None and n * cfg.num_gpus > best.num_gpus:
+                        break
+                    fr = np.full((self.workload.num_types, n), 1.0 / n)
+                    att = fleet_attainment([model] * n, fr, self.workload, 1.0)
+                    if meets_target(att, self.workload) and fits_cluster({cfg: n}, self.cluster):
+                        cand = self._replicated(cfg, "min-gpus", n)
+                        if cand is None:
+                            break
+                        if best is None or (cand.num_gpus, -cand.predicted_scale) < \
+                                (best.num_gpus, -best.predicted_scale):
+                            best = cand
+                        break
+        if best is None:
+            raise InfeasiblePlanError("no replicated configuration of the cluster meets the SLO "
+                                      "attainment target at the trace's rate")
+        return best
+
+    # ---- oserve: flow-guided search on SLO capacities ---------------------------------------------
+
+    def searched(self) -> Candidate | None:
+        """The flow-guided search over the best tuned configurations with SLO capacities."""
+        from oserve.planner.api import build_plan
+        from oserve.planner.problem import PlanningProblem
+        from oserve.planner.references import homogeneous
+        from oserve.planner.search import SearchParams, flow_guided_search
+
+        tuned = self.homogeneous_tuned()
+        configs: list[ReplicaConfig] = []
+        for c in tuned:
+            if c.predicted_scale > 0 and c.replicas[0].config not in configs:
+                configs.append(c.replicas[0].config)
+            if len(configs) >= NUM_SEARCH_CONFIGS:
+                break
+        if not configs:
+            return None
+        start = max(self.workload.rates_rps) or 1.0
+        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start)
+                              if self.workload.rates_rps[t] > 0 else 1.0
+                              for t in range(self.workload.num_types)] for c in configs])
+        problem = PlanningProblem(self.cluster, self.cost, self.stats, config_list=configs,
+                                  capacity_matrix=capacity)
+        try:
+            counts = flow_guided_search(problem, homogeneous(problem), SearchParams())
+            plan = build_plan(problem, counts, "oserve", 0.0)
+        except InfeasiblePlanError:
+            return None
+        fractions = np.asarray(plan.dispatch, dtype=float)
+        return Candidate("oserve", plan.replicas, fractions, self.predicted_scale(plan.replicas, fractions))
+
+    def shortlist(self, size: int = 3) -> list[Candidate]:
+        """The best candidates by predicted goodput; the best homogeneous-tuned fleet always among them."""
+        tuned = self.homogeneous_tuned()
+        if not tuned:
+            raise InfeasiblePlanError("no configuration fits the cluster")
+        pool = [tuned[0]]
+        searched = self.searched()
+        for c in [searched, *tuned[1:]]:
+            if len(pool) >= size:
+                break
+            # one candidate per deployment (the search may return a tuned fleet with near-even shares)
+            if c is not None and all(_deployment(c) != _deployment(p) for p in pool):
+                pool.append(c)
+        return sorted(pool, key=lambda c: -c.predicted_scale)
+
+
+def _deployment(c: Candidate) -> tuple[ReplicaConfig, ...]:
+    return tuple(sorted(r.config for r in c.replicas))
+
+
+def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], objective: str,
+                   planner: str, seconds: float) -> Plan:
+    """A candidate as a Plan; ``capacity_rps`` holds the throughput capacities of the cost model."""
+    loads = [TypeLoad(s.mean_input_tokens, s.mean_output_tokens) for s in stats]
+    capacity = tuple(tuple(cost.type_capacity_rps(r.config.hardware, ld) for ld in loads)
+                     for r in c.replicas)
+    rates = np.array([s.rate_rps for s in stats])
+    util = [float(sum(rates[t] * c.fractions[t, r] / capacity[r][t]
+                      for t in range(len(stats)) if capacity[r][t] > 0))
+            for r in range(len(c.replicas))]
+    return Plan(cost.model.name, c.replicas, tuple(s.name for s in stats),
+                tuple(float(x) for x in rates), capacity,
+                tuple(tuple(float(x) for x in row) for row in c.fractions), c.predicted_scale,
+                tuple(util), (), planner, seconds, objective, c.predicted_scale, None)
+
+
+def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,
+                 planner: str, objective: str = "goodput", allow_pp: bool = True) -> tuple[Plan, list[Plan]]:
+    """(the best plan by predicted goodput, the shortlist as plans) for ``oserve``; for the reference
+    planners their own deployment, scored by the latency model."""
+    if objective not in OBJECTIVES or objective == "throughput":
+        raise ConfigError(f"plan_for_slo: objective must be goodput or min-gpus, got '{objective}'")
+    t0 = time.perf_counter()
+    gp = GoodputPlanner(cluster, cost, stats, workload, allow_pp)
+    if objective == "min-gpus":
+        best = gp.min_gpus()
+        plan = candidate_plan(best, cost, stats, objective, planner, time.perf_counter() - t0)
+        return plan, [plan]
+    if planner == "homogeneous-tuned":
+        cands = gp.homogeneous_tuned()[:1]
+    elif planner == "oserve":
+        cands = gp.shortlist()
+    else:
+        raise ConfigError(f"planner '{planner}' has no goodput objective (use oserve or homogeneous-tuned)")
+    seconds = time.perf_counter() - t0
+    plans = [candidate_plan(c, cost, stats, objective, planner, seconds) for c in cands]
+    return plans[0], plans
+
+
+def score_plan(plan: Plan, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,
+               cluster: ClusterSpec) -> Plan:
+    """A plan of any planner with its predicted goodput scale filled in."""
+    gp = GoodputPlanner(cluster, cost, stats, workload)
+    fractions = np.asarray(plan.dispatch, dtype=float)
+    return replace(plan, predicted_goodput_scale=gp.predicted_scale(plan.replicas, fractions))
+
+
+__all__ = ["ENGINE_BUDGETS", "OBJECTIVES", "Candidate", "GoodputPlanner", "candidate_plan",
+           "plan_for_slo", "score_plan", "slo_workload"]

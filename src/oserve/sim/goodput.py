@@ -1,0 +1,111 @@
+"""SLO goodput of a plan: the highest rate scale of the trace at which every type meets its SLO target.
+
+A scale is *good* when, simulating the trace replayed at that many times its rate, every request type
+with requests has at least the target share of requests meeting their SLO (TTFT from arrival, so
+queueing counts; dropped requests miss). Attainment falls with load (not strictly: bursts replay
+differently at each scale; the search assumes it): the search brackets the boundary by doubling or
+halving from the start scale, then bisects geometrically until the bracket is within ``rel_tol`` (3%).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from oserve.common.errors import ConfigError
+from oserve.costmodel.cost_model import CostModel
+from oserve.planner.plan import Plan
+from oserve.sim.config import SimConfig
+from oserve.sim.metrics import Attainment, SimResult, per_type_latency, slo_attainment
+from oserve.workload.slo import SloSpec
+
+MIN_SCALE = 1.0 / 64
+MAX_SCALE = 64.0
+
+
+@dataclass(frozen=True)
+class GoodputProbe:
+    scale: float
+    attainment: Attainment
+    ok: bool
+
+
+@dataclass
+class GoodputResult:
+    """The highest good scale (0 when even ``MIN_SCALE`` misses) and what was simulated to find it."""
+
+    scale: float
+    target: float
+    probes: list[GoodputProbe] = field(default_factory=list)
+    best: SimResult | None = None  # the simulation at ``scale``
+
+    @property
+    def attainment(self) -> Attainment | None:
+        for p in self.probes:
+            if p.ok and p.scale == self.scale:
+                return p.attainment
+        return None
+
+    def to_dict(self, num_types: int) -> dict:
+        att = self.attainment
+        return {"goodput_scale": self.scale, "attainment_target": self.target,
+                "attainment_at_goodput": att.to_dict() if att else None,
+                "per_type_p99_at_goodput": per_type_latency(self.best, num_types) if self.best else None,
+                "probes": [{"scale": p.scale, "overall": p.attainment.overall,
+                            "per_type": list(p.attainment.per_type), "ok": p.ok} for p in self.probes]}
+
+
+def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult | None]],
+                         target: float, start_scale: float = 1.0, rel_tol: float = 0.03,
+                         max_probes: int = 24) -> GoodputResult:
+    """``evaluate(scale)`` simulates at ``scale`` and returns (attainment, the simulation)."""
+    if not 0 < target <= 1 or start_scale <= 0 or rel_tol <= 0:
+        raise ConfigError("goodput search needs a target in (0, 1], a positive start scale and tolerance")
+    result = GoodputResult(0.0, target)
+
+    def probe(scale: float) -> bool:
+        att, sim = evaluate(scale)
+        ok = att.meets(target)
+        result.probes.append(GoodputProbe(scale, att, ok))
+        if ok and scale >= result.scale:
+            result.scale, result.best = scale, sim
+        return ok
+
+    lo, hi = None, None
+    scale = start_scale
+    while len(result.probes) < max_probes and (lo is None or hi is None):
+        if probe(scale):
+            lo = scale
+            if scale >= MAX_SCALE:
+                break
+            scale = min(scale * 2.0, MAX_SCALE)
+        else:
+            hi = scale
+            if scale <= MIN_SCALE:
+                break
+            scale = max(scale / 2.0, MIN_SCALE)
+    while lo is not None and hi is not None and hi / lo > 1 + rel_tol and len(result.probes) < max_probes:
+        mid = (lo * hi) ** 0.5
+        if probe(mid):
+            lo = mid
+        else:
+            hi = mid
+    return result
+
+
+def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig, slo: SloSpec,
+                 start_scale: float = 1.0, rel_tol: float = 0.03) -> GoodputResult:
+    """Goodput scale of ``plan`` on a prepared trace (``oserve.sim.experiment.PreparedTrace``)."""
+    from oserve.sim.experiment import simulate_at  # experiment imports the planner front end
+
+    names = prepared.types.names()
+
+    def evaluate(scale: float) -> tuple[Attainment, SimResult]:
+        res = simulate_at(plan, prepared, cost_model, config, scale)
+        ttft, tpot = slo.bounds(res.type_id, names, res.input_tokens)
+        return slo_attainment(res, ttft, tpot, len(names)), res
+
+    return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol)
+
+
+__all__ = ["GoodputProbe", "GoodputResult", "plan_goodput", "search_goodput_scale"]

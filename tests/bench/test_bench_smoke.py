@@ -1,0 +1,101 @@
+"""Smoke tests of the simulator benchmarks: each script's main() on a tiny configuration, into tmp_path.
+
+They check that the scripts run end to end against the current package and write what they document;
+the numbers themselves are the benchmarks' business (bench/results/).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))  # scripts may import their siblings
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_sim_speed_smoke(tmp_path):
+    assert _script("sim_speed").main(["--requests", "300", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "sim_speed.json").read_text())
+    for planner in ("default", "oserve"):
+        run = report["headline"][planner]
+        assert run["requests"] == 300 and run["completed"] == 300 and run["events"] > 300
+        assert 0.0 < run["step_timer_hit_rate"] <= 1.0
+    assert [r["requests"] for r in report["by_requests"]] == [300]
+    assert [r["replicas"] for r in report["by_replicas"]] == [2, 4, 8, 16]
+    assert (tmp_path / "sim_speed.png").exists()
+
+
+@pytest.fixture(scope="module")
+def spatial_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spatial")
+    argv = ["--models", "llama-2-7b", "--gpus", "8", "--traces", "azure-code", "--duration-s", "60",
+            "--rel-tol", "0.5", "--out", str(out)]
+    assert _script("spatial_eval").main(argv) == 0
+    return out
+
+
+def test_spatial_eval_smoke(spatial_dir):
+    doc = json.loads((spatial_dir / "llama-2-7b_8gpu_azure-code.json").read_text())
+    assert "error" not in doc, doc.get("error")
+    assert set(doc["max_sustainable"]) == {"oserve", "homogeneous", "default"}
+    for search in doc["max_sustainable"].values():
+        assert search["probes"] and search["best_scale"] >= 0.0
+    assert all(len(points) == len(doc["curve_fractions"]) for points in doc["curves"].values())
+
+
+def test_spatial_dispatch_ablation_smoke(spatial_dir, tmp_path):
+    doc = json.loads((spatial_dir / "llama-2-7b_8gpu_azure-code.json").read_text())
+    # the script only replays scenarios where OServe's deployment differs from homogeneous: label the
+    # tiny scenario's oserve plan so that it has one row to compute
+    doc["plans"]["oserve"]["deployment"] = "smoke: " + doc["plans"]["oserve"]["deployment"]
+    (tmp_path / "scenario.json").write_text(json.dumps(doc))
+    assert _script("spatial_dispatch_ablation").main(["--spatial", str(tmp_path), "--out",
+                                                      str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "spatial_dispatch_ablation.json").read_text())
+    assert len(rows) == 1 and rows[0]["oserve_spillover_p99_e2e_s"] > 0
+    assert (tmp_path / "spatial_dispatch_ablation.md").exists()
+
+
+def test_spatial_capacity_smoke(tmp_path):
+    argv = ["--models", "llama-2-7b", "--traces", "azure-code", "--duration-s", "120", "--out",
+            str(tmp_path)]
+    assert _script("spatial_capacity").main(argv) == 0
+    text = (tmp_path / "spatial_capacity.md").read_text()
+    assert "### llama-2-7b, azure-code" in text and "**" in text  # each type's best config marked
+
+
+def test_adaptive_bench_smoke(tmp_path):
+    argv = ["--scenarios", "phases13", "--modes", "static-oserve,switch-p2p", "--duration-s", "150",
+            "--out", str(tmp_path)]
+    assert _script("adaptive_bench").main(argv) == 0
+    (doc,) = json.loads((tmp_path / "adaptive_summary.json").read_text())
+    assert set(doc["modes"]) == {"static-oserve", "switch-p2p"}
+    assert doc["modes"]["switch-p2p"]["summary"]["completed"] == doc["requests"]
+    assert (tmp_path / "adaptive" / "phases13" / "timeline_switch-p2p.json").exists()
+
+
+def test_sim_identity_smoke(tmp_path):
+    tool = _script("sim_identity")
+    a, b = tmp_path / "a.pkl", tmp_path / "b.pkl"
+    assert tool.main(["dump", str(a), "--requests", "200"]) == 0
+    assert tool.main(["compare", str(a), str(a)]) == 0
+    runs = pickle.loads(a.read_bytes())
+    assert {"headline_default", "dispatch_spillover", "prefill_first"} <= set(runs)
+    runs["dispatch_spillover"]["finish_s"][3] += 1e-9
+    b.write_bytes(pickle.dumps(runs))
+    assert tool.main(["compare", str(a), str(b)]) == 1

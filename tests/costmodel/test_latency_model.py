@@ -1,0 +1,162 @@
+"""The latency model on known answers: binomial chunk steps, Kingman/Pollaczek-Khinchine waits,
+Little's law, burst regimes, and the SLO capacity at the overload boundary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from oserve.costmodel.latency_model import ReplicaLatencyModel, _tpot_attainment, _Wait
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.slo_capacity import SloWorkload, max_good_scale, slo_capacity_rps
+from oserve.workload.burstiness import Burstiness, LengthSample, Regime
+from oserve.workload.slo import Slo
+
+
+class LinearCost:
+    """Test double of the cost model's step times: decode steps take ``decode_s``, each prompt token
+    adds ``token_s``; no PP; a huge KV cache."""
+
+    def __init__(self, decode_s=0.02, token_s=1e-4, budget=2048, seats=256):
+        self.decode_s, self.token_s, self.budget, self.seats = decode_s, token_s, budget, seats
+
+    def batched_tokens(self, cfg):
+        return cfg.max_num_batched_tokens or self.budget
+
+    def max_seqs(self, cfg):
+        return cfg.max_num_seqs or self.seats
+
+    def kv_capacity_tokens(self, cfg):
+        return 10 ** 9
+
+    def decode_step_s(self, cfg, batch, ctx):
+        return self.decode_s if batch > 0 else 0.0
+
+    def step_time_s(self, cfg, chunks=(), batch=0, ctx=0.0):
+        return (self.decode_s if batch > 0 else 0.0) + self.token_s * sum(c for c, _ in chunks)
+
+
+CFG = ReplicaConfig("H100-80GB", 1)
+
+
+def test_tpot_binomial_known_answers():
+    d, e, q = 0.02, 0.1, 0.3
+    extras, weights = np.array([e]), np.array([1.0])
+    # O = 2: one decode step after the first token; it carries a chunk with probability q
+    assert _tpot_attainment(np.array([2]), d, q, extras, weights, d + e / 2)[0] == pytest.approx(1 - q)
+    # O = 4: three steps; a bound that tolerates one chunk step but not two
+    got = _tpot_attainment(np.array([4]), d, q, extras, weights, d + 1.5 * e / 3)[0]
+    assert got == pytest.approx((1 - q) ** 3 + 3 * q * (1 - q) ** 2, rel=1e-9)
+    assert _tpot_attainment(np.array([4]), d, q, extras, weights, d * 0.9)[0] == 0.0  # decode alone misses
+    assert _tpot_attainment(np.array([1, 50]), d, 0.0, extras, weights, d)[0] == 1.0
+    # long outputs: the mean extra per token is q*e; a bound above it is met almost surely
+    long = _tpot_attainment(np.array([2000]), d, q, extras, weights, d + 1.2 * q * e)[0]
+    assert long > 0.99
+
+
+def test_wait_is_pollaczek_khinchine_for_deterministic_work():
+    rho, w = 0.6, 0.05
+    wait = _Wait(rho, w, 0.0)  # M/D/1: E[W] = rho / (1 - rho) * w / 2
+    assert wait.mean_s == pytest.approx(rho / (1 - rho) * w / 2)
+    mm1 = _Wait(rho, w, 1.0)  # M/M/1: E[W] = rho / (1 - rho) * w, P(W > x) = rho exp(-(1 - rho) x / w)
+    assert mm1.mean_s == pytest.approx(rho / (1 - rho) * w)
+    x = 0.2
+    assert mm1.attainment(np.array([x]))[0] == pytest.approx(1 - rho * math.exp(-(1 - rho) * x / w))
+    assert mm1.attainment(np.array([-0.01]))[0] == 0.0
+
+
+def test_stationary_prediction_littles_law_and_ttft():
+    cost = LinearCost(decode_s=0.02, token_s=1e-4, budget=2048)
+    model = ReplicaLatencyModel(cost, CFG)
+    sample = LengthSample((1000,) * 4, (100,) * 4)
+    rate = 2.0
+    pred = model.predict_stationary([sample], [rate], [Slo(10.0, 1.0)])
+    m = rate * 1000 * 1e-4  # share of time on prompt chunks
+    assert pred.prefill_frac == pytest.approx(m, rel=0.012)  # step times memoised on a 2% grid
+    assert pred.batch == pytest.approx(rate * 100 * 0.02 / (1 - m), rel=0.06)
+    assert pred.types[0].attainment == pytest.approx(1.0)
+    # a TTFT bound below the prompt's own chunk step (decode + 1000 tokens) can never be met
+    tight = model.predict_stationary([sample], [rate], [Slo(0.1, 1.0)])
+    assert tight.types[0].ttft_attainment == 0.0
+    # prompt queue: deterministic work w = 1000 * token_s + d * 1000 / C', Pollaczek-Khinchine mean wait
+    budget = 2048 - round(pred.batch)
+    w = 1000 * 1e-4 + 0.02 * 1000 / budget
+    assert pred.queue_utilisation == pytest.approx(rate * w, rel=0.015)
+
+
+def test_overload_boundary_is_the_slo_capacity():
+    cost = LinearCost(decode_s=0.001, token_s=1e-3, budget=4096)
+    model = ReplicaLatencyModel(cost, CFG)
+    sample = LengthSample((100,), (2,))
+    wl = SloWorkload((sample,), (1.0,), (Slo(math.inf, math.inf),), None, 0.9)
+    cap = slo_capacity_rps(model, 0, wl)
+    # with unbounded SLOs only overload limits: the prompt queue's utilisation reaches 0.98 at
+    # rate * (100 * 1e-3 + 0.001 * 100 / C') = 0.98
+    expected = 0.98 / (0.1 + 0.001 * 100 / (4096 - 1))
+    assert expected / 1.04 <= cap <= expected * 1.001
+
+
+def test_bursts_lower_attainment_by_request_weight():
+    cost = LinearCost(decode_s=0.01, token_s=2e-4)
+    model = ReplicaLatencyModel(cost, CFG)
+    sample = LengthSample((1000,) * 4, (50,) * 4)
+    slo = [Slo(1.0, 0.1)]
+    calm = model.predict([sample], [2.0], slo, None)
+    burst = Burstiness(np.zeros((1, 1)), np.zeros(1))  # two regimes set by hand (scale 1 = cache key 0)
+    burst._cache[0] = [Regime(0.8, (0.5,)), Regime(0.2, (3.0,))]
+    bursty = model.predict([sample], [2.0], slo, burst)
+    low = model.predict_stationary([sample], [1.0], slo).types[0].attainment
+    high = model.predict_stationary([sample], [6.0], slo).types[0].attainment
+    expected = (0.8 * 0.5 * low + 0.2 * 3.0 * high) / (0.8 * 0.5 + 0.2 * 3.0)
+    assert bursty.types[0].attainment == pytest.approx(expected)
+    assert bursty.types[0].attainment < calm.types[0].attainment
+
+
+def test_regimes_of_a_trace_conserve_requests():
+    from oserve.workload.trace import Trace
+
+    rng = np.random.default_rng(0)
+    arrivals = np.sort(np.concatenate([rng.uniform(0, 600, 600), rng.uniform(100, 110, 400)]))
+    trace = Trace(arrivals, np.full(len(arrivals), 100), np.full(len(arrivals), 10), "t")
+    b = Burstiness.of_trace(trace, np.zeros(len(arrivals), dtype=int), 1)
+    regimes = b.regimes()
+    assert sum(r.time_share for r in regimes) == pytest.approx(1.0)
+    assert sum(r.time_share * r.multipliers[0] for r in regimes) == pytest.approx(1.0, rel=0.02)
+    assert max(r.multipliers[0] for r in regimes) > 10  # the 10 s burst has a regime of its own
+    assert Burstiness.poisson().regimes()[0].time_share == 1.0
+
+
+def test_max_good_scale_brackets_and_bisects():
+    for knee in (0.01, 0.7, 3.0, 200.0):
+        got = max_good_scale(lambda s, k=knee: s <= k, 1.0)
+        assert knee / 1.03 <= got <= knee
+    assert max_good_scale(lambda s: False, 1.0) == 0.0
+
+
+def test_within_window_clumping_is_measured_and_thinned():
+    from oserve.workload.trace import Trace
+
+    rng = np.random.default_rng(1)
+    poisson = np.sort(rng.uniform(0, 2000, 4000))
+    clumped = np.sort(np.repeat(rng.uniform(0, 2000, 1000), 4))  # arrivals in fours
+    idc = {}
+    for name, t in (("poisson", poisson), ("clumped", clumped)):
+        trace = Trace(t, np.full(len(t), 100), np.full(len(t), 10), name)
+        idc[name] = Burstiness.of_trace(trace, np.zeros(len(t), dtype=int), 1).within_idc
+    assert idc["poisson"] == pytest.approx(1.0, abs=0.15)
+    assert idc["clumped"] == pytest.approx(4.0, rel=0.15)  # batches of 4: Var/mean = 4
+    b = Burstiness(within_idc=4.0)
+    assert b.within_ca2(0.25) == pytest.approx(1.75) and b.within_ca2(1.0) == 4.0
+
+
+def test_clumped_arrivals_wait_longer_and_busy_runs_cost_tpot():
+    cost = LinearCost(decode_s=0.02, token_s=1e-4, budget=512)
+    model = ReplicaLatencyModel(cost, CFG)
+    sample = LengthSample((2000,) * 4, (8,) * 4)
+    slo = [Slo(1.0, 0.02 + 0.6 * 512 * 1e-4)]  # a step with a full chunk misses the TPOT bound
+    poisson = model.predict_stationary([sample], [3.0], slo, ca2=1.0)
+    clumped = model.predict_stationary([sample], [3.0], slo, ca2=4.0)
+    assert clumped.types[0].mean_ttft_s > poisson.types[0].mean_ttft_s
+    assert clumped.types[0].tpot_attainment < poisson.types[0].tpot_attainment < 1.0

@@ -1,0 +1,99 @@
+"""Goodput planning: engine settings from the grid, homogeneous-tuned, min-gpus, the shortlist, and the
+simulator-verified choice that is never worse than the best homogeneous-tuned fleet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from oserve.cli.main import main
+from oserve.common.errors import ConfigError
+from oserve.costmodel.catalog import load_gpus, load_models, parse_cluster
+from oserve.costmodel.cost_model import CostModel
+from oserve.planner.api import make_plan
+from oserve.planner.slo_planner import ENGINE_BUDGETS, GoodputPlanner, plan_for_slo, slo_workload
+from oserve.sim.config import SimConfig
+from oserve.sim.experiment import prepare_trace
+from oserve.sim.verify import verify_shortlist
+from oserve.workload.slo import slo_from_flags
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cost = CostModel(load_models().get("llama-2-70b"))
+    cluster = parse_cluster("1x8xH100", load_gpus())
+    prepared = prepare_trace("azure-conv", cost, window_s=(0.0, 600.0))
+    slo = slo_from_flags("loose", None, None, None)
+    workload = slo_workload(prepared.trace, prepared.types, prepared.stats, slo)
+    return cost, cluster, prepared, slo, workload
+
+
+def test_homogeneous_tuned_tries_every_budget_and_ranks_by_predicted_goodput(setup):
+    cost, cluster, prepared, _, workload = setup
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload)
+    tuned = gp.homogeneous_tuned()
+    budgets = {c.replicas[0].config.max_num_batched_tokens for c in tuned}
+    assert budgets == set(ENGINE_BUDGETS)
+    scales = [c.predicted_scale for c in tuned]
+    assert scales == sorted(scales, reverse=True) and scales[0] > 0
+    assert all(c.num_gpus <= 8 for c in tuned)
+    short = gp.shortlist()
+    assert tuned[0] in short  # the best homogeneous-tuned fleet is always verified
+
+
+def test_plan_for_slo_sets_objective_scale_and_engine_settings(setup):
+    cost, cluster, prepared, _, workload = setup
+    plan, shortlist = plan_for_slo(cluster, cost, prepared.stats, workload, "homogeneous-tuned")
+    assert plan.objective == "goodput" and plan.predicted_goodput_scale > 0
+    assert all(r.config.max_num_batched_tokens in ENGINE_BUDGETS for r in plan.replicas)
+    d = plan.to_dict()
+    assert d["replicas"][0]["max_num_batched_tokens"] in ENGINE_BUDGETS
+    with pytest.raises(ConfigError, match="needs an SLO|tunes engine settings"):
+        make_plan(cluster, cost.model, prepared.stats, "homogeneous-tuned", cost)
+
+
+def test_min_gpus_uses_fewer_gpus_for_light_traffic(setup):
+    cost, cluster, prepared, _, workload = setup
+    light = type(workload)(workload.samples, tuple(r * 0.05 for r in workload.rates_rps), workload.slos,
+                           workload.burstiness, workload.target)
+    plan, _ = plan_for_slo(cluster, cost, prepared.stats, light, "oserve", "min-gpus")
+    assert plan.objective == "min-gpus"
+    assert plan.num_gpus < 8
+    assert plan.predicted_goodput_scale >= 1.0
+
+
+def test_verified_choice_never_worse_than_homogeneous_tuned(setup):
+    cost, cluster, prepared, slo, workload = setup
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload)
+    from oserve.planner.slo_planner import candidate_plan
+
+    shortlist = [candidate_plan(c, cost, prepared.stats, "goodput", "oserve", 0.0) for c in gp.shortlist(2)]
+    tuned_best = gp.homogeneous_tuned()[0]
+    ver = verify_shortlist(shortlist, prepared, cost, SimConfig(drain_s=120.0), slo, max_requests=400)
+    assert ver.requests == 400
+    tuned_sim = [p.simulated_goodput_scale for p in ver.candidates
+                 if p.describe() == candidate_plan(tuned_best, cost, prepared.stats, "goodput", "oserve",
+                                                   0.0).describe()]
+    assert tuned_sim and ver.plan.simulated_goodput_scale >= max(tuned_sim)
+    assert ver.plan.simulated_goodput_scale == max(p.simulated_goodput_scale for p in ver.candidates)
+
+
+def test_plan_cli_goodput_json_and_errors(tmp_path, capsys):
+    args = ["plan", "--cluster", "1x8xH100", "--model", "llama-2-70b", "--trace", "azure-conv"]
+    assert main(args + ["--slo", "loose", "--json", "--verify-requests", "300"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["objective"] == "goodput"
+    assert out["predicted_goodput_scale"] > 0 and out["simulated_goodput_scale"] is not None
+    assert all("max_num_batched_tokens" in r and "max_num_seqs" in r for r in out["replicas"])
+    assert out["verification_requests"] == 300 and out["shortlist"]
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(out))
+    assert main(["simulate", "--cluster", "1x8xH100", "--model", "llama-2-70b", "--trace", "azure-conv",
+                 "--time-range", "0:60", "--planner", "default", "--plan", str(plan_file), "--json"]) == 0
+    sim = json.loads(capsys.readouterr().out)
+    assert sim["results"]["plan"]["deployment"] == out["deployment"]
+    assert main(args + ["--objective", "goodput"]) == 2
+    assert "needs an SLO" in capsys.readouterr().err
+    assert main(args + ["--planner", "homogeneous-tuned"]) == 2
+    assert "homogeneous-tuned" in capsys.readouterr().err
