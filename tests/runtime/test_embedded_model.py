@@ -169,3 +169,46 @@ def test_real_engine_client_faults_are_400s_and_usage_counts_the_chat_template()
     assert ids.status_code == 200 and ids.json()["usage"]["prompt_tokens"] == 3
     assert bad_ids.status_code == 400 and "vocabulary" in bad_ids.json()["error"]["message"]
     assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "logprobs"
+
+
+def test_sigterm_ends_a_real_stream_with_an_error_event_after_the_grace_period():
+    """Issue 9 item 6 on the embedded model: the stream that cannot finish gets an SSE error event,
+    llama.cpp's worker stops, and the server exits soon after the grace period, with no traceback."""
+    import json
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    proc, url = serve_subprocess("--shutdown-grace-s", "1", "--log-level", "info")
+    log: list[str] = []
+    lines: list[str] = []
+
+    def stream() -> None:
+        body = {"model": EMBEDDED_MODEL_NAME, "max_tokens": 1500, "stream": True,
+                "messages": [{"role": "user", "content": "Write a very long story."}]}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+            lines.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60  # until the stream has its first token
+        while "oserve_ttft_seconds_count" not in httpx.get(url + "/metrics").text:
+            assert reader.is_alive() and time.monotonic() < deadline
+            time.sleep(0.1)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        reader.join(30)
+        proc.wait(30)
+        exit_s = time.monotonic() - start
+        log.extend(proc.stdout.read().splitlines())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    last = json.loads(lines[-1][6:])
+    assert "shut down" in last["error"]["message"], lines[-3:]
+    assert exit_s < 8, exit_s
+    assert not [line for line in log if "Traceback" in line], log

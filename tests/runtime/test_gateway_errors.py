@@ -359,3 +359,20 @@ def test_the_openapi_schema_describes_the_public_endpoints(gateway):
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"} <= set(schema["paths"])
     chat = schema["components"]["schemas"]["ChatCompletionRequest"]
     assert {"model", "messages"} <= set(chat["required"])
+
+
+def test_a_client_hanging_up_half_way_through_its_body_is_not_a_server_error(caplog):
+    import logging
+
+    runtime, _ = make_runtime()
+    with caplog.at_level(logging.WARNING), ServerThread(create_app(runtime)) as server:
+        sock = _raw_connection(server)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                     b'{"model": ')
+        time.sleep(0.2)
+        sock.close()
+        time.sleep(0.5)
+        ok = httpx.post(server.base_url + COMPLETIONS, json={"model": MODEL, "prompt": "hi"})
+    assert ok.status_code == 200
+    assert runtime.metrics.counter("oserve_http_errors_total", status="500") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

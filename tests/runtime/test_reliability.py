@@ -203,3 +203,31 @@ def test_graceful_shutdown_ends_unfinished_requests_explicitly(caplog):
     assert "shut down" in last["error"]["message"] and len(events) > 2
     assert stop_s < config.shutdown_grace_s + 4.0
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_the_shutdown_gate_refuses_new_work_and_cuts_waits_at_the_deadline():
+    import pytest
+
+    from oserve.runtime.errors import ShuttingDownError
+    from oserve.runtime.gateway.shutdown import ShutdownGate
+
+    async def main() -> float:
+        gate = ShutdownGate(grace_s=0.2)
+        gate.check_open()  # open until shutdown begins
+
+        async def long_wait() -> None:
+            async with gate.bounded():
+                await asyncio.sleep(30)
+
+        waiter = asyncio.create_task(long_wait())
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        gate.begin()  # the wait already in progress is cut at the deadline, not after 30 s
+        with pytest.raises(ShuttingDownError):
+            gate.check_open()
+        with pytest.raises(ShuttingDownError, match="grace period 0.2 s"):
+            await waiter
+        return loop.time() - start
+
+    assert 0.15 < asyncio.run(main()) < 1.0

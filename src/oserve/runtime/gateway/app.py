@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from oserve.common.errors import OServeError
 from oserve.runtime.errors import RequestTimeoutError, UnauthorizedError
@@ -27,6 +28,10 @@ from oserve.runtime.metrics import Metrics
 from oserve.runtime.serving import ServingRuntime
 
 PUBLIC_PATHS = frozenset({"/health"})  # reachable without the API key
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready; nothing is sent."""
 
 
 def create_app(runtime: ServingRuntime, manage_runtime: bool = True, fast_path: bool = True):
@@ -89,11 +94,9 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
                 parts.append(part)
     except TimeoutError:
         raise RequestTimeoutError(timeout_s) from None
+    except ClientDisconnect:
+        raise ClientGone() from None  # hung up half-way through its body: not a server fault
     return b"".join(parts)
-
-
-class ClientGone(Exception):
-    """The client hung up before its answer was ready; nothing is sent."""
 
 
 async def until_disconnect(request: Request, coro):
