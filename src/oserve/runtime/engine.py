@@ -55,10 +55,13 @@ class TokenChunk:
 
 @dataclass(frozen=True)
 class EngineLoad:
-    """An engine's current load: requests running and waiting inside it."""
+    """An engine's current load: requests running and waiting inside it, and (engines that report
+    them, such as vLLM) its KV-cache use (0..1) and the preemptions it has made so far."""
 
     num_running: int = 0
     num_waiting: int = 0
+    kv_cache_usage: float | None = None
+    num_preemptions: int | None = None
 
     @property
     def num_inflight(self) -> int:

