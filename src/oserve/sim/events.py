@@ -32,9 +32,6 @@ class EventQueue:
         self._next_seq += 1
         heapq.heappush(self.heap, (time_s, STEP, self._next_seq, replica_id, version))
 
-    def next_time_s(self) -> float | None:
-        return self.heap[0][0] if self.heap else None
-
     def pop(self) -> tuple:
         return heapq.heappop(self.heap)
 

@@ -201,10 +201,6 @@ class ReplicaSim:
         preempt(seq, self.pool)
         self.num_preemptions += 1
 
-    @property
-    def is_idle(self) -> bool:
-        return not self.running and not self.waiting and self.batch is None
-
     def _extract(self) -> None:
         keep = []
         for seq in self.running:
