@@ -162,7 +162,7 @@ class CostModel:
             total += self._op_s(kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
         return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
 
-    def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[int, int], ...] = (),
+    def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                      decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
         """Time one pipeline stage takes for one engine step, without the fixed engine overhead.
 
@@ -186,7 +186,7 @@ class CostModel:
                                           * self.model.vocab_size / cfg.tp), self.gpu(cfg)) / cfg.pp
         return layers * (layer + comm) + lm_head
 
-    def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[int, int], ...] = (),
+    def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
         """Wall time of one engine step through all pipeline stages (the latency a token sees)."""
         stage = self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total)

@@ -133,7 +133,7 @@ class ReplicaLatencyModel:
             pp = self.hw.pp
             # as the simulator: with pp > 1 the step is split into pp micro-batches filling the pipeline
             # (the cost model prices fractional representative chunks, as the simulator's timer does)
-            chunks = cast("tuple[tuple[int, int], ...]", ((c / pp, p),))
+            chunks = cast("tuple[tuple[float, float], ...]", ((c / pp, p),))
             step = self.cost.step_time_s(self.hw, chunks, math.ceil(b / pp), b * ctx / pp)
             t = max(step - self.cost.decode_step_s(self.hw, b, b * ctx), 0.0)
             self._chunk[key] = t

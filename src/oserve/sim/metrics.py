@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def _fmt(v) -> str:
 
 
 def summarize(result: SimResult, slo_ttft_s: float | None = None,
-              slo_tpot_s: float | None = None) -> dict:
+              slo_tpot_s: float | None = None) -> dict[str, Any]:
     """Aggregates: counts and drops, the shared latency/SLO summary (``workload.latency_summary``, with
     per-type entries), throughput and utilisation."""
     done = result.completed
@@ -119,7 +120,7 @@ def summarize(result: SimResult, slo_ttft_s: float | None = None,
     start = float(result.arrival_s.min()) if n else 0.0
     last_finish = float(np.nanmax(result.finish_s)) if done.any() else start
     span = max(last_finish - start, 1e-9)
-    out = {"requests": n, "completed": int(done.sum()), "dropped": int(n - done.sum())}
+    out: dict[str, Any] = {"requests": n, "completed": int(done.sum()), "dropped": int(n - done.sum())}
     out["dropped_by_reason"] = {r: int((result.drop_reason == r).sum()) for r in DROP_REASONS
                                 if (result.drop_reason == r).any()}
     out.update(latency_summary(result.ttft_s, result.tpot_s, result.e2e_s, done, slo_ttft_s, slo_tpot_s,
