@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from oserve.common.provenance import git_revision
 from oserve.forecast.backtest import backtest, split_index
 from oserve.forecast.baselines import baseline_forecasters
-from oserve.common.provenance import git_revision
 from oserve.forecast.series import rate_series
 from oserve.forecast.synthetic import load_any_trace
 from oserve.workload import fit_request_types

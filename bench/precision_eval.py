@@ -58,7 +58,7 @@ def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s:
                                  "simulated_goodput_scale": res.scale, "dropped": dropped,
                                  "planner_seconds": plan.planner_seconds}
     base = out["variants"]["bf16"]
-    for name, v in out["variants"].items():
+    for v in out["variants"].values():
         for key in ("predicted_goodput_scale", "simulated_goodput_scale"):
             b = base[key]
             v[key.replace("_goodput_scale", "_ratio_vs_bf16")] = (v[key] / b) if b else None
@@ -75,7 +75,7 @@ def render(results: list[dict]) -> str:
     for r in results:
         v = r["variants"]
 
-        def ratio(name):
+        def ratio(name: str, v: dict = v) -> str:
             x = v[name]["simulated_ratio_vs_bf16"]
             return "-" if x is None else f"{x:.2f}x"
         lines.append(f"| {r['model']} | {r['num_gpus']} | {r['trace']} | {v['bf16']['deployment']} | "

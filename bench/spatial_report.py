@@ -54,7 +54,8 @@ def scenario_rows(runs: list[dict]) -> list[dict]:
         for b in BASELINES:
             row[f"rate_ratio_vs_{b}"] = _ratio(row["oserve_sustained_scale"], row[f"{b}_sustained_scale"])
             for f in (0.7, 1.0):
-                row[f"p99_ratio_vs_{b}_at_{f:g}"] = _ratio(row[f"{b}_p99_at_{f:g}"], row[f"oserve_p99_at_{f:g}"])
+                row[f"p99_ratio_vs_{b}_at_{f:g}"] = _ratio(row[f"{b}_p99_at_{f:g}"],
+                                                           row[f"oserve_p99_at_{f:g}"])
         rows.append(row)
     return rows
 
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    (out / f"{args.name}_summary.json").write_text(json.dumps({"scenarios": rows, "aggregate": agg}, indent=1))
+    summary = {"scenarios": rows, "aggregate": agg}
+    (out / f"{args.name}_summary.json").write_text(json.dumps(summary, indent=1))
     (out / f"{args.name}_summary.md").write_text(markdown(rows, agg) + "\n")
     plots(runs, out, args.name)
     print(markdown(rows, agg))

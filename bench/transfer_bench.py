@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
+from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.common.provenance import git_revision
 from oserve.planner.placement import pack
 from oserve.switching import (
     IoProfile,

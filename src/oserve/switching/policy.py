@@ -16,18 +16,21 @@ from scratch. The policy is pure: the simulator and the runtime call ``decide`` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypedDict, Unpack
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from oserve.common.errors import ConfigError, InfeasiblePlanError
 from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner import references
 from oserve.planner.api import build_plan
 from oserve.planner.plan import Plan, Replica
-from oserve.planner.problem import PlanningProblem
+from oserve.planner.problem import Counts, PlanningProblem
 from oserve.planner.search import SearchParams, flow_guided_search
 from oserve.switching.links import LinkModel
 from oserve.switching.transfer import TransferPlan, plan_greedy, transfer_problem
@@ -58,7 +61,7 @@ class SwitchParams:
             raise ConfigError("switch policy: target utilisation in (0, 1], near tolerance in [0, 1)")
 
 
-Planner = Callable[[list[TypeStats], dict], Plan]
+Planner = Callable[[list[TypeStats], dict[ReplicaConfig, int]], Plan]
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,24 @@ class SwitchDecision:
     decide_seconds: float = 0.0
 
 
+class _Scores(TypedDict, total=False):
+    """The pricing of a candidate switch, carried into the decision whether or not it switches."""
+
+    transition: Transition
+    transfer: TransferPlan
+    switch_s: float
+    gain_requests: float
+    cost_requests: float
+    scale_target: float
+    scale_during: float
+
+
 def deficit_rps(scale: float, total_rps: float, target_utilisation: float) -> float:
     """Requests/s beyond what a deployment serves at the target utilisation."""
     return total_rps * max(0.0, 1.0 - scale * target_utilisation)
 
 
-def forecast_types(template, rates_rps) -> list[TypeStats]:
+def forecast_types(template: Sequence[TypeStats], rates_rps: ArrayLike) -> list[TypeStats]:
     rates = np.maximum(np.asarray(rates_rps, dtype=float), 0.0)
     if len(rates) != len(template):
         raise ConfigError(f"forecast has {len(rates)} rates for {len(template)} request types")
@@ -103,10 +118,10 @@ def forecast_types(template, rates_rps) -> list[TypeStats]:
 
 def place_plan(plan: Plan, replicas: tuple[Replica, ...]) -> Plan:
     """``plan``'s dispatch moved onto ``replicas`` (same configs, other GPUs and ids)."""
-    free: dict = {}
+    free: dict[ReplicaConfig, list[int]] = {}
     for r in plan.replicas:
         free.setdefault(r.config, []).append(r.replica_id)
-    order = []
+    order: list[int] = []
     for r in replicas:
         if not free.get(r.config):
             raise InfeasiblePlanError(f"replica {r.config.label()} is not in the plan")
@@ -118,7 +133,7 @@ def place_plan(plan: Plan, replicas: tuple[Replica, ...]) -> Plan:
                    bottlenecks=tuple(j for j, i in enumerate(order) if i in plan.bottlenecks))
 
 
-def _counts(problem: PlanningProblem, replicas) -> tuple[int, ...]:
+def _counts(problem: PlanningProblem, replicas: Iterable[Replica]) -> Counts:
     have = counts_of(replicas)
     unknown = set(have) - set(problem.configs)
     if unknown:
@@ -126,13 +141,13 @@ def _counts(problem: PlanningProblem, replicas) -> tuple[int, ...]:
     return tuple(have.get(c, 0) for c in problem.configs)
 
 
-def _candidate(ctx: SwitchContext, params: SwitchParams, problem: PlanningProblem, types,
-               current: tuple[int, ...]) -> Plan:
+def _candidate(ctx: SwitchContext, params: SwitchParams, problem: PlanningProblem, types: list[TypeStats],
+               current: Counts) -> Plan:
     if ctx.planner is not None:
         return ctx.planner(types, problem.as_dict(current))
     t0 = time.perf_counter()
     best = flow_guided_search(problem, references.homogeneous(problem), ctx.search)
-    if problem.feasible(current) and sum(current):
+    if problem.feasible(current) and sum(current) != 0:
         near = flow_guided_search(problem, current, ctx.search)
         if problem.scale(near) >= (1 - params.near_tolerance) * problem.scale(best):
             best = near
@@ -153,7 +168,7 @@ def _fits(ctx: SwitchContext, plan: Plan) -> str:
     return ""
 
 
-def _current_plan(problem: PlanningProblem, replicas, current) -> Plan | None:
+def _current_plan(problem: PlanningProblem, replicas: Iterable[Replica], current: Counts) -> Plan | None:
     try:
         return place_plan(build_plan(problem, current, "current", 0.0), tuple(replicas))
     except InfeasiblePlanError:
@@ -168,7 +183,7 @@ def switch_duration_s(ctx: SwitchContext, params: SwitchParams, transition: Tran
 
 
 def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ...],
-           last_switch_s: float | None, now_s: float, forecast_rps) -> SwitchDecision:
+           last_switch_s: float | None, now_s: float, forecast_rps: ArrayLike) -> SwitchDecision:
     """Whether to switch from ``replicas`` for the forecast rates, and to what."""
     t0 = time.perf_counter()
     types = forecast_types(ctx.type_template, forecast_rps)
@@ -177,7 +192,7 @@ def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ..
     hold_plan = _current_plan(problem, replicas, current)
     s_cur = problem.scale(current)
 
-    def hold(reason: str, **kw) -> SwitchDecision:
+    def hold(reason: str, **kw: Unpack[_Scores]) -> SwitchDecision:
         return SwitchDecision(False, reason, hold_plan, scale_current=s_cur,
                               decide_seconds=time.perf_counter() - t0, **kw)
 
@@ -200,8 +215,8 @@ def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ..
     d_cur, d_tgt, d_dur = (deficit_rps(s, total, u) for s in (s_cur, s_tgt, s_during))
     gain = (d_cur - d_tgt) * max(0.0, params.horizon_s - switch_s)
     cost = max(0.0, d_dur - d_cur) * switch_s
-    scores = dict(transition=transition, transfer=transfer, switch_s=switch_s, gain_requests=gain,
-                  cost_requests=cost, scale_target=s_tgt, scale_during=s_during)
+    scores = _Scores(transition=transition, transfer=transfer, switch_s=switch_s, gain_requests=gain,
+                     cost_requests=cost, scale_target=s_tgt, scale_during=s_during)
     if gain <= (1 + params.hysteresis) * cost + params.min_gain_requests:
         return hold(f"gain {gain:.0f} req does not pay for cost {cost:.0f} req "
                     f"(+{params.hysteresis:.0%} hysteresis, +{params.min_gain_requests:g})", **scores)

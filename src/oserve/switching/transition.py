@@ -9,7 +9,7 @@ packed, the whole target is packed afresh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from oserve.common.errors import InfeasiblePlanError
@@ -44,7 +44,7 @@ class Transition:
         return sum(r.config.num_gpus for r in self.started)
 
 
-def counts_of(replicas) -> dict[ReplicaConfig, int]:
+def counts_of(replicas: Iterable[Replica]) -> dict[ReplicaConfig, int]:
     out: dict[ReplicaConfig, int] = {}
     for r in replicas:
         out[r.config] = out.get(r.config, 0) + 1
@@ -81,7 +81,7 @@ def transition_to(current: tuple[Replica, ...] | list[Replica],
                                              for o, n in _same_place(current, target)))
 
 
-def _same_place(current, fresh):
+def _same_place(current: Iterable[Replica], fresh: Iterable[Replica]) -> list[tuple[Replica, Replica]]:
     by_place = {(r.gpus, r.config): r for r in current}
     return [(by_place[(n.gpus, n.config)], n) for n in fresh if (n.gpus, n.config) in by_place]
 

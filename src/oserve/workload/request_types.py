@@ -74,8 +74,9 @@ class RequestTypes:
         """The offline type (nearest centroid) of requests whose lengths are both known."""
         points = _log_points(input_tokens, output_tokens)
         cents = np.asarray(self.centroids_log)
-        dist = ((points[:, None, :] - cents[None, :, :]) ** 2).sum(axis=2)
-        return dist.argmin(axis=1)
+        dist: np.ndarray = ((points[:, None, :] - cents[None, :, :]) ** 2).sum(axis=2)
+        labels: np.ndarray = dist.argmin(axis=1)
+        return labels
 
     @overload
     def classify_online(self, input_tokens: int) -> int: ...
