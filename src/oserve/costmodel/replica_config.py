@@ -1,10 +1,10 @@
 """A replica configuration: the unit the cost model prices and the planner chooses.
 
 A configuration is the hardware split (GPU type, TP, PP, precision, weight and KV formats) plus the two
-engine settings that shape a replica's latency: the chunked-prefill token budget per step (``max_num_batched_tokens``) and the
-most sequences running at once (``max_num_seqs``), both under vLLM's names. ``0`` means "the engine's
-default" (resolved by the cost model); a sentinel integer rather than ``None`` keeps configurations
-totally ordered (``order=True``) and usable as dict keys.
+engine settings that shape a replica's latency: the chunked-prefill token budget per step
+(``max_num_batched_tokens``) and the most sequences running at once (``max_num_seqs``), both under vLLM's
+names. ``0`` means "the engine's default" (resolved by the cost model); a sentinel integer rather than
+``None`` keeps configurations totally ordered (``order=True``) and usable as dict keys.
 """
 
 from __future__ import annotations
