@@ -6,7 +6,7 @@ flag, a JSON file) names the source, and the message names the field (or the fla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -39,3 +39,14 @@ def build(model: type[M], data: Mapping[str, Any], source: str = "",
 
 
 __all__ = ["build", "first_error"]
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """A pydantic ``AfterValidator`` check: the value must be one of ``choices`` (the error lists them).
+
+    Use as ``field: Annotated[str, AfterValidator(one_of(CHOICES))] = default``."""
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got '{value}'")
+        return value
+    return check

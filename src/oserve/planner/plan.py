@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from oserve.common.errors import ConfigError, InputFormatError
-from oserve.common.validation import first_error
+from oserve.common.validation import first_error, one_of
 from oserve.costmodel.precision import KV_FORMATS, WEIGHT_FORMATS
 from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 
@@ -148,22 +148,10 @@ class _ReplicaDoc(BaseModel):
     pp: int = Field(ge=1)
     gpu_type: str = Field(min_length=1)
     precision: str = "bf16"
-    weight_format: str = "bf16"
-    kv_cache_dtype: str = "bf16"
+    weight_format: Annotated[str, AfterValidator(one_of(WEIGHT_FORMATS))] = "bf16"
+    kv_cache_dtype: Annotated[str, AfterValidator(one_of(KV_FORMATS))] = "bf16"
 
-    @field_validator("weight_format")
-    @classmethod
-    def _weight_format(cls, v: str) -> str:
-        if v not in WEIGHT_FORMATS:
-            raise ValueError(f"must be one of {', '.join(WEIGHT_FORMATS)}")
-        return v
 
-    @field_validator("kv_cache_dtype")
-    @classmethod
-    def _kv_cache_dtype(cls, v: str) -> str:
-        if v not in KV_FORMATS:
-            raise ValueError(f"must be one of {', '.join(KV_FORMATS)}")
-        return v
     # engine settings under vLLM's names; null or absent: the engine's default
     max_num_batched_tokens: int | None = Field(None, ge=1)
     max_num_seqs: int | None = Field(None, ge=1)

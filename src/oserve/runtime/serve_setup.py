@@ -4,10 +4,12 @@ request types, plan, engines, control policy."""
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from oserve.common.errors import ConfigError
+from oserve.common.validation import one_of
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
 from oserve.planner.api import PLANNERS, make_plan
@@ -30,7 +32,7 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: str = "embedded"
+    engine: Annotated[str, AfterValidator(one_of(ENGINE_KINDS))] = "embedded"
     replicas: int = Field(1, ge=1, description="replicas when there is no cluster and no plan file")
     served_model_name: str | None = None
     model_path: str | None = None  # GGUF file for engine llama
@@ -42,35 +44,17 @@ class ServeConfig(BaseModel):
     trace: str = "azure-conv"  # defines the request types
     types: int = Field(4, ge=1)
     cost_model: CostModelConfig | None = None  # plan for this cluster and model (the --cluster path)
-    planner: str = "oserve"
+    planner: Annotated[str, AfterValidator(one_of(PLANNERS))] = "oserve"
     plan_file: str | None = None
     replan: bool = False
-    switch_policy: str = "reactive"
+    switch_policy: Annotated[str, AfterValidator(one_of(SWITCH_POLICIES))] = "reactive"
     ray: bool = False
     ray_address: str | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     vllm: VllmServeConfig = Field(default_factory=VllmServeConfig)  # engine vllm's own settings
 
-    @field_validator("engine")
-    @classmethod
-    def _engine(cls, v: str) -> str:
-        if v not in ENGINE_KINDS:
-            raise ValueError(f"must be one of {', '.join(ENGINE_KINDS)}, got '{v}'")
-        return v
 
-    @field_validator("planner")
-    @classmethod
-    def _planner(cls, v: str) -> str:
-        if v not in PLANNERS:
-            raise ValueError(f"must be one of {', '.join(PLANNERS)}, got '{v}'")
-        return v
 
-    @field_validator("switch_policy")
-    @classmethod
-    def _switch_policy(cls, v: str) -> str:
-        if v not in SWITCH_POLICIES:
-            raise ValueError(f"must be one of {', '.join(SWITCH_POLICIES)}, got '{v}'")
-        return v
 
     @property
     def uses_ray(self) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from oserve.common.validation import one_of
 from oserve.guard.config import GuardConfig
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
@@ -27,7 +29,8 @@ class RuntimeConfig(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=1)
     default_max_tokens: int = Field(256, ge=1)
     max_attempts: int = Field(3, ge=1)
-    dispatch_policy: str = "least-outstanding"  # one of oserve.planner.dispatch_policy's policies
+    # one of oserve.planner.dispatch_policy's policies
+    dispatch_policy: Annotated[str, AfterValidator(one_of(DISPATCH_POLICIES))] = "least-outstanding"
     first_token_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)  # includes engine queueing
     token_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False)
     seed: int = 0
@@ -45,12 +48,6 @@ class RuntimeConfig(BaseModel):
     restart_backoff_s: float = Field(1.0, gt=0, allow_inf_nan=False)
     restart_backoff_max_s: float = Field(60.0, gt=0, allow_inf_nan=False)
 
-    @field_validator("dispatch_policy")
-    @classmethod
-    def _dispatch(cls, v: str) -> str:
-        if v not in DISPATCH_POLICIES:
-            raise ValueError(f"must be one of {', '.join(DISPATCH_POLICIES)}, got '{v}'")
-        return v
 
 
 class ServingRuntime:

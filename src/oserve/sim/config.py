@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from oserve.common.validation import one_of
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.sim.batching import BATCHING_MODES
 
@@ -15,8 +18,8 @@ class SimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batching: str = "chunked"
-    dispatch: str = "least-outstanding"
+    batching: Annotated[str, AfterValidator(one_of(BATCHING_MODES))] = "chunked"
+    dispatch: Annotated[str, AfterValidator(one_of(DISPATCH_POLICIES))] = "least-outstanding"
     oracle_types: bool = Field(False, description="type requests by their true output length too")
     seed: int = 0
     drain_s: float = Field(600.0, gt=0, description="simulated time allowed after the last arrival")
@@ -24,25 +27,7 @@ class SimConfig(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1, description="default: the cost model's engine params")
     max_num_batched_tokens: int | None = Field(None, ge=1)
     watermark_frac: float = Field(0.01, ge=0, lt=1)
-    context_policy: str = "truncate"
+    context_policy: Annotated[str, AfterValidator(one_of(CONTEXT_POLICIES))] = "truncate"
 
-    @field_validator("batching")
-    @classmethod
-    def _batching(cls, v: str) -> str:
-        if v not in BATCHING_MODES:
-            raise ValueError(f"must be one of {BATCHING_MODES}")
-        return v
 
-    @field_validator("dispatch")
-    @classmethod
-    def _dispatch(cls, v: str) -> str:
-        if v not in DISPATCH_POLICIES:
-            raise ValueError(f"must be one of {DISPATCH_POLICIES}")
-        return v
 
-    @field_validator("context_policy")
-    @classmethod
-    def _context(cls, v: str) -> str:
-        if v not in CONTEXT_POLICIES:
-            raise ValueError(f"must be one of {CONTEXT_POLICIES}")
-        return v
