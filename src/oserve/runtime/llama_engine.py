@@ -22,10 +22,13 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineStartError, RuntimeServeError
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
 
 _END = object()
 
@@ -42,7 +45,7 @@ class LlamaCppEngine:
         # AMX kernels die with SIGILL on hosts that report AMX but do not run it (seen on the team's
         # VMs), and the embedded Q4_1 model has no repacked layout to gain from them
         self.use_extra_buffers = use_extra_buffers
-        self._llama = None
+        self._llama: Llama | None = None
         self._formatter = None  # the model's chat template (llama_cpp.llama_chat_format)
         self._lock = asyncio.Lock()
         self._num_waiting = 0

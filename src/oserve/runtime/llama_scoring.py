@@ -55,13 +55,13 @@ class LlamaScorer:
                  use_extra_buffers: bool = False) -> None:
         from llama_cpp import Llama
 
-        from oserve.runtime.llama_engine import _load_llama
+        from oserve.runtime.llama_engine import load_llama
 
         self.context_tokens = context_tokens
         self.encode_context = encode_context
-        self._llama = _load_llama(Llama, use_extra_buffers, model_path=str(model_path),
-                                  n_ctx=context_tokens, n_threads=num_threads, logits_all=True,
-                                  verbose=False)
+        self._llama = load_llama(Llama, use_extra_buffers, model_path=str(model_path),
+                                 n_ctx=context_tokens, n_threads=num_threads, logits_all=True,
+                                 verbose=False)
         self._lock = threading.Lock()
 
     def score(self, messages: Sequence[dict], continuation: str) -> list[float]:

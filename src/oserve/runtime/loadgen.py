@@ -216,7 +216,7 @@ async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
                                  timeout=httpx.Timeout(config.request_timeout_s, connect=10.0)) as client:
         model = await _resolve_model(client, config.model)
         if config.concurrency is not None:
-            return await _run_closed_loop(client, config, model, trace)
+            return await _run_closed_loop(client, config, config.concurrency, model, trace)
         start = time.perf_counter()
         tasks = []
         for arrival_s, n_in, n_out in zip(trace.arrival_s, trace.input_tokens, trace.output_tokens):
@@ -236,12 +236,12 @@ async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
         return summarize(config, model, records, time.perf_counter() - start, type_names)
 
 
-async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, model: str,
-                           trace: Trace) -> BenchReport:
-    """``concurrency`` workers take the trace's requests in order, each sending its next one as soon
-    as its last one is answered (the arrival times are not used)."""
-    if config.concurrency < 1:
-        raise ConfigError(f"--concurrency must be >= 1, got {config.concurrency}")
+async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, concurrency: int,
+                           model: str, trace: Trace) -> BenchReport:
+    """``concurrency`` (``config.concurrency``, given) workers take the trace's requests in order, each
+    sending its next one as soon as its last one is answered (the arrival times are not used)."""
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {concurrency}")
     shapes = list(zip(trace.input_tokens, trace.output_tokens))
     records: list[RequestRecord] = []
     start = time.perf_counter()
@@ -251,7 +251,7 @@ async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, model
             n_in, n_out = shapes.pop(0)
             records.append(await _one(client, config, model, int(n_in), int(n_out)))
 
-    await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return summarize(config, model, records, time.perf_counter() - start)
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from oserve.planner.plan import Replica
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.errors import EngineDeadError, EngineStartError
+
+if TYPE_CHECKING:
+    from ray import ObjectRefGenerator
+    from ray.actor import ActorHandle
+    from ray.util.placement_group import PlacementGroup
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, include_dashboard=False, logging_level="warning")
+        # ray annotates logging_level as int, but takes level names too (its own default is "info")
+        ray.init(address=address, include_dashboard=False,
+                 logging_level="warning")  # type: ignore[arg-type]
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=num_cpus, include_dashboard=False,
+                 logging_level="warning")  # type: ignore[arg-type]
 
 
 class _EngineActor:
@@ -124,8 +132,8 @@ class RayActorEngine:
         self.placement = placement
         self.info = EngineInfo(name=f"ray:{spec.kind}-r{replica.replica_id}",
                                extra={"kind": "ray", "inner": spec.kind})
-        self.actor = None
-        self._pg = None
+        self.actor: ActorHandle[_EngineActor] | None = None
+        self._pg: PlacementGroup | None = None
         self._num_inflight = 0
 
     async def start(self) -> None:
@@ -135,9 +143,10 @@ class RayActorEngine:
 
         if not ray.is_initialized():
             raise EngineStartError("Ray is not initialised: call oserve.runtime.ray_engine.connect()")
-        self._pg = placement_group(self.placement.bundles(self.replica), strategy=self.placement.strategy)
+        pg = self._pg = placement_group(self.placement.bundles(self.replica),
+                                        strategy=self.placement.strategy)
         try:
-            await _with_timeout(self._pg.ready(), self.placement.ready_timeout_s)
+            await _with_timeout(pg.ready(), self.placement.ready_timeout_s)
         except Exception as exc:
             raise EngineStartError(f"placement group for replica {self.replica.replica_id} "
                                    f"({self.placement.bundles(self.replica)}) not ready within "
@@ -145,11 +154,12 @@ class RayActorEngine:
                                    f"{exc or 'resources held by other work'})") from exc
         resources = self.placement.bundles(self.replica)[0]
         actor_cls = ray.remote(_EngineActor)
-        self.actor = actor_cls.options(
+        # ray types .remote() on options() as "ActorHandle | the class"; on an actor class it is a handle
+        actor = self.actor = cast("ActorHandle[_EngineActor]", actor_cls.options(
             num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), max_restarts=0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, 0),
-        ).remote(self.spec, self.replica)
-        facts = await self.actor.start.remote()
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0),
+        ).remote(self.spec, self.replica))
+        facts = await actor.start.remote()
         self.info.context_tokens = facts["context_tokens"]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -198,7 +208,7 @@ class RayActorEngine:
             raise EngineDeadError(f"{self.info.name} is not running")
         self._num_inflight += 1
         try:
-            stream = self.actor.generate.options(num_returns="streaming").remote(request)
+            stream: ObjectRefGenerator = self.actor.generate.options(num_returns="streaming").remote(request)
             async for ref in stream:
                 yield await ref
         except ray.exceptions.RayActorError as exc:

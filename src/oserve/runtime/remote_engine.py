@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -34,7 +35,7 @@ class RemoteOpenAIEngine:
         self.info = EngineInfo(name=name or f"remote:{self.base_url}", context_tokens=context_tokens,
                                extra={"kind": "remote", "url": self.base_url})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client_args = dict(base_url=self.base_url, headers=headers,
+        self._client_args: dict[str, Any] = dict(base_url=self.base_url, headers=headers,
                                  timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
         self._client: httpx.AsyncClient | None = None
         self._num_inflight = 0
@@ -78,7 +79,7 @@ class RemoteOpenAIEngine:
             body["presence_penalty"] = request.presence_penalty
         if request.frequency_penalty:
             body["frequency_penalty"] = request.frequency_penalty
-        if request.is_chat:
+        if request.messages is not None:  # request.is_chat
             return "/v1/chat/completions", {**body, "messages": list(request.messages)}
         if request.prompt_token_ids is not None:  # OpenAI servers take a token array as the prompt
             return "/v1/completions", {**body, "prompt": list(request.prompt_token_ids)}

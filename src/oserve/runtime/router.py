@@ -205,8 +205,10 @@ class RoutedStream:
                 yield self.first
                 while True:
                     try:
+                        gen = self._gen
+                        assert gen is not None  # start() set it when it took self.first
                         async with self.router.clock.timeout(self.router.token_timeout_s):
-                            chunk = await self._gen.__anext__()
+                            chunk = await gen.__anext__()
                     except StopAsyncIteration:
                         break
                     except TimeoutError as exc:

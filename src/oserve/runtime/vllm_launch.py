@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.plan import Replica
@@ -80,9 +81,25 @@ def launcher_device(config: ReplicaConfig) -> str:
 ENGINE_SETTINGS = ("max_num_seqs", "max_num_batched_tokens")
 
 
-def engine_settings(config: ReplicaConfig) -> dict[str, int]:
+class EngineSettings(TypedDict, total=False):
+    """``VllmLaunch`` keywords for the engine settings the plan sets (the names in ENGINE_SETTINGS)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+class VllmFormats(TypedDict):
+    """``VllmLaunch`` keywords for a replica's number formats."""
+
+    quantization: str | None
+    kv_cache_dtype: str
+
+
+def engine_settings(config: ReplicaConfig) -> EngineSettings:
     """The replica's vLLM engine settings that the plan sets (``0``, the engine default, is left out)."""
-    return {name: int(value) for name in ENGINE_SETTINGS if (value := getattr(config, name))}
+    # the keys are ENGINE_SETTINGS, the fields of EngineSettings
+    return cast(EngineSettings,
+                {name: int(value) for name in ENGINE_SETTINGS if (value := getattr(config, name))})
 
 
 def vllm_command(launch: VllmLaunch) -> list[str]:
@@ -166,13 +183,13 @@ VLLM_QUANTIZATION = {"bf16": None, "fp8": "fp8", "int4": "awq", "int8": "compres
 VLLM_KV_CACHE_DTYPE = {"bf16": "auto", "fp8": "fp8"}
 
 
-def vllm_formats(config: ReplicaConfig) -> dict[str, str | None]:
+def vllm_formats(config: ReplicaConfig) -> VllmFormats:
     """The replica's number formats as vLLM flags; vLLM has no INT8/INT4 KV cache (TurboMind does)."""
     if config.kv_cache_dtype not in VLLM_KV_CACHE_DTYPE:
         raise EngineStartError(f"{config.label()}: vLLM's KV cache is bf16 or fp8, not "
                                f"{config.kv_cache_dtype} (LMDeploy TurboMind serves INT8/INT4 KV)")
-    return {"quantization": VLLM_QUANTIZATION[config.weight_format],
-            "kv_cache_dtype": VLLM_KV_CACHE_DTYPE[config.kv_cache_dtype]}
+    return VllmFormats(quantization=VLLM_QUANTIZATION[config.weight_format],
+                       kv_cache_dtype=VLLM_KV_CACHE_DTYPE[config.kv_cache_dtype])
 
 
 def resolve_vllm_python(explicit: str | None = None) -> str:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME, find_embedded_gguf
@@ -23,12 +24,12 @@ CONVERTER = Path(__file__).with_name("gguf_to_safetensors.py")
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-def cache_dir(env: dict[str, str] | None = None) -> Path:
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """oserve's cache folder for this user (created by whoever writes into it)."""
-    env = os.environ if env is None else env
-    if env.get("OSERVE_CACHE_DIR"):
-        return Path(env["OSERVE_CACHE_DIR"]).expanduser()
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    values: Mapping[str, str] = os.environ if env is None else env
+    if values.get("OSERVE_CACHE_DIR"):
+        return Path(values["OSERVE_CACHE_DIR"]).expanduser()
+    base = values.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "oserve"
 
 

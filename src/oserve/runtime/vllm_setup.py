@@ -44,6 +44,7 @@ def vllm_engine_spec(config: VllmServeConfig, hf_model: str | None, served_name:
     if not model:
         from oserve.runtime.vllm_model import embedded_vllm_model
 
+        assert python is not None  # no hf_model: resolve_vllm_python gave it above
         model = str(embedded_vllm_model(python))
     if config.log_dir:
         os.makedirs(config.log_dir, exist_ok=True)

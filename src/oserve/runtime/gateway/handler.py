@@ -43,14 +43,15 @@ class CompletionHandler:
             raise ModelNotFoundError(body.model, [self.runtime.model_name])
         router = self.runtime.router
         is_chat = isinstance(body, ChatCompletionRequest)
-        messages = tuple({"role": m.role, "content": m.text()} for m in body.messages) if is_chat else None
-        prompt = None if is_chat else body.prompt_text()
+        messages = (tuple({"role": m.role, "content": m.text()} for m in body.messages)
+                    if isinstance(body, ChatCompletionRequest) else None)
+        prompt = body.prompt_text() if isinstance(body, CompletionRequest) else None
         request = GenerationRequest(
             request_id=secrets.token_hex(8), max_tokens=1, prompt=prompt, messages=messages,
             temperature=body.temperature, top_p=body.top_p, stop=body.stop_tuple(), seed=body.seed,
             prompt_token_ids=body.prompt_token_ids() if isinstance(body, CompletionRequest) else None,
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
-        text = "\n".join(m["content"] for m in messages) if is_chat else (prompt or "")
+        text = "\n".join(m["content"] for m in messages) if messages is not None else (prompt or "")
         prompt_tokens = await self._count_prompt(request, text)
         context_tokens = router.context_tokens()
         requested = body.requested_max_tokens()
