@@ -18,7 +18,6 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
@@ -137,12 +136,6 @@ class ServerThread:
             self._error = exc
         finally:
             self.loop.close()
-
-    def call(self, coro: Coroutine, timeout_s: float = 60.0) -> Any:
-        """Run a coroutine on the server's event loop (e.g. a plan switch) and wait for its result."""
-        if self.loop is None:
-            raise RuntimeError("server not started")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
