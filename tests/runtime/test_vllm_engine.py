@@ -248,3 +248,26 @@ def test_number_formats_become_vllm_flags_and_int_kv_is_refused():
     int8_kv = Replica(0, (0,), ReplicaConfig("H100-80GB", kv_cache_dtype="int8"))
     with pytest.raises(EngineStartError, match="TurboMind"):
         launch_for_replica(int8_kv, "m", "m", 9000)
+
+
+def test_a_cancelled_start_leaves_no_process(tmp_path, monkeypatch):
+    """Regression: a shutdown while a replica restarts cancels its start; the process (in a session of
+    its own) used to outlive oserve."""
+    engine = standin_launch(tmp_path, monkeypatch, STANDIN_START_DELAY_S="60")
+
+    async def run() -> int:
+        task = asyncio.create_task(engine.start())
+        while "pid" not in engine.info.extra:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return engine.info.extra["pid"]
+
+    pid = asyncio.run(run())
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 10
+    while (alive(pid) or alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid) and not alive(child)

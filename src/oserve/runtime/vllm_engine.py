@@ -79,20 +79,28 @@ class VllmProcessEngine:
         self.info.extra["pid"] = self._process.pid
         log.info("replica on port %d: started vLLM (pid %d): %s", self.launch.port, self._process.pid,
                  " ".join(cmd))
+        try:
+            await self._wait_healthy()
+        except BaseException:
+            # a start that fails or is cancelled (a shutdown during a restart) must not leave the
+            # process behind: it runs in a session of its own, so nothing else would stop it
+            await asyncio.shield(self.stop())
+            raise
+
+    async def _wait_healthy(self) -> None:
+        assert self._process is not None  # set by start
         await self.remote.start()
         self._metrics_client = httpx.AsyncClient(base_url=self.remote.base_url, timeout=5.0)
         deadline_s = self.clock.now_s() + self.startup_timeout_s
         while self.clock.now_s() < deadline_s:
             if self._process.returncode is not None:
-                code = self._process.returncode
-                await self.stop()
-                raise EngineStartError(f"vllm exited with code {code} during start{self._log_tail()}")
+                raise EngineStartError(f"vllm exited with code {self._process.returncode} during start"
+                                       f"{self._log_tail()}")
             if await self.remote.health():
                 await self._scrape()
                 self._poller = asyncio.create_task(self._poll_metrics())
                 return
             await self.clock.sleep(1.0)
-        await self.stop()
         raise EngineStartError(f"vllm did not become healthy within {self.startup_timeout_s:.0f} s"
                                f"{self._log_tail()}")
 

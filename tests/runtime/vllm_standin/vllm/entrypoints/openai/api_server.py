@@ -4,7 +4,8 @@
 ``/health``, ``/metrics`` (vLLM 0.32's text, captured under load, with the running count set from
 ``STANDIN_RUNNING``) and a streamed ``/v1/completions`` of 3 tokens. It forks a child that sleeps, like
 vLLM's engine core, so that stopping the replica can be checked to take the whole process group.
-``STANDIN_EXIT_CODE`` makes it print a line and exit at once (a vLLM that fails to start).
+``STANDIN_EXIT_CODE`` makes it print a line and exit at once (a vLLM that fails to start);
+``STANDIN_START_DELAY_S`` delays serving (a slow start).
 """
 
 import json
@@ -58,6 +59,7 @@ def main() -> None:
         time.sleep(600)
         os._exit(0)
     Path(os.environ["STANDIN_CHILD_FILE"]).write_text(str(child))
+    time.sleep(float(os.environ.get("STANDIN_START_DELAY_S", "0")))  # a slow start (loading weights)
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
