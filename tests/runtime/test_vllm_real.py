@@ -182,7 +182,7 @@ async def load(url: str, num_requests: int, during=None, at: int = 4, gap_s: flo
     return {k: results.count(k) for k in ("completed", "error", "lost")}
 
 
-async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_requests: int = 400,
+async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_requests: int = 1000,
                        tail: int = 4) -> dict:
     """Requests every ``gap_s`` from before ``start()`` until ``is_done()``, then ``tail`` more: the
     switch (new replica starting, routing switched, old one drained and stopped) happens under load."""
