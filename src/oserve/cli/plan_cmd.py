@@ -126,6 +126,10 @@ def render_goodput(plan: Plan, slo, verification) -> str:
     return "\n".join(lines)
 
 
+def _ids(replicas) -> str:
+    return ", ".join(f"r{r.replica_id}" for r in replicas)
+
+
 def render(plan: Plan, cluster: str, trace: str) -> str:
     lines = [f"Plan for {plan.model} on {cluster}, trace {trace} (planner {plan.planner}, "
              f"{plan.planner_seconds:.2f} s)", f"Deployment: {plan.describe()}", "",
@@ -133,8 +137,11 @@ def render(plan: Plan, cluster: str, trace: str) -> str:
     for r in plan.replicas:
         mark = "  <- bottleneck" if r.replica_id in plan.bottlenecks else ""
         gpus = ",".join(str(g) for g in r.gpus)
-        lines.append(f"  r{r.replica_id:<3} {r.config.label():<20} GPUs [{gpus}]  "
+        lines.append(f"  r{r.replica_id:<3} {r.label():<20} GPUs [{gpus}]  "
                      f"utilisation {plan.utilisation[r.replica_id]:6.1%}{mark}")
+    for g, (prefill, decode) in plan.groups().items():
+        lines.append(f"  group {g}: prefill on {_ids(prefill)} hands its KV caches to decode on "
+                     f"{_ids(decode)}")
     lines += ["", "Dispatch (share of each type's requests per replica; capacity alone in req/s):"]
     header = "  " + " " * 28 + "".join(f"  r{r.replica_id:<5}" for r in plan.replicas)
     lines.append(header)
