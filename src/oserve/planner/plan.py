@@ -14,6 +14,7 @@ which produces all its output tokens. Decode replicas therefore get no share of 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -258,7 +259,7 @@ class _PlanDoc(BaseModel):
         return _group_problem(self.replicas, self.dispatch)
 
 
-def _counted(replicas) -> str:
+def _counted(replicas: Iterable[Replica]) -> str:
     counts: dict[str, int] = {}
     for r in replicas:
         counts[r.config.label()] = counts.get(r.config.label(), 0) + 1
