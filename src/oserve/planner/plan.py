@@ -95,6 +95,9 @@ class Plan:
     objective: str = "throughput"
     predicted_goodput_scale: float | None = None
     simulated_goodput_scale: float | None = None
+    # the cluster the GPU ids refer to (``ClusterSpec.describe()``); a disaggregated plan needs it to
+    # price its KV hand-offs (which replicas share a node); None in plans written before
+    cluster: str | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -140,6 +143,7 @@ class Plan:
             "objective": self.objective,
             "predicted_goodput_scale": self.predicted_goodput_scale,
             "simulated_goodput_scale": self.simulated_goodput_scale,
+            "cluster": self.cluster,
         }
 
     @staticmethod
@@ -162,7 +166,7 @@ class Plan:
                     tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
                     doc.demand_scale, tuple(doc.utilisation), tuple(doc.bottlenecks), doc.planner,
                     doc.planner_seconds, doc.objective, doc.predicted_goodput_scale,
-                    doc.simulated_goodput_scale)
+                    doc.simulated_goodput_scale, doc.cluster)
 
     @staticmethod
     def load(path: str | Path) -> Plan:
@@ -224,9 +228,9 @@ class _PlanDoc(BaseModel):
     objective: str = "throughput"
     predicted_goodput_scale: float | None = Field(None, ge=0)
     simulated_goodput_scale: float | None = Field(None, ge=0)
+    cluster: str | None = None
     # written by `oserve plan --json` for people, not read back
     deployment: str | None = None
-    cluster: str | None = None
     trace: str | None = None
     requests_shortened: int | None = None
     online_mistype_rate: float | None = None
