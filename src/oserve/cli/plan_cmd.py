@@ -15,7 +15,7 @@ from oserve.cli.common_args import (
     formats_from_args,
     resolve,
 )
-from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
+from oserve.cli.slo_args import add_slo_args, disaggregation_from_args, objective_from_args, slo_from_args
 from oserve.costmodel.cost_model import CostModel
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan
@@ -108,7 +108,8 @@ def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, o
         return score_plan(plan, cost, stats, slo_workload(trace, types, stats, slo), cluster), None
     return plan_with_slo(cluster, cost, prepared, args.planner, slo, objective, SimConfig(seed=args.seed),
                          allow_pp=not args.no_pp, verify_requests=args.verify_requests,
-                         weight_formats=formats[0], kv_formats=formats[1])
+                         weight_formats=formats[0], kv_formats=formats[1],
+                         disaggregation=disaggregation_from_args(args))
 
 
 def render_goodput(plan: Plan, slo, verification) -> str:
