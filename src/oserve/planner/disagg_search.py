@@ -23,7 +23,7 @@ vLLM's default engine settings on both sides, the best homogeneous xPyD split of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +31,12 @@ import numpy as np
 from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.group_latency import GroupLatencyModel
 from oserve.costmodel.kv_transfer import KvHandoff, KvLink
+from oserve.costmodel.latency_model import ReplicaLatencyModel
 from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 from oserve.costmodel.slo_capacity import SloWorkload, max_good_scale, meets_target
 from oserve.planner.plan import COLOCATED, DECODE, PREFILL, Replica
 
+Slot = tuple[ReplicaConfig, str, "int | None"]  # a replica to place: configuration, role, group
 NUM_PAIR_CONFIGS = 2  # tuned hardware splits each side of a pair is drawn from
 PREFILL_BUDGET = 8192
 
@@ -50,9 +52,10 @@ class Layout:
 class DisaggScorer:
     """Predicted attainment and goodput scale of fleets with groups; models are shared per config."""
 
-    def __init__(self, cluster: ClusterSpec, workload: SloWorkload, model_of) -> None:
+    def __init__(self, cluster: ClusterSpec, workload: SloWorkload,
+                 model_of: Callable[[ReplicaConfig], ReplicaLatencyModel]) -> None:
         self.cluster, self.workload, self.model_of = cluster, workload, model_of
-        self._groups: dict[tuple, GroupLatencyModel] = {}
+        self._groups: dict[tuple[ReplicaConfig, ReplicaConfig, int, int, KvLink], GroupLatencyModel] = {}
 
     def group_model(self, prefill: list[Replica], decode: list[Replica]) -> GroupLatencyModel:
         p, d = prefill[0], decode[0]
@@ -95,8 +98,7 @@ class DisaggScorer:
                               start, rel_tol=0.05)
 
 
-def _place(cluster: ClusterSpec, per_node: list[list[tuple[ReplicaConfig, str, int | None]]]
-           ) -> tuple[Replica, ...] | None:
+def _place(cluster: ClusterSpec, per_node: list[list[Slot]]) -> tuple[Replica, ...] | None:
     """Replicas of (config, role, group) laid out node by node (``per_node[i]`` on the i-th node of the
     cluster, GPUs taken in order); None when a node's share does not fit it or its GPU type."""
     out: list[Replica] = []
@@ -139,10 +141,9 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
             y = (left - x * prefill.num_gpus) // decode.num_gpus
             if y < 1 or not same_size:
                 continue
-            share = [(colocated, COLOCATED, None)] * m if colocated is not None else []
-            per_node = [share + [(prefill, PREFILL, i)] * x + [(decode, DECODE, i)] * y
-                        for i in range(len(nodes))]
-            placed = _place(cluster, per_node)  # type: ignore[arg-type]
+            share: list[Slot] = [(colocated, COLOCATED, None)] * m if colocated is not None else []
+            per_node = [share + _group(prefill, decode, x, y, i) for i in range(len(nodes))]
+            placed = _place(cluster, per_node)
             if placed is not None:
                 yield f"per-node m{m} {x}P{y}D", placed
     if colocated is not None and len(nodes) > 1 and same_size:  # whole nodes colocated, groups on the rest
@@ -151,19 +152,23 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
                 y = (n - x * prefill.num_gpus) // decode.num_gpus
                 if y < 1:
                     continue
-                per_node = ([[(colocated, COLOCATED, None)] * (n // colocated.num_gpus)] * a
-                            + [[(prefill, PREFILL, i)] * x + [(decode, DECODE, i)] * y
-                               for i in range(len(nodes) - a)])
-                placed = _place(cluster, per_node)  # type: ignore[arg-type]
+                coloc: list[Slot] = [(colocated, COLOCATED, None)] * (n // colocated.num_gpus)
+                per_node = [coloc] * a + [_group(prefill, decode, x, y, i) for i in range(len(nodes) - a)]
+                placed = _place(cluster, per_node)
                 if placed is not None:
                     yield f"{a} colocated nodes + per-node {x}P{y}D", placed
     if colocated is None and len(nodes) > 1 and same_size:
         for a in range(1, len(nodes)):
-            per_node = ([[(prefill, PREFILL, 0)] * (n // prefill.num_gpus)] * a
-                        + [[(decode, DECODE, 0)] * (n // decode.num_gpus)] * (len(nodes) - a))
+            pre: list[Slot] = [(prefill, PREFILL, 0)] * (n // prefill.num_gpus)
+            dec: list[Slot] = [(decode, DECODE, 0)] * (n // decode.num_gpus)
+            per_node = ([pre] * a + [dec] * (len(nodes) - a))
             placed = _place(cluster, per_node)
             if placed is not None:
                 yield f"cross-node {a}P-nodes", placed
+
+
+def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group: int) -> list[Slot]:
+    return [(prefill, PREFILL, group)] * x + [(decode, DECODE, group)] * y
 
 
 def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_engine: bool = False
