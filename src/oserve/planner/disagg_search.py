@@ -168,7 +168,8 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
 
 
 def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group: int) -> list[Slot]:
-    return [(prefill, PREFILL, group)] * x + [(decode, DECODE, group)] * y
+    slots: list[Slot] = [(prefill, PREFILL, group)] * x
+    return slots + [(decode, DECODE, group)] * y
 
 
 def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_engine: bool = False
