@@ -156,3 +156,47 @@ def test_vllm_launch_of_a_group_sets_roles_and_side_channel_ports():
     assert '"kv_role": "kv_consumer"' in cmds[2][cmds[2].index("--kv-transfer-config") + 1]
     ports = [vllm_env(x, {}).get("VLLM_NIXL_SIDE_CHANNEL_PORT") for x in launches]
     assert ports == [None, "5601", "5602", "5603"]
+
+
+def test_remote_engine_speaks_vllms_disaggregation_protocol():
+    """Through an in-process transport standing in for vLLM's OpenAI server: the prefill part goes
+    unstreamed with do_remote_decode and its answer's kv_transfer_params come back on the chunk; the
+    decode request streams with the prefill's params in its body."""
+    import json
+
+    import httpx
+
+    from oserve.runtime.remote_engine import RemoteOpenAIEngine
+    from oserve.runtime.router import REMOTE_DECODE
+
+    seen: list[dict] = []
+    handed = {"do_remote_prefill": True, "remote_engine_id": "p0", "remote_block_ids": [1, 2]}
+
+    def vllm_standin(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        if not body["stream"]:
+            return httpx.Response(200, json={"choices": [{"text": " A", "finish_reason": "length"}],
+                                             "usage": {"prompt_tokens": 20}, "kv_transfer_params": handed})
+        events = [{"choices": [{"text": t, "finish_reason": None}]} for t in (" A", " B")]
+        events.append({"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 2}})
+        sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=sse)
+
+    async def run() -> None:
+        engine = RemoteOpenAIEngine("http://vllm", "m", transport=httpx.MockTransport(vllm_standin))
+        await engine.start()
+        try:
+            prefill = [c async for c in engine.generate(GenerationRequest(
+                "r", 1, prompt="hello", kv_transfer_params=REMOTE_DECODE))]
+            assert len(prefill) == 1 and prefill[0].kv_transfer_params == handed
+            decode = [c async for c in engine.generate(GenerationRequest(
+                "r", 2, prompt="hello", kv_transfer_params=handed))]
+            assert "".join(c.text for c in decode) == " A B"
+        finally:
+            await engine.stop()
+
+    asyncio.run(run())
+    assert seen[0]["stream"] is False and "stream_options" not in seen[0]
+    assert seen[0]["kv_transfer_params"]["do_remote_decode"] is True and seen[0]["max_tokens"] == 1
+    assert seen[1]["stream"] is True and seen[1]["kv_transfer_params"] == handed
