@@ -138,3 +138,14 @@ def test_plan_cli_with_disaggregation_writes_groups_a_plan_file_simulate_reads(t
                  "--time-range", "0:60", "--planner", "default", "--plan", str(plan_file), "--json"]) == 0
     sim = json.loads(capsys.readouterr().out)
     assert sim["results"]["plan"]["deployment"] == out["deployment"]
+
+
+def test_a_type_can_be_split_between_colocated_replicas_and_a_group():
+    from oserve.planner.disagg_search import proportional_fractions
+
+    cluster = parse_cluster("1x8xH100-80GB")
+    reps = dict(layouts(cluster, TP2, TP2, ReplicaConfig("H100-80GB", tp=4)))["per-node m1 1P1D"]
+    fr = proportional_fractions(reps, 3)
+    # 4 GPUs colocated, a 4-GPU group entered through its one prefill replica: half each
+    assert [r.role for r in reps] == [COLOCATED, PREFILL, DECODE]
+    assert np.allclose(fr, [[0.5, 0.5, 0.0]] * 3)

@@ -14,7 +14,7 @@ and its decode pool the TPOT bound. The search:
 3. **Split types between colocated replicas and groups.** Beside ``m`` replicas of the best colocated
    configuration per node (or on whole nodes of it), the groups serve the types with the longest
    prompts (the ``j`` longest, for every ``j``), the colocated replicas the rest: long prompts are what
-   stall colocated decodes.
+   stall colocated decodes; and every type split between both in proportion to their GPUs.
 
 Each candidate's dispatch is even within its part (types to the prefill replicas of every group, or to
 the colocated replicas). ``dynamo_split`` is the reference Dynamo-style deployment: one configuration at
@@ -123,6 +123,25 @@ def even_fractions(replicas: tuple[Replica, ...], num_types: int, group_types: s
     return fr
 
 
+def proportional_fractions(replicas: tuple[Replica, ...], num_types: int) -> np.ndarray:
+    """Every type split between the colocated replicas and the groups in proportion to their GPUs: a
+    colocated replica weighs its own GPUs, a prefill replica its group's GPUs over the group's prefill
+    replicas (the decode replicas get no share)."""
+    group_gpus: dict[int, int] = {}
+    group_prefill: dict[int, int] = {}
+    for r in replicas:
+        if r.group is not None:
+            group_gpus[r.group] = group_gpus.get(r.group, 0) + r.config.num_gpus
+            group_prefill[r.group] = group_prefill.get(r.group, 0) + (r.role == PREFILL)
+    w = np.zeros(len(replicas))
+    for i, r in enumerate(replicas):
+        if r.role == COLOCATED:
+            w[i] = r.config.num_gpus
+        elif r.role == PREFILL and r.group is not None:
+            w[i] = group_gpus[r.group] / group_prefill[r.group]
+    return np.tile(w / w.sum(), (num_types, 1))
+
+
 def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
             colocated: ReplicaConfig | None = None) -> Iterator[tuple[str, tuple[Replica, ...]]]:
     """(layout name, replicas) for every split of the GPUs between the roles (see the module doc); with
@@ -186,4 +205,4 @@ def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_en
             if p.kv_cache_dtype == d.kv_cache_dtype]
 
 
-__all__ = ["DisaggScorer", "Layout", "even_fractions", "layouts", "pair_configs"]
+__all__ = ["DisaggScorer", "Layout", "even_fractions", "layouts", "pair_configs", "proportional_fractions"]

@@ -46,7 +46,13 @@ from oserve.costmodel.slo_capacity import (
     predicted_goodput_scale,
     slo_capacity_rps,
 )
-from oserve.planner.disagg_search import DisaggScorer, even_fractions, layouts, pair_configs
+from oserve.planner.disagg_search import (
+    DisaggScorer,
+    even_fractions,
+    layouts,
+    pair_configs,
+    proportional_fractions,
+)
 from oserve.planner.placement import candidate_configs, fits_cluster, gpus_by_type, pack
 from oserve.planner.plan import Plan, Replica
 from oserve.workload.burstiness import Burstiness, length_samples
@@ -231,8 +237,9 @@ class GoodputPlanner:
 
     def disaggregated(self) -> list[Candidate]:
         """Group candidates, best predicted first (``planner.disagg_search``): for each (prefill, decode)
-        pair the best split of the GPUs between the roles; then, for the best pair, the types with the
-        longest prompts on groups beside replicas of the best colocated configuration."""
+        pair the best split of the GPUs between the roles; then, for the best pair, groups beside replicas
+        of the best colocated configuration, serving the types with the longest prompts or a share of
+        every type."""
         tuned = self._tuned_hardware()
         if not tuned:
             return []
@@ -250,9 +257,12 @@ class GoodputPlanner:
             prefill = next(r.config for r in top.replicas if r.role == "prefill")
             decode = next(r.config for r in top.replicas if r.role == "decode")
             by_prompt = sorted(range(k), key=lambda t: -self.workload.samples[t].mean_input_tokens)
-            hybrid = [self._scored(f"hybrid {name} {j} types", reps, set(by_prompt[:j]))
-                      for name, reps in layouts(self.cluster, prefill, decode, tuned[0])
-                      for j in range(1, k)]
+            hybrid = []
+            for name, reps in layouts(self.cluster, prefill, decode, tuned[0]):
+                hybrid += [self._scored(f"hybrid {name} {j} types", reps, set(by_prompt[:j]))
+                           for j in range(1, k)]
+                fr = proportional_fractions(reps, k)  # each type split between both parts
+                hybrid.append(Candidate(f"hybrid {name} split", reps, fr, self.predicted_scale(reps, fr)))
             best = sorted(best + hybrid, key=lambda c: -c.predicted_scale)
         return best
 
