@@ -13,7 +13,6 @@ outside CI, a failure under CI.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 
+from .load_client import chat_outcome, count_outcomes
 from .vllm_fixtures import require_vllm_python
 
 pytestmark = pytest.mark.slow
@@ -141,32 +141,10 @@ def test_both_replicas_serve_and_report_their_engine_metrics(served):
 
 
 async def one_request(http: httpx.AsyncClient, i: int, max_tokens: int = 16) -> str:
-    """'completed' (full answer), 'error' (an explicit OpenAI error) or 'lost' (anything else)."""
-    stream = i % 2 == 0
-    body = {"model": MODEL, "max_tokens": max_tokens, "stream": stream,
+    """An outcome of ``load_client.chat_outcome`` (``ok``, an explicit error, or ``lost: <why>``)."""
+    body = {"model": MODEL, "max_tokens": max_tokens, "stream": i % 2 == 0,
             "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}]}
-    try:
-        if not stream:
-            response = await http.post("/v1/chat/completions", json=body)
-            if response.status_code == 200:
-                return "completed" if response.json()["usage"]["completion_tokens"] > 0 else "lost"
-            return "error" if "message" in response.json().get("error", {}) else "lost"
-        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                payload = json.loads(await response.aread())
-                return "error" if "message" in payload.get("error", {}) else "lost"
-            done, text = False, []
-            async for line in response.aiter_lines():
-                if line == "data: [DONE]":
-                    done = True
-                elif line.startswith("data: "):
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        return "error"
-                    text += [c["delta"].get("content") or "" for c in event["choices"]]
-            return "completed" if done and "".join(text) else "lost"
-    except httpx.HTTPError:
-        return "lost"
+    return await chat_outcome(http, body, lambda text: bool(text))
 
 
 async def load(url: str, num_requests: int, during=None, at: int = 4, gap_s: float = 0.2) -> dict:
@@ -178,8 +156,7 @@ async def load(url: str, num_requests: int, during=None, at: int = 4, gap_s: flo
             await asyncio.sleep(gap_s)
             if during is not None and i == at:
                 await asyncio.to_thread(during)
-        results = await asyncio.gather(*tasks)
-    return {k: results.count(k) for k in ("completed", "error", "lost")}
+        return count_outcomes(await asyncio.gather(*tasks))
 
 
 async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_requests: int = 1000,
@@ -199,7 +176,7 @@ async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_request
             await asyncio.sleep(gap_s)
             extra += is_done()
         results = await asyncio.gather(*tasks)
-    return {"sent": len(results), **{k: results.count(k) for k in ("completed", "error", "lost")}}
+    return {"sent": len(results), **count_outcomes(results)}
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
