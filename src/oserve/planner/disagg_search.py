@@ -24,7 +24,6 @@ vLLM's default engine settings on both sides, the best homogeneous xPyD split of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,14 +38,6 @@ from oserve.planner.plan import COLOCATED, DECODE, PREFILL, Replica
 Slot = tuple[ReplicaConfig, str, "int | None"]  # a replica to place: configuration, role, group
 NUM_PAIR_CONFIGS = 2  # tuned hardware splits each side of a pair is drawn from
 PREFILL_BUDGET = 8192
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Replicas with roles (GPU ids placed) and the dispatch fractions (types, replicas)."""
-
-    replicas: tuple[Replica, ...]
-    fractions: np.ndarray
 
 
 class DisaggScorer:
@@ -205,4 +196,4 @@ def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_en
             if p.kv_cache_dtype == d.kv_cache_dtype]
 
 
-__all__ = ["DisaggScorer", "Layout", "even_fractions", "layouts", "pair_configs", "proportional_fractions"]
+__all__ = ["DisaggScorer", "even_fractions", "layouts", "pair_configs", "proportional_fractions"]
