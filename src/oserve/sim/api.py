@@ -29,10 +29,12 @@ def batching_config(cost_model: CostModel, config: SimConfig) -> BatchingConfig:
 
 
 def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: CostModel,
-                  config: SimConfig | None = None, progress: bool = False) -> SimResult:
-    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``."""
+                  config: SimConfig | None = None, progress: bool = False,
+                  timers: dict | None = None) -> SimResult:
+    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``, memoised in
+    ``timers`` (a dict kept across calls shares step times between simulations of the same model)."""
     config = config or SimConfig()
-    setups = replicas_from_configs(plan.configs(), cost_model)
+    setups = replicas_from_configs(plan.configs(), cost_model, timers)
     max_context = cost_model.model.max_context_tokens if config.context_policy == "drop" else None
     sim = Simulation(setups, DispatchTable.from_fractions(plan.dispatch), config,
                      batching_config(cost_model, config), cost_model.params.kv_block_tokens,
