@@ -8,7 +8,7 @@ same session, alternating, so that the ratio is paired. Budget (issue 10): <= 5 
 256. Writes bench/results/planner_budget.{json,md}.
 
     python bench/planner_budget.py [--sizes 16,64,256] [--model llama-2-70b] [--trace azure-mix]
-        [--before-src /tmp/base/src] [--out bench/results]
+        [--before-src /tmp/base/src] [--before-sizes 16] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -55,13 +55,15 @@ def main() -> None:
     ap.add_argument("--model", default="llama-2-70b")
     ap.add_argument("--trace", default="azure-mix")
     ap.add_argument("--before-src", default=None, help="src directory of the revision to compare with")
+    ap.add_argument("--before-sizes", default=None, help="sizes to run --before-src at (default: all)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     here = str(Path(__file__).resolve().parents[1] / "src")
     rows = []
+    before_sizes = {int(s) for s in (args.before_sizes or args.sizes).split(",")}
     for gpus in (int(s) for s in args.sizes.split(",")):
         row = {"after": run_plan(here, gpus, args.model, args.trace)}
-        if args.before_src:
+        if args.before_src and gpus in before_sizes:
             row["before"] = run_plan(args.before_src, gpus, args.model, args.trace)
         row["budget_s"] = BUDGET_S.get(gpus)
         rows.append(row)
@@ -80,6 +82,7 @@ def main() -> None:
              + (" before: CPU s | before: deployment | before: simulated |" if args.before_src else ""),
              "| --- | --- | --- | --- | --- | --- | --- |"
              + (" --- | --- | --- |" if args.before_src else "")]
+    empty = " - | - | - |" if args.before_src else ""
     for row in rows:
         a = row["after"]
         line = (f"| {a['gpus']} | {row['budget_s'] or '-'} | {a['cpu_s']:.1f} | {a['wall_s']:.1f} | "
@@ -88,6 +91,8 @@ def main() -> None:
         if "before" in row:
             b = row["before"]
             line += f" {b['cpu_s']:.1f} | {b['deployment']} | {b['simulated_goodput_scale'] or 0:.2f} |"
+        else:
+            line += empty
         lines.append(line)
     (out / "planner_budget.md").write_text("\n".join(lines) + "\n")
 

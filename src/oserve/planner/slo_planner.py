@@ -51,6 +51,7 @@ from oserve.workload.trace import Trace
 OBJECTIVES = ("goodput", "min-gpus", "throughput")
 ENGINE_BUDGETS = (512, 1024, 2048, 4096, 8192)
 NUM_SEARCH_CONFIGS = 4  # tuned configurations the oserve search mixes
+SEARCH_CAPACITY_TOL = 0.1  # bisection tolerance of the SLO capacities the search's LP uses
 
 
 def slo_workload(trace: Trace, types: RequestTypes, stats: list[TypeStats], slo: SloSpec) -> SloWorkload:
@@ -212,7 +213,9 @@ class GoodputPlanner:
         if not configs:
             return None
         start = max(self.workload.rates_rps) or 1.0
-        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start)
+        # LP inputs only (the searched plan is then predicted to the full tolerance): 10% is enough
+        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start,
+                                               rel_tol=SEARCH_CAPACITY_TOL)
                               if self.workload.rates_rps[t] > 0 else 1.0
                               for t in range(self.workload.num_types)] for c in configs])
         problem = PlanningProblem(self.cluster, self.cost, self.stats, config_list=configs,
