@@ -21,6 +21,7 @@ from oserve.workload.slo import SloSpec
 
 MIN_SCALE = 1.0 / 64
 MAX_SCALE = 1024.0  # a 256-GPU fleet carries ~60x the Azure traces
+FLOOR_STEP = 1.25  # above a floor that holds, the first bracket probe
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
         if not probe(floor):
             result.pruned = True
             return result
-        lo, scale = floor, min(floor * 2.0, MAX_SCALE)
+        # a plan that beats another rarely beats it by much: bracket just above first, then double
+        lo, scale = floor, min(floor * FLOOR_STEP, MAX_SCALE)
     while len(result.probes) < max_probes and (lo is None or hi is None):
         if probe(scale):
             lo = scale
