@@ -31,7 +31,8 @@ def run_plan(src: str, gpus: int, model: str, trace: str) -> dict:
     """One ``oserve plan`` process on ``src``: its wall and CPU seconds and the plan it printed."""
     cmd = [sys.executable, "-m", "oserve.cli.main", "plan", "--cluster", f"{gpus // 8}x8xH100",
            "--model", model, "--trace", trace, "--objective", "goodput", "--slo", "loose", "--json"]
-    env = dict(os.environ, PYTHONPATH=src)
+    # one BLAS thread: the planner's LPs are tiny, and idle-spinning BLAS threads only add CPU time
+    env = dict(os.environ, PYTHONPATH=src, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
