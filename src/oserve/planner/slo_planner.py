@@ -289,8 +289,8 @@ def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], 
         raise ConfigError(f"planner '{planner}' has no goodput objective (use oserve or homogeneous-tuned)")
     seconds = time.perf_counter() - t0
     plans = [candidate_plan(c, cost, stats, objective, planner, seconds) for c in cands]
-    best = max(range(len(plans)), key=lambda i: (cands[i].predicted_scale, -i))
-    return plans[best], plans
+    top = max(range(len(plans)), key=lambda i: (cands[i].predicted_scale, -i))
+    return plans[top], plans
 
 
 def score_plan(plan: Plan, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,
