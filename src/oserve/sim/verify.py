@@ -2,7 +2,8 @@
 
 The analytical planner (``planner.slo_planner``) shortlists plans by predicted goodput, always including the
 best homogeneous-tuned fleet. Each is simulated on a verification trace and its SLO goodput scale
-searched (``sim.goodput``): the homogeneous-tuned fleet first, from its predicted scale; every later
+searched (``sim.goodput``): the homogeneous-tuned fleet first, from its predicted scale (divided by how much
+busier the verification window is than the trace); every later
 plan only above the best scale so far (one probe there, and it is pruned when it misses). The plan with
 the highest *simulated* goodput wins (ties: the earlier one, the tuned fleet first), so the result is
 never worse than the homogeneous-tuned fleet on that trace. All probes share one step-time cache.
@@ -82,12 +83,14 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
     vt = verification_trace(prepared, max_requests)
     timers: dict = {}  # step times shared by every probe of every plan (same model, same cost model)
     # the verification window is busier than the trace on average: scales are relative to the full
-    # trace's rates either way (the window keeps the trace's own timing)
+    # trace's rates either way (the window keeps the trace's own timing), and a predicted scale (for the
+    # whole trace) starts the search that much lower, sparing probes deep in overload
+    busier = max(vt.trace.mean_rate_rps / max(prepared.trace.mean_rate_rps, 1e-12), 1.0)
     checked: list[Plan] = []
     pruned: list[float | None] = []
     best = 0.0
     for plan in shortlist:
-        start = max(plan.predicted_goodput_scale or 1.0, 1e-3)
+        start = max((plan.predicted_goodput_scale or 1.0) / busier, 1e-3)
         floor = best * (1 + rel_tol) if checked else 0.0
         res = plan_goodput(plan, vt, cost, config, slo, start_scale=start, rel_tol=rel_tol, floor=floor,
                            timers=timers)
