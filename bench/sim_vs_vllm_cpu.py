@@ -57,9 +57,10 @@ def write_trace(path: Path, arrival_s, inputs, outputs) -> None:
 
 def plan_doc(replicas: int) -> dict:
     """R identical fp32 vLLM-CPU replicas, one request type spread evenly (what ``oserve serve
-    --replicas R`` runs: no plan, the router's least-outstanding choice)."""
-    reps = [{"replica_id": i, "gpus": [i], "tp": 1, "pp": 1, "gpu_type": DEVICE, "precision": "fp32"}
-            for i in range(replicas)]
+    --replicas R`` runs: no plan, the router's least-outstanding choice), at vLLM-CPU's own API-server
+    defaults (2048 batched tokens, 128 sequences; vllm/engine/arg_utils.py), not the GPU ones."""
+    reps = [{"replica_id": i, "gpus": [i], "tp": 1, "pp": 1, "gpu_type": DEVICE, "precision": "fp32",
+             "max_num_batched_tokens": 2048, "max_num_seqs": 128} for i in range(replicas)]
     return {"model": "smollm2-135m", "planner": "vllm-cpu-fleet", "replicas": reps, "types": ["T0"],
             "type_rates_rps": [1.0], "capacity_rps": [[1.0]] * replicas,
             "dispatch": [[1.0 / replicas] * replicas], "demand_scale": 1.0,
@@ -103,6 +104,21 @@ def measured(url: str, trace: Path, out: Path, args) -> dict:
             "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0]}
 
 
+def serve_and_measure(args, work: Path, loads: list[float], results: dict, out: Path) -> None:
+    proc, url, start_s = start_server(["--engine", "vllm", "--replicas", str(args.replicas), "--threads",
+                                       "1", "--vllm-python", args.vllm_python,
+                                       "--vllm-extra-args=--no-enable-prefix-caching"],
+                                      work / "serve.log")
+    results["start_s"] = start_s
+    try:
+        for rps in loads:
+            results["loads"][str(rps)] = {"measured": measured(url, work / f"real_{rps}.csv",
+                                                               work / f"bench_{rps}.json", args)}
+            out.write_text(json.dumps(results, indent=2))
+    finally:
+        stop_server(proc)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpus", required=True, help="GPU catalog YAML with the fitted vllm-cpu-1core")
@@ -115,6 +131,8 @@ def main() -> int:
     p.add_argument("--max-output-tokens", type=int, default=32)
     p.add_argument("--max-duration-s", type=float, default=900.0)
     p.add_argument("--out", default=str(ROOT / "bench/results/vllm/sim_vs_vllm_cpu.json"))
+    p.add_argument("--simulate-only", action="store_true",
+                   help="reuse the measured half of an earlier run's --out; simulate again")
     args = p.parse_args()
     if not args.vllm_python:
         raise SystemExit("--vllm-python (or OSERVE_VLLM_PYTHON) is required")
@@ -129,29 +147,20 @@ def main() -> int:
     plan = work / "plan.json"
     plan.write_text(json.dumps(plan_doc(args.replicas)))
     loads = [float(x) for x in args.rps.split(",")]
-    traces = {}
     for rps in loads:
         arrival = (base.arrival_s - base.arrival_s[0]) * (base.mean_rate_rps / rps)
         write_trace(work / f"real_{rps}.csv", arrival, inputs, outputs)
         write_trace(work / f"sim_{rps}.csv", arrival, [real_len[int(n)] for n in inputs], outputs)
-        traces[rps] = arrival
     results: dict = {"settings": {k: getattr(args, k) for k in ("requests", "rps", "replicas",
                                                                 "max_input_tokens", "max_output_tokens")},
                      "mean_prompt_tokens": float(np.mean([real_len[int(n)] for n in inputs])),
                      "mean_output_tokens_trace": float(np.mean(outputs)), "cpus": os.cpu_count(),
                      "loads": {}}
-    proc, url, start_s = start_server(["--engine", "vllm", "--replicas", str(args.replicas), "--threads",
-                                       "1", "--vllm-python", args.vllm_python,
-                                       "--vllm-extra-args=--no-enable-prefix-caching"],
-                                      work / "serve.log")
-    results["start_s"] = start_s
-    try:
-        for rps in loads:
-            results["loads"][str(rps)] = {"measured": measured(url, work / f"real_{rps}.csv",
-                                                               work / f"bench_{rps}.json", args)}
-            out.write_text(json.dumps(results, indent=2))
-    finally:
-        stop_server(proc)
+    if args.simulate_only:  # re-simulate the measured runs of an earlier --out
+        results = {**results, **{k: v for k, v in json.loads(out.read_text()).items()
+                                 if k in ("loads", "start_s")}}
+    else:
+        serve_and_measure(args, work, loads, results, out)
     for rps in loads:
         entry = results["loads"][str(rps)]
         entry["simulated"] = simulated(args, work / f"sim_{rps}.csv", plan, work / f"sim_{rps}")
