@@ -37,6 +37,7 @@ from oserve.costmodel.precision import (
 from oserve.costmodel.replica_config import ReplicaConfig
 
 ACTIVATION_BYTES = 2.0
+FP32_BYTES = 4.0
 DEFAULT_TPOT_SLO_S = 0.1
 
 
@@ -89,12 +90,16 @@ class CostModel:
     # ---- memory -------------------------------------------------------------------------------------
 
     def weight_bytes_per_gpu(self, cfg: ReplicaConfig) -> float:
+        if cfg.weight_format == "bf16" and cfg.precision == "fp32":  # unquantised weights in fp32 (CPU)
+            return self.model.num_params * FP32_BYTES / cfg.num_gpus
         if cfg.weight_format == "bf16":  # the catalog's own bytes per weight (2, or what a user set)
             return self.model.weight_bytes / cfg.num_gpus
         wf = resolve_weight_format(cfg.weight_format, self.gpu(cfg))
         return self.model.num_params * wf.bytes_per_weight.value / cfg.num_gpus
 
     def kv_bytes_per_element(self, cfg: ReplicaConfig) -> float:
+        if cfg.kv_cache_dtype == "bf16" and cfg.precision == "fp32":  # vLLM's "auto": the model dtype
+            return FP32_BYTES
         return kv_format(cfg.kv_cache_dtype).bytes_per_element(self.model.head_dim).value
 
     def kv_bytes_per_token_per_gpu(self, cfg: ReplicaConfig) -> float:
@@ -104,6 +109,12 @@ class CostModel:
 
     def kv_capacity_tokens(self, cfg: ReplicaConfig) -> int:
         """Tokens of KV cache the replica holds (0 when the weights alone do not fit)."""
+        gpu = self.gpu(cfg)
+        if gpu.kv_cache_gib is not None:  # vLLM-CPU: a fixed KV space beside the weights
+            if self.weight_bytes_per_gpu(cfg) + gpu.kv_cache_gib * 2**30 > gpu.hbm_bytes:
+                return 0
+            tokens = int(gpu.kv_cache_gib * 2**30 // self.kv_bytes_per_token_per_gpu(cfg))
+            return tokens - tokens % self.params.kv_block_tokens
         usable = (self.gpu(cfg).hbm_bytes * self.params.gpu_memory_utilization
                   - self.params.reserved_bytes_per_gpu - self.weight_bytes_per_gpu(cfg))
         if usable <= 0:
@@ -179,6 +190,10 @@ class CostModel:
         tokens = prefill_tokens + decode_batch
         if tokens <= 0:
             return 0.0
+        step_model = self.gpu(cfg).step_model
+        if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
+            return (step_model.prefill_s_per_token * prefill_tokens
+                    + step_model.decode_s_per_seq * decode_batch) / cfg.pp
         prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
         layers = math.ceil(self.model.num_layers / cfg.pp)
         layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
@@ -204,7 +219,7 @@ class CostModel:
         """
         if cfg.pp == 1:
             stage = self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total)
-            return stage + self.params.step_overhead_s
+            return stage + self.step_overhead_s(cfg)
         micro = split_micro_batches(prefill_chunks, decode_batch, cfg.pp, self.batched_tokens(cfg))
         per_seq_ctx = decode_ctx_total / decode_batch if decode_batch else 0.0
         priced: dict[MicroBatch, float] = {}  # micro-batches of decodes alone are often alike
@@ -215,7 +230,12 @@ class CostModel:
         largest = max((mb.tokens for mb in micro), default=0.0)
         hop = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES, True,
                           self.gpu(cfg).intra_node_gbps)
-        return ring_round_s(stages, cfg.pp) + (cfg.pp - 1) * hop + self.params.step_overhead_s
+        return ring_round_s(stages, cfg.pp) + (cfg.pp - 1) * hop + self.step_overhead_s(cfg)
+
+    def step_overhead_s(self, cfg: ReplicaConfig) -> float:
+        """The fixed cost of one engine step: the device's fitted value, else the engine default."""
+        step_model = self.gpu(cfg).step_model
+        return step_model.step_overhead_s if step_model is not None else self.params.step_overhead_s
 
     def decode_step_s(self, cfg: ReplicaConfig, batch: int, total_context: float) -> float:
         """One decode token for ``batch`` sequences holding ``total_context`` tokens in all: how long
@@ -248,9 +268,9 @@ class CostModel:
         if s >= budget:
             chunks = math.ceil(s / budget)
             per_chunk = [(min(budget, s - i * budget), i * budget) for i in range(chunks)]
-            return sum(self.stage_time_s(cfg, (c,)) + self.params.step_overhead_s for c in per_chunk)
+            return sum(self.stage_time_s(cfg, (c,)) + self.step_overhead_s(cfg) for c in per_chunk)
         n = max(1, budget // s)
-        return (self.stage_time_s(cfg, ((s, 0),) * n) + self.params.step_overhead_s) / n
+        return (self.stage_time_s(cfg, ((s, 0),) * n) + self.step_overhead_s(cfg)) / n
 
     def effective_tpot_s(self, cfg: ReplicaConfig, load: TypeLoad, batch: int) -> float:
         """Mean time between a sequence's tokens when the replica runs ``batch`` sequences of this type
