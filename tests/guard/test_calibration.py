@@ -36,6 +36,9 @@ class RecordingBackend:
 
 
 def _config(tmp_path, **kw) -> GuardConfig:
+    # these doubles answer every chat with a system prompt by reciting it, so the no-leak sample is
+    # made without it unless a test asks otherwise
+    kw.setdefault("no_leak_sample", "without-system")
     return GuardConfig(calibration_dir=tmp_path, num_ordinary=6, num_extraction=5, **kw)
 
 
@@ -71,6 +74,10 @@ def test_with_system_no_leak_sample_answers_with_the_prompt_and_drops_revealing_
     cache.save(cal, SYSTEM)
     assert cache.load("m", SYSTEM, config) is not None
     assert cache.load("m", SYSTEM, _config(tmp_path, statistic="mean-loglik")) is None  # stale
+    assert GuardConfig().no_leak_sample == "with-system"  # the default (docs/guard.md: measured)
+    with pytest.raises(ValueError, match="usable no-leak answers"):  # every ordinary answer revealing
+        asyncio.run(calibrate("m", SYSTEM, _config(tmp_path, no_leak_sample="with-system"),
+                              RecordingBackend()))
 
 
 def test_gain_statistic_scores_every_answer_with_then_without_the_system_prompt(tmp_path):

@@ -165,10 +165,10 @@ async def collect_samples(system_prompt: str, config: GuardConfig, backend: Cali
              for i, q in enumerate(ORDINARY_QUESTIONS[:config.num_ordinary])]
     asked += [(system + ({"role": "user", "content": q},), base + EXTRACTION_SEED_OFFSET + i, True)
               for i, q in enumerate(EXTRACTION_QUERIES[:config.num_extraction])]
-    with_system = config.no_leak_sample == "with-system"
-    texts = await asyncio.gather(*(answer(m if leak or with_system else config.null_messages(m), seed)
-                                   for m, seed, leak in asked))
-    if with_system:  # an ordinary answer that reveals the prompt is no sample of "no leak"
+    ordinary_with_system = config.no_leak_sample == "with-system"
+    texts = await asyncio.gather(*(answer(m if leak or ordinary_with_system else config.null_messages(m),
+                                          seed) for m, seed, leak in asked))
+    if ordinary_with_system:  # an ordinary answer that reveals the prompt is no sample of "no leak"
         texts = [t if leak or not leak_score(t, system_prompt, "").reveals else ""
                  for t, (_, _, leak) in zip(texts, asked)]
     with_system = await asyncio.gather(*(mean_score(m, t) for (m, _, _), t in zip(asked, texts)))
@@ -195,7 +195,8 @@ async def calibrate(model: str, system_prompt: str, config: GuardConfig, backend
     for name, values in (("no-leak", no_leak), ("leak", leak)):
         if len(values) < 2 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"calibration of model '{model}' got {len(values)} usable {name} answers; "
-                             "need at least 2 (the model answered with empty texts)")
+                             "need at least 2 (the model answered with empty texts, or, for the no-leak sample "
+                             "answered with the system prompt, with answers that reveal it)")
     return Calibration(model, prompt_sha256(system_prompt), tuple(no_leak), tuple(leak),
                        SamplingSettings.of(config), config.alpha, config.upper_tail_is_leak,
                        clock() - start_s, time.time())
