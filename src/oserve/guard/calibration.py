@@ -195,8 +195,8 @@ async def calibrate(model: str, system_prompt: str, config: GuardConfig, backend
     for name, values in (("no-leak", no_leak), ("leak", leak)):
         if len(values) < 2 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"calibration of model '{model}' got {len(values)} usable {name} answers; "
-                             "need at least 2 (the model answered with empty texts, or, for the no-leak sample "
-                             "answered with the system prompt, with answers that reveal it)")
+                             "need at least 2 (the model answered with empty texts, or, for the no-leak "
+                             "sample answered with the system prompt, with answers that reveal it)")
     return Calibration(model, prompt_sha256(system_prompt), tuple(no_leak), tuple(leak),
                        SamplingSettings.of(config), config.alpha, config.upper_tail_is_leak,
                        clock() - start_s, time.time())

@@ -1,12 +1,13 @@
 """The leakage guard in the request path: generate, score, and regenerate what leaks.
 
 For a chat request with a system prompt, ``GuardStep.open`` (in place of ``Router.open``) gets the
-prompt's calibration (cached, or made once), generates the answer in full, scores it on the replica that
-generated it (``GuardConfig.statistic``: its mean log-likelihood given the whole chat, or the gain of
-that over the chat without the system prompt), and, if the test declares a leak, regenerates
-the answer from the chat without the system prompt (``GuardConfig.null_messages``: the same way the
-calibration's no-leak sample was made, so the regenerated answer is a draw from the no-leak distribution
-the test was calibrated on). Either answer is returned as a ``BufferedStream`` that replays its chunks,
+prompt's calibration (cached, or made once), generates the answer in full (asking the engine for the
+answer's log-probs, which llama.cpp records while sampling: the pass with the system prompt then costs
+nothing), scores it on the replica that generated it (``GuardConfig.statistic``: its mean
+log-likelihood given the whole chat, or the gain of that over the chat without the system prompt), and,
+if the test declares a leak, regenerates the answer from the chat without the system prompt
+(``GuardConfig.null_messages``: a model that never saw the prompt cannot reveal it). Either answer is
+returned as a ``BufferedStream`` that replays its chunks,
 so non-streaming and streaming responses are formatted exactly as without the guard; the usage reports
 the original prompt's tokens, so no field shows that the guard acted. Streaming clients therefore get
 their first token only after the check (see docs/guard.md for the added latency).
