@@ -31,6 +31,9 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...] | None = None  # a pre-tokenized prompt (OpenAI token arrays)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # disaggregation: vLLM's KV-connector parameters (``{"do_remote_decode": true, ...}`` to a prefill
+    # replica; the prefill response's own to its decode peer), passed through to the engine
+    kv_transfer_params: dict | None = None
     # ask for the log-probs of the generated tokens (the leakage guard's statistic); engines that can
     # put them on the last chunk (``TokenChunk.logprobs``), the others ignore the flag
     return_logprobs: bool = False
@@ -56,6 +59,7 @@ class TokenChunk:
     num_tokens: int = 1
     finish_reason: str | None = None
     prompt_tokens: int | None = None  # set by engines that count the prompt themselves
+    kv_transfer_params: dict | None = None  # a prefill replica's answer: where its KV blocks are
     # last chunk only, when the request asked for them and the engine could: the log-probability of each
     # token of the whole generated text under the model's (unsampled) distribution, the text tokenised
     # as ``log_likelihood`` tokenises a continuation; None if not available

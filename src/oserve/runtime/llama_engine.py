@@ -212,7 +212,7 @@ class LlamaCppEngine:
             logprobs = None if recorder is None or not text else recorder.for_text(
                 self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
             yield TokenChunk("", max(0, generated - len(pieces)), finish_reason or "stop",
-                             request.prompt_tokens if is_first else None, logprobs)
+                             request.prompt_tokens if is_first else None, logprobs=logprobs)
         finally:
             # no await here: this runs when the consumer is cancelled too, and must not be skipped
             cancelled.set()
