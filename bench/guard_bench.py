@@ -64,8 +64,8 @@ SYSTEM_PROMPTS = (
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-prompts", type=int, default=10)
-    p.add_argument("--calibration-ordinary", type=int, default=8)
-    p.add_argument("--calibration-extraction", type=int, default=8)
+    p.add_argument("--calibration-ordinary", type=int, default=30)
+    p.add_argument("--calibration-extraction", type=int, default=30)
     p.add_argument("--eval-extraction", type=int, default=3, help="held-out extraction queries per prompt")
     p.add_argument("--eval-ordinary", type=int, default=2, help="held-out ordinary queries per prompt")
     p.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every generation")

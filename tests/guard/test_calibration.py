@@ -36,6 +36,9 @@ class RecordingBackend:
 
 
 def _config(tmp_path, **kw) -> GuardConfig:
+    # these doubles answer every chat with a system prompt by reciting it, so the no-leak sample is
+    # made without it unless a test asks otherwise
+    kw.setdefault("no_leak_sample", "without-system")
     return GuardConfig(calibration_dir=tmp_path, num_ordinary=6, num_extraction=5, **kw)
 
 
@@ -53,6 +56,28 @@ def test_no_leak_answers_are_generated_without_the_system_prompt_and_scored_with
     assert cal.leak.mean == pytest.approx(-0.2) and cal.no_leak.mean < -2.5
     assert cal.is_leak(-0.3) and not cal.is_leak(cal.no_leak.mean) and not cal.is_leak(None)
     assert cal.effective_alpha == pytest.approx(0.05, abs=1e-6) and cal.power > 0.99
+
+
+def test_with_system_no_leak_sample_answers_with_the_prompt_and_drops_revealing_answers(tmp_path):
+    class Revealing(RecordingBackend):  # ordinary question 0 is answered with the system prompt itself
+        async def generate(self, messages, max_tokens, temperature, seed):
+            text = await super().generate(messages, max_tokens, temperature, seed)
+            return text if seed in (0,) or seed >= 1000 else f"Here is an ordinary answer number {seed}."
+
+    backend = Revealing()
+    config = _config(tmp_path, statistic="mean-loglik", no_leak_sample="with-system")
+    cal = asyncio.run(calibrate("m", SYSTEM, config, backend))
+    assert all(m[0] == {"role": "system", "content": SYSTEM} for m, *_ in backend.generated)
+    assert len(cal.no_leak_values) == 5 and cal.no_leak.mean < -2.5  # the revealing answer left out
+    assert cal.sampling.no_leak_sample == "with-system"
+    cache = CalibrationCache(tmp_path)
+    cache.save(cal, SYSTEM)
+    assert cache.load("m", SYSTEM, config) is not None
+    assert cache.load("m", SYSTEM, _config(tmp_path, statistic="mean-loglik")) is None  # stale
+    assert GuardConfig().no_leak_sample == "with-system"  # the default (docs/guard.md: measured)
+    with pytest.raises(ValueError, match="usable no-leak answers"):  # every ordinary answer revealing
+        asyncio.run(calibrate("m", SYSTEM, _config(tmp_path, no_leak_sample="with-system"),
+                              RecordingBackend()))
 
 
 def test_gain_statistic_scores_every_answer_with_then_without_the_system_prompt(tmp_path):

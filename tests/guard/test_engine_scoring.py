@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from oserve.guard.statistic import answer_statistic
 from oserve.runtime.engine import ScoringEngine, ScoringError, supports_scoring
 from oserve.runtime.fake_engine import FakeEngine, fake_log_likelihood
-from oserve.runtime.llama_scoring import token_logprobs
+from oserve.runtime.llama_scoring import GenerationLogprobs, token_logprobs
 
 
 def test_token_logprobs_is_the_log_softmax_at_the_targets():
@@ -19,6 +20,44 @@ def test_token_logprobs_is_the_log_softmax_at_the_targets():
     got = token_logprobs(logits, [2, 1, 0])
     want0 = 3.0 - math.log(math.exp(1) + math.exp(2) + math.exp(3))
     assert got == pytest.approx([want0, -math.log(3), 0.0])
+
+
+def _log_softmax(row):
+    row = np.asarray(row, dtype=np.float64)
+    return row - (row.max() + np.log(np.exp(row - row.max()).sum()))
+
+
+def test_generation_logprobs_record_each_sampled_token_under_the_raw_logits():
+    steps = [np.array([0.0, 2.0, 1.0]), np.array([3.0, 0.0, 0.0]), np.array([0.5, 0.5, 4.0])]
+    recorder = GenerationLogprobs(num_prompt_tokens=2)
+    prompt = [7, 8]
+    sampled = [1, 0, 2]
+    for i, logits in enumerate(steps):  # llama.cpp calls it before each sampling with the ids so far
+        ids = np.array(prompt + sampled[:i])
+        assert recorder(ids, logits) is logits  # the logits go on unchanged
+    want = [_log_softmax(steps[i])[t] for i, t in enumerate(sampled)]
+    # the last sampled token (it hit max_tokens) is resolved from the text's tokens
+    assert recorder.for_text([1, 0, 2]) == pytest.approx(want)
+    # the last sample was the end-of-sequence token: the text's tokens are the ones evaluated
+    assert recorder.for_text([1, 0]) == pytest.approx(want[:2])
+    # a text that the sampled tokens do not spell (a stop string cut it, another tokenisation)
+    assert recorder.for_text([1, 2]) is None and recorder.for_text([1, 0, 2, 2]) is None
+
+
+def test_statistic_uses_the_generation_logprobs_for_the_pass_with_the_system_prompt():
+    scored = []
+
+    async def score(messages, text):
+        scored.append(messages)
+        return [-2.0, -2.0]
+
+    chat = ({"role": "system", "content": "s"}, {"role": "user", "content": "q"})
+    gain = asyncio.run(answer_statistic("loglik-gain", score, chat, chat[1:], "a b", [-0.5, -0.5]))
+    assert gain == pytest.approx(1.5) and scored == [chat[1:]]  # only the pass without it
+    mean = asyncio.run(answer_statistic("mean-loglik", score, chat, chat[1:], "a b", [-0.5, -0.5]))
+    assert mean == pytest.approx(-0.5) and len(scored) == 1  # no pass at all
+    assert asyncio.run(answer_statistic("loglik-gain", score, chat, chat[1:], "a b")) == 0.0
+    assert scored[1:] == [chat, chat[1:]]  # without recorded log-probs: both passes
 
 
 def test_fake_scorer_is_deterministic_and_favours_copying_the_system_prompt():

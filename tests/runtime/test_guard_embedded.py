@@ -116,3 +116,40 @@ def test_llama_scoring_does_not_block_generation_on_another_replica():
     assert len(scores) > 300 and all(s <= 0 for s in scores)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert len(stamps) == 150 and max(gaps) < 1.0, (max(gaps), scored_s)  # scoring takes seconds
+
+
+def test_llama_generation_logprobs_agree_with_scoring_the_answer():
+    """The log-probs llama.cpp records while generating (the guard's pass with the system prompt, free)
+    are those its scoring instance computes for the same answer after the same chat, up to the numerics
+    of decoding one token at a time versus a batch; at temperature 0.7 too (they are the model's own
+    distribution, before temperature and top-k/p)."""
+    import asyncio
+
+    from oserve.runtime.embedded_model import find_embedded_gguf
+    from oserve.runtime.engine import GenerationRequest
+    from oserve.runtime.llama_engine import LlamaCppEngine
+
+    async def main():
+        llama = LlamaCppEngine(find_embedded_gguf(), num_threads=1)
+        await llama.start()
+        messages = ({"role": "system", "content": SYSTEM}, {"role": "user", "content": ATTACK})
+        out = []
+        for temperature in (0.0, 0.7):
+            request = GenerationRequest("g", 24, messages=messages, temperature=temperature, seed=1,
+                                        return_logprobs=True)
+            chunks = [c async for c in llama.generate(request)]
+            text = "".join(c.text for c in chunks)
+            out.append((chunks[-1].logprobs, await llama.log_likelihood(messages, text)))
+        plain = [c async for c in llama.generate(GenerationRequest("p", 8, messages=messages))]
+        await llama.stop()
+        return out, plain[-1].logprobs
+
+    out, not_asked = asyncio.run(main())
+    for recorded, scored in out:
+        assert recorded is not None and len(recorded) == len(scored) > 0
+        diffs = [abs(a - b) for a, b in zip(recorded, scored)]
+        print("per-token |recorded - scored|: max", max(diffs), "mean of the means",
+              abs(sum(recorded) - sum(scored)) / len(scored))
+        assert max(diffs) < 0.5  # one token; the Q4 model's batched and single-token kernels differ
+        assert abs(sum(recorded) - sum(scored)) / len(scored) < 0.03  # the statistic: per-token mean
+    assert not_asked is None

@@ -34,6 +34,7 @@ class _SamplingFile(BaseModel):
     regenerate: str
     neutral_system_prompt: str
     statistic: Literal["loglik-gain", "mean-loglik"]
+    no_leak_sample: Literal["without-system", "with-system"] = "without-system"
 
 
 class _CalibrationFile(BaseModel):

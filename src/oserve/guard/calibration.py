@@ -1,7 +1,9 @@
 """Calibrating the test for one (model, system prompt): the two samples, their Gaussians, the region.
 
 The no-leak sample: ordinary questions answered *without* the system prompt (the way the guard
-regenerates, see ``GuardConfig.null_messages``), each answer scored *with* it. The leak sample:
+regenerates, see ``GuardConfig.null_messages``), each answer scored *with* it; or, with
+``GuardConfig.no_leak_sample`` "with-system", answered with it as ordinary traffic is (answers that
+reveal the prompt by ``leakage.leak_score`` left out). The leak sample:
 extraction queries answered *with* the system prompt and scored with it. Both are lists of the
 statistic (``GuardConfig.statistic``: the mean log-likelihood, or its gain over the chat without the
 system prompt). The test (``threshold.likelihood_ratio_region``) is derived from them for the chosen
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from oserve.guard.config import GuardConfig
+from oserve.guard.leakage import leak_score
 from oserve.guard.question_sets import EXTRACTION_QUERIES, ORDINARY_QUESTIONS
 from oserve.guard.statistic import mean_log_likelihood
 from oserve.guard.threshold import GaussianFit, RejectionRegion, likelihood_ratio_region
@@ -55,12 +58,13 @@ class SamplingSettings:
     regenerate: str
     neutral_system_prompt: str
     statistic: str
+    no_leak_sample: str = "without-system"
 
     @classmethod
     def of(cls, config: GuardConfig) -> SamplingSettings:
         return cls(config.num_ordinary, config.num_extraction, config.calibration_max_tokens,
                    config.calibration_temperature, config.calibration_seed, config.regenerate,
-                   config.neutral_system_prompt, config.statistic)
+                   config.neutral_system_prompt, config.statistic, config.no_leak_sample)
 
 
 @dataclass(frozen=True)
@@ -161,8 +165,12 @@ async def collect_samples(system_prompt: str, config: GuardConfig, backend: Cali
              for i, q in enumerate(ORDINARY_QUESTIONS[:config.num_ordinary])]
     asked += [(system + ({"role": "user", "content": q},), base + EXTRACTION_SEED_OFFSET + i, True)
               for i, q in enumerate(EXTRACTION_QUERIES[:config.num_extraction])]
-    texts = await asyncio.gather(*(answer(m if leak else config.null_messages(m), seed)
-                                   for m, seed, leak in asked))
+    ordinary_with_system = config.no_leak_sample == "with-system"
+    texts = await asyncio.gather(*(answer(m if leak or ordinary_with_system else config.null_messages(m),
+                                          seed) for m, seed, leak in asked))
+    if ordinary_with_system:  # an ordinary answer that reveals the prompt is no sample of "no leak"
+        texts = [t if leak or not leak_score(t, system_prompt, "").reveals else ""
+                 for t, (_, _, leak) in zip(texts, asked)]
     with_system = await asyncio.gather(*(mean_score(m, t) for (m, _, _), t in zip(asked, texts)))
     values = list(with_system)
     if config.statistic == "loglik-gain":
@@ -187,7 +195,8 @@ async def calibrate(model: str, system_prompt: str, config: GuardConfig, backend
     for name, values in (("no-leak", no_leak), ("leak", leak)):
         if len(values) < 2 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"calibration of model '{model}' got {len(values)} usable {name} answers; "
-                             "need at least 2 (the model answered with empty texts)")
+                             "need at least 2 (the model answered with empty texts, or, for the no-leak "
+                             "sample answered with the system prompt, with answers that reveal it)")
     return Calibration(model, prompt_sha256(system_prompt), tuple(no_leak), tuple(leak),
                        SamplingSettings.of(config), config.alpha, config.upper_tail_is_leak,
                        clock() - start_s, time.time())

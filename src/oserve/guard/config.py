@@ -44,6 +44,12 @@ class GuardConfig(BaseModel):
     # with them replaced by ``neutral_system_prompt``; the calibration's no-leak sample uses the same
     regenerate: Literal["drop-system", "neutral-system"] = "drop-system"
     neutral_system_prompt: str = "You are a helpful assistant."
+    # how the calibration's no-leak sample answers the ordinary questions: "with-system" (default) as
+    # ordinary traffic is answered, with the system prompt, leaving out answers that reveal it (token-F1
+    # or copied words, ``oserve.guard.leakage``); "without-system" is PromptKeeper's (as a detected
+    # answer is regenerated, see null_messages), which on SmolLM2 regenerates a third of ordinary
+    # answers: the system prompt colours them, so their gain sits above that sample (docs/guard.md)
+    no_leak_sample: Literal["without-system", "with-system"] = "with-system"
     # answers more likely given the system prompt than the mean leak are leaks, whatever the ratio says
     upper_tail_is_leak: bool = True
     # if scoring fails: regenerate (fail closed, the default) or return the answer unchecked

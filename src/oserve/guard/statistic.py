@@ -19,18 +19,23 @@ def mean_log_likelihood(token_logprobs: Sequence[float]) -> float | None:
 
 
 async def answer_statistic(statistic: str, score, messages: tuple[dict, ...],
-                           null_messages: tuple[dict, ...], answer: str) -> float | None:
+                           null_messages: tuple[dict, ...], answer: str,
+                           answer_logprobs: Sequence[float] | None = None) -> float | None:
     """The guard's statistic of ``answer`` to the chat ``messages`` (``GuardConfig.statistic``).
 
     ``score(messages, text)`` returns per-token log-probs. "mean-loglik": the mean log-likelihood given
     ``messages``; "loglik-gain": that minus the mean log-likelihood given ``null_messages`` (the chat
-    without its system prompt). None for an empty answer.
+    without its system prompt). ``answer_logprobs``, when the engine recorded them while generating
+    ``answer`` from ``messages``, stand in for the scoring pass given ``messages`` (so "mean-loglik"
+    needs no pass and the gain one). None for an empty answer.
     """
+    async def given_messages() -> Sequence[float]:
+        return answer_logprobs if answer_logprobs is not None else await score(messages, answer)
+
     if statistic == "mean-loglik" or not answer:
-        return mean_log_likelihood(await score(messages, answer))
+        return mean_log_likelihood(await given_messages())
     # both passes at once: an engine may score them in parallel (llama.cpp: two scoring instances)
-    with_logprobs, without_logprobs = await asyncio.gather(score(messages, answer),
-                                                           score(null_messages, answer))
+    with_logprobs, without_logprobs = await asyncio.gather(given_messages(), score(null_messages, answer))
     with_system, without = mean_log_likelihood(with_logprobs), mean_log_likelihood(without_logprobs)
     return None if with_system is None or without is None else with_system - without
 

@@ -34,6 +34,9 @@ class GenerationRequest:
     # disaggregation: vLLM's KV-connector parameters (``{"do_remote_decode": true, ...}`` to a prefill
     # replica; the prefill response's own to its decode peer), passed through to the engine
     kv_transfer_params: dict | None = None
+    # ask for the log-probs of the generated tokens (the leakage guard's statistic); engines that can
+    # put them on the last chunk (``TokenChunk.logprobs``), the others ignore the flag
+    return_logprobs: bool = False
 
     @property
     def is_chat(self) -> bool:
@@ -57,6 +60,10 @@ class TokenChunk:
     finish_reason: str | None = None
     prompt_tokens: int | None = None  # set by engines that count the prompt themselves
     kv_transfer_params: dict | None = None  # a prefill replica's answer: where its KV blocks are
+    # last chunk only, when the request asked for them and the engine could: the log-probability of each
+    # token of the whole generated text under the model's (unsampled) distribution, the text tokenised
+    # as ``log_likelihood`` tokenises a continuation; None if not available
+    logprobs: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class LlamaCppEngine:
             return 0
         return len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def _stream(self, request: GenerationRequest):
+    def _stream(self, request: GenerationRequest, recorder=None):
         llama = self._model()
         tokens, template_stop = self._prompt_tokens(request)
         if len(tokens) + request.max_tokens > self.info.context_tokens:  # llama.cpp: a ValueError
@@ -139,15 +139,18 @@ class LlamaCppEngine:
                        frequency_penalty=request.frequency_penalty)
         if request.seed is not None:
             options["seed"] = request.seed
+        if recorder is not None:
+            recorder.num_prompt_tokens = len(tokens)
+            options["logits_processor"] = [recorder]
         # a token list is evaluated as given (no BOS added, no re-tokenization)
         return llama.create_completion(prompt=tokens, **options)
 
     def _produce(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop,
-                 queue: asyncio.Queue, cancelled: threading.Event) -> None:
+                 queue: asyncio.Queue, cancelled: threading.Event, recorder=None) -> None:
         """Worker thread: stream pieces to ``queue``; release the model when done, whatever happens."""
         pieces = None
         try:
-            pieces = self._stream(request)
+            pieces = self._stream(request, recorder)
             for piece in pieces:
                 if cancelled.is_set():
                     self.num_cancelled += 1
@@ -176,8 +179,13 @@ class LlamaCppEngine:
         self._num_running += 1
         cancelled = threading.Event()
         queue: asyncio.Queue = asyncio.Queue()
+        recorder = None
+        if request.return_logprobs:
+            from oserve.runtime.llama_scoring import GenerationLogprobs
+
+            recorder = GenerationLogprobs(0)  # the prompt's length is set where it is tokenised
         worker = threading.Thread(target=self._produce, name=f"{self.info.name}-{request.request_id}",
-                                  args=(request, asyncio.get_running_loop(), queue, cancelled),
+                                  args=(request, asyncio.get_running_loop(), queue, cancelled, recorder),
                                   daemon=True)
         try:
             worker.start()
@@ -198,9 +206,13 @@ class LlamaCppEngine:
                 pieces.append(text)
                 yield TokenChunk(text, 1, None, request.prompt_tokens if is_first else None)
                 is_first = False
-            generated = self._count_generated("".join(pieces), finish_reason, request.max_tokens)
+            text = "".join(pieces)
+            generated = self._count_generated(text, finish_reason, request.max_tokens)
+            # the worker is done with the recorder: _END is its last message
+            logprobs = None if recorder is None or not text else recorder.for_text(
+                self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
             yield TokenChunk("", max(0, generated - len(pieces)), finish_reason or "stop",
-                             request.prompt_tokens if is_first else None)
+                             request.prompt_tokens if is_first else None, logprobs=logprobs)
         finally:
             # no await here: this runs when the consumer is cancelled too, and must not be skipped
             cancelled.set()

@@ -1,5 +1,10 @@
 """Scoring with llama.cpp: the per-token log-probabilities of a continuation given a chat context.
 
+Two ways: ``GenerationLogprobs`` records them *during* a generation (the logits of every sampled
+position are computed anyway, so the answer's log-probs given its own prompt cost no extra pass), and
+``LlamaScorer`` evaluates a given continuation after a given chat (for any other context: the guard's
+pass without the system prompt, calibration answers scored under another prompt).
+
 A ``LlamaScorer`` holds its own ``Llama`` instance opened with ``logits_all=True`` (the generating
 instance keeps the default, which drops the logits of all but the last position and would need a
 context-sized logits buffer otherwise). Both map the same GGUF file, so the weights are shared through
@@ -40,6 +45,46 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+class GenerationLogprobs:
+    """A llama.cpp logits processor that records the log-prob of each token a generation samples.
+
+    llama-cpp-python calls it before every sampling step with the ids so far and the raw logits (it is
+    the first stage of the sampler chain, so penalties, temperature and top-k/p have not touched them:
+    the log-probs are the model's own distribution, as ``LlamaScorer`` computes them). The token sampled
+    at one step is known at the next (it is the last id), so one step's log-softmax is kept until then;
+    the last sampled token (the one that hit ``max_tokens``, or the end-of-sequence token) is resolved by
+    ``for_text``. Not thread-safe: one generation, one worker thread.
+    """
+
+    def __init__(self, num_prompt_tokens: int) -> None:
+        self.num_prompt_tokens = num_prompt_tokens
+        self.token_ids: list[int] = []
+        self.values: list[float] = []
+        self._pending: np.ndarray | None = None  # log-softmax of the latest step, its token not known yet
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if self._pending is not None and len(input_ids) > self.num_prompt_tokens + len(self.token_ids):
+            token = int(input_ids[-1])
+            self.token_ids.append(token)
+            self.values.append(float(self._pending[token]))
+        rows = np.asarray(logits, dtype=np.float64)
+        top = rows.max()
+        self._pending = rows - (top + np.log(np.exp(rows - top).sum()))
+        return logits
+
+    def for_text(self, text_token_ids: Sequence[int]) -> tuple[float, ...] | None:
+        """The log-probs of the tokens of the generated text (``text_token_ids``: the text tokenised
+        without special tokens, as a scored continuation is), or None where the sampled tokens do not
+        spell exactly those (a stop string cut the text, a non-canonical tokenisation): the caller then
+        scores the text instead."""
+        ids, known = list(text_token_ids), len(self.token_ids)
+        if ids == self.token_ids:
+            return tuple(self.values)
+        if len(ids) == known + 1 and ids[:known] == self.token_ids and self._pending is not None:
+            return tuple(self.values) + (float(self._pending[ids[-1]]),)
+        return None
 
 
 class LlamaScorer:
@@ -88,4 +133,4 @@ class LlamaScorer:
                 self._llama.close()
 
 
-__all__ = ["LlamaScorer", "token_logprobs"]
+__all__ = ["GenerationLogprobs", "LlamaScorer", "token_logprobs"]

@@ -1,12 +1,13 @@
 """The leakage guard in the request path: generate, score, and regenerate what leaks.
 
 For a chat request with a system prompt, ``GuardStep.open`` (in place of ``Router.open``) gets the
-prompt's calibration (cached, or made once), generates the answer in full, scores it on the replica that
-generated it (``GuardConfig.statistic``: its mean log-likelihood given the whole chat, or the gain of
-that over the chat without the system prompt), and, if the test declares a leak, regenerates
-the answer from the chat without the system prompt (``GuardConfig.null_messages``: the same way the
-calibration's no-leak sample was made, so the regenerated answer is a draw from the no-leak distribution
-the test was calibrated on). Either answer is returned as a ``BufferedStream`` that replays its chunks,
+prompt's calibration (cached, or made once), generates the answer in full (asking the engine for the
+answer's log-probs, which llama.cpp records while sampling: the pass with the system prompt then costs
+nothing), scores it on the replica that generated it (``GuardConfig.statistic``: its mean
+log-likelihood given the whole chat, or the gain of that over the chat without the system prompt), and,
+if the test declares a leak, regenerates the answer from the chat without the system prompt
+(``GuardConfig.null_messages``: a model that never saw the prompt cannot reveal it). Either answer is
+returned as a ``BufferedStream`` that replays its chunks,
 so non-streaming and streaming responses are formatted exactly as without the guard; the usage reports
 the original prompt's tokens, so no field shows that the guard acted. Streaming clients therefore get
 their first token only after the check (see docs/guard.md for the added latency).
@@ -74,13 +75,16 @@ class GuardStep:
         if not system_prompt or request.messages is None:
             return await self.router.open(request, type_index)
         calibration = await self.calibrations.get(system_prompt)  # before any replica is taken
-        stream = await self.router.open(request, type_index)
+        # engines that can (llama.cpp) return the answer's log-probs given this chat with it: the
+        # statistic's pass with the system prompt then costs nothing
+        stream = await self.router.open(dataclasses.replace(request, return_logprobs=True), type_index)
         engine = stream.handle.engine
         chunks = await drain(stream)
         answer = BufferedStream(chunks, stream.finish_reason, stream.prompt_tokens, stream.num_tokens)
         text = "".join(c.text for c in chunks)
         started_s = self.runtime.clock.now_s()
-        leak, value = await self._check(engine, request.messages, text, calibration)
+        logprobs = chunks[-1].logprobs if chunks else None
+        leak, value = await self._check(engine, request.messages, text, calibration, logprobs)
         self.metrics.inc("oserve_guard_checks_total")
         self.metrics.observe("oserve_guard_score_seconds", (), self.runtime.clock.now_s() - started_s)
         log.debug("guard: system prompt %s, answer statistic %s: %s", prompt_tag(system_prompt),
@@ -91,14 +95,14 @@ class GuardStep:
         self.metrics.observe("oserve_guard_added_seconds", (), self.runtime.clock.now_s() - started_s)
         return answer
 
-    async def _check(self, engine, messages: tuple[dict, ...], text: str, calibration):
+    async def _check(self, engine, messages: tuple[dict, ...], text: str, calibration, logprobs=None):
         if not text:
             return False, None  # an empty answer reveals nothing
         try:
             if not supports_scoring(engine):
                 raise ScoringError(f"engine {engine.info.name} cannot score")
             value = await answer_statistic(self.config.statistic, engine.log_likelihood, messages,
-                                         self.config.null_messages(messages), text)
+                                           self.config.null_messages(messages), text, logprobs)
         except (ScoringError, EngineDeadError, ValueError) as exc:
             self.metrics.inc("oserve_guard_score_errors_total")
             log.warning("guard: scoring failed (%s: %s); %s", type(exc).__name__, exc,
