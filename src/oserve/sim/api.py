@@ -12,6 +12,7 @@ from oserve.sim.config import SimConfig
 from oserve.sim.metrics import SimResult
 from oserve.sim.simulator import Simulation, replicas_from_configs
 from oserve.workload.request_types import RequestTypes
+from oserve.workload.slo import Slo
 from oserve.workload.trace import Trace
 
 
@@ -29,14 +30,16 @@ def batching_config(cost_model: CostModel, config: SimConfig) -> BatchingConfig:
 
 
 def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: CostModel,
-                  config: SimConfig | None = None, progress: bool = False) -> SimResult:
-    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``."""
+                  config: SimConfig | None = None, progress: bool = False,
+                  type_slos: tuple[Slo, ...] | None = None) -> SimResult:
+    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``;
+    ``type_slos`` (each request type's SLO) is what the ``slo-spill`` dispatch needs."""
     config = config or SimConfig()
     setups = replicas_from_configs(plan.configs(), cost_model)
     max_context = cost_model.model.max_context_tokens if config.context_policy == "drop" else None
     sim = Simulation(setups, DispatchTable.from_fractions(plan.dispatch), config,
                      batching_config(cost_model, config), cost_model.params.kv_block_tokens,
-                     max_context)
+                     max_context, type_slos=type_slos)
     type_ids = request_type_ids(trace, types, config.oracle_types)
     result = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, type_ids, progress)
     result.meta.update({"plan": plan.describe(), "planner": plan.planner, "trace": trace.name})

@@ -27,6 +27,7 @@ from oserve.common.errors import ConfigError
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.dispatch_policy import DispatchTable
+from oserve.planner.spill_rule import ReplicaSpeed, replica_speeds
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
 from oserve.sim.events import STEP, EventQueue
@@ -37,6 +38,7 @@ from oserve.sim.replica import ReplicaSim
 from oserve.sim.request import Seq
 from oserve.sim.router import Router
 from oserve.sim.step_timer import CostModelStepTimer, StepTimer, cache_stats
+from oserve.workload.slo import Slo
 
 PROGRESS_EVERY = 2000
 
@@ -51,6 +53,7 @@ class ReplicaSetup:
     kv_blocks: int
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    speed: ReplicaSpeed | None = None  # the spill rule's step times (``slo-spill`` never spills to None)
 
     def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
         """This replica's batching: the simulation's, with the replica's own engine settings."""
@@ -70,10 +73,12 @@ def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel,
     for cfg in configs:
         if not cost_model.fits(cfg):
             raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
+    speeds = replica_speeds(cost_model, configs)
+    for cfg, speed in zip(configs, speeds):
         # step times do not depend on engine settings: replicas of one hardware split share a cache
         timer = timers.setdefault(cfg.hardware, CostModelStepTimer(cost_model, cfg.hardware))
         out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt,
-                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None))
+                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None, speed))
     return out
 
 
@@ -95,7 +100,8 @@ class Simulation:
 
     def __init__(self, replicas: list[ReplicaSetup], dispatch: DispatchTable, config: SimConfig,
                  batching: BatchingConfig, block_tokens: int = 16,
-                 max_context_tokens: int | None = None, decode_runs: bool = True) -> None:
+                 max_context_tokens: int | None = None, decode_runs: bool = True,
+                 type_slos: tuple[Slo, ...] | None = None) -> None:
         if not replicas:
             raise ConfigError("a simulation needs at least one replica")
         if dispatch.num_replicas != len(replicas):
@@ -106,7 +112,7 @@ class Simulation:
         self.block_tokens = block_tokens
         self.decode_runs = decode_runs
         self.max_context_tokens = max_context_tokens
-        self.router = Router(config.dispatch, np.random.default_rng(config.seed))
+        self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos)
         self.setups: list[ReplicaSetup] = []
         self.replicas: list[ReplicaSim] = []
         for s in replicas:
@@ -136,7 +142,11 @@ class Simulation:
         table = DispatchTable(tuple(tuple(float(row[c]) for c in cols) for row in dispatch))
         reps = [self.replicas[rid] for rid in active]
         self.router.set_table(table, active, [r.pool.num_blocks * r.pool.block_tokens for r in reps],
-                              [r.num_outstanding for r in reps], [len(r.waiting) for r in reps])
+                              [r.num_outstanding for r in reps], [len(r.waiting) for r in reps],
+                              [self.setups[rid].speed for rid in active])
+        if self.router.needs_backlog:
+            for rid in active:
+                self._update_router(rid)
 
     def admit(self, seq: Seq, t: float) -> None:
         """Route a sequence (new, re-routed or re-queued) to a replica, or hold it when none accepts."""
@@ -144,20 +154,29 @@ class Simulation:
         if not router.is_open:
             self.pending.append(seq)
             return
-        rid = router.route(seq.type_id, seq.prompt_tokens + seq.output_tokens - 1)
+        rid = router.route(seq.type_id, seq.prompt_tokens + seq.output_tokens - 1, seq.prompt_tokens)
         self.records.where[seq.req_id] = rid
         rep = self.replicas[rid]
         nxt = rep.on_arrival(seq, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        self._update_router(rid)
+
+    def _update_router(self, rid: int) -> None:
+        """Tell the router a replica's load (its prefill backlog only when the policy reads it)."""
+        rep = self.replicas[rid]
+        if self.router.needs_backlog:
+            tokens, decoding = rep.prefill_backlog()
+            self.router.update(rid, rep.num_outstanding, len(rep.waiting), tokens, decoding)
+        else:
+            self.router.update(rid, rep.num_outstanding, len(rep.waiting))
 
     def adopt(self, replica_id: int, seq: Seq, t: float) -> None:
         """``replica_id`` takes a sequence with its KV cache (or to recompute, when it has no room)."""
         rep = self.replicas[replica_id]
         self.records.where[seq.req_id] = replica_id
         self.push_step(replica_id, rep.adopt(seq, t))
-        self.router.update(replica_id, rep.num_outstanding, len(rep.waiting))
+        self._update_router(replica_id)
 
     def release_pending(self, t: float) -> None:
         pending, self.pending = self.pending, []
@@ -236,7 +255,7 @@ class Simulation:
             rec.finished(finished, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        self.router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        self._update_router(rid)
         if rep.extracted and self.controller is not None:
             self.controller.on_extracted(self, rid, t)
 
