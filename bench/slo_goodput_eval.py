@@ -8,6 +8,10 @@ request type has at least 90% of its requests within TTFT and TPOT bounds (bisec
 P99 TTFT/TPOT/e2e at that scale, the attainment probes (attainment against offered load), and the latency
 model's predicted per-type attainment at the same scale (to measure the model against the simulator).
 
+Every plan is simulated with the same router, ``--dispatch`` (default ``slo-spill``: least outstanding
+within the plan plus the SLO spill rule, ``planner.spill_rule``), in the shortlist's verification and in
+the goodput search, so heterogeneous plans are judged with spilling on.
+
 One JSON per scenario goes to --out (default bench/results/slo_goodput); existing files are skipped, so a
 run can be resumed or split. ``--report`` aggregates them into ``<out>_summary.md`` / ``.json`` with the
 ratios (oserve over each baseline, side by side in one run) and ``<out>_attainment.png``.
@@ -55,7 +59,7 @@ def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s:
     out = {"model": model, "num_gpus": num_gpus, "cluster": cluster.describe(), "trace": trace,
            "slo": slo.describe(), "window_s": window_s, "requests": len(prepared.trace),
            "requests_shortened_to_context": prepared.num_clipped, "types": prepared.types.names(),
-           "verify_requests": verify_requests, "planners": {}}
+           "verify_requests": verify_requests, "dispatch": config.dispatch, "planners": {}}
     done: dict[str, dict] = {}
     for name in PLANNERS:
         plan, ver = plan_with_slo(cluster, cost, prepared, name, slo, "goodput", config,
@@ -174,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slos", default=",".join(SLOS))
     ap.add_argument("--window", type=float, default=1200.0, help="seconds of each trace (0: all)")
     ap.add_argument("--verify-requests", type=int, default=1000)
+    ap.add_argument("--dispatch", default="slo-spill", help="the router's policy for every plan")
     ap.add_argument("--out", default="bench/results/slo_goodput")
     ap.add_argument("--report", action="store_true", help="only aggregate the results in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if not args.report:
         out.mkdir(parents=True, exist_ok=True)
-        config = SimConfig(drain_s=300.0)
+        config = SimConfig(drain_s=300.0, dispatch=args.dispatch)
         for model in args.models.split(","):
             for gpus in (int(g) for g in args.gpus.split(",")):
                 for trace in args.traces.split(","):

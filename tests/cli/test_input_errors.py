@@ -212,3 +212,8 @@ def test_trace_scaled_refuses_nan():
 
     with pytest.raises(ConfigError, match="positive finite"):
         load_trace("azure-code").scaled(float("nan"))
+
+
+def test_slo_spill_dispatch_needs_an_slo(capsys):
+    line = run(capsys, "simulate", "--dispatch-policy", "slo-spill", "--planner", "default")
+    assert "slo-spill" in line and "--slo" in line
