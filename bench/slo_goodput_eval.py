@@ -136,11 +136,30 @@ def report(results_dir: Path) -> str:
         lines += ["", f"Latency model vs simulator, per-type attainment at the simulated goodput scale: "
                       f"|predicted - simulated| median {np.median(e):.3f}, p90 {np.percentile(e, 90):.3f}, "
                       f"mean signed {signed.mean():+.3f} over {len(e)} (plan, type) pairs."]
+    lines += ["", *_per_type_table(results_dir)]
     (results_dir.parent / f"{results_dir.name}_summary.json").write_text(json.dumps(summary, indent=2))
     text = "\n".join(lines)
     (results_dir.parent / f"{results_dir.name}_summary.md").write_text(text + "\n")
     _plot(results_dir)
     return text
+
+
+def _per_type_table(results_dir: Path) -> list[str]:
+    """Per scenario, planner and type: P99 TTFT / TPOT / e2e (s) at the planner's goodput scale."""
+    lines = ["Per-type P99 TTFT / TPOT / e2e in seconds at each planner's goodput scale:", "",
+             "| scenario | type | " + " | ".join(PLANNERS) + " |", "|---" * (2 + len(PLANNERS)) + "|"]
+    for path in sorted(results_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        p = r["planners"]
+        for t, name in enumerate(r["types"]):
+            cells = []
+            for n in PLANNERS:
+                lat = p[n].get("per_type_p99")
+                x = lat[t] if lat else None
+                cells.append("-" if not x or x["p99_ttft_s"] is None else
+                             f"{x['p99_ttft_s']:.2f} / {x['p99_tpot_s']:.3f} / {x['p99_e2e_s']:.1f}")
+            lines.append(f"| {path.stem} | {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(results_dir: Path) -> None:
