@@ -181,9 +181,10 @@ def _plot(results_dir: Path) -> None:
             pts = sorted((q["offered_rps"], q["overall"]) for q in p["probes"])
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
         ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{r['model']} {r['num_gpus']} GPUs {r['trace']}", fontsize=9)
+        ax.set_title(f"{r['model']} {r['num_gpus']} GPUs {r['trace']} {path.stem.rsplit('_', 1)[-1]}",
+                     fontsize=9)
         ax.set_xlabel("offered load (req/s)")
-        ax.set_ylabel("SLO attainment")
+        ax.set_ylabel("SLO attainment (all types)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(results_dir.parent / f"{results_dir.name}_attainment.png", dpi=110)
