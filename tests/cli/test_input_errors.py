@@ -217,3 +217,12 @@ def test_trace_scaled_refuses_nan():
 def test_slo_spill_dispatch_needs_an_slo(capsys):
     line = run(capsys, "simulate", "--dispatch-policy", "slo-spill", "--planner", "default")
     assert "slo-spill" in line and "--slo" in line
+
+
+def test_serve_replan_refuses_a_disaggregated_plan(tmp_path, capsys):
+    from tests.planner.test_plan_roles import disagg_plan
+
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps(disagg_plan().to_dict()))
+    line = run(capsys, "serve", "--engine", "fake", "--port", "0", "--plan", str(path), "--replan")
+    assert "--replan with the disaggregated plan" in line and "colocated plans only" in line

@@ -16,10 +16,15 @@ Candidates:
   per-type SLO capacities (``slo_capacity_rps``) in the dispatch LP; its plan is then scored by the
   latency model on the co-located mixes the LP dispatch gives each replica.
 
+* **disaggregated** (with ``disaggregation=True``): prefill/decode groups, alone or beside colocated
+  replicas (``planner.disagg_search``), scored by the group latency model.
+
 ``GoodputPlanner.shortlist`` returns the best plans by predicted goodput and always includes the best
-homogeneous-tuned fleet, so that a simulator verifying the shortlist (``sim.verify``) never returns a
-plan worse than it on the verification trace. ``max_num_seqs`` stays at the engine default (256): under
-TTFT/TPOT SLOs the chunk budget is what trades latency for throughput, and the model checks the seats.
+homogeneous-tuned fleet (and the searched colocated plan; with disaggregation, the best two
+disaggregated candidates besides), so that a simulator verifying the shortlist (``sim.verify``) never
+returns a plan worse than it on the verification trace. ``max_num_seqs`` stays at the engine default
+(256): under TTFT/TPOT SLOs the chunk budget is what trades latency for throughput, and the model checks
+the seats.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ from oserve.costmodel.slo_capacity import (
     predicted_goodput_scale,
     slo_capacity_rps,
 )
+from oserve.planner.disagg_search import (
+    DisaggScorer,
+    even_fractions,
+    layouts,
+    pair_configs,
+    proportional_fractions,
+)
 from oserve.planner.placement import candidate_configs, fits_cluster, gpus_by_type, pack
 from oserve.planner.plan import Plan, Replica
 from oserve.workload.burstiness import Burstiness, length_samples
@@ -51,6 +63,7 @@ from oserve.workload.trace import Trace
 OBJECTIVES = ("goodput", "min-gpus", "throughput")
 ENGINE_BUDGETS = (512, 1024, 2048, 4096, 8192)
 NUM_SEARCH_CONFIGS = 4  # tuned configurations the oserve search mixes
+SEARCH_CAPACITY_TOL = 0.1  # bisection tolerance of the SLO capacities the search's LP uses
 
 
 def slo_workload(trace: Trace, types: RequestTypes, stats: list[TypeStats], slo: SloSpec) -> SloWorkload:
@@ -70,6 +83,7 @@ class Candidate:
     replicas: tuple[Replica, ...]
     fractions: np.ndarray  # (types, replicas)
     predicted_scale: float
+    exact: bool = True  # False: predicted_scale is only an upper bound (pruned, see homogeneous_tuned)
 
     @property
     def num_gpus(self) -> int:
@@ -82,7 +96,7 @@ class GoodputPlanner:
     def __init__(self, cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats],
                  workload: SloWorkload, allow_pp: bool = True,
                  budgets: tuple[int, ...] = ENGINE_BUDGETS, weight_formats: tuple[str, ...] = ("bf16",),
-                 kv_formats: tuple[str, ...] = ("bf16",)) -> None:
+                 kv_formats: tuple[str, ...] = ("bf16",), disaggregation: bool = False) -> None:
         if len(stats) != workload.num_types:
             raise ConfigError(f"{len(stats)} request types but the SLO workload has {workload.num_types}")
         self.cluster, self.cost, self.stats, self.workload = cluster, cost, stats, workload
@@ -91,16 +105,21 @@ class GoodputPlanner:
         self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {}
         self._step_caches: dict[ReplicaConfig, dict[str, dict[tuple[float, float], float]]] = {}
         self._tuned: list[Candidate] | None = None
+        self.disaggregation = disaggregation
+        self._disagg: DisaggScorer | None = None
 
     def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
         if cfg not in self._models:
-            shared = self._step_caches.setdefault(cfg.hardware, {})  # engine variants share step times
+            shared = self._step_caches.setdefault(cfg.timing, {})  # engine variants share step times
             self._models[cfg] = ReplicaLatencyModel(self.cost, cfg, shared)
         return self._models[cfg]
 
-    def predicted_scale(self, replicas: tuple[Replica, ...], fractions: np.ndarray) -> float:
+    def predicted_scale(self, replicas: tuple[Replica, ...], fractions: np.ndarray,
+                        start: float | None = None) -> float:
+        if any(r.group is not None for r in replicas):
+            return self.scorer.predicted_scale(replicas, fractions, start or self._start(replicas))
         return predicted_goodput_scale([self.model(r.config) for r in replicas], fractions, self.workload,
-                                       start=self._start(replicas))
+                                       start=start or self._start(replicas))
 
     def _start(self, replicas: tuple[Replica, ...]) -> float:
         """A starting scale for the bracket: the throughput the replicas carry, halved."""
@@ -115,19 +134,37 @@ class GoodputPlanner:
     # ---- homogeneous-tuned -----------------------------------------------------------------------
 
     def homogeneous_tuned(self) -> list[Candidate]:
-        """Every tuned configuration replicated over the cluster, best predicted goodput first."""
+        """Every tuned configuration replicated over the cluster, best predicted goodput first.
+
+        Only the best ``NUM_SEARCH_CONFIGS`` (what the search and the shortlist use) are bisected to the
+        tolerance: candidates go in order of throughput capacity, and each is first tested at the
+        ``NUM_SEARCH_CONFIGS``-th best scale found so far; one that misses there cannot enter the top
+        and keeps that scale as an upper bound (``exact=False``), after one prediction instead of ~8.
+        """
         if self._tuned is None:
-            out = []
-            for hw in self.hardware:
-                for budget in self.budgets:
-                    cand = self._replicated(hw.with_engine(budget), "homogeneous-tuned")
-                    if cand is not None:
-                        out.append(cand)
-            out.sort(key=lambda c: (-c.predicted_scale, c.num_gpus, c.replicas[0].config))
+            fleets = [f for f in (self._fleet(hw.with_engine(b)) for hw in self.hardware
+                                  for b in self.budgets) if f is not None]
+            fleets.sort(key=lambda f: -self._start(f[0]))
+            out: list[Candidate] = []
+            for replicas, fractions in fleets:
+                exact = sorted((c.predicted_scale for c in out if c.exact), reverse=True)
+                bar = exact[NUM_SEARCH_CONFIGS - 1] if len(exact) >= NUM_SEARCH_CONFIGS else 0.0
+                if bar > 0 and not self._meets(replicas, fractions, bar):
+                    out.append(Candidate("homogeneous-tuned", replicas, fractions, bar, exact=False))
+                    continue
+                out.append(Candidate("homogeneous-tuned", replicas, fractions,
+                                     self.predicted_scale(replicas, fractions, start=bar or None)))
+            out.sort(key=lambda c: (-c.predicted_scale, not c.exact, c.num_gpus, c.replicas[0].config))
             self._tuned = out
         return self._tuned
 
-    def _replicated(self, cfg: ReplicaConfig, kind: str, n: int | None = None) -> Candidate | None:
+    def _meets(self, replicas: tuple[Replica, ...], fractions: np.ndarray, scale: float) -> bool:
+        models = [self.model(r.config) for r in replicas]
+        return meets_target(fleet_attainment(models, fractions, self.workload, scale), self.workload)
+
+    def _fleet(self, cfg: ReplicaConfig,
+               n: int | None = None) -> tuple[tuple[Replica, ...], np.ndarray] | None:
+        """``n`` (default: as many as fit) replicas of ``cfg`` packed on the cluster, types spread evenly."""
         n = gpus_by_type(self.cluster).get(cfg.gpu_type, 0) // cfg.num_gpus if n is None else n
         while n > 0 and not fits_cluster({cfg: n}, self.cluster):
             n -= 1
@@ -136,10 +173,14 @@ class GoodputPlanner:
         packed = pack({cfg: n}, self.cluster)
         if packed is None:
             return None
-        replicas = tuple(packed)
-        fractions = np.full((self.workload.num_types, n), 1.0 / n)
+        return tuple(packed), np.full((self.workload.num_types, n), 1.0 / n)
+
+    def _replicated(self, cfg: ReplicaConfig, kind: str, n: int | None = None) -> Candidate | None:
+        fleet = self._fleet(cfg, n)
+        if fleet is None:
+            return None
         # identical replicas with identical shares: one prediction per scale
-        return Candidate(kind, replicas, fractions, self.predicted_scale(replicas, fractions))
+        return Candidate(kind, *fleet, self.predicted_scale(*fleet))
 
     # ---- min-gpus --------------------------------------------------------------------------------
 
@@ -188,7 +229,9 @@ class GoodputPlanner:
         if not configs:
             return None
         start = max(self.workload.rates_rps) or 1.0
-        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start)
+        # LP inputs only (the searched plan is then predicted to the full tolerance): 10% is enough
+        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start,
+                                               rel_tol=SEARCH_CAPACITY_TOL)
                               if self.workload.rates_rps[t] > 0 else 1.0
                               for t in range(self.workload.num_types)] for c in configs])
         problem = PlanningProblem(self.cluster, self.cost, self.stats, config_list=configs,
@@ -201,12 +244,74 @@ class GoodputPlanner:
         fractions = np.asarray(plan.dispatch, dtype=float)
         return Candidate("oserve", plan.replicas, fractions, self.predicted_scale(plan.replicas, fractions))
 
+    # ---- disaggregation -----------------------------------------------------------------------------
+
+    @property
+    def scorer(self) -> DisaggScorer:
+        if self._disagg is None:
+            self._disagg = DisaggScorer(self.cluster, self.workload, self.model)
+        return self._disagg
+
+    def _node_gpus(self) -> int:
+        return max(len(g) for g in self.cluster.nodes.values())
+
+    def _tuned_hardware(self) -> list[ReplicaConfig]:
+        return [c.replicas[0].config for c in self.homogeneous_tuned() if c.predicted_scale > 0]
+
+    def _scored(self, kind: str, replicas: tuple[Replica, ...], group_types: set[int]) -> Candidate:
+        fr = even_fractions(replicas, self.workload.num_types, group_types)
+        return Candidate(kind, replicas, fr, self.predicted_scale(replicas, fr))
+
+    def disaggregated(self) -> list[Candidate]:
+        """Group candidates, best predicted first (``planner.disagg_search``): for each (prefill, decode)
+        pair the best split of the GPUs between the roles; then, for the best pair, groups beside replicas
+        of the best colocated configuration, serving the types with the longest prompts or a share of
+        every type."""
+        tuned = self._tuned_hardware()
+        if not tuned:
+            return []
+        k = self.workload.num_types
+        every = set(range(k))
+        best: list[Candidate] = []
+        for prefill, decode in pair_configs(tuned, self._node_gpus()):
+            scored = [self._scored(f"disaggregated {name}", reps, every)
+                      for name, reps in layouts(self.cluster, prefill, decode)]
+            if scored:
+                best.append(max(scored, key=lambda c: c.predicted_scale))
+        best.sort(key=lambda c: -c.predicted_scale)
+        if best and k > 1:
+            top = best[0]
+            prefill = next(r.config for r in top.replicas if r.role == "prefill")
+            decode = next(r.config for r in top.replicas if r.role == "decode")
+            by_prompt = sorted(range(k), key=lambda t: -self.workload.samples[t].mean_input_tokens)
+            hybrid = []
+            for name, reps in layouts(self.cluster, prefill, decode, tuned[0]):
+                hybrid += [self._scored(f"hybrid {name} {j} types", reps, set(by_prompt[:j]))
+                           for j in range(1, k)]
+                fr = proportional_fractions(reps, k)  # each type split between both parts
+                hybrid.append(Candidate(f"hybrid {name} split", reps, fr, self.predicted_scale(reps, fr)))
+            best = sorted(best + hybrid, key=lambda c: -c.predicted_scale)
+        return best
+
+    def dynamo_split(self) -> Candidate | None:
+        """Dynamo-style: one configuration at the engine defaults on both sides, the best xPyD split."""
+        cands = [self._scored(f"dynamo {name}", reps, set(range(self.workload.num_types)))
+                 for prefill, decode in pair_configs(self._tuned_hardware(), self._node_gpus(),
+                                                     default_engine=True)
+                 for name, reps in layouts(self.cluster, prefill, decode)]
+        return max(cands, key=lambda c: c.predicted_scale) if cands else None
+
     def shortlist(self, size: int = 3) -> list[Candidate]:
-        """The best candidates by predicted goodput; the best homogeneous-tuned fleet always among them."""
+        """The best candidates by predicted goodput, the best homogeneous-tuned fleet first (always in:
+        the verification's baseline), then the others best predicted first (with disaggregation, the
+        best two disaggregated candidates besides the colocated ones)."""
         tuned = self.homogeneous_tuned()
         if not tuned:
             raise InfeasiblePlanError("no configuration fits the cluster")
         pool = [tuned[0]]
+        if self.disaggregation:
+            pool += [c for c in self.disaggregated()[:2] if c.predicted_scale > 0]
+            size += len(pool) - 1
         searched = self.searched()
         for c in [searched, *tuned[1:]]:
             if len(pool) >= size:
@@ -214,7 +319,7 @@ class GoodputPlanner:
             # one candidate per deployment (the search may return a tuned fleet with near-even shares)
             if c is not None and all(_deployment(c) != _deployment(p) for p in pool):
                 pool.append(c)
-        return sorted(pool, key=lambda c: -c.predicted_scale)
+        return pool[:1] + sorted(pool[1:], key=lambda c: -c.predicted_scale)
 
 
 def _deployment(c: Candidate) -> tuple[ReplicaConfig, ...]:
@@ -222,7 +327,7 @@ def _deployment(c: Candidate) -> tuple[ReplicaConfig, ...]:
 
 
 def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], objective: str,
-                   planner: str, seconds: float) -> Plan:
+                   planner: str, seconds: float, cluster: str | None = None) -> Plan:
     """A candidate as a Plan; ``capacity_rps`` holds the throughput capacities of the cost model."""
     loads = [TypeLoad(s.mean_input_tokens, s.mean_output_tokens) for s in stats]
     capacity = tuple(tuple(cost.type_capacity_rps(r.config.hardware, ld) for ld in loads)
@@ -234,23 +339,26 @@ def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], object
     return Plan(cost.model.name, c.replicas, tuple(s.name for s in stats),
                 tuple(float(x) for x in rates), capacity,
                 tuple(tuple(float(x) for x in row) for row in c.fractions), c.predicted_scale,
-                tuple(util), (), planner, seconds, objective, c.predicted_scale, None)
+                tuple(util), (), planner, seconds, objective, c.predicted_scale, None, cluster)
 
 
 def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,
                  planner: str, objective: str = "goodput", allow_pp: bool = True,
                  weight_formats: tuple[str, ...] = ("bf16",),
-                 kv_formats: tuple[str, ...] = ("bf16",)) -> tuple[Plan, list[Plan]]:
-    """(the best plan by predicted goodput, the shortlist as plans) for ``oserve``; for the reference
-    planners their own deployment, scored by the latency model."""
+                 kv_formats: tuple[str, ...] = ("bf16",),
+                 disaggregation: bool = False) -> tuple[Plan, list[Plan]]:
+    """(the best plan by predicted goodput, the shortlist as plans, the best homogeneous-tuned fleet
+    first) for ``oserve`` (its search space with disaggregated groups when ``disaggregation``); for the
+    reference planners their own deployment, scored by the latency model."""
     if objective not in OBJECTIVES or objective == "throughput":
         raise ConfigError(f"plan_for_slo: objective must be goodput or min-gpus, got '{objective}'")
     t0 = time.perf_counter()
     gp = GoodputPlanner(cluster, cost, stats, workload, allow_pp, weight_formats=weight_formats,
-                        kv_formats=kv_formats)
+                        kv_formats=kv_formats, disaggregation=disaggregation and planner == "oserve")
+    where = cluster.describe()
     if objective == "min-gpus":
         best = gp.min_gpus()
-        plan = candidate_plan(best, cost, stats, objective, planner, time.perf_counter() - t0)
+        plan = candidate_plan(best, cost, stats, objective, planner, time.perf_counter() - t0, where)
         return plan, [plan]
     if planner == "homogeneous-tuned":
         cands = gp.homogeneous_tuned()[:1]
@@ -259,8 +367,9 @@ def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], 
     else:
         raise ConfigError(f"planner '{planner}' has no goodput objective (use oserve or homogeneous-tuned)")
     seconds = time.perf_counter() - t0
-    plans = [candidate_plan(c, cost, stats, objective, planner, seconds) for c in cands]
-    return plans[0], plans
+    plans = [candidate_plan(c, cost, stats, objective, planner, seconds, where) for c in cands]
+    top = max(range(len(plans)), key=lambda i: (cands[i].predicted_scale, -i))
+    return plans[top], plans
 
 
 def score_plan(plan: Plan, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,

@@ -51,10 +51,11 @@ def plan_for(cluster: ClusterSpec, cost_model: CostModel, prepared: PreparedTrac
 
 
 def simulate_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,
-                rate_scale: float = 1.0, progress: bool = False,
+                rate_scale: float = 1.0, progress: bool = False, timers: dict | None = None,
                 type_slos: tuple[Slo, ...] | None = None) -> SimResult:
     trace = prepared.trace if rate_scale == 1.0 else prepared.trace.scaled(rate_scale)
-    return simulate_plan(plan, trace, prepared.types, cost_model, config, progress, type_slos)
+    return simulate_plan(plan, trace, prepared.types, cost_model, config, progress, timers=timers,
+                         type_slos=type_slos)
 
 
 def summary_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,

@@ -29,9 +29,9 @@ class Bracket:
 
 
 def search_scale(is_good: Callable[[float], bool], start_scale: float, rel_tol: float, max_probes: int,
-                 min_scale: float = 0.0, max_scale: float = math.inf) -> Bracket:
-    """Bracket, then bisect the boundary of ``is_good`` (see the module docstring)."""
-    lo: float | None = None
+                 min_scale: float = 0.0, max_scale: float = math.inf, lo: float | None = None) -> Bracket:
+    """Bracket, then bisect the boundary of ``is_good`` (see the module docstring); ``lo``: a scale the
+    caller already knows is good (the bracket then only looks for a bad one above ``start_scale``)."""
     hi: float | None = None
     n = 0
     scale = start_scale
