@@ -8,6 +8,10 @@ request type has at least 90% of its requests within TTFT and TPOT bounds (bisec
 P99 TTFT/TPOT/e2e at that scale, the attainment probes (attainment against offered load), and the latency
 model's predicted per-type attainment at the same scale (to measure the model against the simulator).
 
+Every plan is simulated with the same router, ``--dispatch`` (default ``slo-spill``: least outstanding
+within the plan plus the SLO spill rule, ``planner.spill_rule``), in the shortlist's verification and in
+the goodput search, so heterogeneous plans are judged with spilling on.
+
 One JSON per scenario goes to --out (default bench/results/slo_goodput); existing files are skipped, so a
 run can be resumed or split. ``--report`` aggregates them into ``<out>_summary.md`` / ``.json`` with the
 ratios (oserve over each baseline, side by side in one run) and ``<out>_attainment.png``.
@@ -55,7 +59,7 @@ def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s:
     out = {"model": model, "num_gpus": num_gpus, "cluster": cluster.describe(), "trace": trace,
            "slo": slo.describe(), "window_s": window_s, "requests": len(prepared.trace),
            "requests_shortened_to_context": prepared.num_clipped, "types": prepared.types.names(),
-           "verify_requests": verify_requests, "planners": {}}
+           "verify_requests": verify_requests, "dispatch": config.dispatch, "planners": {}}
     done: dict[str, dict] = {}
     for name in PLANNERS:
         plan, ver = plan_with_slo(cluster, cost, prepared, name, slo, "goodput", config,
@@ -132,11 +136,30 @@ def report(results_dir: Path) -> str:
         lines += ["", f"Latency model vs simulator, per-type attainment at the simulated goodput scale: "
                       f"|predicted - simulated| median {np.median(e):.3f}, p90 {np.percentile(e, 90):.3f}, "
                       f"mean signed {signed.mean():+.3f} over {len(e)} (plan, type) pairs."]
+    lines += ["", *_per_type_table(results_dir)]
     (results_dir.parent / f"{results_dir.name}_summary.json").write_text(json.dumps(summary, indent=2))
     text = "\n".join(lines)
     (results_dir.parent / f"{results_dir.name}_summary.md").write_text(text + "\n")
     _plot(results_dir)
     return text
+
+
+def _per_type_table(results_dir: Path) -> list[str]:
+    """Per scenario, planner and type: P99 TTFT / TPOT / e2e (s) at the planner's goodput scale."""
+    lines = ["Per-type P99 TTFT / TPOT / e2e in seconds at each planner's goodput scale:", "",
+             "| scenario | type | " + " | ".join(PLANNERS) + " |", "|---" * (2 + len(PLANNERS)) + "|"]
+    for path in sorted(results_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        p = r["planners"]
+        for t, name in enumerate(r["types"]):
+            cells = []
+            for n in PLANNERS:
+                lat = p[n].get("per_type_p99")
+                x = lat[t] if lat else None
+                cells.append("-" if not x or x["p99_ttft_s"] is None else
+                             f"{x['p99_ttft_s']:.2f} / {x['p99_tpot_s']:.3f} / {x['p99_e2e_s']:.1f}")
+            lines.append(f"| {path.stem} | {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(results_dir: Path) -> None:
@@ -158,9 +181,10 @@ def _plot(results_dir: Path) -> None:
             pts = sorted((q["offered_rps"], q["overall"]) for q in p["probes"])
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
         ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{r['model']} {r['num_gpus']} GPUs {r['trace']}", fontsize=9)
+        ax.set_title(f"{r['model']} {r['num_gpus']} GPUs {r['trace']} {path.stem.rsplit('_', 1)[-1]}",
+                     fontsize=9)
         ax.set_xlabel("offered load (req/s)")
-        ax.set_ylabel("SLO attainment")
+        ax.set_ylabel("SLO attainment (all types)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(results_dir.parent / f"{results_dir.name}_attainment.png", dpi=110)
@@ -174,13 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slos", default=",".join(SLOS))
     ap.add_argument("--window", type=float, default=1200.0, help="seconds of each trace (0: all)")
     ap.add_argument("--verify-requests", type=int, default=1000)
+    ap.add_argument("--dispatch", default="slo-spill", help="the router's policy for every plan")
     ap.add_argument("--out", default="bench/results/slo_goodput")
     ap.add_argument("--report", action="store_true", help="only aggregate the results in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if not args.report:
         out.mkdir(parents=True, exist_ok=True)
-        config = SimConfig(drain_s=300.0)
+        config = SimConfig(drain_s=300.0, dispatch=args.dispatch)
         for model in args.models.split(","):
             for gpus in (int(g) for g in args.gpus.split(",")):
                 for trace in args.traces.split(","):

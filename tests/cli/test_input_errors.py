@@ -214,6 +214,11 @@ def test_trace_scaled_refuses_nan():
         load_trace("azure-code").scaled(float("nan"))
 
 
+def test_slo_spill_dispatch_needs_an_slo(capsys):
+    line = run(capsys, "simulate", "--dispatch-policy", "slo-spill", "--planner", "default")
+    assert "slo-spill" in line and "--slo" in line
+
+
 def test_serve_replan_refuses_a_disaggregated_plan(tmp_path, capsys):
     from tests.planner.test_plan_roles import disagg_plan
 

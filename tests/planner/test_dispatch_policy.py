@@ -13,8 +13,11 @@ from oserve.planner.dispatch_policy import (
     Dispatcher,
     DispatchState,
     DispatchTable,
+    SpillInput,
     choose_replica,
 )
+from oserve.planner.spill_rule import ReplicaSpeed, SpillRule
+from oserve.workload.slo import Slo
 
 TABLE = DispatchTable(((0.5, 0.25, 0.25), (0.0, 0.0, 1.0)))
 
@@ -112,24 +115,39 @@ def test_in_place_dispatcher_makes_the_reference_choices(policy, seed):
     rng = np.random.default_rng(seed)
     num_types, num_replicas = int(rng.integers(1, 5)), int(rng.integers(1, 48))
     table = _random_table(rng, num_types, num_replicas)
-    fast = Dispatcher(table, policy, np.random.default_rng(seed))
+    # slo-spill: replicas of three speeds (one the rule knows nothing of), a TTFT SLO some backlogs miss
+    speeds = [ReplicaSpeed(2048, 8, 0.02, 0.001, 1e-4), ReplicaSpeed(512, 8, 0.01, 0.0005, 5e-5), None]
+    rule = SpillRule(tuple(Slo(0.5, 0.1) for _ in range(num_types)),
+                     tuple(speeds[r % 3] for r in range(num_replicas)))
+    fast = Dispatcher(table, policy, np.random.default_rng(seed), rule)
     ref_rng, state = np.random.default_rng(seed), DispatchState.initial(table)
     outstanding = np.zeros(num_replicas, dtype=np.int64)
     queued = np.zeros(num_replicas, dtype=np.int64)
+    backlog = np.zeros(num_replicas, dtype=np.int64)
+    spilled = 0
     for _ in range(400):
         t = int(rng.integers(num_types))
+        prompt = int(rng.integers(1, 4000))
+        decoding = outstanding - np.minimum(queued, outstanding)
+        spill = SpillInput(rule, prompt, backlog.tolist(), decoding.tolist())
         ref, state = choose_replica(table, state, t, outstanding.tolist(), policy, ref_rng,
-                                    queued.tolist())
+                                    queued.tolist(), spill)
         if seed % 2:  # the caller's counts may be numpy arrays or lists
-            assert fast.choose(t, outstanding, queued) == ref
+            assert fast.choose(t, outstanding, queued, prompt, backlog, decoding) == ref
         else:
-            assert fast.choose(t, outstanding.tolist(), queued.tolist()) == ref
+            assert fast.choose(t, outstanding.tolist(), queued.tolist(), prompt, backlog.tolist(),
+                               decoding.tolist()) == ref
+        spilled += table.weights[t][ref] <= 1e-9 and any(w > 1e-9 for w in table.weights[t])
+        backlog[ref] += prompt
+        backlog[rng.random(num_replicas) < 0.2] = 0  # some replicas finish their prefills
         outstanding[ref] += 1
         queued[ref] += int(rng.random() < 0.5)
         done = rng.random(num_replicas) < 0.1  # some replicas finish or admit some of their requests
         outstanding[done] = np.maximum(0, outstanding[done] - 1)
         queued[:] = np.minimum(queued, outstanding) * (rng.random(num_replicas) < 0.8)
     assert fast.state() == state
+    if policy == "slo-spill" and seed == 1:
+        assert spilled > 0  # the rule did leave the plan in this run
 
 
 def test_in_place_dispatcher_rejects_what_the_reference_rejects():

@@ -6,14 +6,17 @@ import asyncio
 
 import pytest
 
+from oserve.common.errors import ConfigError
+from oserve.planner.spill_rule import ReplicaSpeed, SpillRule
 from oserve.runtime.clock import ManualClock
 from oserve.runtime.engine import GenerationRequest
 from oserve.runtime.errors import EngineDeadError, NoReplicaError, OverloadedError
 from oserve.runtime.fake_engine import FakeCost
 from oserve.runtime.replica import ReplicaState
-from oserve.runtime.serving import RuntimeConfig
+from oserve.runtime.serving import RuntimeConfig, ServingRuntime
+from oserve.workload.slo import Slo
 
-from .factories import make_runtime, settle
+from .factories import FakeFleet, make_plan, make_runtime, settle, split_by_length
 
 
 def request(max_tokens: int = 4, prompt: str = "hi") -> GenerationRequest:
@@ -166,3 +169,45 @@ def test_a_stream_that_stalls_fails_explicitly_after_the_token_timeout():
     stalled_at, alive, inflight, metrics = asyncio.run(main())
     assert stalled_at == 3 and alive
     assert inflight == 0 and metrics.counter("oserve_requests_total", status="engine_dead") == 1
+
+
+def test_slo_spill_counts_prefill_backlog_and_spills_a_request_the_primary_would_keep_too_long():
+    """The runtime's slo-spill: a replica's prompt tokens without a first token are its prefill backlog
+    (as the simulator's replicas count theirs), and with a long prompt prefilling on the only planned
+    replica the next request goes to the other one."""
+    speed = ReplicaSpeed(1000, 8, 0.01, 0.001, 1e-4)  # 20,000 queued tokens: ~2.2 s to a first token
+    rule = SpillRule((Slo(1.0, 0.1), Slo(1.0, 0.1)), (speed, speed))
+    clock = ManualClock()
+
+    async def main():
+        fleet = FakeFleet(FakeCost(prefill_s_per_token=0.001), clock=clock)
+        runtime = ServingRuntime("fake-model", make_plan(2, [[1.0, 0.0], [1.0, 0.0]]), fleet,
+                                 split_by_length, config=RuntimeConfig(dispatch_policy="slo-spill"),
+                                 clock=clock, spill_rule=rule)
+        async with runtime:
+            handles = runtime.router.table.handles
+            big = GenerationRequest("big", 2, prompt="x", prompt_tokens=20000)
+            first = asyncio.ensure_future(runtime.router.open(big, 1))
+            await settle()
+            backlog = (handles[0].prefill_tokens, handles[0].num_prefilling, handles[0].num_decoding)
+            small = asyncio.ensure_future(runtime.router.open(
+                GenerationRequest("small", 2, prompt="x", prompt_tokens=100), 0))
+            await settle()
+            clock.advance(25.0)
+            await settle()
+            streams = [await first, await small]
+            where = [s.handle.name for s in streams]
+            for s in streams:
+                await s.aclose()
+            after = [(h.prefill_tokens, h.num_prefilling) for h in handles]
+        return backlog, where, after
+
+    backlog, where, after = asyncio.run(main())
+    assert backlog == (20000, 1, 0)
+    assert where == ["r0", "r1"]  # the planned replica for the big prompt, the spill for the small one
+    assert after == [(0, 0), (0, 0)]
+
+
+def test_slo_spill_without_a_rule_is_a_config_error():
+    with pytest.raises(ConfigError, match="spill rule"):
+        make_runtime(config=RuntimeConfig(dispatch_policy="slo-spill"))

@@ -18,6 +18,9 @@ from oserve.sim.api import batching_config, request_type_ids, simulate_plan
 from oserve.sim.config import SimConfig
 from oserve.switching import IoProfile, LinkModel, SwitchContext, SwitchParams
 from oserve.workload import fit_request_types, load_trace
+from oserve.workload.slo import Slo
+
+SLOS = (Slo(2.0, 0.1),) * 3  # per type (read by the slo-spill dispatch only)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def _adaptive(setup, config, params, interval_s, redispatch=False):
     cost, cluster, trace, types, plan = setup
     ctx = SwitchContext(cluster, cost, tuple(types.stats(trace)), LinkModel(cluster, IoProfile.h100()))
     sim = AdaptiveSimulation(ctx, params, plan, LastValue(), config, batching_config(cost, config),
-                             control_interval_s=interval_s, redispatch=redispatch)
+                             control_interval_s=interval_s, redispatch=redispatch, type_slos=SLOS)
     return sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens,
                    request_type_ids(trace, types))
 
@@ -51,7 +54,7 @@ def test_the_plan_routes_types_to_different_replicas(setup):
 def test_adaptive_run_without_switching_is_the_static_simulation(setup, policy):
     cost, cluster, trace, types, plan = setup
     config = SimConfig(dispatch=policy, seed=7)
-    static = simulate_plan(plan, trace, types, cost, config)
+    static = simulate_plan(plan, trace, types, cost, config, type_slos=SLOS)
     never = SwitchParams(min_gain_requests=float("inf"))  # control runs and decides, never switches
     ares = _adaptive(setup, config, never, interval_s=10.0)
     assert ares.num_switches == 0 and len(ares.timeline) >= 4

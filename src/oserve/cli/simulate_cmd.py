@@ -110,16 +110,22 @@ def run(args) -> int:
     objective = objective_from_args(args, slo)
     if args.goodput and slo is None:
         raise ConfigError("--goodput needs an SLO: give --slo loose|tight|FILE or --slo-ttft/--slo-tpot")
+    if config.dispatch == "slo-spill" and slo is None:
+        raise ConfigError("--dispatch-policy slo-spill needs an SLO: give --slo loose|tight|FILE or "
+                          "--slo-ttft/--slo-tpot")
     prepared = prepare_trace(args.trace, cost, args.types, args.seed, time_range,
                              clip=args.context_policy == "truncate")
     plans = _plans(args, cluster, cost, prepared, slo, objective, config)
     progress = not (args.json or args.no_progress) and sys.stderr.isatty()
+    from oserve.sim.goodput import prepared_type_slos
+
+    type_slos = prepared_type_slos(prepared, slo) if config.dispatch == "slo-spill" and slo else None
     done: dict[tuple[str, float], object] = {}  # planners that chose the same plan are simulated once
 
     def simulate(plan, scale):
         key = (json.dumps([plan.to_dict()["replicas"], plan.dispatch]), scale)
         if key not in done:
-            done[key] = simulate_at(plan, prepared, cost, config, scale, progress)
+            done[key] = simulate_at(plan, prepared, cost, config, scale, progress, type_slos)
         return done[key]
 
     results = {name: {s: simulate(plan, s) for s in scales} for name, plan in plans.items()}

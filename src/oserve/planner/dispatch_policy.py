@@ -15,6 +15,12 @@ empty queue, if any. A plan dedicates replicas to types by their *mean* rates; w
 its few replicas while the others have room, spilling keeps the burst from queueing (statistical
 multiplexing, which a homogeneous fleet has for free).
 
+``slo-spill`` is least-outstanding within the plan followed by the SLO spill rule
+(``planner.spill_rule.spill_choice``): the request leaves its primary replica only when its predicted
+TTFT there misses the type's TTFT SLO and another replica's predicted TTFT and TPOT meet the SLO. It
+needs the rule (per-type SLOs, per-replica step times) and the replicas' prefill backlog and decode
+counts (``SpillInput``).
+
 Everything in ``choose_replica`` is pure: the caller owns the state (``DispatchState``) and passes it in
 and gets the new state back, and the random generator, when a policy needs one, is injected. The
 simulator routes millions of requests over up to thousands of replicas, so it uses ``Dispatcher``, the
@@ -34,8 +40,9 @@ import numpy as np
 import numpy.typing as npt
 
 from oserve.common.errors import ConfigError
+from oserve.planner.spill_rule import SpillRule, spill_choice
 
-DISPATCH_POLICIES = ("least-outstanding", "spillover", "weighted-random", "round-robin")
+DISPATCH_POLICIES = ("least-outstanding", "spillover", "slo-spill", "weighted-random", "round-robin")
 MIN_WEIGHT = 1e-9
 
 
@@ -93,14 +100,31 @@ class DispatchState:
         return DispatchState(tuple((0.0,) * table.num_replicas for _ in range(table.num_types)))
 
 
+@dataclass(frozen=True)
+class SpillInput:
+    """What ``slo-spill`` reads besides the load counts: the rule, the request's prompt length, and per
+    replica the prompt tokens without a first token yet, the decoding requests and whether it is open."""
+
+    rule: SpillRule
+    prompt_tokens: int
+    prefill_tokens: Sequence[int]
+    num_decoding: Sequence[int]
+    is_open: Sequence[bool] | None = None
+
+    def choice(self, type_id: int, primary: int) -> int:
+        return spill_choice(self.rule, type_id, self.prompt_tokens, primary, self.prefill_tokens,
+                            self.num_decoding, self.is_open)
+
+
 def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
                    outstanding: Sequence[int], policy: str = "least-outstanding",
                    rng: np.random.Generator | None = None,
-                   queued: Sequence[int] | None = None) -> tuple[int, DispatchState]:
+                   queued: Sequence[int] | None = None,
+                   spill: SpillInput | None = None) -> tuple[int, DispatchState]:
     """The replica for one request of ``type_id``, and the dispatch state after it.
 
     ``outstanding[r]`` is the number of requests replica r holds (queued or running); ``queued[r]`` the
-    number waiting for admission (needed by ``spillover`` only).
+    number waiting for admission (needed by ``spillover`` only); ``spill`` what ``slo-spill`` needs.
     """
     if not 0 <= type_id < table.num_types:
         raise ConfigError(f"request type {type_id} is not in the plan ({table.num_types} types)")
@@ -113,6 +137,8 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
         raise ConfigError(f"unknown dispatch policy '{policy}', expected one of {DISPATCH_POLICIES}")
     if policy == "spillover" and queued is None:
         raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
+    if policy == "slo-spill" and spill is None:
+        raise ConfigError("the slo-spill dispatch policy needs the spill rule and the replicas' state")
     credits = list(state.credits[type_id])  # one round of smooth weighted round-robin
     for r, w in zip(allowed, weights):
         credits[r] += w
@@ -125,6 +151,8 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
             free = [r for r in range(len(queued)) if queued[r] == 0]
             if free:
                 choice = min(free, key=lambda r: (outstanding[r], r))
+        if spill is not None and policy == "slo-spill":
+            choice = spill.choice(type_id, choice)
     credits[choice] -= 1.0
     rows = list(state.credits)
     rows[type_id] = tuple(credits)
@@ -147,12 +175,15 @@ class Dispatcher:
     """
 
     def __init__(self, table: DispatchTable, policy: str = "least-outstanding",
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, spill_rule: SpillRule | None = None) -> None:
         if policy not in DISPATCH_POLICIES:
             raise ConfigError(f"unknown dispatch policy '{policy}', expected one of {DISPATCH_POLICIES}")
         if policy == "weighted-random" and rng is None:
             raise ConfigError("the weighted-random dispatch policy needs a random generator")
-        self.table, self.policy = table, policy
+        if policy == "slo-spill" and spill_rule is None:
+            raise ConfigError("the slo-spill dispatch policy needs a spill rule (per-type SLOs, "
+                              "per-replica step times)")
+        self.table, self.policy, self.spill_rule = table, policy, spill_rule
         self.rng = rng if rng is not None else np.random.default_rng(0)  # used by weighted-random only
         self._allowed = [table.allowed(t) for t in range(table.num_types)]
         self._shares = [table.shares(t) for t in range(table.num_types)]
@@ -166,8 +197,11 @@ class Dispatcher:
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
     def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
-               queued: Sequence[int] | npt.NDArray[np.int64] | None = None) -> int:
-        """The replica for one request; ``outstanding``/``queued`` as in ``choose_replica``."""
+               queued: Sequence[int] | npt.NDArray[np.int64] | None = None, prompt_tokens: int = 0,
+               prefill_tokens: Sequence[int] | None = None,
+               num_decoding: Sequence[int] | None = None) -> int:
+        """The replica for one request; ``outstanding``/``queued`` as in ``choose_replica``, the rest
+        (the request's prompt, each replica's prefill backlog and decodes) for ``slo-spill``."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
         allowed = self._allowed[type_id]
@@ -186,6 +220,15 @@ class Dispatcher:
             spill = _least_outstanding_empty_queue(outstanding, queued)
             if spill >= 0:
                 choice = spill
+                j = self._position[type_id].get(choice, -1)
+        elif policy == "slo-spill" and self.spill_rule is not None:
+            if prefill_tokens is None or num_decoding is None:
+                raise ConfigError("the slo-spill dispatch policy needs the replicas' prefill backlog "
+                                  "and decode counts")
+            spilled = spill_choice(self.spill_rule, type_id, prompt_tokens, choice, prefill_tokens,
+                                   num_decoding)
+            if spilled != choice:
+                choice = spilled
                 j = self._position[type_id].get(choice, -1)
         if j >= 0:
             credits[j] -= 1.0
@@ -256,4 +299,5 @@ def _least_outstanding_empty_queue(outstanding: Sequence[int] | npt.NDArray[np.i
     return best
 
 
-__all__ = ["DISPATCH_POLICIES", "DispatchState", "DispatchTable", "Dispatcher", "choose_replica"]
+__all__ = ["DISPATCH_POLICIES", "DispatchState", "DispatchTable", "Dispatcher", "SpillInput",
+           "choose_replica"]

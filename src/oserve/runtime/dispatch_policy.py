@@ -3,8 +3,10 @@
 The per-request choice itself is ``oserve.planner.dispatch_policy.choose_replica`` (weighted least
 outstanding with smooth round-robin ties), the same code the simulator calls. The runtime adds what only
 a live fleet has: replicas that are starting, draining or dead take nothing, a replica whose queue is
-full is skipped, and a type whose planned replicas are all unavailable spills to the open ones. Pure:
-views and state in, decision and state out.
+full is skipped, and a type whose planned replicas are all unavailable spills to the open ones. With
+``slo-spill`` the planner's SLO spill rule (``planner.spill_rule``) reads each view's prefill backlog
+(prompt tokens of its requests without a first token) and decode count, and never spills onto a closed
+replica. Pure: views and state in, decision and state out.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from enum import Enum
 
 import numpy as np
 
-from oserve.planner.dispatch_policy import MIN_WEIGHT, DispatchState, DispatchTable
+from oserve.planner.dispatch_policy import MIN_WEIGHT, DispatchState, DispatchTable, SpillInput
 from oserve.planner.dispatch_policy import choose_replica as planner_choose
+from oserve.planner.spill_rule import SpillRule
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ReplicaView:
     num_inflight: int
     max_inflight: int
     num_queued: int = 0  # waiting inside the engine, not yet running (used by ``spillover``)
+    prefill_tokens: int = 0  # prompt tokens of its requests without a first token (``slo-spill``)
+    num_decoding: int = 0  # its requests past their first token (``slo-spill``)
 
     @property
     def is_open(self) -> bool:
@@ -50,12 +55,13 @@ class Decision:
 
 
 def choose(table: DispatchTable, state: DispatchState, type_index: int, views: Sequence[ReplicaView],
-           policy: str = "least-outstanding",
-           rng: np.random.Generator | None = None) -> tuple[Decision, DispatchState]:
-    """The replica for one request of ``type_index`` among ``views`` (aligned with the table).
+           policy: str = "least-outstanding", rng: np.random.Generator | None = None,
+           spill_rule: SpillRule | None = None, prompt_tokens: int = 0) -> tuple[Decision, DispatchState]:
+    """The replica for one request of ``type_index`` (``prompt_tokens`` long) among ``views`` (aligned
+    with the table).
 
     ``policy`` is one of the planner's ``DISPATCH_POLICIES``; a closed replica is shown to ``spillover``
-    as infinitely queued, so it never spills onto one."""
+    as infinitely queued, so it never spills onto one; ``slo-spill`` needs ``spill_rule``."""
     if not any(v.is_accepting for v in views):
         return Decision(Outcome.NO_REPLICA), state
     is_open = [v.is_open for v in views]
@@ -63,8 +69,12 @@ def choose(table: DispatchTable, state: DispatchState, type_index: int, views: S
         return Decision(Outcome.OVERLOADED), state
     outstanding = [v.num_inflight for v in views]
     queued = [v.num_queued if o else CLOSED_QUEUE for v, o in zip(views, is_open)]
+    spill = None
+    if spill_rule is not None:
+        spill = SpillInput(spill_rule, prompt_tokens, [v.prefill_tokens for v in views],
+                           [v.num_decoding for v in views], is_open)
     if all(is_open) and 0 <= type_index < table.num_types and len(views) == table.num_replicas:
-        index, state = planner_choose(table, state, type_index, outstanding, policy, rng, queued)
+        index, state = planner_choose(table, state, type_index, outstanding, policy, rng, queued, spill)
         return Decision(Outcome.CHOSEN, index), state
     row = table.weights[type_index] if 0 <= type_index < table.num_types else ()
     masked = [row[i] if i < len(row) and is_open[i] else 0.0 for i in range(len(views))]
@@ -74,7 +84,7 @@ def choose(table: DispatchTable, state: DispatchState, type_index: int, views: S
     type_index = min(max(type_index, 0), len(rows) - 1)
     rows[type_index] = tuple(masked)
     index, state = planner_choose(DispatchTable(tuple(rows)), state, type_index, outstanding, policy, rng,
-                                  queued)
+                                  queued, spill)
     return Decision(Outcome.CHOSEN, index), state
 
 

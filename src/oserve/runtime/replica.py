@@ -28,6 +28,12 @@ class ReplicaHandle:
     num_inflight: int = 0
     num_served: int = 0
     num_failed: int = 0
+    prefill_tokens: int = 0  # prompt tokens of its requests still waiting for their first token
+    num_prefilling: int = 0  # those requests
+
+    @property
+    def num_decoding(self) -> int:
+        return self.num_inflight - self.num_prefilling
 
     @property
     def name(self) -> str:

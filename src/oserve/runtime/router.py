@@ -24,9 +24,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.planner.handoff_policy import least_loaded
 from oserve.planner.plan import DECODE, PREFILL, Plan
+from oserve.planner.spill_rule import SpillRule
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
@@ -66,7 +68,12 @@ class Router:
     def __init__(self, table: RoutingTable, metrics: Metrics, classifier: Classifier | None = None,
                  clock: Clock | None = None, max_attempts: int = 3,
                  dispatch_policy: str = "least-outstanding", seed: int = 0,
-                 first_token_timeout_s: float = 600.0, token_timeout_s: float = 120.0) -> None:
+                 first_token_timeout_s: float = 600.0, token_timeout_s: float = 120.0,
+                 spill_rule: SpillRule | None = None) -> None:
+        if dispatch_policy == "slo-spill" and spill_rule is None:
+            raise ConfigError("the slo-spill dispatch policy needs a spill rule (per-type SLOs, "
+                              "per-replica step times: planner.spill_rule)")
+        self.spill_rule = spill_rule  # aligned with the table's replicas (a new table must keep them)
         self.table = table
         self._dispatch = (table.dispatch_table(), DispatchState.initial(table.dispatch_table()))
         self.metrics = metrics
@@ -81,8 +88,12 @@ class Router:
         self.death_listeners: list[Callable[[ReplicaHandle], None]] = []  # a replica marked dead
         self.num_inflight = 0
 
-    def set_table(self, table: RoutingTable) -> None:
+    def set_table(self, table: RoutingTable, spill_rule: SpillRule | None = None) -> None:
+        """Route by a new table; ``slo-spill`` keeps its rule unless a new one (for the new replicas)
+        is given."""
         dispatch = table.dispatch_table()
+        if spill_rule is not None:
+            self.spill_rule = spill_rule
         self.table = table
         self._dispatch = (dispatch, DispatchState.initial(dispatch))
 
@@ -112,9 +123,14 @@ class Router:
         for _ in range(self.max_attempts):
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
-                                 h.max_inflight, h.engine.load().num_waiting)
+                                 h.max_inflight, h.engine.load().num_waiting, h.prefill_tokens,
+                                 h.num_decoding)
                      for i, h in enumerate(table.handles)]
-            decision, state = choose(dispatch, state, type_index, views, self.dispatch_policy, self.rng)
+            rule = self.spill_rule
+            if rule is not None and len(rule.speeds) != len(views):
+                rule = None  # a plan switch changed the fleet: least outstanding until a new rule
+            decision, state = choose(dispatch, state, type_index, views, self.dispatch_policy, self.rng,
+                                     rule, request.prompt_tokens)
             if table is self.table:
                 self._dispatch = (dispatch, state)
             type_name = table.type_name(type_index)
@@ -230,10 +246,20 @@ class RoutedStream:
                 raise
         self.handle.num_inflight += 1
         self.router.num_inflight += 1
-        self._gen = self.handle.engine.generate(self.request)
+        prefill = self.request.prompt_tokens
+        self.handle.prefill_tokens += prefill  # until the first token: what slo-spill predicts from
+        self.handle.num_prefilling += 1
+        self._gen = gen = self.handle.engine.generate(self.request)
+        try:
+            await self._first_token(gen)
+        finally:
+            self.handle.prefill_tokens -= prefill
+            self.handle.num_prefilling -= 1
+
+    async def _first_token(self, gen: AsyncIterator[TokenChunk]) -> None:
         try:
             async with self.router.clock.timeout(self.router.first_token_timeout_s):
-                self.first = await self._gen.__anext__()
+                self.first = await gen.__anext__()
         except StopAsyncIteration:
             self.first = None
         except TimeoutError as exc:

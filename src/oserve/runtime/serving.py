@@ -11,6 +11,7 @@ from oserve.common.validation import one_of
 from oserve.guard.config import GuardConfig
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
+from oserve.planner.spill_rule import SpillRule
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.controller import Controller, EngineFactory, RestartPolicy
 from oserve.runtime.metrics import Metrics
@@ -55,7 +56,10 @@ class ServingRuntime:
 
     def __init__(self, model_name: str, plan: Plan, engine_factory: EngineFactory,
                  classifier: Classifier | None = None, policy: ControlPolicy | None = None,
-                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None) -> None:
+                 config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None,
+                 spill_rule: SpillRule | None = None) -> None:
+        """``spill_rule`` (per-type SLOs, per-replica speeds of ``plan``) is what the ``slo-spill``
+        dispatch policy needs."""
         self.model_name = model_name
         self.config = config
         self.clock = clock or WallClock()
@@ -64,7 +68,7 @@ class ServingRuntime:
                         for r in plan.replicas)
         self.router = Router(RoutingTable(1, plan, handles), self.metrics, classifier, self.clock,
                              config.max_attempts, config.dispatch_policy, config.seed,
-                             config.first_token_timeout_s, config.token_timeout_s)
+                             config.first_token_timeout_s, config.token_timeout_s, spill_rule)
         self.controller = Controller(self.router, engine_factory, policy, self.clock, config.window_s,
                                      config.check_interval_s, config.drain_timeout_s,
                                      config.max_inflight_per_replica,

@@ -37,6 +37,7 @@ from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrat
 from oserve.switching.policy import SwitchContext, SwitchParams
 from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload.rate_window import window_rates
+from oserve.workload.slo import Slo
 
 CONTROL, JOIN, DEADLINE, ADOPT = range(1, 5)  # event kinds, after the simulator's STEP (0)
 
@@ -77,10 +78,11 @@ class AdaptiveSimulation:
     def __init__(self, ctx: SwitchContext, params: SwitchParams, initial: Plan, forecaster,
                  config: SimConfig, batching: BatchingConfig, control_interval_s: float = 60.0,
                  kv_params: KvMigrationParams | None = None, redispatch: bool = True,
-                 gate: ReplanConfig | None = None) -> None:
+                 gate: ReplanConfig | None = None, type_slos: tuple[Slo, ...] | None = None) -> None:
         if control_interval_s <= 0:
             raise ConfigError("control interval must be positive")
         self.ctx, self.params, self.config = ctx, params, config
+        self.type_slos = type_slos  # what the slo-spill dispatch reads
         # the server's control step: the drift gate (when given) before ``decide``
         self.control = ControlPolicy(ctx, params, gate=gate, redispatch=redispatch)
         self.num_drifted_checks = 0
@@ -108,7 +110,8 @@ class AdaptiveSimulation:
         max_context = (self.cost.model.max_context_tokens if self.config.context_policy == "drop"
                        else None)
         sim = Simulation(setups, DispatchTable.from_fractions(self.initial.dispatch), self.config,
-                         self.batching, self.cost.params.kv_block_tokens, max_context)
+                         self.batching, self.cost.params.kv_block_tokens, max_context,
+                         type_slos=self.type_slos)
         self.result.sim = sim.run(arrival_s, input_tokens, output_tokens, type_id, controller=self)
         return self.result
 

@@ -14,6 +14,7 @@ from oserve.sim.config import SimConfig
 from oserve.sim.metrics import SimResult
 from oserve.sim.rate_search import RateSearchResult, search_max_scale
 from oserve.workload.request_types import RequestTypes, TypeStats, fit_request_types
+from oserve.workload.slo import Slo
 from oserve.workload.trace import Trace, load_trace
 
 
@@ -50,9 +51,11 @@ def plan_for(cluster: ClusterSpec, cost_model: CostModel, prepared: PreparedTrac
 
 
 def simulate_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,
-                rate_scale: float = 1.0, progress: bool = False, timers: dict | None = None) -> SimResult:
+                rate_scale: float = 1.0, progress: bool = False, timers: dict | None = None,
+                type_slos: tuple[Slo, ...] | None = None) -> SimResult:
     trace = prepared.trace if rate_scale == 1.0 else prepared.trace.scaled(rate_scale)
-    return simulate_plan(plan, trace, prepared.types, cost_model, config, progress, timers=timers)
+    return simulate_plan(plan, trace, prepared.types, cost_model, config, progress, timers=timers,
+                         type_slos=type_slos)
 
 
 def summary_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,

@@ -2,9 +2,9 @@
 
 A scale is *good* when, simulating the trace replayed at that many times its rate, every request type
 with requests has at least the target share of requests meeting their SLO (TTFT from arrival, so
-queueing counts; dropped requests miss). Attainment falls with load (not strictly: bursts replay
-differently at each scale; the search assumes it): the search brackets the boundary by doubling or
-halving from the start scale, then bisects geometrically until the bracket is within ``rel_tol`` (3%).
+queueing counts; dropped requests miss). The search is ``sim.rate_search.search_scale`` (bracket by
+doubling or halving from the start scale within [1/64, 64], then bisect geometrically to ``rel_tol``,
+3%), which assumes attainment falls with load.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from oserve.costmodel.cost_model import CostModel
 from oserve.planner.plan import Plan
 from oserve.sim.config import SimConfig
 from oserve.sim.metrics import Attainment, SimResult, per_type_latency, slo_attainment
-from oserve.workload.slo import SloSpec
+from oserve.sim.rate_search import search_scale
+from oserve.workload.slo import Slo, SloSpec
 
 MIN_SCALE = 1.0 / 64
 MAX_SCALE = 1024.0  # a 256-GPU fleet carries ~60x the Azure traces
@@ -76,7 +77,7 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
             result.scale, result.best = scale, sim
         return ok
 
-    lo, hi = None, None
+    lo = None
     scale = start_scale
     if floor > 0:
         if not probe(floor):
@@ -84,24 +85,16 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
             return result
         # a plan that beats another rarely beats it by much: bracket just above first, then double
         lo, scale = floor, min(floor * FLOOR_STEP, MAX_SCALE)
-    while len(result.probes) < max_probes and (lo is None or hi is None):
-        if probe(scale):
-            lo = scale
-            if scale >= MAX_SCALE:
-                break
-            scale = min(scale * 2.0, MAX_SCALE)
-        else:
-            hi = scale
-            if scale <= MIN_SCALE:
-                break
-            scale = max(scale / 2.0, MIN_SCALE)
-    while lo is not None and hi is not None and hi / lo > 1 + rel_tol and len(result.probes) < max_probes:
-        mid = (lo * hi) ** 0.5
-        if probe(mid):
-            lo = mid
-        else:
-            hi = mid
+    search_scale(probe, scale, rel_tol, max_probes - len(result.probes), MIN_SCALE, MAX_SCALE, lo)
     return result
+
+
+def prepared_type_slos(prepared, slo: SloSpec) -> tuple[Slo, ...]:
+    """Each request type's SLO on a prepared trace (the tightest of its requests'), as the ``slo-spill``
+    dispatch reads them."""
+    trace = prepared.trace
+    type_id = prepared.types.classify_online(trace.input_tokens)
+    return tuple(slo.type_slos(type_id, prepared.types.names(), trace.input_tokens))
 
 
 def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig, slo: SloSpec,
@@ -112,13 +105,14 @@ def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig,
     from oserve.sim.experiment import simulate_at  # experiment imports the planner front end
 
     names = prepared.types.names()
+    type_slos = prepared_type_slos(prepared, slo) if config.dispatch == "slo-spill" else None
 
     def evaluate(scale: float) -> tuple[Attainment, SimResult]:
-        res = simulate_at(plan, prepared, cost_model, config, scale, timers=timers)
+        res = simulate_at(plan, prepared, cost_model, config, scale, timers=timers, type_slos=type_slos)
         ttft, tpot = slo.bounds(res.type_id, names, res.input_tokens)
         return slo_attainment(res, ttft, tpot, len(names)), res
 
     return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol, floor=floor)
 
 
-__all__ = ["GoodputProbe", "GoodputResult", "plan_goodput", "search_goodput_scale"]
+__all__ = ["GoodputProbe", "GoodputResult", "plan_goodput", "prepared_type_slos", "search_goodput_scale"]

@@ -1,17 +1,60 @@
-"""The highest rate a deployment sustains under a P99 latency bound.
+"""The highest rate scale that passes a test: the one search behind the P99 and the SLO goodput searches.
 
-A rate is sustained when every request finishes within the run's drain horizon and the P99 end-to-end
-latency is at most the bound. Latency grows with load (not strictly, as bursts replay differently at each
-scale, so the search assumes it): the search brackets the boundary by doubling or halving the rate scale,
-then bisects geometrically until the bracket is within ``rel_tol``.
+``search_scale`` brackets the boundary between good and bad scales by doubling or halving from a start
+scale (clamped to ``[min_scale, max_scale]`` when given), then bisects geometrically until the bracket is
+within ``rel_tol``, with at most ``max_probes`` calls of the predicate. It assumes that goodness falls
+with load (not strictly true: bursts replay differently at each scale).
+
+``search_max_scale`` uses it for the highest rate a deployment sustains under a P99 latency bound: a rate
+is sustained when every request finishes within the run's drain horizon and the P99 end-to-end latency
+is at most the bound. ``sim.goodput`` uses it for the SLO goodput scale.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from oserve.common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """The search's end: the highest good and the lowest bad scale probed (None: none was)."""
+
+    lo: float | None
+    hi: float | None
+    num_probes: int
+
+
+def search_scale(is_good: Callable[[float], bool], start_scale: float, rel_tol: float, max_probes: int,
+                 min_scale: float = 0.0, max_scale: float = math.inf, lo: float | None = None) -> Bracket:
+    """Bracket, then bisect the boundary of ``is_good`` (see the module docstring); ``lo``: a scale the
+    caller already knows is good (the bracket then only looks for a bad one above ``start_scale``)."""
+    hi: float | None = None
+    n = 0
+    scale = start_scale
+    while n < max_probes and (lo is None or hi is None):
+        n += 1
+        if is_good(scale):
+            lo = scale
+            if scale >= max_scale:
+                break
+            scale = min(scale * 2.0, max_scale)
+        else:
+            hi = scale
+            if scale <= min_scale:
+                break
+            scale = max(scale / 2.0, min_scale)
+    while lo is not None and hi is not None and hi / lo > 1 + rel_tol and n < max_probes:
+        mid = (lo * hi) ** 0.5
+        n += 1
+        if is_good(mid):
+            lo = mid
+        else:
+            hi = mid
+    return Bracket(lo, hi, n)
 
 
 @dataclass
@@ -39,20 +82,5 @@ def search_max_scale(evaluate: Callable[[float], dict], bound_s: float, start_sc
         result.probes.append((scale, summary.get("p99_e2e_s"), ok))
         return ok
 
-    lo, hi = None, None
-    scale = start_scale
-    while len(result.probes) < max_probes and (lo is None or hi is None):
-        if probe(scale):
-            lo = scale
-            scale *= 2.0
-        else:
-            hi = scale
-            scale /= 2.0
-    while lo is not None and hi is not None and hi / lo > 1 + rel_tol and len(result.probes) < max_probes:
-        mid = (lo * hi) ** 0.5
-        if probe(mid):
-            lo = mid
-        else:
-            hi = mid
-    result.best_scale = lo or 0.0
+    result.best_scale = search_scale(probe, start_scale, rel_tol, max_probes).lo or 0.0
     return result

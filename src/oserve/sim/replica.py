@@ -74,6 +74,18 @@ class ReplicaSim:
     def num_outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def prefill_backlog(self) -> tuple[int, int]:
+        """(prompt tokens of the held requests without a first token, requests past their first token):
+        the state the SLO spill rule reads (the runtime counts the same from its streams)."""
+        tokens = decoding = 0
+        for q in (self.waiting, self.running):
+            for seq in q:
+                if seq.num_generated == 0:
+                    tokens += seq.prompt_tokens
+                else:
+                    decoding += 1
+        return tokens, decoding
+
     @property
     def is_busy(self) -> bool:
         return self.batch is not None

@@ -3,7 +3,10 @@
 The decision is the shared dispatch policy (``planner.dispatch_policy``, through its in-place
 ``Dispatcher``). What the policy reads, each replica's outstanding and queued requests, is kept here as
 numpy arrays that the simulator updates after every operation on a replica, so routing a request costs
-the same whatever the fleet's size: nothing is rebuilt or scanned in Python per request.
+the same whatever the fleet's size: nothing is rebuilt or scanned in Python per request. With the
+``slo-spill`` policy the router also keeps each replica's prefill backlog and decode count, which the
+spill rule (``planner.spill_rule``) reads, and the rule over the routed replicas (per-type SLOs given
+at construction, each replica's speed with the table).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import numpy as np
 
 from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import SMALL_SET, Dispatcher, DispatchTable
+from oserve.planner.spill_rule import ReplicaSpeed, SpillRule
+from oserve.workload.slo import Slo
 
 _UNREACHABLE = np.iinfo(np.int64).max
 
@@ -19,9 +24,16 @@ _UNREACHABLE = np.iinfo(np.int64).max
 class Router:
     """Routes over ``replica_ids`` (the table's columns, in order); ids are the simulator's replicas."""
 
-    def __init__(self, policy: str, rng: np.random.Generator) -> None:
+    def __init__(self, policy: str, rng: np.random.Generator,
+                 type_slos: tuple[Slo, ...] | None = None) -> None:
+        if policy == "slo-spill" and type_slos is None:
+            raise ConfigError("the slo-spill dispatch policy needs the request types' SLOs")
         self.policy = policy
         self.rng = rng
+        self.type_slos = type_slos
+        self.needs_backlog = policy == "slo-spill"
+        self.prefill_tokens: list[int] = []
+        self.num_decoding: list[int] = []
         self.replica_ids: list[int] = []
         self._column: dict[int, int] = {}
         self._dispatcher: Dispatcher | None = None
@@ -29,12 +41,19 @@ class Router:
         self.queued: list[int] | np.ndarray = []
 
     def set_table(self, table: DispatchTable, replica_ids: list[int], kv_tokens: list[int],
-                  outstanding: list[int], queued: list[int]) -> None:
-        """Route by ``table`` over these replicas (with their KV capacity and current load) from now on;
-        the round-robin credits start afresh."""
+                  outstanding: list[int], queued: list[int],
+                  speeds: list[ReplicaSpeed | None] | None = None) -> None:
+        """Route by ``table`` over these replicas (with their KV capacity, current load and, for
+        ``slo-spill``, speeds) from now on; the round-robin credits start afresh (prefill backlogs
+        start at 0 until ``update`` reports them)."""
         self.replica_ids = list(replica_ids)
         self._column = {rid: c for c, rid in enumerate(replica_ids)}
-        self._dispatcher = Dispatcher(table, self.policy, self.rng) if replica_ids else None
+        rule = None
+        if self.type_slos is not None:
+            rule = SpillRule(self.type_slos, tuple(speeds or [None] * len(replica_ids)))
+        self._dispatcher = Dispatcher(table, self.policy, self.rng, rule) if replica_ids else None
+        self.prefill_tokens = [0] * len(replica_ids)
+        self.num_decoding = [0] * len(replica_ids)
         self._ids = np.asarray(replica_ids, dtype=np.int64)
         self._kv_tokens = np.asarray(kv_tokens, dtype=np.int64)
         self.max_kv_tokens = max(kv_tokens) if kv_tokens else None
@@ -49,18 +68,24 @@ class Router:
     def is_open(self) -> bool:
         return self._dispatcher is not None
 
-    def update(self, replica_id: int, num_outstanding: int, num_queued: int) -> None:
-        """A replica's load changed (no-op for replicas the router does not route to)."""
+    def update(self, replica_id: int, num_outstanding: int, num_queued: int, prefill_tokens: int = 0,
+               num_decoding: int = 0) -> None:
+        """A replica's load changed (no-op for replicas the router does not route to); the prefill
+        backlog and decode count matter only when ``needs_backlog``."""
         c = self._column.get(replica_id)
         if c is not None:
             self.outstanding[c] = num_outstanding
             self.queued[c] = num_queued
+            if self.needs_backlog:
+                self.prefill_tokens[c] = prefill_tokens
+                self.num_decoding[c] = num_decoding
 
-    def route(self, type_id: int, max_tokens: int) -> int:
-        """The replica for a request that may hold up to ``max_tokens`` KV tokens."""
+    def route(self, type_id: int, max_tokens: int, prompt_tokens: int = 0) -> int:
+        """The replica for a request of ``prompt_tokens`` that may hold up to ``max_tokens`` KV tokens."""
         if self._dispatcher is None:
             raise ConfigError("no replica accepts work: the caller holds requests until one does")
-        c = self._dispatcher.choose(type_id, self.outstanding, self.queued)
+        c = self._dispatcher.choose(type_id, self.outstanding, self.queued, prompt_tokens,
+                                    self.prefill_tokens, self.num_decoding)
         if max_tokens > self._kv_tokens[c]:  # the plan's choice cannot hold it: least loaded that can
             fits = self._kv_tokens >= max_tokens
             if fits.any():

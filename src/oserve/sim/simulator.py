@@ -38,6 +38,7 @@ from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.dispatch_policy import DispatchTable
 from oserve.planner.handoff_policy import least_loaded
 from oserve.planner.plan import COLOCATED, DECODE, PREFILL
+from oserve.planner.spill_rule import ReplicaSpeed, replica_speeds
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
 from oserve.sim.events import STEP, TRANSFER, EventQueue
@@ -49,6 +50,7 @@ from oserve.sim.replica import ReplicaSim
 from oserve.sim.request import Seq
 from oserve.sim.router import Router
 from oserve.sim.step_timer import CostModelStepTimer, StepTimer, cache_stats
+from oserve.workload.slo import Slo
 
 PROGRESS_EVERY = 2000
 
@@ -66,6 +68,7 @@ class ReplicaSetup:
     role: str = COLOCATED
     group: int | None = None
     pp: int = 1
+    speed: ReplicaSpeed | None = None  # the spill rule's step times (``slo-spill`` never spills to None)
 
     def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
         """This replica's batching: the simulation's, with the replica's own engine settings. With PP a
@@ -87,11 +90,14 @@ def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel,
     for cfg in configs:
         if not cost_model.fits(cfg):
             raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
+    speeds = replica_speeds(cost_model, configs)
+    for cfg, speed in zip(configs, speeds):
         # step times depend on the hardware split (and with PP the chunk budget): replicas that agree
         # on those share a cache
         timer = timers.setdefault(cfg.timing, CostModelStepTimer(cost_model, cfg.timing))
         out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt,
-                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None, pp=cfg.pp))
+                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None, pp=cfg.pp,
+                                speed=speed))
     return out
 
 
@@ -114,7 +120,8 @@ class Simulation:
     def __init__(self, replicas: list[ReplicaSetup], dispatch: DispatchTable, config: SimConfig,
                  batching: BatchingConfig, block_tokens: int = 16,
                  max_context_tokens: int | None = None, decode_runs: bool = True,
-                 handoff: HandoffTimer | None = None) -> None:
+                 handoff: HandoffTimer | None = None,
+                 type_slos: tuple[Slo, ...] | None = None) -> None:
         if not replicas:
             raise ConfigError("a simulation needs at least one replica")
         if any(s.role != COLOCATED for s in replicas) and handoff is None:
@@ -127,7 +134,7 @@ class Simulation:
         self.block_tokens = block_tokens
         self.decode_runs = decode_runs
         self.max_context_tokens = max_context_tokens
-        self.router = Router(config.dispatch, np.random.default_rng(config.seed))
+        self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos)
         self.handoff = handoff
         self.setups: list[ReplicaSetup] = []
         self.replicas: list[ReplicaSim] = []
@@ -164,7 +171,11 @@ class Simulation:
         table = DispatchTable(tuple(tuple(float(row[c]) for c in cols) for row in dispatch))
         reps = [self.replicas[rid] for rid in active]
         self.router.set_table(table, active, [self._kv_tokens(r.replica_id) for r in reps],
-                              [r.num_outstanding for r in reps], [len(r.waiting) for r in reps])
+                              [r.num_outstanding for r in reps], [len(r.waiting) for r in reps],
+                              [self.setups[rid].speed for rid in active])
+        if self.router.needs_backlog:
+            for rid in active:
+                self._update_router(rid)
 
     def _kv_tokens(self, rid: int) -> int:
         """The most KV tokens a request routed here may hold: a prefill replica's own prompt and the
@@ -181,7 +192,7 @@ class Simulation:
         if not router.is_open:
             self.pending.append(seq)
             return
-        rid = router.route(seq.type_id, seq.prompt_tokens + seq.output_tokens - 1)
+        rid = router.route(seq.type_id, seq.prompt_tokens + seq.output_tokens - 1, seq.prompt_tokens)
         self.records.where[seq.req_id] = rid
         rep = self.replicas[rid]
         if rep.role == PREFILL:
@@ -189,14 +200,23 @@ class Simulation:
         nxt = rep.on_arrival(seq, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        self._update_router(rid)
+
+    def _update_router(self, rid: int) -> None:
+        """Tell the router a replica's load (its prefill backlog only when the policy reads it)."""
+        rep = self.replicas[rid]
+        if self.router.needs_backlog:
+            tokens, decoding = rep.prefill_backlog()
+            self.router.update(rid, rep.num_outstanding, len(rep.waiting), tokens, decoding)
+        else:
+            self.router.update(rid, rep.num_outstanding, len(rep.waiting))
 
     def adopt(self, replica_id: int, seq: Seq, t: float) -> None:
         """``replica_id`` takes a sequence with its KV cache (or to recompute, when it has no room)."""
         rep = self.replicas[replica_id]
         self.records.where[seq.req_id] = replica_id
         self.push_step(replica_id, rep.adopt(seq, t))
-        self.router.update(replica_id, rep.num_outstanding, len(rep.waiting))
+        self._update_router(replica_id)
 
     def release_pending(self, t: float) -> None:
         pending, self.pending = self.pending, []
@@ -278,7 +298,7 @@ class Simulation:
             rec.finished(finished, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        self.router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        self._update_router(rid)
         if rep.role != COLOCATED:
             self._after_step_disaggregated(t, rep, finished, last_pass_s)
         if rep.extracted and self.controller is not None:

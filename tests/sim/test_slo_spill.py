@@ -1,0 +1,108 @@
+"""The ``slo-spill`` dispatch in the simulator: the shared rule's decisions on the simulator's state,
+and a heterogeneous plan whose SLO goodput the spill rule raises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oserve.common.errors import ConfigError
+from oserve.costmodel.catalog import load_models
+from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.planner.dispatch_policy import DispatchState, DispatchTable
+from oserve.planner.plan import Plan, Replica
+from oserve.planner.spill_rule import SpillRule, replica_speeds
+from oserve.runtime.dispatch_policy import ReplicaView
+from oserve.runtime.dispatch_policy import choose as runtime_choose
+from oserve.sim.config import SimConfig
+from oserve.sim.experiment import prepare_trace, simulate_at
+from oserve.sim.goodput import plan_goodput, prepared_type_slos
+from oserve.sim.router import Router
+from oserve.workload.slo import Slo, SloSpec
+from oserve.workload.trace import Trace
+
+MODEL = "llama-2-7b"
+CFG = ReplicaConfig("H100-80GB", 1, max_num_batched_tokens=2048)
+
+
+@pytest.fixture(scope="module")
+def cost():
+    return CostModel(load_models().get(MODEL))
+
+
+def _bursty_trace(seed: int = 0) -> Trace:
+    """Short chats with a 20-second burst at 10x their rate, and steady long prompts."""
+    rng = np.random.default_rng(seed)
+    chats = np.sort(np.concatenate([rng.uniform(0, 120, 360), rng.uniform(50, 70, 600)]))
+    longs = np.sort(rng.uniform(0, 120, 120))
+    t = np.concatenate([chats, longs])
+    inp = np.concatenate([rng.integers(150, 400, len(chats)), rng.integers(2500, 3500, len(longs))])
+    out = np.concatenate([rng.integers(50, 150, len(chats)), rng.integers(10, 40, len(longs))])
+    order = np.argsort(t, kind="stable")
+    return Trace(t[order] - t[order][0], inp[order], out[order], "bursty-two-types")
+
+
+def _specialised_plan(prepared) -> Plan:
+    """Chats on replica 0, long prompts on replica 1: the split a mean-rate LP gives two types."""
+    short = int(np.argmin([s.mean_input_tokens for s in prepared.stats]))
+    dispatch = tuple((1.0, 0.0) if t == short else (0.0, 1.0) for t in range(prepared.types.k))
+    replicas = (Replica(0, (0,), CFG), Replica(1, (1,), CFG))
+    k = prepared.types.k
+    return Plan(MODEL, replicas, tuple(prepared.types.names()), tuple(s.rate_rps for s in prepared.stats),
+                ((1.0,) * k, (1.0,) * k), dispatch, 1.0, (0.0, 0.0), (), "test", 0.0)
+
+
+def test_spilling_raises_the_simulated_goodput_of_a_specialised_plan(cost):
+    prepared = prepare_trace(_bursty_trace(), cost, num_types=2)
+    plan = _specialised_plan(prepared)
+    slo = SloSpec(Slo(1.0, 0.1), attainment=0.9)
+    plain = plan_goodput(plan, prepared, cost, SimConfig(dispatch="least-outstanding"), slo)
+    spill = plan_goodput(plan, prepared, cost, SimConfig(dispatch="slo-spill"), slo)
+    assert plain.scale > 0
+    assert spill.scale > 1.5 * plain.scale  # the burst spills onto the long-prompt replica
+    # at the plain plan's first failing scale, requests did leave the plan
+    bad = min(p.scale for p in plain.probes if not p.ok)
+    res = simulate_at(plan, prepared, cost, SimConfig(dispatch="slo-spill"), bad,
+                      type_slos=prepared_type_slos(prepared, slo))
+    short = int(np.argmin([s.mean_input_tokens for s in prepared.stats]))
+    assert (res.replica_id[res.type_id == short] == 1).sum() > 0
+
+
+def test_slo_spill_needs_the_types_slos(cost):
+    with pytest.raises(ConfigError, match="SLOs"):
+        Router("slo-spill", np.random.default_rng(0))
+    prepared = prepare_trace(_bursty_trace(), cost, num_types=2)
+    with pytest.raises(ConfigError, match="SLOs"):
+        simulate_at(_specialised_plan(prepared), prepared, cost, SimConfig(dispatch="slo-spill"))
+
+
+def test_simulator_router_and_runtime_dispatch_make_the_same_decisions(cost):
+    """The same state shown to the simulator's router and to the runtime's policy: the same replica,
+    request by request (both call planner.spill_rule.spill_choice)."""
+    speeds = replica_speeds(cost, [CFG, CFG, ReplicaConfig("H100-80GB", 2, max_num_batched_tokens=512)])
+    slos = (Slo(0.3, 0.05), Slo(1.0, 0.1))
+    table = DispatchTable(((1.0, 0.0, 0.0), (0.0, 0.5, 0.5)))
+    router = Router("slo-spill", np.random.default_rng(0), slos)
+    router.set_table(table, [0, 1, 2], [10**6] * 3, [0, 0, 0], [0, 0, 0], list(speeds))
+    rule, state = SpillRule(slos, speeds), DispatchState.initial(table)
+    rng = np.random.default_rng(1)
+    outstanding, backlog, decoding = [0] * 3, [0] * 3, [0] * 3
+    moved = 0
+    for _ in range(300):
+        t, prompt = int(rng.integers(2)), int(rng.integers(50, 3000))
+        sim_choice = router.route(t, prompt + 100, prompt)
+        views = [ReplicaView(i, True, outstanding[i], 10**6, 0, backlog[i], decoding[i]) for i in range(3)]
+        decision, state = runtime_choose(table, state, t, views, "slo-spill", None, rule, prompt)
+        assert decision.index == sim_choice
+        moved += table.weights[t][sim_choice] == 0.0
+        outstanding[sim_choice] += 1
+        backlog[sim_choice] += prompt
+        for r in range(3):  # some prefills finish and become decodes, some decodes finish
+            if rng.random() < 0.3 and backlog[r]:
+                backlog[r], decoding[r] = 0, decoding[r] + 1
+            if rng.random() < 0.2 and decoding[r]:
+                decoding[r] -= 1
+            outstanding[r] = decoding[r] + (1 if backlog[r] else 0)
+            router.update(r, outstanding[r], 0, backlog[r], decoding[r])
+    assert moved > 0  # the rule did spill in this run
