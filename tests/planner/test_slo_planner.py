@@ -134,3 +134,18 @@ def test_tuned_search_prunes_but_ranks_the_top_exactly(setup):
     for c in (c for c in tuned if not c.exact):
         assert c.predicted_scale <= top[-1].predicted_scale
         assert gp.predicted_scale(c.replicas, c.fractions) < top[-1].predicted_scale * 1.03
+
+
+def test_the_shortlist_holds_the_fleet_a_vllm_user_deploys_unaided(setup):
+    """The verified plan must not simulate worse than ``default`` either (the latency model can rank
+    that fleet too low; seen: LLaMA-30B on azure-mix, oserve 0.94x default before this)."""
+    cost, cluster, prepared, _, workload = setup
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload)
+    baseline = gp.vllm_default()
+    reference = make_plan(cluster, cost.model, prepared.stats, "default", cost)
+    assert baseline is not None
+    assert sorted(r.config for r in baseline.replicas) == sorted(r.config for r in reference.replicas)
+    assert all(r.config.max_num_batched_tokens == 0 and r.config.max_num_seqs == 0
+               for r in baseline.replicas)  # vLLM's own engine defaults
+    deployments = [sorted(r.config for r in c.replicas) for c in gp.shortlist()]
+    assert sorted(r.config for r in reference.replicas) in deployments

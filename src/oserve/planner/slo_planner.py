@@ -301,10 +301,35 @@ class GoodputPlanner:
                  for name, reps in layouts(self.cluster, prefill, decode)]
         return max(cands, key=lambda c: c.predicted_scale) if cands else None
 
+    def vllm_default(self) -> Candidate | None:
+        """The fleet a vLLM user deploys unaided (``planner.references.default``: bf16, PP 1, vLLM's
+        engine defaults), with even shares; None when no such fleet fits."""
+        from oserve.planner.problem import PlanningProblem
+        from oserve.planner.references import default
+
+        plain = [c for c in self.hardware if c.weight_format == "bf16" and c.kv_cache_dtype == "bf16"]
+        if not plain:
+            return None
+        # only the configurations and the cluster matter to ``default``: no capacities to price
+        problem = PlanningProblem(self.cluster, self.cost, self.stats, config_list=plain,
+                                  capacity_matrix=np.zeros((len(plain), len(self.stats))))
+        try:
+            counts = default(problem)
+        except InfeasiblePlanError:
+            return None
+        packed = pack({problem.configs[i]: n for i, n in enumerate(counts) if n}, self.cluster)
+        if not packed:
+            return None
+        replicas = tuple(packed)
+        fractions = np.full((self.workload.num_types, len(replicas)), 1.0 / len(replicas))
+        return Candidate("default", replicas, fractions, self.predicted_scale(replicas, fractions))
+
     def shortlist(self, size: int = 3) -> list[Candidate]:
         """The best candidates by predicted goodput, the best homogeneous-tuned fleet first (always in:
         the verification's baseline), then the others best predicted first (with disaggregation, the
-        best two disaggregated candidates besides the colocated ones)."""
+        best two disaggregated candidates besides the colocated ones). The fleet a vLLM user deploys
+        unaided is always in too (beside ``size``): the latency model can misjudge it, and the
+        verification must not pick a plan that simulates worse than it."""
         tuned = self.homogeneous_tuned()
         if not tuned:
             raise InfeasiblePlanError("no configuration fits the cluster")
@@ -312,6 +337,10 @@ class GoodputPlanner:
         if self.disaggregation:
             pool += [c for c in self.disaggregated()[:2] if c.predicted_scale > 0]
             size += len(pool) - 1
+        baseline = self.vllm_default()
+        if baseline is not None and _deployment(baseline) != _deployment(tuned[0]):
+            pool.append(baseline)
+            size += 1
         searched = self.searched()
         for c in [searched, *tuned[1:]]:
             if len(pool) >= size:
