@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import platform
 import re
@@ -57,20 +58,24 @@ COMPUTE_LOG = re.compile(r"CPU compute buffer size =\s*([\d.]+) MiB")
 
 @contextlib.contextmanager
 def captured_stderr():
-    """llama.cpp's C-level log (file descriptor 2) into a string list, for the buffer sizes it reports."""
+    """llama.cpp's load log into a list of lines, for the buffer sizes it reports. llama-cpp-python
+    forwards the log to ``sys.stderr``; native code may write file descriptor 2: both are captured."""
     sys.stderr.flush()
     saved = os.dup(2)
     lines: list[str] = []
+    python_side = io.StringIO()
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
-            yield lines
+            with contextlib.redirect_stderr(python_side):
+                yield lines
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
             lines.extend(tmp.read().decode(errors="replace").splitlines())
+            lines.extend(python_side.getvalue().splitlines())
 
 
 def load_variant(path: str, kv_cache_dtype: str, extra: dict, n_ctx: int, threads: int):
