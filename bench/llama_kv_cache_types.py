@@ -11,8 +11,9 @@ and one long one, so that decode attends over a longer cache). Reported per cach
   against the block arithmetic) and its compute buffer;
 - speed: decode tokens/s (first generated token to last) and whole-request tokens/s, medians over
   interleaved repetitions (a shared 2-core machine is noisy: compare the ratios within one run);
-- quality: greedy agreement with the f16 default cache, the share of generated tokens equal to its
-  tokens until the first difference and the share of prompts whose whole completion is identical.
+- quality: greedy agreement with the f16 default cache and with f16 under flash attention (the kernel
+  the quantized caches run, so that the cache type's own effect shows): the share of generated tokens
+  equal to the reference's until the first difference, and the share of identical completions.
 
     nice -n 10 python bench/llama_kv_cache_types.py   # writes bench/results/llama_kv_cache_types.{json,md}
 """
@@ -43,6 +44,7 @@ VARIANTS = {"f16 (bf16 replica, engine default)": ("bf16", {}),
             "q8_0 (int8 replica)": ("int8", {}),
             "q4_0 (int4 replica)": ("int4", {})}
 REFERENCE = "f16 (bf16 replica, engine default)"
+SAME_KERNEL = "f16 + flash attention"  # the quantized caches run with flash attention: same kernel
 PROMPTS = ["Explain why the sky is blue in three sentences.",
            "Write a Python function that checks whether a string is a palindrome.",
            "List five tips for a job interview.",
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (dtype, _) in VARIANTS.items():
         cache_type = llama_cache_type(dtype)
         prefix, identical = agreement(outputs[name], outputs[REFERENCE])
+        prefix_fa, identical_fa = agreement(outputs[name], outputs[SAME_KERNEL])
         kv_bytes, compute_bytes = memory[name]
         result["variants"][name] = {
             "kv_cache_dtype": dtype, "llama_cache_type": cache_type,
@@ -184,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             "compute_buffer_bytes_reported": compute_bytes,
             "decode_tokens_per_s_median": statistics.median(rates[name]["decode"]),
             "request_tokens_per_s_median": statistics.median(rates[name]["request"]),
-            "greedy_prefix_agreement": prefix, "identical_completions": identical}
+            "greedy_prefix_agreement": prefix, "identical_completions": identical,
+            "greedy_prefix_agreement_vs_f16_flash": prefix_fa,
+            "identical_completions_vs_f16_flash": identical_fa, "tokens": outputs[name]}
     base = result["variants"][REFERENCE]
     for v in result["variants"].values():
         v["kv_buffer_vs_f16"] = v["kv_buffer_bytes_reported"] / base["kv_buffer_bytes_reported"]
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{(v['compute_buffer_bytes_reported'] or 0) / 2**20:.1f} MiB",
              f"{v['decode_tokens_per_s_median']:.1f}", f"{v['decode_speed_vs_f16']:.2f}",
              f"{v['request_tokens_per_s_median']:.1f}", f"{v['greedy_prefix_agreement']:.1%}",
-             f"{v['identical_completions']:.0%}"] for name, v in result["variants"].items()]
+             f"{v['identical_completions']:.0%}", f"{v['greedy_prefix_agreement_vs_f16_flash']:.1%}",
+             f"{v['identical_completions_vs_f16_flash']:.0%}"] for name, v in result["variants"].items()]
     title = (f"llama.cpp KV cache types on {result['model']} ({len(prompts)} prompts of "
              f"{min(result['prompt_tokens'])}-{max(result['prompt_tokens'])} tokens, greedy, "
              f"{args.max_tokens} tokens, {args.repeats} repeats, {args.threads} thread(s), "
@@ -203,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"Measured on a shared machine (load average at the end "
              f"{', '.join(f'{x:.1f}' for x in result['load_average'])}): compare the ratios within "
              "this run. KV buffer and compute buffer are the sizes llama.cpp reports when it loads; "
-             "agreement is with the f16 default cache."]
+             "agreement is with the f16 cache, without flash attention (the engine's default) "
+             "and with it (the attention kernel the quantized caches run: the cache type's own effect)."]
     header = ["cache", "KV buffer", "KV bytes/token (computed)", "KV x f16", "compute buffer",
               "decode tok/s (median)", "decode x f16", "request tok/s", "greedy prefix agreement",
-              "identical completions"]
+              "identical completions", "prefix agreement vs f16+FA", "identical vs f16+FA"]
     print(write_results(args.out, result, title, header, rows, notes))
     return 0
 
