@@ -116,6 +116,8 @@ def test_a_missing_lmdeploy_and_replicas_turbomind_cannot_run_are_refused(tmp_pa
         spec.build(Replica(0, (0, 1), ReplicaConfig("H100-80GB", 1, 2)))
     with pytest.raises(EngineStartError, match="needs 2"):
         spec.build(Replica(0, (0,), ReplicaConfig("H100-80GB", 2, 1)))
+    with pytest.raises(EngineStartError, match="prefill replica of a disaggregated group"):
+        spec.build(Replica(0, (0,), ReplicaConfig("H100-80GB"), role="prefill", group=0))
 
 
 def test_serve_flags_become_the_lmdeploy_config_and_a_fleet_without_gpus_is_refused(tmp_path):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.planner.plan import Replica
+from oserve.planner.plan import COLOCATED, Replica
 from oserve.runtime.clock import Clock
 from oserve.runtime.errors import EngineStartError
 from oserve.runtime.process_engine import ProcessEngine, ServerCommand
@@ -89,6 +89,10 @@ def lmdeploy_launch_for_replica(replica: Replica, model: str, served_name: str, 
                                 executable: str = "lmdeploy") -> LmdeployLaunch:
     """The launch of a plan replica: its configuration's formats and TP, and its node-local GPUs."""
     config = replica.config
+    if replica.role != COLOCATED:
+        raise EngineStartError(f"replica {replica.replica_id} is a {replica.role} replica of a "
+                               "disaggregated group: oserve drives prefill/decode disaggregation through "
+                               "vLLM's KV transfer only (use --engine vllm)")
     if config.num_gpus != len(replica.gpus):
         raise EngineStartError(f"replica {replica.replica_id} has {len(replica.gpus)} GPUs but "
                                f"TP{config.tp} x PP{config.pp} needs {config.num_gpus}")
