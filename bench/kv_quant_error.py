@@ -15,7 +15,6 @@ position of the prompts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from oserve.quant import dequantize_kv, quantize_kv  # noqa: E402
+from results_table import write_results  # noqa: E402
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog. Write a short story about a fox who learns to read, "
@@ -200,22 +200,17 @@ def main(argv: list[str] | None = None) -> int:
                         "top1_agreement": float(np.mean(a["top1"]))} for f, a in acc.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# KV-cache formats on real SmolLM2-135M activations ({tokens_total} tokens, "
-             f"{len(PROMPTS)} prompts)", "",
-             f"Forward pass vs llama.cpp on the same tokens: top-1 agreement "
-             f"{result['forward_check']['top1_vs_llama_cpp']:.1%}, logit correlation "
-             f"{result['forward_check']['logit_corr_vs_llama_cpp']:.4f}.", "",
-             "| format | K rel. RMS err | V rel. RMS err | attention out rel. err (mean / max) | "
-             "next-token KL (nats) | top-1 agreement |", "|---|---|---|---|---|---|"]
-    for f, r in result["formats"].items():
-        lines.append(f"| {f} | {r['k_rel_rms_err']:.4f} | {r['v_rel_rms_err']:.4f} | "
-                     f"{r['attn_out_rel_err_mean']:.4f} / {r['attn_out_rel_err_max']:.4f} | "
-                     f"{r['next_token_kl_nats']:.5f} | {r['top1_agreement']:.1%} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    check_line = (f"Forward pass vs llama.cpp on the same tokens: top-1 agreement "
+                  f"{result['forward_check']['top1_vs_llama_cpp']:.1%}, logit correlation "
+                  f"{result['forward_check']['logit_corr_vs_llama_cpp']:.4f}.")
+    header = ["format", "K rel. RMS err", "V rel. RMS err", "attention out rel. err (mean / max)",
+              "next-token KL (nats)", "top-1 agreement"]
+    rows = [[f, f"{r['k_rel_rms_err']:.4f}", f"{r['v_rel_rms_err']:.4f}",
+             f"{r['attn_out_rel_err_mean']:.4f} / {r['attn_out_rel_err_max']:.4f}",
+             f"{r['next_token_kl_nats']:.5f}", f"{r['top1_agreement']:.1%}"]
+            for f, r in result["formats"].items()]
+    print(write_results(args.out, result, f"KV-cache formats on real SmolLM2-135M activations "
+                        f"({tokens_total} tokens, {len(PROMPTS)} prompts)", header, rows, [check_line]))
     return 0
 
 

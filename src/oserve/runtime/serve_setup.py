@@ -10,13 +10,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from oserve.common.errors import ConfigError
 from oserve.common.validation import one_of
+from oserve.costmodel.precision import KV_FORMATS
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
-from oserve.runtime.engine_spec import ENGINE_KINDS, EngineSpec
+from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
+from oserve.runtime.lmdeploy_setup import LmdeployServeConfig, lmdeploy_engine_spec
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
@@ -52,6 +54,10 @@ class ServeConfig(BaseModel):
     ray_address: str | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     vllm: VllmServeConfig = Field(default_factory=VllmServeConfig)  # engine vllm's own settings
+    lmdeploy: LmdeployServeConfig = Field(default_factory=LmdeployServeConfig)  # engine lmdeploy's
+    # KV cache of the replicas of a fleet without a plan (embedded/llama: llama.cpp's f16/q8_0/q4_0);
+    # a plan sets each replica's own
+    kv_cache_dtype: Annotated[str, AfterValidator(one_of(KV_FORMATS))] = "bf16"
 
 
 
@@ -90,11 +96,16 @@ def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
                                 on_cpu=config.cost_model is None and not config.plan_file,
                                 num_replicas=num_replicas, threads=config.threads,
                                 context_tokens=config.context_tokens)
+    if config.engine == "lmdeploy":
+        return lmdeploy_engine_spec(config.lmdeploy, config.hf_model, served_name(config),
+                                    planned=config.cost_model is not None or bool(config.plan_file),
+                                    context_tokens=config.context_tokens)
     return EngineSpec("fake", {"prefill_s_per_token": 1e-4, "decode_s_per_token": 0.02,
                                "context_tokens": config.context_tokens})
 
 
 def build_runtime(config: ServeConfig) -> ServingRuntime:
+    check_kv_cache_dtype(config)
     trace = load_trace(config.trace)
     types = fit_request_types(trace, config.types, 0)
     stats = types.stats(trace)
@@ -111,7 +122,8 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     elif cluster is not None and model is not None and cost is not None:
         plan = make_plan(cluster, model, stats, config.planner, cost)
     else:
-        plan = static_plan(name, [ReplicaConfig("cpu")] * config.replicas, types.names(),
+        fleet = ReplicaConfig("cpu", kv_cache_dtype=config.kv_cache_dtype)
+        plan = static_plan(name, [fleet] * config.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
     spec = engine_spec(config, len(plan.replicas))
     factory = _engine_factory(config, spec, cost, plan)
@@ -119,6 +131,19 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     if config.replan and cluster is not None and cost is not None:
         policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan)
     return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
+
+
+def check_kv_cache_dtype(config: ServeConfig) -> None:
+    """``--kv-cache-dtype`` sets the llama.cpp replicas of a fleet without a plan; anything else is an
+    error naming why (a plan carries each replica's format; other engines take it from the plan)."""
+    if config.kv_cache_dtype == "bf16":
+        return
+    if config.plan_file or config.cost_model is not None:
+        raise ConfigError("--kv-cache-dtype is for a fleet without a plan: with --plan or --cluster each "
+                          "replica's kv_cache_dtype comes from the plan (oserve plan --kv-formats)")
+    if config.engine not in ("embedded", "llama"):
+        raise ConfigError(f"--kv-cache-dtype sets the llama.cpp cache of --engine embedded or llama, "
+                          f"not of --engine {config.engine}")
 
 
 def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
@@ -153,7 +178,7 @@ def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
     from oserve.runtime.ray_engine import RayActorEngine, RayPlacement, check_placement, connect
 
     connect(config.ray_address)
-    placement = RayPlacement(use_gpus=spec.kind == "vllm", cpus_per_bundle=1.0)
+    placement = RayPlacement(use_gpus=spec.kind in PROCESS_KINDS, cpus_per_bundle=1.0)
     check_placement(plan.replicas, placement)  # before the port is bound: fail in seconds, with why
 
     def factory(replica: Replica) -> Engine:
@@ -162,5 +187,5 @@ def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
     return factory
 
 
-__all__ = ["SWITCH_POLICIES", "ServeConfig", "build_runtime", "control_policy", "engine_spec",
-           "served_name"]
+__all__ = ["SWITCH_POLICIES", "ServeConfig", "build_runtime", "check_kv_cache_dtype", "control_policy",
+           "engine_spec", "served_name"]

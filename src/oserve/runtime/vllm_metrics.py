@@ -1,10 +1,12 @@
-"""A vLLM replica's own Prometheus ``/metrics``, reduced to what the router and controller use.
+"""A vLLM or LMDeploy replica's own Prometheus ``/metrics``, reduced to what the router and controller use.
 
 vLLM exports (v1 engine, 0.8 and later) ``vllm:num_requests_running`` and ``vllm:num_requests_waiting``
 (gauges), ``vllm:kv_cache_usage_perc`` (a fraction in [0, 1]; ``vllm:gpu_cache_usage_perc`` in older
 releases) and ``vllm:num_preemptions_total`` (a counter), each labelled per engine and model. Samples of
 one name are summed over their labels (one replica may run several engine cores behind one server;
-the KV usage is averaged). Pure: text in, ``VllmStats`` out.
+the KV usage is averaged). LMDeploy's api_server (0.10 and later, metrics on by default since 0.18)
+exports ``lmdeploy:num_requests_running``, ``lmdeploy:num_requests_waiting`` and
+``lmdeploy:gpu_cache_usage_perc`` (no preemption counter). Pure: text in, ``ServerStats`` out.
 """
 
 from __future__ import annotations
@@ -12,14 +14,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
+
+@dataclass(frozen=True)
+class MetricNames:
+    """A server's names for each signal; the first name present in a scrape is read."""
+
+    running: tuple[str, ...]
+    waiting: tuple[str, ...]
+    kv_usage: tuple[str, ...]
+    preemptions: tuple[str, ...] = ()
+
+
+VLLM_NAMES = MetricNames(("vllm:num_requests_running",), ("vllm:num_requests_waiting",),
+                         ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+                         ("vllm:num_preemptions_total", "vllm:num_preemptions"))
+LMDEPLOY_NAMES = MetricNames(("lmdeploy:num_requests_running",), ("lmdeploy:num_requests_waiting",),
+                             ("lmdeploy:gpu_cache_usage_perc",))
 
 
 @dataclass(frozen=True)
-class VllmStats:
+class ServerStats:
     """One scrape of a replica: requests running and waiting, KV-cache use (0..1), preemptions so far."""
 
     num_running: int = 0
@@ -52,18 +66,27 @@ def parse_samples(text: str) -> dict[str, list[float]]:
     return samples
 
 
-def parse_vllm_metrics(text: str) -> VllmStats:
-    """The replica's load and KV pressure from its ``/metrics`` text."""
+def parse_metrics(text: str, names: MetricNames) -> ServerStats:
+    """The replica's load and KV pressure from its ``/metrics`` text, under the server's ``names``."""
     samples = parse_samples(text)
 
-    def first(names: tuple[str, ...]) -> list[float]:
-        return next((samples[n] for n in names if n in samples), [])
+    def first(candidates: tuple[str, ...]) -> list[float]:
+        return next((samples[n] for n in candidates if n in samples), [])
 
-    kv = first(KV_USAGE)
-    return VllmStats(num_running=int(sum(samples.get(RUNNING, []))),
-                     num_waiting=int(sum(samples.get(WAITING, []))),
-                     kv_cache_usage=sum(kv) / len(kv) if kv else 0.0,
-                     num_preemptions=int(sum(first(PREEMPTIONS))))
+    kv = first(names.kv_usage)
+    return ServerStats(num_running=int(sum(first(names.running))),
+                       num_waiting=int(sum(first(names.waiting))),
+                       kv_cache_usage=sum(kv) / len(kv) if kv else 0.0,
+                       num_preemptions=int(sum(first(names.preemptions))))
 
 
-__all__ = ["VllmStats", "parse_samples", "parse_vllm_metrics"]
+def parse_vllm_metrics(text: str) -> ServerStats:
+    return parse_metrics(text, VLLM_NAMES)
+
+
+def parse_lmdeploy_metrics(text: str) -> ServerStats:
+    return parse_metrics(text, LMDEPLOY_NAMES)
+
+
+__all__ = ["LMDEPLOY_NAMES", "VLLM_NAMES", "MetricNames", "ServerStats", "parse_lmdeploy_metrics",
+           "parse_metrics", "parse_samples", "parse_vllm_metrics"]
