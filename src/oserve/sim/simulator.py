@@ -95,7 +95,8 @@ class Simulation:
 
     def __init__(self, replicas: list[ReplicaSetup], dispatch: DispatchTable, config: SimConfig,
                  batching: BatchingConfig, block_tokens: int = 16,
-                 max_context_tokens: int | None = None, decode_runs: bool = True) -> None:
+                 max_context_tokens: int | None = None, decode_runs: bool = True,
+                 fast_steps: bool = True) -> None:
         if not replicas:
             raise ConfigError("a simulation needs at least one replica")
         if dispatch.num_replicas != len(replicas):
@@ -105,6 +106,7 @@ class Simulation:
         self.batching = batching
         self.block_tokens = block_tokens
         self.decode_runs = decode_runs
+        self.fast_steps = fast_steps  # False: every step by the reference scheduler (equivalence tests)
         self.max_context_tokens = max_context_tokens
         self.router = Router(config.dispatch, np.random.default_rng(config.seed))
         self.setups: list[ReplicaSetup] = []
@@ -123,7 +125,7 @@ class Simulation:
         """A new replica (routed to once ``set_dispatch`` names it); returns its id."""
         rep = ReplicaSim(len(self.replicas), setup.timer, BlockPool(setup.kv_blocks, self.block_tokens),
                          setup.batching(self.batching, self.config.watermark_frac),
-                         self.config.util_bin_s, self.decode_runs)
+                         self.config.util_bin_s, self.decode_runs, self.fast_steps)
         self.replicas.append(rep)
         self.setups.append(setup)
         return rep.replica_id
@@ -150,7 +152,7 @@ class Simulation:
         nxt = rep.on_arrival(seq, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        router.update(rid, rep.num_outstanding, len(rep.waiting))
 
     def adopt(self, replica_id: int, seq: Seq, t: float) -> None:
         """``replica_id`` takes a sequence with its KV cache (or to recompute, when it has no room)."""
@@ -236,7 +238,7 @@ class Simulation:
             rec.finished(finished, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        self.router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        self.router.update(rid, rep.num_outstanding, len(rep.waiting))
         if rep.extracted and self.controller is not None:
             self.controller.on_extracted(self, rid, t)
 
