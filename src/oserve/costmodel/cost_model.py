@@ -77,6 +77,11 @@ class CostModel:
             self.gpus = {n: cat.get(n) for n in cat.names()}
         # Per-instance cache (no global state: two cost models can coexist).
         self._capacity_cache: dict[tuple[ReplicaConfig, float, float], float] = {}
+        # (cfg, tokens) -> (GEMMs of one layer, TP all-reduces of one layer): the terms of a step that
+        # depend on its token count alone, the same floats whatever the batch (the simulator's
+        # step-time cache misses ask for the same token counts again and again)
+        self._token_terms: dict[tuple[ReplicaConfig, float], tuple[float, float]] = {}
+        self._token_terms_calibration = self.calibration
 
     def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
         if cfg.gpu_type not in self.gpus:
@@ -143,12 +148,7 @@ class CostModel:
                  decode_batch: float, decode_ctx_total: float) -> float:
         """One layer on one shard: GEMMs over all tokens, prefill attention, decode attention."""
         gpu, m = self.gpu(cfg), self.model
-        if cfg.weight_format == "bf16":
-            total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
-        else:
-            wf = resolve_weight_format(cfg.weight_format, gpu)
-            total = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
-                        for g in GEMM_LAYERS)
+        total = self._per_token_count(cfg, tokens)[0]
         if num_prefill > 0:
             heads = m.num_heads / cfg.tp
             kvh = kv_heads_per_shard(m, cfg.tp)
@@ -161,6 +161,27 @@ class CostModel:
             kvf = kv_format(cfg.kv_cache_dtype)
             total += self._op_s(kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
         return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
+
+    def _per_token_count(self, cfg: ReplicaConfig, tokens: float) -> tuple[float, float]:
+        """(GEMMs of one layer, its two TP all-reduces) for ``tokens`` tokens, memoised."""
+        if self._token_terms_calibration is not self.calibration:  # a new calibration: start afresh
+            self._token_terms, self._token_terms_calibration = {}, self.calibration
+        key = (cfg, tokens)
+        terms = self._token_terms.get(key)
+        if terms is None:
+            gpu, m = self.gpu(cfg), self.model
+            if cfg.weight_format == "bf16":
+                gemm = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
+            else:
+                wf = resolve_weight_format(cfg.weight_format, gpu)
+                gemm = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
+                           for g in GEMM_LAYERS)
+            comm = 0.0
+            if cfg.tp > 1:
+                comm = 2 * all_reduce_s(tokens * m.hidden_size * ACTIVATION_BYTES, cfg.tp,
+                                        gpu.intra_node_gbps)
+            terms = self._token_terms[key] = (gemm, comm)
+        return terms
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                      decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -176,10 +197,7 @@ class CostModel:
         layers = math.ceil(self.model.num_layers / cfg.pp)
         layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
                               decode_ctx_total)
-        comm = 0.0
-        if cfg.tp > 1:
-            comm = 2 * all_reduce_s(tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp,
-                                    self.gpu(cfg).intra_node_gbps)
+        comm = self._per_token_count(cfg, tokens)[1]
         sampled = len(prefill_chunks) + decode_batch
         lm_head = self._op_s("gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size
                                           / cfg.tp, ACTIVATION_BYTES * self.model.hidden_size
