@@ -50,6 +50,7 @@ class ReplicaSim:
         self._prefilling: list[Seq] = []  # the running sequences not in _decoding, in admission order
         self._joining: list[Seq] = []  # adopted while a fast step was in flight: join at the next step
         self._lazy = False  # _decoding and _prefilling describe _running (fast mode, between rebuilds)
+        self._num_dead = 0  # finished sequences still in _running (fast mode removes them in batches)
         self.num_reference_steps = 0  # fast mode: steps that needed the reference scheduler
         self.batch: StepBatch | None = None
         self.step_start_s = 0.0
@@ -69,17 +70,25 @@ class ReplicaSim:
 
     @property
     def num_outstanding(self) -> int:
-        return len(self.waiting) + len(self._running)
+        return len(self.waiting) + len(self._running) - self._num_dead
 
     @property
     def running(self) -> list[Seq]:
         """The running sequences, in admission order, with their counters exact."""
+        self._compact()
         self._sync_all()
         return self._running
+
+    def _compact(self) -> None:
+        """Drop the finished sequences from ``_running`` (the order of the others is kept)."""
+        if self._num_dead:
+            self._running = [s for s in self._running if s.num_generated < s.output_tokens]
+            self._num_dead = 0
 
     @running.setter
     def running(self, seqs: list[Seq]) -> None:
         self._running = seqs
+        self._num_dead = 0
         self._lazy = False
 
     @property
@@ -180,7 +189,9 @@ class ReplicaSim:
             for seq in finished:
                 self.pool.release(seq.num_blocks)
                 seq.num_blocks = 0
-            self._running = [s for s in self._running if s.num_generated < s.output_tokens]
+            self._num_dead += len(finished)  # removed once they are half the list: O(1) per request
+            if 2 * self._num_dead > len(self._running):
+                self._compact()
         self.batch = None
         return first, finished, self._start_step(now_s)
 
@@ -189,6 +200,7 @@ class ReplicaSim:
             self._extract()
         batch = self._fast_schedule() if self.fast else None
         if batch is None:
+            self._compact()
             self._sync_all()
             self._lazy = False
             batch = schedule_step(self.batching, self.waiting, self._running, self.pool)
@@ -246,10 +258,11 @@ class ReplicaSim:
             batch.decode_ctx_total = decoding.ctx_total()
             batch.min_output_left = decoding.min_output_left()
         waiting, running = self.waiting, self._running
-        while waiting and budget > 0 and len(running) < cfg.max_num_seqs:  # as _schedule_chunked
+        max_seqs = cfg.max_num_seqs + self._num_dead  # the finished ones hold no seat
+        while waiting and budget > 0 and len(running) < max_seqs:  # as _schedule_chunked
             seq = waiting[0]
             chunk = min(seq.prefill_target, budget)
-            reserve = cfg.watermark_blocks if running else 0
+            reserve = cfg.watermark_blocks if len(running) > self._num_dead else 0
             if pool.blocks_for(chunk) + reserve > pool.num_free:
                 break
             admit(seq, chunk, running, waiting, pool, batch)
@@ -262,6 +275,7 @@ class ReplicaSim:
         """Describe ``_running`` (exact counters) by the DecodeSet and the prefilling list; False when a
         decoding sequence holds other than the blocks of its cached tokens (a decode run cut before its
         first step leaves it holding that step's block: one reference step makes it regular again)."""
+        self._compact()
         decoding, bt = self._decoding, self.pool.block_tokens
         decoding.clear()
         self._prefilling = []
