@@ -221,7 +221,12 @@ def _sim_case(spec: dict) -> dict:
             "requests_per_s": round(len(res.arrival_s) / wall),
             "requests_per_cpu_s": round(len(res.arrival_s) / cpu),
             "cpu_us_per_event": round(cpu / res.num_events * 1e6, 2),
-            "completed": int(res.completed.sum()), "peak_rss_mb": round(_peak_rss_mb())}
+            "completed": int(res.completed.sum()), "peak_rss_mb": round(_peak_rss_mb()),
+            "p99_e2e_s": res.summary()["p99_e2e_s"],
+            "step_timer_hit_rate": res.meta["step_timer"]["hit_rate"],
+            "step_timer_miss_cpu_s": round(res.meta["step_timer"]["miss_s"], 3),
+            "reference_step_frac": res.meta.get("reference_steps", 0) / max(1, sum(r.num_steps for r in
+                                                                                   res.replicas))}
 
 
 def _peak_rss_mb() -> float:
@@ -302,15 +307,18 @@ def markdown(report: dict) -> str:
                                         f"replica, {LOAD_OF_CAPACITY:.0%} of predicted capacity)")):
         lines += ["", f"### {title}", "",
                   "| replicas | requests | wall s | CPU s | events | requests/CPU s | CPU us/event "
-                  "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+                  "| peak RSS MB | step-timer hit rate | miss CPU s |", "|" + "---|" * 10]
         for r in sim[key]:
             if "timed_out_s" in r:
                 lines.append(f"| - | {r['requests']:,} | > {r['timed_out_s']:.0f} (stopped) | - | - | - "
-                             "| - | - |")
+                             "| - | - | - | - |")
             else:
+                hit = r.get("step_timer_hit_rate")
                 lines.append(f"| {r['replicas']} | {r['requests']:,} | {r['wall_s']:.1f} | "
                              f"{r['cpu_s']:.1f} | {r['events']:,} | {r['requests_per_cpu_s']:,} | "
-                             f"{r['cpu_us_per_event']:.1f} | {r['peak_rss_mb']} |")
+                             f"{r['cpu_us_per_event']:.1f} | {r['peak_rss_mb']} | "
+                             f"{'-' if hit is None else f'{hit:.1%}'} | "
+                             f"{r.get('step_timer_miss_cpu_s', '-')} |")
     lines += ["", f"Request counts above {sim['max_requests']:,} were not run (`--max-requests`)."]
     return "\n".join(lines) + "\n"
 

@@ -222,6 +222,8 @@ class Simulation:
         result = rec.result(end_s, self.config.util_bin_s, self._live_seqs())
         result.replicas = self._replica_stats(result.replica_id, end_s, rec.first_arrival_s)
         result.meta["step_timer"] = cache_stats(s.timer for s in self.setups)
+        # engine steps the DecodeSet could not schedule (order-dependent: preemption, a binding budget)
+        result.meta["reference_steps"] = sum(r.num_reference_steps for r in self.replicas)
         result.wall_s = time.perf_counter() - wall0
         return result
 
