@@ -79,17 +79,17 @@ class ReplicaSim:
         self._sync_all()
         return self._running
 
-    def _compact(self) -> None:
-        """Drop the finished sequences from ``_running`` (the order of the others is kept)."""
-        if self._num_dead:
-            self._running = [s for s in self._running if s.num_generated < s.output_tokens]
-            self._num_dead = 0
-
     @running.setter
     def running(self, seqs: list[Seq]) -> None:
         self._running = seqs
         self._num_dead = 0
         self._lazy = False
+
+    def _compact(self) -> None:
+        """Drop the finished sequences from ``_running`` (the order of the others is kept)."""
+        if self._num_dead:
+            self._running = [s for s in self._running if s.num_generated < s.output_tokens]
+            self._num_dead = 0
 
     @property
     def is_busy(self) -> bool:

@@ -80,7 +80,7 @@ def _read_padded(path: Path) -> np.ndarray | None:
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         data = np.zeros(size + 1 + _PAD, np.uint8)
-        size = fh.readinto(memoryview(data)[:size])
+        size = fh.readinto(data.data[:size])  # numpy's own buffer view of the array
     if not size:
         return None
     if data[size - 1] != _NEWLINE:  # a last line without its newline
