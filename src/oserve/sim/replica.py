@@ -12,9 +12,10 @@ In chunked mode the decoding sequences are kept in a ``DecodeSet`` (``sim.decode
 them all at once, so a step costs work in the number of prefilling sequences, not in the batch. A step
 qualifies when nothing the per-sequence scheduler decides depends on the order of the running sequences:
 the token budget covers every decode token and every pending prefill chunk, and the free KV blocks cover
-every block the step allocates (then nobody is preempted). Any other step, and all of prefill-first mode,
-runs the reference scheduler (``batching.schedule_step``) on the synced sequences, after which the set
-is rebuilt. Both paths give the same steps; ``fast=False`` always takes the reference one (tests).
+every block the step allocates (then nobody is preempted). Any other step, all of prefill-first mode and
+the replicas of a disaggregated group run the reference scheduler (``batching.schedule_step``) on the
+synced sequences, after which the set is rebuilt. Both paths give the same steps; ``fast=False`` always
+takes the reference one (tests).
 
 A deployment switch uses the public operations at the end of the class: stop admitting (hand back the
 queue), extract sequences at the next step boundary (with their KV released), adopt a sequence with its
