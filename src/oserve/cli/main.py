@@ -16,8 +16,8 @@ from typing import NoReturn
 from oserve import __version__
 from oserve.common.errors import OServeError
 
-# command name -> its module (imported only when needed: `oserve plan` must not pay for the server's or
-# the guard's imports, which pull in scipy.stats, FastAPI and more; see docs/planner.md, start-up)
+# subcommand name -> its module; a command line naming one imports only that module (``serve`` pulls in
+# the runtime, ``bench`` scipy.stats: a second of start-up that ``oserve plan`` does not need)
 COMMANDS = {"plan": "plan_cmd", "simulate": "simulate_cmd", "simulate-adaptive": "simulate_adaptive_cmd",
             "transfer-plan": "transfer_plan_cmd", "costmodel": "costmodel_cmd", "forecast": "forecast_cmd",
             "serve": "serve_cmd", "bench": "bench_cmd", "guard": "guard_cmd"}
@@ -35,15 +35,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; given the command line ``argv``, only its command's module is imported and registered
-    (every command's, for ``oserve --help``, a mistyped command or no ``argv``)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or (``command``, a known name) of that one alone."""
     parser = Parser(prog="oserve", description="Workload-orchestrated LLM serving: plan, simulate and serve.")
     parser.add_argument("--version", action="version", version=f"oserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # the command is the first word that is not a flag (the top-level parser's flags take no value)
-    chosen = next((a for a in argv or () if not a.startswith("-")), None)
-    names = [chosen] if chosen in COMMANDS else list(COMMANDS)
+    names = [command] if command in COMMANDS else list(COMMANDS)
     for name in names:
         importlib.import_module(f"oserve.cli.{COMMANDS[name]}").register(sub)
     return parser
@@ -51,7 +48,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe (`oserve plan --json | head`) surfaces here
