@@ -13,6 +13,11 @@ Writes bench/results/scale_bench.{json,md,png}:
   cost per event vs the number of replicas at a constant load per replica; each run in its own
   process, whose peak RSS is reported.
 
+With ``--baseline-src`` the start-up, the vectorised trace load and the simulations up to
+``--baseline-max-requests`` also run on the other tree, each case right after the new one (pairs in one
+run are what a shared machine can compare), with a check that the simulations' event counts and P99s
+agree. ``--sim-rows FILE`` adds rows measured separately with ``--sim-case`` (e.g. a 10M run).
+
     python bench/scale_bench.py [--quick] [--max-requests N] [--baseline-src /path/to/old/src]
 """
 
@@ -125,23 +130,49 @@ def planner_section(sizes: dict, baseline: str | None, timeout_s: float,
     return rows
 
 
-def startup_section() -> dict:
-    """The whole ``oserve plan`` process at 16 GPUs, CPU time of the child and wall time."""
+def _child_times(cmd: list[str], env: dict) -> dict:
+    """Wall and CPU seconds of one child process (its stdout is returned too)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "stdout": done.stdout}
+
+
+def startup_section(baseline: str | None = None, repeats: int = 3) -> dict:
+    """The whole ``oserve plan`` process at 16 GPUs, CPU time of the child and wall time: a first run with
+    an empty request-type cache, then ``repeats`` re-runs (the median is reported). With a baseline tree,
+    its process runs right after each of ours, with its own cache."""
     cmd = [sys.executable, "-m", "oserve.cli.main", "plan", "--cluster", "2x8xH100", "--model", MODEL,
            "--trace", TRACE]
-    out = {}
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "OSERVE_CACHE_DIR": cache}
-        for label in ("first run (empty type cache)", "re-run (types cached)"):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
-            wall = time.perf_counter() - t0
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            out[label] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
-            print("startup", label, out[label], file=sys.stderr, flush=True)
-    return out
+    trees = {"": None, **({"baseline_": baseline} if baseline else {})}
+    runs: dict[str, dict[str, list[dict]]] = {"first run (empty type cache)": {}, "re-run (types cached)": {}}
+    with tempfile.TemporaryDirectory() as cache_root:
+        envs = {tree: {**os.environ, "OSERVE_CACHE_DIR": os.path.join(cache_root, tree or "new"),
+                       **({"PYTHONPATH": src} if src else {})} for tree, src in trees.items()}
+        for label, count in (("first run (empty type cache)", 1), ("re-run (types cached)", repeats)):
+            for _ in range(count):
+                for tree in trees:
+                    runs[label].setdefault(tree, []).append(_child_times(cmd, envs[tree]))
+    rows = {}
+    for label, by_tree in runs.items():
+        row: dict = {}
+        for tree, tries in by_tree.items():
+            median = sorted(tries, key=lambda r: r["cpu_s"])[len(tries) // 2]
+            row.update({tree + k: median[k] for k in ("wall_s", "cpu_s")})
+        if baseline:
+            row["same_plan"] = _strip_seconds(by_tree[""][0]["stdout"]) == \
+                _strip_seconds(by_tree["baseline_"][0]["stdout"])
+        rows[label] = row
+        print("startup", label, row, file=sys.stderr, flush=True)
+    return rows
+
+
+def _strip_seconds(text: str) -> str:
+    """The printed plan without its planner time (the only line that differs between two runs)."""
+    return "\n".join(line for line in text.splitlines() if "(planner " not in line)
 
 
 # ---------------------------------------------------------------- trace loading
@@ -171,7 +202,26 @@ def write_azure_csv(trace, path: Path) -> None:
                       zip(text.tolist(), trace.input_tokens.tolist(), trace.output_tokens.tolist()))
 
 
-def trace_section(num_rows: int, row_loop_rows: int) -> dict:
+_LOAD_CASE = """
+import json, sys, time
+from oserve.workload import load_trace
+for _ in range(2):  # the second load is the one timed (the first imports and warms the page cache)
+    c0, t0 = time.process_time(), time.perf_counter()
+    trace = load_trace(sys.argv[1])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"rows": len(trace), "wall_s": wall, "cpu_s": cpu}))
+"""
+
+
+def _load_in_child(path: Path, src: str | None) -> dict:
+    env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
+    done = subprocess.run([sys.executable, "-c", _LOAD_CASE, str(path)], env=env, check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def trace_section(num_rows: int, row_loop_rows: int, baseline: str | None = None,
+                  repeats: int = 3) -> dict:
     from oserve.workload import trace as trace_mod
 
     out = {}
@@ -192,6 +242,16 @@ def trace_section(num_rows: int, row_loop_rows: int) -> dict:
             out[label] = {"rows": len(loaded), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                           "rows_per_s": round(len(loaded) / wall)}
             print("trace", label, out[label], file=sys.stderr, flush=True)
+        if baseline:  # the vectorised load in a fresh process per tree, alternately: the median pair
+            path = Path(tmp) / f"azure_{num_rows}.csv"
+            pairs = [(_load_in_child(path, None), _load_in_child(path, baseline)) for _ in range(repeats)]
+            new, old = sorted(pairs, key=lambda p: p[0]["cpu_s"])[len(pairs) // 2]
+            out["vectorised, paired"] = {"rows": new["rows"], "wall_s": round(new["wall_s"], 3),
+                                         "cpu_s": round(new["cpu_s"], 3),
+                                         "rows_per_s": round(new["rows"] / new["wall_s"]),
+                                         "baseline_wall_s": round(old["wall_s"], 3),
+                                         "baseline_cpu_s": round(old["cpu_s"], 3)}
+            print("trace paired", out["vectorised, paired"], file=sys.stderr, flush=True)
     return out
 
 
@@ -221,7 +281,12 @@ def _sim_case(spec: dict) -> dict:
             "requests_per_s": round(len(res.arrival_s) / wall),
             "requests_per_cpu_s": round(len(res.arrival_s) / cpu),
             "cpu_us_per_event": round(cpu / res.num_events * 1e6, 2),
-            "completed": int(res.completed.sum()), "peak_rss_mb": round(_peak_rss_mb())}
+            "completed": int(res.completed.sum()), "peak_rss_mb": round(_peak_rss_mb()),
+            "p99_e2e_s": res.summary()["p99_e2e_s"],
+            "step_timer_hit_rate": res.meta["step_timer"]["hit_rate"],
+            "step_timer_miss_cpu_s": round(res.meta["step_timer"]["miss_s"], 3),
+            "reference_step_frac": res.meta.get("reference_steps", 0) / max(1, sum(r.num_steps for r in
+                                                                                   res.replicas))}
 
 
 def _peak_rss_mb() -> float:
@@ -236,27 +301,40 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sim_in_child(spec: dict, timeout_s: float) -> dict:
+def _sim_in_child(spec: dict, timeout_s: float, src: str | None = None) -> dict:
+    env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
     try:
         out = subprocess.run([sys.executable, __file__, "--sim-case", json.dumps(spec)], check=True,
-                             capture_output=True, text=True, timeout=timeout_s)
+                             capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {**spec, "timed_out_s": timeout_s}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def sim_section(sizes: dict, max_requests: int, timeout_s: float, per_replica: int) -> dict:
-    by_requests = []
-    for n in (n for n in sizes["requests"] if n <= max_requests):
-        by_requests.append(_sim_in_child({"cluster": f"{SIM_GPUS // 8}x8xH100", "requests": n}, timeout_s))
-        print("sim", by_requests[-1], file=sys.stderr, flush=True)
-    by_replicas = []
-    for r in sizes["replicas"]:  # the default plan runs Llama-2-70B as TP4: two replicas per node
-        n = min(per_replica * r, max_requests)
-        by_replicas.append(_sim_in_child({"cluster": f"{max(1, r // 2)}x8xH100", "requests": n}, timeout_s))
-        print("sim", by_replicas[-1], file=sys.stderr, flush=True)
+def _sim_pair(spec: dict, timeout_s: float, baseline: str | None, baseline_max: int) -> dict:
+    """One case on this tree, then (when it is small enough) on the baseline tree."""
+    row = _sim_in_child(spec, timeout_s)
+    if baseline and spec["requests"] <= baseline_max and "timed_out_s" not in row:
+        old = _sim_in_child(spec, timeout_s, baseline)
+        row["baseline"] = {k: old.get(k) for k in ("wall_s", "cpu_s", "events", "p99_e2e_s", "peak_rss_mb",
+                                                   "timed_out_s")}
+        row["same_events_and_p99"] = (old.get("events"), old.get("p99_e2e_s")) == (row["events"],
+                                                                                  row["p99_e2e_s"])
+    print("sim", row, file=sys.stderr, flush=True)
+    return row
+
+
+def sim_section(sizes: dict, max_requests: int, timeout_s: float, per_replica: int,
+                baseline: str | None = None, baseline_max: int = 0, extra_rows: list[dict] = ()) -> dict:
+    by_requests = [_sim_pair({"cluster": f"{SIM_GPUS // 8}x8xH100", "requests": n}, timeout_s, baseline,
+                             baseline_max) for n in sizes["requests"] if n <= max_requests]
+    by_requests = sorted(by_requests + list(extra_rows), key=lambda r: r["requests"])
+    by_replicas = [  # the default plan runs Llama-2-70B as TP4: two replicas per node
+        _sim_pair({"cluster": f"{max(1, r // 2)}x8xH100", "requests": min(per_replica * r, max_requests)},
+                  timeout_s, baseline, baseline_max) for r in sizes["replicas"]]
     return {"by_requests": by_requests, "by_replicas": by_replicas, "requests_per_replica": per_replica,
-            "max_requests": max_requests, "case_timeout_s": timeout_s}
+            "max_requests": max_requests, "case_timeout_s": timeout_s, "baseline_max_requests": baseline_max,
+            "separately_measured_requests": [r["requests"] for r in extra_rows]}
 
 
 # ---------------------------------------------------------------- report
@@ -289,11 +367,21 @@ def markdown(report: dict) -> str:
         else:
             lines.append(f"| {r['gpu_types']} | {r['gpus']} | {r['planner']} | {r['seconds']:.2f} | "
                          f"{r['cpu_s']:.2f} | {r['deployment']} |")
-    lines += ["", "### `oserve plan` process at 16 GPUs", "", "| run | wall s | CPU s |", "|---|---|---|"]
-    lines += [f"| {k} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} |" for k, v in report["startup"].items()]
-    lines += ["", "### Trace loading (Azure CSV)", "", "| loader | rows | wall s | CPU s | rows/s |",
-              "|---|---|---|---|---|"]
+    lines += ["", "### `oserve plan` process at 16 GPUs", ""]
+    if any("baseline_cpu_s" in v for v in report["startup"].values()):
+        lines += ["| run | wall s | CPU s | baseline wall s | baseline CPU s | CPU ratio | same plan |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} | {v['baseline_wall_s']:.2f} | "
+                  f"{v['baseline_cpu_s']:.2f} | {v['cpu_s'] / v['baseline_cpu_s']:.2f} | "
+                  f"{'yes' if v['same_plan'] else 'no'} |" for k, v in report["startup"].items()]
+    else:
+        lines += ["| run | wall s | CPU s |", "|---|---|---|"]
+        lines += [f"| {k} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} |" for k, v in report["startup"].items()]
+    lines += ["", "### Trace loading (Azure CSV)", "",
+              "| loader | rows | wall s | CPU s | rows/s | paired baseline |", "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['rows']:,} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} | {v['rows_per_s']:,} |"
+              + (f" baseline: {v['baseline_wall_s']:.2f} s wall, {v['baseline_cpu_s']:.2f} CPU s, CPU ratio "
+                 f"{v['cpu_s'] / v['baseline_cpu_s']:.2f} |" if "baseline_cpu_s" in v else " - |")
               for k, v in report["trace_loading"].items()]
     sim = report["simulator"]
     for key, title in (("by_requests", f"Simulator vs requests ({SIM_GPUS} GPUs, default plan, "
@@ -302,15 +390,22 @@ def markdown(report: dict) -> str:
                                         f"replica, {LOAD_OF_CAPACITY:.0%} of predicted capacity)")):
         lines += ["", f"### {title}", "",
                   "| replicas | requests | wall s | CPU s | events | requests/CPU s | CPU us/event "
-                  "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+                  "| peak RSS MB | step-timer hit rate | miss CPU s | baseline (paired) |", "|" + "---|" * 11]
         for r in sim[key]:
             if "timed_out_s" in r:
                 lines.append(f"| - | {r['requests']:,} | > {r['timed_out_s']:.0f} (stopped) | - | - | - "
-                             "| - | - |")
+                             "| - | - | - | - | - |")
             else:
+                hit = r.get("step_timer_hit_rate")
+                old = r.get("baseline")
+                paired = ("-" if not old or old.get("cpu_s") is None else
+                          f"{old['cpu_s']:.1f} CPU s, ratio {r['cpu_s'] / old['cpu_s']:.2f}, "
+                          f"{'same' if r['same_events_and_p99'] else 'DIFFERENT'} events and P99")
                 lines.append(f"| {r['replicas']} | {r['requests']:,} | {r['wall_s']:.1f} | "
                              f"{r['cpu_s']:.1f} | {r['events']:,} | {r['requests_per_cpu_s']:,} | "
-                             f"{r['cpu_us_per_event']:.1f} | {r['peak_rss_mb']} |")
+                             f"{r['cpu_us_per_event']:.1f} | {r['peak_rss_mb']} | "
+                             f"{'-' if hit is None else f'{hit:.1%}'} | "
+                             f"{r.get('step_timer_miss_cpu_s', '-')} | {paired} |")
     lines += ["", f"Request counts above {sim['max_requests']:,} were not run (`--max-requests`)."]
     return "\n".join(lines) + "\n"
 
@@ -369,12 +464,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="sections to run (the others are taken from --reuse)")
     ap.add_argument("--reuse", default=None, metavar="JSON", help="an earlier report to take the other "
                     "sections from (its command and load are kept in 'reused')")
+    ap.add_argument("--sim-requests", default=None, help="request counts of the 256-GPU sweep (10000,30000)")
+    ap.add_argument("--sim-replicas", default=None, help="replica counts of the replica sweep, e.g. 2,8,32")
+    ap.add_argument("--baseline-max-requests", type=int, default=100_000,
+                    help="largest simulation also run on the baseline")
+    ap.add_argument("--sim-rows", nargs="*", default=[], metavar="JSON",
+                    help="rows measured separately by --sim-case (one JSON object per file) to add")
     ap.add_argument("--sim-case", default=None, help=argparse.SUPPRESS)  # internal: one child run
     args = ap.parse_args(argv)
     if args.sim_case:
         print(json.dumps(_sim_case(json.loads(args.sim_case))))
         return 0
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    for key, flag in (("requests", args.sim_requests), ("replicas", args.sim_replicas)):
+        if flag:
+            sizes[key] = tuple(int(x) for x in flag.split(","))
     max_requests = args.max_requests or (10_000 if args.quick else 10_000_000)
     trace_rows = args.trace_rows or (50_000 if args.quick else 1_000_000)
     out = Path(args.out)
@@ -393,10 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     runners = {  # section name -> (report key, how to run it)
         "planner": ("planner", lambda: planner_section(sizes, args.baseline_src, args.baseline_timeout_s,
                                                        baseline_max)),
-        "startup": ("startup", startup_section),
-        "trace": ("trace_loading", lambda: trace_section(trace_rows, min(trace_rows, 100_000))),
-        "sim": ("simulator", lambda: sim_section(sizes, max_requests, args.sim_timeout_s,
-                                                 args.requests_per_replica)),
+        "startup": ("startup", lambda: startup_section(args.baseline_src)),
+        "trace": ("trace_loading", lambda: trace_section(trace_rows, min(trace_rows, 100_000),
+                                                         args.baseline_src)),
+        "sim": ("simulator", lambda: sim_section(
+            sizes, max_requests, args.sim_timeout_s, args.requests_per_replica, args.baseline_src,
+            args.baseline_max_requests,
+            [json.loads(Path(f).read_text().strip().splitlines()[-1]) for f in args.sim_rows])),
     }
     for name, (key, run) in runners.items():
         report[key] = run() if name in sections or key not in earlier else earlier[key]

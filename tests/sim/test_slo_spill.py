@@ -106,3 +106,28 @@ def test_simulator_router_and_runtime_dispatch_make_the_same_decisions(cost):
             outstanding[r] = decoding[r] + (1 if backlog[r] else 0)
             router.update(r, outstanding[r], 0, backlog[r], decoding[r])
     assert moved > 0  # the rule did spill in this run
+
+
+def test_slo_spill_reads_the_same_state_on_the_fast_decode_path(cost):
+    """The spill rule reads each replica's prefill backlog after every event; with the DecodeSet fast
+    path (sim/decode_set.py) on or off the simulation must be the same, request by request."""
+    prepared = prepare_trace(_bursty_trace(), cost, num_types=2)
+    plan = _specialised_plan(prepared)
+    slos = prepared_type_slos(prepared, SloSpec(Slo(1.0, 0.1), attainment=0.9))
+    from oserve.sim.api import batching_config, request_type_ids
+    from oserve.sim.simulator import Simulation, replicas_from_configs
+
+    config = SimConfig(dispatch="slo-spill")
+    trace = prepared.trace.scaled(2.0)
+    type_ids = request_type_ids(trace, prepared.types)
+    runs = []
+    for fast in (True, False):
+        sim = Simulation(replicas_from_configs(plan.configs(), cost),
+                         DispatchTable.from_fractions(plan.dispatch), config, batching_config(cost, config),
+                         cost.params.kv_block_tokens, type_slos=slos, fast_steps=fast)
+        runs.append(sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, type_ids))
+        if fast:  # the fast path was taken for most steps
+            assert sum(r.num_reference_steps for r in sim.replicas) < sum(r.num_steps for r in sim.replicas) / 2
+    for key in ("first_token_s", "finish_s", "replica_id"):
+        np.testing.assert_array_equal(getattr(runs[0], key), getattr(runs[1], key), err_msg=key)
+    assert (runs[0].replica_id != runs[0].replica_id[0]).any()  # both replicas served

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from oserve.common.errors import ConfigError, InputFormatError
+from oserve.common.yaml_io import safe_load
 from oserve.costmodel.catalog import GpuSpec, ModelSpec, StepModel, _Catalog
 from oserve.costmodel.operators import (
     GEMM_LAYERS,
@@ -112,7 +112,7 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
             text = Path(path).read_text()
         except FileNotFoundError:
             raise ConfigError(f"calibration file '{path}' does not exist") from None
-    return Calibration.from_dict(yaml.safe_load(text))
+    return Calibration.from_dict(safe_load(text))
 
 
 # ---- profiles ---------------------------------------------------------------------------------------

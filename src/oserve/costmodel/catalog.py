@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oserve.common.errors import ConfigError, InputFormatError
+from oserve.common.yaml_io import safe_load
 
 DEFAULT_INTER_NODE_GBPS = 50.0  # one 400 Gb/s InfiniBand NIC per GPU, as in a DGX H100
 # The largest cluster the planner accepts. Planning cost no longer grows with the GPU count (bucketed
@@ -133,7 +134,7 @@ def _load_entries(path_or_name: Path | str, key: str, spec_cls: type[S],
                   text: str | None = None) -> list[S]:
     path = str(path_or_name)
     try:
-        doc = yaml.safe_load(text if text is not None else Path(path).read_text())
+        doc = safe_load(text if text is not None else Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"catalog file '{path}' does not exist") from None
     except yaml.YAMLError as exc:

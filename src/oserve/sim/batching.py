@@ -56,10 +56,12 @@ class StepBatch:
     prefill_sq: float = 0.0  # sum over chunks of c * (c + 2 * cached)
     decode_ctx_total: int = 0  # KV tokens the decode tokens attend to, their own included
     min_output_left: int = 1 << 62  # fewest tokens any decoding sequence still has to produce
+    num_decode: int = 0  # decode tokens (len(decode), or the DecodeSet's count when lazy)
+    lazy: bool = False  # scheduled by the replica's DecodeSet: ``decode`` is left empty
 
     @property
     def is_empty(self) -> bool:
-        return not self.prefill and not self.decode
+        return not self.prefill and not self.num_decode
 
 
 def preempt(seq: Seq, pool: BlockPool, count: bool = True) -> None:
@@ -132,7 +134,7 @@ def _schedule_running(running: list, waiting: deque, pool: BlockPool, batch: Ste
     return budget
 
 
-def _admit(seq: Seq, chunk: int, running: list, waiting: deque, pool: BlockPool,
+def admit(seq: Seq, chunk: int, running: list, waiting: deque, pool: BlockPool,
            batch: StepBatch) -> None:
     need = pool.blocks_for(chunk)
     waiting.popleft()
@@ -155,7 +157,7 @@ def _schedule_chunked(cfg: BatchingConfig, waiting: deque, running: list, pool: 
         reserve = cfg.watermark_blocks if running else 0
         if pool.blocks_for(chunk) + reserve > pool.num_free:
             break
-        _admit(seq, chunk, running, waiting, pool, batch)
+        admit(seq, chunk, running, waiting, pool, batch)
         budget -= chunk
     return batch
 
@@ -172,7 +174,7 @@ def _schedule_prefill_first(cfg: BatchingConfig, waiting: deque, running: list,
         reserve = cfg.watermark_blocks if (running or batch.prefill) else 0
         if pool.blocks_for(tokens) + reserve > pool.num_free:
             break
-        _admit(seq, tokens, running, waiting, pool, batch)
+        admit(seq, tokens, running, waiting, pool, batch)
         budget -= tokens
     if batch.prefill:
         return batch
@@ -183,8 +185,11 @@ def _schedule_prefill_first(cfg: BatchingConfig, waiting: deque, running: list,
 def schedule_step(cfg: BatchingConfig, waiting: deque, running: list, pool: BlockPool) -> StepBatch:
     """Choose the next step's work; allocates its KV blocks and applies any preemption."""
     if cfg.mode == "chunked":
-        return _schedule_chunked(cfg, waiting, running, pool)
-    return _schedule_prefill_first(cfg, waiting, running, pool)
+        batch = _schedule_chunked(cfg, waiting, running, pool)
+    else:
+        batch = _schedule_prefill_first(cfg, waiting, running, pool)
+    batch.num_decode = len(batch.decode)
+    return batch
 
 
-__all__ = ["BATCHING_MODES", "BatchingConfig", "StepBatch", "preempt", "schedule_step"]
+__all__ = ["BATCHING_MODES", "BatchingConfig", "StepBatch", "admit", "preempt", "schedule_step"]

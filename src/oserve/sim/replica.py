@@ -8,6 +8,15 @@ time is affine in context). If a request arrives in the middle, the run is cut a
 after the arrival, which is exactly when a step-by-step engine would first see the request. The run is
 therefore equivalent to simulating its steps one by one, at one event instead of k.
 
+In chunked mode the decoding sequences are kept in a ``DecodeSet`` (``sim.decode_set``), which advances
+them all at once, so a step costs work in the number of prefilling sequences, not in the batch. A step
+qualifies when nothing the per-sequence scheduler decides depends on the order of the running sequences:
+the token budget covers every decode token and every pending prefill chunk, and the free KV blocks cover
+every block the step allocates (then nobody is preempted). Any other step, all of prefill-first mode and
+the replicas of a disaggregated group run the reference scheduler (``batching.schedule_step``) on the
+synced sequences, after which the set is rebuilt. Both paths give the same steps; ``fast=False`` always
+takes the reference one (tests).
+
 A deployment switch uses the public operations at the end of the class: stop admitting (hand back the
 queue), extract sequences at the next step boundary (with their KV released), adopt a sequence with its
 KV cache, and account a sequence that must be recomputed as a preemption.
@@ -26,7 +35,8 @@ from __future__ import annotations
 from collections import deque
 
 from oserve.planner.plan import COLOCATED, DECODE, PREFILL
-from oserve.sim.batching import BatchingConfig, StepBatch, preempt, schedule_step
+from oserve.sim.batching import BatchingConfig, StepBatch, admit, preempt, schedule_step
+from oserve.sim.decode_set import DecodeSet
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.request import Seq
 from oserve.sim.step_timer import StepTimer, decode_run_s, decode_steps_within
@@ -36,16 +46,25 @@ class ReplicaSim:
     """A replica's state; ``start``/``on_step_end``/``on_arrival`` return the next step's end time."""
 
     def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
-                 util_bin_s: float = 60.0, decode_runs: bool = True, role: str = COLOCATED) -> None:
+                 util_bin_s: float = 60.0, decode_runs: bool = True, role: str = COLOCATED,
+                 fast: bool = True) -> None:
         self.replica_id = replica_id
         self.role = role
         self.decode_runs = decode_runs  # False: one event per engine step (for equivalence tests)
+        # False: always the reference scheduler (tests); disaggregated roles always take it
+        self.fast = fast and batching.mode == "chunked" and role == COLOCATED
         self.timer = timer
         self.pool = pool
         self.batching = batching
         self.util_bin_s = util_bin_s
         self.waiting: deque[Seq] = deque()
-        self.running: list[Seq] = []
+        self._running: list[Seq] = []  # admission order; members of _decoding hold stale counters
+        self._decoding = DecodeSet(pool.block_tokens)
+        self._prefilling: list[Seq] = []  # the running sequences not in _decoding, in admission order
+        self._joining: list[Seq] = []  # adopted while a fast step was in flight: join at the next step
+        self._lazy = False  # _decoding and _prefilling describe _running (fast mode, between rebuilds)
+        self._num_dead = 0  # finished sequences still in _running (fast mode removes them in batches)
+        self.num_reference_steps = 0  # fast mode: steps that needed the reference scheduler
         self.batch: StepBatch | None = None
         self.step_start_s = 0.0
         self.step_end_s = 0.0
@@ -72,7 +91,26 @@ class ReplicaSim:
 
     @property
     def num_outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self._running) - self._num_dead
+
+    @property
+    def running(self) -> list[Seq]:
+        """The running sequences, in admission order, with their counters exact."""
+        self._compact()
+        self._sync_all()
+        return self._running
+
+    @running.setter
+    def running(self, seqs: list[Seq]) -> None:
+        self._running = seqs
+        self._num_dead = 0
+        self._lazy = False
+
+    def _compact(self) -> None:
+        """Drop the finished sequences from ``_running`` (the order of the others is kept)."""
+        if self._num_dead:
+            self._running = [s for s in self._running if s.num_generated < s.output_tokens]
+            self._num_dead = 0
 
     def prefill_backlog(self) -> tuple[int, int]:
         """(prompt tokens of the held requests without a first token, requests past their first token):
@@ -108,6 +146,8 @@ class ReplicaSim:
         self._account_busy(self.step_start_s, now_s)
         self.num_steps += steps
         self.num_events += 1
+        if batch.lazy:
+            return self._fast_step_end(batch, steps, now_s)
         first, finished = [], []
         for seq, chunk in batch.prefill:
             seq.num_cached += chunk
@@ -148,7 +188,7 @@ class ReplicaSim:
                 self.pool.release(seq.num_blocks)
                 seq.num_blocks = 0
             # the finished ones are exactly the running sequences that produced all their tokens
-            self.running = [s for s in self.running if s.num_generated < s.output_tokens]
+            self._running = [s for s in self._running if s.num_generated < s.output_tokens]
         if self.prefilled:
             self._hold_prefilled()
         if self._fresh:
@@ -158,10 +198,59 @@ class ReplicaSim:
             self.reserved += self.reserve_incoming()
         return first, finished, self._start_step(now_s)
 
+    def _fast_step_end(self, batch: StepBatch, steps: int, now_s: float
+                       ) -> tuple[list[Seq], list[Seq], float | None]:
+        """``on_step_end`` of a step the DecodeSet scheduled: the same updates, in aggregate."""
+        decoding = self._decoding
+        if steps == 0:  # a run cut at its start (a switch's extraction): the step-1 blocks stay with
+            self._sync_all()  # their sequences, as in the reference, so they leave the set's invariant
+            self._lazy = False
+            self.batch = None
+            return [], [], self._start_step(now_s)
+        if batch.num_decode:
+            assert batch.num_decode == decoding.count, "decode set out of step (simulator bug)"
+            if steps > 1:  # blocks for steps 2..k of a decode run (in one call, as the reference)
+                self.pool.allocate(decoding.new_blocks(1, steps))
+            finished = decoding.advance(steps)  # before the prefills: who completes now joins after
+            self.decode_tokens += steps * batch.num_decode
+        else:
+            finished = []
+        first = []
+        for seq, chunk in batch.prefill:
+            seq.num_cached += chunk
+            self.prefill_tokens += chunk
+            if seq.num_cached >= seq.prefill_target:
+                seq.num_generated += 1
+                if seq.num_generated == 1:
+                    first.append(seq)
+                if seq.num_generated >= seq.output_tokens:
+                    finished.append(seq)
+                else:
+                    decoding.add(seq)
+        if batch.prefill:
+            self._prefilling = [s for s in self._prefilling if s.num_cached < s.prefill_target]
+        if finished:
+            for seq in finished:
+                self.pool.release(seq.num_blocks)
+                seq.num_blocks = 0
+            self._num_dead += len(finished)  # removed once they are half the list: O(1) per request
+            if 2 * self._num_dead > len(self._running):
+                self._compact()
+        self.batch = None
+        if self.incoming:  # before the next step is scheduled (a decode run counts on the free blocks)
+            self.reserved += self.reserve_incoming()
+        return first, finished, self._start_step(now_s)
+
     def _start_step(self, now_s: float) -> float | None:
         if self._to_extract:
             self._extract()
-        batch = schedule_step(self.batching, self.waiting, self.running, self.pool)
+        batch = self._fast_schedule() if self.fast else None
+        if batch is None:
+            self._compact()
+            self._sync_all()
+            self._lazy = False
+            batch = schedule_step(self.batching, self.waiting, self._running, self.pool)
+            self.num_reference_steps += self.fast
         self.num_preemptions += batch.num_preempted
         if batch.is_empty:
             return None
@@ -172,9 +261,9 @@ class ReplicaSim:
             self.run_steps = 1
             largest = max((chunk for _, chunk in batch.prefill), default=0)
             duration = self.timer.step_s(batch.prefill_tokens, len(batch.prefill), batch.prefill_sq,
-                                         len(batch.decode), batch.decode_ctx_total, largest)
+                                         batch.num_decode, batch.decode_ctx_total, largest)
         else:
-            n = len(batch.decode)
+            n = batch.num_decode
             to_finish = batch.min_output_left
             safe = 1 + self.pool.block_tokens * (self.pool.num_free // n)
             self.run_steps = max(1, min(to_finish, safe))
@@ -184,12 +273,90 @@ class ReplicaSim:
         self.version += 1
         return self.step_end_s
 
+    def _fast_schedule(self) -> StepBatch | None:
+        """The next step when it qualifies for the DecodeSet (see the module docstring), else None.
+        Allocates exactly what ``batching.schedule_step`` would, in one call."""
+        if not self._lazy and not self._rebuild():
+            return None
+        decoding, pool, cfg = self._decoding, self.pool, self.batching
+        if self._joining:
+            for seq in self._joining:
+                if seq.num_cached >= seq.prefill_target:
+                    decoding.add(seq)
+                else:
+                    self._prefilling.append(seq)
+            self._joining = []
+        bt = pool.block_tokens
+        budget = cfg.max_num_batched_tokens - decoding.count
+        need = decoding.new_blocks(0, 1) if decoding.count else 0
+        for seq in self._prefilling:
+            budget -= seq.prefill_target - seq.num_cached
+            need += -(-seq.prefill_target // bt) - seq.num_blocks
+        if budget < 0 or need > pool.num_free:
+            return None  # a chunk cut by the budget, or a preemption: order matters, the reference decides
+        pool.allocate(need)
+        batch = StepBatch(lazy=True, num_decode=decoding.count)
+        for seq in self._prefilling:
+            chunk = seq.prefill_target - seq.num_cached
+            seq.num_blocks = -(-seq.prefill_target // bt)
+            batch.prefill.append((seq, chunk))
+            batch.prefill_tokens += chunk
+            batch.prefill_sq += chunk * (chunk + 2 * seq.num_cached)
+        if decoding.count:
+            batch.decode_ctx_total = decoding.ctx_total()
+            batch.min_output_left = decoding.min_output_left()
+        waiting, running = self.waiting, self._running
+        max_seqs = cfg.max_num_seqs + self._num_dead  # the finished ones hold no seat
+        while waiting and budget > 0 and len(running) < max_seqs:  # as _schedule_chunked
+            seq = waiting[0]
+            chunk = min(seq.prefill_target, budget)
+            reserve = cfg.watermark_blocks if len(running) > self._num_dead else 0
+            if pool.blocks_for(chunk) + reserve > pool.num_free:
+                break
+            admit(seq, chunk, running, waiting, pool, batch)
+            seq.tick0 = -1
+            self._prefilling.append(seq)
+            budget -= chunk
+        return batch
+
+    def _rebuild(self) -> bool:
+        """Describe ``_running`` (exact counters) by the DecodeSet and the prefilling list; False when a
+        decoding sequence holds other than the blocks of its cached tokens (a decode run cut before its
+        first step leaves it holding that step's block: one reference step makes it regular again)."""
+        self._compact()
+        decoding, bt = self._decoding, self.pool.block_tokens
+        decoding.clear()
+        self._prefilling = []
+        self._joining = []
+        for seq in self._running:
+            if seq.num_cached >= seq.prefill_target:
+                if seq.num_blocks != -(-seq.num_cached // bt):
+                    decoding.clear()
+                    return False
+                decoding.add(seq)
+            else:
+                seq.tick0 = -1
+                self._prefilling.append(seq)
+        self._lazy = True
+        return True
+
+    def _sync_all(self) -> None:
+        """Write the DecodeSet members' true counters into their sequences (they stay members)."""
+        if not self._lazy or not self._decoding.count:
+            return
+        batch = self.batch
+        step_blocks = 1 if batch is not None and batch.lazy and batch.num_decode else 0
+        sync = self._decoding.sync
+        for seq in self._running:
+            if seq.tick0 >= 0:
+                sync(seq, step_blocks)
+
     def _cut_run(self, now_s: float) -> float | None:
         """End a decode run at the first step boundary at or after now (a new request is waiting)."""
         batch = self.batch
         if self.run_steps <= 1 or batch is None:
             return None
-        n = len(batch.decode)
+        n = batch.num_decode
         line = self.timer.decode_line(n)
         steps = decode_steps_within(line, n, batch.decode_ctx_total, now_s - self.step_start_s,
                                     self.run_steps)
@@ -229,11 +396,15 @@ class ReplicaSim:
         if seq.num_cached and need <= self.pool.num_free:
             self.pool.allocate(need)
             seq.num_blocks = need
-            self.running.append(seq)
+            seq.tick0 = -1
+            self._running.append(seq)
+            if self._lazy:
+                self._joining.append(seq)
         else:
             if seq.num_cached:
                 self.num_preemptions += 1
             preempt(seq, self.pool, count=bool(seq.num_cached))
+            seq.tick0 = -1
             self.waiting.append(seq)
         if self.batch is None:
             return self._start_step(now_s)
@@ -318,10 +489,11 @@ class ReplicaSim:
             if seq.req_id in self._to_extract:
                 self.pool.release(seq.num_blocks)
                 seq.num_blocks = 0
+                seq.tick0 = -1
                 self.extracted.append(seq)
             else:
                 keep.append(seq)
-        self.running = keep
+        self.running = keep  # the DecodeSet is rebuilt at the next step
         self._to_extract = set()
 
     def _account_busy(self, start_s: float, end_s: float) -> None:

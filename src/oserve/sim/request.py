@@ -13,7 +13,7 @@ class Seq:
     """
 
     __slots__ = ("req_id", "type_id", "prompt_tokens", "output_tokens", "prefill_target",
-                 "num_cached", "num_generated", "num_blocks", "num_preemptions")
+                 "num_cached", "num_generated", "num_blocks", "num_preemptions", "tick0")
 
     def __init__(self, req_id: int, type_id: int, prompt_tokens: int, output_tokens: int) -> None:
         self.req_id = req_id
@@ -25,6 +25,7 @@ class Seq:
         self.num_generated = 0
         self.num_blocks = 0
         self.num_preemptions = 0
+        self.tick0 = -1  # >= 0 while in a replica's DecodeSet: counters as of that tick (sim.decode_set)
 
     @property
     def is_prefilling(self) -> bool:

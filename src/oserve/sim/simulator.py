@@ -121,7 +121,7 @@ class Simulation:
                  batching: BatchingConfig, block_tokens: int = 16,
                  max_context_tokens: int | None = None, decode_runs: bool = True,
                  handoff: HandoffTimer | None = None,
-                 type_slos: tuple[Slo, ...] | None = None) -> None:
+                 type_slos: tuple[Slo, ...] | None = None, fast_steps: bool = True) -> None:
         if not replicas:
             raise ConfigError("a simulation needs at least one replica")
         if any(s.role != COLOCATED for s in replicas) and handoff is None:
@@ -133,6 +133,7 @@ class Simulation:
         self.batching = batching
         self.block_tokens = block_tokens
         self.decode_runs = decode_runs
+        self.fast_steps = fast_steps  # False: every step by the reference scheduler (equivalence tests)
         self.max_context_tokens = max_context_tokens
         self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos)
         self.handoff = handoff
@@ -157,7 +158,7 @@ class Simulation:
         """A new replica (routed to once ``set_dispatch`` names it); returns its id."""
         rep = ReplicaSim(len(self.replicas), setup.timer, BlockPool(setup.kv_blocks, self.block_tokens),
                          setup.batching(self.batching, self.config.watermark_frac),
-                         self.config.util_bin_s, self.decode_runs, setup.role)
+                         self.config.util_bin_s, self.decode_runs, setup.role, self.fast_steps)
         self.replicas.append(rep)
         self.setups.append(setup)
         return rep.replica_id
@@ -281,6 +282,8 @@ class Simulation:
         result = rec.result(end_s, self.config.util_bin_s, self._live_seqs())
         result.replicas = self._replica_stats(result.replica_id, end_s, rec.first_arrival_s)
         result.meta["step_timer"] = cache_stats(s.timer for s in self.setups)
+        # engine steps the DecodeSet could not schedule (order-dependent: preemption, a binding budget)
+        result.meta["reference_steps"] = sum(r.num_reference_steps for r in self.replicas)
         result.wall_s = time.perf_counter() - wall0
         return result
 

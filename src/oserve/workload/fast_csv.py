@@ -14,6 +14,7 @@ parse, as ``float()`` does), and where it cannot it declines.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,9 @@ def parse_columns(path: Path, kinds: dict[str, str]) -> dict[str, np.ndarray] | 
     AZURE_TIME gives seconds since the epoch (the timestamp read as UTC) as float64; COUNT int64;
     DECIMAL float64 (finite values only).
     """
-    raw = np.fromfile(path, dtype=np.uint8)
-    if not len(raw):
+    data = _read_padded(path)
+    if data is None:
         return None
-    tail = [np.uint8(_NEWLINE)] if raw[-1] != _NEWLINE else []  # a last line without its newline
-    data = np.concatenate([raw, np.array(tail, np.uint8), np.zeros(_PAD, np.uint8)])
     size = len(data) - _PAD
     newlines = np.flatnonzero(data[:size] == _NEWLINE)
     head = bytes(data[:newlines[0]]).removesuffix(b"\r")
@@ -56,8 +55,9 @@ def parse_columns(path: Path, kinds: dict[str, str]) -> dict[str, np.ndarray] | 
         return None
     # lines end in \n or \r\n (the Azure files); a \r anywhere else, or a quote, is for the csv module
     crlf = data[ends - 1] == 13
-    seen = np.bincount(data[body_start:size], minlength=256)
-    if seen[13] != np.count_nonzero(crlf) or seen[ord('"')] or seen[0] or seen[128:].any():
+    body = data[body_start:size]
+    if np.count_nonzero(body == 13) != np.count_nonzero(crlf) or np.count_nonzero(body == ord('"')) \
+            or np.count_nonzero((body - np.uint8(1)) >= 127):  # NUL wraps to 255: NUL or non-ASCII
         return None  # NUL and non-ASCII bytes too: the text reader decides what a binary file is
     starts = np.concatenate([[body_start], ends[:-1] + 1])
     fields = _fields(data, starts, ends - crlf, len(header))
@@ -72,6 +72,21 @@ def parse_columns(path: Path, kinds: dict[str, str]) -> dict[str, np.ndarray] | 
             return None
         out[name] = values
     return out
+
+
+def _read_padded(path: Path) -> np.ndarray | None:
+    """The file's bytes, a newline added if the last line lacks one, then _PAD zero bytes (read straight
+    into the padded buffer: one pass over the file, no copy)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = np.zeros(size + 1 + _PAD, np.uint8)
+        size = fh.readinto(data.data[:size])  # numpy's own buffer view of the array
+    if not size:
+        return None
+    if data[size - 1] != _NEWLINE:  # a last line without its newline
+        data[size] = _NEWLINE
+        size += 1
+    return data[:size + _PAD]
 
 
 def _fields(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
