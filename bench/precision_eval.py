@@ -1,7 +1,8 @@
 """SLO goodput with number formats allowed: bf16 only against fp8 KV, and fp8 weights plus fp8 KV.
 
-For each (model, cluster size, trace) scenario, the goodput planner (`oserve`, latency-model shortlist,
-no simulator verification) plans three times over the same trace window: with bf16 only (today's
+For each (model, cluster size, trace) scenario, the goodput planner (`oserve` as `oserve plan` runs it:
+latency-model shortlist, verified by the simulator on the trace's busiest requests) plans three times
+over the same trace window: with bf16 only (today's
 default), with an fp8 KV cache allowed, and with fp8 weights and fp8 KV allowed. Each plan's SLO goodput
 scale (highest rate scale with >= 90% of every type within the SLO) is then found in the simulator
 (bisection to 3%, `oserve.sim.goodput`), side by side in one run. Both the planner's prediction and the
@@ -49,7 +50,7 @@ def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s:
                  "window_s": window_s, "requests": len(prepared.trace), "variants": {}}
     for name, (weights, kv) in VARIANTS.items():
         plan, _ = plan_with_slo(cluster, cost, prepared, "oserve", slo, "goodput", config,
-                                verify_requests=0, weight_formats=weights, kv_formats=kv)
+                                weight_formats=weights, kv_formats=kv)
         res = plan_goodput(plan, prepared, cost, config, slo,
                            start_scale=max(plan.predicted_goodput_scale or 1.0, 1e-3))
         dropped = int((~res.best.completed).sum()) if res.best is not None else None

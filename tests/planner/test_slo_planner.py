@@ -149,3 +149,16 @@ def test_the_shortlist_holds_the_fleet_a_vllm_user_deploys_unaided(setup):
                for r in baseline.replicas)  # vLLM's own engine defaults
     deployments = [sorted(r.config for r in c.replicas) for c in gp.shortlist()]
     assert sorted(r.config for r in reference.replicas) in deployments
+
+
+def test_with_fp8_allowed_the_shortlist_keeps_the_best_bf16_fleet(setup):
+    """Allowing a format must not make the verified plan worse: the bf16-only best fleet is verified
+    beside the fp8 ones."""
+    cost, cluster, prepared, _, workload = setup
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload, kv_formats=("bf16", "fp8"),
+                        weight_formats=("bf16", "fp8"))
+    tuned = gp.homogeneous_tuned()
+    assert tuned[0].replicas[0].config.weight_format == "fp8"  # fp8 predicted best here
+    plain = next(c for c in tuned if c.replicas[0].config.weight_format == "bf16"
+                 and c.replicas[0].config.kv_cache_dtype == "bf16")
+    assert any(c is plain for c in gp.shortlist())

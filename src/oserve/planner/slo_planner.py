@@ -301,6 +301,15 @@ class GoodputPlanner:
                  for name, reps in layouts(self.cluster, prefill, decode)]
         return max(cands, key=lambda c: c.predicted_scale) if cands else None
 
+    @staticmethod
+    def _best_plain_tuned(tuned: list[Candidate]) -> Candidate | None:
+        """The best tuned fleet with bf16 weights and KV (None when the best one already is)."""
+        for c in tuned:
+            cfg = c.replicas[0].config
+            if cfg.weight_format == "bf16" and cfg.kv_cache_dtype == "bf16":
+                return c if c is not tuned[0] else None
+        return None
+
     def vllm_default(self) -> Candidate | None:
         """The fleet a vLLM user deploys unaided (``planner.references.default``: bf16, PP 1, vLLM's
         engine defaults), with even shares; None when no such fleet fits."""
@@ -327,9 +336,10 @@ class GoodputPlanner:
     def shortlist(self, size: int = 3) -> list[Candidate]:
         """The best candidates by predicted goodput, the best homogeneous-tuned fleet first (always in:
         the verification's baseline), then the others best predicted first (with disaggregation, the
-        best two disaggregated candidates besides the colocated ones). The fleet a vLLM user deploys
-        unaided is always in too (beside ``size``): the latency model can misjudge it, and the
-        verification must not pick a plan that simulates worse than it."""
+        best two disaggregated candidates besides the colocated ones). Two baselines are always in too
+        (beside ``size``), because the latency model can misjudge them and the verification must not
+        pick a plan that simulates worse: the fleet a vLLM user deploys unaided and, when other number
+        formats are allowed, the best tuned fleet in bf16 alone."""
         tuned = self.homogeneous_tuned()
         if not tuned:
             raise InfeasiblePlanError("no configuration fits the cluster")
@@ -337,10 +347,10 @@ class GoodputPlanner:
         if self.disaggregation:
             pool += [c for c in self.disaggregated()[:2] if c.predicted_scale > 0]
             size += len(pool) - 1
-        baseline = self.vllm_default()
-        if baseline is not None and _deployment(baseline) != _deployment(tuned[0]):
-            pool.append(baseline)
-            size += 1
+        for baseline in (self._best_plain_tuned(tuned), self.vllm_default()):
+            if baseline is not None and all(_deployment(baseline) != _deployment(p) for p in pool):
+                pool.append(baseline)
+                size += 1
         searched = self.searched()
         for c in [searched, *tuned[1:]]:
             if len(pool) >= size:
