@@ -12,6 +12,7 @@ from oserve.common.errors import ConfigError
 from oserve.common.validation import one_of
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
+from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
@@ -117,20 +118,28 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     factory = _engine_factory(config, spec, cost, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
-        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan)
+        from oserve.planner.slo_planner import slo_workload
+        from oserve.workload.slo import SLO_PRESETS, SloSpec
+
+        # the policy prices switches in SLO goodput: the trace's lengths and burstiness, the loose preset
+        slo = slo_workload(trace, types, stats, SloSpec(SLO_PRESETS["loose"]))
+        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan, slo)
     return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
 
 
-def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
+def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig,
+                   slo: SloWorkload | None = None) -> ControlPolicy:
     """The controller's policy: the cost-aware ``switching.policy.decide`` each check, behind the drift
     gate for ``reactive`` (whose cooldown is then the policy's minimum gap between switches). The
     measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's. Switches
     are priced as the server performs them: new replicas load their weights from storage (``reload``;
-    no engine here receives weights from a peer GPU). ``--planner`` chooses the initial plan only."""
+    no engine here receives weights from a peer GPU); a change of engine settings alone restarts the
+    replica in place. ``slo`` is the workload the policy prices goodput on (None: the types' mean and
+    90th-percentile lengths under the loose preset). ``--planner`` chooses the initial plan only."""
     from oserve.switching.links import LinkModel
     from oserve.switching.policy import SwitchContext, SwitchParams
 
-    context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster))
+    context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster), slo=slo)
     if switch_policy == "reactive":
         params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s)
         return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)

@@ -71,8 +71,7 @@ def run_adaptive(setup: AdaptiveSetup, transfer_mode: str, blind: bool = False,
     ctx = SwitchContext(setup.cluster, setup.cost, tuple(p.stats), LinkModel(setup.cluster, setup.io))
     params = replace(setup.switch, transfer_mode=transfer_mode)
     if blind:
-        params = replace(params, min_gap_s=0.0, hysteresis=0.0, near_tolerance=0.0,
-                         min_gain_requests=-float("inf"))
+        params = replace(params, min_gap_s=0.0, hysteresis=0.0, blind=True)
     forecaster = FORECASTERS[setup.forecaster] if isinstance(setup.forecaster, str) else setup.forecaster
     sim = AdaptiveSimulation(ctx, params, initial, forecaster, setup.sim_config,
                              batching_config(setup.cost, setup.sim_config), setup.control_interval_s,
