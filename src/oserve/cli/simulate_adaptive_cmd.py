@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from oserve.cli.common_args import (
@@ -22,6 +23,7 @@ from oserve.sim.adaptive_experiment import ABLATIONS, FORECASTERS, MODES, Adapti
 from oserve.sim.config import SimConfig
 from oserve.switching.io_profile import IoProfile
 from oserve.switching.policy import SwitchParams
+from oserve.workload.slo import slo_from_flags
 
 
 def register(sub) -> None:
@@ -74,8 +76,10 @@ def _setup(args):
                           drain_s=args.switch_drain_s, restart_overhead_s=args.restart_overhead_s)
     prepared = prepare_trace(trace, cost, args.types, args.seed)
     interval_s = args.control_interval_s
-    return cluster, AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
-                                  args.warmup_s, _forecaster(args, interval_s), io, not args.no_redispatch)
+    setup = AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
+                          args.warmup_s, _forecaster(args, interval_s), io, not args.no_redispatch)
+    slo = slo_from_flags(None, args.slo_ttft_s, args.slo_tpot_s, None)
+    return cluster, setup if slo is None else replace(setup, slo=slo)
 
 
 def _forecaster(args, interval_s: float):

@@ -26,7 +26,7 @@ from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.latency_model import ReplicaLatencyModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.costmodel.slo_capacity import SloWorkload, fleet_attainment, slo_capacity_rps
+from oserve.costmodel.slo_capacity import SloWorkload, fleet_attainment, meets_target, slo_capacity_rps
 from oserve.planner.plan import Replica
 from oserve.planner.problem import PlanningProblem
 from oserve.workload.burstiness import LengthSample
@@ -82,14 +82,22 @@ class GoodputPricer:
             self.models[cfg] = ReplicaLatencyModel(self.cost, cfg, shared)
         return self.models[cfg]
 
+    def attainment(self, replicas: Sequence[Replica], fractions: np.ndarray, scale: float = 1.0
+                   ) -> np.ndarray:
+        """Per-type predicted attainment at ``scale`` times the forecast (zeros for no replica)."""
+        if not len(replicas):
+            return np.zeros(self.workload.num_types)
+        return fleet_attainment([self.model(r.config) for r in replicas], np.asarray(fractions, dtype=float),
+                                self.workload, scale)
+
     def good_rps(self, replicas: Sequence[Replica], fractions: np.ndarray) -> float:
         """Forecast requests/s meeting their SLO on ``replicas`` with dispatch ``fractions`` (types x
         replicas); 0 for no replica."""
-        if not len(replicas):
-            return 0.0
-        att = fleet_attainment([self.model(r.config) for r in replicas], np.asarray(fractions, dtype=float),
-                               self.workload, 1.0)
-        return float(np.dot(self.workload.rates_rps, att))
+        return float(np.dot(self.workload.rates_rps, self.attainment(replicas, fractions)))
+
+    def meets(self, replicas: Sequence[Replica], fractions: np.ndarray, scale: float = 1.0) -> bool:
+        """Every type with forecast traffic reaches the attainment target at ``scale`` x the forecast."""
+        return meets_target(self.attainment(replicas, fractions, scale), self.workload)
 
     def capacity_rps(self, cfg: ReplicaConfig) -> list[float]:
         """Per-type SLO capacity of one replica of ``cfg`` (1 for a type without forecast traffic)."""

@@ -48,6 +48,7 @@ from oserve.switching.transition import Transition, counts_of, plan_transition
 from oserve.workload.request_types import TypeStats
 
 TRANSFER_MODES = ("p2p", "reload")
+POLICY_OBJECTIVES = ("goodput", "min-gpus")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class SwitchParams:
     transfer_mode: str = "p2p"
     blind: bool = False  # ablation: switch whenever the planner's best differs, unpriced
     num_candidates: int = 3  # of the SLO planner's shortlist
+    objective: str = "goodput"  # or "min-gpus": size the fleet to the forecast (elastic)
+    elastic_headroom: float = 1.25  # min-gpus: the fleet must meet the target at this x the forecast
 
     def __post_init__(self) -> None:
         if self.transfer_mode not in TRANSFER_MODES:
@@ -70,6 +73,8 @@ class SwitchParams:
             raise ConfigError("switch policy: horizon > 0, min gap >= 0, hysteresis >= 0")
         if self.min_gain_frac < 0 or self.num_candidates < 1:
             raise ConfigError("switch policy: min gain fraction >= 0, at least one candidate")
+        if self.objective not in POLICY_OBJECTIVES or self.elastic_headroom < 1:
+            raise ConfigError(f"switch policy: objective one of {POLICY_OBJECTIVES}, headroom >= 1")
 
 
 Planner = Callable[[list[TypeStats], dict[ReplicaConfig, int]], Plan]
@@ -181,8 +186,18 @@ def _candidates(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer,
     if ctx.planner is not None:
         return [ctx.planner(pricer.types, counts_of(replicas))]
     t0 = time.perf_counter()
-    gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, pricer.workload, models=ctx.models)
-    shortlist = gp.shortlist(params.num_candidates)
+    if params.objective == "min-gpus":
+        padded = replace(pricer.workload, rates_rps=tuple(r * params.elastic_headroom
+                                                          for r in pricer.workload.rates_rps))
+        gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, padded, models=ctx.models)
+        try:
+            shortlist = [gp.min_gpus()]
+        except InfeasiblePlanError:  # no fleet meets it: the whole cluster at its best
+            gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, pricer.workload, models=ctx.models)
+            shortlist = gp.shortlist(1)
+    else:
+        gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, pricer.workload, models=ctx.models)
+        shortlist = gp.shortlist(params.num_candidates)
     return [candidate_plan(c, ctx.cost, pricer.types, "goodput", "oserve-adaptive", time.perf_counter() - t0)
             for c in shortlist]
 
@@ -210,6 +225,27 @@ def _price(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer, repl
     cost = max(0.0, good_cur - good_dur) * switch_s
     return _Scores(transition=transition, transfer=transfer, switch_s=switch_s, gain_requests=gain,
                    cost_requests=cost, good_rps_target=good_tgt, good_rps_during=good_dur)
+
+
+def _elastic_hold(params: SwitchParams, pricer: GoodputPricer, replicas: tuple[Replica, ...],
+                  fractions: np.ndarray, target: Plan, scores: _Scores, good_cur: float) -> str:
+    """Why the elastic policy holds ("" to switch). Growing pays in goodput (priced as above) when the
+    current fleet misses the target at the padded forecast; shrinking releases GPUs when the smaller
+    fleet meets the target there and loses (while switching and after) at most ``min_gain_frac`` of
+    the requests served well over the horizon."""
+    current_gpus = sum(r.config.num_gpus for r in replicas)
+    horizon = params.horizon_s
+    if not pricer.meets(replicas, fractions, params.elastic_headroom):
+        gain, cost = scores["gain_requests"], scores["cost_requests"]
+        if gain - (1 + params.hysteresis) * cost > params.min_gain_requests:
+            return ""
+        return f"fleet short of the target, but growing does not pay (gain {gain:.0f} < cost {cost:.0f} req)"
+    if target.num_gpus >= current_gpus:
+        return f"fleet of {current_gpus} GPUs meets the target at x{params.elastic_headroom:g} the forecast"
+    loss = scores["cost_requests"] + max(0.0, good_cur - scores["good_rps_target"]) * horizon
+    if loss > params.min_gain_frac * good_cur * horizon + params.min_gain_requests:
+        return f"shrinking to {target.num_gpus} GPUs would lose {loss:.0f} req"
+    return ""
 
 
 def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ...],
@@ -250,9 +286,17 @@ def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ..
     net, target, scores = best
     gain, cost = scores["gain_requests"], scores["cost_requests"]
     need = params.min_gain_requests + params.min_gain_frac * good_cur * params.horizon_s
-    if not params.blind and net <= need:
+    if params.objective == "min-gpus" and not params.blind:
+        why = _elastic_hold(params, pricer, replicas, fractions, target, scores, good_cur)
+        if why:
+            return hold(why, **scores)
+    elif not params.blind and net <= need:
         return hold(f"gain {gain:.0f} req does not pay for cost {cost:.0f} req "
                     f"(+{params.hysteresis:.0%} hysteresis, +{need:.0f} req)", **scores)
     placed = place_plan(target, scores["transition"].target)
-    return SwitchDecision(True, f"gain {gain:.0f} req > cost {cost:.0f} req", placed,
+    reason = f"gain {gain:.0f} req > cost {cost:.0f} req"
+    if params.objective == "min-gpus":
+        reason = (f"resize {sum(r.config.num_gpus for r in replicas)} -> {placed.num_gpus} GPUs "
+                  f"(gain {gain:.0f} req, cost {cost:.0f} req)")
+    return SwitchDecision(True, reason, placed,
                           good_rps_current=good_cur, decide_seconds=time.perf_counter() - t0, **scores)
