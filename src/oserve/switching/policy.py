@@ -35,6 +35,7 @@ from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.plan import Plan, Replica
 from oserve.planner.slo_planner import Candidate, GoodputPlanner, candidate_plan
+from oserve.switching.elastic import ElasticOption, choose, resized_fleets
 from oserve.switching.goodput_price import (
     GoodputPricer,
     LatencyModels,
@@ -65,6 +66,7 @@ class SwitchParams:
     num_candidates: int = 3  # of the SLO planner's shortlist
     objective: str = "goodput"  # or "min-gpus": size the fleet to the forecast (elastic)
     elastic_headroom: float = 1.25  # min-gpus: the fleet must meet the target at this x the forecast
+    elastic_max_loss_frac: float = 0.03  # min-gpus: a shrink may lose this share of the good requests
 
     def __post_init__(self) -> None:
         if self.transfer_mode not in TRANSFER_MODES:
@@ -227,27 +229,6 @@ def _price(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer, repl
                    cost_requests=cost, good_rps_target=good_tgt, good_rps_during=good_dur)
 
 
-def _elastic_hold(params: SwitchParams, pricer: GoodputPricer, replicas: tuple[Replica, ...],
-                  fractions: np.ndarray, target: Plan, scores: _Scores, good_cur: float) -> str:
-    """Why the elastic policy holds ("" to switch). Growing pays in goodput (priced as above) when the
-    current fleet misses the target at the padded forecast; shrinking releases GPUs when the smaller
-    fleet meets the target there and loses (while switching and after) at most ``min_gain_frac`` of
-    the requests served well over the horizon."""
-    current_gpus = sum(r.config.num_gpus for r in replicas)
-    horizon = params.horizon_s
-    if not pricer.meets(replicas, fractions, params.elastic_headroom):
-        gain, cost = scores["gain_requests"], scores["cost_requests"]
-        if gain - (1 + params.hysteresis) * cost > params.min_gain_requests:
-            return ""
-        return f"fleet short of the target, but growing does not pay (gain {gain:.0f} < cost {cost:.0f} req)"
-    if target.num_gpus >= current_gpus:
-        return f"fleet of {current_gpus} GPUs meets the target at x{params.elastic_headroom:g} the forecast"
-    loss = scores["cost_requests"] + max(0.0, good_cur - scores["good_rps_target"]) * horizon
-    if loss > params.min_gain_frac * good_cur * horizon + params.min_gain_requests:
-        return f"shrinking to {target.num_gpus} GPUs would lose {loss:.0f} req"
-    return ""
-
-
 def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ...],
            last_switch_s: float | None, now_s: float, forecast_rps: ArrayLike) -> SwitchDecision:
     """Whether to switch from ``replicas`` for the forecast rates, and to what."""
@@ -267,36 +248,52 @@ def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ..
 
     if last_switch_s is not None and now_s - last_switch_s < params.min_gap_s:
         return hold(f"last switch {now_s - last_switch_s:.0f} s ago, minimum gap {params.min_gap_s:g} s")
-    best: tuple[float, Plan, _Scores] | None = None
+    priced_all: list[tuple[float, Plan, _Scores]] = []
     reason = "no candidate"
-    for target in _candidates(ctx, params, pricer, replicas):
+    candidates = _candidates(ctx, params, pricer, replicas)
+    if params.objective == "min-gpus" and ctx.planner is None:
+        candidates += [_as_plan(pricer, fleet, even, "resize", 0.0) for fleet, even in
+                       resized_fleets(pricer, ctx.cluster, replicas, params.elastic_headroom)]
+    for target in candidates:
         priced = _price(ctx, params, pricer, replicas, target, good_cur)
         if isinstance(priced, str):
-            reason = priced if best is None else reason
+            reason = priced if not priced_all else reason
             if params.blind:
                 break  # blind takes the planner's best or nothing
             continue
         net = priced["gain_requests"] - (1 + params.hysteresis) * priced["cost_requests"]
-        if best is None or net > best[0]:
-            best = (net, target, priced)
+        priced_all.append((net, target, priced))
         if params.blind:
             break
-    if best is None:
+    if not priced_all:
         return hold(reason)
-    net, target, scores = best
+    if params.objective == "min-gpus" and not params.blind:
+        return _decide_elastic(params, pricer, replicas, fractions, priced_all, good_cur, hold, t0)
+    net, target, scores = max(priced_all, key=lambda x: x[0])
     gain, cost = scores["gain_requests"], scores["cost_requests"]
     need = params.min_gain_requests + params.min_gain_frac * good_cur * params.horizon_s
-    if params.objective == "min-gpus" and not params.blind:
-        why = _elastic_hold(params, pricer, replicas, fractions, target, scores, good_cur)
-        if why:
-            return hold(why, **scores)
-    elif not params.blind and net <= need:
+    if not params.blind and net <= need:
         return hold(f"gain {gain:.0f} req does not pay for cost {cost:.0f} req "
                     f"(+{params.hysteresis:.0%} hysteresis, +{need:.0f} req)", **scores)
     placed = place_plan(target, scores["transition"].target)
-    reason = f"gain {gain:.0f} req > cost {cost:.0f} req"
-    if params.objective == "min-gpus":
-        reason = (f"resize {sum(r.config.num_gpus for r in replicas)} -> {placed.num_gpus} GPUs "
-                  f"(gain {gain:.0f} req, cost {cost:.0f} req)")
-    return SwitchDecision(True, reason, placed,
+    return SwitchDecision(True, f"gain {gain:.0f} req > cost {cost:.0f} req", placed,
                           good_rps_current=good_cur, decide_seconds=time.perf_counter() - t0, **scores)
+
+
+def _decide_elastic(params: SwitchParams, pricer: GoodputPricer, replicas: tuple[Replica, ...],
+                    fractions: np.ndarray, priced: list[tuple[float, Plan, _Scores]], good_cur: float,
+                    hold: Callable[..., SwitchDecision], t0: float) -> SwitchDecision:
+    current_gpus = sum(r.config.num_gpus for r in replicas)
+    options = [ElasticOption(i, p.num_gpus, sc["gain_requests"], sc["cost_requests"], sc["good_rps_target"])
+               for i, (_, p, sc) in enumerate(priced)]
+    chosen, why = choose(options, current_gpus, pricer.meets(replicas, fractions, params.elastic_headroom),
+                         good_cur, params.horizon_s, params.hysteresis, params.min_gain_requests,
+                         params.elastic_max_loss_frac)
+    if chosen is None:
+        return hold(why)
+    _, target, scores = priced[chosen.index]
+    placed = place_plan(target, scores["transition"].target)
+    reason = (f"resize {current_gpus} -> {placed.num_gpus} GPUs (gain {scores['gain_requests']:.0f} req, "
+              f"cost {scores['cost_requests']:.0f} req)")
+    return SwitchDecision(True, reason, placed, good_rps_current=good_cur,
+                          decide_seconds=time.perf_counter() - t0, **scores)
