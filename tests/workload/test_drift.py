@@ -18,6 +18,7 @@ def test_stitched_segments_keep_each_windows_real_arrivals():
     np.testing.assert_allclose(t.arrival_s[len(conv):], code.arrival_s + 600.0)
     np.testing.assert_array_equal(t.input_tokens[len(conv):], code.input_tokens)
     assert t.name.startswith("REAL-DRIFT")
+    assert load_drift_trace("stitch:azure-conv/0-600*2").name.startswith("REAL-REPLAY")
 
 
 def test_rate_replay_keeps_the_time_span_and_multiplies_counts():

@@ -114,9 +114,13 @@ def stitched_trace(segments: list[Segment], seed: int = 0, name: str | None = No
         ins.append(part.input_tokens)
         outs.append(part.output_tokens)
         offset += seg.end_s - seg.start_s
-    label = name or "REAL-DRIFT " + " then ".join(s.describe() for s in segments)
+    # one segment at a constant factor is a replay of real traffic, not a drift
+    replay = len(segments) == 1 and segments[0].rate_from == segments[0].rate_to
+    label = name or (("REAL-REPLAY " if replay else "REAL-DRIFT ")
+                     + " then ".join(s.describe() for s in segments))
     return Trace(np.concatenate(arrival), np.concatenate(ins), np.concatenate(outs), label,
-                 {"real_drift": True, "segments": [s.describe() for s in segments], "seed": seed})
+                 {"real_drift": not replay, "real_replay": replay,
+                  "segments": [s.describe() for s in segments], "seed": seed})
 
 
 def load_drift_trace(spec: str, seed: int = 0) -> Trace:
