@@ -22,7 +22,7 @@ from oserve.forecast.synthetic import load_any_trace
 from oserve.sim.adaptive_experiment import ABLATIONS, FORECASTERS, MODES, AdaptiveSetup, compare
 from oserve.sim.config import SimConfig
 from oserve.switching.io_profile import IoProfile
-from oserve.switching.policy import SwitchParams
+from oserve.switching.policy import POLICY_OBJECTIVES, SwitchParams
 from oserve.workload.slo import slo_from_flags
 
 
@@ -54,6 +54,9 @@ def register(sub) -> None:
                    help="engine start, communicator set-up, CUDA graph capture (default %(default)s)")
     p.add_argument("--disk-gbps", type=POSITIVE, default=None,
                    help="storage read rate for reloads (default: measured H100 machine, 1.87 GB/s)")
+    p.add_argument("--objective", default=default(SwitchParams, "objective"), choices=POLICY_OBJECTIVES,
+                   help="of the switch-* and gated-* loops: goodput (fixed fleet) or min-gpus (elastic: the "
+                        "fleet sized to the forecast; the mode 'elastic' is switch-p2p under min-gpus)")
     p.add_argument("--no-redispatch", action="store_true", help="between switches keep the deployed "
                    "plan's dispatch instead of re-weighting it for each forecast")
     add_slo_args(p)
@@ -73,7 +76,8 @@ def _setup(args):
     if args.disk_gbps is not None:
         io = IoProfile(args.disk_gbps, io.h2d_gbps)
     switch = SwitchParams(horizon_s=args.horizon_s, min_gap_s=args.min_gap_s, hysteresis=args.hysteresis,
-                          drain_s=args.switch_drain_s, restart_overhead_s=args.restart_overhead_s)
+                          drain_s=args.switch_drain_s, restart_overhead_s=args.restart_overhead_s,
+                          objective=args.objective)
     prepared = prepare_trace(trace, cost, args.types, args.seed)
     interval_s = args.control_interval_s
     setup = AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,

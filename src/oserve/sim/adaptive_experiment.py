@@ -151,7 +151,7 @@ def run_mode(setup: AdaptiveSetup, mode: str) -> dict:
     if mode == "elastic":
         kind, transfer, objective = "switch", "p2p", "min-gpus"
     else:
-        (kind, transfer), objective = mode.split("-", 1), "goodput"
+        (kind, transfer), objective = mode.split("-", 1), setup.switch.objective
     gate = ReplanConfig(cooldown_s=setup.switch.min_gap_s) if kind == "gated" else None
     initial, ares = run_adaptive(setup, transfer, blind=kind == "blind", gate=gate, objective=objective)
     return {"result": ares.sim, "deployment": initial.describe(), "num_switches": ares.num_switches,
