@@ -184,7 +184,7 @@ def rate_replayed(setup: AdaptiveSetup, scale: float) -> AdaptiveSetup:
 
 
 def mode_goodput(setup: AdaptiveSetup, mode: str, start_scale: float = 1.0,
-                 rel_tol: float = 0.1) -> tuple[GoodputResult, dict]:
+                 rel_tol: float = 0.1, max_probes: int = 8) -> tuple[GoodputResult, dict]:
     """(the goodput search of ``mode``, the run at its goodput scale with per-type P99s)."""
     runs: dict[float, dict] = {}
 
@@ -194,7 +194,7 @@ def mode_goodput(setup: AdaptiveSetup, mode: str, start_scale: float = 1.0,
         runs[scale] = r
         return attainment_of(scaled, r["result"]), r["result"]
 
-    res = search_goodput_scale(evaluate, setup.slo.attainment, start_scale, rel_tol, max_probes=8)
+    res = search_goodput_scale(evaluate, setup.slo.attainment, start_scale, rel_tol, max_probes=max_probes)
     best = runs.get(res.scale, {})
     if best:
         best = {k: v for k, v in best.items() if k not in ("result", "timeline")} | {
