@@ -15,8 +15,9 @@ highest rate scale of a time-preserving replay of the trace (``replay_at_rate``:
 window, the same phases and wall time) at which every type reaches the target (bracketing by factors of
 2 from the hindsight plan's predicted goodput, then bisection to 15%, at most 6 probes: sized for a
 loaded 2-core machine, where one probe of a loop re-plans every control interval). Elastic scenarios
-run at the trace's own rate and report GPU-hours and attainment. Per scenario: ``bench/results/adaptive/<scenario>.json`` (skipped when present; ``--force`` reruns) with the
-timeline and a deployment-over-time plot ``<scenario>.png``; ``--report`` aggregates them into
+run at the trace's own rate and report GPU-hours and attainment. Per scenario:
+``bench/results/adaptive/<scenario>.json`` (skipped when present; ``--force`` reruns) with the timeline
+and a deployment-over-time plot ``<scenario>.png``; ``--report`` aggregates them into
 ``bench/results/adaptive_summary.{json,md}``.
 """
 
