@@ -268,7 +268,7 @@ def test_tokenizing_a_huge_prompt_does_not_stall_the_event_loop():
 
     class SlowTokenizerEngine(FakeEngine):  # a tokenizer as slow as a real one on 1 MB of text
         def count_tokens(self, text: str) -> int:
-            time.sleep(len(text) / 500_000)
+            time.sleep(len(text) / 300_000)  # 3.3 s for the 1 MB prompt below
             return super().count_tokens(text)
 
     from oserve.runtime.serving import ServingRuntime
@@ -280,12 +280,13 @@ def test_tokenizing_a_huge_prompt_does_not_stall_the_event_loop():
     with ServerThread(create_app(runtime)) as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
         big = pool.submit(httpx.post, server.base_url + COMPLETIONS, timeout=30,
                           json={"model": MODEL, "prompt": "word " * 200_000, "max_tokens": 1})
-        time.sleep(0.3)  # the 1 MB prompt is being tokenized now (2 s)
+        time.sleep(0.3)  # the 1 MB prompt is being tokenized now (3.3 s)
         start = time.monotonic()
         health = httpx.get(server.base_url + "/health", timeout=10)
         health_s = time.monotonic() - start
         assert big.result().status_code == 200
-    assert health.status_code == 200 and health_s < 0.5
+    # A stalled loop answers after the tokenizer (~3 s); 1.5 s leaves room for a loaded CI machine.
+    assert health.status_code == 200 and health_s < 1.5
 
 
 def test_api_key_guards_every_endpoint_but_health():
