@@ -14,8 +14,8 @@ SLO: loose (TTFT 2 s, TPOT 100 ms), attainment target 90% for every type. **SLO 
 highest rate scale of a time-preserving replay of the trace (``replay_at_rate``: more requests per
 window, the same phases and wall time) at which every type reaches the target (bracketing by factors of
 2 from the hindsight plan's predicted goodput, then bisection, at most 4 probes, so to about 20%: sized
-for a 2-core machine at load average 25, where one probe of a loop re-plans every control interval). Elastic scenarios
-run at the trace's own rate and report GPU-hours and attainment. Per scenario:
+for a 2-core machine at load average 25, where one probe of a loop re-plans every control interval).
+Elastic scenarios run at the trace's own rate and report GPU-hours and attainment. Per scenario:
 ``bench/results/adaptive/<scenario>.json`` (skipped when present; ``--force`` reruns) with the timeline
 and a deployment-over-time plot ``<scenario>.png``; ``--report`` aggregates them into
 ``bench/results/adaptive_summary.{json,md}``.
