@@ -26,7 +26,13 @@ from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.latency_model import ReplicaLatencyModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.costmodel.slo_capacity import SloWorkload, fleet_attainment, meets_target, slo_capacity_rps
+from oserve.costmodel.slo_capacity import (
+    SloWorkload,
+    fleet_attainment,
+    meets_target,
+    predicted_goodput_scale,
+    slo_capacity_rps,
+)
 from oserve.planner.plan import Replica
 from oserve.planner.problem import PlanningProblem
 from oserve.workload.burstiness import LengthSample
@@ -92,8 +98,21 @@ class GoodputPricer:
 
     def good_rps(self, replicas: Sequence[Replica], fractions: np.ndarray) -> float:
         """Forecast requests/s meeting their SLO on ``replicas`` with dispatch ``fractions`` (types x
-        replicas); 0 for no replica."""
-        return float(np.dot(self.workload.rates_rps, self.attainment(replicas, fractions)))
+        replicas); 0 for no replica.
+
+        Beyond its SLO capacity the model predicts almost no request in time (the queue grows), so every
+        overloaded deployment would price at ~0 and none would be worth switching to. An overloaded
+        deployment is credited instead with what it carries at the target: its predicted goodput scale s
+        (< 1) times the target times the forecast total, the good rate it would have if it served s of
+        the forecast and the rest missed."""
+        good = float(np.dot(self.workload.rates_rps, self.attainment(replicas, fractions)))
+        total = float(sum(self.workload.rates_rps))
+        if not len(replicas) or good >= self.workload.target * total:
+            return good
+        models = [self.model(r.config) for r in replicas]
+        scale = predicted_goodput_scale(models, np.asarray(fractions, dtype=float), self.workload, start=0.5,
+                                        rel_tol=0.05)
+        return max(good, min(1.0, scale) * self.workload.target * total)
 
     def meets(self, replicas: Sequence[Replica], fractions: np.ndarray, scale: float = 1.0) -> bool:
         """Every type with forecast traffic reaches the attainment target at ``scale`` x the forecast."""
