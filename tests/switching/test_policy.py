@@ -41,12 +41,13 @@ def _rates(n):
 
 
 def test_the_latency_model_prices_a_switch_in_requests_meeting_their_slo(cost13, cluster2, links2):
-    """An overloaded half cluster serves nothing within its SLO; 4 TP4 replicas serve all of it."""
+    """An overloaded half cluster is credited with what it carries at the target (its predicted goodput
+    scale < 1 times the target); 4 TP4 replicas serve all of it."""
     current = placed({cfg(8): 1}, cluster2)
     rates = _capacity_rates(cost13, cluster2, {cfg(8): 1}, 1.5)
     ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))
     d = decide(ctx, SwitchParams(min_gap_s=0, horizon_s=3600), current, None, 0.0, rates)
-    assert d.switch and d.good_rps_current < 0.05 * sum(rates)
+    assert d.switch and 0 < d.good_rps_current < 0.9 * sum(rates)
     assert d.good_rps_target == pytest.approx(sum(rates), rel=0.01)
     assert d.good_rps_during == 0.0  # nothing stays: no replica serves during the switch
     assert d.gain_requests == pytest.approx((d.good_rps_target - d.good_rps_current)
@@ -55,6 +56,17 @@ def test_the_latency_model_prices_a_switch_in_requests_meeting_their_slo(cost13,
     assert [r.gpus for r in d.plan.replicas] == [r.gpus for r in d.transition.target]
     for row in d.plan.dispatch:
         assert sum(row) == pytest.approx(1.0)
+
+
+def test_out_of_overload_the_deployment_that_carries_more_is_worth_a_switch(cost13, cluster2, links2):
+    """Far beyond both deployments' SLO capacity the latency model predicts almost no request in time for
+    either; priced by what each carries at the target, the bigger fleet still wins."""
+    current = placed({cfg(8): 1}, cluster2)
+    rates = _capacity_rates(cost13, cluster2, {cfg(8): 1}, 8.0)
+    ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))
+    d = decide(ctx, SwitchParams(min_gap_s=0, horizon_s=3600), current, None, 0.0, rates)
+    assert d.switch and d.good_rps_target > 2 * d.good_rps_current > 0
+    assert d.good_rps_target < 0.9 * sum(rates)  # the target is overloaded too
 
 
 def test_engine_settings_alone_switch_without_moving_weights(cost13, cluster2, links2):
