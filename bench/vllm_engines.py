@@ -67,6 +67,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def percentiles(report: dict, metric: str) -> dict:
+    """``{p50, p90, p99, mean}`` of ``metric`` (ttft, tpot, e2e) from a ``bench serve`` report."""
+    return {k: report[f"{k}_{metric}_s"] for k in ("p50", "p90", "p99", "mean")
+            if report.get(f"{k}_{metric}_s") is not None}
+
+
 def bench(url: str, concurrency: int, args, out: Path) -> dict:
     num_requests = max(args.min_requests, 2 * concurrency)
     cmd = oserve("bench", "serve", "--url", url, "--trace", args.trace, "--concurrency", str(concurrency),
@@ -80,8 +86,8 @@ def bench(url: str, concurrency: int, args, out: Path) -> dict:
     report = json.loads(out.read_text())
     return {"concurrency": concurrency, "num_requests": num_requests, "num_ok": report["num_ok"],
             "output_tokens_per_s": report["output_tokens_per_s"],
-            "throughput_rps": report["throughput_rps"], "ttft_s": report["ttft_s"],
-            "tpot_s": report["tpot_s"], "e2e_s": report["e2e_s"],
+            "throughput_rps": report["throughput_rps"], **{f"{m}_s": percentiles(report, m)
+                                                           for m in ("ttft", "tpot", "e2e")},
             "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0]}
 
 

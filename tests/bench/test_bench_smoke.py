@@ -99,3 +99,18 @@ def test_sim_identity_smoke(tmp_path):
     runs["dispatch_spillover"]["finish_s"][3] += 1e-9
     b.write_bytes(pickle.dumps(runs))
     assert tool.main(["compare", str(a), str(b)]) == 1
+
+
+def test_engines_bench_reads_the_bench_serve_report():
+    """``bench/vllm_engines.py`` reads ``oserve bench serve --json``: its keys are loadgen's (the
+    shared latency summary at the top level), not a nested ``ttft_s`` dict (a KeyError it once hit)."""
+    from oserve.runtime.loadgen import BenchConfig, RequestRecord, summarize
+
+    records = [RequestRecord(status="ok", ttft_s=0.1 * i, e2e_s=1.0 + 0.1 * i, output_tokens=11)
+               for i in range(1, 5)]
+    config = BenchConfig(url="http://127.0.0.1:1")
+    report = json.loads(summarize(config, "m", records, 2.0).to_json())
+    got = _script("vllm_engines").percentiles(report, "ttft")
+    assert got["p50"] == pytest.approx(0.25) and got["mean"] == pytest.approx(0.25)
+    assert set(got) == {"p50", "p90", "p99", "mean"}
+    assert _script("vllm_engines").percentiles(report, "tpot")["p50"] == pytest.approx(0.1)

@@ -212,3 +212,12 @@ def test_trace_scaled_refuses_nan():
 
     with pytest.raises(ConfigError, match="positive finite"):
         load_trace("azure-code").scaled(float("nan"))
+
+
+def test_serve_replan_refuses_a_disaggregated_plan(tmp_path, capsys):
+    from tests.planner.test_plan_roles import disagg_plan
+
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps(disagg_plan().to_dict()))
+    line = run(capsys, "serve", "--engine", "fake", "--port", "0", "--plan", str(path), "--replan")
+    assert "--replan with the disaggregated plan" in line and "colocated plans only" in line

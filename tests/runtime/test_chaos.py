@@ -29,6 +29,7 @@ from oserve.runtime.server import ServerThread
 from oserve.runtime.serving import RuntimeConfig
 
 from .factories import MODEL, make_runtime
+from .load_client import chat_outcome
 
 NUM_REPLICAS = 4
 RATE_RPS = 20.0
@@ -39,40 +40,11 @@ SEED = 0
 
 async def one_request(client: httpx.AsyncClient, max_tokens: int, long_prompt: bool,
                       stream: bool) -> str:
-    """``ok``, an explicit error (``http_<status>`` with an OpenAI error body, ``stream_error``), or
-    ``lost: <why>`` (anything else: dropped connection, timeout, truncated or wrong answer)."""
+    """An outcome of ``load_client.chat_outcome``: ``ok``, ``http_<status>``, ``stream_error`` or
+    ``lost: <why>``."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (800 if long_prompt else 8)}],
             "max_tokens": max_tokens, "stream": stream}
-    want = " ok" * max_tokens
-    try:
-        if not stream:
-            response = await client.post("/v1/chat/completions", json=body)
-            if response.status_code == 200:
-                ok = response.json()["choices"][0]["message"]["content"] == want
-                return "ok" if ok else "lost: wrong answer"
-            explicit = "message" in response.json().get("error", {})
-            return f"http_{response.status_code}" if explicit else f"lost: {response.text[:80]}"
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                text = await response.aread()
-                explicit = "message" in json.loads(text).get("error", {})
-                return f"http_{response.status_code}" if explicit else f"lost: {text[:80]!r}"
-            text, done = [], False
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    done = True
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    return "stream_error"
-                text += [c["delta"].get("content") or "" for c in event["choices"]]
-            if done and "".join(text) == want:
-                return "ok"
-            return f"lost: stream {'ended' if done else 'cut'} after {len(''.join(text)) // 3} tokens"
-    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
-        return f"lost: {type(exc).__name__} {exc}"[:120]
+    return await chat_outcome(client, body, lambda text: text == " ok" * max_tokens)
 
 
 def _states(runtime) -> list[ReplicaState]:

@@ -20,6 +20,7 @@ from oserve.runtime.serving import RuntimeConfig
 from oserve.runtime.static_plan import static_plan
 
 from .factories import MODEL, TYPE_NAMES, make_runtime
+from .load_client import chat_outcome, count_outcomes
 
 NUM_TOKENS = 20
 
@@ -27,31 +28,7 @@ NUM_TOKENS = 20
 async def one_request(client: httpx.AsyncClient, i: int, stream: bool) -> str:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (8 if i % 2 else 800)}],
             "max_tokens": NUM_TOKENS, "stream": stream}
-    try:
-        if not stream:
-            response = await client.post("/v1/chat/completions", json=body)
-            if response.status_code == 200:
-                content = response.json()["choices"][0]["message"]["content"]
-                return "completed" if content == " ok" * NUM_TOKENS else "lost"
-            return "error" if "message" in response.json().get("error", {}) else "lost"
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                payload = json.loads(await response.aread())
-                return "error" if "message" in payload.get("error", {}) else "lost"
-            text, done = [], False
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    done = True
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    return "error"
-                text += [c["delta"].get("content") or "" for c in event["choices"]]
-            return "completed" if done and "".join(text) == " ok" * NUM_TOKENS else "lost"
-    except httpx.HTTPError:
-        return "lost"
+    return await chat_outcome(client, body, lambda text: text == " ok" * NUM_TOKENS)
 
 
 async def load(base_url: str, num_requests: int, during=None) -> dict[str, int]:
@@ -63,8 +40,7 @@ async def load(base_url: str, num_requests: int, during=None) -> dict[str, int]:
             await asyncio.sleep(0.002)
             if during is not None and i == num_requests // 3:
                 await asyncio.to_thread(during)
-        results = await asyncio.gather(*tasks)
-    return {k: results.count(k) for k in ("completed", "error", "lost")}
+        return count_outcomes(await asyncio.gather(*tasks))
 
 
 def test_killing_a_replica_under_load_loses_no_request():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.planner.plan import Replica
+from oserve.planner.plan import DECODE, PREFILL, Replica
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.vllm_launch import CPU_API_SERVER_MODULE, launch_for_replica, vllm_command
 
@@ -54,6 +54,13 @@ def planned_replicas() -> list[Replica]:
     return list(plan.replicas)
 
 
+def disagg_replicas() -> list[Replica]:
+    """A group: a TP2 prefill replica (8192-token chunks) handing off to two TP1 decode replicas."""
+    return [Replica(0, (0, 1), ReplicaConfig("H100", 2, 1, "bf16", 8192), PREFILL, 0),
+            Replica(1, (2,), ReplicaConfig("H100"), DECODE, 0),
+            Replica(2, (3,), ReplicaConfig("H100"), DECODE, 0)]
+
+
 CPU_SETTINGS = [(0, 0), (512, 8), (4096, 256)]  # 0: vLLM's default
 RENAMED_FLAG = ["m", "--tensor-parallel-degree", "2"]  # not a vLLM flag: the check must reject it
 
@@ -76,6 +83,9 @@ def parsed():
                                                 python=python, max_model_len=2048))
                 for r in cpu_replicas()],
     }
+    groups["disagg"] = [vllm_command(launch_for_replica(r, "meta-llama/Llama-2-13b-hf", "llama-2-13b",
+                                                    32000 + r.replica_id))
+                        for r in disagg_replicas()]
     planned = planned_replicas()
     spec = EngineSpec("vllm", {"model": "meta-llama/Llama-2-13b-hf", "served_name": "llama-2-13b"})
     cpu_spec = EngineSpec("vllm", {"model": "/models/smollm2", "served_name": "SmolLM2",
@@ -130,6 +140,18 @@ def test_commands_of_a_planned_gpu_fleet_and_the_serve_path_parse(parsed):
     assert [(v["tensor_parallel_size"], v["pipeline_parallel_size"]) for v in values[:-1]] == \
         [(r.config.tp, r.config.pp) for r in parsed["planned"]]
     assert values[-1]["dtype"] == "float32"
+
+
+def test_disaggregated_replicas_get_nixl_kv_transfer_configs_with_their_roles(parsed):
+    """vLLM parses each role's --kv-transfer-config into its KVTransferConfig (role validated)."""
+    values = values_of(parsed["disagg"])
+    roles = ["kv_producer", "kv_consumer", "kv_consumer"]
+    for v, role, replica in zip(values, roles, disagg_replicas()):
+        config = str(v["kv_transfer_config"])
+        assert "kv_connector='NixlConnector'" in config and f"kv_role='{role}'" in config
+        assert v["tensor_parallel_size"] == replica.config.tp
+    assert values[0]["max_num_batched_tokens"] == 8192
+    assert values_of(parsed["gpu"])[0]["kv_transfer_config"] is None  # colocated: no connector
 
 
 def test_a_renamed_flag_is_caught_by_the_parser(parsed):

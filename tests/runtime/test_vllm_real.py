@@ -13,7 +13,6 @@ outside CI, a failure under CI.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 
+from .load_client import chat_outcome, count_outcomes
 from .vllm_fixtures import require_vllm_python
 
 pytestmark = pytest.mark.slow
@@ -141,32 +141,10 @@ def test_both_replicas_serve_and_report_their_engine_metrics(served):
 
 
 async def one_request(http: httpx.AsyncClient, i: int, max_tokens: int = 16) -> str:
-    """'completed' (full answer), 'error' (an explicit OpenAI error) or 'lost' (anything else)."""
-    stream = i % 2 == 0
-    body = {"model": MODEL, "max_tokens": max_tokens, "stream": stream,
+    """An outcome of ``load_client.chat_outcome`` (``ok``, an explicit error, or ``lost: <why>``)."""
+    body = {"model": MODEL, "max_tokens": max_tokens, "stream": i % 2 == 0,
             "messages": [{"role": "user", "content": f"Write a sentence about the number {i}."}]}
-    try:
-        if not stream:
-            response = await http.post("/v1/chat/completions", json=body)
-            if response.status_code == 200:
-                return "completed" if response.json()["usage"]["completion_tokens"] > 0 else "lost"
-            return "error" if "message" in response.json().get("error", {}) else "lost"
-        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                payload = json.loads(await response.aread())
-                return "error" if "message" in payload.get("error", {}) else "lost"
-            done, text = False, []
-            async for line in response.aiter_lines():
-                if line == "data: [DONE]":
-                    done = True
-                elif line.startswith("data: "):
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        return "error"
-                    text += [c["delta"].get("content") or "" for c in event["choices"]]
-            return "completed" if done and "".join(text) else "lost"
-    except httpx.HTTPError:
-        return "lost"
+    return await chat_outcome(http, body, lambda text: bool(text))
 
 
 async def load(url: str, num_requests: int, during=None, at: int = 4, gap_s: float = 0.2) -> dict:
@@ -178,17 +156,18 @@ async def load(url: str, num_requests: int, during=None, at: int = 4, gap_s: flo
             await asyncio.sleep(gap_s)
             if during is not None and i == at:
                 await asyncio.to_thread(during)
-        results = await asyncio.gather(*tasks)
-    return {k: results.count(k) for k in ("completed", "error", "lost")}
+        return count_outcomes(await asyncio.gather(*tasks))
 
 
 async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_requests: int = 1000,
-                       tail: int = 4) -> dict:
+                       tail: int = 4, burst: int = 6) -> dict:
     """Requests every ``gap_s`` from before ``start()`` until ``is_done()``, then ``tail`` more: the
     switch (new replica starting, routing switched, old one drained and stopped) happens under load."""
     async with httpx.AsyncClient(base_url=url, timeout=600.0,
                                  limits=httpx.Limits(max_connections=100)) as http:
-        tasks = [asyncio.create_task(one_request(http, i)) for i in range(2)]
+        # a burst first, so that both replicas hold requests when the switch begins
+        tasks = [asyncio.create_task(one_request(http, i, max_tokens=48)) for i in range(burst)]
+        await asyncio.sleep(1.0)
         await asyncio.to_thread(start)
         deadline = time.monotonic() + START_TIMEOUT_S
         extra = 0
@@ -197,7 +176,7 @@ async def load_through(url: str, start, is_done, gap_s: float = 1.0, max_request
             await asyncio.sleep(gap_s)
             extra += is_done()
         results = await asyncio.gather(*tasks)
-    return {"sent": len(results), **{k: results.count(k) for k in ("completed", "error", "lost")}}
+    return {"sent": len(results), **count_outcomes(results)}
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -236,10 +215,6 @@ def test_graceful_stop_leaves_no_vllm_process(served):
 
 
 
-@pytest.mark.skip(reason="known bug, open: since the controller's break-before-make switch (a new replica on "
-                  "a slot a stopping one holds starts after it stopped), this switch of a vLLM-CPU replica "
-                  "did not complete within 10 minutes on the shared CI machine; the fake-engine switch "
-                  "tests cover the controller meanwhile (closing note of this session)")
 def test_a_plan_switch_restarts_one_replica_under_load_and_loses_nothing(tmp_path):
     from oserve.runtime.engine_spec import EngineSpec
     from oserve.runtime.gateway.app import create_app
@@ -265,9 +240,10 @@ def test_a_plan_switch_restarts_one_replica_under_load_and_loses_nothing(tmp_pat
 
     runtime = ServingRuntime(MODEL, old, factory, config=RuntimeConfig(check_interval_s=0))
     with ServerThread(create_app(runtime), start_timeout_s=START_TIMEOUT_S) as server:
-        pending = []
+        pending, held = [], []
 
         def switch() -> None:
+            held.extend(h.num_inflight for h in runtime.router.table.handles)
             pending.append(asyncio.run_coroutine_threadsafe(
                 runtime.controller.apply(new, "restart r1 with max_num_seqs=4"), server.loop))
 
@@ -276,6 +252,7 @@ def test_a_plan_switch_restarts_one_replica_under_load_and_loses_nothing(tmp_pat
         after = asyncio.run(load(server.base_url, 4, gap_s=0.0))
         pids = [e.pid for e in engines]
         admin = httpx.get(server.base_url + "/admin/plan").json()
+    assert held[1] > 0, held  # r1 held requests when the switch began: its drain had work to do
     assert counts["sent"] >= 10 and counts["completed"] == counts["sent"], counts
     assert counts["error"] == counts["lost"] == 0, counts
     assert after == {"completed": 4, "error": 0, "lost": 0}

@@ -14,7 +14,8 @@ import sys
 
 FIELDS = ("model", "model_tag", "served_model_name", "host", "port", "tensor_parallel_size",
           "pipeline_parallel_size", "dtype", "quantization", "enforce_eager", "max_model_len",
-          "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype")
+          "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype",
+          "kv_transfer_config")
 
 
 def parse_all(argvs: list[list[str]]) -> list[dict]:

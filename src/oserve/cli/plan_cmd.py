@@ -15,7 +15,7 @@ from oserve.cli.common_args import (
     formats_from_args,
     resolve,
 )
-from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
+from oserve.cli.slo_args import add_slo_args, disaggregation_from_args, objective_from_args, slo_from_args
 from oserve.costmodel.cost_model import CostModel
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan
@@ -108,7 +108,8 @@ def _plan_with_slo(args, cluster, cost, trace, num_clipped, types, stats, slo, o
         return score_plan(plan, cost, stats, slo_workload(trace, types, stats, slo), cluster), None
     return plan_with_slo(cluster, cost, prepared, args.planner, slo, objective, SimConfig(seed=args.seed),
                          allow_pp=not args.no_pp, verify_requests=args.verify_requests,
-                         weight_formats=formats[0], kv_formats=formats[1])
+                         weight_formats=formats[0], kv_formats=formats[1],
+                         disaggregation=disaggregation_from_args(args))
 
 
 def render_goodput(plan: Plan, slo, verification) -> str:
@@ -126,6 +127,10 @@ def render_goodput(plan: Plan, slo, verification) -> str:
     return "\n".join(lines)
 
 
+def _ids(replicas) -> str:
+    return ", ".join(f"r{r.replica_id}" for r in replicas)
+
+
 def render(plan: Plan, cluster: str, trace: str) -> str:
     lines = [f"Plan for {plan.model} on {cluster}, trace {trace} (planner {plan.planner}, "
              f"{plan.planner_seconds:.2f} s)", f"Deployment: {plan.describe()}", "",
@@ -133,8 +138,11 @@ def render(plan: Plan, cluster: str, trace: str) -> str:
     for r in plan.replicas:
         mark = "  <- bottleneck" if r.replica_id in plan.bottlenecks else ""
         gpus = ",".join(str(g) for g in r.gpus)
-        lines.append(f"  r{r.replica_id:<3} {r.config.label():<20} GPUs [{gpus}]  "
+        lines.append(f"  r{r.replica_id:<3} {r.label():<20} GPUs [{gpus}]  "
                      f"utilisation {plan.utilisation[r.replica_id]:6.1%}{mark}")
+    for g, (prefill, decode) in plan.groups().items():
+        lines.append(f"  group {g}: prefill on {_ids(prefill)} hands its KV caches to decode on "
+                     f"{_ids(decode)}")
     lines += ["", "Dispatch (share of each type's requests per replica; capacity alone in req/s):"]
     header = "  " + " " * 28 + "".join(f"  r{r.replica_id:<5}" for r in plan.replicas)
     lines.append(header)

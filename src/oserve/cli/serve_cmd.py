@@ -230,7 +230,10 @@ def run_serve(args) -> int:
 
     config = with_guard(serve_config(args), args, args.guard_system_prompts)
     if config.plan_file:
-        Plan.load(config.plan_file)  # a bad plan file fails now, before the server binds or engines start
+        plan = Plan.load(config.plan_file)  # a bad plan file fails now, before anything starts
+        if plan.is_disaggregated and config.replan:
+            raise ConfigError(f"--replan with the disaggregated plan {config.plan_file}: live re-planning "
+                              "switches between colocated plans only; serve it without --replan")
     try:
         from oserve.runtime.server import serve_sockets
     except ModuleNotFoundError as exc:

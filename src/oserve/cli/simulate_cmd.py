@@ -15,7 +15,7 @@ from oserve.cli.common_args import (
     parse_time_range,
     resolve,
 )
-from oserve.cli.slo_args import add_slo_args, objective_from_args, slo_from_args
+from oserve.cli.slo_args import add_slo_args, disaggregation_from_args, objective_from_args, slo_from_args
 from oserve.common.errors import ConfigError
 from oserve.common.provenance import git_revision
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
@@ -81,7 +81,8 @@ def _plans(args, cluster, cost, prepared, slo=None, objective="throughput", conf
             from oserve.sim.verify import plan_with_slo
 
             plans[name] = plan_with_slo(cluster, cost, prepared, name, slo, objective, config,
-                                        verify_requests=args.verify_requests)[0]
+                                        verify_requests=args.verify_requests,
+                                        disaggregation=disaggregation_from_args(args))[0]
         else:
             plans[name] = plan_for(cluster, cost, prepared, name)
     for path in args.plan:

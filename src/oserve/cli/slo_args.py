@@ -32,11 +32,19 @@ def add_slo_args(p: argparse.ArgumentParser, planning: bool = True) -> None:
         g.add_argument("--verify-requests", type=int, default=2000, metavar="N",
                        help="simulate the goodput shortlist on N requests around the trace's busiest "
                             "10 s and keep the best simulated plan (0: analytical only)")
+        g.add_argument("--disaggregation", default="off", choices=("on", "off"),
+                       help="on: the oserve goodput planner also considers prefill/decode groups (KV "
+                            "hand-off priced on the cluster's links); the best colocated plan stays in "
+                            "the simulated shortlist, so a group is chosen only when it simulates better")
 
 
 def slo_from_args(args: argparse.Namespace) -> SloSpec | None:
     """The SLO the flags ask for (None when no SLO flag was given); ConfigError on bad values."""
     return slo_from_flags(args.slo, args.slo_ttft_s, args.slo_tpot_s, args.attainment)
+
+
+def disaggregation_from_args(args: argparse.Namespace) -> bool:
+    return getattr(args, "disaggregation", "off") == "on"
 
 
 def objective_from_args(args: argparse.Namespace, slo: SloSpec | None) -> str:

@@ -3,11 +3,18 @@
 A plan is saved as JSON (``oserve plan --json``) and read back by ``oserve simulate --plan`` and ``oserve
 serve --plan``: ``Plan.load`` / ``Plan.from_dict`` validate that document (types, unknown keys, shapes)
 and name the file and field of the first problem.
+
+Each replica has a role (``ROLES``): ``colocated`` replicas prefill and decode their own requests (the
+default, and what plans written before roles existed hold); a *disaggregated group* is the ``prefill``
+and ``decode`` replicas sharing a ``group`` number: the dispatch sends a type's requests to the group's
+prefill replicas, each prefilled sequence's KV cache is handed to one of the group's decode replicas,
+which produces all its output tokens. Decode replicas therefore get no share of the dispatch.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,18 +26,42 @@ from oserve.common.validation import first_error, one_of
 from oserve.costmodel.precision import KV_FORMATS, WEIGHT_FORMATS
 from oserve.costmodel.replica_config import ENGINE_DEFAULT, ReplicaConfig
 
+COLOCATED, PREFILL, DECODE = "colocated", "prefill", "decode"
+ROLES = (COLOCATED, PREFILL, DECODE)
+
 
 @dataclass(frozen=True)
 class Replica:
-    """One model replica: the GPUs it runs on (global ids) and its configuration."""
+    """One model replica: the GPUs it runs on (global ids), its configuration and its role; a prefill or
+    decode replica belongs to the disaggregated group ``group`` (None for a colocated one)."""
 
     replica_id: int
     gpus: tuple[int, ...]
     config: ReplicaConfig
+    role: str = COLOCATED
+    group: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"replica {self.replica_id}: role must be one of {', '.join(ROLES)}, "
+                              f"got '{self.role}'")
+        if (self.role == COLOCATED) != (self.group is None):
+            raise ConfigError(f"replica {self.replica_id}: a {self.role} replica "
+                              + ("has no group" if self.role == COLOCATED else "needs a group number"))
+
+    @property
+    def is_entry(self) -> bool:
+        """Whether the dispatch sends requests here (every replica but a decode one)."""
+        return self.role != DECODE
+
+    def label(self) -> str:
+        """The configuration's label, with the role and group of a disaggregated replica."""
+        return self.config.label() + (f" {self.role}@g{self.group}" if self.group is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; the engine settings under vLLM's names, ``null`` for the engine's default."""
-        return {"replica_id": self.replica_id, "gpus": list(self.gpus), "tp": self.config.tp,
+        return {"replica_id": self.replica_id, "role": self.role, "group": self.group,
+                "gpus": list(self.gpus), "tp": self.config.tp,
                 "pp": self.config.pp, "gpu_type": self.config.gpu_type,
                 "precision": self.config.precision, "weight_format": self.config.weight_format,
                 "kv_cache_dtype": self.config.kv_cache_dtype,
@@ -64,6 +95,9 @@ class Plan:
     objective: str = "throughput"
     predicted_goodput_scale: float | None = None
     simulated_goodput_scale: float | None = None
+    # the cluster the GPU ids refer to (``ClusterSpec.describe()``); a disaggregated plan needs it to
+    # price its KV hand-offs (which replicas share a node); None in plans written before
+    cluster: str | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -72,11 +106,25 @@ class Plan:
     def configs(self) -> list[ReplicaConfig]:
         return [r.config for r in self.replicas]
 
-    def describe(self) -> str:
-        counts: dict[str, int] = {}
+    @property
+    def is_disaggregated(self) -> bool:
+        return any(r.group is not None for r in self.replicas)
+
+    def groups(self) -> dict[int, tuple[list[Replica], list[Replica]]]:
+        """Each disaggregated group's (prefill replicas, decode replicas), by group number."""
+        out: dict[int, tuple[list[Replica], list[Replica]]] = {}
         for r in self.replicas:
-            counts[r.config.label()] = counts.get(r.config.label(), 0) + 1
-        return " + ".join(f"{n}x[{label}]" for label, n in sorted(counts.items()))
+            if r.group is not None:
+                out.setdefault(r.group, ([], []))[0 if r.role == PREFILL else 1].append(r)
+        return dict(sorted(out.items()))
+
+    def describe(self) -> str:
+        """``2x[H100 TP1] + group(1x[H100 TP2] -> 3x[H100 TP1])``: colocated replicas, then each group
+        as its prefill replicas -> its decode replicas."""
+        parts = [_counted(r for r in self.replicas if r.group is None)]
+        for prefill, decode in self.groups().values():
+            parts.append(f"group({_counted(prefill)} -> {_counted(decode)})")
+        return " + ".join(p for p in parts if p)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +143,7 @@ class Plan:
             "objective": self.objective,
             "predicted_goodput_scale": self.predicted_goodput_scale,
             "simulated_goodput_scale": self.simulated_goodput_scale,
+            "cluster": self.cluster,
         }
 
     @staticmethod
@@ -111,13 +160,13 @@ class Plan:
         shape = doc.shape_problem()
         if shape:
             raise InputFormatError(source, None, shape[0], shape[1])
-        replicas = tuple(Replica(r.replica_id, tuple(r.gpus), _replica_config(r.model_dump()))
-                         for r in doc.replicas)
+        replicas = tuple(Replica(r.replica_id, tuple(r.gpus), _replica_config(r.model_dump()), r.role,
+                                 r.group) for r in doc.replicas)
         return Plan(doc.model, replicas, tuple(doc.types), tuple(doc.type_rates_rps),
                     tuple(tuple(c) for c in doc.capacity_rps), tuple(tuple(x) for x in doc.dispatch),
                     doc.demand_scale, tuple(doc.utilisation), tuple(doc.bottlenecks), doc.planner,
                     doc.planner_seconds, doc.objective, doc.predicted_goodput_scale,
-                    doc.simulated_goodput_scale)
+                    doc.simulated_goodput_scale, doc.cluster)
 
     @staticmethod
     def load(path: str | Path) -> Plan:
@@ -143,6 +192,9 @@ class _ReplicaDoc(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     replica_id: int = Field(ge=0)
+    # plans written before roles existed have neither field: colocated
+    role: Annotated[str, AfterValidator(one_of(ROLES))] = COLOCATED
+    group: int | None = Field(None, ge=0)
     gpus: list[int] = Field(min_length=1)
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
@@ -176,9 +228,9 @@ class _PlanDoc(BaseModel):
     objective: str = "throughput"
     predicted_goodput_scale: float | None = Field(None, ge=0)
     simulated_goodput_scale: float | None = Field(None, ge=0)
+    cluster: str | None = None
     # written by `oserve plan --json` for people, not read back
     deployment: str | None = None
-    cluster: str | None = None
     trace: str | None = None
     requests_shortened: int | None = None
     online_mistype_rate: float | None = None
@@ -208,7 +260,32 @@ class _PlanDoc(BaseModel):
             return "utilisation", f"expected {num_r} values (one per replica), got {len(self.utilisation)}"
         if any(not 0 <= b < num_r for b in self.bottlenecks):
             return "bottlenecks", f"replica ids must be in 0..{num_r - 1}"
-        return None
+        return _group_problem(self.replicas, self.dispatch)
+
+
+def _counted(replicas: Iterable[Replica]) -> str:
+    counts: dict[str, int] = {}
+    for r in replicas:
+        counts[r.config.label()] = counts.get(r.config.label(), 0) + 1
+    return " + ".join(f"{n}x[{label}]" for label, n in sorted(counts.items()))
+
+
+def _group_problem(replicas: list[_ReplicaDoc], dispatch: list[list[float]]) -> tuple[str, str] | None:
+    """(field, problem) of the first inconsistency of roles and groups, or None."""
+    members: dict[int, set[str]] = {}
+    for i, r in enumerate(replicas):
+        if (r.role == COLOCATED) != (r.group is None):
+            return (f"replicas[{i}].group", "a colocated replica has no group (null)"
+                    if r.role == COLOCATED else f"a {r.role} replica needs a group number")
+        if r.group is not None:
+            members.setdefault(r.group, set()).add(r.role)
+        if r.role == DECODE and any(row[i] > 0 for row in dispatch):
+            return f"dispatch (replica {i})", "a decode replica gets no share of the dispatch (its " \
+                                              "group's prefill replicas hand it their sequences)"
+    for g, roles in sorted(members.items()):
+        if roles != {PREFILL, DECODE}:
+            return "replicas", f"group {g} needs at least one prefill and one decode replica"
+    return None
 
 
 def _replica_config(r: dict[str, Any]) -> ReplicaConfig:
@@ -222,4 +299,4 @@ def _replica_config(r: dict[str, Any]) -> ReplicaConfig:
                          weight_format=weight_format, kv_cache_dtype=r.get("kv_cache_dtype", "bf16"))
 
 
-__all__ = ["Plan", "Replica"]
+__all__ = ["COLOCATED", "DECODE", "PREFILL", "ROLES", "Plan", "Replica"]

@@ -16,10 +16,15 @@ Candidates:
   per-type SLO capacities (``slo_capacity_rps``) in the dispatch LP; its plan is then scored by the
   latency model on the co-located mixes the LP dispatch gives each replica.
 
+* **disaggregated** (with ``disaggregation=True``): prefill/decode groups, alone or beside colocated
+  replicas (``planner.disagg_search``), scored by the group latency model.
+
 ``GoodputPlanner.shortlist`` returns the best plans by predicted goodput and always includes the best
-homogeneous-tuned fleet, so that a simulator verifying the shortlist (``sim.verify``) never returns a
-plan worse than it on the verification trace. ``max_num_seqs`` stays at the engine default (256): under
-TTFT/TPOT SLOs the chunk budget is what trades latency for throughput, and the model checks the seats.
+homogeneous-tuned fleet (and the searched colocated plan; with disaggregation, the best two
+disaggregated candidates besides), so that a simulator verifying the shortlist (``sim.verify``) never
+returns a plan worse than it on the verification trace. ``max_num_seqs`` stays at the engine default
+(256): under TTFT/TPOT SLOs the chunk budget is what trades latency for throughput, and the model checks
+the seats.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ from oserve.costmodel.slo_capacity import (
     meets_target,
     predicted_goodput_scale,
     slo_capacity_rps,
+)
+from oserve.planner.disagg_search import (
+    DisaggScorer,
+    even_fractions,
+    layouts,
+    pair_configs,
+    proportional_fractions,
 )
 from oserve.planner.placement import candidate_configs, fits_cluster, gpus_by_type, pack
 from oserve.planner.plan import Plan, Replica
@@ -82,7 +94,7 @@ class GoodputPlanner:
     def __init__(self, cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats],
                  workload: SloWorkload, allow_pp: bool = True,
                  budgets: tuple[int, ...] = ENGINE_BUDGETS, weight_formats: tuple[str, ...] = ("bf16",),
-                 kv_formats: tuple[str, ...] = ("bf16",),
+                 kv_formats: tuple[str, ...] = ("bf16",), disaggregation: bool = False,
                  models: dict[ReplicaConfig, ReplicaLatencyModel] | None = None) -> None:
         if len(stats) != workload.num_types:
             raise ConfigError(f"{len(stats)} request types but the SLO workload has {workload.num_types}")
@@ -94,6 +106,8 @@ class GoodputPlanner:
         self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {} if models is None else models
         self._step_caches: dict[ReplicaConfig, dict[str, dict[tuple[float, float], float]]] = {}
         self._tuned: list[Candidate] | None = None
+        self.disaggregation = disaggregation
+        self._disagg: DisaggScorer | None = None
 
     def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
         if cfg not in self._models:
@@ -102,6 +116,8 @@ class GoodputPlanner:
         return self._models[cfg]
 
     def predicted_scale(self, replicas: tuple[Replica, ...], fractions: np.ndarray) -> float:
+        if any(r.group is not None for r in replicas):
+            return self.scorer.predicted_scale(replicas, fractions, self._start(replicas))
         return predicted_goodput_scale([self.model(r.config) for r in replicas], fractions, self.workload,
                                        start=self._start(replicas))
 
@@ -204,12 +220,73 @@ class GoodputPlanner:
         fractions = np.asarray(plan.dispatch, dtype=float)
         return Candidate("oserve", plan.replicas, fractions, self.predicted_scale(plan.replicas, fractions))
 
+    # ---- disaggregation -----------------------------------------------------------------------------
+
+    @property
+    def scorer(self) -> DisaggScorer:
+        if self._disagg is None:
+            self._disagg = DisaggScorer(self.cluster, self.workload, self.model)
+        return self._disagg
+
+    def _node_gpus(self) -> int:
+        return max(len(g) for g in self.cluster.nodes.values())
+
+    def _tuned_hardware(self) -> list[ReplicaConfig]:
+        return [c.replicas[0].config for c in self.homogeneous_tuned() if c.predicted_scale > 0]
+
+    def _scored(self, kind: str, replicas: tuple[Replica, ...], group_types: set[int]) -> Candidate:
+        fr = even_fractions(replicas, self.workload.num_types, group_types)
+        return Candidate(kind, replicas, fr, self.predicted_scale(replicas, fr))
+
+    def disaggregated(self) -> list[Candidate]:
+        """Group candidates, best predicted first (``planner.disagg_search``): for each (prefill, decode)
+        pair the best split of the GPUs between the roles; then, for the best pair, groups beside replicas
+        of the best colocated configuration, serving the types with the longest prompts or a share of
+        every type."""
+        tuned = self._tuned_hardware()
+        if not tuned:
+            return []
+        k = self.workload.num_types
+        every = set(range(k))
+        best: list[Candidate] = []
+        for prefill, decode in pair_configs(tuned, self._node_gpus()):
+            scored = [self._scored(f"disaggregated {name}", reps, every)
+                      for name, reps in layouts(self.cluster, prefill, decode)]
+            if scored:
+                best.append(max(scored, key=lambda c: c.predicted_scale))
+        best.sort(key=lambda c: -c.predicted_scale)
+        if best and k > 1:
+            top = best[0]
+            prefill = next(r.config for r in top.replicas if r.role == "prefill")
+            decode = next(r.config for r in top.replicas if r.role == "decode")
+            by_prompt = sorted(range(k), key=lambda t: -self.workload.samples[t].mean_input_tokens)
+            hybrid = []
+            for name, reps in layouts(self.cluster, prefill, decode, tuned[0]):
+                hybrid += [self._scored(f"hybrid {name} {j} types", reps, set(by_prompt[:j]))
+                           for j in range(1, k)]
+                fr = proportional_fractions(reps, k)  # each type split between both parts
+                hybrid.append(Candidate(f"hybrid {name} split", reps, fr, self.predicted_scale(reps, fr)))
+            best = sorted(best + hybrid, key=lambda c: -c.predicted_scale)
+        return best
+
+    def dynamo_split(self) -> Candidate | None:
+        """Dynamo-style: one configuration at the engine defaults on both sides, the best xPyD split."""
+        cands = [self._scored(f"dynamo {name}", reps, set(range(self.workload.num_types)))
+                 for prefill, decode in pair_configs(self._tuned_hardware(), self._node_gpus(),
+                                                     default_engine=True)
+                 for name, reps in layouts(self.cluster, prefill, decode)]
+        return max(cands, key=lambda c: c.predicted_scale) if cands else None
+
     def shortlist(self, size: int = 3) -> list[Candidate]:
-        """The best candidates by predicted goodput; the best homogeneous-tuned fleet always among them."""
+        """The best candidates by predicted goodput; the best homogeneous-tuned fleet always among them
+        (and, with disaggregation, the best two disaggregated candidates besides the colocated ones)."""
         tuned = self.homogeneous_tuned()
         if not tuned:
             raise InfeasiblePlanError("no configuration fits the cluster")
         pool = [tuned[0]]
+        if self.disaggregation:
+            pool += [c for c in self.disaggregated()[:2] if c.predicted_scale > 0]
+            size += len(pool) - 1
         searched = self.searched()
         for c in [searched, *tuned[1:]]:
             if len(pool) >= size:
@@ -225,7 +302,7 @@ def _deployment(c: Candidate) -> tuple[ReplicaConfig, ...]:
 
 
 def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], objective: str,
-                   planner: str, seconds: float) -> Plan:
+                   planner: str, seconds: float, cluster: str | None = None) -> Plan:
     """A candidate as a Plan; ``capacity_rps`` holds the throughput capacities of the cost model."""
     loads = [TypeLoad(s.mean_input_tokens, s.mean_output_tokens) for s in stats]
     capacity = tuple(tuple(cost.type_capacity_rps(r.config.hardware, ld) for ld in loads)
@@ -237,23 +314,26 @@ def candidate_plan(c: Candidate, cost: CostModel, stats: list[TypeStats], object
     return Plan(cost.model.name, c.replicas, tuple(s.name for s in stats),
                 tuple(float(x) for x in rates), capacity,
                 tuple(tuple(float(x) for x in row) for row in c.fractions), c.predicted_scale,
-                tuple(util), (), planner, seconds, objective, c.predicted_scale, None)
+                tuple(util), (), planner, seconds, objective, c.predicted_scale, None, cluster)
 
 
 def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,
                  planner: str, objective: str = "goodput", allow_pp: bool = True,
                  weight_formats: tuple[str, ...] = ("bf16",),
-                 kv_formats: tuple[str, ...] = ("bf16",)) -> tuple[Plan, list[Plan]]:
-    """(the best plan by predicted goodput, the shortlist as plans) for ``oserve``; for the reference
-    planners their own deployment, scored by the latency model."""
+                 kv_formats: tuple[str, ...] = ("bf16",),
+                 disaggregation: bool = False) -> tuple[Plan, list[Plan]]:
+    """(the best plan by predicted goodput, the shortlist as plans) for ``oserve`` (its search space with
+    disaggregated groups when ``disaggregation``); for the reference planners their own deployment,
+    scored by the latency model."""
     if objective not in OBJECTIVES or objective == "throughput":
         raise ConfigError(f"plan_for_slo: objective must be goodput or min-gpus, got '{objective}'")
     t0 = time.perf_counter()
     gp = GoodputPlanner(cluster, cost, stats, workload, allow_pp, weight_formats=weight_formats,
-                        kv_formats=kv_formats)
+                        kv_formats=kv_formats, disaggregation=disaggregation and planner == "oserve")
+    where = cluster.describe()
     if objective == "min-gpus":
         best = gp.min_gpus()
-        plan = candidate_plan(best, cost, stats, objective, planner, time.perf_counter() - t0)
+        plan = candidate_plan(best, cost, stats, objective, planner, time.perf_counter() - t0, where)
         return plan, [plan]
     if planner == "homogeneous-tuned":
         cands = gp.homogeneous_tuned()[:1]
@@ -262,7 +342,7 @@ def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], 
     else:
         raise ConfigError(f"planner '{planner}' has no goodput objective (use oserve or homogeneous-tuned)")
     seconds = time.perf_counter() - t0
-    plans = [candidate_plan(c, cost, stats, objective, planner, seconds) for c in cands]
+    plans = [candidate_plan(c, cost, stats, objective, planner, seconds, where) for c in cands]
     return plans[0], plans
 
 

@@ -164,8 +164,12 @@ class Controller:
                     handle.state = ReplicaState.DRAINING
             await asyncio.gather(*(self._drain_and_stop(h) for h in dropped))
             if after:
+                log.info("starting %s on the freed GPUs", [h.name for h in after])
+                started_s = self.clock.now_s()
                 try:
                     await self._start_handles(after)
+                    log.info("%s started in %.1f s", [h.name for h in after],
+                             self.clock.now_s() - started_s)
                 except EngineStartError:
                     log.exception("replicas started after the drain failed; they are restarted with "
                                   "back-off")
@@ -174,13 +178,19 @@ class Controller:
             return table
 
     async def _drain_and_stop(self, handle: ReplicaHandle) -> None:
-        deadline_s = self.clock.now_s() + self.drain_timeout_s
+        # logged with their times: on a CPU replica the successor's cold start waits for these
+        log.info("replica %s drains %d requests, then stops", handle.name, handle.num_inflight)
+        begin_s = self.clock.now_s()
+        deadline_s = begin_s + self.drain_timeout_s
         while handle.num_inflight > 0 and self.clock.now_s() < deadline_s:
             await self.clock.sleep(0.02)
         if handle.num_inflight > 0:
             log.warning("replica %s still had %d requests after draining %.0f s; stopping it",
                         handle.name, handle.num_inflight, self.drain_timeout_s)
+        drained_s = self.clock.now_s()
         await self._stop_handle(handle)
+        log.info("replica %s drained in %.1f s, stopped in %.1f s", handle.name, drained_s - begin_s,
+                 self.clock.now_s() - drained_s)
 
     async def _stop_handle(self, handle: ReplicaHandle) -> None:
         try:

@@ -31,6 +31,9 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...] | None = None  # a pre-tokenized prompt (OpenAI token arrays)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # disaggregation: vLLM's KV-connector parameters (``{"do_remote_decode": true, ...}`` to a prefill
+    # replica; the prefill response's own to its decode peer), passed through to the engine
+    kv_transfer_params: dict | None = None
 
     @property
     def is_chat(self) -> bool:
@@ -53,6 +56,7 @@ class TokenChunk:
     num_tokens: int = 1
     finish_reason: str | None = None
     prompt_tokens: int | None = None  # set by engines that count the prompt themselves
+    kv_transfer_params: dict | None = None  # a prefill replica's answer: where its KV blocks are
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class FakeOptions(_Options):
     prefill_s_per_token: float | None = Field(None, ge=0, allow_inf_nan=False)
     decode_s_per_token: float | None = Field(None, ge=0, allow_inf_nan=False)
     startup_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+    handoff_s: float | None = Field(None, ge=0, allow_inf_nan=False)  # decode replicas: KV transfer
     max_num_seqs: int | None = Field(None, ge=1)
     context_tokens: int | None = Field(None, ge=1)
     token_text: str | None = None
@@ -101,7 +102,7 @@ class EngineSpec:
             from oserve.runtime.fake_engine import FakeCost, FakeEngine
 
             cost = FakeCost(opts.pop("prefill_s_per_token", 0.0), opts.pop("decode_s_per_token", 0.0),
-                            opts.pop("startup_s", 0.0))
+                            opts.pop("startup_s", 0.0), opts.pop("handoff_s", 0.0))
             return FakeEngine(name=name, cost=cost, **opts)
         if self.kind == "remote":
             from oserve.runtime.remote_engine import RemoteOpenAIEngine

@@ -84,11 +84,16 @@ class EngineBusyError(EngineDeadError):
     """An engine is alive but refuses work for now (upstream 429/503): retried elsewhere, not retired."""
 
 
+class KvHandoffError(RuntimeServeError):
+    """A disaggregated request's KV hand-off failed: the prefill replica returned no (or malformed) KV
+    transfer parameters (HTTP 500)."""
+
+
 class EngineStartError(RuntimeServeError):
     """An engine could not be started (missing dependency, process exited, health check timed out)."""
 
 
 __all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError",
-           "ModelNotFoundError", "NoReplicaError", "OverloadedError", "PromptTooLongError",
+           "KvHandoffError", "ModelNotFoundError", "NoReplicaError", "OverloadedError", "PromptTooLongError",
            "RequestTimeoutError", "RequestTooLargeError", "RuntimeServeError", "ShuttingDownError",
            "UnauthorizedError"]

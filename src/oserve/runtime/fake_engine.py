@@ -4,6 +4,13 @@ Serving a request takes ``prefill_s_per_token * prompt_tokens`` before the first
 ``decode_s_per_token`` per further token; at most ``max_num_seqs`` requests run at once, the rest wait.
 With both times zero it answers at once, which isolates the gateway's own overhead. ``kill()`` makes it
 behave like a crashed replica: running and new generations raise ``EngineDeadError``.
+
+Roles, as vLLM's NIXL connector plays them: asked with ``kv_transfer_params`` ``do_remote_decode``, the
+engine prefills, returns one token and the parameters of its KV blocks (``remote_engine_id``,
+``remote_block_ids``, ``prompt_tokens``); asked with a prefill replica's parameters
+(``do_remote_prefill``), it waits ``handoff_s`` (the transfer), skips the prefill and decodes. Malformed
+parameters (no engine id, block ids that do not cover the prompt) fail with ``KvHandoffError``; a decode
+replica asked without parameters prefills itself, as vLLM does.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from dataclasses import dataclass
 
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk, estimate_tokens
-from oserve.runtime.errors import EngineDeadError
+from oserve.runtime.errors import EngineDeadError, KvHandoffError
+
+KV_BLOCK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class FakeCost:
     prefill_s_per_token: float = 0.0
     decode_s_per_token: float = 0.0
     startup_s: float = 0.0
+    handoff_s: float = 0.0  # a decode replica: the KV transfer of a handed-off prompt
 
     def prefill_s(self, prompt_tokens: int) -> float:
         return self.prefill_s_per_token * prompt_tokens
@@ -45,6 +55,8 @@ class FakeEngine:
         self.is_stalled = False
         self.num_served = 0
         self.num_cancelled = 0
+        self.num_prefilled = 0  # prefill parts served for a decode peer
+        self.num_handed_in = 0  # generations that decoded a peer's KV
         self._num_running = 0
         self._num_waiting = 0
         self._slots = asyncio.Semaphore(max_num_seqs)
@@ -90,8 +102,18 @@ class FakeEngine:
             self._num_waiting -= 1
         self._num_running += 1
         try:
-            if self.cost.prefill_s_per_token:
+            remote = self._handed_off(request, prompt_tokens)
+            if remote and self.cost.handoff_s:
+                await self.clock.sleep(self.cost.handoff_s)
+            elif not remote and self.cost.prefill_s_per_token:
                 await self.clock.sleep(self.cost.prefill_s(prompt_tokens))
+            params = request.kv_transfer_params or {}
+            if params.get("do_remote_decode"):  # a prefill replica's part: one token and the KV's address
+                self._check_alive()
+                self.num_served += 1
+                self.num_prefilled += 1
+                yield TokenChunk(self.token_text, 1, "length", prompt_tokens, self._kv_params(prompt_tokens))
+                return
             num_tokens = max(1, request.max_tokens)
             for i in range(num_tokens):
                 if i and self.cost.decode_s_per_token:
@@ -109,6 +131,25 @@ class FakeEngine:
         finally:
             self._num_running -= 1
             self._slots.release()
+
+    def _kv_params(self, prompt_tokens: int) -> dict:
+        blocks = -(-prompt_tokens // KV_BLOCK_TOKENS)
+        return {"do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": self.info.name,
+                "remote_block_ids": list(range(blocks)), "remote_host": "127.0.0.1", "remote_port": 0,
+                "prompt_tokens": prompt_tokens}
+
+    def _handed_off(self, request: GenerationRequest, prompt_tokens: int) -> bool:
+        """Whether the request brings a prefill replica's KV (checked as a decode replica would)."""
+        params = request.kv_transfer_params or {}
+        if not params.get("do_remote_prefill"):
+            return False
+        blocks = params.get("remote_block_ids")
+        if not params.get("remote_engine_id") or not isinstance(blocks, list) or \
+                len(blocks) * KV_BLOCK_TOKENS < prompt_tokens:
+            raise KvHandoffError(f"engine '{self.info.name}': kv_transfer_params do not describe the KV of "
+                              f"a {prompt_tokens}-token prompt: {params}")
+        self.num_handed_in += 1
+        return True
 
     async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
         """Test double of scoring: ``fake_log_likelihood`` (no model)."""

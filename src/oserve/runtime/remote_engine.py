@@ -5,6 +5,10 @@ passed on. A connection failure or a 5xx answer means the replica is down (``Eng
 retries elsewhere if no token was sent yet); a 4xx answer is the client's fault and is passed on as a
 ``ClientRequestError``. Prompt tokens are estimated at ~4 characters per token unless the server reports
 usage, which vLLM does when asked with ``stream_options.include_usage``.
+
+Disaggregation (vLLM's KV connectors): a request's ``kv_transfer_params`` go into the body. The prefill
+part (``do_remote_decode``) is sent unstreamed, as vLLM's disaggregation proxy sends it, and its one
+chunk carries the ``kv_transfer_params`` of the answer (where the decode replica pulls the KV from).
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ class RemoteOpenAIEngine:
             body["presence_penalty"] = request.presence_penalty
         if request.frequency_penalty:
             body["frequency_penalty"] = request.frequency_penalty
+        if request.kv_transfer_params is not None:
+            body["kv_transfer_params"] = request.kv_transfer_params
+            if request.kv_transfer_params.get("do_remote_decode"):  # the prefill part: one answer
+                body["stream"] = False
+                del body["stream_options"]
         if request.messages is not None:  # request.is_chat
             return "/v1/chat/completions", {**body, "messages": list(request.messages)}
         if request.prompt_token_ids is not None:  # OpenAI servers take a token array as the prompt
@@ -89,6 +98,9 @@ class RemoteOpenAIEngine:
         if self._client is None:
             raise EngineDeadError(f"engine '{self.info.name}' is not running")
         path, body = self._body(request)
+        if not body["stream"]:
+            yield await self._prefill_part(path, body, request.is_chat)
+            return
         self._num_inflight += 1
         try:
             async with self._client.stream("POST", path, json=body) as response:
@@ -120,6 +132,19 @@ class RemoteOpenAIEngine:
             raise EngineDeadError(f"{self.info.name} unreachable: {type(exc).__name__}: {exc}") from exc
         finally:
             self._num_inflight -= 1
+
+    async def _prefill_part(self, path: str, body: dict, is_chat: bool) -> TokenChunk:
+        """The unstreamed prefill part of a disaggregated request: its token and KV transfer params."""
+        self._num_inflight += 1
+        try:
+            answer = await self._post_json(path, body)
+        finally:
+            self._num_inflight -= 1
+        choice = (answer.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content") if is_chat else choice.get("text")
+        usage = answer.get("usage") or {}
+        return TokenChunk(text or "", 1, choice.get("finish_reason") or "length", usage.get("prompt_tokens"),
+                          answer.get("kv_transfer_params"))
 
     async def log_likelihood(self, messages: tuple[dict, ...], continuation: str) -> tuple[float, ...]:
         """Per-token log-probs of ``continuation`` after ``messages``, through vLLM's API.

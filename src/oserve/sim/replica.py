@@ -11,12 +11,21 @@ therefore equivalent to simulating its steps one by one, at one event instead of
 A deployment switch uses the public operations at the end of the class: stop admitting (hand back the
 queue), extract sequences at the next step boundary (with their KV released), adopt a sequence with its
 KV cache, and account a sequence that must be recomputed as a preemption.
+
+A replica of a disaggregated group has a role. A ``prefill`` replica runs prompts only: a sequence whose
+prefill completes leaves its running set with its KV blocks still held (``take_prefilled``) until the
+hand-off to a decode replica ends (``release_held``). A ``decode`` replica reserves the blocks of a
+prompt's KV before the transfer starts, as vLLM's connectors do (``reserve``; when they do not fit the
+sequence waits in ``incoming``), and takes the sequence into its running set when the transfer ends
+(``join``): its first decode step produces the request's first token. It prefills only what it must
+recompute after a preemption.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from oserve.planner.plan import COLOCATED, DECODE, PREFILL
 from oserve.sim.batching import BatchingConfig, StepBatch, preempt, schedule_step
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.request import Seq
@@ -27,8 +36,9 @@ class ReplicaSim:
     """A replica's state; ``start``/``on_step_end``/``on_arrival`` return the next step's end time."""
 
     def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
-                 util_bin_s: float = 60.0, decode_runs: bool = True) -> None:
+                 util_bin_s: float = 60.0, decode_runs: bool = True, role: str = COLOCATED) -> None:
         self.replica_id = replica_id
+        self.role = role
         self.decode_runs = decode_runs  # False: one event per engine step (for equivalence tests)
         self.timer = timer
         self.pool = pool
@@ -51,6 +61,14 @@ class ReplicaSim:
         self.accepting = True  # False once a switch stops the replica: the router sends it nothing
         self._to_extract: set[int] = set()  # req ids leaving at the next step boundary
         self.extracted: list[Seq] = []  # left (KV released), not yet taken by the switch
+        # disaggregation: prefill side
+        self.prefilled: list[Seq] = []  # prefill done, to be handed off (``take_prefilled``)
+        self.held: dict[int, int] = {}  # req id -> KV blocks kept until its hand-off ends
+        # decode side
+        self.incoming: deque[Seq] = deque()  # handed to this replica, waiting for KV room
+        self.num_transferring = 0  # blocks reserved, KV on its way
+        self.reserved: list[Seq] = []  # reserved from ``incoming`` at a step end (``take_reserved``)
+        self._fresh: set[int] = set()  # joined, first token not yet produced
 
     @property
     def num_outstanding(self) -> int:
@@ -83,6 +101,9 @@ class ReplicaSim:
             seq.num_cached += chunk
             self.prefill_tokens += chunk
             if seq.num_cached >= seq.prefill_target:
+                if self.role == PREFILL:
+                    self.prefilled.append(seq)
+                    continue
                 seq.num_generated += 1
                 if seq.num_generated == 1:
                     first.append(seq)
@@ -93,6 +114,8 @@ class ReplicaSim:
             for seq in batch.decode:
                 seq.num_cached += 1
                 seq.num_generated += 1
+                if seq.num_generated == 1:  # a decode replica's first step on a handed-off sequence
+                    first.append(seq)
                 if seq.num_generated >= seq.output_tokens:
                     finished.append(seq)
         else:
@@ -114,7 +137,13 @@ class ReplicaSim:
                 seq.num_blocks = 0
             # the finished ones are exactly the running sequences that produced all their tokens
             self.running = [s for s in self.running if s.num_generated < s.output_tokens]
+        if self.prefilled:
+            self._hold_prefilled()
+        if self._fresh:
+            self._fresh.difference_update(s.req_id for s in first)
         self.batch = None
+        if self.incoming:  # before the next step is scheduled (a decode run counts on the free blocks)
+            self.reserved += self.reserve_incoming()
         return first, finished, self._start_step(now_s)
 
     def _start_step(self, now_s: float) -> float | None:
@@ -126,7 +155,8 @@ class ReplicaSim:
             return None
         self.batch = batch
         self.step_start_s = now_s
-        if batch.prefill or batch.num_preempted or not self.decode_runs:
+        # a decode run reports tokens only at its end: not while a joined sequence awaits its first
+        if batch.prefill or batch.num_preempted or not self.decode_runs or self._fresh:
             self.run_steps = 1
             duration = self.timer.step_s(batch.prefill_tokens, len(batch.prefill), batch.prefill_sq,
                                          len(batch.decode), batch.decode_ctx_total)
@@ -200,6 +230,74 @@ class ReplicaSim:
         """A sequence this replica extracted will be recomputed elsewhere: one of its preemptions."""
         preempt(seq, self.pool)
         self.num_preemptions += 1
+
+    # ---- what disaggregation needs -------------------------------------------------------------------
+
+    @property
+    def decode_load(self) -> int:
+        """Sequences a decode replica serves or will serve (its peer choice's load)."""
+        return len(self.waiting) + len(self.running) + len(self.incoming) + self.num_transferring
+
+    def _hold_prefilled(self) -> None:
+        done = {s.req_id for s in self.prefilled}
+        self.running = [s for s in self.running if s.req_id not in done]
+        for seq in self.prefilled:
+            self.held[seq.req_id] = seq.num_blocks
+            seq.num_blocks = 0
+
+    def take_prefilled(self) -> list[Seq]:
+        out, self.prefilled = self.prefilled, []
+        return out
+
+    def release_held(self, seq: Seq, now_s: float) -> float | None:
+        """The hand-off of ``seq`` ended: free the KV blocks kept for it (a step may start)."""
+        self.pool.release(self.held.pop(seq.req_id))
+        if self.batch is None:
+            return self._start_step(now_s)
+        return None
+
+    def reserve(self, seq: Seq, now_s: float) -> tuple[bool, float | None]:
+        """Reserve the blocks of a handed-off prompt's KV (``seq.num_cached`` tokens) if they and a seat
+        are free, or queue it in ``incoming`` (first come, first served; a decode run in flight, which
+        counts on its free blocks, is cut at the next step boundary, where the queue is served):
+        (whether reserved, a new step end to schedule)."""
+        in_run = self.batch is not None and self.run_steps > 1
+        if self.incoming or in_run or not self._try_reserve(seq):
+            self.incoming.append(seq)
+            return False, self._cut_run(now_s) if in_run else None
+        return True, None
+
+    def take_reserved(self) -> list[Seq]:
+        out, self.reserved = self.reserved, []
+        return out
+
+    def reserve_incoming(self) -> list[Seq]:
+        """The queued hand-offs whose blocks now fit, in order (their transfers start now); called
+        between steps."""
+        out = []
+        while self.incoming and self._try_reserve(self.incoming[0]):
+            out.append(self.incoming.popleft())
+        return out
+
+    def _try_reserve(self, seq: Seq) -> bool:
+        need = self.pool.blocks_for(seq.num_cached)
+        if len(self.running) + self.num_transferring >= self.batching.max_num_seqs or \
+                need > self.pool.num_free:
+            return False
+        self.pool.allocate(need)
+        seq.num_blocks = need
+        self.num_transferring += 1
+        return True
+
+    def join(self, seq: Seq, now_s: float) -> float | None:
+        """The KV of ``seq`` arrived: it decodes from the next step on."""
+        assert self.role == DECODE, "only a decode replica takes handed-off sequences (simulator bug)"
+        self.num_transferring -= 1
+        self.running.append(seq)
+        self._fresh.add(seq.req_id)
+        if self.batch is None:
+            return self._start_step(now_s)
+        return self._cut_run(now_s)
 
     def _extract(self) -> None:
         keep = []

@@ -12,6 +12,15 @@ A controller drives the switching through the public operations here (add a repl
 new set of replicas, admit a sequence, adopt one with its KV cache, schedule its own events) and the
 replicas' own (stop admitting, extract, ...); the loop calls it back for its events and when a replica
 released sequences it extracted.
+
+A disaggregated plan's groups (``planner.plan``): the router sends requests to colocated and prefill
+replicas only; a prefill replica's finished prompt goes to the least-loaded decode replica of its group
+that can hold it (``planner.handoff_policy``), which reserves its KV blocks (or queues the
+hand-off until it can); the transfer then takes the ``HandoffTimer``'s time (``TRANSFER`` event), after
+which the prefill replica frees its copy and the decode replica decodes it. The records keep when each
+request's prefill ended (``prefilled_s``) and its KV arrived (``transferred_s``), and the simulation
+integrates how many requests each pool holds (``pool_area_s``): prefill from arrival to the transfer's
+end, decode from the prefill's end to the last token.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from oserve.common.errors import ConfigError
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.dispatch_policy import DispatchTable
+from oserve.planner.handoff_policy import least_loaded
+from oserve.planner.plan import COLOCATED, DECODE, PREFILL
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
-from oserve.sim.events import STEP, EventQueue
+from oserve.sim.events import STEP, TRANSFER, EventQueue
+from oserve.sim.handoff import HandoffTimer
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.metrics import ReplicaStats, SimResult
 from oserve.sim.records import Records
@@ -51,6 +63,8 @@ class ReplicaSetup:
     kv_blocks: int
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    role: str = COLOCATED
+    group: int | None = None
 
     def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
         """This replica's batching: the simulation's, with the replica's own engine settings."""
@@ -95,9 +109,12 @@ class Simulation:
 
     def __init__(self, replicas: list[ReplicaSetup], dispatch: DispatchTable, config: SimConfig,
                  batching: BatchingConfig, block_tokens: int = 16,
-                 max_context_tokens: int | None = None, decode_runs: bool = True) -> None:
+                 max_context_tokens: int | None = None, decode_runs: bool = True,
+                 handoff: HandoffTimer | None = None) -> None:
         if not replicas:
             raise ConfigError("a simulation needs at least one replica")
+        if any(s.role != COLOCATED for s in replicas) and handoff is None:
+            raise ConfigError("a plan with disaggregated groups needs a KV hand-off timer")
         if dispatch.num_replicas != len(replicas):
             raise ConfigError(f"dispatch table has {dispatch.num_replicas} replicas, plan has "
                               f"{len(replicas)}")
@@ -107,10 +124,16 @@ class Simulation:
         self.decode_runs = decode_runs
         self.max_context_tokens = max_context_tokens
         self.router = Router(config.dispatch, np.random.default_rng(config.seed))
+        self.handoff = handoff
         self.setups: list[ReplicaSetup] = []
         self.replicas: list[ReplicaSim] = []
         for s in replicas:
             self.add_replica(s)
+        self.peers = _group_peers(replicas)  # prefill replica -> the decode replicas of its group
+        self._source: dict[int, int] = {}  # req id -> the prefill replica of a hand-off in progress
+        self.pool_in = {PREFILL: 0, DECODE: 0}  # requests in each pool now
+        self.pool_area_s = {PREFILL: 0.0, DECODE: 0.0}  # their integral over time
+        self._pool_t = 0.0
         self.set_dispatch(dispatch.weights, list(range(len(replicas))))
         self.pending: list[Seq] = []  # held at the gateway while no replica accepts work
         self.queue = EventQueue()
@@ -123,7 +146,7 @@ class Simulation:
         """A new replica (routed to once ``set_dispatch`` names it); returns its id."""
         rep = ReplicaSim(len(self.replicas), setup.timer, BlockPool(setup.kv_blocks, self.block_tokens),
                          setup.batching(self.batching, self.config.watermark_frac),
-                         self.config.util_bin_s, self.decode_runs)
+                         self.config.util_bin_s, self.decode_runs, setup.role)
         self.replicas.append(rep)
         self.setups.append(setup)
         return rep.replica_id
@@ -131,12 +154,22 @@ class Simulation:
     def set_dispatch(self, dispatch, replica_ids: list[int]) -> None:
         """Route by ``dispatch`` (weights[type][column]) over ``replica_ids`` (one per column; a negative
         id is a replica not there yet), restricted to those that accept work; credits start afresh."""
-        cols = [c for c, rid in enumerate(replica_ids) if rid >= 0 and self.replicas[rid].accepting]
+        cols = [c for c, rid in enumerate(replica_ids) if rid >= 0 and self.replicas[rid].accepting
+                and self.replicas[rid].role != DECODE]
         active = [replica_ids[c] for c in cols]
         table = DispatchTable(tuple(tuple(float(row[c]) for c in cols) for row in dispatch))
         reps = [self.replicas[rid] for rid in active]
-        self.router.set_table(table, active, [r.pool.num_blocks * r.pool.block_tokens for r in reps],
+        self.router.set_table(table, active, [self._kv_tokens(r.replica_id) for r in reps],
                               [r.num_outstanding for r in reps], [len(r.waiting) for r in reps])
+
+    def _kv_tokens(self, rid: int) -> int:
+        """The most KV tokens a request routed here may hold: a prefill replica's own prompt and the
+        largest decode replica of its group."""
+        tokens = self.replicas[rid].pool.num_blocks * self.block_tokens
+        peers = self.peers.get(rid)
+        if peers:
+            tokens = min(tokens, max(self.replicas[d].pool.num_blocks for d in peers) * self.block_tokens)
+        return tokens
 
     def admit(self, seq: Seq, t: float) -> None:
         """Route a sequence (new, re-routed or re-queued) to a replica, or hold it when none accepts."""
@@ -147,6 +180,8 @@ class Simulation:
         rid = router.route(seq.type_id, seq.prompt_tokens + seq.output_tokens - 1)
         self.records.where[seq.req_id] = rid
         rep = self.replicas[rid]
+        if rep.role == PREFILL:
+            self._pool_change(t, PREFILL, 1)
         nxt = rep.on_arrival(seq, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
@@ -201,6 +236,8 @@ class Simulation:
                 if kind == STEP:
                     if b == replicas[a].version:
                         self._on_step_end(t, a)
+                elif kind == TRANSFER:
+                    self._on_transfer(t, a, b)
                 elif controller is not None:  # only a controller queues other kinds
                     rec.advance(t)
                     controller.on_event(self, t, kind, a, b)
@@ -227,6 +264,7 @@ class Simulation:
         rec = self.records
         rec.advance(t)
         rep = self.replicas[rid]
+        last_pass_s = t - rep.step_start_s
         first, finished, nxt = rep.on_step_end(t)
         if first:
             first_tok = rec.first_tok
@@ -237,8 +275,59 @@ class Simulation:
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
         self.router.update(rid, len(rep.waiting) + len(rep.running), len(rep.waiting))
+        if rep.role != COLOCATED:
+            self._after_step_disaggregated(t, rep, finished, last_pass_s)
         if rep.extracted and self.controller is not None:
             self.controller.on_extracted(self, rid, t)
+
+    # ---- disaggregation -------------------------------------------------------------------------------
+
+    def _after_step_disaggregated(self, t: float, rep: ReplicaSim, finished: list[Seq],
+                                  last_pass_s: float) -> None:
+        if rep.role == PREFILL:
+            for seq in rep.take_prefilled():
+                self._hand_off(t, rep.replica_id, seq, last_pass_s)
+            return
+        if finished:
+            self._pool_change(t, DECODE, -len(finished))
+        if rep.reserved:  # queued hand-offs that fit at this step boundary start now
+            for seq in rep.take_reserved():
+                self._start_transfer(t, seq, rep.replica_id, 0.0)
+
+    def _hand_off(self, t: float, prefill_id: int, seq: Seq, last_pass_s: float) -> None:
+        """A prompt finished on ``prefill_id``: to the least-loaded decode peer that can hold it."""
+        self.records.prefilled_s[seq.req_id] = t
+        self._pool_change(t, DECODE, 1)
+        self._source[seq.req_id] = prefill_id
+        peers = self.peers[prefill_id]
+        # a handed-off sequence holds one KV token more than a colocated one (its first decode step)
+        need = seq.max_tokens() + 1
+        cands = [d for d in peers if self.replicas[d].pool.num_blocks * self.block_tokens >= need] or peers
+        decode_id = cands[least_loaded([self.replicas[d].decode_load for d in cands])]
+        reserved, end_s = self.replicas[decode_id].reserve(seq, t)
+        if reserved:
+            self._start_transfer(t, seq, decode_id, last_pass_s)
+        self.push_step(decode_id, end_s)
+
+    def _start_transfer(self, t: float, seq: Seq, decode_id: int, last_pass_s: float) -> None:
+        assert self.handoff is not None  # checked in __init__
+        prefill_id = self._source[seq.req_id]
+        dt = self.handoff.exposed_s(prefill_id, decode_id, seq.num_cached, last_pass_s)
+        self.queue.push(t + dt, TRANSFER, seq, decode_id)
+
+    def _on_transfer(self, t: float, seq: Seq, decode_id: int) -> None:
+        self.records.advance(t)
+        self.records.transferred_s[seq.req_id] = t
+        self._pool_change(t, PREFILL, -1)
+        prefill_id = self._source.pop(seq.req_id)
+        self.push_step(prefill_id, self.replicas[prefill_id].release_held(seq, t))
+        self.push_step(decode_id, self.replicas[decode_id].join(seq, t))
+
+    def _pool_change(self, t: float, role: str, delta: int) -> None:
+        for r, n in self.pool_in.items():
+            self.pool_area_s[r] += n * (t - self._pool_t)
+        self._pool_t = t
+        self.pool_in[role] += delta
 
     def _on_arrival(self, i: int, t: float) -> None:
         rec = self.records
@@ -259,6 +348,7 @@ class Simulation:
             live += rep.waiting
             live += rep.running
             live += rep.extracted
+            live += rep.incoming
         for event in self.queue.heap:
             live += [x for x in event[3:] if isinstance(x, Seq)]
         return live
@@ -277,6 +367,14 @@ class Simulation:
                                     int(counts[rep.replica_id]), rep.prefill_tokens,
                                     rep.decode_tokens))
         return out
+
+
+def _group_peers(setups: list[ReplicaSetup]) -> dict[int, list[int]]:
+    decode: dict[int, list[int]] = {}
+    for rid, s in enumerate(setups):
+        if s.role == DECODE:
+            decode.setdefault(s.group or 0, []).append(rid)
+    return {rid: decode[s.group or 0] for rid, s in enumerate(setups) if s.role == PREFILL}
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -80,7 +80,8 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
 def plan_with_slo(cluster: ClusterSpec, cost: CostModel, prepared: PreparedTrace, planner: str,
                   slo: SloSpec, objective: str, config: SimConfig, allow_pp: bool = True,
                   verify_requests: int = DEFAULT_VERIFY_REQUESTS, weight_formats: tuple[str, ...] = ("bf16",),
-                  kv_formats: tuple[str, ...] = ("bf16",)) -> tuple[Plan, Verification | None]:
+                  kv_formats: tuple[str, ...] = ("bf16",),
+                  disaggregation: bool = False) -> tuple[Plan, Verification | None]:
     """A planner's plan under an SLO: goodput planners (``oserve``, ``homogeneous-tuned``) plan with the
     latency model and, for ``oserve`` with ``verify_requests > 0``, have the simulator pick from the
     shortlist; the other planners plan as usual and get their predicted goodput filled in."""
@@ -88,7 +89,7 @@ def plan_with_slo(cluster: ClusterSpec, cost: CostModel, prepared: PreparedTrace
     workload = slo_workload(prepared.trace, prepared.types, prepared.stats, slo)
     if planner in ("oserve", "homogeneous-tuned") and objective != "throughput":
         best, shortlist = plan_for_slo(cluster, cost, prepared.stats, workload, planner, objective, allow_pp,
-                                       weight_formats, kv_formats)
+                                       weight_formats, kv_formats, disaggregation)
         if planner != "oserve" or verify_requests <= 0 or objective != "goodput":
             return replace(best, planner_seconds=time.perf_counter() - t0), None
         ver = verify_shortlist(shortlist, prepared, cost, config, slo, verify_requests)

@@ -1,0 +1,127 @@
+"""Predicted SLO attainment of a disaggregated group: prefill pool, KV hand-off, decode pool in series.
+
+A group of ``num_prefill`` prefill replicas and ``num_decode`` decode replicas serves types at rates
+``l_t`` (spread evenly over each pool). Per load regime of the trace (as ``latency_model``):
+
+* **Prefill pool**: a prefill replica is the latency model's replica with every output one token long
+  (no decodes share its steps): its TTFT under queueing (Kingman's wait, the request's own chunk steps)
+  must fit the type's TTFT bound less what follows the prefill: the KV hand-off's exposed time
+  (``costmodel.kv_transfer``, the last chunk's pass overlapping the transfer) and the decode replica's
+  first step.
+* **Decode pool**: a decode replica runs decode-only steps, ``B = sum_t l_t O_t * d(B)`` by Little's law
+  (each sequence gets a token per step), so TPOT is ``d(B, ctx)`` with no prefill interference; more
+  sequences than ``max_num_seqs`` or than its KV cache holds (prompts included) is an overload.
+
+A type's attainment is ``P(TTFT ok) * P(TPOT ok)`` (the pools are independent queues), the
+request-weighted mean over regimes, as for a colocated replica.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from oserve.costmodel.kv_transfer import KvHandoff
+from oserve.costmodel.latency_model import KV_HEADROOM, ReplicaLatencyModel
+from oserve.workload.burstiness import Burstiness, LengthSample
+from oserve.workload.slo import Slo
+
+
+@dataclass(frozen=True)
+class DecodePrediction:
+    tpot_attainment: tuple[float, ...]  # per type
+    batch: float
+    step_s: float
+    overloaded: bool
+
+
+def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample], rates_rps: np.ndarray,
+                        slos: list[Slo]) -> DecodePrediction:
+    """TPOT attainment per type on a decode-only replica at constant rates."""
+    k = len(samples)
+    rates = np.asarray(rates_rps, dtype=float)
+    if rates.sum() <= 0:
+        return DecodePrediction((1.0,) * k, 0.0, 0.0, False)
+    per = [rates[t] / len(s.input_tokens) for t, s in enumerate(samples)]
+    inp = [np.asarray(s.input_tokens, dtype=float) for s in samples]
+    out = [np.asarray(s.output_tokens, dtype=float) for s in samples]
+    total = float(rates.sum())
+    ctx = sum(per[t] * float((inp[t] + out[t] / 2).sum()) for t in range(k)) / total
+    out_rate = sum(per[t] * float(out[t].sum()) for t in range(k))
+    batch = 1.0
+    for _ in range(8):  # B = out_rate * d(B): d grows slowly with B
+        new = out_rate * model.decode_s(batch, ctx)
+        done = abs(new - batch) <= 0.02 * max(batch, 1.0)
+        batch = new
+        if done or batch > model.max_seqs:
+            break
+    if batch > model.max_seqs or batch * ctx > KV_HEADROOM * model.kv_tokens:
+        return DecodePrediction((0.0,) * k, batch, math.inf, True)
+    d = model.decode_s(batch, ctx)
+    att = tuple(float(np.mean((d <= slos[t].tpot_s) | (out[t] <= 1))) for t in range(k))
+    return DecodePrediction(att, batch, d, False)
+
+
+@dataclass
+class GroupLatencyModel:
+    """The prefill and decode replicas' latency models of a group, their counts and the hand-off."""
+
+    prefill: ReplicaLatencyModel
+    decode: ReplicaLatencyModel
+    num_prefill: int
+    num_decode: int
+    handoff: KvHandoff
+    _prompt_only: dict[tuple[LengthSample, ...], list[LengthSample]] = field(default_factory=dict,
+                                                                            repr=False)
+
+    def attainment(self, samples: list[LengthSample], rates_rps: np.ndarray, slos: list[Slo],
+                   burstiness: Burstiness | None, rate_scale: float,
+                   stream_fraction: float) -> np.ndarray:
+        """Per-type attainment of the group serving ``rates_rps`` (the trace's mean rates routed here,
+        at replay speed ``rate_scale``); ``stream_fraction`` is the group's share of the arrivals."""
+        rates = np.asarray(rates_rps, dtype=float)
+        k = len(samples)
+        burst = burstiness or Burstiness.poisson()
+        regimes = burst.regimes(rate_scale)
+        ca2 = burst.within_ca2(stream_fraction / self.num_prefill)
+        prompts = self._prompts(samples)
+        sums, den = np.zeros(k), np.zeros(k)
+        for reg in regimes:
+            mult = np.asarray(reg.multipliers) if reg.multipliers else np.ones(k)
+            r = rates * mult
+            w = reg.time_share * r
+            den += w
+            dec = predict_decode_only(self.decode, samples, r / self.num_decode, slos)
+            if dec.overloaded:
+                continue
+            # what follows the prefill comes off its TTFT bound (a bound used up: nothing meets it)
+            bounds = [replace(slos[t], tpot_s=math.inf, ttft_s=max(
+                slos[t].ttft_s - self._after_prefill_s(samples[t], dec.step_s), 1e-9)) for t in range(k)]
+            pre = self.prefill.predict_stationary(prompts, r / self.num_prefill, bounds, ca2)
+            if pre.overloaded:
+                continue
+            sums += w * np.array([p.ttft_attainment for p in pre.types]) * np.array(dec.tpot_attainment)
+        return np.where(den > 0, sums / np.where(den > 0, den, 1.0), 1.0)
+
+    def _after_prefill_s(self, sample: LengthSample, decode_step_s: float) -> float:
+        """The hand-off's exposed time for the type's mean prompt (its last chunk's pass overlapping the
+        transfer) plus the decode replica's first step."""
+        prompt = int(round(sample.mean_input_tokens))
+        budget = self.prefill.budget_tokens
+        last = min(prompt, budget)
+        last_pass_s = self.prefill.chunk_extra_s(last, prompt - last) + self.prefill.decode_s(1, 1)
+        # on a 1 ms grid: the prefill model memoises its work per (samples, bounds)
+        return math.ceil((self.handoff.exposed_s(prompt, last_pass_s) + decode_step_s) * 1e3) / 1e3
+
+    def _prompts(self, samples: list[LengthSample]) -> list[LengthSample]:
+        key = tuple(samples)
+        out = self._prompt_only.get(key)
+        if out is None:
+            out = [LengthSample(s.input_tokens, (1,) * len(s.input_tokens)) for s in samples]
+            self._prompt_only[key] = out
+        return out
+
+
+__all__ = ["DecodePrediction", "GroupLatencyModel", "predict_decode_only"]
