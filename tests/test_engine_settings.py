@@ -71,7 +71,8 @@ def test_simulator_honours_per_replica_settings_over_the_global_ones():
     sim = Simulation(replicas_from_configs(plan.configs(), cost), DispatchTable.from_fractions(plan.dispatch),
                      config, batching_config(cost, config), cost.params.kv_block_tokens)
     got = [(r.batching.max_num_batched_tokens, r.batching.max_num_seqs) for r in sim.replicas]
-    assert got == [(2048, 64), (4096, 128), (512, 128)]
+    # the PP2 replica's step is a round of its 2 in-flight batches, each with its own 512-token budget
+    assert got == [(2048, 64), (4096, 128), (2 * 512, 128)]
 
 
 def test_a_seat_limit_is_felt_by_the_simulated_requests():

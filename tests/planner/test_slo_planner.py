@@ -76,7 +76,8 @@ def test_verified_choice_never_worse_than_homogeneous_tuned(setup):
                  if p.describe() == candidate_plan(tuned_best, cost, prepared.stats, "goodput", "oserve",
                                                    0.0).describe()]
     assert tuned_sim and ver.plan.simulated_goodput_scale >= max(tuned_sim)
-    assert ver.plan.simulated_goodput_scale == max(p.simulated_goodput_scale for p in ver.candidates)
+    simulated = [p.simulated_goodput_scale for p in ver.candidates if p.simulated_goodput_scale is not None]
+    assert ver.plan.simulated_goodput_scale == max(simulated)  # pruned ones (None) missed below it
 
 
 def test_plan_cli_goodput_json_and_errors(tmp_path, capsys):
@@ -97,3 +98,39 @@ def test_plan_cli_goodput_json_and_errors(tmp_path, capsys):
     assert "needs an SLO" in capsys.readouterr().err
     assert main(args + ["--planner", "homogeneous-tuned"]) == 2
     assert "homogeneous-tuned" in capsys.readouterr().err
+
+
+def test_verification_prunes_a_worse_plan_and_keeps_the_tuned_baseline(setup):
+    cost, cluster, prepared, slo, workload = setup
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload)
+    from oserve.planner.slo_planner import candidate_plan
+
+    tuned = gp.homogeneous_tuned()
+    best = candidate_plan(tuned[0], cost, prepared.stats, "goodput", "oserve", 0.0)
+    worst = candidate_plan(tuned[-1], cost, prepared.stats, "goodput", "oserve", 0.0)
+    config = SimConfig(drain_s=120.0)
+    ver = verify_shortlist([best, worst], prepared, cost, config, slo, max_requests=400)
+    # the worse plan gets one probe just above the baseline's scale, misses, and is pruned
+    assert ver.pruned_at[0] is None and ver.pruned_at[1] is not None
+    assert ver.candidates[1].simulated_goodput_scale is None
+    assert ver.plan.describe() == best.describe()
+    assert ver.to_dict()["shortlist"][1]["pruned_at_scale"] == ver.pruned_at[1]
+    # baseline first is the guarantee: a worse plan as baseline never wins over a better later one
+    rev = verify_shortlist([worst, best], prepared, cost, config, slo, max_requests=400)
+    assert rev.plan.describe() == best.describe() and rev.pruned_at == (None, None)
+    assert rev.plan.simulated_goodput_scale >= rev.candidates[0].simulated_goodput_scale
+    assert rev.plan.simulated_goodput_scale == pytest.approx(ver.plan.simulated_goodput_scale, rel=0.07)
+
+
+def test_tuned_search_prunes_but_ranks_the_top_exactly(setup):
+    cost, cluster, prepared, _, workload = setup
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload)
+    tuned = gp.homogeneous_tuned()
+    from oserve.planner.slo_planner import NUM_SEARCH_CONFIGS
+
+    top = tuned[:NUM_SEARCH_CONFIGS]
+    assert all(c.exact for c in top)
+    # a pruned candidate's scale is an upper bound below the top: its exact scale is lower still
+    for c in (c for c in tuned if not c.exact):
+        assert c.predicted_scale <= top[-1].predicted_scale
+        assert gp.predicted_scale(c.replicas, c.fractions) < top[-1].predicted_scale * 1.03

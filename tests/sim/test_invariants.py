@@ -117,7 +117,7 @@ def test_decode_runs_equal_step_by_step_simulation(mode):
     from oserve.sim.step_timer import StepTimer  # noqa: F401  (protocol the fake implements)
 
     class AffineTimer:
-        def step_s(self, tokens, n, sq, batch, ctx):
+        def step_s(self, tokens, n, sq, batch, ctx, max_chunk_tokens=0):
             return 0.004 + 2e-6 * tokens + 1e-9 * sq + 1e-4 * batch + 3e-8 * ctx
 
         def decode_line(self, batch):

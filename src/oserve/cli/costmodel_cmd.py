@@ -11,9 +11,12 @@ import yaml
 
 from oserve.common.errors import ConfigError
 from oserve.costmodel.calibration import (
+    STEP_KINDS,
     fit_calibration,
+    fit_step_model,
     load_calibration,
     predict_row_ms,
+    predict_step_ms,
     profile_gpu,
     read_profile,
 )
@@ -33,7 +36,9 @@ def register(sub) -> None:
     v.add_argument("--gpus", action="append", default=[], metavar="FILE", help="extra GPU catalog YAML")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=run_validate)
-    f = cm.add_parser("fit", help="fit the calibration on some models' rows and write it as YAML")
+    f = cm.add_parser("fit", help="fit the calibration on some models' rows and write it as YAML (a "
+                      "profile of whole engine steps, step_* rows, gives a GPU catalog file instead: "
+                      "the device with its fitted step_model, for --gpus)")
     f.add_argument("--profile", action="append", required=True, metavar="FILE")
     f.add_argument("--train-models", default="llama-2-7b,llama-2-70b",
                    help="comma-separated models whose rows the fit may use")
@@ -75,6 +80,28 @@ def run_formats(args) -> int:
     return 0
 
 
+def _fit_steps(rows, args) -> int:
+    """Whole-step rows (a vLLM-CPU replica): the device's catalog entry with its fitted step model."""
+    gpu_of = _row_gpus(rows, load_gpus(), args.gpu)
+    devices = {g.name: g for g in gpu_of.values()}
+    if len(devices) != 1:
+        raise ConfigError(f"--profile step rows are from several devices ({', '.join(sorted(devices))}); "
+                          "a step model is fitted for one")
+    device = next(iter(devices.values()))
+    fitted = fit_step_model(rows)
+    errs = [abs(predict_step_ms(r, fitted) / r.ms - 1) for r in rows]
+    entry = device.model_copy(update={"step_model": fitted}).model_dump(mode="json")
+    with open(args.out, "w") as fh:
+        fh.write(f"# {device.name} with its step model fitted by `oserve costmodel fit` on "
+                 f"{', '.join(args.profile)} ({len(rows)} rows, median relative error "
+                 f"{float(np.median(errs)):.1%}); use with --gpus.\n")
+        yaml.safe_dump({"gpus": [entry]}, fh, sort_keys=False)
+    print(f"wrote {args.out}: {device.name} step = {1e3 * fitted.step_overhead_s:.1f} ms + "
+          f"{1e3 * fitted.prefill_s_per_token:.2f} ms/prefill token + {1e3 * fitted.decode_s_per_seq:.2f} "
+          f"ms/decode sequence (median error {float(np.median(errs)):.1%}, max {max(errs):.1%})")
+    return 0
+
+
 def _row_gpus(rows, gpus, override: str | None) -> dict:
     """Profile gpu column -> catalog GPU (every row the ``override`` GPU when one is given)."""
     names = dict.fromkeys(r.gpu for r in rows)
@@ -105,7 +132,14 @@ def run_validate(args) -> int:
     gpu_of = _row_gpus(rows, load_gpus(args.gpus), args.gpu)
     errs, kinds, held = [], [], []
     for r in rows:
-        pred = predict_row_ms(r, catalog.get(r.model), gpu_of[r.gpu], cal)
+        if r.kind in STEP_KINDS:  # whole steps are priced by the device's step model
+            step_model = gpu_of[r.gpu].step_model
+            if step_model is None:
+                raise ConfigError(f"profile row {r.line} is a '{r.kind}' row but {gpu_of[r.gpu].name} has "
+                                  "no step_model (fit one with `oserve costmodel fit`, pass it with --gpus)")
+            pred = predict_step_ms(r, step_model)
+        else:
+            pred = predict_row_ms(r, catalog.get(r.model), gpu_of[r.gpu], cal)
         errs.append(abs(pred / r.ms - 1))
         kinds.append(r.kind)
         held.append(r.model not in cal.fitted_on)
@@ -131,6 +165,8 @@ def run_validate(args) -> int:
 
 def run_fit(args) -> int:
     rows = _rows(args.profile)
+    if rows and all(r.kind in STEP_KINDS for r in rows):
+        return _fit_steps(rows, args)
     catalog = load_models()
     train = [m.strip() for m in args.train_models.split(",") if m.strip()]
     models = {m: catalog.get(m) for m in {r.model for r in rows}}

@@ -121,9 +121,11 @@ def render_goodput(plan: Plan, slo, verification) -> str:
     if verification is not None:
         lines.append(f"Shortlist simulated on {verification.requests} requests around the trace's "
                      "busiest 10 s:")
-        for p in verification.candidates:
+        pruned = verification.pruned_at or (None,) * len(verification.candidates)
+        for p, at in zip(verification.candidates, pruned):
+            sim = f"misses at {at:.2f}x (pruned)" if at is not None else fmt(p.simulated_goodput_scale)
             lines.append(f"  {p.describe():<56} predicted {fmt(p.predicted_goodput_scale)}  "
-                         f"simulated {fmt(p.simulated_goodput_scale)}")
+                         f"simulated {sim}")
     return "\n".join(lines)
 
 

@@ -29,9 +29,10 @@ def add_slo_args(p: argparse.ArgumentParser, planning: bool = True) -> None:
                        help="goodput (default with an SLO): the highest rate scale meeting the SLOs; "
                             "min-gpus: the fewest GPUs meeting them at the trace's rate; throughput "
                             "(default without): the max-flow capacity")
-        g.add_argument("--verify-requests", type=int, default=2000, metavar="N",
+        g.add_argument("--verify-requests", type=int, default=None, metavar="N",
                        help="simulate the goodput shortlist on N requests around the trace's busiest "
-                            "10 s and keep the best simulated plan (0: analytical only)")
+                            "10 s and keep the best simulated plan (default: 250 per replica of the "
+                            "largest shortlisted fleet, at least 1000; 0: analytical only)")
         g.add_argument("--disaggregation", default="off", choices=("on", "off"),
                        help="on: the oserve goodput planner also considers prefill/decode groups (KV "
                             "hand-off priced on the cluster's links); the best colocated plan stays in "
@@ -53,6 +54,6 @@ def objective_from_args(args: argparse.Namespace, slo: SloSpec | None) -> str:
     if objective != "throughput" and slo is None:
         raise ConfigError(f"--objective {objective} needs an SLO: give --slo loose|tight|FILE or "
                           "--slo-ttft/--slo-tpot")
-    if getattr(args, "verify_requests", 0) < 0:
+    if (getattr(args, "verify_requests", 0) or 0) < 0:
         raise ConfigError(f"--verify-requests must be >= 0, got {args.verify_requests}")
     return objective

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from oserve.common.errors import ConfigError, InputFormatError
-from oserve.costmodel.catalog import GpuSpec, ModelSpec, _Catalog
+from oserve.costmodel.catalog import GpuSpec, ModelSpec, StepModel, _Catalog
 from oserve.costmodel.operators import (
     GEMM_LAYERS,
     Work,
@@ -40,6 +40,9 @@ from oserve.costmodel.precision import PRECISION_KINDS, base_kind, kind_peak, pr
 
 OPERATOR_KINDS = ("gemm", "prefill", "decode")
 LAYER_KINDS = ("layer_prefill", "layer_decode")
+# whole engine steps timed through a server (bench/vllm_cpu_profile.py): a = prefill tokens of one
+# sequence, or the decode batch; b = sequences, or the mean context; fitted into a device's StepModel
+STEP_KINDS = ("step_prefill", "step_decode")
 SMOOTH_P = 4.0
 
 
@@ -143,7 +146,7 @@ def read_profile(path: str | Path) -> list[ProfileRow]:
             kind = rec["kind"]
             if kind.startswith("ceiling"):
                 continue
-            known = OPERATOR_KINDS + LAYER_KINDS + PRECISION_KINDS
+            known = OPERATOR_KINDS + LAYER_KINDS + PRECISION_KINDS + STEP_KINDS
             if kind not in known:
                 raise InputFormatError(str(path), line, "kind", f"unknown kind {kind!r}, expected {known}")
             try:
@@ -249,3 +252,28 @@ def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: G
         sol = least_squares(layer_res, x0=[0.1, 0.01], loss="soft_l1", f_scale=0.1)
         extra, fixed = float(sol.x[0]), float(abs(sol.x[1]))
     return Calibration(kinds, extra, fixed, tuple(train_models), gpu.name)
+
+
+def fit_step_model(rows: list[ProfileRow]) -> StepModel:
+    """Fit a device's step time ``o + p * prefill tokens`` (step_prefill rows) and ``o + d * batch``
+    (step_decode rows) by non-negative least squares on relative error (each row weighted by 1/ms, so a
+    50 ms decode step counts as much as a 2 s prefill). Both kinds are needed: the overhead is shared."""
+    from scipy.optimize import nnls
+
+    srows = [r for r in rows if r.kind in STEP_KINDS]
+    for kind in STEP_KINDS:
+        if not any(r.kind == kind for r in srows):
+            raise ConfigError(f"profile has no '{kind}' rows: a step model needs both {STEP_KINDS}")
+    design = np.array([[1.0, r.a if r.kind == "step_prefill" else 0.0,
+                        r.a if r.kind == "step_decode" else 0.0] for r in srows])
+    seconds = np.array([r.ms * 1e-3 for r in srows])
+    weight = 1.0 / seconds
+    x, _ = nnls(design * weight[:, None], seconds * weight)
+    return StepModel(step_overhead_s=float(x[0]), prefill_s_per_token=float(x[1]),
+                     decode_s_per_seq=float(x[2]))
+
+
+def predict_step_ms(row: ProfileRow, model: StepModel) -> float:
+    """The step model's time of one step_* profile row."""
+    per_unit = model.prefill_s_per_token if row.kind == "step_prefill" else model.decode_s_per_seq
+    return 1e3 * (model.step_overhead_s + per_unit * row.a)

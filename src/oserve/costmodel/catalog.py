@@ -66,8 +66,25 @@ class ModelSpec(BaseModel):
         return 2 * self.num_kv_heads * self.head_dim * kv_bytes
 
 
+class StepModel(BaseModel):
+    """A device's engine step time fitted as a whole (``oserve costmodel fit`` on ``step_*`` profile
+    rows), for devices without an operator calibration such as a vLLM-CPU replica:
+    ``step = step_overhead_s + prefill_s_per_token * prefill tokens + decode_s_per_seq * decode batch``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step_overhead_s: float = Field(ge=0)
+    prefill_s_per_token: float = Field(ge=0)
+    decode_s_per_seq: float = Field(ge=0)
+
+
 class GpuSpec(BaseModel):
-    """One accelerator type: datasheet compute, memory and intra-node link."""
+    """One accelerator type: datasheet compute, memory and intra-node link.
+
+    A CPU replica is described in the same terms: ``hbm_gb`` is its share of host memory,
+    ``kv_cache_gib`` the KV cache vLLM-CPU is given (``VLLM_CPU_KVCACHE_SPACE``, which replaces the
+    utilisation-based KV budget), and ``step_model`` its fitted step times (which replace the roofline).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,6 +96,8 @@ class GpuSpec(BaseModel):
     hbm_gb: float = Field(gt=0)
     hbm_gbps: float = Field(gt=0)
     intra_node_gbps: float = Field(gt=0)
+    kv_cache_gib: float | None = Field(default=None, gt=0)
+    step_model: StepModel | None = None
 
     @property
     def hbm_bytes(self) -> float:

@@ -4,8 +4,9 @@ A replica runs ``num_layers / pp`` layers per pipeline stage, each layer sharded
 (as in vLLM's continuous batching) processes some prefill tokens and one decode token per running
 sequence; its time on one stage is the calibrated layer time times the stage's layers, plus two
 all-reduces per layer when ``tp > 1``, plus the LM head and a fixed per-step engine overhead. With
-``pp > 1`` the stages work on ``pp`` micro-batches at once, so throughput follows the stage time and
-per-token latency follows ``pp`` stage times plus the stage-boundary transfers.
+``pp > 1`` the stages work on up to ``pp`` micro-batches at once (``costmodel.pipeline``): a step's time is
+``pp`` stage times of its largest micro-batch plus the stage-boundary transfers, so a step with fewer
+items than stages, or one prompt chunk far larger than the rest, leaves the pipeline partly idle.
 
 The planner, the simulator and the runtime's fake engines all time work with this one class.
 """
@@ -25,6 +26,7 @@ from oserve.costmodel.operators import (
     gemm_work,
     kv_heads_per_shard,
 )
+from oserve.costmodel.pipeline import MicroBatch, ring_round_s, split_micro_batches
 from oserve.costmodel.precision import (
     Factor,
     decode_work_for,
@@ -35,6 +37,7 @@ from oserve.costmodel.precision import (
 from oserve.costmodel.replica_config import ReplicaConfig
 
 ACTIVATION_BYTES = 2.0
+FP32_BYTES = 4.0
 DEFAULT_TPOT_SLO_S = 0.1
 
 
@@ -77,6 +80,7 @@ class CostModel:
             self.gpus = {n: cat.get(n) for n in cat.names()}
         # Per-instance cache (no global state: two cost models can coexist).
         self._capacity_cache: dict[tuple[ReplicaConfig, float, float], float] = {}
+        self._gemm_cache: dict[tuple[str, int, str, float], float] = {}
 
     def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
         if cfg.gpu_type not in self.gpus:
@@ -86,12 +90,16 @@ class CostModel:
     # ---- memory -------------------------------------------------------------------------------------
 
     def weight_bytes_per_gpu(self, cfg: ReplicaConfig) -> float:
+        if cfg.weight_format == "bf16" and cfg.precision == "fp32":  # unquantised weights in fp32 (CPU)
+            return self.model.num_params * FP32_BYTES / cfg.num_gpus
         if cfg.weight_format == "bf16":  # the catalog's own bytes per weight (2, or what a user set)
             return self.model.weight_bytes / cfg.num_gpus
         wf = resolve_weight_format(cfg.weight_format, self.gpu(cfg))
         return self.model.num_params * wf.bytes_per_weight.value / cfg.num_gpus
 
     def kv_bytes_per_element(self, cfg: ReplicaConfig) -> float:
+        if cfg.kv_cache_dtype == "bf16" and cfg.precision == "fp32":  # vLLM's "auto": the model dtype
+            return FP32_BYTES
         return kv_format(cfg.kv_cache_dtype).bytes_per_element(self.model.head_dim).value
 
     def kv_bytes_per_token_per_gpu(self, cfg: ReplicaConfig) -> float:
@@ -101,6 +109,12 @@ class CostModel:
 
     def kv_capacity_tokens(self, cfg: ReplicaConfig) -> int:
         """Tokens of KV cache the replica holds (0 when the weights alone do not fit)."""
+        gpu = self.gpu(cfg)
+        if gpu.kv_cache_gib is not None:  # vLLM-CPU: a fixed KV space beside the weights
+            if self.weight_bytes_per_gpu(cfg) + gpu.kv_cache_gib * 2**30 > gpu.hbm_bytes:
+                return 0
+            tokens = int(gpu.kv_cache_gib * 2**30 // self.kv_bytes_per_token_per_gpu(cfg))
+            return tokens - tokens % self.params.kv_block_tokens
         usable = (self.gpu(cfg).hbm_bytes * self.params.gpu_memory_utilization
                   - self.params.reserved_bytes_per_gpu - self.weight_bytes_per_gpu(cfg))
         if usable <= 0:
@@ -143,12 +157,16 @@ class CostModel:
                  decode_batch: float, decode_ctx_total: float) -> float:
         """One layer on one shard: GEMMs over all tokens, prefill attention, decode attention."""
         gpu, m = self.gpu(cfg), self.model
-        if cfg.weight_format == "bf16":
-            total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
-        else:
-            wf = resolve_weight_format(cfg.weight_format, gpu)
-            total = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
-                        for g in GEMM_LAYERS)
+        key = (cfg.gpu_type, cfg.tp, cfg.weight_format, tokens)
+        total = self._gemm_cache.get(key)  # the GEMMs depend on the token count alone: memoised
+        if total is None:
+            if cfg.weight_format == "bf16":
+                total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
+            else:
+                wf = resolve_weight_format(cfg.weight_format, gpu)
+                total = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
+                            for g in GEMM_LAYERS)
+            self._gemm_cache[key] = total
         if num_prefill > 0:
             heads = m.num_heads / cfg.tp
             kvh = kv_heads_per_shard(m, cfg.tp)
@@ -172,6 +190,10 @@ class CostModel:
         tokens = prefill_tokens + decode_batch
         if tokens <= 0:
             return 0.0
+        step_model = self.gpu(cfg).step_model
+        if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
+            return (step_model.prefill_s_per_token * prefill_tokens
+                    + step_model.decode_s_per_seq * decode_batch) / cfg.pp
         prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
         layers = math.ceil(self.model.num_layers / cfg.pp)
         layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
@@ -188,28 +210,40 @@ class CostModel:
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
-        """Wall time of one engine step through all pipeline stages (the latency a token sees)."""
-        stage = self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total)
-        tokens = sum(c for c, _ in prefill_chunks) + decode_batch
-        hop = send_recv_s(tokens * self.model.hidden_size * ACTIVATION_BYTES, True,
-                          self.gpu(cfg).intra_node_gbps) if cfg.pp > 1 else 0.0
-        return cfg.pp * stage + (cfg.pp - 1) * hop + self.params.step_overhead_s
+        """Wall time of one engine step: the time between two tokens of a sequence in it.
+
+        With ``pp > 1`` the step is one round of the ``pp`` batches vLLM keeps in flight
+        (``costmodel.pipeline``): the work split into micro-batches of at most the replica's chunk budget
+        each, the round ``max(pp * max_j t_j, sum_j t_j)`` over their stage times, plus the
+        stage-boundary sends of the largest.
+        """
+        if cfg.pp == 1:
+            stage = self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total)
+            return stage + self.step_overhead_s(cfg)
+        micro = split_micro_batches(prefill_chunks, decode_batch, cfg.pp, self.batched_tokens(cfg))
+        per_seq_ctx = decode_ctx_total / decode_batch if decode_batch else 0.0
+        priced: dict[MicroBatch, float] = {}  # micro-batches of decodes alone are often alike
+        for mb in micro:
+            if mb not in priced:
+                priced[mb] = self.stage_time_s(cfg, mb.chunks, mb.decodes, per_seq_ctx * mb.decodes)
+        stages = [priced[mb] for mb in micro]
+        largest = max((mb.tokens for mb in micro), default=0.0)
+        hop = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES, True,
+                          self.gpu(cfg).intra_node_gbps)
+        return ring_round_s(stages, cfg.pp) + (cfg.pp - 1) * hop + self.step_overhead_s(cfg)
+
+    def step_overhead_s(self, cfg: ReplicaConfig) -> float:
+        """The fixed cost of one engine step: the device's fitted value, else the engine default."""
+        step_model = self.gpu(cfg).step_model
+        return step_model.step_overhead_s if step_model is not None else self.params.step_overhead_s
 
     def decode_step_s(self, cfg: ReplicaConfig, batch: int, total_context: float) -> float:
-        """One decode token for ``batch`` sequences holding ``total_context`` tokens in all.
-
-        With pipeline parallelism the batch is split into ``pp`` micro-batches that fill the pipeline:
-        the time returned is how long every sequence waits between two of its tokens.
-        """
+        """One decode token for ``batch`` sequences holding ``total_context`` tokens in all: how long
+        every sequence waits between two of its tokens (with PP, ``ceil(batch / pp)`` sequences in the
+        largest micro-batch set the round)."""
         if batch <= 0:
             return 0.0
-        if cfg.pp == 1:
-            return self.step_time_s(cfg, (), batch, total_context)
-        micro = max(1, math.ceil(batch / cfg.pp))
-        stage = self.stage_time_s(cfg, (), micro, total_context * micro / batch)
-        hop = send_recv_s(micro * self.model.hidden_size * ACTIVATION_BYTES, True,
-                          self.gpu(cfg).intra_node_gbps)
-        return cfg.pp * (stage + hop) + self.params.step_overhead_s
+        return self.step_time_s(cfg, (), batch, total_context)
 
     def prefill_time_s(self, cfg: ReplicaConfig, prompt_lens: list[int] | tuple[int, ...]) -> float:
         """Time to prefill the given prompts in one step (no cached prefix)."""
@@ -234,9 +268,9 @@ class CostModel:
         if s >= budget:
             chunks = math.ceil(s / budget)
             per_chunk = [(min(budget, s - i * budget), i * budget) for i in range(chunks)]
-            return sum(self.stage_time_s(cfg, (c,)) + self.params.step_overhead_s for c in per_chunk)
+            return sum(self.stage_time_s(cfg, (c,)) + self.step_overhead_s(cfg) for c in per_chunk)
         n = max(1, budget // s)
-        return (self.stage_time_s(cfg, ((s, 0),) * n) + self.params.step_overhead_s) / n
+        return (self.stage_time_s(cfg, ((s, 0),) * n) + self.step_overhead_s(cfg)) / n
 
     def effective_tpot_s(self, cfg: ReplicaConfig, load: TypeLoad, batch: int) -> float:
         """Mean time between a sequence's tokens when the replica runs ``batch`` sequences of this type

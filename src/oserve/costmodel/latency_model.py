@@ -41,8 +41,9 @@ after p cached ones adds to such a step):
    overloaded counts as 0. A type's **SLO capacity** on a replica is the highest rate of that type (alone,
    or scaling a given mix) at which every type's attainment reaches the target.
 
-Step times with PP > 1 follow the simulator's convention: a step's work is split into ``pp``
-micro-batches that fill the pipeline.
+Step times with PP > 1 are the cost model's (``costmodel.pipeline``), as in the simulator: a step is one
+round of the ``pp`` batches in flight, carrying up to ``pp`` times the chunk budget, and lasts ``pp`` stage
+times of its largest micro-batch, so a chunk costs its whole trip through the pipeline.
 """
 
 from __future__ import annotations
@@ -103,10 +104,12 @@ class ReplicaLatencyModel:
     _chunkings: dict[tuple[int, int], _Chunking] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.budget_tokens = self.cost.batched_tokens(self.config)
+        # with PP a step is a round of pp in-flight batches, each with the chunk budget (as in the
+        # simulator): the step carries pp times the budget
+        self.budget_tokens = self.cost.batched_tokens(self.config) * self.config.pp
         self.max_seqs = self.cost.max_seqs(self.config)
         self.kv_tokens = self.cost.kv_capacity_tokens(self.config)
-        self.hw = self.config.hardware
+        self.hw = self.config.timing
         self._decode = self.step_cache.setdefault("decode", {})
         self._chunk = self.step_cache.setdefault("chunk", {})
 
@@ -130,12 +133,13 @@ class ReplicaLatencyModel:
         if t is None:
             c, p = key
             b, ctx = REF_BATCH, REF_CTX_TOKENS
-            pp = self.hw.pp
-            # as the simulator: with pp > 1 the step is split into pp micro-batches filling the pipeline
-            # (the cost model prices fractional representative chunks, as the simulator's timer does)
-            chunks = cast("tuple[tuple[float, float], ...]", ((c / pp, p),))
-            step = self.cost.step_time_s(self.hw, chunks, math.ceil(b / pp), b * ctx / pp)
-            t = max(step - self.cost.decode_step_s(self.hw, b, b * ctx), 0.0)
+            # the cost model splits the step over the pipeline's micro-batches (costmodel.pipeline)
+            chunks = cast("tuple[tuple[float, float], ...]", ((c, p),))
+            step = self.cost.step_time_s(self.hw, chunks, b, b * ctx)
+            ref = self._chunk.get((-1.0, -1.0))  # the reference decode step, priced once
+            if ref is None:
+                ref = self._chunk[(-1.0, -1.0)] = self.cost.decode_step_s(self.hw, b, b * ctx)
+            t = max(step - ref, 0.0)
             self._chunk[key] = t
         return float(t)
 

@@ -52,6 +52,14 @@ class ReplicaConfig:
             return self
         return self.with_engine()
 
+    @property
+    def timing(self) -> ReplicaConfig:
+        """What step times depend on: the hardware split, and with PP the chunk budget too (it caps each
+        in-flight micro-batch, so it sets how a step's prompt tokens split across the pipeline)."""
+        if self.pp == 1:
+            return self.hardware
+        return self.with_engine(self.max_num_batched_tokens)
+
     def with_engine(self, max_num_batched_tokens: int = ENGINE_DEFAULT,
                     max_num_seqs: int = ENGINE_DEFAULT) -> ReplicaConfig:
         return replace(self, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)

@@ -63,6 +63,7 @@ from oserve.workload.trace import Trace
 OBJECTIVES = ("goodput", "min-gpus", "throughput")
 ENGINE_BUDGETS = (512, 1024, 2048, 4096, 8192)
 NUM_SEARCH_CONFIGS = 4  # tuned configurations the oserve search mixes
+SEARCH_CAPACITY_TOL = 0.1  # bisection tolerance of the SLO capacities the search's LP uses
 
 
 def slo_workload(trace: Trace, types: RequestTypes, stats: list[TypeStats], slo: SloSpec) -> SloWorkload:
@@ -82,6 +83,7 @@ class Candidate:
     replicas: tuple[Replica, ...]
     fractions: np.ndarray  # (types, replicas)
     predicted_scale: float
+    exact: bool = True  # False: predicted_scale is only an upper bound (pruned, see homogeneous_tuned)
 
     @property
     def num_gpus(self) -> int:
@@ -111,15 +113,16 @@ class GoodputPlanner:
 
     def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
         if cfg not in self._models:
-            shared = self._step_caches.setdefault(cfg.hardware, {})  # engine variants share step times
+            shared = self._step_caches.setdefault(cfg.timing, {})  # engine variants share step times
             self._models[cfg] = ReplicaLatencyModel(self.cost, cfg, shared)
         return self._models[cfg]
 
-    def predicted_scale(self, replicas: tuple[Replica, ...], fractions: np.ndarray) -> float:
+    def predicted_scale(self, replicas: tuple[Replica, ...], fractions: np.ndarray,
+                        start: float | None = None) -> float:
         if any(r.group is not None for r in replicas):
-            return self.scorer.predicted_scale(replicas, fractions, self._start(replicas))
+            return self.scorer.predicted_scale(replicas, fractions, start or self._start(replicas))
         return predicted_goodput_scale([self.model(r.config) for r in replicas], fractions, self.workload,
-                                       start=self._start(replicas))
+                                       start=start or self._start(replicas))
 
     def _start(self, replicas: tuple[Replica, ...]) -> float:
         """A starting scale for the bracket: the throughput the replicas carry, halved."""
@@ -134,19 +137,37 @@ class GoodputPlanner:
     # ---- homogeneous-tuned -----------------------------------------------------------------------
 
     def homogeneous_tuned(self) -> list[Candidate]:
-        """Every tuned configuration replicated over the cluster, best predicted goodput first."""
+        """Every tuned configuration replicated over the cluster, best predicted goodput first.
+
+        Only the best ``NUM_SEARCH_CONFIGS`` (what the search and the shortlist use) are bisected to the
+        tolerance: candidates go in order of throughput capacity, and each is first tested at the
+        ``NUM_SEARCH_CONFIGS``-th best scale found so far; one that misses there cannot enter the top
+        and keeps that scale as an upper bound (``exact=False``), after one prediction instead of ~8.
+        """
         if self._tuned is None:
-            out = []
-            for hw in self.hardware:
-                for budget in self.budgets:
-                    cand = self._replicated(hw.with_engine(budget), "homogeneous-tuned")
-                    if cand is not None:
-                        out.append(cand)
-            out.sort(key=lambda c: (-c.predicted_scale, c.num_gpus, c.replicas[0].config))
+            fleets = [f for f in (self._fleet(hw.with_engine(b)) for hw in self.hardware
+                                  for b in self.budgets) if f is not None]
+            fleets.sort(key=lambda f: -self._start(f[0]))
+            out: list[Candidate] = []
+            for replicas, fractions in fleets:
+                exact = sorted((c.predicted_scale for c in out if c.exact), reverse=True)
+                bar = exact[NUM_SEARCH_CONFIGS - 1] if len(exact) >= NUM_SEARCH_CONFIGS else 0.0
+                if bar > 0 and not self._meets(replicas, fractions, bar):
+                    out.append(Candidate("homogeneous-tuned", replicas, fractions, bar, exact=False))
+                    continue
+                out.append(Candidate("homogeneous-tuned", replicas, fractions,
+                                     self.predicted_scale(replicas, fractions, start=bar or None)))
+            out.sort(key=lambda c: (-c.predicted_scale, not c.exact, c.num_gpus, c.replicas[0].config))
             self._tuned = out
         return self._tuned
 
-    def _replicated(self, cfg: ReplicaConfig, kind: str, n: int | None = None) -> Candidate | None:
+    def _meets(self, replicas: tuple[Replica, ...], fractions: np.ndarray, scale: float) -> bool:
+        models = [self.model(r.config) for r in replicas]
+        return meets_target(fleet_attainment(models, fractions, self.workload, scale), self.workload)
+
+    def _fleet(self, cfg: ReplicaConfig,
+               n: int | None = None) -> tuple[tuple[Replica, ...], np.ndarray] | None:
+        """``n`` (default: as many as fit) replicas of ``cfg`` packed on the cluster, types spread evenly."""
         n = gpus_by_type(self.cluster).get(cfg.gpu_type, 0) // cfg.num_gpus if n is None else n
         while n > 0 and not fits_cluster({cfg: n}, self.cluster):
             n -= 1
@@ -155,10 +176,14 @@ class GoodputPlanner:
         packed = pack({cfg: n}, self.cluster)
         if packed is None:
             return None
-        replicas = tuple(packed)
-        fractions = np.full((self.workload.num_types, n), 1.0 / n)
+        return tuple(packed), np.full((self.workload.num_types, n), 1.0 / n)
+
+    def _replicated(self, cfg: ReplicaConfig, kind: str, n: int | None = None) -> Candidate | None:
+        fleet = self._fleet(cfg, n)
+        if fleet is None:
+            return None
         # identical replicas with identical shares: one prediction per scale
-        return Candidate(kind, replicas, fractions, self.predicted_scale(replicas, fractions))
+        return Candidate(kind, *fleet, self.predicted_scale(*fleet))
 
     # ---- min-gpus --------------------------------------------------------------------------------
 
@@ -207,7 +232,9 @@ class GoodputPlanner:
         if not configs:
             return None
         start = max(self.workload.rates_rps) or 1.0
-        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start)
+        # LP inputs only (the searched plan is then predicted to the full tolerance): 10% is enough
+        capacity = np.array([[slo_capacity_rps(self.model(c), t, self.workload, start_rps=start,
+                                               rel_tol=SEARCH_CAPACITY_TOL)
                               if self.workload.rates_rps[t] > 0 else 1.0
                               for t in range(self.workload.num_types)] for c in configs])
         problem = PlanningProblem(self.cluster, self.cost, self.stats, config_list=configs,
@@ -278,8 +305,9 @@ class GoodputPlanner:
         return max(cands, key=lambda c: c.predicted_scale) if cands else None
 
     def shortlist(self, size: int = 3) -> list[Candidate]:
-        """The best candidates by predicted goodput; the best homogeneous-tuned fleet always among them
-        (and, with disaggregation, the best two disaggregated candidates besides the colocated ones)."""
+        """The best candidates by predicted goodput, the best homogeneous-tuned fleet first (always in:
+        the verification's baseline), then the others best predicted first (with disaggregation, the
+        best two disaggregated candidates besides the colocated ones)."""
         tuned = self.homogeneous_tuned()
         if not tuned:
             raise InfeasiblePlanError("no configuration fits the cluster")
@@ -294,7 +322,7 @@ class GoodputPlanner:
             # one candidate per deployment (the search may return a tuned fleet with near-even shares)
             if c is not None and all(_deployment(c) != _deployment(p) for p in pool):
                 pool.append(c)
-        return sorted(pool, key=lambda c: -c.predicted_scale)
+        return pool[:1] + sorted(pool[1:], key=lambda c: -c.predicted_scale)
 
 
 def _deployment(c: Candidate) -> tuple[ReplicaConfig, ...]:
@@ -322,9 +350,9 @@ def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], 
                  weight_formats: tuple[str, ...] = ("bf16",),
                  kv_formats: tuple[str, ...] = ("bf16",),
                  disaggregation: bool = False) -> tuple[Plan, list[Plan]]:
-    """(the best plan by predicted goodput, the shortlist as plans) for ``oserve`` (its search space with
-    disaggregated groups when ``disaggregation``); for the reference planners their own deployment,
-    scored by the latency model."""
+    """(the best plan by predicted goodput, the shortlist as plans, the best homogeneous-tuned fleet
+    first) for ``oserve`` (its search space with disaggregated groups when ``disaggregation``); for the
+    reference planners their own deployment, scored by the latency model."""
     if objective not in OBJECTIVES or objective == "throughput":
         raise ConfigError(f"plan_for_slo: objective must be goodput or min-gpus, got '{objective}'")
     t0 = time.perf_counter()
@@ -343,7 +371,8 @@ def plan_for_slo(cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats], 
         raise ConfigError(f"planner '{planner}' has no goodput objective (use oserve or homogeneous-tuned)")
     seconds = time.perf_counter() - t0
     plans = [candidate_plan(c, cost, stats, objective, planner, seconds, where) for c in cands]
-    return plans[0], plans
+    top = max(range(len(plans)), key=lambda i: (cands[i].predicted_scale, -i))
+    return plans[top], plans
 
 
 def score_plan(plan: Plan, cost: CostModel, stats: list[TypeStats], workload: SloWorkload,

@@ -48,12 +48,13 @@ def plan_handoff(plan: Plan, cost_model: CostModel, cluster: ClusterSpec | None 
 
 def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: CostModel,
                   config: SimConfig | None = None, progress: bool = False,
-                  cluster: ClusterSpec | None = None) -> SimResult:
-    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``; KV
+                  cluster: ClusterSpec | None = None, timers: dict | None = None) -> SimResult:
+    """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``, memoised in
+    ``timers`` (a dict kept across calls shares step times between simulations of the same model); KV
     hand-offs of disaggregated groups priced on ``cluster`` (default: the plan's own)."""
     config = config or SimConfig()
     setups = [replace(s, role=r.role, group=r.group)
-              for s, r in zip(replicas_from_configs(plan.configs(), cost_model), plan.replicas)]
+              for s, r in zip(replicas_from_configs(plan.configs(), cost_model, timers), plan.replicas)]
     max_context = cost_model.model.max_context_tokens if config.context_policy == "drop" else None
     sim = Simulation(setups, DispatchTable.from_fractions(plan.dispatch), config,
                      batching_config(cost_model, config), cost_model.params.kv_block_tokens,

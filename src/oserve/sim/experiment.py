@@ -50,9 +50,9 @@ def plan_for(cluster: ClusterSpec, cost_model: CostModel, prepared: PreparedTrac
 
 
 def simulate_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,
-                rate_scale: float = 1.0, progress: bool = False) -> SimResult:
+                rate_scale: float = 1.0, progress: bool = False, timers: dict | None = None) -> SimResult:
     trace = prepared.trace if rate_scale == 1.0 else prepared.trace.scaled(rate_scale)
-    return simulate_plan(plan, trace, prepared.types, cost_model, config, progress)
+    return simulate_plan(plan, trace, prepared.types, cost_model, config, progress, timers=timers)
 
 
 def summary_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,

@@ -20,7 +20,8 @@ from oserve.sim.metrics import Attainment, SimResult, per_type_latency, slo_atta
 from oserve.workload.slo import SloSpec
 
 MIN_SCALE = 1.0 / 64
-MAX_SCALE = 64.0
+MAX_SCALE = 1024.0  # a 256-GPU fleet carries ~60x the Azure traces
+FLOOR_STEP = 1.25  # above a floor that holds, the first bracket probe
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class GoodputResult:
     target: float
     probes: list[GoodputProbe] = field(default_factory=list)
     best: SimResult | None = None  # the simulation at ``scale``
+    pruned: bool = False  # the search had a floor and missed there (``scale`` 0: below the floor)
 
     @property
     def attainment(self) -> Attainment | None:
@@ -57,8 +59,11 @@ class GoodputResult:
 
 def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult | None]],
                          target: float, start_scale: float = 1.0, rel_tol: float = 0.03,
-                         max_probes: int = 24) -> GoodputResult:
-    """``evaluate(scale)`` simulates at ``scale`` and returns (attainment, the simulation)."""
+                         max_probes: int = 24, floor: float = 0.0) -> GoodputResult:
+    """``evaluate(scale)`` simulates at ``scale`` and returns (attainment, the simulation).
+
+    With ``floor`` the caller wants only scales above it (another plan already reaches it): the search
+    starts there and gives up after that one probe (``pruned``) when it misses."""
     if not 0 < target <= 1 or start_scale <= 0 or rel_tol <= 0:
         raise ConfigError("goodput search needs a target in (0, 1], a positive start scale and tolerance")
     result = GoodputResult(0.0, target)
@@ -73,6 +78,12 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
 
     lo, hi = None, None
     scale = start_scale
+    if floor > 0:
+        if not probe(floor):
+            result.pruned = True
+            return result
+        # a plan that beats another rarely beats it by much: bracket just above first, then double
+        lo, scale = floor, min(floor * FLOOR_STEP, MAX_SCALE)
     while len(result.probes) < max_probes and (lo is None or hi is None):
         if probe(scale):
             lo = scale
@@ -94,18 +105,20 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
 
 
 def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig, slo: SloSpec,
-                 start_scale: float = 1.0, rel_tol: float = 0.03) -> GoodputResult:
-    """Goodput scale of ``plan`` on a prepared trace (``oserve.sim.experiment.PreparedTrace``)."""
+                 start_scale: float = 1.0, rel_tol: float = 0.03, floor: float = 0.0,
+                 timers: dict | None = None) -> GoodputResult:
+    """Goodput scale of ``plan`` on a prepared trace (``oserve.sim.experiment.PreparedTrace``); ``floor``
+    as in ``search_goodput_scale``, ``timers`` shares step times across the probes (and plans)."""
     from oserve.sim.experiment import simulate_at  # experiment imports the planner front end
 
     names = prepared.types.names()
 
     def evaluate(scale: float) -> tuple[Attainment, SimResult]:
-        res = simulate_at(plan, prepared, cost_model, config, scale)
+        res = simulate_at(plan, prepared, cost_model, config, scale, timers=timers)
         ttft, tpot = slo.bounds(res.type_id, names, res.input_tokens)
         return slo_attainment(res, ttft, tpot, len(names)), res
 
-    return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol)
+    return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol, floor=floor)
 
 
 __all__ = ["GoodputProbe", "GoodputResult", "plan_goodput", "search_goodput_scale"]

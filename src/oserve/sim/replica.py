@@ -158,8 +158,9 @@ class ReplicaSim:
         # a decode run reports tokens only at its end: not while a joined sequence awaits its first
         if batch.prefill or batch.num_preempted or not self.decode_runs or self._fresh:
             self.run_steps = 1
+            largest = max((chunk for _, chunk in batch.prefill), default=0)
             duration = self.timer.step_s(batch.prefill_tokens, len(batch.prefill), batch.prefill_sq,
-                                         len(batch.decode), batch.decode_ctx_total)
+                                         len(batch.decode), batch.decode_ctx_total, largest)
         else:
             n = len(batch.decode)
             to_finish = batch.min_output_left

@@ -65,11 +65,14 @@ class ReplicaSetup:
     max_num_batched_tokens: int | None = None
     role: str = COLOCATED
     group: int | None = None
+    pp: int = 1
 
     def batching(self, base: BatchingConfig, watermark_frac: float) -> BatchingConfig:
-        """This replica's batching: the simulation's, with the replica's own engine settings."""
-        return BatchingConfig(base.mode, self.max_num_seqs or base.max_num_seqs,
-                              self.max_num_batched_tokens or base.max_num_batched_tokens,
+        """This replica's batching: the simulation's, with the replica's own engine settings. With PP a
+        step is one round of the ``pp`` batches vLLM keeps in flight, each with the chunk budget, so the
+        step's token budget is ``pp`` times it (``costmodel.pipeline``)."""
+        per_batch = self.max_num_batched_tokens or base.max_num_batched_tokens
+        return BatchingConfig(base.mode, self.max_num_seqs or base.max_num_seqs, per_batch * self.pp,
                               int(watermark_frac * self.kv_blocks))
 
 
@@ -84,10 +87,11 @@ def replicas_from_configs(configs: list[ReplicaConfig], cost_model: CostModel,
     for cfg in configs:
         if not cost_model.fits(cfg):
             raise ConfigError(f"replica {cfg.label()} cannot hold {cost_model.model.name} with KV room")
-        # step times do not depend on engine settings: replicas of one hardware split share a cache
-        timer = timers.setdefault(cfg.hardware, CostModelStepTimer(cost_model, cfg.hardware))
+        # step times depend on the hardware split (and with PP the chunk budget): replicas that agree
+        # on those share a cache
+        timer = timers.setdefault(cfg.timing, CostModelStepTimer(cost_model, cfg.timing))
         out.append(ReplicaSetup(cfg.label(), timer, cost_model.kv_capacity_tokens(cfg) // bt,
-                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None))
+                                cfg.max_num_seqs or None, cfg.max_num_batched_tokens or None, pp=cfg.pp))
     return out
 
 

