@@ -1,23 +1,31 @@
-"""End-to-end: static deployments against switching ones on workloads whose request mix shifts.
+"""Temporal adaptation under an SLO: static plans against the goodput-priced switching loop and the elastic
+loop, simulated (discrete-event simulator, step times from the calibrated cost model).
 
-Scenarios (each simulated with the discrete-event simulator, step times from the calibrated cost model):
-  diurnal13  Llama-2-13B on 2x8 H100, a SYNTHETIC 30-minute "day" (conversation and code sources in
-             opposite phase: steady total, swinging mix), about 85% of the static plan's capacity.
-  phases70   Llama-2-70B on 4x8 H100, the Azure conversation hour then the code hour, replayed 8x faster.
-  phases13   Llama-2-13B on 2x8 H100, the same phases replayed 12x faster.
-  longshort70  Llama-2-70B on 4x8 H100: 10 minutes of the Azure requests (both services) with prompts over
-             1500 tokens, then 10 minutes of the others, each replayed (looped when shorter) at 75% /
-             90% of the capacity of the plan for that phase (the phases want different deployments).
-Modes: static-homogeneous, static-oserve (both planned for the whole trace's mean rates), switch-reload,
-switch-p2p (closed loop: EWMA forecast, cost-aware policy) and the ablations blind-reload / blind-p2p
-(switch whenever the re-plan differs). Writes bench/results/adaptive/<scenario>/ and a summary
-bench/results/adaptive_summary.{json,md}.
+Scenarios (traces labelled as what they are; REAL-DRIFT = windows of the real Azure traces stitched at
+their real arrival processes, ``oserve.workload.drift``; SYNTHETIC = the generated diurnal day):
+
+  convcode70   Llama-2-70B on 1x8 H100, REAL-DRIFT conversation (4 min) then code (4 min). Goodput search.
+  stable70     Llama-2-70B on 1x8 H100, 8 minutes of the real conversation trace (no drift). Goodput search.
+  diurnal13    Llama-2-13B on 2x8 H100, SYNTHETIC 30-minute day. Elastic against a peak-sized static fleet.
+  realdiurnal13  Llama-2-13B on 2x8 H100, REAL-DRIFT ``real-drift:diurnal`` (the merged hour rising from
+               0.25x to 1.25x its rate and falling back, 40 min). Elastic against a peak-sized static fleet.
+
+SLO: loose (TTFT 2 s, TPOT 100 ms), attainment target 90% for every type. **SLO goodput** of a mode: the
+highest rate scale of a time-preserving replay of the trace (``replay_at_rate``: more requests per
+window, the same phases and wall time) at which every type reaches the target (bracketing by factors of
+2 from the hindsight plan's predicted goodput, then bisection, at most 4 probes, so to about 20%: sized
+for a 2-core machine at load average 25, where one probe of a loop re-plans every control interval).
+Elastic scenarios run at the trace's own rate and report GPU-hours and attainment. Per scenario:
+``bench/results/adaptive/<scenario>.json`` (skipped when present; ``--force`` reruns) with the timeline
+and a deployment-over-time plot ``<scenario>.png``; ``--report`` aggregates them into
+``bench/results/adaptive_summary.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,114 +33,152 @@ from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.forecast.synthetic import load_any_trace
-from oserve.planner.api import make_plan
-from oserve.sim.adaptive_experiment import ABLATIONS, MODES, AdaptiveSetup, compare
+from oserve.sim.adaptive_experiment import AdaptiveSetup, compare, mode_goodput, static_plan
 from oserve.sim.adaptive_plots import plot_adaptive
-from oserve.sim.adaptive_report import ratios as _ratios
 from oserve.sim.experiment import prepare_trace
 from oserve.switching import IoProfile, SwitchParams
-from oserve.workload import Trace, fit_request_types, load_trace
 
-SCENARIOS = {
-    "longshort70": ("llama-2-70b", "4x8xH100", "long-short", 1.0, 30.0),
-    "diurnal13": ("llama-2-13b", "2x8xH100", "synthetic-diurnal:0.5:48", 1.0, 30.0),
-    "phases70": ("llama-2-70b", "4x8xH100", "phases:azure-conv,azure-code", 8.0, 30.0),
-    "phases13": ("llama-2-13b", "2x8xH100", "phases:azure-conv,azure-code", 12.0, 30.0),
+GOODPUT_MODES = ("static-initial", "static-oserve", "switch-reload", "switch-p2p", "blind-p2p")
+ELASTIC_MODES = ("static-peak", "elastic")
+SCENARIOS = {  # model, cluster, trace, kind, modes
+    "convcode70": ("llama-2-70b", "1x8xH100", "stitch:azure-conv/0-240,azure-code/0-240", "goodput",
+                   GOODPUT_MODES),
+    "stable70": ("llama-2-70b", "1x8xH100", "stitch:azure-conv/0-480", "goodput",
+                 ("static-initial", "switch-p2p")),
+    "diurnal13": ("llama-2-13b", "2x8xH100", "synthetic-diurnal:0.5:12", "elastic", ELASTIC_MODES),
+    "realdiurnal13": ("llama-2-13b", "2x8xH100", "real-drift:diurnal", "elastic", ELASTIC_MODES),
 }
-
-
-def long_short(cost, cluster, phase_s: float = 600.0, loads=(0.75, 0.9), threshold_tokens: int = 1500):
-    """Long-prompt Azure requests, then short-prompt ones, each rescaled to a load of its own plan."""
-    mix = load_trace("azure-mix")
-    types = fit_request_types(mix, 4, 0)
-    long = mix.input_tokens > threshold_tokens
-    parts = []
-    for i, (mask, load) in enumerate(zip((long, ~long), loads)):
-        part = Trace(mix.arrival_s[mask], mix.input_tokens[mask], mix.output_tokens[mask])
-        plan = make_plan(cluster, cost.model, types.stats(part), "oserve", cost)
-        part = part.scaled(load * plan.demand_scale)
-        span = float(part.arrival_s[-1]) + 1e-3
-        copies = [Trace(part.arrival_s + j * span, part.input_tokens, part.output_tokens)
-                  for j in range(int(phase_s // span) + 1)]  # replay the hour again if it is shorter
-        part = Trace.merge(copies).window(0.0, phase_s)
-        parts.append(Trace(part.arrival_s + i * phase_s, part.input_tokens, part.output_tokens))
-    merged = Trace.merge(parts)
-    return Trace(merged.arrival_s, merged.input_tokens, merged.output_tokens,
-                 f"azure-mix prompts>{threshold_tokens} then <={threshold_tokens} (rescaled)")
-
-
 REVISION_AT_START = git_revision()  # the code this process loaded, whatever HEAD becomes meanwhile
 
 
-def run(name: str, out: Path, modes, redispatch: bool = True, window_s: float = 0.0) -> dict:
-    model, cluster_spec, trace_spec, scale, interval_s = SCENARIOS[name]
+def _setup(name: str, duration_s: float = 0.0) -> AdaptiveSetup:
+    model, cluster_spec, trace_spec, _kind, _modes = SCENARIOS[name]
     cost = CostModel(load_models().get(model))
-    cluster = parse_cluster(cluster_spec)
-    trace = long_short(cost, cluster) if trace_spec == "long-short" else load_any_trace(trace_spec, 0)
-    if scale != 1.0:
-        trace = trace.scaled(scale)
-    if window_s:
-        trace = trace.window(0.0, window_s)
-    prepared = prepare_trace(trace, cost, 4, 0)
-    setup = AdaptiveSetup(cluster, cost, prepared, switch=SwitchParams(horizon_s=600, min_gap_s=120),
-                          control_interval_s=interval_s, warmup_s=120.0, forecaster="ewma",
-                          io=IoProfile.h100(), redispatch=redispatch)
+    trace = load_any_trace(trace_spec, 0)
+    prepared = prepare_trace(trace.window(0.0, duration_s) if duration_s else trace, cost, 4, 0)
+    return AdaptiveSetup(parse_cluster(cluster_spec), cost, prepared,
+                         switch=SwitchParams(horizon_s=600, min_gap_s=120), control_interval_s=60.0,
+                         warmup_s=120.0, forecaster="ewma", io=IoProfile.h100())
+
+
+def _entry(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in ("result", "timeline")}
+
+
+def run(name: str, out: Path, duration_s: float = 0.0, modes: tuple[str, ...] = ()) -> dict:
+    model, cluster_spec, _spec, kind, all_modes = SCENARIOS[name]
+    modes = modes or all_modes
+    setup = _setup(name, duration_s)
     t0 = time.perf_counter()
-    results = compare(setup, modes)
-    modes_doc = {m: {k: v for k, v in r.items() if k not in ("result", "timeline")}
-                 for m, r in results.items()}
-    doc = {"scenario": name, "model": model, "cluster": cluster_spec, "trace": prepared.trace.name,
-           "synthetic": bool(prepared.trace.meta.get("synthetic")), "rate_scale": scale,
-           "requests": len(prepared.trace), "control_interval_s": interval_s, "redispatch": redispatch,
-           "modes": modes_doc,
-           "ratios": _ratios(modes_doc), "wall_s": time.perf_counter() - t0,
-           "git_revision": REVISION_AT_START}
-    d = out / "adaptive" / (name if redispatch else f"{name}_no_redispatch")
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "results.json").write_text(json.dumps(doc, indent=2, default=str))
-    timelines = {m: r["timeline"] for m, r in results.items() if "timeline" in r}
-    for mode, timeline in timelines.items():
-        (d / f"timeline_{mode}.json").write_text(json.dumps([vars(r) for r in timeline], indent=1))
-    if timelines:
-        plot_adaptive(d / "adaptive.png", timelines, prepared.types.names(),
-                      f"{model} on {cluster_spec}, {prepared.trace.name}")
+    doc: dict = {"scenario": name, "model": model, "cluster": cluster_spec,
+                 "trace": setup.prepared.trace.name,
+                 "synthetic": bool(setup.prepared.trace.meta.get("synthetic")),
+                 "real_drift": bool(setup.prepared.trace.meta.get("real_drift")), "kind": kind,
+                 "requests": len(setup.prepared.trace), "slo": setup.slo.describe(),
+                 "attainment_target": setup.slo.attainment, "control_interval_s": setup.control_interval_s,
+                 "git_revision": REVISION_AT_START, "command": sys.argv, "modes": {}}
+    timelines = {}
+    if kind == "elastic":
+        for mode, r in compare(setup, modes).items():
+            doc["modes"][mode] = _entry(r)
+            timelines[mode] = r.get("timeline") or []
+    else:
+        start = max(static_plan(setup, "oserve").predicted_goodput_scale or 1.0, 0.25)
+        for mode in modes:
+            t1 = time.perf_counter()
+            res, best = mode_goodput(setup, mode, start_scale=start, rel_tol=0.15, max_probes=4)
+            doc["modes"][mode] = {"goodput_scale": res.scale, "wall_s": time.perf_counter() - t1,
+                                  "probes": [{"scale": p.scale, "per_type": list(p.attainment.per_type),
+                                              "ok": p.ok} for p in res.probes],
+                                  **{k: v for k, v in best.items() if k != "timeline"}}
+            timelines[mode] = best.get("timeline") or []
+            print(f"  {name} {mode}: goodput x{res.scale:.3f} ({time.perf_counter() - t1:.0f} s)", flush=True)
+    doc["wall_s"] = time.perf_counter() - t0
+    doc["timelines"] = {m: [vars(x) for x in tl] for m, tl in timelines.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    stem = _stem(name, modes if modes != all_modes else ())
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))
+    shown = {m: tl for m, tl in timelines.items() if tl}
+    if shown:
+        plot_adaptive(out / f"{stem}.png", shown, setup.prepared.types.names(),
+                      f"{model} on {cluster_spec}, {setup.prepared.trace.name}")
     return doc
 
 
-def markdown(docs) -> str:
-    lines = ["| scenario | mode | switches | P50 e2e (s) | P99 e2e (s) | P99 TTFT (s) | req/s | "
-             "P99 / switch-p2p | throughput / switch-p2p |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+def _stem(name: str, modes: tuple[str, ...]) -> str:
+    """A scenario's file name; a run of some of its modes gets its own (``--report`` merges them)."""
+    return name + "".join(f"__{m}" for m in modes)
+
+
+def _merged(out: Path, name: str) -> dict | None:
+    docs = [json.loads(p.read_text()) for p in sorted(out.glob(f"{name}*.json"))
+            if p.stem == name or p.stem.startswith(name + "__")]
+    if not docs:
+        return None
+    doc = docs[0]
+    for other in docs[1:]:
+        doc["modes"].update(other["modes"])
+    order = SCENARIOS[name][4]
+    doc["modes"] = {m: doc["modes"][m] for m in order if m in doc["modes"]}
+    doc.pop("timelines", None)
+    return doc
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    return a / b if a and b else float("nan")
+
+
+def markdown(docs: list[dict]) -> str:
+    lines = ["| scenario | mode | SLO goodput (x rate) | vs static-initial | switches | time switching (s) | "
+             "GPU-hours | per-type P99 TTFT (s) | per-type P99 TPOT (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for doc in docs:
+        label = doc["scenario"] + (" (SYNTHETIC)" if doc["synthetic"] else
+                                   " (REAL-DRIFT)" if doc["real_drift"] else " (real)")
+        ref = doc["modes"].get("static-initial", {}).get("goodput_scale")
         for m, r in doc["modes"].items():
-            s = r["summary"]
-            ratio = doc["ratios"].get(m, {})
-            syn = " (SYNTHETIC)" if doc["synthetic"] else ""
-            lines.append(f"| {doc['scenario']}{syn} | {m} | {r['num_switches']} | {s['p50_e2e_s']:.2f} | "
-                         f"{s['p99_e2e_s']:.2f} | {s['p99_ttft_s']:.2f} | {s['throughput_rps']:.2f} | "
-                         f"{ratio.get('p99_e2e_vs_switch_p2p', float('nan')):.3f} | "
-                         f"{ratio.get('throughput_vs_switch_p2p', float('nan')):.3f} |")
+            p99 = r.get("per_type_p99") or []
+            ttft = ", ".join(f"{x.get('p99_ttft_s', float('nan')):.2f}" for x in p99)
+            tpot = ", ".join(f"{1e3 * (x.get('p99_tpot_s') or float('nan')):.0f}" for x in p99)
+            gp = r.get("goodput_scale")
+            lines.append(f"| {label} | {m} | {'-' if gp is None else f'{gp:.3f}'} | "
+                         f"{_ratio(gp, ref):.2f} | {r.get('num_switches', 0)} | "
+                         f"{r.get('switching_s', 0.0):.0f} | {r.get('gpu_hours', float('nan')):.2f} | "
+                         f"{ttft} | {tpot} |")
+    lines += ["", "| scenario | mode | GPU-hours | attainment per type | peak-sized / elastic GPU-hours |",
+              "|---|---|---:|---|---:|"]
+    for doc in docs:
+        if doc["kind"] != "elastic":
+            continue
+        peak = doc["modes"].get("static-peak", {}).get("gpu_hours")
+        for m, r in doc["modes"].items():
+            att = ", ".join(f"{a:.3f}" for a in r["attainment"]["per_type"] if a is not None)
+            lines.append(f"| {doc['scenario']} | {m} | {r['gpu_hours']:.2f} | {att} | "
+                         f"{_ratio(peak, r['gpu_hours']):.2f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "adaptive"))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--modes", default=",".join(MODES + ABLATIONS))
+    ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
+    ap.add_argument("--report", action="store_true", help="only aggregate the scenario JSONs")
+    ap.add_argument("--modes", default="", help="comma-separated subset of each scenario's modes")
     ap.add_argument("--duration-s", type=float, default=0.0,
                     help="simulate only the first seconds of each scenario (0: all; for smoke tests)")
-    ap.add_argument("--no-redispatch", action="store_true",
-                    help="between switches keep the deployed plan's dispatch (summary file suffixed)")
     args = ap.parse_args(argv)
+    modes = tuple(m for m in args.modes.split(",") if m)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    docs = []
-    stem = "adaptive_summary" + ("_no_redispatch" if args.no_redispatch else "")
-    for name in args.scenarios.split(","):
-        docs.append(run(name, out, args.modes.split(","), not args.no_redispatch, args.duration_s))
-        print(f"{name}: {docs[-1]['wall_s']:.0f} s", flush=True)
-        (out / f"{stem}.json").write_text(json.dumps(docs, indent=2, default=str))
-        (out / f"{stem}.md").write_text(markdown(docs) + "\n")
+    if not args.report:
+        for name in args.scenarios.split(","):
+            if (out / f"{_stem(name, modes)}.json").exists() and not args.force:
+                continue
+            doc = run(name, out, args.duration_s, modes)
+            print(f"{name}: {doc['wall_s']:.0f} s", flush=True)
+    docs = [d for d in (_merged(out, n) for n in SCENARIOS) if d is not None]
+    (out.parent / "adaptive_summary.json").write_text(json.dumps(docs, indent=1, default=str))
+    (out.parent / "adaptive_summary.md").write_text(markdown(docs) + "\n")
     print(markdown(docs))
     return 0
 

@@ -1,9 +1,13 @@
 """Forecast accuracy: RRMSE of one-window-ahead per-type forecasts on the held-out tail (last 30%).
 
 Real traces (the shipped Azure conversation, code and both merged; one hour each) at 10, 30 and 60 s
-windows, and a SYNTHETIC 12-hour diurnal trace (two 6-hour "days", generator in
-oserve.forecast.synthetic) at 60 and 300 s windows. Request types (k=4) are fitted on the training head
-only. Writes bench/results/forecast_bench.{json,md,png}.
+windows; the same hours as rate-scaled replays (``stitch:SRC/0-3600*F``: F times the requests per window
+over the same wall time, the real minute-scale shape kept, ``oserve.workload.drift``) at F = 4 and 16, so
+that per-type counts rise above the Poisson floor; a REAL-DRIFT stitched trace; and a SYNTHETIC 12-hour
+diurnal trace (two 6-hour "days", generator in oserve.forecast.synthetic) at 60 and 300 s windows.
+Request types (k=4) are fitted on the training head only. Every row carries its Poisson floor, the best
+baseline, the LSTM's ratio to it and whether there was signal to learn (best baseline above 1.25x the
+floor). Writes bench/results/forecast_bench.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from oserve.workload import fit_request_types
 SETTINGS = [("azure-conv", 10), ("azure-conv", 30), ("azure-conv", 60),
             ("azure-code", 10), ("azure-code", 30), ("azure-code", 60),
             ("azure-mix", 10), ("azure-mix", 30), ("azure-mix", 60),
+            ("stitch:azure-conv/0-3600*4", 10), ("stitch:azure-conv/0-3600*4", 60),
+            ("stitch:azure-conv/0-3600*16", 10), ("stitch:azure-conv/0-3600*16", 60),
+            ("stitch:azure-mix/0-3600*16", 10), ("stitch:azure-mix/0-3600*16", 60),
+            ("real-drift:conv-code-mix", 30),
             ("synthetic-diurnal:12", 60), ("synthetic-diurnal:12", 300)]
+BASELINES = ("last", "moving-avg", "ewma", "seasonal-naive")
+SIGNAL_OVER_FLOOR = 1.25  # a best baseline this far above the Poisson floor leaves something to learn
 SEASON_S = 6 * 3600
 
 
@@ -70,6 +80,36 @@ def markdown(results: list[dict], key: str = "rrmse_mean") -> str:
     return "\n".join(lines)
 
 
+def verdicts(results: list[dict]) -> list[dict]:
+    """Per row: the floor, the best baseline, the LSTM against it, whether there was signal."""
+    out = []
+    for r in results:
+        by = {m["name"].split("(")[0]: m for m in r["models"]}
+        base = {n: by[n]["rrmse_mean"] for n in BASELINES if n in by}
+        best = min(base, key=lambda n: base[n])
+        floor = float(np.nanmean(r["poisson_floor_rrmse"]))
+        lstm = by.get("lstm")
+        out.append({"trace": r["trace"], "window_s": r["window_s"], "floor": floor, "best_baseline": best,
+                    "best_baseline_rrmse": base[best], "signal": base[best] > SIGNAL_OVER_FLOOR * floor,
+                    "lstm_rrmse": lstm["rrmse_mean"] if lstm else None,
+                    "lstm_vs_best": lstm["rrmse_mean"] / base[best] if lstm else None,
+                    "max_ms_per_call": 1e3 * max(m.get("seconds_per_call", 0.0) for m in r["models"])})
+    return out
+
+
+def verdict_markdown(rows: list[dict]) -> str:
+    lines = ["| trace | window | Poisson floor | best baseline | its RRMSE | signal above floor | "
+             "LSTM RRMSE | LSTM / best baseline | slowest predict (ms/call) |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|"]
+    for v in rows:
+        lstm = "-" if v["lstm_rrmse"] is None else f"{v['lstm_rrmse']:.3f}"
+        ratio = "-" if v["lstm_vs_best"] is None else f"{v['lstm_vs_best']:.3f}"
+        lines.append(f"| {v['trace']} | {v['window_s']:g} s | {v['floor']:.3f} | {v['best_baseline']} | "
+                     f"{v['best_baseline_rrmse']:.3f} | {'yes' if v['signal'] else 'no'} | {lstm} | "
+                     f"{ratio} | {v['max_ms_per_call']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -99,22 +139,28 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-lstm", action="store_true")
+    ap.add_argument("--settings", default="", help="only these SETTINGS rows (comma-separated indices)")
     args = ap.parse_args(argv)
     with_lstm = not args.no_lstm and importlib.util.find_spec("torch") is not None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for spec, window in SETTINGS:
+    chosen = [SETTINGS[int(i)] for i in args.settings.split(",")] if args.settings else SETTINGS
+    for spec, window in chosen:
         results.append(one(spec, window, args.seed, with_lstm))
         print(f"{spec} {window}s done in {results[-1]['wall_s']:.1f} s", flush=True)
     meta = {"git_revision": git_revision(), "machine": platform.machine(), "seed": args.seed,
             "lstm": with_lstm, "train_frac": 0.7, "types": 4}
-    (out / "forecast_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    rows = verdicts(results)
+    (out / "forecast_bench.json").write_text(json.dumps({"meta": meta, "results": results,
+                                                         "verdicts": rows}, indent=2))
     (out / "forecast_bench.md").write_text(
         "One-window-ahead forecasts on the held-out last 30% (best in bold). SYNTHETIC rows come from "
         "the generator, not from a real trace.\n\nMean over types of the per-type RRMSE:\n\n"
         + markdown(results) + "\n\nRRMSE of the total rate (all types summed):\n\n"
-        + markdown(results, "rrmse_total") + "\n")
+        + markdown(results, "rrmse_total")
+        + "\n\nThe LSTM against the best baseline (signal: the best baseline "
+        f"above {SIGNAL_OVER_FLOOR}x the floor):\n\n" + verdict_markdown(rows) + "\n")
     plot(results, out / "forecast_bench.png")
     print(markdown(results))
     return 0

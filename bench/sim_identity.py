@@ -73,20 +73,14 @@ def static_runs(requests: int = 0):
 def adaptive_runs():
     """(name, SimResult, extra) of the adaptive subset."""
     sys.path.insert(0, str(Path(__file__).parent))
-    import adaptive_bench as ab
-    from oserve.forecast.synthetic import load_any_trace
-    from oserve.sim.adaptive_experiment import AdaptiveSetup, compare
-    from oserve.switching import IoProfile, SwitchParams
+    from dataclasses import replace
 
-    for name, modes in (("phases13", ab.MODES + ab.ABLATIONS), ("phases70", ("switch-p2p", "blind-p2p"))):
-        model, cluster_spec, trace_spec, scale, interval_s = ab.SCENARIOS[name]
-        cost = CostModel(load_models().get(model))
-        prepared = prepare_trace(load_any_trace(trace_spec, 0).scaled(scale), cost, 4, 0)
+    import adaptive_bench as ab
+    from oserve.sim.adaptive_experiment import compare
+
+    for name, modes in (("convcode70", ("static-initial", "switch-p2p", "blind-p2p")),):
         for redispatch in (True, False):
-            setup = AdaptiveSetup(parse_cluster(cluster_spec), cost, prepared,
-                                  switch=SwitchParams(horizon_s=600, min_gap_s=120),
-                                  control_interval_s=interval_s, warmup_s=120.0, forecaster="ewma",
-                                  io=IoProfile.h100(), redispatch=redispatch)
+            setup = replace(ab._setup(name, 600.0), redispatch=redispatch)
             for mode in modes:
                 if mode.startswith("static") and not redispatch:
                     continue

@@ -80,13 +80,13 @@ def test_spatial_capacity_smoke(tmp_path):
 
 
 def test_adaptive_bench_smoke(tmp_path):
-    argv = ["--scenarios", "phases13", "--modes", "static-oserve,switch-p2p", "--duration-s", "150",
-            "--out", str(tmp_path)]
+    argv = ["--scenarios", "diurnal13", "--duration-s", "240", "--out", str(tmp_path / "adaptive")]
     assert _script("adaptive_bench").main(argv) == 0
     (doc,) = json.loads((tmp_path / "adaptive_summary.json").read_text())
-    assert set(doc["modes"]) == {"static-oserve", "switch-p2p"}
-    assert doc["modes"]["switch-p2p"]["summary"]["completed"] == doc["requests"]
-    assert (tmp_path / "adaptive" / "phases13" / "timeline_switch-p2p.json").exists()
+    assert set(doc["modes"]) == {"static-peak", "elastic"}
+    assert doc["modes"]["elastic"]["summary"]["completed"] == doc["requests"]
+    assert doc["modes"]["elastic"]["gpu_hours"] <= doc["modes"]["static-peak"]["gpu_hours"] + 1e-9
+    assert (tmp_path / "adaptive" / "diurnal13.png").exists()
 
 
 def test_sim_identity_smoke(tmp_path):

@@ -141,10 +141,11 @@ def _runtime(context, initial, gate=None, clock=None, fleet=None, **config):
 
 
 def test_the_controller_executes_the_policys_transition(half_cluster):
-    """Load beyond the 2 replicas' capacity: after the drift gate confirms, the policy switches to 4
-    replicas; the 2 kept replicas keep their handles (plan_transition's choice), 2 new ones start."""
+    """Load beyond what the 2 replicas serve within the SLO (the latency model: none of it) and within
+    what 4 serve: after the drift gate confirms, the policy switches to 4 replicas; the 2 kept replicas
+    keep their handles (plan_transition's choice), 2 new ones start."""
     context, initial, capacity_rps = half_cluster
-    per_window = [round(1.5 * r * 10.0) for r in capacity_rps]  # 1.5x capacity over a 10 s window
+    per_window = [round(2.0 * r * 10.0) for r in capacity_rps]  # 2x throughput capacity over 10 s
 
     async def main():
         runtime, clock = _runtime(context, initial, gate=ReplanConfig(confirm_checks=2, cooldown_s=0.0))
@@ -217,7 +218,7 @@ def test_a_switch_whose_new_replica_fails_to_start_keeps_the_old_plan(half_clust
         runtime, clock = _runtime(context, initial, fleet=FailingNewReplicas())
         await runtime.controller.start()
         for k, r in enumerate(capacity_rps):
-            await serve_typed(runtime, k, round(1.5 * r * 10.0))
+            await serve_typed(runtime, k, round(2.0 * r * 10.0))
         clock.advance(10.0)
         step = await runtime.controller.check_once()
         states = [h.state for h in runtime.router.table.handles]

@@ -83,3 +83,35 @@ def test_simulate_adaptive_cli_writes_results_and_plot(tmp_path, capsys):
     assert set(doc["modes"]) == {"static-oserve", "switch-p2p"}
     assert doc["ratios"]["switch-p2p"]["p99_e2e_vs_switch_p2p"] == 1.0
     assert (out / "adaptive.png").exists() and (out / "timeline_switch-p2p.csv").exists()
+
+
+def test_an_engine_settings_switch_restarts_in_place_without_a_transfer(setup):
+    """A planner that proposes the same TP8 split at a 512-token budget: the simulated switch restarts
+    the replica on its GPUs (drain + restart, no weight transfer, in reload mode too), the new replica
+    runs with the new budget, and no request is lost."""
+    cost, cluster, trace, types, stats, initial = setup
+    tuned = ReplicaConfig("H100-80GB", 8).with_engine(512)
+
+    def planner(types_, _current):
+        return _with_config(initial, tuned)
+
+    ctx = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster, IoProfile.h100()), planner)
+    params = SwitchParams(min_gap_s=1e9, horizon_s=300, transfer_mode="reload", drain_s=2.0,
+                          restart_overhead_s=3.0, blind=True)
+    config = SimConfig(seed=0)
+    sim = AdaptiveSimulation(ctx, params, initial, LastValue(), config, batching_config(cost, config),
+                             control_interval_s=10.0)
+    res = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, request_type_ids(trace, types))
+    first = next(r for r in res.timeline if r.switched)
+    assert res.num_switches == 1 and first.switch_s == pytest.approx(5.0)
+    assert res.sim.completed.all()
+    assert sim.current[0].config == tuned and sim.current[0].gpus == initial.replicas[0].gpus
+    assert res.sim.replicas[1].num_requests > 0
+
+
+def _with_config(plan, config):
+    from dataclasses import replace
+
+    from oserve.planner.plan import Replica
+
+    return replace(plan, replicas=tuple(Replica(r.replica_id, r.gpus, config) for r in plan.replicas))

@@ -44,9 +44,11 @@ def test_the_gate_opens_on_confirmed_drift_then_the_policy_decides(planned_low):
     # about 3x the rates the plan was made for: drift at every check, the gate opens at the 3rd
     assert [r.reason for r in gated.timeline[:2]] == ["drift seen 1/3 checks", "drift seen 2/3 checks"]
     assert not gated.timeline[0].switched and not gated.timeline[1].switched
-    assert gated.num_switches >= 1 and gated.sim.completed.all()
-    first = next(r for r in gated.timeline if r.switched)
-    assert first.time_s >= 30.0 and first.reason.startswith("gain")
+    # the 3rd check opens the gate and the policy prices a switch (whether it pays depends on the cost
+    # model and planner; the gate decides only that it is asked)
+    third = gated.timeline[2]
+    assert third.time_s == pytest.approx(30.0) and third.reason.startswith("gain")
+    assert all(not r.switched for r in gated.timeline[:2]) and gated.sim.completed.all()
 
 
 def test_the_gate_only_sees_drift_from_the_plan(setup):  # noqa: F811

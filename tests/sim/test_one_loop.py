@@ -72,8 +72,7 @@ def test_adaptive_run_without_switching_is_the_static_simulation(setup, policy):
 @pytest.mark.parametrize("policy", DISPATCH_POLICIES)
 def test_every_dispatch_policy_works_in_a_run_that_switches(setup, policy):
     cost, cluster, trace, types, plan = setup
-    blind = SwitchParams(min_gap_s=0.0, hysteresis=0.0, near_tolerance=0.0,
-                         min_gain_requests=-float("inf"), drain_s=1.0, restart_overhead_s=1.0)
+    blind = SwitchParams(min_gap_s=0.0, hysteresis=0.0, blind=True, drain_s=1.0, restart_overhead_s=1.0)
     ares = _adaptive(setup, SimConfig(dispatch=policy, seed=1), blind, interval_s=12.0, redispatch=True)
     res = ares.sim
     assert ares.num_switches >= 1

@@ -6,7 +6,7 @@ from oserve.common.errors import ConfigError
 from oserve.planner.api import build_plan
 from oserve.planner.plan import Replica
 from oserve.planner.problem import PlanningProblem
-from oserve.switching import SwitchContext, SwitchParams, decide, deficit_rps
+from oserve.switching import SwitchContext, SwitchParams, decide
 from oserve.workload.request_types import TypeStats
 
 from .factories import cfg, placed
@@ -36,38 +36,75 @@ def _capacity_rates(cost, cluster, counts, load):
     return [t.rate_rps * scale * load for t in TYPES]
 
 
-def test_deficit_is_zero_below_target_utilisation():
-    assert deficit_rps(2.0, 10.0, 0.8) == 0.0
-    assert deficit_rps(1.0, 10.0, 0.8) == pytest.approx(2.0)
-    assert deficit_rps(0.0, 10.0, 0.8) == 10.0
+def _rates(n):
+    return [float(n)] * len(TYPES)
 
 
-def test_no_switch_when_the_gain_is_below_the_cost(cost13, cluster2, links2):
-    current = placed({cfg(1): 16}, cluster2)
-    rates = _capacity_rates(cost13, cluster2, {cfg(1): 16}, 1.05)  # a little overloaded
-    ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))  # ~18% more capacity
-    # TP1 -> TP4 only drops weights (each TP1 GPU holds the whole model): the cost is the restart
-    slow = SwitchParams(transfer_mode="reload", horizon_s=60, min_gap_s=0, restart_overhead_s=30)
-    d = decide(ctx, slow, current, None, 0.0, rates)
-    assert d.scale_target > d.scale_current * 1.1  # the target is better...
-    assert not d.switch and 0 < d.gain_requests <= 1.2 * d.cost_requests + 1  # ...but does not pay
-    assert d.plan is not None and d.plan.replicas == current  # keeps serving, re-dispatched
-    assert d.transfer.total_bytes == 0 and d.switch_s == pytest.approx(35.0)
-    # the same gain over a longer horizon with a fast peer-to-peer transfer does pay
-    fast = SwitchParams(transfer_mode="p2p", horizon_s=1800, min_gap_s=0)
-    assert decide(ctx, fast, current, None, 0.0, rates).switch
-
-
-def test_switch_when_the_gain_pays(cost13, cluster2, links2):
-    current = placed({cfg(8): 1}, cluster2)  # half the cluster idle
+def test_the_latency_model_prices_a_switch_in_requests_meeting_their_slo(cost13, cluster2, links2):
+    """An overloaded half cluster is credited with what it carries at the target (its predicted goodput
+    scale < 1 times the target); 4 TP4 replicas serve all of it."""
+    current = placed({cfg(8): 1}, cluster2)
     rates = _capacity_rates(cost13, cluster2, {cfg(8): 1}, 1.5)
     ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))
     d = decide(ctx, SwitchParams(min_gap_s=0, horizon_s=3600), current, None, 0.0, rates)
-    assert d.switch and d.scale_target > d.scale_current
-    assert d.gain_requests > 1.2 * d.cost_requests
+    assert d.switch and 0 < d.good_rps_current < 0.9 * sum(rates)
+    assert d.good_rps_target == pytest.approx(sum(rates), rel=0.01)
+    assert d.good_rps_during == 0.0  # nothing stays: no replica serves during the switch
+    assert d.gain_requests == pytest.approx((d.good_rps_target - d.good_rps_current)
+                                            * (3600 - d.switch_s))
+    assert d.cost_requests == pytest.approx(d.good_rps_current * d.switch_s)
     assert [r.gpus for r in d.plan.replicas] == [r.gpus for r in d.transition.target]
     for row in d.plan.dispatch:
         assert sum(row) == pytest.approx(1.0)
+
+
+def test_out_of_overload_the_deployment_that_carries_more_is_worth_a_switch(cost13, cluster2, links2):
+    """Far beyond both deployments' SLO capacity the latency model predicts almost no request in time for
+    either; priced by what each carries at the target, the bigger fleet still wins."""
+    current = placed({cfg(8): 1}, cluster2)
+    rates = _capacity_rates(cost13, cluster2, {cfg(8): 1}, 8.0)
+    ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))
+    d = decide(ctx, SwitchParams(min_gap_s=0, horizon_s=3600), current, None, 0.0, rates)
+    assert d.switch and d.good_rps_target > 2 * d.good_rps_current > 0
+    assert d.good_rps_target < 0.9 * sum(rates)  # the target is overloaded too
+
+
+def test_engine_settings_alone_switch_without_moving_weights(cost13, cluster2, links2):
+    """Same hardware, same throughput capacity: only the latency model tells the budgets apart. A 512-token
+    budget misses the SLO for ~10% of requests at this load; the default budget meets it. Each replica
+    restarts on its own GPUs (no transfer), so the switch costs drain + restart, in either transfer mode,
+    and pays over a long horizon but not over a short one with a slow restart."""
+    small, default = cfg(2).with_engine(512), cfg(2)
+    assert cost13.type_capacity_rps(small.hardware, _load()) == cost13.type_capacity_rps(default, _load())
+    current = placed({small: 8}, cluster2)
+    ctx = _ctx(cost13, cluster2, links2, _fixed_planner({default: 8}))
+    for mode in ("p2p", "reload"):
+        fast = SwitchParams(transfer_mode=mode, horizon_s=1800, min_gap_s=0)
+        d = decide(ctx, fast, current, None, 0.0, _rates(32))
+        assert d.switch and d.transfer.total_bytes == 0 and d.switch_s == pytest.approx(10.0)
+        assert len(d.transition.retuned) == 8 and not d.transition.kept
+        assert sorted(r.gpus for r in d.plan.replicas) == sorted(r.gpus for r in current)
+        assert d.good_rps_target > d.good_rps_current > 0.8 * 64
+    slow = SwitchParams(transfer_mode="reload", horizon_s=60, min_gap_s=0, restart_overhead_s=30)
+    d = decide(ctx, slow, current, None, 0.0, _rates(32))
+    assert not d.switch and 0 < d.gain_requests < 1.2 * d.cost_requests  # better, but does not pay
+    assert d.plan is not None and d.plan.replicas == current  # keeps serving, re-dispatched
+    assert d.switch_s == pytest.approx(35.0)
+
+
+def test_no_switch_for_a_gain_the_slo_does_not_see(cost13, cluster2, links2):
+    """Lightly loaded, both deployments meet the SLO for every request: no gain, no switch (the old
+    utilisation proxy priced capacity headroom nobody needed the same way)."""
+    current = placed({cfg(2): 8}, cluster2)
+    ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))
+    d = decide(ctx, SwitchParams(min_gap_s=0, horizon_s=3600), current, None, 0.0, _rates(2))
+    assert not d.switch and d.good_rps_target == pytest.approx(d.good_rps_current, rel=1e-3)
+
+
+def _load():
+    from oserve.costmodel.cost_model import TypeLoad
+
+    return TypeLoad(TYPES[1].mean_input_tokens, TYPES[1].mean_output_tokens)
 
 
 def test_minimum_gap_between_switches(cost13, cluster2, links2):
@@ -95,15 +132,16 @@ def _plan_with(cost, cluster, current, bad_cfg):
 
 def test_real_planner_keeps_a_good_current_deployment(cost13, cluster2, links2):
     ctx = _ctx(cost13, cluster2, links2)
-    first = decide(ctx, SwitchParams(min_gap_s=0), placed({cfg(2): 8}, cluster2), None, 0.0, [1.0, 1.0])
-    current = first.plan.replicas if first.switch else placed({cfg(2): 8}, cluster2)
-    again = decide(ctx, SwitchParams(min_gap_s=0), current, 0.0, 1000.0, [1.0, 1.0])
-    assert not again.switch
+    d = decide(ctx, SwitchParams(min_gap_s=0), placed({cfg(2): 8}, cluster2), None, 0.0, [1.0, 1.0])
+    assert not d.switch and d.good_rps_current == pytest.approx(2.0, rel=1e-3)
+    assert "does not pay" in d.reason or "current one" in d.reason
 
 
 def test_bad_params_and_forecast_rejected(cost13, cluster2, links2):
     with pytest.raises(ConfigError):
         SwitchParams(transfer_mode="teleport")
+    with pytest.raises(ConfigError):
+        SwitchParams(num_candidates=0)
     with pytest.raises(ConfigError):
         decide(_ctx(cost13, cluster2, links2), SwitchParams(), placed({cfg(2): 8}, cluster2), None,
                0.0, [1.0])

@@ -42,3 +42,16 @@ def test_transition_to_a_placed_target_keeps_replicas_in_place():
     t = transition_to(current, target)
     assert sorted(t.kept) == [(0, 2), (2, 0)]
     assert [r.replica_id for r in t.stopped] == [1] and [r.replica_id for r in t.started] == [1]
+
+
+def test_a_change_of_engine_settings_alone_restarts_in_place(cluster2):
+    """4 TP4 replicas, one of them to a 512-token budget: three stay, the fourth is retuned on its own
+    GPUs (its weights stay), nothing else moves."""
+    from .factories import cfg, placed
+
+    current = placed({cfg(4): 4}, cluster2)
+    tr = plan_transition(current, {cfg(4): 3, cfg(4).with_engine(512): 1}, cluster2)
+    assert len(tr.kept) == 3 and len(tr.retuned) == 1
+    old, new = tr.retuned[0]
+    assert old.gpus == new.gpus and new.config == cfg(4).with_engine(512)
+    assert {r.gpus for r in tr.target} == {r.gpus for r in current}

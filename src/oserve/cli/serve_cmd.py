@@ -30,6 +30,7 @@ from oserve.planner.plan import Plan
 from oserve.runtime.engine_spec import ENGINE_KINDS
 from oserve.runtime.serve_setup import SWITCH_POLICIES, ServeConfig
 from oserve.runtime.serving import RuntimeConfig
+from oserve.switching.policy import POLICY_OBJECTIVES
 from oserve.switching.replan_gate import ReplanConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,6 +48,7 @@ RUNTIME_FLAGS = {"max_inflight_per_replica": "--max-inflight", "window_s": "--wi
                  "shutdown_grace_s": "--shutdown-grace-s", "api_key": "--api-key"}
 SERVE_FLAGS = {"replicas": "--replicas", "context_tokens": "--context-tokens", "threads": "--threads",
                "types": "--types", "engine": "--engine", "switch_policy": "--switch-policy",
+               "objective": "--objective",
                **{f"runtime.{k}": v for k, v in RUNTIME_FLAGS.items()}}
 
 
@@ -104,6 +106,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--switch-policy", default=default(ServeConfig, "switch_policy"), choices=SWITCH_POLICIES,
                    help="reactive: re-plan on persistent drift (--replan-* knobs); cost-aware: "
                         "oserve.switching's policy, switching only when the gain pays for the switch")
+    p.add_argument("--objective", default=default(ServeConfig, "objective"), choices=POLICY_OBJECTIVES,
+                   help="with --replan: goodput (switch when the SLO goodput gained pays for the switch) or "
+                        "min-gpus (elastic: size the fleet to the measured traffic, release unused GPUs)")
     p.add_argument("--window-s", type=POSITIVE, default=_rt("window_s"), help="rate measurement window")
     p.add_argument("--check-interval-s", type=NON_NEGATIVE, default=_rt("check_interval_s"),
                    help="health/re-plan check period (0: no control loop)")
@@ -238,7 +243,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         "model_path": args.model_path, "hf_model": args.hf_model, "remote_url": args.remote_url,
         "remote_model": args.remote_model, "context_tokens": args.context_tokens, "threads": args.threads,
         "trace": args.trace, "types": args.types, "cost_model": cost_model, "planner": args.planner,
-        "plan_file": args.plan, "replan": args.replan, "switch_policy": args.switch_policy, "ray": args.ray,
+        "plan_file": args.plan, "replan": args.replan, "switch_policy": args.switch_policy,
+        "objective": args.objective, "ray": args.ray,
         "ray_address": args.ray_address, "runtime": runtime, "vllm": vllm_config(args),
         "lmdeploy": lmdeploy_config(args), "kv_cache_dtype": args.kv_cache_dtype},
         {**SERVE_FLAGS, **VLLM_FLAGS, **LMDEPLOY_FLAGS, "kv_cache_dtype": "--kv-cache-dtype"})

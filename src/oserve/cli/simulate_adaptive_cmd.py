@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from oserve.cli.common_args import (
@@ -21,7 +22,8 @@ from oserve.forecast.synthetic import load_any_trace
 from oserve.sim.adaptive_experiment import ABLATIONS, FORECASTERS, MODES, AdaptiveSetup, compare
 from oserve.sim.config import SimConfig
 from oserve.switching.io_profile import IoProfile
-from oserve.switching.policy import SwitchParams
+from oserve.switching.policy import POLICY_OBJECTIVES, SwitchParams
+from oserve.workload.slo import slo_from_flags
 
 
 def register(sub) -> None:
@@ -52,6 +54,9 @@ def register(sub) -> None:
                    help="engine start, communicator set-up, CUDA graph capture (default %(default)s)")
     p.add_argument("--disk-gbps", type=POSITIVE, default=None,
                    help="storage read rate for reloads (default: measured H100 machine, 1.87 GB/s)")
+    p.add_argument("--objective", default=default(SwitchParams, "objective"), choices=POLICY_OBJECTIVES,
+                   help="of the switch-* and gated-* loops: goodput (fixed fleet) or min-gpus (elastic: the "
+                        "fleet sized to the forecast; the mode 'elastic' is switch-p2p under min-gpus)")
     p.add_argument("--no-redispatch", action="store_true", help="between switches keep the deployed "
                    "plan's dispatch instead of re-weighting it for each forecast")
     add_slo_args(p)
@@ -71,11 +76,14 @@ def _setup(args):
     if args.disk_gbps is not None:
         io = IoProfile(args.disk_gbps, io.h2d_gbps)
     switch = SwitchParams(horizon_s=args.horizon_s, min_gap_s=args.min_gap_s, hysteresis=args.hysteresis,
-                          drain_s=args.switch_drain_s, restart_overhead_s=args.restart_overhead_s)
+                          drain_s=args.switch_drain_s, restart_overhead_s=args.restart_overhead_s,
+                          objective=args.objective)
     prepared = prepare_trace(trace, cost, args.types, args.seed)
     interval_s = args.control_interval_s
-    return cluster, AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
-                                  args.warmup_s, _forecaster(args, interval_s), io, not args.no_redispatch)
+    setup = AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
+                          args.warmup_s, _forecaster(args, interval_s), io, not args.no_redispatch)
+    slo = slo_from_flags(None, args.slo_ttft_s, args.slo_tpot_s, None)
+    return cluster, setup if slo is None else replace(setup, slo=slo)
 
 
 def _forecaster(args, interval_s: float):

@@ -27,6 +27,7 @@ class ModelScore:
     rrmse_mean: float  # mean over types with traffic
     seconds_per_prediction: float
     fit_seconds: float
+    seconds_per_call: float = 0.0  # one unbatched predict from the whole history (a control interval's)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class BacktestResult:
             "models": [{"name": s.name, "rrmse_per_type": list(s.rrmse_per_type),
                         "rrmse_total": s.rrmse_total, "rrmse_mean": s.rrmse_mean,
                         "seconds_per_prediction": s.seconds_per_prediction,
-                        "fit_seconds": s.fit_seconds} for s in self.scores],
+                        "fit_seconds": s.fit_seconds, "seconds_per_call": s.seconds_per_call}
+                       for s in self.scores],
         }
 
 
@@ -81,6 +83,16 @@ def _predict_tail(model: Forecaster, rates: np.ndarray, split: int) -> tuple[np.
     return np.maximum(preds, 0.0), (time.perf_counter() - start) / (len(rates) - split)
 
 
+def _one_call_s(model: Forecaster, rates: np.ndarray, repeats: int = 5) -> float:
+    """Median time of one predict from the whole history: what a controller pays each interval."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(rates)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def backtest(series: RateSeries, forecasters: list[Forecaster], train_frac: float = 0.7) -> BacktestResult:
     rates = series.rates_rps
     split = split_index(series.num_windows, train_frac)
@@ -97,7 +109,7 @@ def backtest(series: RateSeries, forecasters: list[Forecaster], train_frac: floa
         per_type = rrmse(preds, actual)
         total = float(rrmse(preds.sum(axis=1), actual.sum(axis=1)))
         scores.append(ModelScore(fitted.name, tuple(float(x) for x in per_type), total,
-                                 float(np.nanmean(per_type)), per_pred_s, fit_s))
+                                 float(np.nanmean(per_type)), per_pred_s, fit_s, _one_call_s(fitted, rates)))
         predictions[fitted.name] = preds
     return BacktestResult(series.window_s, series.type_names, split, len(actual),
                           tuple(float(x) for x in mean), tuple(float(x) for x in floor),

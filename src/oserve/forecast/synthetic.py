@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oserve.common.errors import ConfigError
+from oserve.workload.drift import REAL_DRIFT_PREFIX, STITCH_PREFIX, load_drift_trace
 from oserve.workload.trace import Trace, load_trace
 
 
@@ -111,7 +112,10 @@ def phased_trace(specs: list[str]) -> Trace:
 def load_any_trace(spec: str, seed: int = 0) -> Trace:
     """A trace file or built-in; ``synthetic-diurnal[:HOURS[:RPS]]`` (SYNTHETIC: HOURS long, default
     12, one day = min(6, HOURS) h; with RPS, conversation and code sources at RPS each in opposite
-    phase, so the total is steady and the mix swings); or ``phases:A,B,...``, traces one after another."""
+    phase, so the total is steady and the mix swings); ``phases:A,B,...``, traces one after another;
+    ``stitch:...`` or ``real-drift:NAME`` (REAL-DRIFT windows of the real traces, ``workload.drift``)."""
+    if spec.startswith((STITCH_PREFIX, REAL_DRIFT_PREFIX)):
+        return load_drift_trace(spec, seed)
     if spec.startswith(SYNTHETIC_PREFIX):
         parts = spec.split(":")[1:]
         try:

@@ -96,13 +96,16 @@ class GoodputPlanner:
     def __init__(self, cluster: ClusterSpec, cost: CostModel, stats: list[TypeStats],
                  workload: SloWorkload, allow_pp: bool = True,
                  budgets: tuple[int, ...] = ENGINE_BUDGETS, weight_formats: tuple[str, ...] = ("bf16",),
-                 kv_formats: tuple[str, ...] = ("bf16",), disaggregation: bool = False) -> None:
+                 kv_formats: tuple[str, ...] = ("bf16",), disaggregation: bool = False,
+                 models: dict[ReplicaConfig, ReplicaLatencyModel] | None = None) -> None:
         if len(stats) != workload.num_types:
             raise ConfigError(f"{len(stats)} request types but the SLO workload has {workload.num_types}")
         self.cluster, self.cost, self.stats, self.workload = cluster, cost, stats, workload
         self.hardware = candidate_configs(cluster, cost, allow_pp, weight_formats, kv_formats)
         self.budgets = budgets
-        self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {}
+        # latency models by configuration; a caller planning again and again for other rates of the same
+        # length samples and SLOs (the switching policy) passes one dict to share their memo tables
+        self._models: dict[ReplicaConfig, ReplicaLatencyModel] = {} if models is None else models
         self._step_caches: dict[ReplicaConfig, dict[str, dict[tuple[float, float], float]]] = {}
         self._tuned: list[Candidate] | None = None
         self.disaggregation = disaggregation

@@ -13,6 +13,7 @@ from oserve.common.validation import one_of
 from oserve.costmodel.precision import KV_FORMATS
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
+from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
@@ -23,6 +24,7 @@ from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
 from oserve.switching.control import ControlPolicy
+from oserve.switching.policy import POLICY_OBJECTIVES
 from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload import fit_request_types, load_trace
 
@@ -50,6 +52,8 @@ class ServeConfig(BaseModel):
     plan_file: str | None = None
     replan: bool = False
     switch_policy: Annotated[str, AfterValidator(one_of(SWITCH_POLICIES))] = "reactive"
+    # what the live loop optimises: goodput (fixed fleet) or min-gpus (elastic: GPUs not in the plan freed)
+    objective: Annotated[str, AfterValidator(one_of(POLICY_OBJECTIVES))] = "goodput"
     ray: bool = False
     ray_address: str | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -129,7 +133,13 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     factory = _engine_factory(config, spec, cost, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
-        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan)
+        from oserve.planner.slo_planner import slo_workload
+        from oserve.workload.slo import SLO_PRESETS, SloSpec
+
+        # the policy prices switches in SLO goodput: the trace's lengths and burstiness, the loose preset
+        slo = slo_workload(trace, types, stats, SloSpec(SLO_PRESETS["loose"]))
+        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan, slo,
+                                config.objective)
     return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
 
 
@@ -146,20 +156,24 @@ def check_kv_cache_dtype(config: ServeConfig) -> None:
                           f"not of --engine {config.engine}")
 
 
-def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig) -> ControlPolicy:
+def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfig,
+                   slo: SloWorkload | None = None, objective: str = "goodput") -> ControlPolicy:
     """The controller's policy: the cost-aware ``switching.policy.decide`` each check, behind the drift
     gate for ``reactive`` (whose cooldown is then the policy's minimum gap between switches). The
     measured rates are the forecast (the ``last`` baseline); the types' shapes are the trace's. Switches
     are priced as the server performs them: new replicas load their weights from storage (``reload``;
-    no engine here receives weights from a peer GPU). ``--planner`` chooses the initial plan only."""
+    no engine here receives weights from a peer GPU); a change of engine settings alone restarts the
+    replica in place. ``slo`` is the workload the policy prices goodput on (None: the types' mean and
+    90th-percentile lengths under the loose preset); ``objective`` min-gpus sizes the fleet to the
+    measured traffic (elastic). ``--planner`` chooses the initial plan only."""
     from oserve.switching.links import LinkModel
     from oserve.switching.policy import SwitchContext, SwitchParams
 
-    context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster))
+    context = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster), slo=slo)
     if switch_policy == "reactive":
-        params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s)
+        params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s, objective=objective)
         return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)
-    return ControlPolicy(context, SwitchParams(transfer_mode="reload"),
+    return ControlPolicy(context, SwitchParams(transfer_mode="reload", objective=objective),
                          min_total_rps=replan.min_total_rps)
 
 

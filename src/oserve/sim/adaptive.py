@@ -69,6 +69,8 @@ class AdaptiveResult:
     migrated: int = 0
     requeued: int = 0
     rerouted: int = 0
+    gpu_seconds: float = 0.0  # GPUs held over the arrivals' span (during a switch: old and new)
+    switching_s: float = 0.0  # time spent in switches (start to join)
 
 
 class AdaptiveSimulation:
@@ -103,6 +105,8 @@ class AdaptiveSimulation:
         self.last_switch_s: float | None = None
         self.switching = False
         self.result = AdaptiveResult(None)  # type: ignore[arg-type]
+        self._held_gpus = {g for r in initial.replicas for g in r.gpus}
+        self._held_since_s = 0.0
 
     def run(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
             type_id: np.ndarray) -> AdaptiveResult:
@@ -113,11 +117,19 @@ class AdaptiveSimulation:
                          self.batching, self.cost.params.kv_block_tokens, max_context,
                          type_slos=self.type_slos)
         self.result.sim = sim.run(arrival_s, input_tokens, output_tokens, type_id, controller=self)
+        self._hold_gpus(float(arrival_s[-1]) if len(arrival_s) else 0.0, self._held_gpus)
         return self.result
+
+    def _hold_gpus(self, t: float, gpus: set[int]) -> None:
+        """Account the GPUs held since the last change up to ``t`` (capped at the last arrival)."""
+        end = min(t, float(self._last_arrival_s))
+        self.result.gpu_seconds += len(self._held_gpus) * max(0.0, end - self._held_since_s)
+        self._held_gpus, self._held_since_s = set(gpus), max(self._held_since_s, end)
 
     # ---- the simulator's callbacks ---------------------------------------------------------------------
 
     def start(self, sim: Simulation) -> None:
+        self._last_arrival_s = sim.records.last_arrival_s
         self.num_types = len(self.ctx.type_template)
         self.history: list[np.ndarray] = []
         self._schedule_control(sim, self.interval_s)
@@ -205,6 +217,8 @@ class AdaptiveSimulation:
         stopped = [g for g in self.plan_to_global if g not in kept_globals]
         self.switching, self.last_switch_s = True, t
         self.result.num_switches += 1
+        self.result.switching_s += d.switch_s
+        self._hold_gpus(t, self._held_gpus | {g for r in d.plan.replicas for g in r.gpus})
         requeue = []
         for g in stopped:
             requeue += sim.replicas[g].stop_admitting()
@@ -232,6 +246,7 @@ class AdaptiveSimulation:
                 g = sim.add_replica(setup)
             globals_.append(g)
         self.current = plan.replicas
+        self._hold_gpus(t, {g for r in plan.replicas for g in r.gpus})
         self.plan_to_global = globals_
         sim.set_dispatch(plan.dispatch, globals_)
         self.switching = False

@@ -24,12 +24,14 @@ def table(report: dict) -> str:
     lines = [f"{report['model']} on {report['cluster']}, trace {report['trace']}{synth}, "
              f"{report['requests']} requests", ""]
     head = (f"{'mode':<20}{'switches':>9}{'P50 e2e':>9}{'P99 e2e':>9}{'P99 TTFT':>9}{'req/s':>8}"
-            f"{'done':>8}  initial deployment")
+            f"{'done':>8}{'SLO att':>9}{'GPU-h':>8}  initial deployment")
     lines += [head, "-" * len(head)]
     for m, r in report["modes"].items():
         s = r["summary"]
+        att = r.get("attainment", {}).get("overall")
         lines.append(f"{m:<20}{r['num_switches']:>9}{_f(s['p50_e2e_s'])}{_f(s['p99_e2e_s'])}"
-                     f"{_f(s['p99_ttft_s'])}{s['throughput_rps']:8.2f}{s['completed']:>8}  {r['deployment']}")
+                     f"{_f(s['p99_ttft_s'])}{s['throughput_rps']:8.2f}{s['completed']:>8}{_f(att)}"
+                     f"{r.get('gpu_hours', 0.0):8.2f}  {r['deployment']}")
     return "\n".join(lines)
 
 

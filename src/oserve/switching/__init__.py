@@ -2,6 +2,7 @@
 transitions, weight transfer plans with an LP lower bound, and KV-cache migration of requests in flight."""
 
 from oserve.switching.control import ControlPolicy, ControlStep, control_step
+from oserve.switching.goodput_price import GoodputPricer, default_slo_workload
 from oserve.switching.io_profile import IoProfile
 from oserve.switching.kv_migration import (
     Destination,
@@ -11,7 +12,7 @@ from oserve.switching.kv_migration import (
     plan_kv_migration,
 )
 from oserve.switching.links import STORAGE, LinkModel
-from oserve.switching.policy import SwitchContext, SwitchDecision, SwitchParams, decide, deficit_rps
+from oserve.switching.policy import SwitchContext, SwitchDecision, SwitchParams, decide
 from oserve.switching.replan_gate import GateDecision, ReplanConfig, drift, gate
 from oserve.switching.shards import WeightLayout, layout_for
 from oserve.switching.transfer import TransferPlan, TransferProblem, plan_greedy, transfer_problem
@@ -24,6 +25,7 @@ __all__ = [
     "ControlStep",
     "Destination",
     "GateDecision",
+    "GoodputPricer",
     "InflightRequest",
     "IoProfile",
     "KvMigrationParams",
@@ -41,7 +43,7 @@ __all__ = [
     "control_step",
     "counts_of",
     "decide",
-    "deficit_rps",
+    "default_slo_workload",
     "drift",
     "gate",
     "layout_for",

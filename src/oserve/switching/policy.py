@@ -1,22 +1,27 @@
-"""The cost-aware switching policy: each control interval, re-plan for the forecast and switch only when
-the expected gain over a horizon exceeds the cost of switching.
+"""The switching policy, priced in SLO goodput: each control interval, re-plan for the forecast and
+switch only when the requests that meet their SLO over a horizon gain more than the switch loses.
 
-Everything is priced in requests at risk. A deployment that can carry ``scale`` times the forecast rates
-runs at utilisation 1/scale; above the target utilisation u* latency climbs steeply, so the rate of
-requests it cannot serve well is ``deficit = total_rate x max(0, 1 - scale x u*)`` per second. Switching
-to a target gains ``(deficit_now - deficit_target) x (horizon - switch time)`` and costs
-``(deficit_during - deficit_now) x switch time``, where during the switch only the replicas that stay
-serve. The switch time is the drain budget, plus the weight transfer (peer-to-peer plan or reload from
-storage), plus an engine restart overhead. The policy switches when gain > (1 + hysteresis) x cost +
-min_gain and at least ``min_gap_s`` has passed since the last switch. It re-plans warm-started from the
-current deployment and keeps that nearby result when it is within ``near_tolerance`` of the best found
-from scratch. The policy is pure: the simulator and the runtime call ``decide`` with the same inputs.
+The latency model (``switching.goodput_price``) predicts the forecast good rate (requests/s meeting their
+SLO) of the current deployment (its replicas re-dispatched for the forecast), g_cur; of each candidate
+target, g_tgt; and of the replicas that stay during the switch (they alone serve, with the target's
+dispatch restricted to them), g_dur. A switch lasting ``switch_s`` (drain budget + weight transfer on the
+greedy plan, peer-to-peer or reloaded from storage + engine restart) gains
+``(g_tgt - g_cur) x (horizon - switch_s)`` and costs ``max(0, g_cur - g_dur) x switch_s``. A replica that
+changes only its engine settings (chunk budget, max sequences) is restarted on its own GPUs with its
+weights in place: no transfer, the switch costs drain + restart (``transition.plan_transition``).
+
+Candidates are the SLO planner's shortlist (``planner.slo_planner.GoodputPlanner``) for the forecast;
+the one of highest net gain ``gain - (1 + hysteresis) x cost`` is taken when that exceeds
+``min_gain_requests`` plus ``min_gain_frac`` of the requests the current deployment serves well over the
+horizon, and at least ``min_gap_s`` has passed since the last switch. ``blind`` (an ablation) takes the
+planner's best whenever it differs. The policy is pure: the simulator and the runtime call ``decide``
+with the same inputs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypedDict, Unpack
 
@@ -27,17 +32,24 @@ from oserve.common.errors import ConfigError, InfeasiblePlanError
 from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.planner import references
-from oserve.planner.api import build_plan
+from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.plan import Plan, Replica
-from oserve.planner.problem import Counts, PlanningProblem
-from oserve.planner.search import SearchParams, flow_guided_search
+from oserve.planner.slo_planner import Candidate, GoodputPlanner, candidate_plan
+from oserve.switching.elastic import ElasticOption, choose, resized_fleets
+from oserve.switching.goodput_price import (
+    GoodputPricer,
+    LatencyModels,
+    default_slo_workload,
+    forecast_workload,
+    restrict,
+)
 from oserve.switching.links import LinkModel
 from oserve.switching.transfer import TransferPlan, plan_greedy, transfer_problem
 from oserve.switching.transition import Transition, counts_of, plan_transition
 from oserve.workload.request_types import TypeStats
 
 TRANSFER_MODES = ("p2p", "reload")
+POLICY_OBJECTIVES = ("goodput", "min-gpus")
 
 
 @dataclass(frozen=True)
@@ -46,19 +58,25 @@ class SwitchParams:
     min_gap_s: float = 300.0
     hysteresis: float = 0.2
     min_gain_requests: float = 1.0
-    near_tolerance: float = 0.03
-    target_utilisation: float = 0.8
+    min_gain_frac: float = 0.01  # of the requests the current deployment serves well over the horizon
     drain_s: float = 5.0
     restart_overhead_s: float = 5.0  # engine start, communicator set-up, CUDA graph capture
     transfer_mode: str = "p2p"
+    blind: bool = False  # ablation: switch whenever the planner's best differs, unpriced
+    num_candidates: int = 3  # of the SLO planner's shortlist
+    objective: str = "goodput"  # or "min-gpus": size the fleet to the forecast (elastic)
+    elastic_headroom: float = 1.25  # min-gpus: the fleet must meet the target at this x the forecast
+    elastic_max_loss_frac: float = 0.03  # min-gpus: a shrink may lose this share of the good requests
 
     def __post_init__(self) -> None:
         if self.transfer_mode not in TRANSFER_MODES:
             raise ConfigError(f"transfer mode must be one of {TRANSFER_MODES}, got '{self.transfer_mode}'")
         if self.horizon_s <= 0 or self.min_gap_s < 0 or self.hysteresis < 0:
             raise ConfigError("switch policy: horizon > 0, min gap >= 0, hysteresis >= 0")
-        if not 0 < self.target_utilisation <= 1 or not 0 <= self.near_tolerance < 1:
-            raise ConfigError("switch policy: target utilisation in (0, 1], near tolerance in [0, 1)")
+        if self.min_gain_frac < 0 or self.num_candidates < 1:
+            raise ConfigError("switch policy: min gain fraction >= 0, at least one candidate")
+        if self.objective not in POLICY_OBJECTIVES or self.elastic_headroom < 1:
+            raise ConfigError(f"switch policy: objective one of {POLICY_OBJECTIVES}, headroom >= 1")
 
 
 Planner = Callable[[list[TypeStats], dict[ReplicaConfig, int]], Plan]
@@ -66,14 +84,24 @@ Planner = Callable[[list[TypeStats], dict[ReplicaConfig, int]], Plan]
 
 @dataclass(frozen=True)
 class SwitchContext:
-    """What stays fixed over a run: the cluster, the cost model, the types' shapes, the links."""
+    """What stays fixed over a run: the cluster, the cost model, the types' shapes, the links, the SLO
+    workload whose rates the forecasts replace (None: ``goodput_price.default_slo_workload``)."""
 
     cluster: ClusterSpec
     cost: CostModel
     type_template: tuple[TypeStats, ...]
     links: LinkModel
     planner: Planner | None = field(default=None, compare=False)  # injected in tests
-    search: SearchParams = SearchParams()
+    slo: SloWorkload | None = None
+    models: LatencyModels = field(default_factory=dict, compare=False, repr=False)  # memo, shared
+
+    def __post_init__(self) -> None:
+        if self.slo is not None and self.slo.num_types != len(self.type_template):
+            raise ConfigError(f"switch context: {len(self.type_template)} request types but the SLO "
+                              f"workload has {self.slo.num_types}")
+
+    def workload(self, types: Sequence[TypeStats]) -> SloWorkload:
+        return forecast_workload(self.slo or default_slo_workload(self.type_template), types)
 
 
 @dataclass(frozen=True)
@@ -86,9 +114,9 @@ class SwitchDecision:
     switch_s: float = 0.0
     gain_requests: float = 0.0
     cost_requests: float = 0.0
-    scale_current: float = 0.0
-    scale_target: float = 0.0
-    scale_during: float = 0.0
+    good_rps_current: float = 0.0  # forecast requests/s meeting their SLO
+    good_rps_target: float = 0.0
+    good_rps_during: float = 0.0
     decide_seconds: float = 0.0
 
 
@@ -100,13 +128,8 @@ class _Scores(TypedDict, total=False):
     switch_s: float
     gain_requests: float
     cost_requests: float
-    scale_target: float
-    scale_during: float
-
-
-def deficit_rps(scale: float, total_rps: float, target_utilisation: float) -> float:
-    """Requests/s beyond what a deployment serves at the target utilisation."""
-    return total_rps * max(0.0, 1.0 - scale * target_utilisation)
+    good_rps_target: float
+    good_rps_during: float
 
 
 def forecast_types(template: Sequence[TypeStats], rates_rps: ArrayLike) -> list[TypeStats]:
@@ -133,27 +156,6 @@ def place_plan(plan: Plan, replicas: tuple[Replica, ...]) -> Plan:
                    bottlenecks=tuple(j for j, i in enumerate(order) if i in plan.bottlenecks))
 
 
-def _counts(problem: PlanningProblem, replicas: Iterable[Replica]) -> Counts:
-    have = counts_of(replicas)
-    unknown = set(have) - set(problem.configs)
-    if unknown:
-        raise ConfigError(f"current replicas {sorted(c.label() for c in unknown)} are not valid configs")
-    return tuple(have.get(c, 0) for c in problem.configs)
-
-
-def _candidate(ctx: SwitchContext, params: SwitchParams, problem: PlanningProblem, types: list[TypeStats],
-               current: Counts) -> Plan:
-    if ctx.planner is not None:
-        return ctx.planner(types, problem.as_dict(current))
-    t0 = time.perf_counter()
-    best = flow_guided_search(problem, references.homogeneous(problem), ctx.search)
-    if problem.feasible(current) and sum(current) != 0:
-        near = flow_guided_search(problem, current, ctx.search)
-        if problem.scale(near) >= (1 - params.near_tolerance) * problem.scale(best):
-            best = near
-    return build_plan(problem, best, "oserve-adaptive", time.perf_counter() - t0)
-
-
 def _fits(ctx: SwitchContext, plan: Plan) -> str:
     seen: set[int] = set()
     for r in plan.replicas:
@@ -168,13 +170,6 @@ def _fits(ctx: SwitchContext, plan: Plan) -> str:
     return ""
 
 
-def _current_plan(problem: PlanningProblem, replicas: Iterable[Replica], current: Counts) -> Plan | None:
-    try:
-        return place_plan(build_plan(problem, current, "current", 0.0), tuple(replicas))
-    except InfeasiblePlanError:
-        return None
-
-
 def switch_duration_s(ctx: SwitchContext, params: SwitchParams, transition: Transition
                       ) -> tuple[float, TransferPlan]:
     problem = transfer_problem(transition, ctx.cost)
@@ -182,44 +177,123 @@ def switch_duration_s(ctx: SwitchContext, params: SwitchParams, transition: Tran
     return params.drain_s + transfer.duration_s + params.restart_overhead_s, transfer
 
 
+def _as_plan(pricer: GoodputPricer, replicas: tuple[Replica, ...], fractions: np.ndarray, name: str,
+             seconds: float) -> Plan:
+    return candidate_plan(Candidate(name, replicas, np.asarray(fractions, dtype=float), 0.0), pricer.cost,
+                          pricer.types, "goodput", name, seconds)
+
+
+def _candidates(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer,
+                replicas: tuple[Replica, ...]) -> list[Plan]:
+    if ctx.planner is not None:
+        return [ctx.planner(pricer.types, counts_of(replicas))]
+    t0 = time.perf_counter()
+    if params.objective == "min-gpus":
+        padded = replace(pricer.workload, rates_rps=tuple(r * params.elastic_headroom
+                                                          for r in pricer.workload.rates_rps))
+        gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, padded, models=ctx.models)
+        try:
+            shortlist = [gp.min_gpus()]
+        except InfeasiblePlanError:  # no fleet meets it: the whole cluster at its best
+            gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, pricer.workload, models=ctx.models)
+            shortlist = gp.shortlist(1)
+    else:
+        gp = GoodputPlanner(ctx.cluster, ctx.cost, pricer.types, pricer.workload, models=ctx.models)
+        shortlist = gp.shortlist(params.num_candidates)
+    return [candidate_plan(c, ctx.cost, pricer.types, "goodput", "oserve-adaptive", time.perf_counter() - t0)
+            for c in shortlist]
+
+
+def _price(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer, replicas: tuple[Replica, ...],
+           target: Plan, good_cur: float) -> _Scores | str:
+    """The pricing of a switch to ``target`` (a reason string when it is no switch or not possible)."""
+    why = _fits(ctx, target)
+    if why:
+        return f"target rejected: {why}"
+    try:
+        transition = plan_transition(replicas, counts_of(target.replicas), ctx.cluster)
+    except InfeasiblePlanError as e:
+        return f"target rejected: {e}"
+    if transition.is_noop:
+        return "the best deployment is the current one"
+    switch_s, transfer = switch_duration_s(ctx, params, transition)
+    placed = place_plan(target, transition.target)
+    fractions = np.asarray(placed.dispatch, dtype=float)
+    good_tgt = pricer.good_rps(placed.replicas, fractions)
+    kept_new = sorted(b for _, b in transition.kept)
+    kept = tuple(placed.replicas[b] for b in kept_new)
+    good_dur = pricer.good_rps(kept, restrict(fractions, kept_new)) if kept else 0.0
+    gain = (good_tgt - good_cur) * max(0.0, params.horizon_s - switch_s)
+    cost = max(0.0, good_cur - good_dur) * switch_s
+    return _Scores(transition=transition, transfer=transfer, switch_s=switch_s, gain_requests=gain,
+                   cost_requests=cost, good_rps_target=good_tgt, good_rps_during=good_dur)
+
+
 def decide(ctx: SwitchContext, params: SwitchParams, replicas: tuple[Replica, ...],
            last_switch_s: float | None, now_s: float, forecast_rps: ArrayLike) -> SwitchDecision:
     """Whether to switch from ``replicas`` for the forecast rates, and to what."""
     t0 = time.perf_counter()
     types = forecast_types(ctx.type_template, forecast_rps)
-    problem = PlanningProblem(ctx.cluster, ctx.cost, types)
-    current = _counts(problem, replicas)
-    hold_plan = _current_plan(problem, replicas, current)
-    s_cur = problem.scale(current)
+    replicas = tuple(replicas)
+    pricer = GoodputPricer(ctx.cluster, ctx.cost, ctx.workload(types), types, ctx.models)
+    if sum(t.rate_rps for t in types) <= 0:
+        return SwitchDecision(False, "no traffic forecast", None, decide_seconds=time.perf_counter() - t0)
+    fractions = pricer.dispatch(replicas)
+    hold_plan = _as_plan(pricer, replicas, fractions, "current", 0.0)
+    good_cur = pricer.good_rps(replicas, fractions)
 
     def hold(reason: str, **kw: Unpack[_Scores]) -> SwitchDecision:
-        return SwitchDecision(False, reason, hold_plan, scale_current=s_cur,
+        return SwitchDecision(False, reason, hold_plan, good_rps_current=good_cur,
                               decide_seconds=time.perf_counter() - t0, **kw)
 
     if last_switch_s is not None and now_s - last_switch_s < params.min_gap_s:
         return hold(f"last switch {now_s - last_switch_s:.0f} s ago, minimum gap {params.min_gap_s:g} s")
-    target = _candidate(ctx, params, problem, types, current)
-    problem_why = _fits(ctx, target)
-    if problem_why:
-        return hold(f"target rejected: {problem_why}")
-    transition = plan_transition(replicas, counts_of(target.replicas), ctx.cluster)
-    if transition.is_noop:
-        return hold("the best deployment is the current one")
-    switch_s, transfer = switch_duration_s(ctx, params, transition)
-    kept_ids = {a for a, _ in transition.kept}
-    during = _counts(problem, [r for r in replicas if r.replica_id in kept_ids])
-    s_tgt = problem.scale(tuple(counts_of(target.replicas).get(c, 0) for c in problem.configs))
-    s_during = problem.scale(during) if sum(during) else 0.0
-    total = float(sum(t.rate_rps for t in types))
-    u = params.target_utilisation
-    d_cur, d_tgt, d_dur = (deficit_rps(s, total, u) for s in (s_cur, s_tgt, s_during))
-    gain = (d_cur - d_tgt) * max(0.0, params.horizon_s - switch_s)
-    cost = max(0.0, d_dur - d_cur) * switch_s
-    scores = _Scores(transition=transition, transfer=transfer, switch_s=switch_s, gain_requests=gain,
-                     cost_requests=cost, scale_target=s_tgt, scale_during=s_during)
-    if gain <= (1 + params.hysteresis) * cost + params.min_gain_requests:
+    priced_all: list[tuple[float, Plan, _Scores]] = []
+    reason = "no candidate"
+    candidates = _candidates(ctx, params, pricer, replicas)
+    if params.objective == "min-gpus" and ctx.planner is None:
+        candidates += [_as_plan(pricer, fleet, even, "resize", 0.0) for fleet, even in
+                       resized_fleets(pricer, ctx.cluster, replicas, params.elastic_headroom)]
+    for target in candidates:
+        priced = _price(ctx, params, pricer, replicas, target, good_cur)
+        if isinstance(priced, str):
+            reason = priced if not priced_all else reason
+            if params.blind:
+                break  # blind takes the planner's best or nothing
+            continue
+        net = priced["gain_requests"] - (1 + params.hysteresis) * priced["cost_requests"]
+        priced_all.append((net, target, priced))
+        if params.blind:
+            break
+    if not priced_all:
+        return hold(reason)
+    if params.objective == "min-gpus" and not params.blind:
+        return _decide_elastic(params, pricer, replicas, fractions, priced_all, good_cur, hold, t0)
+    net, target, scores = max(priced_all, key=lambda x: x[0])
+    gain, cost = scores["gain_requests"], scores["cost_requests"]
+    need = params.min_gain_requests + params.min_gain_frac * good_cur * params.horizon_s
+    if not params.blind and net <= need:
         return hold(f"gain {gain:.0f} req does not pay for cost {cost:.0f} req "
-                    f"(+{params.hysteresis:.0%} hysteresis, +{params.min_gain_requests:g})", **scores)
-    placed = place_plan(target, transition.target)
+                    f"(+{params.hysteresis:.0%} hysteresis, +{need:.0f} req)", **scores)
+    placed = place_plan(target, scores["transition"].target)
     return SwitchDecision(True, f"gain {gain:.0f} req > cost {cost:.0f} req", placed,
-                          scale_current=s_cur, decide_seconds=time.perf_counter() - t0, **scores)
+                          good_rps_current=good_cur, decide_seconds=time.perf_counter() - t0, **scores)
+
+
+def _decide_elastic(params: SwitchParams, pricer: GoodputPricer, replicas: tuple[Replica, ...],
+                    fractions: np.ndarray, priced: list[tuple[float, Plan, _Scores]], good_cur: float,
+                    hold: Callable[..., SwitchDecision], t0: float) -> SwitchDecision:
+    current_gpus = sum(r.config.num_gpus for r in replicas)
+    options = [ElasticOption(i, p.num_gpus, sc["gain_requests"], sc["cost_requests"], sc["good_rps_target"])
+               for i, (_, p, sc) in enumerate(priced)]
+    chosen, why = choose(options, current_gpus, pricer.meets(replicas, fractions, params.elastic_headroom),
+                         good_cur, params.horizon_s, params.hysteresis, params.min_gain_requests,
+                         params.elastic_max_loss_frac)
+    if chosen is None:
+        return hold(why)
+    _, target, scores = priced[chosen.index]
+    placed = place_plan(target, scores["transition"].target)
+    reason = (f"resize {current_gpus} -> {placed.num_gpus} GPUs (gain {scores['gain_requests']:.0f} req, "
+              f"cost {scores['cost_requests']:.0f} req)")
+    return SwitchDecision(True, reason, placed, good_rps_current=good_cur,
+                          decide_seconds=time.perf_counter() - t0, **scores)

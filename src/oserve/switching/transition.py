@@ -1,9 +1,11 @@
 """From the current replicas to a target deployment: which replicas stay where they are, which stop and
 which start on which GPUs. The simulator and the server's controller both execute these transitions.
 
-As many current replicas as the target keeps of each configuration stay on their GPUs untouched; the
-target's other replicas are packed into the remaining GPUs, largest first, each into the node with the
-least free room that holds it. When the kept replicas fragment the nodes so that the rest cannot be
+As many current replicas as the target keeps of each configuration stay on their GPUs untouched. A
+target replica that differs from a current one only in its engine settings (chunk budget, max
+sequences) takes that replica's GPUs: it is *retuned*, restarted with its weights in place (no transfer).
+The target's other replicas are packed into the remaining GPUs, largest first, each into the node with
+the least free room that holds it. When the kept replicas fragment the nodes so that the rest cannot be
 packed, the whole target is packed afresh.
 """
 
@@ -40,6 +42,13 @@ class Transition:
         return not self.stopped and not self.started
 
     @property
+    def retuned(self) -> tuple[tuple[Replica, Replica], ...]:
+        """(stopped, started) pairs on the same GPUs with the same hardware split: engine settings only."""
+        stopped = {(r.gpus, r.config.hardware): r for r in self.stopped}
+        return tuple((stopped[(n.gpus, n.config.hardware)], n) for n in self.started
+                     if (n.gpus, n.config.hardware) in stopped)
+
+    @property
     def moved_gpus(self) -> int:
         return sum(r.config.num_gpus for r in self.started)
 
@@ -60,7 +69,20 @@ def plan_transition(current: tuple[Replica, ...] | list[Replica], target_counts:
         if remaining.get(r.config, 0) > 0:
             remaining[r.config] -= 1
             kept_old.append(r)
-    placed = _pack_around(kept_old, remaining, cluster)
+    retuned: list[tuple[tuple[int, ...], ReplicaConfig]] = []
+    kept_ids = {r.replica_id for r in kept_old}
+    for r in sorted(current, key=lambda r: r.replica_id):
+        if r.replica_id in kept_ids:
+            continue
+        same_hw = next((c for c in sorted(remaining) if remaining[c] > 0 and c.hardware == r.config.hardware),
+                       None)
+        if same_hw is not None:  # engine settings only: restart in place, weights stay
+            remaining[same_hw] -= 1
+            retuned.append((r.gpus, same_hw))
+    held = kept_old + [Replica(-1, gpus, c) for gpus, c in retuned]
+    placed = _pack_around(held, remaining, cluster)
+    if placed is not None:
+        placed = retuned + placed
     if placed is None:  # fragmentation: start afresh
         fresh = pack(target_counts, cluster)
         if fresh is None:
