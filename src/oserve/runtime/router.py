@@ -28,7 +28,7 @@ from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.planner.handoff_policy import least_loaded
 from oserve.planner.plan import DECODE, PREFILL, Plan
-from oserve.planner.spill_rule import SpillRule
+from oserve.planner.spill_rule import PlanSpillRules, SpillRule
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
@@ -69,11 +69,19 @@ class Router:
                  clock: Clock | None = None, max_attempts: int = 3,
                  dispatch_policy: str = "least-outstanding", seed: int = 0,
                  first_token_timeout_s: float = 600.0, token_timeout_s: float = 120.0,
-                 spill_rule: SpillRule | None = None) -> None:
+                 spill_rule: SpillRule | PlanSpillRules | None = None) -> None:
+        """``spill_rule``: the ``slo-spill`` rule over the table's replicas, or (``PlanSpillRules``) how to
+        build it for each table's plan, so that a plan switch brings the rule of its own replicas."""
         if dispatch_policy == "slo-spill" and spill_rule is None:
             raise ConfigError("the slo-spill dispatch policy needs a spill rule (per-type SLOs, "
                               "per-replica step times: planner.spill_rule)")
-        self.spill_rule = spill_rule  # aligned with the table's replicas (a new table must keep them)
+        self._spill_rules: PlanSpillRules | None = None
+        self.spill_rule: SpillRule | None = None  # aligned with the table's replicas
+        if isinstance(spill_rule, PlanSpillRules):
+            self._spill_rules = spill_rule
+            self.spill_rule = spill_rule.rule_for(table.plan.configs())
+        else:
+            self.spill_rule = spill_rule
         self.table = table
         self._dispatch = (table.dispatch_table(), DispatchState.initial(table.dispatch_table()))
         self.metrics = metrics
@@ -89,9 +97,11 @@ class Router:
         self.num_inflight = 0
 
     def set_table(self, table: RoutingTable, spill_rule: SpillRule | None = None) -> None:
-        """Route by a new table; ``slo-spill`` keeps its rule unless a new one (for the new replicas)
-        is given."""
+        """Route by a new table; ``slo-spill`` takes the rule given, else the rule of the new plan's
+        replicas when the router builds them (``PlanSpillRules``), else keeps its rule."""
         dispatch = table.dispatch_table()
+        if spill_rule is None and self._spill_rules is not None and table.plan is not self.table.plan:
+            spill_rule = self._spill_rules.rule_for(table.plan.configs())
         if spill_rule is not None:
             self.spill_rule = spill_rule
         self.table = table
