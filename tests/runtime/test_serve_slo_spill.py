@@ -86,8 +86,8 @@ def test_serve_builds_the_simulators_rule_and_decides_as_the_simulator(tmp_path)
 
 @pytest.mark.parametrize("policy", ["slo-spill", "least-outstanding"])
 def test_gateway_spills_a_short_request_off_a_replica_busy_prefilling(tmp_path, policy):
-    """Over HTTP: the plan sends every type to replica 0; while a 30,000-token prompt prefills there
-    (3 s at the fake engine's pace), a short request goes to replica 1 with slo-spill (its predicted
+    """Over HTTP: the plan sends every type to replica 0; while a 60,000-token prompt prefills there
+    (6 s at the fake engine's pace), a short request goes to replica 1 with slo-spill (its predicted
     TTFT on replica 0 is past half the 0.5 s SLO) and stays on replica 0 without it."""
     from oserve.runtime.gateway.app import create_app
     from oserve.runtime.server import ServerThread
@@ -101,24 +101,24 @@ def test_gateway_spills_a_short_request_off_a_replica_busy_prefilling(tmp_path, 
     # primary), a short one behind it on replica 0 is past the spill point, on replica 1 well within
     speed = CostModelConfig(model=MODEL).resolve()[2]
     speed = PlanSpillRules(speed, (Slo(0.5, 0.1),) * 2).rule_for([SMALL]).speeds[0]
-    assert predict(speed, 0, 0, 30000).ttft_s > 0.5
-    assert predict(speed, 30000, 0, 2).ttft_s > SPILL_AT * 0.5 > predict(speed, 0, 0, 2).ttft_s
+    assert predict(speed, 0, 0, 60000).ttft_s > 0.5
+    assert predict(speed, 60000, 0, 2).ttft_s > SPILL_AT * 0.5 > predict(speed, 0, 0, 2).ttft_s
     with ServerThread(create_app(runtime)) as server:
         handles = runtime.router.table.handles
-        assert handles[0].engine.cost.prefill_s(30000) > 1.0  # the long prompt is still prefilling
+        assert handles[0].engine.cost.prefill_s(60000) > 5.0  # the long prompt is still prefilling
         client = openai_client(server)
         model = runtime.model_name
         long_reply: list = []
 
         def long_request():
-            long_reply.append(client.completions.create(model=model, prompt="abcd" * 30000, max_tokens=2))
+            long_reply.append(client.completions.create(model=model, prompt="abcd" * 60000, max_tokens=2))
 
         worker = threading.Thread(target=long_request)
         worker.start()
         deadline = time.monotonic() + 30
-        while handles[0].prefill_tokens < 30000 and time.monotonic() < deadline:
+        while handles[0].prefill_tokens < 60000 and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert handles[0].prefill_tokens >= 30000
+        assert handles[0].prefill_tokens >= 60000
         short = client.completions.create(model=model, prompt="hi there", max_tokens=2)
         short_on = [h.name for h in handles if h.engine.num_served == 1]
         long_still_running = not long_reply
