@@ -39,6 +39,8 @@ class Router:
         self._dispatcher: Dispatcher | None = None
         self.outstanding: list[int] | np.ndarray = []
         self.queued: list[int] | np.ndarray = []
+        self._outstanding_now: list[int] = []
+        self._queued_now: list[int] = []
 
     def set_table(self, table: DispatchTable, replica_ids: list[int], kv_tokens: list[int],
                   outstanding: list[int], queued: list[int],
