@@ -128,8 +128,18 @@ def chat(client, model: str, system: str | None, question: str, args, seed: int)
     return response.json()["choices"][0]["message"]["content"], elapsed_s
 
 
+def on_loop(srv, coro, timeout_s: float):
+    """Run ``coro`` on the event loop of the server thread ``srv`` (where its runtime's engines and
+    router live) and wait for the result."""
+    import asyncio
+
+    if srv.loop is None:
+        raise RuntimeError("server not started")
+    return asyncio.run_coroutine_threadsafe(coro, srv.loop).result(timeout_s)
+
+
 def calibrated(srv, store, system: str, name: str) -> dict:
-    cal = srv.call(store.get(system), timeout_s=3600)
+    cal = on_loop(srv, store.get(system), timeout_s=3600)
     print(f"[{name}] {cal.sampling.statistic} calibrated in {cal.calibration_s:.1f} s: no-leak "
           f"N({cal.no_leak.mean:.2f}, {cal.no_leak.std:.2f}) leak N({cal.leak.mean:.2f}, "
           f"{cal.leak.std:.2f}) power {cal.power:.2f}", flush=True)
@@ -144,7 +154,7 @@ def replay(off, on_srv, engine, cal, system: str, secret: str, question: str, te
     from oserve.guard.statistic import answer_statistic
 
     messages = ({"role": "system", "content": system}, {"role": "user", "content": question})
-    value = on_srv.call(answer_statistic(cal.sampling.statistic, engine.log_likelihood, messages,
+    value = on_loop(on_srv, answer_statistic(cal.sampling.statistic, engine.log_likelihood, messages,
                                          messages[1:], text_off), timeout_s=600)
     detected = cal.is_leak(value)
     text = chat(off, model, None, question, args, seed)[0] if detected else text_off
@@ -200,6 +210,9 @@ def run(args) -> dict:
                              "replayed": replay(off, on_srv, engine, other_cal, system, secret, question,
                                                 text_off, args, seed, off_rt.model_name)})
             done = [r for r in rows if r["prompt"] == name]
+            # kept after every prompt, so a run cut short by the machine still leaves its rows
+            Path(args.out).with_suffix(".partial.json").write_text(
+                json.dumps({"calibrations": calibrations, "rows": rows}, indent=1))
             print(f"[{name}] {len(done)} queries: secret off {sum(r['off']['has_secret'] for r in done)}, "
                   f"on {sum(r['on']['has_secret'] for r in done)}, {other} replayed "
                   f"{sum(r['replayed']['has_secret'] for r in done)}; regenerated "
@@ -279,6 +292,13 @@ def summarize(rows: list[dict], calibrations: list[dict]) -> dict:
             "latency_ratio_p50": float(np.percentile(ratio, 50)),
             "latency_ratio_p99": float(np.percentile(ratio, 99)),
             "p50_on_over_p50_off": float(np.percentile(on_s, 50) / np.percentile(off_s, 50)),
+            # what the guard adds to each request (on - off, same request), and the same ratio over
+            # the requests it did not regenerate (the checked-only cost)
+            "added_p50_s": float(np.percentile(on_s - off_s, 50)),
+            "added_p99_s": float(np.percentile(on_s - off_s, 99)),
+            "latency_ratio_p50_not_regenerated": float(np.median(
+                [r["on_s"] / r["off_s"] for r in sel if not r["regenerated"]]))
+            if not all(r["regenerated"] for r in sel) else None,
         }
     times = [c["calibration_s"] for c in calibrations]
     out["calibration_s"] = {"first": times[0], "mean_after_first": float(np.mean(times[1:])) if len(times) > 1
