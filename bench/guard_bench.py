@@ -79,6 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "of --latency-max-tokens; written to --out")
     p.add_argument("--latency-max-tokens", default="32,128")
     p.add_argument("--latency-requests", type=int, default=8, help="per max_tokens value")
+    p.add_argument("--calibration-dir", default=None,
+                   help="the guarded server's calibration cache (default: a fresh temporary one); a "
+                        "calibration there made with the same settings is loaded, not redone, as "
+                        "`oserve guard calibrate` ahead of serving does")
+    p.add_argument("--from-partial", default=None,
+                   help="summarize the rows a run cut short left in OUT.partial.json (pass its path, and "
+                        "the run's other flags so that the settings record them) instead of running")
     p.add_argument("--out", default=None, help="default bench/results/guard/guard_bench.json "
                                                "(guard_latency.json with --latency-only)")
     args = p.parse_args(argv)
@@ -173,8 +180,8 @@ def run(args) -> dict:
                   num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
                   calibration_temperature=args.temperature)
     other = "mean-loglik" if args.statistic == "loglik-gain" else "loglik-gain"
-    guard = GuardConfig(statistic=args.statistic, **common,
-                        calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
+    guard = GuardConfig(statistic=args.statistic, **common, calibration_dir=Path(
+        args.calibration_dir or tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     replayed = GuardConfig(statistic=other, **common,
                            calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     off_rt, on_rt = build_runtime(None, args.threads), build_runtime(guard, args.threads)
@@ -231,7 +238,8 @@ def run_latency(args) -> dict:
     guard = GuardConfig(statistic=args.statistic, alpha=args.alpha, num_ordinary=args.calibration_ordinary,
                         num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
                         calibration_temperature=args.temperature,
-                        calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
+                        calibration_dir=Path(args.calibration_dir
+                                             or tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     name, system, _ = SYSTEM_PROMPTS[0]
     off_rt, on_rt = build_runtime(None, args.threads), build_runtime(guard, args.threads)
     out = {}
@@ -258,6 +266,8 @@ def run_latency(args) -> dict:
                 "pairs": pairs, "off_p50_s": float(np.median([p["off_s"] for p in pairs])),
                 "on_p50_s": float(np.median([p["on_s"] for p in pairs])),
                 "ratio_p50": float(np.percentile(ratio, 50)), "ratio_p99": float(np.percentile(ratio, 99)),
+                "added_p50_s": float(np.percentile([p["on_s"] - p["off_s"] for p in pairs], 50)),
+                "added_p99_s": float(np.percentile([p["on_s"] - p["off_s"] for p in pairs], 99)),
                 "ratio_p50_not_regenerated": float(np.median([p["on_s"] / p["off_s"] for p in kept]))
                 if kept else None, "num_regenerated": len(pairs) - len(kept)}
             r = out[str(max_tokens)]
@@ -347,12 +357,16 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"settings": settings, "latency": latency}, indent=1))
         return 0
-    result = run(args)
+    if args.from_partial:  # a run cut short: summarize the prompts it finished
+        result = json.loads(Path(args.from_partial).read_text())
+        args.num_prompts = len(result["calibrations"])
+    else:
+        result = run(args)
     summary = summarize(result["rows"], result["calibrations"])
     settings = vars(args) | {"replayed_statistic": "mean-loglik" if args.statistic == "loglik-gain"
                              else "loglik-gain", "git_revision": git_revision(),
                              "platform": platform.platform(),
-                             "wall_s": time.perf_counter() - started_s}
+                             "wall_s": None if args.from_partial else time.perf_counter() - started_s}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": settings, "summary": summary, **result}, indent=1))

@@ -131,7 +131,8 @@ def _variant(stat: str, null: str, prompts: list[int], answers: dict, scored: di
 
 
 def summarise(evals: list[dict], fits: list[dict]) -> dict:
-    summary: dict = {"prompts": sorted({e["prompt"] for e in evals})}
+    order = [name for name, _, _ in SYSTEM_PROMPTS]
+    summary: dict = {"prompts": sorted({e["prompt"] for e in evals}, key=order.index)}
     for kind in ("extraction", "ordinary"):
         sel = [e for e in evals if e["kind"] == kind]
         n, regenerated = len(sel), int(sum(e["detected"] for e in sel))
