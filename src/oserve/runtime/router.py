@@ -90,12 +90,17 @@ class Router:
 
     def set_table(self, table: RoutingTable, spill_rule: SpillRule | None = None) -> None:
         """Route by a new table; ``slo-spill`` keeps its rule unless a new one (for the new replicas)
-        is given."""
+        is given. A table of the same replicas and shares (a controller's hold that moved nothing) keeps
+        the round-robin credits: starting them afresh would change every later tie-break for nothing."""
         dispatch = table.dispatch_table()
         if spill_rule is not None:
             self.spill_rule = spill_rule
+        old, state = self._dispatch
+        same = (table.handles == self.table.handles
+                and np.shape(dispatch.weights) == np.shape(old.weights)
+                and np.allclose(dispatch.weights, old.weights, rtol=0.0, atol=1e-9))
         self.table = table
-        self._dispatch = (dispatch, DispatchState.initial(dispatch))
+        self._dispatch = (dispatch, state if same else DispatchState.initial(dispatch))
 
     def count_tokens(self, text: str) -> int:
         for handle in self.table.handles:
