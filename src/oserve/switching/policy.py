@@ -2,10 +2,11 @@
 switch only when the requests that meet their SLO over a horizon gain more than the switch loses.
 
 The latency model (``switching.goodput_price``) predicts the forecast good rate (requests/s meeting their
-SLO; averaged over the forecast's error, ``SwitchParams.forecast_error``) of the current deployment (its replicas re-dispatched for the forecast), g_cur; of each candidate
-target, g_tgt; and of the replicas that stay during the switch (they alone serve, with the target's
-dispatch restricted to them), g_dur. A switch lasting ``switch_s`` (drain budget + weight transfer on the
-greedy plan, peer-to-peer or reloaded from storage + engine restart) gains
+SLO; averaged over the forecast's error, ``SwitchParams.forecast_error``) of the current deployment
+(its replicas re-dispatched for the forecast), g_cur; of each candidate target, g_tgt; and of the
+replicas that stay during the switch (they alone serve, with the target's dispatch restricted to them),
+g_dur. A switch lasting ``switch_s`` (drain budget + weight transfer on the greedy plan, peer-to-peer or
+reloaded from storage + engine restart) gains
 ``(g_tgt - g_cur) x (horizon - switch_s)`` and costs ``max(0, g_cur - g_dur) x switch_s``. A replica that
 changes only its engine settings (chunk budget, max sequences) is restarted on its own GPUs with its
 weights in place: no transfer, the switch costs drain + restart (``transition.plan_transition``).
