@@ -35,9 +35,18 @@ from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.forecast.synthetic import load_any_trace
-from oserve.sim.adaptive_experiment import AdaptiveSetup, compare, mode_goodput, static_plan
+from oserve.sim.adaptive_experiment import (
+    AdaptiveSetup,
+    attainment_of,
+    compare,
+    mode_goodput,
+    rate_replayed,
+    run_mode,
+    static_plan,
+)
 from oserve.sim.adaptive_plots import plot_adaptive
 from oserve.sim.experiment import prepare_trace
+from oserve.sim.metrics import per_type_latency
 from oserve.switching import IoProfile, SwitchParams
 
 GOODPUT_MODES = ("static-initial", "static-oserve", "switch-reload", "switch-p2p", "blind-p2p")
@@ -107,6 +116,38 @@ def run(name: str, out: Path, duration_s: float = 0.0, modes: tuple[str, ...] = 
     return doc
 
 
+def probe(name: str, out: Path, modes: tuple[str, ...], scales: tuple[float, ...]) -> dict:
+    """The modes at fixed rate scales (paired probes: every mode sees the same replays), instead of the
+    goodput search; written to ``<scenario>__probes__<modes>.json`` after every probe, so a run cut
+    short keeps what it measured."""
+    model, cluster_spec, _spec, _kind, _modes = SCENARIOS[name]
+    setup = _setup(name)
+    path = out / f"{name}__probes{''.join(f'__{m}' for m in modes)}.json"
+    doc: dict = {"scenario": name, "model": model, "cluster": cluster_spec,
+                 "trace": setup.prepared.trace.name, "slo": setup.slo.describe(),
+                 "attainment_target": setup.slo.attainment,
+                 "git_revision": REVISION_AT_START, "command": sys.argv, "probes": {m: [] for m in modes}}
+    out.mkdir(parents=True, exist_ok=True)
+    for mode in modes:
+        for scale in scales:
+            t1 = time.perf_counter()
+            scaled = rate_replayed(setup, scale)
+            r = run_mode(scaled, mode)
+            att = attainment_of(scaled, r["result"])
+            ok = bool(all(a is None or a >= setup.slo.attainment for a in att.per_type))
+            doc["probes"][mode].append({
+                "scale": scale, "ok": ok, "per_type": list(att.per_type),
+                "per_type_p99": per_type_latency(r["result"], setup.prepared.types.k),
+                "wall_s": time.perf_counter() - t1,
+                **{k: v for k, v in r.items() if k not in ("result", "timeline")},
+                "timeline": [vars(x) for x in r.get("timeline") or []]})
+            path.write_text(json.dumps(doc, indent=1, default=str))
+            print(f"  {name} {mode} x{scale:g}: {'pass' if ok else 'fail'} "
+                  f"{[round(a, 3) for a in att.per_type if a is not None]} switches {r['num_switches']} "
+                  f"({time.perf_counter() - t1:.0f} s)", flush=True)
+    return doc
+
+
 def _stem(name: str, modes: tuple[str, ...]) -> str:
     """A scenario's file name; a run of some of its modes gets its own (``--report`` merges them)."""
     return name + "".join(f"__{m}" for m in modes)
@@ -167,11 +208,17 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
     ap.add_argument("--report", action="store_true", help="only aggregate the scenario JSONs")
     ap.add_argument("--modes", default="", help="comma-separated subset of each scenario's modes")
+    ap.add_argument("--scales", default="", help="comma-separated rate scales: probe the modes there "
+                    "(paired) instead of searching each mode's goodput")
     ap.add_argument("--duration-s", type=float, default=0.0,
                     help="simulate only the first seconds of each scenario (0: all; for smoke tests)")
     args = ap.parse_args(argv)
     modes = tuple(m for m in args.modes.split(",") if m)
     out = Path(args.out)
+    if args.scales:
+        for name in args.scenarios.split(","):
+            probe(name, out, modes, tuple(float(x) for x in args.scales.split(",")))
+        return 0
     if not args.report:
         for name in args.scenarios.split(","):
             if (out / f"{_stem(name, modes)}.json").exists() and not args.force:
