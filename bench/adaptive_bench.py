@@ -148,6 +148,54 @@ def probe(name: str, out: Path, modes: tuple[str, ...], scales: tuple[float, ...
     return doc
 
 
+def probe_docs(out: Path) -> list[dict]:
+    """The ``--scales`` files, one per scenario, the modes of all its files merged."""
+    by_name: dict[str, dict] = {}
+    for path in sorted(out.glob("*__probes__*.json")):
+        doc = json.loads(path.read_text())
+        merged = by_name.setdefault(doc["scenario"], {**doc, "probes": {}})
+        merged["probes"].update(doc["probes"])
+    return list(by_name.values())
+
+
+def probe_markdown(docs: list[dict]) -> str:
+    lines = ["| scenario | mode | rate scale | passes | attainment per type | switches | "
+             "time switching (s) | GPU-hours | per-type P99 TTFT (s) | per-type P99 TPOT (ms) |",
+             "|---|---|---:|---|---|---:|---:|---:|---|---|"]
+    for doc in docs:
+        for mode, probes in doc["probes"].items():
+            for p in sorted(probes, key=lambda p: p["scale"]):
+                att = ", ".join(f"{a:.3f}" for a in p["per_type"] if a is not None)
+                p99 = p["per_type_p99"]
+                ttft = ", ".join(f"{x['p99_ttft_s']:.2f}" for x in p99)
+                tpot = ", ".join(f"{1e3 * (x.get('p99_tpot_s') or float('nan')):.0f}" for x in p99)
+                ok = "yes" if p["ok"] else "no"
+                lines.append(f"| {doc['scenario']} | {mode} | {p['scale']:.3f} | {ok} | {att} | "
+                             f"{p['num_switches']} | {p['switching_s']:.0f} | {p['gpu_hours']:.2f} | "
+                             f"{ttft} | {tpot} |")
+    return "\n".join(lines)
+
+
+def plot_probes(out: Path, docs: list[dict]) -> None:
+    """Per scenario, the deployment over time of each loop mode at its highest passing probe (else its
+    lowest): ``<scenario>__probes.png``."""
+    from types import SimpleNamespace
+
+    for doc in docs:
+        shown = {}
+        for mode, probes in doc["probes"].items():
+            loops = [p for p in probes if p.get("timeline")]
+            if not loops:
+                continue
+            passing = [p for p in loops if p["ok"]]
+            best = max(passing, key=lambda p: p["scale"]) if passing else min(loops, key=lambda p: p["scale"])
+            shown[f"{mode} x{best['scale']:.2f}"] = [SimpleNamespace(**r) for r in best["timeline"]]
+        if shown:
+            names = [f"T{k}" for k in range(len(next(iter(shown.values()))[0].observed_rps))]
+            plot_adaptive(out / f"{doc['scenario']}__probes.png", shown, names,
+                          f"{doc['model']} on {doc['cluster']}, {doc['trace']}")
+
+
 def _stem(name: str, modes: tuple[str, ...]) -> str:
     """A scenario's file name; a run of some of its modes gets its own (``--report`` merges them)."""
     return name + "".join(f"__{m}" for m in modes)
@@ -155,7 +203,7 @@ def _stem(name: str, modes: tuple[str, ...]) -> str:
 
 def _merged(out: Path, name: str) -> dict | None:
     docs = [json.loads(p.read_text()) for p in sorted(out.glob(f"{name}*.json"))
-            if p.stem == name or p.stem.startswith(name + "__")]
+            if (p.stem == name or p.stem.startswith(name + "__")) and "__probes" not in p.stem]
     if not docs:
         return None
     doc = docs[0]
@@ -226,9 +274,17 @@ def main(argv=None) -> int:
             doc = run(name, out, args.duration_s, modes)
             print(f"{name}: {doc['wall_s']:.0f} s", flush=True)
     docs = [d for d in (_merged(out, n) for n in SCENARIOS) if d is not None]
-    (out.parent / "adaptive_summary.json").write_text(json.dumps(docs, indent=1, default=str))
-    (out.parent / "adaptive_summary.md").write_text(markdown(docs) + "\n")
-    print(markdown(docs))
+    probes = probe_docs(out)
+    plot_probes(out, probes)
+    for doc in probes:
+        for ps in doc["probes"].values():
+            for p in ps:
+                p.pop("timeline", None)
+    (out.parent / "adaptive_summary.json").write_text(json.dumps({"searched": docs, "probes": probes},
+                                                                 indent=1, default=str))
+    text = markdown(docs) + "\n\nPaired probes (`--scales`):\n\n" + probe_markdown(probes)
+    (out.parent / "adaptive_summary.md").write_text(text + "\n")
+    print(text)
     return 0
 
 
