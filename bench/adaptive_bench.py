@@ -116,12 +116,14 @@ def run(name: str, out: Path, duration_s: float = 0.0, modes: tuple[str, ...] = 
     return doc
 
 
-def probe(name: str, out: Path, modes: tuple[str, ...], scales: tuple[float, ...]) -> dict:
+def probe(name: str, out: Path, modes: tuple[str, ...], scales: tuple[float, ...],
+          duration_s: float = 0.0) -> dict:
     """The modes at fixed rate scales (paired probes: every mode sees the same replays), instead of the
     goodput search; written to ``<scenario>__probes__<modes>.json`` after every probe, so a run cut
     short keeps what it measured."""
-    model, cluster_spec, _spec, _kind, _modes = SCENARIOS[name]
-    setup = _setup(name)
+    model, cluster_spec, _spec, _kind, all_modes = SCENARIOS[name]
+    modes = modes or all_modes
+    setup = _setup(name, duration_s)
     path = out / f"{name}__probes{''.join(f'__{m}' for m in modes)}.json"
     doc: dict = {"scenario": name, "model": model, "cluster": cluster_spec,
                  "trace": setup.prepared.trace.name, "slo": setup.slo.describe(),
@@ -265,7 +267,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.scales:
         for name in args.scenarios.split(","):
-            probe(name, out, modes, tuple(float(x) for x in args.scales.split(",")))
+            probe(name, out, modes, tuple(float(x) for x in args.scales.split(",")), args.duration_s)
         return 0
     if not args.report:
         for name in args.scenarios.split(","):
