@@ -98,14 +98,20 @@ class Router:
 
     def set_table(self, table: RoutingTable, spill_rule: SpillRule | None = None) -> None:
         """Route by a new table; ``slo-spill`` takes the rule given, else the rule of the new plan's
-        replicas when the router builds them (``PlanSpillRules``), else keeps its rule."""
+        replicas when the router builds them (``PlanSpillRules``), else keeps its rule. A table of the
+        same replicas and shares (a controller's hold that moved nothing) keeps the round-robin
+        credits: starting them afresh would change every later tie-break for nothing."""
         dispatch = table.dispatch_table()
         if spill_rule is None and self._spill_rules is not None and table.plan is not self.table.plan:
             spill_rule = self._spill_rules.rule_for(table.plan.configs())
         if spill_rule is not None:
             self.spill_rule = spill_rule
+        old, state = self._dispatch
+        same = (table.handles == self.table.handles
+                and np.shape(dispatch.weights) == np.shape(old.weights)
+                and np.allclose(dispatch.weights, old.weights, rtol=0.0, atol=1e-9))
         self.table = table
-        self._dispatch = (dispatch, DispatchState.initial(dispatch))
+        self._dispatch = (dispatch, state if same else DispatchState.initial(dispatch))
 
     def count_tokens(self, text: str) -> int:
         for handle in self.table.handles:
