@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,9 +43,10 @@ log = logging.getLogger("oserve.runtime.controller")
 @dataclass(frozen=True)
 class PlanRecord:
     version: int
-    applied_at_s: float
+    applied_at_s: float  # when the routing table switched to it
     reason: str
     plan: dict
+    decided_at_s: float | None = None  # the check that chose it (None: applied by hand or at start)
 
 
 @dataclass
@@ -123,7 +125,8 @@ class Controller:
         return await self.execute(transition_to(self.router.table.plan.replicas, plan.replicas), plan,
                                   reason)
 
-    async def execute(self, transition: Transition, plan: Plan, reason: str) -> RoutingTable:
+    async def execute(self, transition: Transition, plan: Plan, reason: str,
+                      decided_at_s: float | None = None) -> RoutingTable:
         """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target).
 
         Started replicas whose GPUs are free start first (make before break): if one fails, the switch
@@ -158,7 +161,7 @@ class Controller:
             await self._start_handles([h for h in fresh if h not in after])
             table = RoutingTable(old.version + 1, plan, tuple(handles))
             self.router.set_table(table)
-            self._record(table, reason)
+            self._record(table, reason, decided_at_s)
             for handle in dropped:
                 if handle.state is ReplicaState.ACTIVE:
                     handle.state = ReplicaState.DRAINING
@@ -199,8 +202,8 @@ class Controller:
             if handle.state is not ReplicaState.DEAD:
                 handle.state = ReplicaState.STOPPED
 
-    def _record(self, table: RoutingTable, reason: str) -> None:
-        record = PlanRecord(table.version, self.clock.now_s(), reason, table.plan.to_dict())
+    def _record(self, table: RoutingTable, reason: str, decided_at_s: float | None = None) -> None:
+        record = PlanRecord(table.version, self.clock.now_s(), reason, table.plan.to_dict(), decided_at_s)
         self.history.append(record)
         log.info("plan v%d (%s): %s; dispatch %s", table.version, reason, table.plan.describe(),
                  [[round(x, 3) for x in row] for row in table.plan.dispatch])
@@ -312,7 +315,7 @@ class Controller:
         decision = step.decision
         if decision.switch and decision.transition is not None and decision.plan is not None:
             try:
-                await self.execute(decision.transition, decision.plan, decision.reason)
+                await self.execute(decision.transition, decision.plan, decision.reason, now_s)
                 self.last_switch_s = now_s
             except Exception:  # noqa: BLE001 - e.g. a new replica failed to start
                 log.exception("switch failed, keeping plan v%d", self.table.version)
@@ -320,13 +323,22 @@ class Controller:
             self._redispatch(decision.plan)
         return step
 
+    def next_check_s(self, now_s: float) -> float:
+        """The first check time after ``now_s``: checks run at the multiples of ``check_interval_s`` on
+        the controller's clock, as the simulator's control events run at the multiples of its interval,
+        so the cadence does not drift by the time each check takes (a check or a switch that overruns
+        skips the grid points it covered)."""
+        return (math.floor(now_s / self.check_interval_s + 1e-9) + 1) * self.check_interval_s
+
     async def run(self) -> None:
-        """Check every ``check_interval_s``; a replica death wakes it early, for the restart only (the
-        control step keeps its cadence, so the drift gate counts checks, not deaths; a replica marked
-        dead that still answers its health check is reinstated at the next regular check, not at once,
-        so that one that fails requests but answers health checks does not flap)."""
+        """Check at every multiple of ``check_interval_s`` (``next_check_s``); a replica death wakes it
+        early, for the restart only (the control step keeps its cadence, so the drift gate counts
+        checks, not deaths; a replica marked dead that still answers its health check is reinstated at
+        the next regular check, not at once, so that one that fails requests but answers health checks
+        does not flap)."""
+        next_s = self.next_check_s(self.clock.now_s())
         while not self._stopping.is_set():
-            timer = asyncio.ensure_future(self.clock.sleep(self.check_interval_s))
+            timer = asyncio.ensure_future(self.clock.sleep(next_s - self.clock.now_s()))
             death = asyncio.ensure_future(self._death.wait())
             await asyncio.wait({timer, death}, return_when=asyncio.FIRST_COMPLETED)
             for task in (timer, death):
@@ -337,6 +349,7 @@ class Controller:
             self._death.clear()
             try:
                 if timer.done() and not timer.cancelled():
+                    next_s = self.next_check_s(max(next_s, self.clock.now_s()))
                     await self.check_once()
                 else:
                     await self.restart_dead()

@@ -44,6 +44,7 @@ from oserve.runtime.replica import ReplicaHandle, ReplicaState
 
 Classifier = Callable[[int], int]  # prompt tokens -> request type, e.g. RequestTypes.classify_online
 # what vLLM's disaggregation proxy sends a prefill replica (NixlConnector's request parameters)
+HOLD_POLL_S = 0.05  # how often a held request looks again for a replica that takes work
 REMOTE_DECODE = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
                  "remote_block_ids": None, "remote_host": None, "remote_port": None}
 
@@ -120,6 +121,7 @@ class Router:
         tried: set[int] = set()
         died: list[str] = []
         busy: list[str] = []
+        await self._hold_while_starting(now_s)
         for _ in range(self.max_attempts):
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
@@ -153,6 +155,19 @@ class Router:
             raise OverloadedError(f"replicas {busy} are busy; retry later")
         raise NoReplicaError(f"replicas {died + busy} failed before answering; gave up after "
                              f"{self.max_attempts} attempts")
+
+    async def _hold_while_starting(self, arrival_s: float) -> None:
+        """While no replica takes work and a switch is starting the ones that will (the new replicas of
+        a switch that replaced every replica start once the old ones have drained), hold the request,
+        as the simulator's gateway holds arrivals until the join, instead of refusing it; for at most
+        ``first_token_timeout_s`` (then the dispatch below refuses it with a 503)."""
+        def waiting() -> bool:
+            handles = self.table.handles
+            return (not any(h.is_accepting for h in handles)
+                    and any(h.state is ReplicaState.STARTING for h in handles))
+
+        while waiting() and self.clock.now_s() - arrival_s < self.first_token_timeout_s:
+            await self.clock.sleep(HOLD_POLL_S)
 
     @staticmethod
     def _raise_unavailable(outcome: Outcome, died: list[str], busy: list[str]) -> None:

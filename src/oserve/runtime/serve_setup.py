@@ -20,13 +20,15 @@ from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
 from oserve.runtime.lmdeploy_setup import LmdeployServeConfig, lmdeploy_engine_spec
+from oserve.runtime.clock import Clock
+from oserve.runtime.controller import EngineFactory
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
 from oserve.switching.control import ControlPolicy
 from oserve.switching.policy import POLICY_OBJECTIVES
 from oserve.switching.replan_gate import ReplanConfig
-from oserve.workload import fit_request_types, load_trace
+from oserve.workload import fit_request_types
 
 SWITCH_POLICIES = ("reactive", "cost-aware")
 
@@ -108,9 +110,16 @@ def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
                                "context_tokens": config.context_tokens})
 
 
-def build_runtime(config: ServeConfig) -> ServingRuntime:
+def build_runtime(config: ServeConfig, clock: Clock | None = None,
+                  engine_factory: EngineFactory | None = None) -> ServingRuntime:
+    """The runtime ``config`` asks for, on ``clock`` (wall time by default). ``engine_factory`` replaces
+    the engines the config names (a harness's test doubles); plan, types and policy stay the config's.
+    ``config.trace`` is any trace spec of ``--trace`` (a file, a built-in, ``stitch:``/``real-drift:``,
+    ``synthetic-diurnal``, ``phases:``)."""
+    from oserve.forecast.synthetic import load_any_trace
+
     check_kv_cache_dtype(config)
-    trace = load_trace(config.trace)
+    trace = load_any_trace(config.trace)
     types = fit_request_types(trace, config.types, 0)
     stats = types.stats(trace)
     name = served_name(config)
@@ -129,8 +138,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         fleet = ReplicaConfig("cpu", kv_cache_dtype=config.kv_cache_dtype)
         plan = static_plan(name, [fleet] * config.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
-    spec = engine_spec(config, len(plan.replicas))
-    factory = _engine_factory(config, spec, cost, plan)
+    factory = engine_factory or _engine_factory(config, engine_spec(config, len(plan.replicas)), cost, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
         from oserve.planner.slo_planner import slo_workload
@@ -140,7 +148,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         slo = slo_workload(trace, types, stats, SloSpec(SLO_PRESETS["loose"]))
         policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan, slo,
                                 config.objective)
-    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
+    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime, clock)
 
 
 def check_kv_cache_dtype(config: ServeConfig) -> None:

@@ -1,0 +1,223 @@
+"""The server runs the simulator's control loop (issue 13, item 4).
+
+One REAL-DRIFT trace (the Azure conversation trace's first 10 minutes, its rate ramped 0.5x -> 3x ->
+0.5x) is run twice from the same initial plan and the same policy (`oserve serve --replan`'s default
+`--switch-policy reactive`, i.e. the drift gate before the goodput-priced policy, under `--objective
+min-gpus`, so that the fleet has to follow the ramp):
+
+* in the simulator (`sim.adaptive_experiment.run_adaptive`, the loop of `simulate-adaptive`'s
+  `gated-reload` mode with the elastic objective, the `last` forecast the server uses);
+* in the server: `build_runtime` from the `ServeConfig` that `oserve serve --engine fake --cluster
+  1x8xH100 --model llama-2-13b --plan PLAN --replan --objective min-gpus --trace TRACE` gives, behind the
+  real gateway on a real uvicorn socket, its replicas `SimTimedEngine` TEST DOUBLES (the simulator's
+  replica model timed by the cost model, run on the server's clock), the trace replayed by the real load
+  generator (`oserve bench serve`'s `run_bench`) over HTTP. Server, engines and load generator share one
+  `ScaledClock`, so the 10 minutes take 10 / SPEED minutes of wall time.
+
+Checked: the server switches at the simulator's control intervals (one interval of slack), no request is
+lost (every one answered in full, client and server counts equal) or duplicated (each reached exactly one
+engine once), and each type's SLO attainment (TTFT 2 s, TPOT 100 ms) is within 10% of the simulated.
+The comparisons are plain functions with fast tests showing that they fail on a shifted control interval,
+a lost request or a duplicated one. ``OSERVE_AGREEMENT_OUT=FILE`` writes what was measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oserve.costmodel.setup import CostModelConfig
+from oserve.forecast.synthetic import load_any_trace
+from oserve.sim.adaptive_experiment import AdaptiveSetup, attainment_of, run_adaptive
+from oserve.sim.experiment import prepare_trace
+from oserve.switching import IoProfile, SwitchParams
+from oserve.switching.replan_gate import ReplanConfig
+
+TRACE_SPEC = "stitch:azure-conv/0-300*0.5~3,azure-conv/300-600*3~0.5"  # REAL-DRIFT: up, then down
+CLUSTER, MODEL, NUM_TYPES = "1x8xH100", "llama-2-13b", 2
+INTERVAL_S, COOLDOWN_S = 30.0, 60.0
+SLO_TTFT_S, SLO_TPOT_S = 2.0, 0.1  # the loose preset, which both sides price and measure
+SPEED = float(os.environ.get("OSERVE_AGREEMENT_SPEED", "10"))  # server clock / wall clock
+
+
+# ---- the comparisons -------------------------------------------------------------------------------
+
+def switch_intervals(decided_at_s: list[float], origin_s: float, interval_s: float) -> list[int]:
+    """The control interval (1, 2, ...) at whose end each switch was decided."""
+    return [int(round((t - origin_s) / interval_s)) for t in decided_at_s]
+
+
+def switch_problems(sim: list[int], server: list[int], slack: int = 1) -> list[str]:
+    """Empty when the server made as many switches as the simulator, each within ``slack`` intervals."""
+    if len(sim) != len(server):
+        return [f"{len(server)} switches in the server at intervals {server}, {len(sim)} in the "
+                f"simulator at {sim}"]
+    return [f"switch {i}: interval {b} in the server, {a} in the simulator"
+            for i, (a, b) in enumerate(zip(sim, server)) if abs(a - b) > slack]
+
+
+def accounting_problems(num_requests: int, num_sent: int, num_ok: int, failures: dict[str, int],
+                        server_ok: int, admitted_per_engine: list[int],
+                        completed_per_engine: list[int]) -> list[str]:
+    """Empty when every request was answered in full once: none lost, none duplicated."""
+    problems = []
+    if num_sent != num_requests:
+        problems.append(f"{num_sent} of {num_requests} requests were sent")
+    if num_ok != num_sent or failures:
+        problems.append(f"{num_sent - num_ok} requests not answered in full: {failures}")
+    if server_ok != num_ok:
+        problems.append(f"the server counts {server_ok} requests ok, the client {num_ok}")
+    if sum(admitted_per_engine) != num_requests:
+        problems.append(f"{sum(admitted_per_engine)} generations started in the engines for "
+                        f"{num_requests} requests")
+    if admitted_per_engine != completed_per_engine:
+        problems.append(f"generations started {admitted_per_engine} != completed {completed_per_engine}")
+    return problems
+
+
+def attainment_problems(sim: list[float], server: list[float], rel_tol: float = 0.1) -> list[str]:
+    """Empty when each type's attainment in the server is within ``rel_tol`` of the simulated one."""
+    return [f"type {k}: attainment {b:.3f} in the server, {a:.3f} in the simulator"
+            for k, (a, b) in enumerate(zip(sim, server)) if abs(b - a) > rel_tol * a]
+
+
+def test_switch_comparison_fails_when_the_server_switches_an_interval_too_late_or_more_often():
+    assert switch_problems([4, 8, 12], [4, 9, 12]) == []
+    assert switch_problems([4, 8, 12], [4, 10, 12])          # two intervals late
+    assert switch_problems([4, 8, 12], [4, 8, 12, 16])       # a switch the simulator did not make
+    # a server checking every 2 intervals decides at even ones only: far off by the third switch
+    assert switch_intervals([125.0, 245.0, 605.0], 5.0, 30.0) == [4, 8, 20]
+    assert switch_problems([4, 8, 18], switch_intervals([125.0, 245.0, 605.0], 5.0, 30.0))
+
+
+def test_accounting_fails_on_a_lost_or_duplicated_request():
+    assert accounting_problems(3, 3, 3, {}, 3, [2, 1], [2, 1]) == []
+    assert accounting_problems(3, 3, 2, {"timeout": 1}, 2, [2, 1], [2, 0])  # lost
+    assert accounting_problems(3, 2, 2, {}, 2, [2, 0], [2, 0])              # never sent
+    assert accounting_problems(3, 3, 3, {}, 3, [2, 2], [2, 2])              # one ran twice
+    assert accounting_problems(3, 3, 3, {}, 4, [2, 1], [2, 1])              # the server counts more
+
+
+def test_attainment_comparison_is_relative():
+    assert attainment_problems([0.80, 0.60], [0.75, 0.65]) == []
+    assert attainment_problems([0.80, 0.60], [0.70, 0.60])
+
+
+# ---- the two runs ----------------------------------------------------------------------------------
+
+def _write_trace_csv(trace, path: Path) -> None:
+    rows = [f"{float(t)!r},{int(i)},{int(o)}" for t, i, o in zip(trace.arrival_s, trace.input_tokens,
+                                                          trace.output_tokens)]
+    path.write_text("arrival_s,input_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+
+
+def _simulate(cost_config: CostModelConfig, trace_csv: Path):
+    cluster, _, cost = cost_config.resolve()  # the cost model exactly as the server resolves it
+    prepared = prepare_trace(str(trace_csv), cost, NUM_TYPES, 0)
+    assert prepared.num_clipped == 0  # the file is already within the model's context
+    setup = AdaptiveSetup(cluster, cost, prepared, switch=SwitchParams(min_gap_s=COOLDOWN_S),
+                          control_interval_s=INTERVAL_S, warmup_s=INTERVAL_S, forecaster="last",
+                          io=IoProfile())  # the link model the server's policy prices on
+    initial, result = run_adaptive(setup, "reload", gate=ReplanConfig(cooldown_s=COOLDOWN_S),
+                                   objective="min-gpus")
+    return cost, prepared, initial, result, attainment_of(setup, result.sim)
+
+
+def _serve(cost_config: CostModelConfig, cost, trace_csv: Path, plan_path: Path, trace) -> dict:
+    from oserve.runtime.clock import ScaledClock
+    from oserve.runtime.gateway.app import create_app
+    from oserve.runtime.loadgen import BenchConfig, run_bench
+    from oserve.runtime.serve_setup import ServeConfig, build_runtime
+    from oserve.runtime.server import ServerThread
+    from oserve.runtime.serving import RuntimeConfig
+
+    from .sim_timed_engine import SimTimedEngine
+
+    config = ServeConfig(
+        engine="fake", trace=str(trace_csv), types=NUM_TYPES, cost_model=cost_config,
+        plan_file=str(plan_path), replan=True, switch_policy="reactive", objective="min-gpus",
+        runtime=RuntimeConfig(window_s=INTERVAL_S, check_interval_s=INTERVAL_S,
+                              max_inflight_per_replica=1_000_000,  # the simulator queues without bound
+                              replan=ReplanConfig(cooldown_s=COOLDOWN_S)))
+    clock = ScaledClock(SPEED)
+    engines: list[SimTimedEngine] = []
+    timers: dict = {}
+    holder: dict = {}
+
+    def engine_factory(replica):
+        # a replica a switch starts comes up after the switch time the policy priced (drain, weights
+        # from storage, restart), as the simulator's new replicas join after it; the initial ones at once
+        step = holder["runtime"].controller.last_step if "runtime" in holder else None
+        startup_s = step.decision.switch_s if step is not None and step.decision.switch else 0.0
+        engine = SimTimedEngine(replica, cost, clock, startup_s, timers=timers)
+        engines.append(engine)
+        return engine
+
+    runtime = holder["runtime"] = build_runtime(config, clock, engine_factory)
+    bench = BenchConfig("http://127.0.0.1", max_requests=len(trace),
+                        max_duration_s=float(trace.arrival_s[-1]) + 900.0, max_input_tokens=1 << 20,
+                        max_output_tokens=1 << 20, num_types=NUM_TYPES, slo_ttft_s=SLO_TTFT_S,
+                        slo_tpot_s=SLO_TPOT_S, request_timeout_s=600.0)
+    with ServerThread(create_app(runtime)) as server:
+        # trace time 0 on a check of the controller's grid, at least a wall second away
+        start_at_s = runtime.controller.next_check_s(clock.now_s() + SPEED)
+        bench = replace(bench, url=server.base_url)
+        report = asyncio.run(run_bench(bench, trace, clock, start_at_s))
+        history = list(runtime.controller.history)
+        server_ok = int(runtime.metrics.counter("oserve_requests_total", status="ok"))
+    return {"start_at_s": start_at_s, "report": report, "history": history, "server_ok": server_ok,
+            "engines": engines}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agreement")
+    cost_config = CostModelConfig(cluster=CLUSTER, model=MODEL)
+    _, _, cost = cost_config.resolve()
+    clipped, _ = load_any_trace(TRACE_SPEC).clipped_to_context(cost.model.max_context_tokens)
+    trace_csv = tmp / "trace.csv"
+    _write_trace_csv(clipped, trace_csv)
+    cost, prepared, initial, sim, sim_att = _simulate(cost_config, trace_csv)
+    plan_path = tmp / "plan.json"
+    plan_path.write_text(json.dumps(initial.to_dict()))
+    served = _serve(cost_config, cost, trace_csv, plan_path, prepared.trace)
+    return prepared, sim, sim_att, served
+
+
+@pytest.mark.slow
+def test_the_server_switches_at_the_simulators_intervals_loses_nothing_and_attains_the_same(runs):
+    prepared, sim, sim_att, served = runs
+    report, history = served["report"], served["history"]
+    sim_switches = switch_intervals([r.time_s for r in sim.timeline if r.switched], 0.0, INTERVAL_S)
+    decided = [r.decided_at_s for r in history if r.decided_at_s is not None]
+    server_switches = switch_intervals(decided, served["start_at_s"], INTERVAL_S)
+    server_att = [report.latency["per_type"][f"T{k}"]["slo_attainment"] for k in range(NUM_TYPES)]
+    measured = {
+        "trace": TRACE_SPEC, "requests": len(prepared.trace), "speed": SPEED,
+        "interval_s": INTERVAL_S, "sim_switch_intervals": sim_switches,
+        "server_switch_intervals": server_switches,
+        "sim_deployments": [r.deployment for r in sim.timeline if r.switched],
+        "server_plans": [r.plan["deployment"] for r in history],
+        "sim_attainment": list(sim_att.per_type), "server_attainment": server_att,
+        "sent": report.num_sent, "ok": report.num_ok, "failures": report.failures,
+        "server_ok": served["server_ok"],
+        "engines_admitted": [e.num_admitted for e in served["engines"]],
+        "engines_completed": [e.num_completed for e in served["engines"]],
+    }
+    out = os.environ.get("OSERVE_AGREEMENT_OUT")
+    if out:
+        Path(out).write_text(json.dumps(measured, indent=2, default=str))
+    assert sim_switches, "the simulator made no switch on this trace: nothing to compare"
+    problems = switch_problems(sim_switches, server_switches)
+    problems += accounting_problems(len(prepared.trace), report.num_sent, report.num_ok, report.failures,
+                                    served["server_ok"], measured["engines_admitted"],
+                                    measured["engines_completed"])
+    problems += attainment_problems(list(sim_att.per_type), server_att)
+    assert not problems, (problems, measured)
+    assert np.isfinite(server_att).all()
