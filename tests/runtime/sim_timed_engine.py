@@ -11,8 +11,9 @@ A generation yields two chunks: the first token when the replica's step that com
 and all the others when its last decode step ends (the load generator's TTFT and TPOT need no more, and
 an event per token would swamp the gateway at a compressed clock). Step ends are applied at the times the
 replica model computed, not when the event loop got to them, so a late wake-up of the loop delays a
-token's delivery but never the replica's schedule. A consumer that goes away leaves its sequence in the
-replica model (it runs to its end there, as a request vLLM has not yet aborted would).
+token's delivery but never the replica's schedule. A consumer that goes away (a client that hung up, or
+the router taking back a request a switch re-routes) aborts its sequence, as vLLM aborts a request: a
+waiting one leaves the queue, a running one leaves at the next step boundary with its KV freed.
 
 Lives in tests: the runtime never imports the simulator (tests/test_layering.py).
 """
@@ -53,6 +54,8 @@ class SimTimedEngine:
         self.is_started = False
         self.num_admitted = 0   # generations that reached the replica model
         self.num_completed = 0  # generations that yielded their last token
+        self.num_aborted = 0    # generations their consumer abandoned (e.g. re-routed by a switch)
+        self.max_lag_s = 0.0    # the latest a step end was applied after its time (event-loop lag)
         self._next_req_id = 0
         self._next_end_s: float | None = None  # the replica model's step end in flight
         self._waiters: dict[int, tuple[asyncio.Future, asyncio.Future]] = {}  # first token, last token
@@ -103,12 +106,28 @@ class SimTimedEngine:
         end_s = self.replica_sim.on_arrival(seq, now_s)
         if end_s is not None:
             self._set_next_end(end_s)
-        await first
-        yield TokenChunk(TOKEN_TEXT, 1, "length" if output_tokens == 1 else None, prompt_tokens)
-        if output_tokens > 1:
-            await last
-            yield TokenChunk(TOKEN_TEXT * (output_tokens - 1), output_tokens - 1, "length")
+        try:
+            await first
+            yield TokenChunk(TOKEN_TEXT, 1, "length" if output_tokens == 1 else None, prompt_tokens)
+            if output_tokens > 1:
+                await last
+                yield TokenChunk(TOKEN_TEXT * (output_tokens - 1), output_tokens - 1, "length")
+        except (asyncio.CancelledError, GeneratorExit):
+            self._abort(seq)
+            raise
         self.num_completed += 1
+
+    def _abort(self, seq: Seq) -> None:
+        self.num_aborted += 1
+        if self._waiters.pop(seq.req_id, None) is None:
+            return  # already finished in the model
+        rep = self.replica_sim
+        if seq in rep.waiting:
+            rep.waiting.remove(seq)
+        elif self.is_started:
+            end_s = rep.extract([seq.req_id], self.clock.now_s())
+            if end_s is not None:
+                self._set_next_end(end_s)
 
     def _set_next_end(self, end_s: float | None) -> None:
         self._next_end_s = end_s
@@ -120,6 +139,7 @@ class SimTimedEngine:
         rep = self.replica_sim
         while self._next_end_s is not None and self._next_end_s <= now_s:
             first, finished, self._next_end_s = rep.on_step_end(self._next_end_s)
+            rep.take_extracted()  # aborted sequences, gone
             for seq in first:
                 self._resolve(seq.req_id, 0)
             for seq in finished:
@@ -148,7 +168,9 @@ class SimTimedEngine:
                 except TimeoutError:
                     pass
                 continue
-            self._advance(self.clock.now_s())
+            now_s = self.clock.now_s()
+            self.max_lag_s = max(self.max_lag_s, now_s - self._next_end_s)
+            self._advance(now_s)
 
 
 __all__ = ["SimTimedEngine"]

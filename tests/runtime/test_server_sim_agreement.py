@@ -1,14 +1,14 @@
 """The server runs the simulator's control loop (issue 13, item 4).
 
-One REAL-DRIFT trace (the Azure conversation trace's first 10 minutes, its rate ramped 0.5x -> 3x ->
-0.5x) is run twice from the same initial plan and the same policy (`oserve serve --replan`'s default
+One REAL-DRIFT trace (the Azure conversation trace's first 10 minutes, its rate ramped 0.1x -> 0.6x ->
+0.1x: 1,019 requests) is run twice from the same initial plan and the same policy (`oserve serve --replan`'s default
 `--switch-policy reactive`, i.e. the drift gate before the goodput-priced policy, under `--objective
 min-gpus`, so that the fleet has to follow the ramp):
 
 * in the simulator (`sim.adaptive_experiment.run_adaptive`, the loop of `simulate-adaptive`'s
   `gated-reload` mode with the elastic objective, the `last` forecast the server uses);
 * in the server: `build_runtime` from the `ServeConfig` that `oserve serve --engine fake --cluster
-  1x8xH100 --model llama-2-13b --plan PLAN --replan --objective min-gpus --trace TRACE` gives, behind the
+  1x8xL4 --model llama-2-7b --plan PLAN --replan --objective min-gpus --trace TRACE` gives, behind the
   real gateway on a real uvicorn socket, its replicas `SimTimedEngine` TEST DOUBLES (the simulator's
   replica model timed by the cost model, run on the server's clock), the trace replayed by the real load
   generator (`oserve bench serve`'s `run_bench`) over HTTP. Server, engines and load generator share one
@@ -26,6 +26,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,13 +38,15 @@ import pytest
 
 from oserve.costmodel.setup import CostModelConfig
 from oserve.forecast.synthetic import load_any_trace
+from oserve.runtime.clock import ScaledClock
 from oserve.sim.adaptive_experiment import AdaptiveSetup, attainment_of, run_adaptive
 from oserve.sim.experiment import prepare_trace
 from oserve.switching import IoProfile, SwitchParams
 from oserve.switching.replan_gate import ReplanConfig
 
-TRACE_SPEC = "stitch:azure-conv/0-300*0.5~3,azure-conv/300-600*3~0.5"  # REAL-DRIFT: up, then down
-CLUSTER, MODEL, NUM_TYPES = "1x8xH100", "llama-2-13b", 2
+TRACE_SPEC = "stitch:azure-conv/0-300*0.1~0.6,azure-conv/300-600*0.6~0.1"  # REAL-DRIFT: up, then down
+# small GPUs, so that ~1,000 requests over 10 minutes make the fleet grow and shrink
+CLUSTER, MODEL, NUM_TYPES = "1x8xL4", "llama-2-7b", 2
 INTERVAL_S, COOLDOWN_S = 30.0, 60.0
 SLO_TTFT_S, SLO_TPOT_S = 2.0, 0.1  # the loose preset, which both sides price and measure
 SPEED = float(os.environ.get("OSERVE_AGREEMENT_SPEED", "10"))  # server clock / wall clock
@@ -63,9 +69,13 @@ def switch_problems(sim: list[int], server: list[int], slack: int = 1) -> list[s
 
 
 def accounting_problems(num_requests: int, num_sent: int, num_ok: int, failures: dict[str, int],
-                        server_ok: int, admitted_per_engine: list[int],
-                        completed_per_engine: list[int]) -> list[str]:
-    """Empty when every request was answered in full once: none lost, none duplicated."""
+                        server_ok: int, admitted_per_engine: list[int], completed_per_engine: list[int],
+                        aborted_per_engine: list[int] | None = None) -> list[str]:
+    """Empty when every request was answered in full once: none lost, none duplicated (a generation
+    the router took back before its first token to dispatch it again, ``aborted``, is not a second
+    answer)."""
+    aborted = aborted_per_engine or [0] * len(admitted_per_engine)
+    admitted_per_engine = [a - b for a, b in zip(admitted_per_engine, aborted)]
     problems = []
     if num_sent != num_requests:
         problems.append(f"{num_sent} of {num_requests} requests were sent")
@@ -102,6 +112,7 @@ def test_accounting_fails_on_a_lost_or_duplicated_request():
     assert accounting_problems(3, 2, 2, {}, 2, [2, 0], [2, 0])              # never sent
     assert accounting_problems(3, 3, 3, {}, 3, [2, 2], [2, 2])              # one ran twice
     assert accounting_problems(3, 3, 3, {}, 4, [2, 1], [2, 1])              # the server counts more
+    assert accounting_problems(3, 3, 3, {}, 3, [2, 2], [2, 1], [0, 1]) == []  # one re-routed once
 
 
 def test_attainment_comparison_is_relative():
@@ -110,6 +121,42 @@ def test_attainment_comparison_is_relative():
 
 
 # ---- the two runs ----------------------------------------------------------------------------------
+
+class FreezingClock(ScaledClock):
+    """TEST HARNESS clock: a ``ScaledClock`` that stands still inside ``frozen()``. The server's control
+    step runs frozen, so that the seconds of CPU its search takes on a loaded machine (times SPEED) cost
+    no time of the replay, as the simulator's control step costs no virtual time; what is compared is
+    the loop, not the machine's speed. Sleeps wait for the clock's time to pass, frozen or not."""
+
+    def __init__(self, speed: float) -> None:
+        super().__init__(speed)
+        self._lock = threading.Lock()
+        self._frozen_since: float | None = None
+        self._frozen_total_s = 0.0
+
+    def now_s(self) -> float:
+        with self._lock:
+            wall = time.monotonic()
+            frozen = self._frozen_total_s + (wall - self._frozen_since if self._frozen_since else 0.0)
+        return (wall - self._origin_s - frozen) * self.speed
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        with self._lock:
+            self._frozen_since = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                assert self._frozen_since is not None
+                self._frozen_total_s += time.monotonic() - self._frozen_since
+                self._frozen_since = None
+
+    async def sleep(self, seconds: float) -> None:
+        until_s = self.now_s() + max(0.0, seconds)
+        while (left_s := until_s - self.now_s()) > 0:
+            await asyncio.sleep(max(left_s / self.speed, 0.001))
+
 
 def _write_trace_csv(trace, path: Path) -> None:
     rows = [f"{float(t)!r},{int(i)},{int(o)}" for t, i, o in zip(trace.arrival_s, trace.input_tokens,
@@ -130,7 +177,7 @@ def _simulate(cost_config: CostModelConfig, trace_csv: Path):
 
 
 def _serve(cost_config: CostModelConfig, cost, trace_csv: Path, plan_path: Path, trace) -> dict:
-    from oserve.runtime.clock import ScaledClock
+    from oserve.runtime import controller as controller_module
     from oserve.runtime.gateway.app import create_app
     from oserve.runtime.loadgen import BenchConfig, run_bench
     from oserve.runtime.serve_setup import ServeConfig, build_runtime
@@ -145,7 +192,13 @@ def _serve(cost_config: CostModelConfig, cost, trace_csv: Path, plan_path: Path,
         runtime=RuntimeConfig(window_s=INTERVAL_S, check_interval_s=INTERVAL_S,
                               max_inflight_per_replica=1_000_000,  # the simulator queues without bound
                               replan=ReplanConfig(cooldown_s=COOLDOWN_S)))
-    clock = ScaledClock(SPEED)
+    clock = FreezingClock(SPEED)
+    control_step = controller_module.control_step
+
+    def frozen_step(*args, **kwargs):
+        with clock.frozen():
+            return control_step(*args, **kwargs)
+
     engines: list[SimTimedEngine] = []
     timers: dict = {}
     holder: dict = {}
@@ -164,15 +217,17 @@ def _serve(cost_config: CostModelConfig, cost, trace_csv: Path, plan_path: Path,
                         max_duration_s=float(trace.arrival_s[-1]) + 900.0, max_input_tokens=1 << 20,
                         max_output_tokens=1 << 20, num_types=NUM_TYPES, slo_ttft_s=SLO_TTFT_S,
                         slo_tpot_s=SLO_TPOT_S, request_timeout_s=600.0)
-    with ServerThread(create_app(runtime)) as server:
+    with pytest.MonkeyPatch.context() as patch, ServerThread(create_app(runtime)) as server:
+        patch.setattr(controller_module, "control_step", frozen_step)
         # trace time 0 on a check of the controller's grid, at least a wall second away
         start_at_s = runtime.controller.next_check_s(clock.now_s() + SPEED)
         bench = replace(bench, url=server.base_url)
         report = asyncio.run(run_bench(bench, trace, clock, start_at_s))
         history = list(runtime.controller.history)
         server_ok = int(runtime.metrics.counter("oserve_requests_total", status="ok"))
+        rerouted = int(runtime.metrics.counter("oserve_rerouted_total"))
     return {"start_at_s": start_at_s, "report": report, "history": history, "server_ok": server_ok,
-            "engines": engines}
+            "engines": engines, "rerouted": rerouted}
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +264,8 @@ def test_the_server_switches_at_the_simulators_intervals_loses_nothing_and_attai
         "server_ok": served["server_ok"],
         "engines_admitted": [e.num_admitted for e in served["engines"]],
         "engines_completed": [e.num_completed for e in served["engines"]],
+        "engines_aborted": [e.num_aborted for e in served["engines"]],
+        "rerouted": served["rerouted"],
     }
     out = os.environ.get("OSERVE_AGREEMENT_OUT")
     if out:
@@ -217,7 +274,7 @@ def test_the_server_switches_at_the_simulators_intervals_loses_nothing_and_attai
     problems = switch_problems(sim_switches, server_switches)
     problems += accounting_problems(len(prepared.trace), report.num_sent, report.num_ok, report.failures,
                                     served["server_ok"], measured["engines_admitted"],
-                                    measured["engines_completed"])
+                                    measured["engines_completed"], measured["engines_aborted"])
     problems += attainment_problems(list(sim_att.per_type), server_att)
     assert not problems, (problems, measured)
     assert np.isfinite(server_att).all()

@@ -85,6 +85,7 @@ class Controller:
         self.history: list[PlanRecord] = []
         self._backoff: dict[tuple, _Backoff] = {}
         self._switch_lock = asyncio.Lock()
+        self._tails: set[asyncio.Task] = set()  # switches draining and starting after their table switch
         self._stopping = asyncio.Event()
         self._death = asyncio.Event()
         router.arrival_listeners.append(self.rates.record)
@@ -126,7 +127,8 @@ class Controller:
                                   reason)
 
     async def execute(self, transition: Transition, plan: Plan, reason: str,
-                      decided_at_s: float | None = None) -> RoutingTable:
+                      decided_at_s: float | None = None,
+                      switched: asyncio.Event | None = None) -> RoutingTable:
         """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target).
 
         Started replicas whose GPUs are free start first (make before break): if one fails, the switch
@@ -135,6 +137,7 @@ class Controller:
         holds can only start after it has stopped (break before make): they sit in the new table as
         ``starting`` (the router spills their share to the replicas that take work) and start once those
         GPUs are free; one that then fails to start is marked dead and restarted with back-off.
+        ``switched`` (if given) is set once the routing table is the new plan's.
         """
         if tuple(plan.replicas) != tuple(transition.target):
             raise ValueError("the plan's replicas are not the transition's target")
@@ -162,9 +165,11 @@ class Controller:
             table = RoutingTable(old.version + 1, plan, tuple(handles))
             self.router.set_table(table)
             self._record(table, reason, decided_at_s)
+            if switched is not None:
+                switched.set()
             for handle in dropped:
                 if handle.state is ReplicaState.ACTIVE:
-                    handle.state = ReplicaState.DRAINING
+                    handle.start_draining()
             await asyncio.gather(*(self._drain_and_stop(h) for h in dropped))
             if after:
                 log.info("starting %s on the freed GPUs", [h.name for h in after])
@@ -240,6 +245,8 @@ class Controller:
         """Restart each dead replica of the current table that fails its health check and whose back-off
         has passed; returns the names of those restarted. (A dead replica that answers its health check
         is left to ``check_health``, which reinstates it at the next check.)"""
+        if not any(h.state is ReplicaState.DEAD for h in self.router.table.handles):
+            return []  # nothing to restart: do not wait for a switch's drain to end
         async with self._switch_lock:
             restarted = []
             for handle in [h for h in self.router.table.handles if h.state is ReplicaState.DEAD]:
@@ -315,7 +322,7 @@ class Controller:
         decision = step.decision
         if decision.switch and decision.transition is not None and decision.plan is not None:
             try:
-                await self.execute(decision.transition, decision.plan, decision.reason, now_s)
+                await self._switch(decision.transition, decision.plan, decision.reason, now_s)
                 self.last_switch_s = now_s
             except Exception:  # noqa: BLE001 - e.g. a new replica failed to start
                 log.exception("switch failed, keeping plan v%d", self.table.version)
@@ -329,6 +336,29 @@ class Controller:
         so the cadence does not drift by the time each check takes (a check or a switch that overruns
         skips the grid points it covered)."""
         return (math.floor(now_s / self.check_interval_s + 1e-9) + 1) * self.check_interval_s
+
+    async def _switch(self, transition: Transition, plan: Plan, reason: str, now_s: float) -> None:
+        """Execute a switch up to the moment the routing table is the new plan's; its tail (draining the
+        stopped replicas, then starting those placed on their GPUs) runs on in the background, so that
+        the checks keep their cadence as the simulator's control events do once its new replicas have
+        joined (a further switch waits for the tail: it needs the switch lock)."""
+        switched = asyncio.Event()
+        task = asyncio.create_task(self.execute(transition, plan, reason, now_s, switched))
+        waiter = asyncio.ensure_future(switched.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            task.result()  # raises when the switch failed before the table switched
+            return
+        self._tails.add(task)
+        task.add_done_callback(self._tail_done)
+
+    def _tail_done(self, task: asyncio.Task) -> None:
+        self._tails.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the tail of a switch failed", exc_info=task.exception())
 
     async def run(self) -> None:
         """Check at every multiple of ``check_interval_s`` (``next_check_s``); a replica death wakes it
@@ -347,17 +377,22 @@ class Controller:
             if self._stopping.is_set():
                 break
             self._death.clear()
+            is_check = timer.done() and not timer.cancelled()
             try:
-                if timer.done() and not timer.cancelled():
-                    next_s = self.next_check_s(max(next_s, self.clock.now_s()))
+                if is_check:
                     await self.check_once()
                 else:
                     await self.restart_dead()
             except Exception:  # noqa: BLE001 - the loop outlives any one failed check
                 log.exception("controller check failed; the next one runs as scheduled")
+            if is_check:  # the next grid point after this one and after the check's end
+                next_s = self.next_check_s(max(next_s, self.clock.now_s()))
 
     async def stop(self) -> None:
         self._stopping.set()
+        for task in list(self._tails):  # a switch's drain in progress: the engines stop below anyway
+            task.cancel()
+        await asyncio.gather(*self._tails, return_exceptions=True)
         async with self._switch_lock:
             for handle in self.router.table.handles:
                 if handle.state is ReplicaState.ACTIVE:

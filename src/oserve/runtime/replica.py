@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from enum import Enum
 
 from oserve.planner.plan import Replica
@@ -30,6 +31,9 @@ class ReplicaHandle:
     num_failed: int = 0
     prefill_tokens: int = 0  # prompt tokens of its requests still waiting for their first token
     num_prefilling: int = 0  # those requests
+    # set when a switch drains the replica: its requests still waiting for their first token go back to
+    # the router to be dispatched again (what the simulator does with a stopping replica's queue)
+    drain_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def num_decoding(self) -> int:
@@ -42,6 +46,11 @@ class ReplicaHandle:
     @property
     def is_accepting(self) -> bool:
         return self.state is ReplicaState.ACTIVE
+
+    def start_draining(self) -> None:
+        """Take nothing new; hand the requests without a first token back to the router."""
+        self.state = ReplicaState.DRAINING
+        self.drain_started.set()
 
     def key(self) -> tuple:
         """Identity across plans: same GPUs and same configuration means the same replica."""

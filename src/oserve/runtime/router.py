@@ -38,6 +38,7 @@ from oserve.runtime.errors import (
     KvHandoffError,
     NoReplicaError,
     OverloadedError,
+    ReplicaDrainingError,
 )
 from oserve.runtime.metrics import Metrics
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
@@ -121,8 +122,9 @@ class Router:
         tried: set[int] = set()
         died: list[str] = []
         busy: list[str] = []
-        await self._hold_while_starting(now_s)
-        for _ in range(self.max_attempts):
+        attempts = 0
+        while attempts < self.max_attempts:
+            await self._hold_while_starting(now_s)
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
                                  h.max_inflight, h.engine.load().num_waiting, h.prefill_tokens,
@@ -144,7 +146,11 @@ class Router:
             try:
                 await stream.start()
                 return stream
+            except ReplicaDrainingError:  # a switch stopped its replica before its first token
+                self.metrics.inc("oserve_rerouted_total", (("replica", handle.name),))
+                continue
             except EngineDeadError as exc:
+                attempts += 1
                 failed = stream.handle  # the decode peer when the hand-off got that far
                 if failed is handle:
                     tried.add(id(handle))
@@ -274,9 +280,12 @@ class RoutedStream:
     async def _first_token(self, gen: AsyncIterator[TokenChunk]) -> None:
         try:
             async with self.router.clock.timeout(self.router.first_token_timeout_s):
-                self.first = await gen.__anext__()
+                self.first = await self._first_chunk(gen)
         except StopAsyncIteration:
             self.first = None
+        except ReplicaDrainingError:
+            await self._release()
+            raise
         except TimeoutError as exc:
             self.router.mark_dead(self.handle)
             await self._release()
@@ -299,6 +308,27 @@ class RoutedStream:
             raise
         ttft_s = self.router.clock.now_s() - self.arrival_s
         self.router.metrics.observe("oserve_ttft_seconds", self.labels, ttft_s)
+
+    async def _first_chunk(self, gen: AsyncIterator[TokenChunk]) -> TokenChunk:
+        """The engine's first chunk, unless the replica starts draining before it comes: then the
+        generation is cancelled (no token has reached the client) and ``ReplicaDrainingError`` sends the
+        request back to the router, as the simulator re-routes a stopping replica's queue."""
+        drain = self.handle.drain_started
+        if drain.is_set():
+            raise ReplicaDrainingError(f"replica {self.handle.name} is draining")
+        chunk = asyncio.ensure_future(gen.__anext__())
+        drained = asyncio.ensure_future(drain.wait())
+        try:
+            await asyncio.wait({chunk, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not chunk.done():
+                chunk.cancel()
+                await asyncio.gather(chunk, return_exceptions=True)
+        if chunk.cancelled():
+            raise ReplicaDrainingError(f"replica {self.handle.name} began draining before the first "
+                                       "token; dispatched again")
+        return chunk.result()
 
     def _note(self, chunk: TokenChunk) -> None:
         self.num_tokens += chunk.num_tokens

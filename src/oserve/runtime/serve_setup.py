@@ -16,12 +16,12 @@ from oserve.costmodel.setup import CostModelConfig
 from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
+from oserve.runtime.clock import Clock
+from oserve.runtime.controller import EngineFactory
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
 from oserve.runtime.lmdeploy_setup import LmdeployServeConfig, lmdeploy_engine_spec
-from oserve.runtime.clock import Clock
-from oserve.runtime.controller import EngineFactory
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
