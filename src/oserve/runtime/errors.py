@@ -100,5 +100,5 @@ class EngineStartError(RuntimeServeError):
 
 __all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError",
            "KvHandoffError", "ModelNotFoundError", "NoReplicaError", "OverloadedError", "PromptTooLongError",
-           "ReplicaDrainingError", "RequestTimeoutError", "RequestTooLargeError", "RuntimeServeError", "ShuttingDownError",
-           "UnauthorizedError"]
+           "ReplicaDrainingError", "RequestTimeoutError", "RequestTooLargeError", "RuntimeServeError",
+           "ShuttingDownError", "UnauthorizedError"]
