@@ -31,6 +31,9 @@ class ReplicaHandle:
     num_failed: int = 0
     prefill_tokens: int = 0  # prompt tokens of its requests still waiting for their first token
     num_prefilling: int = 0  # those requests
+    # a prefill replica's requests handed off and still decoding on its group: outstanding for the
+    # dispatch (as a colocated replica's requests are until their last token), not for its admission
+    num_downstream: int = 0
     # set when a switch drains the replica: its requests still waiting for their first token go back to
     # the router to be dispatched again (what the simulator does with a stopping replica's queue)
     drain_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)

@@ -128,7 +128,7 @@ class Router:
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
                                  h.max_inflight, h.engine.load().num_waiting, h.prefill_tokens,
-                                 h.num_decoding)
+                                 h.num_decoding, h.num_downstream)
                      for i, h in enumerate(table.handles)]
             rule = self.spill_rule
             if rule is not None and len(rule.speeds) != len(views):
@@ -219,6 +219,7 @@ class RoutedStream:
         self.finish_reason: str | None = None
         self._gen: AsyncIterator[TokenChunk] | None = None
         self._settled = False
+        self._origin: ReplicaHandle | None = None  # the prefill replica of a handed-off request
 
     @property
     def labels(self) -> tuple[tuple[str, str], ...]:
@@ -252,6 +253,8 @@ class RoutedStream:
             raise KvHandoffError(f"prefill replica {prefill.name} returned no kv_transfer_params")
         self.handle = router.decode_peer(prefill)
         self.request = replace(self.request, kv_transfer_params=params)
+        self._origin = prefill
+        prefill.num_downstream += 1  # until released: the dispatch counts it on the prefill replica
 
     async def start(self) -> None:
         if self.handle.replica.role == PREFILL:
@@ -385,6 +388,9 @@ class RoutedStream:
             self.handle.num_failed += 1
 
     async def _release(self) -> None:
+        if self._origin is not None:
+            self._origin.num_downstream -= 1
+            self._origin = None
         if self._gen is None:
             return
         gen, self._gen = self._gen, None

@@ -83,6 +83,12 @@ class AdaptiveSimulation:
                  gate: ReplanConfig | None = None, type_slos: tuple[Slo, ...] | None = None) -> None:
         if control_interval_s <= 0:
             raise ConfigError("control interval must be positive")
+        if initial.is_disaggregated:
+            # the switching loop plans, prices and executes colocated deployments only: run as is, the
+            # groups' prefill and decode roles would be dropped and every replica would serve alone
+            raise ConfigError(f"simulate-adaptive with the disaggregated plan {initial.describe()}: the "
+                              "switching loop handles colocated plans only; simulate it statically "
+                              "(oserve simulate --plan)")
         self.ctx, self.params, self.config = ctx, params, config
         self.type_slos = type_slos  # what the slo-spill dispatch reads
         # the server's control step: the drift gate (when given) before ``decide``
