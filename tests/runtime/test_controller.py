@@ -438,3 +438,53 @@ def test_an_engine_factory_that_raises_on_restart_is_retried_and_the_loop_surviv
 
     failed, alive = asyncio.run(main())
     assert alive and failed >= 2
+
+
+def test_checks_run_on_the_grid_of_the_interval_whatever_each_check_takes():
+    """The simulator controls at every multiple of its interval; the server's checks do too: a check
+    that takes 7 s of a 10 s interval does not push the next ones later (they ran at 10, 27, 44 before),
+    and one that overruns skips the grid points it covered."""
+    async def main():
+        clock = ManualClock()
+        runtime, _ = make_runtime(num_replicas=1, clock=clock, config=RuntimeConfig(check_interval_s=10.0))
+        times, durations = [], iter([7.0, 7.0, 13.0, 1.0])
+
+        async def slow_check():
+            times.append(clock.now_s())
+            await clock.sleep(next(durations, 0.0))
+
+        runtime.controller.check_once = slow_check
+        await runtime.start()
+        await run_clock(clock, lambda: len(times) >= 5, step_s=0.5)
+        await runtime.stop()
+        return times
+
+    assert asyncio.run(main()) == [10.0, 20.0, 30.0, 50.0, 60.0]
+
+
+def test_a_switch_sends_a_stopping_replicas_requests_without_a_first_token_back_to_the_router():
+    """The simulator re-routes a stopping replica's queue at once; the server did not (the queue waited
+    on the draining replica, up to its drain timeout). Now the requests that have no token yet are
+    dispatched again, only the one generating finishes where it is, and none is lost."""
+    async def main():
+        clock = ManualClock()
+        fleet = FakeFleet(FakeCost(decode_s_per_token=0.01), max_num_seqs=1, clock=clock)
+        runtime = ServingRuntime(MODEL, make_plan(2, [[0.0, 1.0], [0.0, 1.0]]), fleet,
+                                 lambda n: int(n >= 100), config=RuntimeConfig(), clock=clock)
+        new_plan = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
+                               [[0.5, 0.5], [0.5, 0.5]], (1.0, 1.0))
+        await runtime.controller.start()
+        old = runtime.router.table.handles[1]
+        tasks = [asyncio.create_task(serve_one(runtime, i)) for i in range(6)]
+        await settle()
+        queued = old.engine.load().num_waiting  # one runs on replica 1, five wait there
+        switch = asyncio.create_task(runtime.controller.apply(new_plan, "test switch"))
+        await run_clock(clock, lambda: switch.done() and all(t.done() for t in tasks))
+        await runtime.stop()
+        return runtime, old, queued, [t.result() for t in tasks]
+
+    runtime, old, queued, results = asyncio.run(main())
+    assert queued == 5 and all(r == " ok" * 10 for r in results)
+    assert old.num_served == 1 and old.state is ReplicaState.STOPPED
+    assert runtime.metrics.counter("oserve_rerouted_total") == 5
+    assert runtime.metrics.counter("oserve_requests_total", status="ok") == 6

@@ -16,7 +16,7 @@ from oserve.runtime.replica import ReplicaState
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.workload.slo import Slo
 
-from .factories import FakeFleet, make_plan, make_runtime, settle, split_by_length
+from .factories import FakeFleet, make_plan, make_runtime, run_clock, settle, split_by_length
 
 
 def request(max_tokens: int = 4, prompt: str = "hi") -> GenerationRequest:
@@ -234,3 +234,34 @@ def test_a_table_of_the_same_replicas_and_shares_keeps_the_round_robin_credits()
     kept, reset = asyncio.run(main())
     assert any(c != 0.0 for row in kept.credits for c in row)  # one request's credit is still there
     assert all(c == 0.0 for row in reset.credits for c in row)  # other shares: afresh
+
+
+def test_a_request_is_held_while_the_only_replicas_are_starting_not_refused():
+    """A switch that replaces every replica starts the new ones after the old have drained: a request
+    arriving meanwhile waits for them (as the simulator's gateway holds arrivals until the join) instead
+    of a 503; with nothing starting it is refused at once, and a hold ends at the first-token timeout."""
+    async def main():
+        clock = ManualClock()
+        runtime, _ = make_runtime(num_replicas=1, clock=clock,
+                                  config=RuntimeConfig(first_token_timeout_s=30.0))
+        async with runtime:
+            handle = runtime.router.table.handles[0]
+            handle.state = ReplicaState.STARTING  # as in the table of such a switch
+            task = asyncio.create_task(collect(runtime, request(2)))
+            await run_clock(clock, lambda: clock.now_s() >= 5.0, step_s=0.05)
+            held = not task.done()
+            handle.state = ReplicaState.ACTIVE
+            await run_clock(clock, task.done, step_s=0.05)
+            text = task.result()
+            handle.state = ReplicaState.STARTING
+            late = asyncio.create_task(collect(runtime, request(2)))
+            await run_clock(clock, late.done, step_s=0.5)
+            late_error, late_s = late.exception(), clock.now_s()
+            handle.state = ReplicaState.DEAD
+            with pytest.raises(NoReplicaError):
+                await collect(runtime, request(2))
+        return held, text, late_error, late_s
+
+    held, text, late_error, late_s = asyncio.run(main())
+    assert held and text == " ok" * 2
+    assert isinstance(late_error, NoReplicaError) and 30.0 <= late_s - 5.0 <= 32.0

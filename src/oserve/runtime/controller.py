@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,9 +43,10 @@ log = logging.getLogger("oserve.runtime.controller")
 @dataclass(frozen=True)
 class PlanRecord:
     version: int
-    applied_at_s: float
+    applied_at_s: float  # when the routing table switched to it
     reason: str
     plan: dict
+    decided_at_s: float | None = None  # the check that chose it (None: applied by hand or at start)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Controller:
         self.history: list[PlanRecord] = []
         self._backoff: dict[tuple, _Backoff] = {}
         self._switch_lock = asyncio.Lock()
+        self._tails: set[asyncio.Task] = set()  # switches draining and starting after their table switch
         self._stopping = asyncio.Event()
         self._death = asyncio.Event()
         router.arrival_listeners.append(self.rates.record)
@@ -123,7 +126,9 @@ class Controller:
         return await self.execute(transition_to(self.router.table.plan.replicas, plan.replicas), plan,
                                   reason)
 
-    async def execute(self, transition: Transition, plan: Plan, reason: str) -> RoutingTable:
+    async def execute(self, transition: Transition, plan: Plan, reason: str,
+                      decided_at_s: float | None = None,
+                      switched: asyncio.Event | None = None) -> RoutingTable:
         """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target).
 
         Started replicas whose GPUs are free start first (make before break): if one fails, the switch
@@ -132,6 +137,7 @@ class Controller:
         holds can only start after it has stopped (break before make): they sit in the new table as
         ``starting`` (the router spills their share to the replicas that take work) and start once those
         GPUs are free; one that then fails to start is marked dead and restarted with back-off.
+        ``switched`` (if given) is set once the routing table is the new plan's.
         """
         if tuple(plan.replicas) != tuple(transition.target):
             raise ValueError("the plan's replicas are not the transition's target")
@@ -158,10 +164,12 @@ class Controller:
             await self._start_handles([h for h in fresh if h not in after])
             table = RoutingTable(old.version + 1, plan, tuple(handles))
             self.router.set_table(table)
-            self._record(table, reason)
+            self._record(table, reason, decided_at_s)
+            if switched is not None:
+                switched.set()
             for handle in dropped:
                 if handle.state is ReplicaState.ACTIVE:
-                    handle.state = ReplicaState.DRAINING
+                    handle.start_draining()
             await asyncio.gather(*(self._drain_and_stop(h) for h in dropped))
             if after:
                 log.info("starting %s on the freed GPUs", [h.name for h in after])
@@ -199,8 +207,8 @@ class Controller:
             if handle.state is not ReplicaState.DEAD:
                 handle.state = ReplicaState.STOPPED
 
-    def _record(self, table: RoutingTable, reason: str) -> None:
-        record = PlanRecord(table.version, self.clock.now_s(), reason, table.plan.to_dict())
+    def _record(self, table: RoutingTable, reason: str, decided_at_s: float | None = None) -> None:
+        record = PlanRecord(table.version, self.clock.now_s(), reason, table.plan.to_dict(), decided_at_s)
         self.history.append(record)
         log.info("plan v%d (%s): %s; dispatch %s", table.version, reason, table.plan.describe(),
                  [[round(x, 3) for x in row] for row in table.plan.dispatch])
@@ -237,6 +245,8 @@ class Controller:
         """Restart each dead replica of the current table that fails its health check and whose back-off
         has passed; returns the names of those restarted. (A dead replica that answers its health check
         is left to ``check_health``, which reinstates it at the next check.)"""
+        if not any(h.state is ReplicaState.DEAD for h in self.router.table.handles):
+            return []  # nothing to restart: do not wait for a switch's drain to end
         async with self._switch_lock:
             restarted = []
             for handle in [h for h in self.router.table.handles if h.state is ReplicaState.DEAD]:
@@ -312,7 +322,7 @@ class Controller:
         decision = step.decision
         if decision.switch and decision.transition is not None and decision.plan is not None:
             try:
-                await self.execute(decision.transition, decision.plan, decision.reason)
+                await self._switch(decision.transition, decision.plan, decision.reason, now_s)
                 self.last_switch_s = now_s
             except Exception:  # noqa: BLE001 - e.g. a new replica failed to start
                 log.exception("switch failed, keeping plan v%d", self.table.version)
@@ -320,13 +330,45 @@ class Controller:
             self._redispatch(decision.plan)
         return step
 
+    def next_check_s(self, now_s: float) -> float:
+        """The first check time after ``now_s``: checks run at the multiples of ``check_interval_s`` on
+        the controller's clock, as the simulator's control events run at the multiples of its interval,
+        so the cadence does not drift by the time each check takes (a check or a switch that overruns
+        skips the grid points it covered)."""
+        return (math.floor(now_s / self.check_interval_s + 1e-9) + 1) * self.check_interval_s
+
+    async def _switch(self, transition: Transition, plan: Plan, reason: str, now_s: float) -> None:
+        """Execute a switch up to the moment the routing table is the new plan's; its tail (draining the
+        stopped replicas, then starting those placed on their GPUs) runs on in the background, so that
+        the checks keep their cadence as the simulator's control events do once its new replicas have
+        joined (a further switch waits for the tail: it needs the switch lock)."""
+        switched = asyncio.Event()
+        task = asyncio.create_task(self.execute(transition, plan, reason, now_s, switched))
+        waiter = asyncio.ensure_future(switched.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            task.result()  # raises when the switch failed before the table switched
+            return
+        self._tails.add(task)
+        task.add_done_callback(self._tail_done)
+
+    def _tail_done(self, task: asyncio.Task) -> None:
+        self._tails.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the tail of a switch failed", exc_info=task.exception())
+
     async def run(self) -> None:
-        """Check every ``check_interval_s``; a replica death wakes it early, for the restart only (the
-        control step keeps its cadence, so the drift gate counts checks, not deaths; a replica marked
-        dead that still answers its health check is reinstated at the next regular check, not at once,
-        so that one that fails requests but answers health checks does not flap)."""
+        """Check at every multiple of ``check_interval_s`` (``next_check_s``); a replica death wakes it
+        early, for the restart only (the control step keeps its cadence, so the drift gate counts
+        checks, not deaths; a replica marked dead that still answers its health check is reinstated at
+        the next regular check, not at once, so that one that fails requests but answers health checks
+        does not flap)."""
+        next_s = self.next_check_s(self.clock.now_s())
         while not self._stopping.is_set():
-            timer = asyncio.ensure_future(self.clock.sleep(self.check_interval_s))
+            timer = asyncio.ensure_future(self.clock.sleep(next_s - self.clock.now_s()))
             death = asyncio.ensure_future(self._death.wait())
             await asyncio.wait({timer, death}, return_when=asyncio.FIRST_COMPLETED)
             for task in (timer, death):
@@ -335,16 +377,22 @@ class Controller:
             if self._stopping.is_set():
                 break
             self._death.clear()
+            is_check = timer.done() and not timer.cancelled()
             try:
-                if timer.done() and not timer.cancelled():
+                if is_check:
                     await self.check_once()
                 else:
                     await self.restart_dead()
             except Exception:  # noqa: BLE001 - the loop outlives any one failed check
                 log.exception("controller check failed; the next one runs as scheduled")
+            if is_check:  # the next grid point after this one and after the check's end
+                next_s = self.next_check_s(max(next_s, self.clock.now_s()))
 
     async def stop(self) -> None:
         self._stopping.set()
+        for task in list(self._tails):  # a switch's drain in progress: the engines stop below anyway
+            task.cancel()
+        await asyncio.gather(*self._tails, return_exceptions=True)
         async with self._switch_lock:
             for handle in self.router.table.handles:
                 if handle.state is ReplicaState.ACTIVE:

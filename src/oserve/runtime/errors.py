@@ -84,6 +84,11 @@ class EngineBusyError(EngineDeadError):
     """An engine is alive but refuses work for now (upstream 429/503): retried elsewhere, not retired."""
 
 
+class ReplicaDrainingError(EngineDeadError):
+    """The replica a request waited on began draining before the request's first token: the router
+    dispatches it again (the replica is not retired, and it is not a failed attempt)."""
+
+
 class KvHandoffError(RuntimeServeError):
     """A disaggregated request's KV hand-off failed: the prefill replica returned no (or malformed) KV
     transfer parameters (HTTP 500)."""
@@ -95,5 +100,5 @@ class EngineStartError(RuntimeServeError):
 
 __all__ = ["ClientRequestError", "EngineBusyError", "EngineDeadError", "EngineStartError",
            "KvHandoffError", "ModelNotFoundError", "NoReplicaError", "OverloadedError", "PromptTooLongError",
-           "RequestTimeoutError", "RequestTooLargeError", "RuntimeServeError", "ShuttingDownError",
-           "UnauthorizedError"]
+           "ReplicaDrainingError", "RequestTimeoutError", "RequestTooLargeError", "RuntimeServeError",
+           "ShuttingDownError", "UnauthorizedError"]

@@ -5,6 +5,12 @@ synthetic text of ~4 characters per token) and whose ``max_tokens`` is the trace
 at the trace's arrival time divided by ``rate_scale`` (or, with ``concurrency``, in a closed loop that
 keeps that many requests in flight). The run is bounded by a request count and a time
 limit, and by default only targets loopback addresses.
+
+Times are read from an injected clock (``oserve.runtime.clock``; wall time by default): given the
+server's ``ScaledClock``, the replay is compressed as the server's time is and every latency is
+reported in the server's seconds, which is how a trace of many minutes is replayed in seconds against
+a server whose engines and controller run on that clock. ``start_at_s`` pins trace time 0 to a time of
+that clock (e.g. a multiple of the controller's check interval, so its windows are the simulator's).
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ import asyncio
 import ipaddress
 import json
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 import httpx
 
 from oserve.common.errors import ConfigError
+from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.engine import CHARS_PER_TOKEN_ESTIMATE
 from oserve.workload.latency_summary import latency_summary
 from oserve.workload.request_types import fit_request_types
@@ -114,13 +120,16 @@ def check_target(url: str, allow_remote: bool) -> None:
 
 
 def synthetic_prompt(num_tokens: int) -> str:
+    """Words of exactly ``4 x num_tokens`` characters, so that a server without a tokenizer (the
+    4-characters-per-token estimate) counts exactly ``num_tokens``; a real tokenizer counts about as
+    many."""
     words, length, i = [], 0, 0
     while length < num_tokens * CHARS_PER_TOKEN_ESTIMATE:
         word = WORDS[i % len(WORDS)]
         words.append(word)
         length += len(word) + 1
         i += 1
-    return " ".join(words)
+    return " ".join(words)[:num_tokens * CHARS_PER_TOKEN_ESTIMATE]
 
 
 def summarize(config: BenchConfig, model: str, records: list[RequestRecord], duration_s: float,
@@ -149,7 +158,7 @@ def summarize(config: BenchConfig, model: str, records: list[RequestRecord], dur
 
 
 async def _one(client: httpx.AsyncClient, config: BenchConfig, model: str, input_tokens: int,
-               output_tokens: int) -> RequestRecord:
+               output_tokens: int, clock: Clock) -> RequestRecord:
     prompt = synthetic_prompt(min(input_tokens, config.max_input_tokens))
     body: dict = {"model": model, "max_tokens": min(output_tokens, config.max_output_tokens),
                   "stream": True, "stream_options": {"include_usage": True}}
@@ -157,7 +166,7 @@ async def _one(client: httpx.AsyncClient, config: BenchConfig, model: str, input
         path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
     else:
         path, body["prompt"] = "/v1/completions", prompt
-    start = time.perf_counter()
+    start = clock.now_s()
     record = RequestRecord("error")
     try:
         async with client.stream("POST", path, json=body) as response:
@@ -177,9 +186,9 @@ async def _one(client: httpx.AsyncClient, config: BenchConfig, model: str, input
                     text = (choice.get("delta") or {}).get("content") or choice.get("text")
                     if text:
                         if record.ttft_s is None:
-                            record.ttft_s = time.perf_counter() - start
+                            record.ttft_s = clock.now_s() - start
                         chunks += 1
-            record.e2e_s = time.perf_counter() - start
+            record.e2e_s = clock.now_s() - start
             record.output_tokens = usage_tokens if usage_tokens is not None else chunks
             record.status = "ok"
     except httpx.HTTPError as exc:
@@ -205,8 +214,12 @@ def _trace_types(trace: Trace, num_types: int) -> tuple[list[int], list[str] | N
     return [int(t) for t in types.classify_online(trace.input_tokens)], [f"T{k}" for k in range(types.k)]
 
 
-async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
-    """Replay ``trace`` (at most ``max_requests`` of it, for at most ``max_duration_s``)."""
+async def run_bench(config: BenchConfig, trace: Trace, clock: Clock | None = None,
+                    start_at_s: float | None = None) -> BenchReport:
+    """Replay ``trace`` (at most ``max_requests`` of it, for at most ``max_duration_s``) on ``clock``
+    (wall time by default), trace time 0 at ``start_at_s`` of that clock (default: now). The report's
+    records are in trace order."""
+    clock = clock or WallClock()
     check_target(config.url, config.allow_remote)
     type_ids, type_names = _trace_types(trace, config.num_types)
     trace = trace.scaled(config.rate_scale).head(config.max_requests)
@@ -216,43 +229,56 @@ async def run_bench(config: BenchConfig, trace: Trace) -> BenchReport:
                                  timeout=httpx.Timeout(config.request_timeout_s, connect=10.0)) as client:
         model = await _resolve_model(client, config.model)
         if config.concurrency is not None:
-            return await _run_closed_loop(client, config, config.concurrency, model, trace)
-        start = time.perf_counter()
+            return await _run_closed_loop(client, config, config.concurrency, model, trace, clock)
+        start = clock.now_s() if start_at_s is None else start_at_s
         tasks = []
         for arrival_s, n_in, n_out in zip(trace.arrival_s, trace.input_tokens, trace.output_tokens):
             if arrival_s > config.max_duration_s:
                 break
-            delay_s = arrival_s - (time.perf_counter() - start)
+            delay_s = arrival_s - (clock.now_s() - start)
             if delay_s > 0:
-                await asyncio.sleep(delay_s)
-            tasks.append(asyncio.create_task(_one(client, config, model, int(n_in), int(n_out))))
-        remaining_s = max(1.0, config.max_duration_s - (time.perf_counter() - start))
-        done, pending = await asyncio.wait(tasks, timeout=remaining_s) if tasks else (set(), set())
+                await clock.sleep(delay_s)
+            tasks.append(asyncio.create_task(_one(client, config, model, int(n_in), int(n_out), clock)))
+        remaining_s = max(1.0, config.max_duration_s - (clock.now_s() - start))
+        done, pending = await _wait(tasks, remaining_s, clock)
         for task in pending:
             task.cancel()
         records = [t.result() if t in done else RequestRecord("timeout") for t in tasks]
         for record, type_id in zip(records, type_ids):
             record.type_id = int(type_id)
-        return summarize(config, model, records, time.perf_counter() - start, type_names)
+        return summarize(config, model, records, clock.now_s() - start, type_names)
+
+
+async def _wait(tasks: list[asyncio.Task], timeout_s: float, clock: Clock
+                ) -> tuple[set[asyncio.Task], set[asyncio.Task]]:
+    """``asyncio.wait`` for all of ``tasks``, bounded by ``timeout_s`` of ``clock``."""
+    if not tasks:
+        return set(), set()
+    try:
+        async with clock.timeout(timeout_s):
+            await asyncio.wait(tasks)
+    except TimeoutError:
+        pass
+    return {t for t in tasks if t.done()}, {t for t in tasks if not t.done()}
 
 
 async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, concurrency: int,
-                           model: str, trace: Trace) -> BenchReport:
+                           model: str, trace: Trace, clock: Clock) -> BenchReport:
     """``concurrency`` (``config.concurrency``, given) workers take the trace's requests in order, each
     sending its next one as soon as its last one is answered (the arrival times are not used)."""
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be >= 1, got {concurrency}")
     shapes = list(zip(trace.input_tokens, trace.output_tokens))
     records: list[RequestRecord] = []
-    start = time.perf_counter()
+    start = clock.now_s()
 
     async def worker() -> None:
-        while shapes and time.perf_counter() - start < config.max_duration_s:
+        while shapes and clock.now_s() - start < config.max_duration_s:
             n_in, n_out = shapes.pop(0)
-            records.append(await _one(client, config, model, int(n_in), int(n_out)))
+            records.append(await _one(client, config, model, int(n_in), int(n_out), clock))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarize(config, model, records, time.perf_counter() - start)
+    return summarize(config, model, records, clock.now_s() - start)
 
 
 __all__ = ["BenchConfig", "BenchReport", "RequestRecord", "check_target", "run_bench", "summarize",

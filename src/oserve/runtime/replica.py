@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from enum import Enum
 
 from oserve.planner.plan import Replica
@@ -33,6 +34,9 @@ class ReplicaHandle:
     # a prefill replica's requests handed off and still decoding on its group: outstanding for the
     # dispatch (as a colocated replica's requests are until their last token), not for its admission
     num_downstream: int = 0
+    # set when a switch drains the replica: its requests still waiting for their first token go back to
+    # the router to be dispatched again (what the simulator does with a stopping replica's queue)
+    drain_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def num_decoding(self) -> int:
@@ -45,6 +49,11 @@ class ReplicaHandle:
     @property
     def is_accepting(self) -> bool:
         return self.state is ReplicaState.ACTIVE
+
+    def start_draining(self) -> None:
+        """Take nothing new; hand the requests without a first token back to the router."""
+        self.state = ReplicaState.DRAINING
+        self.drain_started.set()
 
     def key(self) -> tuple:
         """Identity across plans: same GPUs and same configuration means the same replica."""

@@ -38,12 +38,14 @@ from oserve.runtime.errors import (
     KvHandoffError,
     NoReplicaError,
     OverloadedError,
+    ReplicaDrainingError,
 )
 from oserve.runtime.metrics import Metrics
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 
 Classifier = Callable[[int], int]  # prompt tokens -> request type, e.g. RequestTypes.classify_online
 # what vLLM's disaggregation proxy sends a prefill replica (NixlConnector's request parameters)
+HOLD_POLL_S = 0.05  # how often a held request looks again for a replica that takes work
 REMOTE_DECODE = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
                  "remote_block_ids": None, "remote_host": None, "remote_port": None}
 
@@ -136,7 +138,9 @@ class Router:
         tried: set[int] = set()
         died: list[str] = []
         busy: list[str] = []
-        for _ in range(self.max_attempts):
+        attempts = 0
+        while attempts < self.max_attempts:
+            await self._hold_while_starting(now_s)
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
                                  h.max_inflight, h.engine.load().num_waiting, h.prefill_tokens,
@@ -158,7 +162,11 @@ class Router:
             try:
                 await stream.start()
                 return stream
+            except ReplicaDrainingError:  # a switch stopped its replica before its first token
+                self.metrics.inc("oserve_rerouted_total", (("replica", handle.name),))
+                continue
             except EngineDeadError as exc:
+                attempts += 1
                 failed = stream.handle  # the decode peer when the hand-off got that far
                 if failed is handle:
                     tried.add(id(handle))
@@ -169,6 +177,19 @@ class Router:
             raise OverloadedError(f"replicas {busy} are busy; retry later")
         raise NoReplicaError(f"replicas {died + busy} failed before answering; gave up after "
                              f"{self.max_attempts} attempts")
+
+    async def _hold_while_starting(self, arrival_s: float) -> None:
+        """While no replica takes work and a switch is starting the ones that will (the new replicas of
+        a switch that replaced every replica start once the old ones have drained), hold the request,
+        as the simulator's gateway holds arrivals until the join, instead of refusing it; for at most
+        ``first_token_timeout_s`` (then the dispatch below refuses it with a 503)."""
+        def waiting() -> bool:
+            handles = self.table.handles
+            return (not any(h.is_accepting for h in handles)
+                    and any(h.state is ReplicaState.STARTING for h in handles))
+
+        while waiting() and self.clock.now_s() - arrival_s < self.first_token_timeout_s:
+            await self.clock.sleep(HOLD_POLL_S)
 
     @staticmethod
     def _raise_unavailable(outcome: Outcome, died: list[str], busy: list[str]) -> None:
@@ -278,9 +299,12 @@ class RoutedStream:
     async def _first_token(self, gen: AsyncIterator[TokenChunk]) -> None:
         try:
             async with self.router.clock.timeout(self.router.first_token_timeout_s):
-                self.first = await gen.__anext__()
+                self.first = await self._first_chunk(gen)
         except StopAsyncIteration:
             self.first = None
+        except ReplicaDrainingError:
+            await self._release()
+            raise
         except TimeoutError as exc:
             self.router.mark_dead(self.handle)
             await self._release()
@@ -303,6 +327,27 @@ class RoutedStream:
             raise
         ttft_s = self.router.clock.now_s() - self.arrival_s
         self.router.metrics.observe("oserve_ttft_seconds", self.labels, ttft_s)
+
+    async def _first_chunk(self, gen: AsyncIterator[TokenChunk]) -> TokenChunk:
+        """The engine's first chunk, unless the replica starts draining before it comes: then the
+        generation is cancelled (no token has reached the client) and ``ReplicaDrainingError`` sends the
+        request back to the router, as the simulator re-routes a stopping replica's queue."""
+        drain = self.handle.drain_started
+        if drain.is_set():
+            raise ReplicaDrainingError(f"replica {self.handle.name} is draining")
+        chunk = asyncio.ensure_future(gen.__anext__())
+        drained = asyncio.ensure_future(drain.wait())
+        try:
+            await asyncio.wait({chunk, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not chunk.done():
+                chunk.cancel()
+                await asyncio.gather(chunk, return_exceptions=True)
+        if chunk.cancelled():
+            raise ReplicaDrainingError(f"replica {self.handle.name} began draining before the first "
+                                       "token; dispatched again")
+        return chunk.result()
 
     def _note(self, chunk: TokenChunk) -> None:
         self.num_tokens += chunk.num_tokens

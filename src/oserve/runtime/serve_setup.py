@@ -18,6 +18,8 @@ from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
 from oserve.planner.spill_rule import PlanSpillRules, trace_type_slos
+from oserve.runtime.clock import Clock
+from oserve.runtime.controller import EngineFactory
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
@@ -28,7 +30,7 @@ from oserve.runtime.vllm_setup import VllmServeConfig, vllm_engine_spec
 from oserve.switching.control import ControlPolicy
 from oserve.switching.policy import POLICY_OBJECTIVES
 from oserve.switching.replan_gate import ReplanConfig
-from oserve.workload import fit_request_types, load_trace
+from oserve.workload import fit_request_types
 from oserve.workload.request_types import RequestTypes
 from oserve.workload.slo import SLO_PRESETS, SloSpec, slo_from_flags
 
@@ -118,9 +120,16 @@ def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
                                "context_tokens": config.context_tokens})
 
 
-def build_runtime(config: ServeConfig) -> ServingRuntime:
+def build_runtime(config: ServeConfig, clock: Clock | None = None,
+                  engine_factory: EngineFactory | None = None) -> ServingRuntime:
+    """The runtime ``config`` asks for, on ``clock`` (wall time by default). ``engine_factory`` replaces
+    the engines the config names (a harness's test doubles); plan, types and policy stay the config's.
+    ``config.trace`` is any trace spec of ``--trace`` (a file, a built-in, ``stitch:``/``real-drift:``,
+    ``synthetic-diurnal``, ``phases:``)."""
+    from oserve.forecast.synthetic import load_any_trace
+
     check_kv_cache_dtype(config)
-    trace = load_trace(config.trace)
+    trace = load_any_trace(config.trace)
     types = fit_request_types(trace, config.types, 0)
     stats = types.stats(trace)
     name = served_name(config)
@@ -142,7 +151,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
     slo = slo_from_flags(config.slo, config.slo_ttft_s, config.slo_tpot_s, config.attainment)
     spill = spill_rules(config, slo, types, trace.input_tokens, cost, plan)
     spec = engine_spec(config, len(plan.replicas))
-    factory = _engine_factory(config, spec, cost, plan)
+    factory = engine_factory or _engine_factory(config, spec, cost, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
         from oserve.planner.slo_planner import slo_workload
@@ -152,7 +161,7 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         workload = slo_workload(trace, types, stats, slo or SloSpec(SLO_PRESETS["loose"]))
         policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan,
                                 workload, config.objective)
-    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime,
+    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime, clock,
                           spill_rule=spill)
 
 

@@ -135,7 +135,8 @@ class ServingRuntime:
             "last_decision": None if step is None else {
                 "switch": step.decision.switch, "reason": step.decision.reason,
                 "mix_distance": step.mix_distance, "volume_ratio": step.volume_ratio},
-            "history": [{"version": r.version, "applied_at_s": r.applied_at_s, "reason": r.reason,
+            "history": [{"version": r.version, "applied_at_s": r.applied_at_s,
+                         "decided_at_s": r.decided_at_s, "reason": r.reason,
                          "deployment": r.plan["deployment"]} for r in self.controller.history],
         }
 
