@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from oserve.runtime.clock import Clock, WallClock
-from oserve.runtime.cpu_pinning import pinned_argv
+from oserve.runtime.cpu_pinning import start_pinned
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import EngineDeadError, EngineStartError
 from oserve.runtime.remote_engine import RemoteOpenAIEngine
@@ -96,8 +96,8 @@ class ProcessEngine:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - child owns a copy
         try:
             # confined to its cores from the start, never moving itself there (cpu_pinning)
-            self._process = await asyncio.create_subprocess_exec(
-                *pinned_argv(argv, self.server.cpu_cores), env=dict(self.server.env) or None,
+            self._process = await start_pinned(
+                argv, self.server.cpu_cores, env=dict(self.server.env) or None,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out,
                 stderr=asyncio.subprocess.STDOUT if out else None, start_new_session=True)
         except FileNotFoundError:
