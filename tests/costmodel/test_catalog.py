@@ -15,6 +15,14 @@ def test_parameter_counts_match_published_sizes(name, billions):
     assert load_models().get(name).num_params / 1e9 == pytest.approx(billions, rel=0.03)
 
 
+def test_tied_embedding_is_counted_once():
+    # Hugging Face counts 134,515,008 parameters in SmolLM2-135M-Instruct (lm_head tied to the
+    # embedding); counting the vocabulary matrix twice gave 162.8M, 21% too many weight bytes.
+    smollm = load_models().get("smollm2-135m")
+    assert smollm.tie_word_embeddings
+    assert smollm.num_params == pytest.approx(134_515_008, rel=1e-3)
+
+
 def test_required_catalog_entries_exist():
     models = load_models()
     for name in REQUIRED:

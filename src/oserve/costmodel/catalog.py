@@ -42,6 +42,9 @@ class ModelSpec(BaseModel):
     vocab_size: int = Field(gt=0)
     bytes_per_weight: float = Field(default=2.0, gt=0)
     max_context_tokens: int = Field(default=4096, gt=0)
+    # Hugging Face's ``tie_word_embeddings``: the output projection reuses the input embedding, so the
+    # vocabulary matrix is stored (and loaded, and moved in a switch) once, not twice.
+    tie_word_embeddings: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -56,7 +59,8 @@ class ModelSpec(BaseModel):
 
     @property
     def num_params(self) -> int:
-        return self.num_layers * self.layer_params + 2 * self.vocab_size * self.hidden_size
+        embedding_copies = 1 if self.tie_word_embeddings else 2
+        return self.num_layers * self.layer_params + embedding_copies * self.vocab_size * self.hidden_size
 
     @property
     def weight_bytes(self) -> float:
