@@ -4,8 +4,9 @@ loop, simulated (discrete-event simulator, step times from the calibrated cost m
 Scenarios (traces labelled as what they are; REAL-DRIFT = windows of the real Azure traces stitched at
 their real arrival processes, ``oserve.workload.drift``; SYNTHETIC = the generated diurnal day):
 
-  convcode70   Llama-2-70B on 1x8 H100, REAL-DRIFT conversation (4 min) then code (4 min). Goodput search.
-  stable70     Llama-2-70B on 1x8 H100, 8 minutes of the real conversation trace (no drift). Goodput search.
+  convcode70   Llama-2-70B on 2x8 H100, REAL-DRIFT ``real-drift:conv-code`` (20 min of the conversation
+               trace, then 20 min of the code trace, at their real arrival processes). Goodput search.
+  stable70     Llama-2-70B on 2x8 H100, one real hour of the code trace (no stitching). Goodput search.
   diurnal13    Llama-2-13B on 2x8 H100, SYNTHETIC 30-minute day. Elastic against a peak-sized static fleet.
   realdiurnal13  Llama-2-13B on 2x8 H100, REAL-DRIFT ``real-drift:diurnal`` (the merged hour rising from
                0.25x to 1.25x its rate and falling back, 40 min). Elastic against a peak-sized static fleet.
@@ -13,8 +14,9 @@ their real arrival processes, ``oserve.workload.drift``; SYNTHETIC = the generat
 SLO: loose (TTFT 2 s, TPOT 100 ms), attainment target 90% for every type. **SLO goodput** of a mode: the
 highest rate scale of a time-preserving replay of the trace (``replay_at_rate``: more requests per
 window, the same phases and wall time) at which every type reaches the target (bracketing by factors of
-2 from the hindsight plan's predicted goodput, then bisection, at most 4 probes, so to about 20%: sized
-for a 2-core machine at load average 25, where one probe of a loop re-plans every control interval).
+2 from the hindsight plan's predicted goodput, then bisection, at most 5 probes, so to about 10%: sized
+for a 2-core machine shared with other sessions, where one probe of a loop re-plans every control
+interval; modes that pass and fail at the same probes share them, so ratios in one run are paired).
 Elastic scenarios run at the trace's own rate and report GPU-hours and attainment. Per scenario:
 ``bench/results/adaptive/<scenario>.json`` (skipped when present; ``--force`` reruns) with the timeline
 and a deployment-over-time plot ``<scenario>.png``; ``--report`` aggregates them into
@@ -33,21 +35,30 @@ from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
 from oserve.forecast.synthetic import load_any_trace
-from oserve.sim.adaptive_experiment import AdaptiveSetup, compare, mode_goodput, static_plan
+from oserve.sim.adaptive_experiment import (
+    AdaptiveSetup,
+    attainment_of,
+    compare,
+    mode_goodput,
+    rate_replayed,
+    run_mode,
+    static_plan,
+)
 from oserve.sim.adaptive_plots import plot_adaptive
 from oserve.sim.experiment import prepare_trace
+from oserve.sim.metrics import per_type_latency
 from oserve.switching import IoProfile, SwitchParams
 
 GOODPUT_MODES = ("static-initial", "static-oserve", "switch-reload", "switch-p2p", "blind-p2p")
 ELASTIC_MODES = ("static-peak", "elastic")
 SCENARIOS = {  # model, cluster, trace, kind, modes
-    "convcode70": ("llama-2-70b", "1x8xH100", "stitch:azure-conv/0-240,azure-code/0-240", "goodput",
-                   GOODPUT_MODES),
-    "stable70": ("llama-2-70b", "1x8xH100", "stitch:azure-conv/0-480", "goodput",
+    "convcode70": ("llama-2-70b", "2x8xH100", "real-drift:conv-code", "goodput", GOODPUT_MODES),
+    "stable70": ("llama-2-70b", "2x8xH100", "stitch:azure-code/0-3600", "goodput",
                  ("static-initial", "switch-p2p")),
     "diurnal13": ("llama-2-13b", "2x8xH100", "synthetic-diurnal:0.5:12", "elastic", ELASTIC_MODES),
     "realdiurnal13": ("llama-2-13b", "2x8xH100", "real-drift:diurnal", "elastic", ELASTIC_MODES),
 }
+MAX_PROBES = 5
 REVISION_AT_START = git_revision()  # the code this process loaded, whatever HEAD becomes meanwhile
 
 
@@ -86,7 +97,7 @@ def run(name: str, out: Path, duration_s: float = 0.0, modes: tuple[str, ...] = 
         start = max(static_plan(setup, "oserve").predicted_goodput_scale or 1.0, 0.25)
         for mode in modes:
             t1 = time.perf_counter()
-            res, best = mode_goodput(setup, mode, start_scale=start, rel_tol=0.15, max_probes=4)
+            res, best = mode_goodput(setup, mode, start_scale=start, rel_tol=0.1, max_probes=MAX_PROBES)
             doc["modes"][mode] = {"goodput_scale": res.scale, "wall_s": time.perf_counter() - t1,
                                   "probes": [{"scale": p.scale, "per_type": list(p.attainment.per_type),
                                               "ok": p.ok} for p in res.probes],
@@ -105,6 +116,88 @@ def run(name: str, out: Path, duration_s: float = 0.0, modes: tuple[str, ...] = 
     return doc
 
 
+def probe(name: str, out: Path, modes: tuple[str, ...], scales: tuple[float, ...],
+          duration_s: float = 0.0) -> dict:
+    """The modes at fixed rate scales (paired probes: every mode sees the same replays), instead of the
+    goodput search; written to ``<scenario>__probes__<modes>.json`` after every probe, so a run cut
+    short keeps what it measured."""
+    model, cluster_spec, _spec, _kind, all_modes = SCENARIOS[name]
+    modes = modes or all_modes
+    setup = _setup(name, duration_s)
+    path = out / f"{name}__probes{''.join(f'__{m}' for m in modes)}.json"
+    doc: dict = {"scenario": name, "model": model, "cluster": cluster_spec,
+                 "trace": setup.prepared.trace.name, "slo": setup.slo.describe(),
+                 "attainment_target": setup.slo.attainment,
+                 "git_revision": REVISION_AT_START, "command": sys.argv, "probes": {m: [] for m in modes}}
+    out.mkdir(parents=True, exist_ok=True)
+    for mode in modes:
+        for scale in scales:
+            t1 = time.perf_counter()
+            scaled = rate_replayed(setup, scale)
+            r = run_mode(scaled, mode)
+            att = attainment_of(scaled, r["result"])
+            ok = bool(all(a is None or a >= setup.slo.attainment for a in att.per_type))
+            doc["probes"][mode].append({
+                "scale": scale, "ok": ok, "per_type": list(att.per_type),
+                "per_type_p99": per_type_latency(r["result"], setup.prepared.types.k),
+                "wall_s": time.perf_counter() - t1,
+                **{k: v for k, v in r.items() if k not in ("result", "timeline")},
+                "timeline": [vars(x) for x in r.get("timeline") or []]})
+            path.write_text(json.dumps(doc, indent=1, default=str))
+            print(f"  {name} {mode} x{scale:g}: {'pass' if ok else 'fail'} "
+                  f"{[round(a, 3) for a in att.per_type if a is not None]} switches {r['num_switches']} "
+                  f"({time.perf_counter() - t1:.0f} s)", flush=True)
+    return doc
+
+
+def probe_docs(out: Path) -> list[dict]:
+    """The ``--scales`` files, one per scenario, the modes of all its files merged."""
+    by_name: dict[str, dict] = {}
+    for path in sorted(out.glob("*__probes__*.json")):
+        doc = json.loads(path.read_text())
+        merged = by_name.setdefault(doc["scenario"], {**doc, "probes": {}})
+        merged["probes"].update(doc["probes"])
+    return list(by_name.values())
+
+
+def probe_markdown(docs: list[dict]) -> str:
+    lines = ["| scenario | mode | rate scale | passes | attainment per type | switches | "
+             "time switching (s) | GPU-hours | per-type P99 TTFT (s) | per-type P99 TPOT (ms) |",
+             "|---|---|---:|---|---|---:|---:|---:|---|---|"]
+    for doc in docs:
+        for mode, probes in doc["probes"].items():
+            for p in sorted(probes, key=lambda p: p["scale"]):
+                att = ", ".join(f"{a:.3f}" for a in p["per_type"] if a is not None)
+                p99 = p["per_type_p99"]
+                ttft = ", ".join(f"{x['p99_ttft_s']:.2f}" for x in p99)
+                tpot = ", ".join(f"{1e3 * (x.get('p99_tpot_s') or float('nan')):.0f}" for x in p99)
+                ok = "yes" if p["ok"] else "no"
+                lines.append(f"| {doc['scenario']} | {mode} | {p['scale']:.3f} | {ok} | {att} | "
+                             f"{p['num_switches']} | {p['switching_s']:.0f} | {p['gpu_hours']:.2f} | "
+                             f"{ttft} | {tpot} |")
+    return "\n".join(lines)
+
+
+def plot_probes(out: Path, docs: list[dict]) -> None:
+    """Per scenario, the deployment over time of each loop mode at its highest passing probe (else its
+    lowest): ``<scenario>__probes.png``."""
+    from types import SimpleNamespace
+
+    for doc in docs:
+        shown = {}
+        for mode, probes in doc["probes"].items():
+            loops = [p for p in probes if p.get("timeline")]
+            if not loops:
+                continue
+            passing = [p for p in loops if p["ok"]]
+            best = max(passing, key=lambda p: p["scale"]) if passing else min(loops, key=lambda p: p["scale"])
+            shown[f"{mode} x{best['scale']:.2f}"] = [SimpleNamespace(**r) for r in best["timeline"]]
+        if shown:
+            names = [f"T{k}" for k in range(len(next(iter(shown.values()))[0].observed_rps))]
+            plot_adaptive(out / f"{doc['scenario']}__probes.png", shown, names,
+                          f"{doc['model']} on {doc['cluster']}, {doc['trace']}")
+
+
 def _stem(name: str, modes: tuple[str, ...]) -> str:
     """A scenario's file name; a run of some of its modes gets its own (``--report`` merges them)."""
     return name + "".join(f"__{m}" for m in modes)
@@ -112,7 +205,7 @@ def _stem(name: str, modes: tuple[str, ...]) -> str:
 
 def _merged(out: Path, name: str) -> dict | None:
     docs = [json.loads(p.read_text()) for p in sorted(out.glob(f"{name}*.json"))
-            if p.stem == name or p.stem.startswith(name + "__")]
+            if (p.stem == name or p.stem.startswith(name + "__")) and "__probes" not in p.stem]
     if not docs:
         return None
     doc = docs[0]
@@ -165,11 +258,17 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
     ap.add_argument("--report", action="store_true", help="only aggregate the scenario JSONs")
     ap.add_argument("--modes", default="", help="comma-separated subset of each scenario's modes")
+    ap.add_argument("--scales", default="", help="comma-separated rate scales: probe the modes there "
+                    "(paired) instead of searching each mode's goodput")
     ap.add_argument("--duration-s", type=float, default=0.0,
                     help="simulate only the first seconds of each scenario (0: all; for smoke tests)")
     args = ap.parse_args(argv)
     modes = tuple(m for m in args.modes.split(",") if m)
     out = Path(args.out)
+    if args.scales:
+        for name in args.scenarios.split(","):
+            probe(name, out, modes, tuple(float(x) for x in args.scales.split(",")), args.duration_s)
+        return 0
     if not args.report:
         for name in args.scenarios.split(","):
             if (out / f"{_stem(name, modes)}.json").exists() and not args.force:
@@ -177,9 +276,17 @@ def main(argv=None) -> int:
             doc = run(name, out, args.duration_s, modes)
             print(f"{name}: {doc['wall_s']:.0f} s", flush=True)
     docs = [d for d in (_merged(out, n) for n in SCENARIOS) if d is not None]
-    (out.parent / "adaptive_summary.json").write_text(json.dumps(docs, indent=1, default=str))
-    (out.parent / "adaptive_summary.md").write_text(markdown(docs) + "\n")
-    print(markdown(docs))
+    probes = probe_docs(out)
+    plot_probes(out, probes)
+    for doc in probes:
+        for ps in doc["probes"].values():
+            for p in ps:
+                p.pop("timeline", None)
+    (out.parent / "adaptive_summary.json").write_text(json.dumps({"searched": docs, "probes": probes},
+                                                                 indent=1, default=str))
+    text = markdown(docs) + "\n\nPaired probes (`--scales`):\n\n" + probe_markdown(probes)
+    (out.parent / "adaptive_summary.md").write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -35,12 +35,18 @@ from oserve.planner.slo_planner import GoodputPlanner, candidate_plan, slo_workl
 from oserve.sim.config import SimConfig
 from oserve.sim.experiment import prepare_trace
 from oserve.sim.goodput import plan_goodput
-from oserve.sim.verify import plan_with_slo
+from oserve.sim.verify import plan_with_slo, verification_trace
 from oserve.workload.slo import slo_from_flags
 
 SCENARIOS = ("llama-2-70b:16:azure-conv:tight", "llama-2-70b:16:azure-code:tight",
              "llama-2-70b:16:azure-mix:tight", "llama-2-70b:16:azure-mix:loose",
-             "llama-2-70b:8:azure-code:tight", "llama-30b:16:azure-code:tight")
+             "llama-2-70b:8:azure-code:tight", "llama-30b:16:azure-code:tight",
+             # where disaggregation should pay: more GPUs, the 128k model (prompts unclipped), a
+             # stricter TPOT bound (tight@0.03: the tight preset with TPOT <= 30 ms)
+             "llama-2-70b:32:azure-mix:tight", "llama-2-70b:32:azure-code:tight",
+             "llama-3.1-70b:16:azure-code:tight", "llama-3.1-70b:32:azure-code:tight",
+             "llama-2-70b:16:azure-mix:tight@0.03")
+MODEL_CHECK_GROUPS = 4  # group candidates simulated in full beside the best colocated (model check)
 PLANNERS = ("oserve+disagg", "oserve", "homogeneous-tuned", "dynamo")
 
 
@@ -60,13 +66,43 @@ def _attainment_split(res, slo, names: list[str]) -> dict:
     return out
 
 
+def model_check(planner: GoodputPlanner, cost: CostModel, prepared, slo, config: SimConfig,
+                cluster: str, verify_requests: int) -> list[dict]:
+    """The group latency model against the simulator: the best colocated fleet and the best
+    ``MODEL_CHECK_GROUPS`` group candidates, each predicted and simulated in full (no pruning) on the
+    verification window, with which bound binds at the simulated goodput."""
+    vt = verification_trace(prepared, verify_requests)
+    busier = max(vt.trace.mean_rate_rps / max(prepared.trace.mean_rate_rps, 1e-12), 1.0)
+    names = prepared.types.names()
+    timers: dict = {}
+    out = []
+    groups = [c for c in planner.disaggregated() if c.predicted_scale > 0][:MODEL_CHECK_GROUPS]
+    for c in [planner.homogeneous_tuned()[0], *groups]:
+        plan = candidate_plan(c, cost, prepared.stats, "goodput", c.kind, 0.0, cluster)
+        res = plan_goodput(plan, vt, cost, config, slo, start_scale=max(c.predicted_scale / busier, 1e-3),
+                           timers=timers)
+        entry = {"kind": c.kind, "deployment": plan.describe(), "predicted_goodput_scale": c.predicted_scale,
+                 "simulated_goodput_scale": res.scale,
+                 "predicted_over_simulated": c.predicted_scale / res.scale if res.scale > 0 else None}
+        if res.best is not None:
+            entry.update(_attainment_split(res, slo, names))
+        out.append(entry)
+    return out
+
+
+def parse_slo(name: str):
+    """``preset`` or ``preset@TPOT_S`` (the preset with its TPOT bound replaced)."""
+    preset, _, tpot = name.partition("@")
+    return slo_from_flags(preset, None, float(tpot) if tpot else None, None)
+
+
 def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s: float,
                  verify_requests: int, config: SimConfig) -> dict:
     t0 = time.perf_counter()
     cost = CostModel(load_models().get(model))
     cluster = parse_cluster(f"{num_gpus // 8}x8xH100-80GB")
     prepared = prepare_trace(trace, cost, 4, config.seed, (0.0, window_s) if window_s else None)
-    slo = slo_from_flags(slo_name, None, None, None)
+    slo = parse_slo(slo_name)
     names = prepared.types.names()
     out = {"model": model, "num_gpus": num_gpus, "cluster": cluster.describe(), "trace": trace,
            "slo": slo.describe(), "slo_preset": slo_name, "window_s": window_s,
@@ -80,7 +116,8 @@ def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s:
     plans["homogeneous-tuned"], _ = plan_with_slo(cluster, cost, prepared, "homogeneous-tuned", slo,
                                                   "goodput", config)
     workload = slo_workload(prepared.trace, prepared.types, prepared.stats, slo)
-    dyn = GoodputPlanner(cluster, cost, prepared.stats, workload, disaggregation=True).dynamo_split()
+    planner = GoodputPlanner(cluster, cost, prepared.stats, workload, disaggregation=True)
+    dyn = planner.dynamo_split()
     if dyn is not None:
         plans["dynamo"] = candidate_plan(dyn, cost, prepared.stats, "goodput", "dynamo", 0.0,
                                          cluster.describe())
@@ -100,6 +137,8 @@ def run_scenario(model: str, num_gpus: int, trace: str, slo_name: str, window_s:
                                  "planner_seconds": plan.planner_seconds,
                                  # the shortlist the simulator chose from (on the verification window)
                                  "verification": verifications.get(name)}
+    out["model_check"] = model_check(planner, cost, prepared, slo, config, cluster.describe(),
+                                     verify_requests)
     out["seconds"] = time.perf_counter() - t0
     out["git_revision"] = git_revision()
     return out
@@ -113,6 +152,7 @@ def report(results_dir: Path) -> str:
     rows = []
     ratios: dict[str, list[float]] = {"oserve": [], "homogeneous-tuned": [], "dynamo": []}
     tight_over_colocated = []
+    checks: list[str] = []
     for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
         p = r["planners"]
@@ -123,12 +163,22 @@ def report(results_dir: Path) -> str:
                 ratios[b].append(x)
         if r["slo_preset"] == "tight" and g["oserve"] > 0:
             tight_over_colocated.append(g["oserve+disagg"] / g["oserve"])
+        over = _ratio(g["oserve+disagg"], g["oserve"])
         rows.append(f"| {r['model']} | {r['num_gpus']} | {r['trace']} | {r['slo_preset']} | "
                     + " | ".join(f"{g[n]:.3f}" for n in PLANNERS)
-                    + f" | {p['oserve+disagg']['deployment']} "
+                    + f" | {over:.2f}x | {p['oserve+disagg']['deployment']} "
                       f"| {p.get('dynamo', {}).get('deployment', '-')} |")
-    head = "| model | GPUs | trace | SLO | " + " | ".join(PLANNERS) + " | oserve+disagg plan | dynamo plan |"
-    lines = [head, "|---" * (6 + len(PLANNERS)) + "|", *rows]
+        for c in r.get("model_check", []):
+            ratio = c["predicted_over_simulated"]
+            binds = (f"{min(x for x in c['ttft_ok'] if x is not None):.2f} / "
+                     f"{min(x for x in c['tpot_ok'] if x is not None):.2f}" if "ttft_ok" in c else "-")
+            name = f"{r['model']}/{r['num_gpus']}/{r['trace']}/{r['slo_preset']}"
+            checks.append(f"| {name} | {c['deployment']} | {c['predicted_goodput_scale']:.3f} "
+                          f"| {c['simulated_goodput_scale']:.3f} "
+                          f"| {'-' if ratio is None else f'{ratio:.2f}'} | {binds} |")
+    head = ("| model | GPUs | trace | SLO | " + " | ".join(PLANNERS)
+            + " | over colocated | oserve+disagg plan | dynamo plan |")
+    lines = [head, "|---" * (7 + len(PLANNERS)) + "|", *rows]
     lines += ["", "| oserve+disagg over | n | mean | geomean | best | worst |", "|---|---|---|---|---|---|"]
     summary: dict = {}
     for b, xs in ratios.items():
@@ -140,6 +190,9 @@ def report(results_dir: Path) -> str:
             lines.append(f"| {b} | {s['n']} | {s['mean']:.3f} | {s['geomean']:.3f} | {s['best']:.3f} "
                          f"| {s['worst']:.3f} |")
     summary["tight_over_colocated"] = tight_over_colocated
+    lines += ["", "Model check (verification window; min TTFT-ok / TPOT-ok share over types at the simulated "
+              "goodput):", "", "| scenario | candidate | predicted | simulated | predicted/simulated "
+              "| TTFT / TPOT ok |", "|---|---|---|---|---|---|", *checks]
     (results_dir.parent / f"{results_dir.name}_summary.json").write_text(json.dumps(summary, indent=2))
     text = "\n".join(lines)
     (results_dir.parent / f"{results_dir.name}_summary.md").write_text(text + "\n")

@@ -79,6 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "of --latency-max-tokens; written to --out")
     p.add_argument("--latency-max-tokens", default="32,128")
     p.add_argument("--latency-requests", type=int, default=8, help="per max_tokens value")
+    p.add_argument("--calibration-dir", default=None,
+                   help="the guarded server's calibration cache (default: a fresh temporary one); a "
+                        "calibration there made with the same settings is loaded, not redone, as "
+                        "`oserve guard calibrate` ahead of serving does")
+    p.add_argument("--from-partial", default=None,
+                   help="summarize the rows a run cut short left in OUT.partial.json (pass its path, and "
+                        "the run's other flags so that the settings record them) instead of running")
     p.add_argument("--out", default=None, help="default bench/results/guard/guard_bench.json "
                                                "(guard_latency.json with --latency-only)")
     args = p.parse_args(argv)
@@ -128,8 +135,18 @@ def chat(client, model: str, system: str | None, question: str, args, seed: int)
     return response.json()["choices"][0]["message"]["content"], elapsed_s
 
 
+def on_loop(srv, coro, timeout_s: float):
+    """Run ``coro`` on the event loop of the server thread ``srv`` (where its runtime's engines and
+    router live) and wait for the result."""
+    import asyncio
+
+    if srv.loop is None:
+        raise RuntimeError("server not started")
+    return asyncio.run_coroutine_threadsafe(coro, srv.loop).result(timeout_s)
+
+
 def calibrated(srv, store, system: str, name: str) -> dict:
-    cal = srv.call(store.get(system), timeout_s=3600)
+    cal = on_loop(srv, store.get(system), timeout_s=3600)
     print(f"[{name}] {cal.sampling.statistic} calibrated in {cal.calibration_s:.1f} s: no-leak "
           f"N({cal.no_leak.mean:.2f}, {cal.no_leak.std:.2f}) leak N({cal.leak.mean:.2f}, "
           f"{cal.leak.std:.2f}) power {cal.power:.2f}", flush=True)
@@ -144,7 +161,7 @@ def replay(off, on_srv, engine, cal, system: str, secret: str, question: str, te
     from oserve.guard.statistic import answer_statistic
 
     messages = ({"role": "system", "content": system}, {"role": "user", "content": question})
-    value = on_srv.call(answer_statistic(cal.sampling.statistic, engine.log_likelihood, messages,
+    value = on_loop(on_srv, answer_statistic(cal.sampling.statistic, engine.log_likelihood, messages,
                                          messages[1:], text_off), timeout_s=600)
     detected = cal.is_leak(value)
     text = chat(off, model, None, question, args, seed)[0] if detected else text_off
@@ -163,8 +180,8 @@ def run(args) -> dict:
                   num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
                   calibration_temperature=args.temperature)
     other = "mean-loglik" if args.statistic == "loglik-gain" else "loglik-gain"
-    guard = GuardConfig(statistic=args.statistic, **common,
-                        calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
+    guard = GuardConfig(statistic=args.statistic, **common, calibration_dir=Path(
+        args.calibration_dir or tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     replayed = GuardConfig(statistic=other, **common,
                            calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     off_rt, on_rt = build_runtime(None, args.threads), build_runtime(guard, args.threads)
@@ -200,6 +217,9 @@ def run(args) -> dict:
                              "replayed": replay(off, on_srv, engine, other_cal, system, secret, question,
                                                 text_off, args, seed, off_rt.model_name)})
             done = [r for r in rows if r["prompt"] == name]
+            # kept after every prompt, so a run cut short by the machine still leaves its rows
+            Path(args.out).with_suffix(".partial.json").write_text(
+                json.dumps({"calibrations": calibrations, "rows": rows}, indent=1))
             print(f"[{name}] {len(done)} queries: secret off {sum(r['off']['has_secret'] for r in done)}, "
                   f"on {sum(r['on']['has_secret'] for r in done)}, {other} replayed "
                   f"{sum(r['replayed']['has_secret'] for r in done)}; regenerated "
@@ -218,7 +238,8 @@ def run_latency(args) -> dict:
     guard = GuardConfig(statistic=args.statistic, alpha=args.alpha, num_ordinary=args.calibration_ordinary,
                         num_extraction=args.calibration_extraction, calibration_max_tokens=args.max_tokens,
                         calibration_temperature=args.temperature,
-                        calibration_dir=Path(tempfile.mkdtemp(prefix="oserve-guard-bench-")))
+                        calibration_dir=Path(args.calibration_dir
+                                             or tempfile.mkdtemp(prefix="oserve-guard-bench-")))
     name, system, _ = SYSTEM_PROMPTS[0]
     off_rt, on_rt = build_runtime(None, args.threads), build_runtime(guard, args.threads)
     out = {}
@@ -245,6 +266,8 @@ def run_latency(args) -> dict:
                 "pairs": pairs, "off_p50_s": float(np.median([p["off_s"] for p in pairs])),
                 "on_p50_s": float(np.median([p["on_s"] for p in pairs])),
                 "ratio_p50": float(np.percentile(ratio, 50)), "ratio_p99": float(np.percentile(ratio, 99)),
+                "added_p50_s": float(np.percentile([p["on_s"] - p["off_s"] for p in pairs], 50)),
+                "added_p99_s": float(np.percentile([p["on_s"] - p["off_s"] for p in pairs], 99)),
                 "ratio_p50_not_regenerated": float(np.median([p["on_s"] / p["off_s"] for p in kept]))
                 if kept else None, "num_regenerated": len(pairs) - len(kept)}
             r = out[str(max_tokens)]
@@ -279,6 +302,13 @@ def summarize(rows: list[dict], calibrations: list[dict]) -> dict:
             "latency_ratio_p50": float(np.percentile(ratio, 50)),
             "latency_ratio_p99": float(np.percentile(ratio, 99)),
             "p50_on_over_p50_off": float(np.percentile(on_s, 50) / np.percentile(off_s, 50)),
+            # what the guard adds to each request (on - off, same request), and the same ratio over
+            # the requests it did not regenerate (the checked-only cost)
+            "added_p50_s": float(np.percentile(on_s - off_s, 50)),
+            "added_p99_s": float(np.percentile(on_s - off_s, 99)),
+            "latency_ratio_p50_not_regenerated": float(np.median(
+                [r["on_s"] / r["off_s"] for r in sel if not r["regenerated"]]))
+            if not all(r["regenerated"] for r in sel) else None,
         }
     times = [c["calibration_s"] for c in calibrations]
     out["calibration_s"] = {"first": times[0], "mean_after_first": float(np.mean(times[1:])) if len(times) > 1
@@ -327,12 +357,16 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"settings": settings, "latency": latency}, indent=1))
         return 0
-    result = run(args)
+    if args.from_partial:  # a run cut short: summarize the prompts it finished
+        result = json.loads(Path(args.from_partial).read_text())
+        args.num_prompts = len(result["calibrations"])
+    else:
+        result = run(args)
     summary = summarize(result["rows"], result["calibrations"])
     settings = vars(args) | {"replayed_statistic": "mean-loglik" if args.statistic == "loglik-gain"
                              else "loglik-gain", "git_revision": git_revision(),
                              "platform": platform.platform(),
-                             "wall_s": time.perf_counter() - started_s}
+                             "wall_s": None if args.from_partial else time.perf_counter() - started_s}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": settings, "summary": summary, **result}, indent=1))

@@ -82,11 +82,17 @@ def test_spatial_capacity_smoke(tmp_path):
 def test_adaptive_bench_smoke(tmp_path):
     argv = ["--scenarios", "diurnal13", "--duration-s", "240", "--out", str(tmp_path / "adaptive")]
     assert _script("adaptive_bench").main(argv) == 0
-    (doc,) = json.loads((tmp_path / "adaptive_summary.json").read_text())
+    (doc,) = json.loads((tmp_path / "adaptive_summary.json").read_text())["searched"]
     assert set(doc["modes"]) == {"static-peak", "elastic"}
     assert doc["modes"]["elastic"]["summary"]["completed"] == doc["requests"]
     assert doc["modes"]["elastic"]["gpu_hours"] <= doc["modes"]["static-peak"]["gpu_hours"] + 1e-9
     assert (tmp_path / "adaptive" / "diurnal13.png").exists()
+    probes = ["--scenarios", "stable70", "--modes", "static-initial", "--scales", "0.5,1",
+              "--duration-s", "120", "--out", str(tmp_path / "adaptive")]
+    assert _script("adaptive_bench").main(probes) == 0
+    doc = json.loads((tmp_path / "adaptive" / "stable70__probes__static-initial.json").read_text())
+    assert [p["scale"] for p in doc["probes"]["static-initial"]] == [0.5, 1.0]
+    assert all(len(p["per_type"]) == 4 for p in doc["probes"]["static-initial"])
 
 
 def test_sim_identity_smoke(tmp_path):

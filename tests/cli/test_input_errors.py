@@ -219,6 +219,14 @@ def test_slo_spill_dispatch_needs_an_slo(capsys):
     assert "slo-spill" in line and "--slo" in line
 
 
+def test_serve_slo_spill_dispatch_needs_an_slo_and_a_cost_model(capsys):
+    line = run(capsys, "serve", "--engine", "fake", "--port", "0", "--dispatch-policy", "slo-spill")
+    assert "slo-spill" in line and "--slo" in line
+    line = run(capsys, "serve", "--engine", "fake", "--port", "0", "--dispatch-policy", "slo-spill",
+               "--slo", "loose")
+    assert "slo-spill" in line and "--cluster" in line
+
+
 def test_serve_replan_refuses_a_disaggregated_plan(tmp_path, capsys):
     from tests.planner.test_plan_roles import disagg_plan
 

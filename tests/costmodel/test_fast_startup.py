@@ -3,6 +3,7 @@ memoised token-count terms of the cost model, and the CLI importing only the cho
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -47,6 +48,35 @@ def test_memoised_terms_give_the_same_step_times():
     for args in cases + cases:  # the second round is served from the memo
         fresh = CostModel(load_models().get("llama-2-70b"))
         assert warm.step_time_s(cfg, *args) == fresh.step_time_s(cfg, *args)
+
+
+@pytest.mark.parametrize("cfg", [ReplicaConfig("H100-80GB", 4), ReplicaConfig("A100-80GB", 2, pp=2),
+                                 ReplicaConfig("L40S", 1), ReplicaConfig("H200", 8, kv_cache_dtype="fp8")])
+def test_memoised_operator_times_equal_fresh_ones_on_random_steps(cfg):
+    """The attention, LM-head and all-reduce memo (keyed on what each reads) changes no step time: the
+    same shapes twice, and one prefill at two decode contexts (what a step-timer miss asks)."""
+    rng = np.random.default_rng(0)
+    warm = CostModel(load_models().get("llama-2-70b"))
+    cases = []
+    for _ in range(12):
+        chunks = tuple((float(rng.integers(1, 2000)), float(rng.integers(0, 3000)))
+                       for _ in range(int(rng.integers(0, 4))))
+        batch = int(rng.integers(0, 64))
+        cases += [(chunks, batch, batch * 256.0), (chunks, batch, batch * 4096.0)]
+    for args in cases + cases:
+        fresh = CostModel(load_models().get("llama-2-70b"))
+        assert warm.step_time_s(cfg, *args) == fresh.step_time_s(cfg, *args)
+
+
+def test_plan_command_plans_without_scipy_optimize(tmp_path):
+    """With highspy installed the planner's LPs skip scipy.optimize (0.4 s of start-up)."""
+    pytest.importorskip("highspy")
+    code = ("import sys; from oserve.cli.main import main; main(['plan', '--cluster', '1x8xH100', "
+            "'--model', 'llama-2-70b', '--trace', 'azure-conv']); "
+            "print('scipy.optimize' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OSERVE_CACHE_DIR": str(tmp_path)})
+    assert out.stderr.strip().splitlines()[-1] == "False"
 
 
 def test_plan_command_does_not_import_the_server_or_the_guard():

@@ -155,3 +155,48 @@ def test_a_type_can_be_split_between_colocated_replicas_and_a_group():
     # 4 GPUs colocated, a 4-GPU group entered through its one prefill replica: half each
     assert [r.role for r in reps] == [COLOCATED, PREFILL, DECODE]
     assert np.allclose(fr, [[0.5, 0.5, 0.0]] * 3)
+
+
+def test_group_search_tries_every_prefill_budget_and_decode_max_num_seqs():
+    """``search_groups`` with a scoring double that likes a 2048-token prefill budget and 512 decode
+    seats: every layout is scored at every budget of PREFILL_BUDGETS, the best split's decode side at
+    every DECODE_MAX_SEQS, and the winner carries both settings."""
+    from dataclasses import dataclass
+
+    from oserve.planner.disagg_search import DECODE_MAX_SEQS, PREFILL_BUDGETS, search_groups
+
+    @dataclass
+    class Scored:
+        kind: str
+        replicas: tuple
+        predicted_scale: float
+
+    seen: list[tuple[int, int]] = []
+
+    def score(kind, reps, fractions):
+        budget = next(r.config.max_num_batched_tokens for r in reps if r.role == PREFILL)
+        seqs = next(r.config.max_num_seqs for r in reps if r.role == DECODE)
+        seen.append((budget, seqs))
+        return Scored(kind, reps, -abs(budget - 2048) / 1e4 + (0.1 if seqs == 512 else 0.0))
+
+    cluster = parse_cluster("1x8xH100-80GB")
+    best = search_groups(cluster, [TP2], 1, [0], score)
+    top = best[0]
+    assert {r.config.max_num_batched_tokens for r in top.replicas if r.role == PREFILL} == {2048}
+    assert {r.config.max_num_seqs for r in top.replicas if r.role == DECODE} == {512}
+    assert {b for b, s in seen} == set(PREFILL_BUDGETS)
+    assert {s for b, s in seen} == set(DECODE_MAX_SEQS)
+    num_layouts = len(dict(layouts(cluster, TP2, TP2)))
+    assert len(seen) == num_layouts * len(PREFILL_BUDGETS) + len(DECODE_MAX_SEQS) - 1
+
+
+def test_pairs_include_the_widest_prefill_split():
+    """A long prompt's prefill is fastest on the most GPUs: the highest-TP split without PP is a prefill
+    candidate even when it is not among the best tuned colocated configurations."""
+    from oserve.planner.disagg_search import pair_configs
+
+    tp8 = ReplicaConfig("H100-80GB", tp=8)
+    tuned = [ReplicaConfig("H100-80GB", tp=2, pp=2), TP2, ReplicaConfig("H100-80GB", tp=4), TP2.hardware,
+             ReplicaConfig("H100-80GB", tp=1), tp8]
+    pairs = pair_configs(tuned, 8)
+    assert (tp8, TP2) in pairs and all(d != tp8 for _, d in pairs)

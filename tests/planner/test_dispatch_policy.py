@@ -114,7 +114,22 @@ def test_in_place_dispatcher_makes_the_reference_choices(policy, seed):
     """The simulator's fast path: same choice at every request and same credits as choose_replica."""
     rng = np.random.default_rng(seed)
     num_types, num_replicas = int(rng.integers(1, 5)), int(rng.integers(1, 48))
-    table = _random_table(rng, num_types, num_replicas)
+    _check_against_reference(rng, policy, seed, _random_table(rng, num_types, num_replicas))
+
+
+@pytest.mark.parametrize("policy", ["least-outstanding", "spillover", "round-robin"])
+@pytest.mark.parametrize("num_replicas", [64, 257])
+def test_in_place_dispatcher_on_large_equal_share_fleets(policy, num_replicas):
+    """Large fleets where every type is spread evenly (what a homogeneous plan gives): the numpy path,
+    where equal shares let the integer load stand for the key, still makes the reference choices."""
+    rng = np.random.default_rng(num_replicas)
+    rows = [np.ones(num_replicas), np.where(np.arange(num_replicas) % 3 == 0, 1.0, 0.0),
+            rng.random(num_replicas)]
+    _check_against_reference(rng, policy, 1, DispatchTable.from_fractions(rows))
+
+
+def _check_against_reference(rng, policy, seed, table):
+    num_types, num_replicas = table.num_types, table.num_replicas
     # slo-spill: replicas of three speeds (one the rule knows nothing of), a TTFT SLO some backlogs miss
     speeds = [ReplicaSpeed(2048, 8, 0.02, 0.001, 1e-4), ReplicaSpeed(512, 8, 0.01, 0.0005, 5e-5), None]
     rule = SpillRule(tuple(Slo(0.5, 0.1) for _ in range(num_types)),

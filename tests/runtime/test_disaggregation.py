@@ -127,6 +127,38 @@ def test_no_live_decode_peer_is_an_explicit_engine_error():
         router.decode_peer(handles[1])
 
 
+def test_a_handed_off_request_stays_outstanding_on_its_prefill_replica_for_the_dispatch():
+    """Type 0 split evenly between colocated r0 and group 0's prefill replica r1: eight open streams go
+    four and four (the router counts a handed-off request on r1 until it is released, as r0 counts
+    its own; counting r1's prompts in prefill only, it sent r1 all but the first)."""
+    from dataclasses import replace
+
+    from oserve.runtime.metrics import Metrics
+    from oserve.runtime.replica import ReplicaHandle, ReplicaState
+    from oserve.runtime.router import Router, RoutingTable
+
+    base = group_plan()
+    plan = replace(base, dispatch=((0.5, 0.5, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0)))
+    fleet = RoleFleet()
+    handles = tuple(ReplicaHandle(r, fleet(r), state=ReplicaState.ACTIVE) for r in plan.replicas)
+    router = Router(RoutingTable(1, plan, handles), Metrics())
+
+    async def go() -> list[bool]:
+        for h in handles:
+            await h.engine.start()
+        streams = [await router.open(GenerationRequest(f"q{i}", 50, prompt="word " * 20), 0)
+                   for i in range(8)]
+        on_r0 = [s.handle is handles[0] for s in streams]
+        assert handles[1].num_downstream == 8 - sum(on_r0)
+        for s in streams:
+            await s.aclose()
+        return on_r0
+
+    on_r0 = asyncio.run(go())
+    assert sum(on_r0) == 4
+    assert handles[1].num_downstream == 0 and all(h.num_inflight == 0 for h in handles)
+
+
 def test_fake_decode_engine_checks_the_hand_off_parameters():
     async def run() -> None:
         decode = FakeEngine("d", FakeCost(handoff_s=0.0))

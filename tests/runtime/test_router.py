@@ -211,3 +211,26 @@ def test_slo_spill_counts_prefill_backlog_and_spills_a_request_the_primary_would
 def test_slo_spill_without_a_rule_is_a_config_error():
     with pytest.raises(ConfigError, match="spill rule"):
         make_runtime(config=RuntimeConfig(dispatch_policy="slo-spill"))
+
+
+def test_a_table_of_the_same_replicas_and_shares_keeps_the_round_robin_credits():
+    """Regression: a controller's hold re-installs the table it re-dispatched; with identical shares that
+    reset the credits, so the next tie went to the first replica again instead of alternating."""
+    from oserve.runtime.router import RoutingTable
+
+    async def main():
+        runtime, _ = make_runtime()
+        async with runtime:
+            router = runtime.router
+            await collect(runtime, request())  # outstanding ties at 0: the credits choose
+            table = router.table
+            router.set_table(RoutingTable(table.version, table.plan, table.handles))
+            kept = router._dispatch[1]
+            uneven = [[0.75, 0.25], [0.75, 0.25]]
+            router.set_table(RoutingTable(table.version, make_plan(2, uneven), table.handles))
+            reset = router._dispatch[1]
+        return kept, reset
+
+    kept, reset = asyncio.run(main())
+    assert any(c != 0.0 for row in kept.credits for c in row)  # one request's credit is still there
+    assert all(c == 0.0 for row in reset.credits for c in row)  # other shares: afresh

@@ -115,3 +115,23 @@ def _with_config(plan, config):
     from oserve.planner.plan import Replica
 
     return replace(plan, replicas=tuple(Replica(r.replica_id, r.gpus, config) for r in plan.replicas))
+
+
+def test_a_disaggregated_initial_plan_is_refused_with_a_clear_error(setup):
+    """The switching loop runs colocated plans only: a plan with prefill/decode groups would otherwise be
+    simulated with its roles silently dropped."""
+    from dataclasses import replace
+
+    from oserve.common.errors import ConfigError
+    from oserve.planner.plan import DECODE, PREFILL, Replica
+
+    cost, cluster, trace, types, stats, initial = setup
+    tp4 = ReplicaConfig("H100-80GB", 4)
+    grouped = replace(initial, replicas=(Replica(0, (0, 1, 2, 3), tp4, PREFILL, 0),
+                                         Replica(1, (4, 5, 6, 7), tp4, DECODE, 0)),
+                      dispatch=tuple((1.0, 0.0) for _ in initial.dispatch))
+    assert grouped.is_disaggregated
+    ctx = SwitchContext(cluster, cost, tuple(stats), LinkModel(cluster, IoProfile.h100()))
+    config = SimConfig(seed=0)
+    with pytest.raises(ConfigError, match="disaggregated plan .* colocated plans only"):
+        AdaptiveSimulation(ctx, SwitchParams(), grouped, LastValue(), config, batching_config(cost, config))

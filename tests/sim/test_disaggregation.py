@@ -82,6 +82,19 @@ def test_no_request_lost_and_each_pool_does_only_its_part():
     assert sum(r.decode_tokens for r in sim.replicas[3:]) == int(outputs[disagg].sum())
 
 
+def test_least_outstanding_keeps_the_plans_split_beside_colocated_replicas():
+    """A request routed to a prefill replica stays outstanding there until its last token, as on a
+    colocated replica: the router keeps the plan's even split (when it counted only the prompts in
+    prefill, the colocated replica got 3% of the requests instead of a third)."""
+    sim = disagg_sim(2, 2, colocated=1)
+    arrivals, inputs, outputs = poisson_workload(600, 20.0, seed=3)
+    res = run(sim, arrivals, inputs, outputs)
+    assert res.completed.all()
+    shares = np.bincount(sim.records.where, minlength=3)[:3] / len(arrivals)
+    assert shares == pytest.approx([1 / 3] * 3, abs=0.05)
+    assert not sim._origin and all(n == 0 for n in sim._downstream.values())
+
+
 def test_kv_blocks_are_conserved_across_the_hand_off():
     """The prefill side keeps exactly the prompt's blocks until the transfer ends; the decode side
     reserves exactly as many before it starts; every pool is whole at the end."""

@@ -79,3 +79,24 @@ def test_every_dispatch_policy_works_in_a_run_that_switches(setup, policy):
     assert res.completed.all()  # drained, migrated, re-queued or held: none lost
     assert res.in_system_area > 0
     assert (res.replica_id >= 0).all() and sum(r.num_requests for r in res.replicas) == len(res.arrival_s)
+
+
+def test_a_hold_that_changes_no_share_leaves_the_run_static(setup):
+    """Regression: each hold re-installed the (unchanged) table of identical replicas, which reset the
+    router's round-robin credits and so its tie-breaks; the run then drifted from the static one."""
+    cost, cluster, trace, types, _ = setup
+    problem = PlanningProblem(cluster, cost, types.stats(trace))
+    even = build_plan(problem, tuple(4 if c == ReplicaConfig("H100-80GB", 2) else 0 for c in problem.configs),
+                      "test", 0.0)
+    assert np.allclose(even.dispatch, 0.25)
+    config = SimConfig(seed=3)
+    static = simulate_plan(even, trace, types, cost, config)
+    ctx = SwitchContext(cluster, cost, tuple(types.stats(trace)), LinkModel(cluster, IoProfile.h100()),
+                        planner=lambda _types, _counts: even)  # the best plan is the running one: hold
+    sim = AdaptiveSimulation(ctx, SwitchParams(), even, LastValue(), config, batching_config(cost, config),
+                             control_interval_s=4.0, redispatch=True)
+    ares = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, request_type_ids(trace, types))
+    assert ares.num_switches == 0 and len(ares.timeline) >= 8
+    assert all(r.reason == "the best deployment is the current one" for r in ares.timeline)
+    for name in ("first_token_s", "finish_s", "replica_id"):
+        np.testing.assert_array_equal(getattr(ares.sim, name), getattr(static, name), err_msg=name)

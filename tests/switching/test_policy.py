@@ -145,3 +145,39 @@ def test_bad_params_and_forecast_rejected(cost13, cluster2, links2):
     with pytest.raises(ConfigError):
         decide(_ctx(cost13, cluster2, links2), SwitchParams(), placed({cfg(2): 8}, cluster2), None,
                0.0, [1.0])
+
+
+def test_the_price_sees_headroom_the_forecast_alone_does_not(cost13, cluster2, links2):
+    """Regression: priced at the forecast alone, a fleet that just meets the target there ties with one of
+    twice its capacity (gain ~0: the loop held on the conv->code trace while the code phase's fleet
+    simulated 1.6x better). Priced over the forecast's error, the intervals busier than the forecast
+    show the gain, and the switch pays."""
+    from oserve.costmodel.slo_capacity import predicted_goodput_scale
+    from oserve.switching.goodput_price import GoodputPricer, default_slo_workload
+    from oserve.switching.policy import forecast_types
+
+    current = placed({cfg(8): 1}, cluster2)
+    types = forecast_types(TYPES, [t.rate_rps for t in TYPES])
+    pricer = GoodputPricer(cluster2, cost13, default_slo_workload(types), types, {})
+    fractions = pricer.dispatch(current)
+    scale = predicted_goodput_scale([pricer.model(r.config) for r in current], fractions, pricer.workload)
+    rates = [t.rate_rps * 0.9 * scale for t in TYPES]  # the current fleet meets the target, just
+    ctx = _ctx(cost13, cluster2, links2, _fixed_planner({cfg(4): 4}))
+    at_forecast = decide(ctx, SwitchParams(min_gap_s=0, forecast_error=0.0), current, None, 0.0, rates)
+    assert not at_forecast.switch
+    assert at_forecast.good_rps_target == pytest.approx(at_forecast.good_rps_current, rel=0.02)
+    d = decide(ctx, SwitchParams(min_gap_s=0), current, None, 0.0, rates)
+    assert d.switch and d.good_rps_target > 1.05 * d.good_rps_current
+    assert d.good_rps_target == pytest.approx(sum(rates), rel=0.02)  # the bigger fleet meets every factor
+    reload = decide(ctx, SwitchParams(min_gap_s=0, transfer_mode="reload"), current, None, 0.0, rates)
+    assert reload.switch_s > d.switch_s and reload.cost_requests > d.cost_requests  # the same gain, dearer
+
+
+def test_forecast_factors_are_equally_likely_with_mean_one():
+    from oserve.switching.goodput_price import forecast_factors
+
+    assert forecast_factors(0.0) == (1.0,)
+    low, mid, high = forecast_factors(0.4)
+    assert low < mid < 1.0 < high and (low + mid + high) / 3 == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="forecast error"):
+        SwitchParams(forecast_error=-0.1)

@@ -23,6 +23,7 @@ from oserve.cli.common_args import (
     default,
     number,
 )
+from oserve.cli.slo_args import add_slo_args
 from oserve.common.errors import ConfigError
 from oserve.planner.api import PLANNERS
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
@@ -123,7 +124,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-inflight", type=POSITIVE_INT, default=_rt("max_inflight_per_replica"),
                    help="queue bound per replica (then 429)")
     p.add_argument("--dispatch-policy", default=_rt("dispatch_policy"), choices=DISPATCH_POLICIES,
-                   help="per-request choice among the plan's replicas (the planner's shared policies)")
+                   help="per-request choice among the plan's replicas (the planner's shared policies; "
+                        "slo-spill needs --slo and the cost model of --cluster/--model or --plan)")
     p.add_argument("--first-token-timeout-s", type=POSITIVE, default=_rt("first_token_timeout_s"),
                    help="a replica silent this long (queueing included) is retired, the request retried")
     p.add_argument("--token-timeout-s", type=POSITIVE, default=_rt("token_timeout_s"),
@@ -131,6 +133,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true", help="run replicas as Ray actors (local Ray)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (implies --ray)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    add_slo_args(p, planning=False)  # what --dispatch-policy slo-spill and --replan hold types to
     add_reliability_args(p)
     add_vllm_args(p)
     add_lmdeploy_args(p)
@@ -246,8 +249,12 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         "plan_file": args.plan, "replan": args.replan, "switch_policy": args.switch_policy,
         "objective": args.objective, "ray": args.ray,
         "ray_address": args.ray_address, "runtime": runtime, "vllm": vllm_config(args),
-        "lmdeploy": lmdeploy_config(args), "kv_cache_dtype": args.kv_cache_dtype},
-        {**SERVE_FLAGS, **VLLM_FLAGS, **LMDEPLOY_FLAGS, "kv_cache_dtype": "--kv-cache-dtype"})
+        "lmdeploy": lmdeploy_config(args), "kv_cache_dtype": args.kv_cache_dtype,
+        "slo": args.slo, "slo_ttft_s": args.slo_ttft_s, "slo_tpot_s": args.slo_tpot_s,
+        "attainment": args.attainment},
+        {**SERVE_FLAGS, **VLLM_FLAGS, **LMDEPLOY_FLAGS, "kv_cache_dtype": "--kv-cache-dtype",
+         "slo": "--slo", "slo_ttft_s": "--slo-ttft-s", "slo_tpot_s": "--slo-tpot-s",
+         "attainment": "--attainment"})
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--min-gap-s", type=NON_NEGATIVE, default=default(SwitchParams, "min_gap_s"), metavar="S",
                    help="minimum time between two switches (default %(default)s)")
     p.add_argument("--hysteresis", type=NON_NEGATIVE, default=default(SwitchParams, "hysteresis"))
+    p.add_argument("--forecast-error", type=NON_NEGATIVE, default=default(SwitchParams, "forecast_error"),
+                   metavar="CV", help="relative RMS error of a one-interval forecast; goodput prices average "
+                   "over it (0: at the forecast alone; default %(default)s)")
     p.add_argument("--switch-drain-s", type=NON_NEGATIVE, default=default(SwitchParams, "drain_s"),
                    metavar="S", help="drain budget of a switch (default %(default)s)")
     p.add_argument("--restart-overhead-s", type=NON_NEGATIVE,
@@ -77,7 +80,7 @@ def _setup(args):
         io = IoProfile(args.disk_gbps, io.h2d_gbps)
     switch = SwitchParams(horizon_s=args.horizon_s, min_gap_s=args.min_gap_s, hysteresis=args.hysteresis,
                           drain_s=args.switch_drain_s, restart_overhead_s=args.restart_overhead_s,
-                          objective=args.objective)
+                          objective=args.objective, forecast_error=args.forecast_error)
     prepared = prepare_trace(trace, cost, args.types, args.seed)
     interval_s = args.control_interval_s
     setup = AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,

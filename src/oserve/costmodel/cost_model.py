@@ -81,6 +81,10 @@ class CostModel:
         # Per-instance cache (no global state: two cost models can coexist).
         self._capacity_cache: dict[tuple[ReplicaConfig, float, float], float] = {}
         self._gemm_cache: dict[tuple[str, int, str, float], float] = {}
+        # the attention and LM-head operator times by everything they read (a simulator's step-time
+        # misses ask for the same ones again and again: the same prefill at two decode contexts, the
+        # same decode batch under many prefills)
+        self._op_cache: dict[tuple[object, ...], float] = {}
 
     def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
         if cfg.gpu_type not in self.gpus:
@@ -168,16 +172,27 @@ class CostModel:
                             for g in GEMM_LAYERS)
             self._gemm_cache[key] = total
         if num_prefill > 0:
-            heads = m.num_heads / cfg.tp
-            kvh = kv_heads_per_shard(m, cfg.tp)
-            # sum over prompts of s^2 (causal attention FLOPs) and s (bytes), batched into one kernel
-            flops = 2.0 * prefill_sq * m.head_dim * heads
-            nbytes = ACTIVATION_BYTES * (tokens - decode_batch) * m.head_dim * (2 * heads + 2 * kvh)
-            total += self._op_s("prefill", Work(flops, nbytes, heads * num_prefill), gpu)
+            op_key: tuple[object, ...] = ("prefill", cfg.gpu_type, cfg.tp, prefill_sq,
+                                          tokens - decode_batch, num_prefill)
+            op = self._op_cache.get(op_key)
+            if op is None:
+                heads = m.num_heads / cfg.tp
+                kvh = kv_heads_per_shard(m, cfg.tp)
+                # sum over prompts of s^2 (causal attention FLOPs) and s (bytes), batched into one kernel
+                flops = 2.0 * prefill_sq * m.head_dim * heads
+                nbytes = ACTIVATION_BYTES * (tokens - decode_batch) * m.head_dim * (2 * heads + 2 * kvh)
+                op = self._op_cache[op_key] = self._op_s("prefill",
+                                                         Work(flops, nbytes, heads * num_prefill), gpu)
+            total += op
         if decode_batch > 0:
-            ctx = decode_ctx_total / decode_batch
-            kvf = kv_format(cfg.kv_cache_dtype)
-            total += self._op_s(kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
+            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
+            op = self._op_cache.get(op_key)
+            if op is None:
+                ctx = decode_ctx_total / decode_batch
+                kvf = kv_format(cfg.kv_cache_dtype)
+                op = self._op_cache[op_key] = self._op_s(
+                    kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
+            total += op
         return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
@@ -200,12 +215,20 @@ class CostModel:
                               decode_ctx_total)
         comm = 0.0
         if cfg.tp > 1:
-            comm = 2 * all_reduce_s(tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp,
-                                    self.gpu(cfg).intra_node_gbps)
+            comm_key: tuple[object, ...] = ("comm", cfg.gpu_type, cfg.tp, tokens)
+            hit = self._op_cache.get(comm_key)
+            if hit is None:
+                hit = self._op_cache[comm_key] = 2 * all_reduce_s(
+                    tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp, self.gpu(cfg).intra_node_gbps)
+            comm = hit
         sampled = len(prefill_chunks) + decode_batch
-        lm_head = self._op_s("gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size
-                                          / cfg.tp, ACTIVATION_BYTES * self.model.hidden_size
-                                          * self.model.vocab_size / cfg.tp), self.gpu(cfg)) / cfg.pp
+        head_key: tuple[object, ...] = ("lm_head", cfg.gpu_type, cfg.tp, cfg.pp, sampled)
+        lm_head = self._op_cache.get(head_key)
+        if lm_head is None:
+            lm_head = self._op_cache[head_key] = self._op_s(
+                "gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size / cfg.tp,
+                             ACTIVATION_BYTES * self.model.hidden_size * self.model.vocab_size / cfg.tp),
+                self.gpu(cfg)) / cfg.pp
         return layers * (layer + comm) + lm_head
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),

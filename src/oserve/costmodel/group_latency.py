@@ -3,11 +3,11 @@
 A group of ``num_prefill`` prefill replicas and ``num_decode`` decode replicas serves types at rates
 ``l_t`` (spread evenly over each pool). Per load regime of the trace (as ``latency_model``):
 
-* **Prefill pool**: a prefill replica is the latency model's replica with every output one token long
-  (no decodes share its steps): its TTFT under queueing (Kingman's wait, the request's own chunk steps)
-  must fit the type's TTFT bound less what follows the prefill: the KV hand-off's exposed time
+* **Prefill pool**: a prefill replica's TTFT under queueing (``costmodel.prefill_latency``: FCFS prompts
+  packed into steps of the chunk budget, a packed step priced by its tokens, Kingman's wait) must fit
+  the type's TTFT bound less what follows the prefill: the KV hand-off's exposed time
   (``costmodel.kv_transfer``, the last chunk's pass overlapping the transfer) and the decode replica's
-  first step.
+  first step (plus half the step in flight when the sequence joins).
 * **Decode pool**: a decode replica runs decode-only steps, ``B = sum_t l_t O_t * d(B)`` by Little's law
   (each sequence gets a token per step), so TPOT is ``d(B, ctx)`` with no prefill interference; more
   sequences than ``max_num_seqs`` or than its KV cache holds (prompts included) is an overload.
@@ -19,12 +19,13 @@ request-weighted mean over regimes, as for a colocated replica.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from oserve.costmodel.kv_transfer import KvHandoff
 from oserve.costmodel.latency_model import KV_HEADROOM, ReplicaLatencyModel
+from oserve.costmodel.prefill_latency import PrefillPoolModel
 from oserve.workload.burstiness import Burstiness, LengthSample
 from oserve.workload.slo import Slo
 
@@ -73,21 +74,35 @@ class GroupLatencyModel:
     num_prefill: int
     num_decode: int
     handoff: KvHandoff
-    _prompt_only: dict[tuple[LengthSample, ...], list[LengthSample]] = field(default_factory=dict,
-                                                                            repr=False)
+    pool: PrefillPoolModel = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pool = PrefillPoolModel(self.prefill)
 
     def attainment(self, samples: list[LengthSample], rates_rps: np.ndarray, slos: list[Slo],
                    burstiness: Burstiness | None, rate_scale: float,
                    stream_fraction: float) -> np.ndarray:
         """Per-type attainment of the group serving ``rates_rps`` (the trace's mean rates routed here,
         at replay speed ``rate_scale``); ``stream_fraction`` is the group's share of the arrivals."""
+        return self._regimes(samples, rates_rps, slos, burstiness, rate_scale, stream_fraction)[0]
+
+    def attainment_parts(self, samples: list[LengthSample], rates_rps: np.ndarray, slos: list[Slo],
+                         burstiness: Burstiness | None, rate_scale: float,
+                         stream_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-type (TTFT attainment, TPOT attainment), request-weighted over the regimes (an overloaded
+        regime counts 0 in both): which pool binds."""
+        _, ttft, tpot = self._regimes(samples, rates_rps, slos, burstiness, rate_scale, stream_fraction)
+        return ttft, tpot
+
+    def _regimes(self, samples: list[LengthSample], rates_rps: np.ndarray, slos: list[Slo],
+                 burstiness: Burstiness | None, rate_scale: float,
+                 stream_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rates = np.asarray(rates_rps, dtype=float)
         k = len(samples)
         burst = burstiness or Burstiness.poisson()
         regimes = burst.regimes(rate_scale)
         ca2 = burst.within_ca2(stream_fraction / self.num_prefill)
-        prompts = self._prompts(samples)
-        sums, den = np.zeros(k), np.zeros(k)
+        sums, den = np.zeros((3, k)), np.zeros(k)
         for reg in regimes:
             mult = np.asarray(reg.multipliers) if reg.multipliers else np.ones(k)
             r = rates * mult
@@ -97,31 +112,26 @@ class GroupLatencyModel:
             if dec.overloaded:
                 continue
             # what follows the prefill comes off its TTFT bound (a bound used up: nothing meets it)
-            bounds = [replace(slos[t], tpot_s=math.inf, ttft_s=max(
-                slos[t].ttft_s - self._after_prefill_s(samples[t], dec.step_s), 1e-9)) for t in range(k)]
-            pre = self.prefill.predict_stationary(prompts, r / self.num_prefill, bounds, ca2)
+            bounds = [max(slos[t].ttft_s - self._after_prefill_s(samples[t], dec.step_s), 1e-9)
+                      for t in range(k)]
+            pre = self.pool.predict(samples, r / self.num_prefill, bounds, ca2)
             if pre.overloaded:
                 continue
-            sums += w * np.array([p.ttft_attainment for p in pre.types]) * np.array(dec.tpot_attainment)
-        return np.where(den > 0, sums / np.where(den > 0, den, 1.0), 1.0)
+            ttft = np.array(pre.ttft_attainment)
+            tpot = np.array(dec.tpot_attainment)
+            sums += w * np.array([ttft * tpot, ttft, tpot])
+        out = np.where(den > 0, sums / np.where(den > 0, den, 1.0), 1.0)
+        return out[0], out[1], out[2]
 
     def _after_prefill_s(self, sample: LengthSample, decode_step_s: float) -> float:
         """The hand-off's exposed time for the type's mean prompt (its last chunk's pass overlapping the
-        transfer) plus the decode replica's first step."""
+        transfer) plus the decode replica's first step and, on average, half the step in flight when
+        the sequence joins (the simulator's decode replica takes it at its next step boundary)."""
         prompt = int(round(sample.mean_input_tokens))
         budget = self.prefill.budget_tokens
         last = min(prompt, budget)
         last_pass_s = self.prefill.chunk_extra_s(last, prompt - last) + self.prefill.decode_s(1, 1)
-        # on a 1 ms grid: the prefill model memoises its work per (samples, bounds)
-        return math.ceil((self.handoff.exposed_s(prompt, last_pass_s) + decode_step_s) * 1e3) / 1e3
-
-    def _prompts(self, samples: list[LengthSample]) -> list[LengthSample]:
-        key = tuple(samples)
-        out = self._prompt_only.get(key)
-        if out is None:
-            out = [LengthSample(s.input_tokens, (1,) * len(s.input_tokens)) for s in samples]
-            self._prompt_only[key] = out
-        return out
+        return self.handoff.exposed_s(prompt, last_pass_s) + 1.5 * decode_step_s
 
 
 __all__ = ["DecodePrediction", "GroupLatencyModel", "predict_decode_only"]

@@ -407,4 +407,6 @@ def _q(x: float) -> float:
     return float(2.0 ** (round(math.log2(x) * 32) / 32))
 
 
-__all__ = ["ReplicaLatencyModel", "ReplicaPrediction", "TypePrediction"]
+KingmanWait = _Wait  # the same queue for the prefill-only replica (costmodel.prefill_latency)
+
+__all__ = ["KingmanWait", "ReplicaLatencyModel", "ReplicaPrediction", "TypePrediction"]

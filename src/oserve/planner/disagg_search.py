@@ -5,16 +5,19 @@ The flow of a type is type -> prefill capacity -> decode capacity, two stages in
 type's SLO when its prefill pool meets the TTFT bound (less the KV hand-off and the first decode step)
 and its decode pool the TPOT bound. The search:
 
-1. **Pairs.** Prefill and decode configurations from the best few tuned hardware splits (the prefill
-   side at the largest chunk budget, as nothing decodes beside its chunks; the decode side at the engine
-   defaults, as it runs no chunks).
-2. **Roles.** For each pair and layout the GPUs move between the roles: ``x`` prefill and ``y`` decode
-   replicas per node (one group per node, the hand-off on NVLink), or whole nodes of prefill and of
-   decode (one group, the hand-off over the network); every split is scored, the best kept.
+1. **Pairs.** Prefill and decode hardware splits from the best few tuned ones (the best two, and the
+   best two that fit twice in a node, so that a node can hold a group); the prefill side also from the
+   highest-TP split without PP among them (a long prompt's prefill finishes sooner on more GPUs).
+2. **Roles and engines.** For each pair and layout the GPUs move between the roles: ``x`` prefill and
+   ``y`` decode replicas per node (one group per node, the hand-off on NVLink), or whole nodes of
+   prefill and of decode (one group, the hand-off over the network). Every split is scored at every
+   prefill chunk budget of ``PREFILL_BUDGETS`` (a large budget packs more prompts per step, and each
+   prompt in it waits for the whole step: the budget trades throughput for TTFT); for the best split of
+   the pair, the decode side's ``max_num_seqs`` over ``DECODE_MAX_SEQS``. The best per pair is kept.
 3. **Split types between colocated replicas and groups.** Beside ``m`` replicas of the best colocated
-   configuration per node (or on whole nodes of it), the groups serve the types with the longest
-   prompts (the ``j`` longest, for every ``j``), the colocated replicas the rest: long prompts are what
-   stall colocated decodes; and every type split between both in proportion to their GPUs.
+   configuration per node (or on whole nodes of it), the best pair's groups serve the types with the
+   longest prompts (the ``j`` longest, for every ``j``), the colocated replicas the rest: long prompts
+   are what stall colocated decodes; and every type split between both in proportion to their GPUs.
 
 Each candidate's dispatch is even within its part (types to the prefill replicas of every group, or to
 the colocated replicas). ``dynamo_split`` is the reference Dynamo-style deployment: one configuration at
@@ -24,6 +27,8 @@ vLLM's default engine settings on both sides, the best homogeneous xPyD split of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -37,7 +42,8 @@ from oserve.planner.plan import COLOCATED, DECODE, PREFILL, Replica
 
 Slot = tuple[ReplicaConfig, str, "int | None"]  # a replica to place: configuration, role, group
 NUM_PAIR_CONFIGS = 2  # tuned hardware splits each side of a pair is drawn from
-PREFILL_BUDGET = 8192
+PREFILL_BUDGETS = (1024, 2048, 4096, 8192)  # chunk budgets searched for the prefill side
+DECODE_MAX_SEQS = (ENGINE_DEFAULT, 128, 512)  # max_num_seqs searched for the decode side
 
 
 class DisaggScorer:
@@ -184,16 +190,80 @@ def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group:
 
 def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_engine: bool = False
                  ) -> list[tuple[ReplicaConfig, ReplicaConfig]]:
-    """(prefill, decode) configuration pairs from the best tuned hardware splits (the best few, and the
-    best few that fit twice in a node, so that a node can hold a group); ``default_engine``: one
-    configuration at the engine defaults on both sides (Dynamo-style)."""
+    """(prefill, decode) hardware pairs at the engine defaults from the best tuned hardware splits (the
+    best few, the best few that fit twice in a node, and for the prefill side the highest-TP one without
+    PP); ``default_engine``: one configuration on both sides (Dynamo-style)."""
     ranked = list(dict.fromkeys(c.hardware for c in tuned_hardware))
     half = [c for c in ranked if 2 * c.num_gpus <= node_gpus]
     hw = list(dict.fromkeys(ranked[:NUM_PAIR_CONFIGS] + half[:NUM_PAIR_CONFIGS]))
     if default_engine:
         return [(h, h) for h in hw]
-    return [(p.with_engine(PREFILL_BUDGET), d.with_engine(ENGINE_DEFAULT)) for p in hw for d in hw
-            if p.kv_cache_dtype == d.kv_cache_dtype]
+    flat = [c for c in ranked if c.pp == 1]
+    wide = [max(flat, key=lambda c: c.tp)] if flat else []
+    return [(p, d) for p in dict.fromkeys(hw + wide) for d in hw if p.kv_cache_dtype == d.kv_cache_dtype]
 
 
-__all__ = ["DisaggScorer", "even_fractions", "layouts", "pair_configs", "proportional_fractions"]
+def group_engines(replicas: tuple[Replica, ...], budget_tokens: int,
+                  max_seqs: int = ENGINE_DEFAULT) -> tuple[Replica, ...]:
+    """The replicas with the prefill side at chunk budget ``budget_tokens`` and the decode side at
+    ``max_seqs`` (colocated replicas unchanged)."""
+    out = []
+    for r in replicas:
+        if r.role == PREFILL:
+            r = replace(r, config=r.config.with_engine(budget_tokens, r.config.max_num_seqs))
+        elif r.role == DECODE:
+            r = replace(r, config=r.config.with_engine(r.config.max_num_batched_tokens, max_seqs))
+        out.append(r)
+    return tuple(out)
+
+
+class Scored(Protocol):
+    @property
+    def predicted_scale(self) -> float: ...
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]: ...
+
+
+C = TypeVar("C", bound=Scored)
+
+
+def search_groups(cluster: ClusterSpec, tuned_hardware: list[ReplicaConfig], num_types: int,
+                  prompt_order: list[int], score: Callable[[str, tuple[Replica, ...], np.ndarray], C]
+                  ) -> list[C]:
+    """Group candidates, best predicted first (the module doc's steps 1-3); ``score(kind, replicas,
+    fractions)`` predicts one; ``prompt_order``: the types, longest mean prompt first."""
+    if not tuned_hardware:
+        return []
+    node_gpus = max(len(g) for g in cluster.nodes.values())
+    every = set(range(num_types))
+    best: list[C] = []
+    for prefill, decode in pair_configs(tuned_hardware, node_gpus):
+        scored = [(name, score(f"disaggregated {name}", group_engines(reps, b),
+                               even_fractions(reps, num_types, every)))
+                  for name, reps in layouts(cluster, prefill, decode) for b in PREFILL_BUDGETS]
+        if not scored:
+            continue
+        name, top = max(scored, key=lambda nc: nc[1].predicted_scale)
+        budget = next(r.config.max_num_batched_tokens for r in top.replicas if r.role == PREFILL)
+        seqs = [score(f"disaggregated {name}", reps, even_fractions(reps, num_types, every))
+                for reps in (group_engines(top.replicas, budget, n) for n in DECODE_MAX_SEQS if n)]
+        best.append(max([top, *seqs], key=lambda c: c.predicted_scale))
+    best.sort(key=lambda c: -c.predicted_scale)
+    if not best or num_types < 2:
+        return best
+    top_reps = best[0].replicas
+    prefill = next(r.config for r in top_reps if r.role == PREFILL)
+    decode = next(r.config for r in top_reps if r.role == DECODE)
+    hybrid: list[C] = []
+    for name, reps in layouts(cluster, prefill, decode, tuned_hardware[0]):
+        hybrid += [score(f"hybrid {name} {j} types", reps, even_fractions(reps, num_types,
+                                                                           set(prompt_order[:j])))
+                   for j in range(1, num_types)]
+        # each type split between both parts
+        hybrid.append(score(f"hybrid {name} split", reps, proportional_fractions(reps, num_types)))
+    return sorted(best + hybrid, key=lambda c: -c.predicted_scale)
+
+
+__all__ = ["DECODE_MAX_SEQS", "PREFILL_BUDGETS", "DisaggScorer", "even_fractions", "group_engines", "layouts",
+           "pair_configs", "proportional_fractions", "search_groups"]

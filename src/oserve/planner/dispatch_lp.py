@@ -1,4 +1,4 @@
-"""Lower level: dispatch per-type demand to replica groups by linear programming (HiGHS).
+"""Lower level: dispatch per-type demand to replica groups by linear programming (HiGHS, ``planner.highs``).
 
 Given replica groups ``c`` (``n_c`` identical replicas, each able to serve ``cap[c][t]`` requests/s of type
 ``t`` alone) and a demand ``d[t]`` requests/s, a dispatch is a flow ``f[t][c] >= 0`` with
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oserve.common.errors import InfeasiblePlanError
+from oserve.planner.highs import linprog_min
 
 _TIGHT = 1e-9
 
@@ -37,8 +38,6 @@ class DispatchSolution:
 def _solve_minmax(demand: np.ndarray, cap_total: np.ndarray,
                   fixed: dict[int, float]) -> tuple[float, np.ndarray, np.ndarray] | None:
     """min t s.t. flow conserves demand, u_c <= t for free groups, u_c <= fixed[c] for fixed ones."""
-    from scipy.optimize import linprog  # 0.4 s to import: only commands that plan pay it
-
     num_t, num_c = cap_total.shape[1], cap_total.shape[0]
     pairs = [(t, c) for t in range(num_t) if demand[t] > 0 for c in range(num_c) if cap_total[c, t] > 0]
     index = {p: i for i, p in enumerate(pairs)}
@@ -60,14 +59,13 @@ def _solve_minmax(demand: np.ndarray, cap_total: np.ndarray,
             a_ub[c, -1] = -1.0
     cost = np.zeros(nv)
     cost[-1] = 1.0
-    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq[rows_eq], b_eq=b_eq[rows_eq],
-                  bounds=[(0, None)] * nv, method="highs")
-    if res.status != 0:
+    res = linprog_min(cost, a_ub, b_ub, a_eq[rows_eq], b_eq[rows_eq])
+    if res.x is None or res.ineq_marginals is None:
         return None
     flow = np.zeros((num_t, num_c))
     for (t, c), i in index.items():
         flow[t, c] = res.x[i]
-    return float(res.x[-1]), flow, np.asarray(res.ineqlin.marginals)
+    return float(res.x[-1]), flow, res.ineq_marginals
 
 
 def solve_dispatch(demand_rps: np.ndarray, capacity_rps: np.ndarray, counts: np.ndarray,

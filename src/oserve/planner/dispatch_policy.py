@@ -191,6 +191,7 @@ class Dispatcher:
         self._index = [np.asarray(a, dtype=np.intp) for a in self._allowed]
         self._full = [a == tuple(range(table.num_replicas)) for a in self._allowed]
         self._weights = [np.asarray(w, dtype=np.float64) for w in self._shares]
+        self._uniform = [len(set(w)) == 1 for w in self._shares]
         self._credits: list[Any] = [[0.0] * len(a) if small else np.zeros(len(a))
                                     for a, small in zip(self._allowed, self._small)]
         self._position = [{r: j for j, r in enumerate(a)} for a in self._allowed]
@@ -262,12 +263,11 @@ class Dispatcher:
             return int(credits.argmax())  # the first maximum: the lower index on ties
         counts = np.asarray(outstanding)
         load = counts if self._full[type_id] else counts[self._index[type_id]]
-        key = (load + 1) / weights
-        j = int(key.argmin())
-        ties = np.flatnonzero(key == key[j])
-        if len(ties) > 1:  # the highest credit among the least loaded, then the lower index
-            j = int(ties[credits[ties].argmax()])
-        return j
+        # with equal shares (load + 1) / share orders and ties exactly as the integer load does (the
+        # quotients of distinct small integers by one share <= 1 are distinct), so the load is the key
+        key = load if self._uniform[type_id] else (load + 1) / weights
+        # the highest credit among the least keys, then the lower index (argmax: the first maximum)
+        return int(np.where(key == key.min(), credits, -np.inf).argmax())
 
     def state(self) -> DispatchState:
         """The equivalent ``DispatchState`` (for checks against ``choose_replica``)."""

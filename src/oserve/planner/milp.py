@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from oserve.common.errors import InfeasiblePlanError
+from oserve.planner.highs import milp_min
 from oserve.planner.problem import Counts, PlanningProblem
 
 
@@ -51,8 +52,6 @@ def _flow_rows(problem: PlanningProblem,
 
 def solve_milp(problem: PlanningProblem, time_limit_s: float = 60.0) -> Counts | None:
     """Optimal replica counts, or None when the solver gives up or the result does not pack."""
-    from scipy.optimize import Bounds, LinearConstraint, milp  # scipy costs 0.4 s to import
-
     num_c = len(problem.configs)
     rows, lo, hi, nf, nv = _flow_rows(problem, np.ones(num_c))
     budget_rows = []
@@ -70,8 +69,7 @@ def solve_milp(problem: PlanningProblem, time_limit_s: float = 60.0) -> Counts |
     objective[nf:nf + num_c] = 1e-7 * max(1.0, float(problem.demand.sum()))
     integrality = np.zeros(nv)
     integrality[nf:nf + num_c] = 1
-    res = milp(objective, constraints=LinearConstraint(rows, lo, hi), integrality=integrality,
-               bounds=Bounds(0, np.inf), options={"time_limit": time_limit_s})
+    res = milp_min(objective, rows, lo, hi, integrality, 0, np.inf, time_limit_s)
     if res.x is None:
         if res.status == 2:
             raise InfeasiblePlanError("no deployment serves every request type")
@@ -84,8 +82,6 @@ def best_homogeneous(problem: PlanningProblem, replicated: Counts,
                      time_limit_s: float = 60.0) -> Counts | None:
     """The best-scale choice of one configuration per GPU type, each replicated ``replicated[c]`` times
     (configurations with ``replicated[c] == 0`` are not options); None when the solver gives up."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     num_c = len(problem.configs)
     size = np.asarray(replicated, dtype=float)
     rows, lo, hi, nf, nv = _flow_rows(problem, size)
@@ -102,9 +98,8 @@ def best_homogeneous(problem: PlanningProblem, replicated: Counts,
     objective = np.zeros(nv)
     objective[nv - 1] = -1.0
     # HiGHS's presolve takes ~1 s on this small model; without it the search tree is a single node
-    res = milp(objective, constraints=LinearConstraint(rows, lo, hi), integrality=integrality,
-               bounds=Bounds(0, upper),
-               options={"time_limit": time_limit_s, "mip_rel_gap": 0.0, "presolve": False})
+    res = milp_min(objective, rows, lo, hi, integrality, 0, upper, time_limit_s, mip_rel_gap=0.0,
+                   presolve=False)
     if res.x is None or res.x[nv - 1] <= 0:
         return None
     pick = np.round(res.x[nf:nf + num_c]).astype(int)

@@ -51,7 +51,7 @@ from oserve.planner.disagg_search import (
     even_fractions,
     layouts,
     pair_configs,
-    proportional_fractions,
+    search_groups,
 )
 from oserve.planner.placement import candidate_configs, fits_cluster, gpus_by_type, pack
 from oserve.planner.plan import Plan, Replica
@@ -266,35 +266,14 @@ class GoodputPlanner:
         return Candidate(kind, replicas, fr, self.predicted_scale(replicas, fr))
 
     def disaggregated(self) -> list[Candidate]:
-        """Group candidates, best predicted first (``planner.disagg_search``): for each (prefill, decode)
-        pair the best split of the GPUs between the roles; then, for the best pair, groups beside replicas
-        of the best colocated configuration, serving the types with the longest prompts or a share of
-        every type."""
-        tuned = self._tuned_hardware()
-        if not tuned:
-            return []
+        """Group candidates, best predicted first (``planner.disagg_search.search_groups``): for each
+        (prefill, decode) pair the best split of the GPUs between the roles and the best engine settings
+        of each side; then, for the best pair, groups beside replicas of the best colocated
+        configuration, serving the types with the longest prompts or a share of every type."""
         k = self.workload.num_types
-        every = set(range(k))
-        best: list[Candidate] = []
-        for prefill, decode in pair_configs(tuned, self._node_gpus()):
-            scored = [self._scored(f"disaggregated {name}", reps, every)
-                      for name, reps in layouts(self.cluster, prefill, decode)]
-            if scored:
-                best.append(max(scored, key=lambda c: c.predicted_scale))
-        best.sort(key=lambda c: -c.predicted_scale)
-        if best and k > 1:
-            top = best[0]
-            prefill = next(r.config for r in top.replicas if r.role == "prefill")
-            decode = next(r.config for r in top.replicas if r.role == "decode")
-            by_prompt = sorted(range(k), key=lambda t: -self.workload.samples[t].mean_input_tokens)
-            hybrid = []
-            for name, reps in layouts(self.cluster, prefill, decode, tuned[0]):
-                hybrid += [self._scored(f"hybrid {name} {j} types", reps, set(by_prompt[:j]))
-                           for j in range(1, k)]
-                fr = proportional_fractions(reps, k)  # each type split between both parts
-                hybrid.append(Candidate(f"hybrid {name} split", reps, fr, self.predicted_scale(reps, fr)))
-            best = sorted(best + hybrid, key=lambda c: -c.predicted_scale)
-        return best
+        by_prompt = sorted(range(k), key=lambda t: -self.workload.samples[t].mean_input_tokens)
+        return search_groups(self.cluster, self._tuned_hardware(), k, by_prompt,
+                             lambda kind, reps, fr: Candidate(kind, reps, fr, self.predicted_scale(reps, fr)))
 
     def dynamo_split(self) -> Candidate | None:
         """Dynamo-style: one configuration at the engine defaults on both sides, the best xPyD split."""

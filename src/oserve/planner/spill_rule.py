@@ -24,20 +24,26 @@ queue behind it (FCFS), so they do not enter its TTFT; decodes finishing or star
 ``spill_choice`` is pure (sequences in, an index out) and is the one function the simulator's router
 (``sim.router``) and the runtime's dispatch (``runtime.dispatch_policy``), both through
 ``planner.dispatch_policy``, call. ``ReplicaSpeed.of`` derives a replica's step times from the cost
-model, so both sides predict with the same numbers.
+model, so both sides predict with the same numbers. ``trace_type_slos`` (each type's SLO on a trace) and
+``PlanSpillRules`` (the rule of a plan's replicas) are how both build it: the simulator from the prepared
+trace and the plan it simulates, ``oserve serve`` from its trace, its plan and ``--slo`` (and again for
+every plan a live switch brings).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from oserve.common.errors import ConfigError
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.latency_model import REF_CTX_TOKENS, ReplicaLatencyModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.workload.slo import Slo
+from oserve.workload.request_types import RequestTypes
+from oserve.workload.slo import Slo, SloSpec
 
 # Spill once the primary's predicted TTFT passes half the type's TTFT SLO. The prediction ignores the
 # prefills ahead that become decodes (and slow every later step), so it is optimistic under a burst;
@@ -117,6 +123,30 @@ def predict(speed: ReplicaSpeed, prefill_tokens: int, num_decoding: int, prompt_
     return Prediction(ttft, tpot)
 
 
+def trace_type_slos(types: RequestTypes, input_tokens: np.ndarray, slo: SloSpec) -> tuple[Slo, ...]:
+    """Each request type's SLO on a trace (the tightest of its requests', requests typed as the router
+    types them online): what the rule holds a type to."""
+    type_id = types.classify_online(input_tokens)
+    return tuple(slo.type_slos(type_id, types.names(), input_tokens))
+
+
+@dataclass
+class PlanSpillRules:
+    """The spill rule of any plan of one model under fixed per-type SLOs: ``rule_for(configs)`` gives
+    the rule over those replicas, in order (step times from the cost model, one latency model per
+    distinct configuration, memoised across plans)."""
+
+    cost: CostModel
+    type_slos: tuple[Slo, ...]
+    _speeds: dict[ReplicaConfig, ReplicaSpeed] = field(default_factory=dict, repr=False)
+
+    def rule_for(self, configs: Sequence[ReplicaConfig]) -> SpillRule:
+        for cfg in configs:
+            if cfg not in self._speeds:
+                self._speeds[cfg] = replica_speeds(self.cost, [cfg])[0]
+        return SpillRule(self.type_slos, tuple(self._speeds[c] for c in configs))
+
+
 def spill_choice(rule: SpillRule, type_id: int, prompt_tokens: int, primary: int,
                  prefill_tokens: Sequence[int], num_decoding: Sequence[int],
                  is_open: Sequence[bool] | None = None) -> int:
@@ -151,4 +181,5 @@ def spill_choice(rule: SpillRule, type_id: int, prompt_tokens: int, primary: int
     return best
 
 
-__all__ = ["Prediction", "ReplicaSpeed", "SpillRule", "predict", "replica_speeds", "spill_choice"]
+__all__ = ["PlanSpillRules", "Prediction", "ReplicaSpeed", "SpillRule", "predict", "replica_speeds",
+           "spill_choice", "trace_type_slos"]

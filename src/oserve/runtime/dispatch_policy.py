@@ -33,6 +33,7 @@ class ReplicaView:
     num_queued: int = 0  # waiting inside the engine, not yet running (used by ``spillover``)
     prefill_tokens: int = 0  # prompt tokens of its requests without a first token (``slo-spill``)
     num_decoding: int = 0  # its requests past their first token (``slo-spill``)
+    num_downstream: int = 0  # a prefill replica's requests decoding on its group (outstanding, not open)
 
     @property
     def is_open(self) -> bool:
@@ -67,7 +68,7 @@ def choose(table: DispatchTable, state: DispatchState, type_index: int, views: S
     is_open = [v.is_open for v in views]
     if not any(is_open):
         return Decision(Outcome.OVERLOADED), state
-    outstanding = [v.num_inflight for v in views]
+    outstanding = [v.num_inflight + v.num_downstream for v in views]
     queued = [v.num_queued if o else CLOSED_QUEUE for v, o in zip(views, is_open)]
     spill = None
     if spill_rule is not None:

@@ -30,6 +30,9 @@ class ReplicaHandle:
     num_failed: int = 0
     prefill_tokens: int = 0  # prompt tokens of its requests still waiting for their first token
     num_prefilling: int = 0  # those requests
+    # a prefill replica's requests handed off and still decoding on its group: outstanding for the
+    # dispatch (as a colocated replica's requests are until their last token), not for its admission
+    num_downstream: int = 0
 
     @property
     def num_decoding(self) -> int:

@@ -28,7 +28,7 @@ from oserve.common.errors import ConfigError
 from oserve.planner.dispatch_policy import DispatchState, DispatchTable
 from oserve.planner.handoff_policy import least_loaded
 from oserve.planner.plan import DECODE, PREFILL, Plan
-from oserve.planner.spill_rule import SpillRule
+from oserve.planner.spill_rule import PlanSpillRules, SpillRule
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.dispatch_policy import Outcome, ReplicaView, choose
 from oserve.runtime.engine import GenerationRequest, TokenChunk, estimate_tokens
@@ -69,11 +69,19 @@ class Router:
                  clock: Clock | None = None, max_attempts: int = 3,
                  dispatch_policy: str = "least-outstanding", seed: int = 0,
                  first_token_timeout_s: float = 600.0, token_timeout_s: float = 120.0,
-                 spill_rule: SpillRule | None = None) -> None:
+                 spill_rule: SpillRule | PlanSpillRules | None = None) -> None:
+        """``spill_rule``: the ``slo-spill`` rule over the table's replicas, or (``PlanSpillRules``) how to
+        build it for each table's plan, so that a plan switch brings the rule of its own replicas."""
         if dispatch_policy == "slo-spill" and spill_rule is None:
             raise ConfigError("the slo-spill dispatch policy needs a spill rule (per-type SLOs, "
                               "per-replica step times: planner.spill_rule)")
-        self.spill_rule = spill_rule  # aligned with the table's replicas (a new table must keep them)
+        self._spill_rules: PlanSpillRules | None = None
+        self.spill_rule: SpillRule | None = None  # aligned with the table's replicas
+        if isinstance(spill_rule, PlanSpillRules):
+            self._spill_rules = spill_rule
+            self.spill_rule = spill_rule.rule_for(table.plan.configs())
+        else:
+            self.spill_rule = spill_rule
         self.table = table
         self._dispatch = (table.dispatch_table(), DispatchState.initial(table.dispatch_table()))
         self.metrics = metrics
@@ -89,13 +97,21 @@ class Router:
         self.num_inflight = 0
 
     def set_table(self, table: RoutingTable, spill_rule: SpillRule | None = None) -> None:
-        """Route by a new table; ``slo-spill`` keeps its rule unless a new one (for the new replicas)
-        is given."""
+        """Route by a new table; ``slo-spill`` takes the rule given, else the rule of the new plan's
+        replicas when the router builds them (``PlanSpillRules``), else keeps its rule. A table of the
+        same replicas and shares (a controller's hold that moved nothing) keeps the round-robin
+        credits: starting them afresh would change every later tie-break for nothing."""
         dispatch = table.dispatch_table()
+        if spill_rule is None and self._spill_rules is not None and table.plan is not self.table.plan:
+            spill_rule = self._spill_rules.rule_for(table.plan.configs())
         if spill_rule is not None:
             self.spill_rule = spill_rule
+        old, state = self._dispatch
+        same = (table.handles == self.table.handles
+                and np.shape(dispatch.weights) == np.shape(old.weights)
+                and np.allclose(dispatch.weights, old.weights, rtol=0.0, atol=1e-9))
         self.table = table
-        self._dispatch = (dispatch, DispatchState.initial(dispatch))
+        self._dispatch = (dispatch, state if same else DispatchState.initial(dispatch))
 
     def count_tokens(self, text: str) -> int:
         for handle in self.table.handles:
@@ -124,7 +140,7 @@ class Router:
             table, (dispatch, state) = self.table, self._dispatch
             views = [ReplicaView(i, h.is_accepting and id(h) not in tried, h.num_inflight,
                                  h.max_inflight, h.engine.load().num_waiting, h.prefill_tokens,
-                                 h.num_decoding)
+                                 h.num_decoding, h.num_downstream)
                      for i, h in enumerate(table.handles)]
             rule = self.spill_rule
             if rule is not None and len(rule.speeds) != len(views):
@@ -198,6 +214,7 @@ class RoutedStream:
         self.finish_reason: str | None = None
         self._gen: AsyncIterator[TokenChunk] | None = None
         self._settled = False
+        self._origin: ReplicaHandle | None = None  # the prefill replica of a handed-off request
 
     @property
     def labels(self) -> tuple[tuple[str, str], ...]:
@@ -231,6 +248,8 @@ class RoutedStream:
             raise KvHandoffError(f"prefill replica {prefill.name} returned no kv_transfer_params")
         self.handle = router.decode_peer(prefill)
         self.request = replace(self.request, kv_transfer_params=params)
+        self._origin = prefill
+        prefill.num_downstream += 1  # until released: the dispatch counts it on the prefill replica
 
     async def start(self) -> None:
         if self.handle.replica.role == PREFILL:
@@ -340,6 +359,9 @@ class RoutedStream:
             self.handle.num_failed += 1
 
     async def _release(self) -> None:
+        if self._origin is not None:
+            self._origin.num_downstream -= 1
+            self._origin = None
         if self._gen is None:
             return
         gen, self._gen = self._gen, None

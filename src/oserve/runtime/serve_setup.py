@@ -10,12 +10,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from oserve.common.errors import ConfigError
 from oserve.common.validation import one_of
+from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.precision import KV_FORMATS
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
 from oserve.costmodel.slo_capacity import SloWorkload
 from oserve.planner.api import PLANNERS, make_plan
 from oserve.planner.plan import Plan, Replica
+from oserve.planner.spill_rule import PlanSpillRules, trace_type_slos
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
@@ -27,6 +29,8 @@ from oserve.switching.control import ControlPolicy
 from oserve.switching.policy import POLICY_OBJECTIVES
 from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload import fit_request_types, load_trace
+from oserve.workload.request_types import RequestTypes
+from oserve.workload.slo import SLO_PRESETS, SloSpec, slo_from_flags
 
 SWITCH_POLICIES = ("reactive", "cost-aware")
 
@@ -62,6 +66,12 @@ class ServeConfig(BaseModel):
     # KV cache of the replicas of a fleet without a plan (embedded/llama: llama.cpp's f16/q8_0/q4_0);
     # a plan sets each replica's own
     kv_cache_dtype: Annotated[str, AfterValidator(one_of(KV_FORMATS))] = "bf16"
+    # the SLO (--slo preset or YAML file, --slo-ttft-s/--slo-tpot-s, --attainment): what the slo-spill
+    # dispatch holds each type to and what live re-planning prices goodput on (None: no SLO given)
+    slo: str | None = None
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+    attainment: float | None = None
 
 
 
@@ -129,18 +139,43 @@ def build_runtime(config: ServeConfig) -> ServingRuntime:
         fleet = ReplicaConfig("cpu", kv_cache_dtype=config.kv_cache_dtype)
         plan = static_plan(name, [fleet] * config.replicas, types.names(),
                            type_rates_rps=[s.rate_rps for s in stats])
+    slo = slo_from_flags(config.slo, config.slo_ttft_s, config.slo_tpot_s, config.attainment)
+    spill = spill_rules(config, slo, types, trace.input_tokens, cost, plan)
     spec = engine_spec(config, len(plan.replicas))
     factory = _engine_factory(config, spec, cost, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
         from oserve.planner.slo_planner import slo_workload
-        from oserve.workload.slo import SLO_PRESETS, SloSpec
 
-        # the policy prices switches in SLO goodput: the trace's lengths and burstiness, the loose preset
-        slo = slo_workload(trace, types, stats, SloSpec(SLO_PRESETS["loose"]))
-        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan, slo,
-                                config.objective)
-    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime)
+        # the policy prices switches in SLO goodput: the trace's lengths and burstiness, at the SLO
+        # given (else the loose preset)
+        workload = slo_workload(trace, types, stats, slo or SloSpec(SLO_PRESETS["loose"]))
+        policy = control_policy(cluster, cost, stats, config.switch_policy, config.runtime.replan,
+                                workload, config.objective)
+    return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime,
+                          spill_rule=spill)
+
+
+def spill_rules(config: ServeConfig, slo: SloSpec | None, types: RequestTypes, input_tokens,
+                cost: CostModel | None, plan: Plan) -> PlanSpillRules | None:
+    """The ``slo-spill`` dispatch's rule builder (None for the other policies): the same rule as the
+    simulator's (``planner.spill_rule``), each type held to its SLO on the trace and each replica's step
+    times from the cost model: ``--cluster/--model``'s, else the catalog model the plan file names."""
+    if config.runtime.dispatch_policy != "slo-spill":
+        return None
+    if slo is None:
+        raise ConfigError("--dispatch-policy slo-spill needs an SLO: give --slo loose|tight|FILE or "
+                          "--slo-ttft/--slo-tpot")
+    if cost is None:
+        if not config.plan_file:
+            raise ConfigError("--dispatch-policy slo-spill predicts each replica's step times with the "
+                              "cost model: give --cluster and --model, or --plan FILE")
+        cost = CostModelConfig(model=plan.model).resolve()[2]
+    for cfg in plan.configs():
+        if not cost.fits(cfg):
+            raise ConfigError(f"--dispatch-policy slo-spill: replica {cfg.label()} of the plan cannot hold "
+                              f"{cost.model.name} (the cost model the rule predicts with)")
+    return PlanSpillRules(cost, trace_type_slos(types, input_tokens, slo))
 
 
 def check_kv_cache_dtype(config: ServeConfig) -> None:
@@ -202,4 +237,4 @@ def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
 
 
 __all__ = ["SWITCH_POLICIES", "ServeConfig", "build_runtime", "check_kv_cache_dtype", "control_policy",
-           "engine_spec", "served_name"]
+           "engine_spec", "served_name", "spill_rules"]

@@ -11,7 +11,7 @@ from oserve.common.validation import one_of
 from oserve.guard.config import GuardConfig
 from oserve.planner.dispatch_policy import DISPATCH_POLICIES
 from oserve.planner.plan import Plan
-from oserve.planner.spill_rule import SpillRule
+from oserve.planner.spill_rule import PlanSpillRules, SpillRule
 from oserve.runtime.clock import Clock, WallClock
 from oserve.runtime.controller import Controller, EngineFactory, RestartPolicy
 from oserve.runtime.metrics import Metrics
@@ -57,9 +57,10 @@ class ServingRuntime:
     def __init__(self, model_name: str, plan: Plan, engine_factory: EngineFactory,
                  classifier: Classifier | None = None, policy: ControlPolicy | None = None,
                  config: RuntimeConfig = RuntimeConfig(), clock: Clock | None = None,
-                 spill_rule: SpillRule | None = None) -> None:
-        """``spill_rule`` (per-type SLOs, per-replica speeds of ``plan``) is what the ``slo-spill``
-        dispatch policy needs."""
+                 spill_rule: SpillRule | PlanSpillRules | None = None) -> None:
+        """``spill_rule`` (per-type SLOs, per-replica speeds of ``plan``; or ``PlanSpillRules``, which
+        builds the rule of each plan the runtime switches to) is what the ``slo-spill`` dispatch
+        policy needs."""
         self.model_name = model_name
         self.config = config
         self.clock = clock or WallClock()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from oserve.common.errors import ConfigError
 from oserve.costmodel.cost_model import CostModel
 from oserve.planner.plan import Plan
+from oserve.planner.spill_rule import trace_type_slos
 from oserve.sim.config import SimConfig
 from oserve.sim.metrics import Attainment, SimResult, per_type_latency, slo_attainment
 from oserve.sim.rate_search import search_scale
@@ -92,9 +93,7 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
 def prepared_type_slos(prepared, slo: SloSpec) -> tuple[Slo, ...]:
     """Each request type's SLO on a prepared trace (the tightest of its requests'), as the ``slo-spill``
     dispatch reads them."""
-    trace = prepared.trace
-    type_id = prepared.types.classify_online(trace.input_tokens)
-    return tuple(slo.type_slos(type_id, prepared.types.names(), trace.input_tokens))
+    return trace_type_slos(prepared.types, prepared.trace.input_tokens, slo)
 
 
 def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig, slo: SloSpec,

@@ -259,8 +259,10 @@ class ReplicaSim:
         # a decode run reports tokens only at its end: not while a joined sequence awaits its first
         if batch.prefill or batch.num_preempted or not self.decode_runs or self._fresh:
             self.run_steps = 1
-            largest = max((chunk for _, chunk in batch.prefill), default=0)
-            duration = self.timer.step_s(batch.prefill_tokens, len(batch.prefill), batch.prefill_sq,
+            prefill = batch.prefill
+            largest = (prefill[0][1] if len(prefill) == 1 else
+                       max((chunk for _, chunk in prefill), default=0))
+            duration = self.timer.step_s(batch.prefill_tokens, len(prefill), batch.prefill_sq,
                                          batch.num_decode, batch.decode_ctx_total, largest)
         else:
             n = batch.num_decode
@@ -288,14 +290,14 @@ class ReplicaSim:
             self._joining = []
         bt = pool.block_tokens
         budget = cfg.max_num_batched_tokens - decoding.count
-        need = decoding.new_blocks(0, 1) if decoding.count else 0
+        need = decoding.next_step_blocks() if decoding.count else 0
         for seq in self._prefilling:
             budget -= seq.prefill_target - seq.num_cached
             need += -(-seq.prefill_target // bt) - seq.num_blocks
         if budget < 0 or need > pool.num_free:
             return None  # a chunk cut by the budget, or a preemption: order matters, the reference decides
         pool.allocate(need)
-        batch = StepBatch(lazy=True, num_decode=decoding.count)
+        batch = StepBatch(prefill=[], decode=[], lazy=True, num_decode=decoding.count)  # no factories
         for seq in self._prefilling:
             chunk = seq.prefill_target - seq.num_cached
             seq.num_blocks = -(-seq.prefill_target // bt)
@@ -500,8 +502,13 @@ class ReplicaSim:
         self.busy_s += end_s - start_s
         w = self.util_bin_s
         b = int(start_s // w)
+        bins = self.busy_bins
+        if end_s <= (b + 1) * w:  # within one bin (nearly every step): the loop's one iteration
+            if start_s < end_s:
+                bins[b] = bins.get(b, 0.0) + (end_s - start_s)
+            return
         while start_s < end_s:
             edge = min(end_s, (b + 1) * w)
-            self.busy_bins[b] = self.busy_bins.get(b, 0.0) + (edge - start_s)
+            bins[b] = bins.get(b, 0.0) + (edge - start_s)
             start_s = edge
             b += 1

@@ -35,10 +35,12 @@ class Router:
         self.prefill_tokens: list[int] = []
         self.num_decoding: list[int] = []
         self.replica_ids: list[int] = []
-        self._column: dict[int, int] = {}
+        self._column: list[int] = []
         self._dispatcher: Dispatcher | None = None
         self.outstanding: list[int] | np.ndarray = []
         self.queued: list[int] | np.ndarray = []
+        self._outstanding_now: list[int] = []
+        self._queued_now: list[int] = []
 
     def set_table(self, table: DispatchTable, replica_ids: list[int], kv_tokens: list[int],
                   outstanding: list[int], queued: list[int],
@@ -47,7 +49,10 @@ class Router:
         ``slo-spill``, speeds) from now on; the round-robin credits start afresh (prefill backlogs
         start at 0 until ``update`` reports them)."""
         self.replica_ids = list(replica_ids)
-        self._column = {rid: c for c, rid in enumerate(replica_ids)}
+        # replica id -> column (-1: not routed to), a list: indexed once per event
+        self._column = [-1] * (max(replica_ids, default=-1) + 1)
+        for c, rid in enumerate(replica_ids):
+            self._column[rid] = c
         rule = None
         if self.type_slos is not None:
             rule = SpillRule(self.type_slos, tuple(speeds or [None] * len(replica_ids)))
@@ -63,6 +68,9 @@ class Router:
         else:
             self.outstanding = np.asarray(outstanding, dtype=np.int64)
             self.queued = np.asarray(queued, dtype=np.int64)
+        # Python mirrors of the counts: most events leave a replica's counts as they were, and
+        # comparing a list item is cheaper than writing a numpy one
+        self._outstanding_now, self._queued_now = list(outstanding), list(queued)
 
     @property
     def is_open(self) -> bool:
@@ -72,13 +80,15 @@ class Router:
                num_decoding: int = 0) -> None:
         """A replica's load changed (no-op for replicas the router does not route to); the prefill
         backlog and decode count matter only when ``needs_backlog``."""
-        c = self._column.get(replica_id)
-        if c is not None:
-            self.outstanding[c] = num_outstanding
-            self.queued[c] = num_queued
-            if self.needs_backlog:
-                self.prefill_tokens[c] = prefill_tokens
-                self.num_decoding[c] = num_decoding
+        if replica_id >= len(self._column) or (c := self._column[replica_id]) < 0:
+            return
+        if self._outstanding_now[c] != num_outstanding:
+            self._outstanding_now[c] = self.outstanding[c] = num_outstanding
+        if self._queued_now[c] != num_queued:
+            self._queued_now[c] = self.queued[c] = num_queued
+        if self.needs_backlog:
+            self.prefill_tokens[c] = prefill_tokens
+            self.num_decoding[c] = num_decoding
 
     def route(self, type_id: int, max_tokens: int, prompt_tokens: int = 0) -> int:
         """The replica for a request of ``prompt_tokens`` that may hold up to ``max_tokens`` KV tokens."""

@@ -143,6 +143,11 @@ class Simulation:
             self.add_replica(s)
         self.peers = _group_peers(replicas)  # prefill replica -> the decode replicas of its group
         self._source: dict[int, int] = {}  # req id -> the prefill replica of a hand-off in progress
+        # a request routed to a prefill replica stays outstanding there, for the router, until its last
+        # token (as on a colocated replica): else the router sees prefill replicas nearly idle and sends
+        # them more than the plan's share beside colocated replicas
+        self._origin: dict[int, int] = {}  # req id -> its prefill replica, from hand-off to finish
+        self._downstream: dict[int, int] = {rid: 0 for rid in self.peers}  # per prefill replica
         self.pool_in = {PREFILL: 0, DECODE: 0}  # requests in each pool now
         self.pool_area_s = {PREFILL: 0.0, DECODE: 0.0}  # their integral over time
         self._pool_t = 0.0
@@ -172,7 +177,8 @@ class Simulation:
         table = DispatchTable(tuple(tuple(float(row[c]) for c in cols) for row in dispatch))
         reps = [self.replicas[rid] for rid in active]
         self.router.set_table(table, active, [self._kv_tokens(r.replica_id) for r in reps],
-                              [r.num_outstanding for r in reps], [len(r.waiting) for r in reps],
+                              [r.num_outstanding + self._downstream.get(r.replica_id, 0) for r in reps],
+                              [len(r.waiting) for r in reps],
                               [self.setups[rid].speed for rid in active])
         if self.router.needs_backlog:
             for rid in active:
@@ -206,11 +212,12 @@ class Simulation:
     def _update_router(self, rid: int) -> None:
         """Tell the router a replica's load (its prefill backlog only when the policy reads it)."""
         rep = self.replicas[rid]
+        outstanding = rep.num_outstanding + self._downstream.get(rid, 0)
         if self.router.needs_backlog:
             tokens, decoding = rep.prefill_backlog()
-            self.router.update(rid, rep.num_outstanding, len(rep.waiting), tokens, decoding)
+            self.router.update(rid, outstanding, len(rep.waiting), tokens, decoding)
         else:
-            self.router.update(rid, rep.num_outstanding, len(rep.waiting))
+            self.router.update(rid, outstanding, len(rep.waiting))
 
     def adopt(self, replica_id: int, seq: Seq, t: float) -> None:
         """``replica_id`` takes a sequence with its KV cache (or to recompute, when it has no room)."""
@@ -314,9 +321,14 @@ class Simulation:
         if rep.role == PREFILL:
             for seq in rep.take_prefilled():
                 self._hand_off(t, rep.replica_id, seq, last_pass_s)
+            self._update_router(rep.replica_id)
             return
         if finished:
             self._pool_change(t, DECODE, -len(finished))
+            for seq in finished:
+                origin = self._origin.pop(seq.req_id)
+                self._downstream[origin] -= 1
+                self._update_router(origin)
         if rep.reserved:  # queued hand-offs that fit at this step boundary start now
             for seq in rep.take_reserved():
                 self._start_transfer(t, seq, rep.replica_id, 0.0)
@@ -326,6 +338,8 @@ class Simulation:
         self.records.prefilled_s[seq.req_id] = t
         self._pool_change(t, DECODE, 1)
         self._source[seq.req_id] = prefill_id
+        self._origin[seq.req_id] = prefill_id
+        self._downstream[prefill_id] += 1
         peers = self.peers[prefill_id]
         # a handed-off sequence holds one KV token more than a colocated one (its first decode step)
         need = seq.max_tokens() + 1

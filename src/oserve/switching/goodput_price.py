@@ -3,7 +3,11 @@ their SLO.
 
 For a forecast of per-type rates, a set of placed replicas and its dispatch, the latency model
 (``costmodel.slo_capacity.fleet_attainment``) predicts each type's attainment a_t; the deployment's good
-rate is ``sum_t rate_t x a_t``. The SLO workload (per-type length samples, SLOs, burstiness, attainment
+rate is ``sum_t rate_t x a_t``. A forecast is not the rate that arrives: the good rate is averaged over
+equally likely factors of the forecast (``forecast_factors``: quantiles of a log-normal whose spread is
+the forecaster's error), so a deployment that just meets the target at the forecast and misses it in
+a busier interval prices below one with headroom, as the requests of that interval will see it. The
+SLO workload (per-type length samples, SLOs, burstiness, attainment
 target) is the trace's, its rates replaced by the forecast. Without one (``default_slo_workload``) each
 type is one request of its mean lengths under the ``loose`` preset.
 
@@ -22,6 +26,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.special import ndtri
 
+from oserve.common.errors import ConfigError
 from oserve.costmodel.catalog import ClusterSpec
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.latency_model import ReplicaLatencyModel
@@ -43,6 +48,7 @@ LatencyModels = dict[ReplicaConfig, ReplicaLatencyModel]
 
 
 NUM_DEFAULT_SAMPLES = 8
+NUM_ERROR_FACTORS = 3  # points of the forecast-error distribution a price averages over
 _Z90 = 1.2815515655446004  # standard normal 90th percentile
 
 
@@ -76,10 +82,14 @@ class GoodputPricer:
     (keyed by configuration: their memo tables depend only on the length samples and the SLOs)."""
 
     def __init__(self, cluster: ClusterSpec, cost: CostModel, workload: SloWorkload,
-                 types: Sequence[TypeStats], models: LatencyModels) -> None:
+                 types: Sequence[TypeStats], models: LatencyModels,
+                 factors: Sequence[float] = (1.0,)) -> None:
+        if not factors or min(factors) <= 0:
+            raise ConfigError(f"goodput pricer: forecast-error factors must be positive, got {factors}")
         self.cluster, self.cost, self.types = cluster, cost, list(types)
         self.workload = workload
         self.models = models
+        self.factors = tuple(float(f) for f in factors)
         self._capacity: dict[ReplicaConfig, list[float]] = {}
 
     def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
@@ -98,21 +108,29 @@ class GoodputPricer:
 
     def good_rps(self, replicas: Sequence[Replica], fractions: np.ndarray) -> float:
         """Forecast requests/s meeting their SLO on ``replicas`` with dispatch ``fractions`` (types x
-        replicas); 0 for no replica.
+        replicas), the mean over the pricer's forecast-error ``factors`` (the rates each factor times the
+        forecast, equally likely); 0 for no replica.
 
         Beyond its SLO capacity the model predicts almost no request in time (the queue grows), so every
         overloaded deployment would price at ~0 and none would be worth switching to. An overloaded
         deployment is credited instead with what it carries at the target: its predicted goodput scale s
-        (< 1) times the target times the forecast total, the good rate it would have if it served s of
-        the forecast and the rest missed."""
-        good = float(np.dot(self.workload.rates_rps, self.attainment(replicas, fractions)))
+        (relative to the forecast) over the factor, at most 1, times the target times the offered total,
+        the good rate it would have if it served that share and the rest missed."""
+        if not len(replicas):
+            return 0.0
         total = float(sum(self.workload.rates_rps))
-        if not len(replicas) or good >= self.workload.target * total:
-            return good
-        models = [self.model(r.config) for r in replicas]
-        scale = predicted_goodput_scale(models, np.asarray(fractions, dtype=float), self.workload, start=0.5,
-                                        rel_tol=0.05)
-        return max(good, min(1.0, scale) * self.workload.target * total)
+        scale: float | None = None  # the fleet's predicted goodput scale, searched once when needed
+        good = []
+        for f in self.factors:
+            g = f * float(np.dot(self.workload.rates_rps, self.attainment(replicas, fractions, f)))
+            if g < self.workload.target * f * total:
+                if scale is None:
+                    models = [self.model(r.config) for r in replicas]
+                    scale = predicted_goodput_scale(models, np.asarray(fractions, dtype=float),
+                                                    self.workload, start=0.5, rel_tol=0.05)
+                g = max(g, min(1.0, scale / f) * self.workload.target * f * total)
+            good.append(g)
+        return float(np.mean(good))
 
     def meets(self, replicas: Sequence[Replica], fractions: np.ndarray, scale: float = 1.0) -> bool:
         """Every type with forecast traffic reaches the attainment target at ``scale`` x the forecast."""
@@ -143,6 +161,19 @@ class GoodputPricer:
         return restrict(out, range(n))
 
 
+def forecast_factors(error: float, num: int = NUM_ERROR_FACTORS) -> tuple[float, ...]:
+    """``num`` equally likely factors of the realised rate over the forecast: the quantile midpoints of a
+    log-normal whose coefficient of variation is ``error`` (the forecaster's relative RMS error), scaled
+    to mean 1 (the forecast is the expected rate); ``(1.0,)`` for no error."""
+    if error < 0:
+        raise ConfigError(f"forecast error must be >= 0, got {error}")
+    if error == 0:
+        return (1.0,)
+    sigma = math.sqrt(math.log1p(error * error))
+    points = np.exp(sigma * ndtri((np.arange(num) + 0.5) / num))
+    return tuple(float(x) for x in points / points.mean())
+
+
 def restrict(fractions: np.ndarray, columns: Sequence[int] | range) -> np.ndarray:
     """``fractions`` (types x replicas) restricted to ``columns`` and renormalised per type; a type with
     nothing on them is spread evenly over them."""
@@ -157,4 +188,5 @@ def forecast_workload(base: SloWorkload, types: Sequence[TypeStats]) -> SloWorkl
     return replace(base, rates_rps=tuple(float(t.rate_rps) for t in types))
 
 
-__all__ = ["GoodputPricer", "LatencyModels", "default_slo_workload", "forecast_workload", "restrict"]
+__all__ = ["GoodputPricer", "LatencyModels", "default_slo_workload", "forecast_factors", "forecast_workload",
+           "restrict"]
