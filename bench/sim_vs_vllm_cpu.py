@@ -2,6 +2,13 @@
 
     python bench/sim_vs_vllm_cpu.py --gpus bench/results/vllm/cpu_step_model.yaml \\
         [--requests 150] [--rps 0.3,0.8] [--replicas 1] [--out bench/results/vllm/sim_vs_vllm_cpu.json]
+    python bench/sim_vs_vllm_cpu.py --profile-around ...   # fit the step model on the replay's replica
+
+With --profile-around the step model is not read but fitted in the same run: the serving replica is
+profiled (bench/vllm_cpu_profile.py's rows, over prefill lengths and decode batches that cover the
+replay's) right before and right after the replay, by the same process on the same core under the same
+load, and ``oserve costmodel fit`` on both passes prices the simulation; each pass is also fitted alone,
+so the drift of the machine's conditions during the run is reported next to the comparison.
 
 The trace is the first --requests of azure-conv, prompts clipped to --max-input-tokens and outputs to
 --max-output-tokens (SmolLM2 on one core cannot serve the real lengths in minutes), its arrival times
@@ -18,6 +25,7 @@ and end-to-end latency, measured vs simulated and their ratio; load averages bef
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import math
@@ -27,10 +35,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from oserve.runtime.loadgen import synthetic_prompt  # noqa: E402
 from oserve.workload import load_trace  # noqa: E402
+from vllm_cpu_profile import profile, write_rows  # noqa: E402
 from vllm_engines import ROOT, env, oserve, start_server, stop_server  # noqa: E402
 
 DEVICE = "vllm-cpu-1core"
@@ -104,24 +114,64 @@ def measured(url: str, trace: Path, out: Path, args) -> dict:
             "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0]}
 
 
+def profile_rows(url: str, args, label: str) -> list[dict]:
+    """One bench/vllm_cpu_profile.py pass over the serving replica (--profile-around)."""
+    settings = argparse.Namespace(prefill_tokens=args.profile_prefill_tokens,
+                                  decode_batch=args.profile_decode_batch, decode_tokens=24,
+                                  reps=args.profile_reps)
+    print(f"profiling the replica ({label})", flush=True)
+    return [{**row, "when": label} for row in asyncio.run(profile(url, settings))]
+
+
+def fit_step_model(rows: list[dict], path: Path) -> dict:
+    """``oserve costmodel fit`` on ``rows``; the catalog it writes and its step model."""
+    write_rows(path.with_suffix(".csv"), [{k: v for k, v in r.items() if k != "when"} for r in rows])
+    done = subprocess.run(oserve("costmodel", "fit", "--profile", str(path.with_suffix(".csv")), "--out",
+                                 str(path)), capture_output=True, text=True, env=env())
+    if done.returncode != 0:
+        raise SystemExit(f"oserve costmodel fit failed ({done.returncode}): {done.stderr[-2000:]}")
+    step = yaml.safe_load(path.read_text())["gpus"][0]["step_model"]
+    return {"catalog": str(path), "rows": len(rows), **step}
+
+
 def serve_and_measure(args, work: Path, loads: list[float], results: dict, out: Path) -> None:
     proc, url, start_s = start_server(["--engine", "vllm", "--replicas", str(args.replicas), "--threads",
                                        "1", "--vllm-python", args.vllm_python,
                                        "--vllm-extra-args=--no-enable-prefix-caching"],
                                       work / "serve.log")
     results["start_s"] = start_s
+    rows: list[dict] = []
     try:
+        if args.profile_around:
+            rows += profile_rows(url, args, "before")
         for rps in loads:
             results["loads"][str(rps)] = {"measured": measured(url, work / f"real_{rps}.csv",
                                                                work / f"bench_{rps}.json", args)}
             out.write_text(json.dumps(results, indent=2))
+        if args.profile_around:
+            rows += profile_rows(url, args, "after")
     finally:
         stop_server(proc)
+    if args.profile_around:
+        # the step model of the replay's own window (both passes), and each pass alone: their spread
+        # is how much the machine's conditions moved while the replay ran
+        results["step_models"] = {
+            "before_and_after": fit_step_model(rows, work / "step_model.yaml"),
+            **{when: fit_step_model([r for r in rows if r["when"] == when], work / f"step_model_{when}.yaml")
+               for when in ("before", "after")}}
+        args.gpus = results["step_models"]["before_and_after"]["catalog"]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gpus", required=True, help="GPU catalog YAML with the fitted vllm-cpu-1core")
+    p.add_argument("--gpus", help="GPU catalog YAML with the fitted vllm-cpu-1core (not with "
+                   "--profile-around, which fits its own)")
+    p.add_argument("--profile-around", action="store_true",
+                   help="profile the serving replica right before and right after the replay and fit the "
+                   "step model on those rows: the same process, core and load as the replay")
+    p.add_argument("--profile-prefill-tokens", default="32,128,512")
+    p.add_argument("--profile-decode-batch", default="1,8,16,32")
+    p.add_argument("--profile-reps", type=int, default=2)
     p.add_argument("--vllm-python", default=os.environ.get("OSERVE_VLLM_PYTHON"))
     p.add_argument("--model-dir", default=None, help="the converted SmolLM2 folder (default: the cache's)")
     p.add_argument("--requests", type=int, default=150)
@@ -136,6 +186,10 @@ def main() -> int:
     args = p.parse_args()
     if not args.vllm_python:
         raise SystemExit("--vllm-python (or OSERVE_VLLM_PYTHON) is required")
+    if bool(args.gpus) == args.profile_around:
+        raise SystemExit("give --gpus (a fitted catalog) or --profile-around (fit one here), not both")
+    if args.profile_around and args.simulate_only:
+        raise SystemExit("--simulate-only reuses an earlier run: give that run's catalog with --gpus")
     out = Path(args.out)
     work = out.parent / (out.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
@@ -152,7 +206,8 @@ def main() -> int:
         write_trace(work / f"real_{rps}.csv", arrival, inputs, outputs)
         write_trace(work / f"sim_{rps}.csv", arrival, [real_len[int(n)] for n in inputs], outputs)
     results: dict = {"settings": {k: getattr(args, k) for k in ("requests", "rps", "replicas",
-                                                                "max_input_tokens", "max_output_tokens")},
+                                                                "max_input_tokens", "max_output_tokens",
+                                                                "profile_around")},
                      "mean_prompt_tokens": float(np.mean([real_len[int(n)] for n in inputs])),
                      "mean_output_tokens_trace": float(np.mean(outputs)), "cpus": os.cpu_count(),
                      "loads": {}}

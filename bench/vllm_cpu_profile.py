@@ -91,6 +91,15 @@ async def profile(url: str, args) -> list[dict]:
     return rows
 
 
+def write_rows(out: Path, rows: list[dict]) -> None:
+    """Profile rows in the shared CSV format (``oserve costmodel fit --profile``)."""
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["gpu", "kind", "model", "tp", "a", "b", "ms"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"gpu": DEVICE, "model": MODEL, "tp": 1, **r, "ms": round(r["ms"], 3)})
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vllm-python", default=os.environ.get("OSERVE_VLLM_PYTHON"))
@@ -113,11 +122,7 @@ def main() -> int:
         rows = asyncio.run(profile(url, args))
     finally:
         stop_server(proc)
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["gpu", "kind", "model", "tp", "a", "b", "ms"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({"gpu": DEVICE, "model": MODEL, "tp": 1, **r, "ms": round(r["ms"], 3)})
+    write_rows(out, rows)
     out.with_suffix(".json").write_text(json.dumps(
         {"start_s": start_s, "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
          "cpus": os.cpu_count(), "settings": {k: getattr(args, k) for k in

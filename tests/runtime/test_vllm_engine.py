@@ -143,14 +143,15 @@ def test_a_failed_conversion_says_why_and_leaves_no_model(tmp_path):
     assert list((tmp_path / "c" / "models").iterdir()) == []
 
 
-def standin_launch(tmp_path, monkeypatch, **env) -> VllmProcessEngine:
+def standin_launch(tmp_path, monkeypatch, slot: int = 0, startup_timeout_s: float = 60,
+                   **env) -> VllmProcessEngine:
     monkeypatch.setenv("PYTHONPATH", str(STANDIN))
     monkeypatch.setenv("STANDIN_CHILD_FILE", str(tmp_path / "child.pid"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    launch = launch_for_replica(Replica(0, (0,), ReplicaConfig("cpu")), "/m", "smol", free_port(),
+    launch = launch_for_replica(Replica(slot, (slot,), ReplicaConfig("cpu")), "/m", "smol", free_port(),
                                 python=sys.executable)
-    return VllmProcessEngine(launch, startup_timeout_s=60, log_path=tmp_path / "vllm.log",
+    return VllmProcessEngine(launch, startup_timeout_s=startup_timeout_s, log_path=tmp_path / "vllm.log",
                              metrics_interval_s=0.05)
 
 
@@ -200,6 +201,39 @@ def test_a_replica_whose_process_dies_is_unhealthy_and_fails_requests(tmp_path, 
         return healthy
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_cpu_replica_is_born_on_its_own_cores(tmp_path, monkeypatch):
+    """Regression (the plan-switch hang of the full CI run): a CPU replica's processes used to start
+    with the whole machine's mask and move themselves onto their cores (and, in MKL's core count, onto
+    every other replica's cores first); the server and what it forks now inherit its cores from the
+    start."""
+    core = max(os.sched_getaffinity(0))
+    engine = standin_launch(tmp_path, monkeypatch, slot=core)
+
+    async def scenario():
+        await engine.start()
+        child = int((tmp_path / "child.pid").read_text())
+        masks = os.sched_getaffinity(engine.pid), os.sched_getaffinity(child)
+        await engine.stop()
+        return masks
+
+    assert engine.launch.cpu_cores == (core,)
+    assert asyncio.run(scenario()) == ({core}, {core})
+    assert engine.info.extra["command"][:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_a_replica_that_never_becomes_healthy_fails_within_its_startup_timeout(tmp_path, monkeypatch):
+    engine = standin_launch(tmp_path, monkeypatch, startup_timeout_s=2, STANDIN_START_DELAY_S="600")
+    began = time.monotonic()
+    with pytest.raises(EngineStartError, match="did not become healthy within 2 s"):
+        asyncio.run(engine.start())
+    assert time.monotonic() - began < 20  # two health polls at most past the deadline, then the stop
+    pid, child = engine.info.extra["pid"], int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 10
+    while (alive(pid) or alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid) and not alive(child)
 
 
 def test_a_vllm_that_exits_during_start_is_reported_with_its_log(tmp_path, monkeypatch):

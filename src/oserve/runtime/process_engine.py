@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from oserve.runtime.clock import Clock, WallClock
+from oserve.runtime.cpu_pinning import start_pinned
 from oserve.runtime.engine import EngineInfo, EngineLoad, GenerationRequest, TokenChunk
 from oserve.runtime.errors import EngineDeadError, EngineStartError
 from oserve.runtime.remote_engine import RemoteOpenAIEngine
@@ -47,6 +49,7 @@ class ServerCommand:
     context_tokens: int
     env: Mapping[str, str] = field(default_factory=dict)  # the whole environment of the child
     install_hint: str = ""       # how to get argv[0] when it is not found
+    cpu_cores: tuple[int, ...] = ()  # CPU replicas: the cores the whole process tree is born on
 
 
 class ProcessEngine:
@@ -87,10 +90,15 @@ class ProcessEngine:
 
     async def start(self) -> None:
         argv = list(self.server.argv)
+        # checked here, in the child's PATH: a pinned start execs the command from a trampoline
+        if shutil.which(argv[0], path=self.server.env.get("PATH") if self.server.env else None) is None:
+            raise EngineStartError(f"'{argv[0]}' not found: {self.server.install_hint}")
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - child owns a copy
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                *argv, env=dict(self.server.env) or None, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+            # confined to its cores from the start, never moving itself there (cpu_pinning)
+            self._process = await start_pinned(
+                argv, self.server.cpu_cores, env=dict(self.server.env) or None,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out,
                 stderr=asyncio.subprocess.STDOUT if out else None, start_new_session=True)
         except FileNotFoundError:
             raise EngineStartError(f"'{argv[0]}' not found: {self.server.install_hint}") from None
@@ -98,7 +106,8 @@ class ProcessEngine:
             if out is not None:
                 out.close()
         self.info.extra["pid"] = self._process.pid
-        log.info("%s: started (pid %d): %s", self._where(), self._process.pid, " ".join(argv))
+        cores = f" on cores {list(self.server.cpu_cores)}" if self.server.cpu_cores else ""
+        log.info("%s: started (pid %d)%s: %s", self._where(), self._process.pid, cores, " ".join(argv))
         try:
             await self._wait_healthy()
         except BaseException:

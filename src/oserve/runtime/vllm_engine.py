@@ -29,7 +29,7 @@ def vllm_server(launch: VllmLaunch, context_tokens: int | None = None) -> Server
     """The server command of one vLLM replica."""
     return ServerCommand("vllm", tuple(vllm_command(launch)), launch.host, launch.port,
                          launch.served_name, context_tokens or launch.max_model_len or 4096,
-                         env=vllm_env(launch), install_hint=INSTALL_HINT)
+                         env=vllm_env(launch), install_hint=INSTALL_HINT, cpu_cores=launch.cpu_cores)
 
 
 class VllmProcessEngine(ProcessEngine):
