@@ -15,15 +15,15 @@ import pytest
 from oserve.common.errors import ConfigError
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.setup import CostModelConfig
-from oserve.planner.dispatch_policy import DispatchState, DispatchTable
+from oserve.planner.dispatch_policy import DispatchTable
 from oserve.planner.spill_rule import SPILL_AT, PlanSpillRules, predict, trace_type_slos
-from oserve.runtime.dispatch_policy import ReplicaView, choose
 from oserve.runtime.serve_setup import ServeConfig, build_runtime
 from oserve.runtime.static_plan import static_plan
 from oserve.sim.router import Router as SimRouter
 from oserve.sim.simulator import replicas_from_configs
 from oserve.workload import fit_request_types, load_trace
 from oserve.workload.slo import Slo, slo_from_flags
+from spill_lockstep import spills_in_lockstep
 
 MODEL = "llama-2-7b"
 SMALL = ReplicaConfig("H100-80GB", 1, max_num_batched_tokens=512)
@@ -61,26 +61,8 @@ def test_serve_builds_the_simulators_rule_and_decides_as_the_simulator(tmp_path)
     table = DispatchTable.from_fractions(runtime.router.table.plan.dispatch)
     sim = SimRouter("slo-spill", np.random.default_rng(0), rule.type_slos)
     sim.set_table(table, [0, 1, 2], [10**7] * 3, [0] * 3, [0] * 3, sim_speeds)
-    state = DispatchState.initial(table)
-    rng = np.random.default_rng(3)
-    outstanding, backlog, decoding = [0] * 3, [0] * 3, [0] * 3
-    spilled = 0
-    for _ in range(400):
-        t, prompt = int(rng.integers(2)), int(rng.integers(20, 4000))
-        sim_choice = sim.route(t, prompt + 100, prompt)
-        views = [ReplicaView(i, True, outstanding[i], 10**6, 0, backlog[i], decoding[i]) for i in range(3)]
-        decision, state = choose(table, state, t, views, "slo-spill", None, rule, prompt)
-        assert decision.index == sim_choice
-        spilled += table.weights[t][sim_choice] == 0.0
-        outstanding[sim_choice] += 1
-        backlog[sim_choice] += prompt
-        for r in range(3):  # prefills finish into decodes, decodes finish
-            if rng.random() < 0.25 and backlog[r]:
-                backlog[r], decoding[r] = 0, decoding[r] + 1
-            if rng.random() < 0.2 and decoding[r]:
-                decoding[r] -= 1
-            outstanding[r] = decoding[r] + (1 if backlog[r] else 0)
-            sim.update(r, outstanding[r], 0, backlog[r], decoding[r])
+    spilled = spills_in_lockstep(sim, rule, table, requests=400, seed=3, prompt_tokens=(20, 4000),
+                                 prefill_done_p=0.25)
     assert spilled > 0
 
 

@@ -10,17 +10,16 @@ from oserve.common.errors import ConfigError
 from oserve.costmodel.catalog import load_models
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
-from oserve.planner.dispatch_policy import DispatchState, DispatchTable
+from oserve.planner.dispatch_policy import DispatchTable
 from oserve.planner.plan import Plan, Replica
 from oserve.planner.spill_rule import SpillRule, replica_speeds
-from oserve.runtime.dispatch_policy import ReplicaView
-from oserve.runtime.dispatch_policy import choose as runtime_choose
 from oserve.sim.config import SimConfig
 from oserve.sim.experiment import prepare_trace, simulate_at
 from oserve.sim.goodput import plan_goodput, prepared_type_slos
 from oserve.sim.router import Router
 from oserve.workload.slo import Slo, SloSpec
 from oserve.workload.trace import Trace
+from spill_lockstep import spills_in_lockstep
 
 MODEL = "llama-2-7b"
 CFG = ReplicaConfig("H100-80GB", 1, max_num_batched_tokens=2048)
@@ -85,26 +84,8 @@ def test_simulator_router_and_runtime_dispatch_make_the_same_decisions(cost):
     table = DispatchTable(((1.0, 0.0, 0.0), (0.0, 0.5, 0.5)))
     router = Router("slo-spill", np.random.default_rng(0), slos)
     router.set_table(table, [0, 1, 2], [10**6] * 3, [0, 0, 0], [0, 0, 0], list(speeds))
-    rule, state = SpillRule(slos, speeds), DispatchState.initial(table)
-    rng = np.random.default_rng(1)
-    outstanding, backlog, decoding = [0] * 3, [0] * 3, [0] * 3
-    moved = 0
-    for _ in range(300):
-        t, prompt = int(rng.integers(2)), int(rng.integers(50, 3000))
-        sim_choice = router.route(t, prompt + 100, prompt)
-        views = [ReplicaView(i, True, outstanding[i], 10**6, 0, backlog[i], decoding[i]) for i in range(3)]
-        decision, state = runtime_choose(table, state, t, views, "slo-spill", None, rule, prompt)
-        assert decision.index == sim_choice
-        moved += table.weights[t][sim_choice] == 0.0
-        outstanding[sim_choice] += 1
-        backlog[sim_choice] += prompt
-        for r in range(3):  # some prefills finish and become decodes, some decodes finish
-            if rng.random() < 0.3 and backlog[r]:
-                backlog[r], decoding[r] = 0, decoding[r] + 1
-            if rng.random() < 0.2 and decoding[r]:
-                decoding[r] -= 1
-            outstanding[r] = decoding[r] + (1 if backlog[r] else 0)
-            router.update(r, outstanding[r], 0, backlog[r], decoding[r])
+    moved = spills_in_lockstep(router, SpillRule(slos, speeds), table, requests=300, seed=1,
+                               prompt_tokens=(50, 3000), prefill_done_p=0.3)
     assert moved > 0  # the rule did spill in this run
 
 
