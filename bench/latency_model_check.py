@@ -121,18 +121,20 @@ def main() -> None:
               "git_revision": git_revision()}
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    lines = [f"# Latency model vs simulator, whole {args.window:.0f}-s windows (revision {result['git_revision']})",
-             "", "| scenario | fleet | predicted before | predicted after | simulated |", "|---|---|---|---|---|"]
+    lines = [f"# Latency model vs simulator, whole {args.window:.0f}-s windows "
+             f"(revision {result['git_revision']})", "",
+             "| scenario | fleet | predicted before | predicted after | simulated |", "|---|---|---|---|---|"]
     for r in rows:
         b = f"{r['predicted_before']:.3f}" if r["predicted_before"] is not None else "-"
-        lines.append(f"| {r['scenario']} | {r['deployment']} | {b} | {r['predicted']:.3f} | {r['simulated']:.3f} |")
+        lines.append(f"| {r['scenario']} | {r['deployment']} | {b} | {r['predicted']:.3f} "
+                     f"| {r['simulated']:.3f} |")
     lines += ["", "| model | fleets | median abs log error | p90 | mean Spearman within scenario |",
               "|---|---|---|---|---|"]
     for name in ("before", "after"):
         s = result[name]
         if s:
-            lines.append(f"| {name} | {s['n']} | {s['median_abs_log_error']:.3f} | {s['p90_abs_log_error']:.3f} "
-                         f"| {s['mean_spearman']:.2f} |")
+            lines.append(f"| {name} | {s['n']} | {s['median_abs_log_error']:.3f} "
+                         f"| {s['p90_abs_log_error']:.3f} | {s['mean_spearman']:.2f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

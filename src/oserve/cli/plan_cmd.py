@@ -130,7 +130,8 @@ def render_goodput(plan: Plan, slo, verification) -> str:
         if c is not None:
             verdict = "confirmed" if c.confirmed else "not confirmed: the tuned fleet stays"
             lines.append(f"Winner re-checked on {c.requests} requests: {c.challenger} at "
-                         f"{c.probed_scale:.2f}x against the tuned fleet's {c.baseline_scale:.2f}x, {verdict}")
+                         f"{c.probed_scale:.2f}x against the tuned fleet's {c.baseline_scale:.2f}x, "
+                         f"{verdict}")
     return "\n".join(lines)
 
 
