@@ -3,7 +3,6 @@ request types, plan, engines, control policy."""
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -20,6 +19,7 @@ from oserve.planner.plan import Plan, Replica
 from oserve.planner.spill_rule import PlanSpillRules, trace_type_slos
 from oserve.runtime.clock import Clock
 from oserve.runtime.controller import EngineFactory
+from oserve.runtime.cpu_pinning import allowed_cpus
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
@@ -95,7 +95,7 @@ def served_name(config: ServeConfig) -> str:
 def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
     if config.engine in ("embedded", "llama"):
         # leave one core to the gateway: llama.cpp threads that share a core spin and slow down a lot
-        threads = config.threads or max(1, ((os.cpu_count() or 1) - 1) // max(1, num_replicas))
+        threads = config.threads or max(1, (len(allowed_cpus()) - 1) // max(1, num_replicas))
         options: dict = {"context_tokens": config.context_tokens, "num_threads": threads}
         if config.engine == "llama":
             if not config.model_path:
@@ -217,7 +217,9 @@ def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfi
     if switch_policy == "reactive":
         params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s, objective=objective)
         return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)
-    return ControlPolicy(context, SwitchParams(transfer_mode="reload", objective=objective),
+    # a cooldown given (--replan-cooldown-s) is the policy's minimum gap; else the policy's own default
+    gap = {"min_gap_s": replan.cooldown_s} if "cooldown_s" in replan.model_fields_set else {}
+    return ControlPolicy(context, SwitchParams(transfer_mode="reload", objective=objective, **gap),
                          min_total_rps=replan.min_total_rps)
 
 
