@@ -3,6 +3,7 @@ request types, plan, engines, control policy."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -218,9 +219,10 @@ def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfi
         params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s, objective=objective)
         return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)
     # a cooldown given (--replan-cooldown-s) is the policy's minimum gap; else the policy's own default
-    gap = {"min_gap_s": replan.cooldown_s} if "cooldown_s" in replan.model_fields_set else {}
-    return ControlPolicy(context, SwitchParams(transfer_mode="reload", objective=objective, **gap),
-                         min_total_rps=replan.min_total_rps)
+    params = SwitchParams(transfer_mode="reload", objective=objective)
+    if "cooldown_s" in replan.model_fields_set:
+        params = dataclasses.replace(params, min_gap_s=replan.cooldown_s)
+    return ControlPolicy(context, params, min_total_rps=replan.min_total_rps)
 
 
 def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):
