@@ -207,3 +207,24 @@ def test_kv_bound_burst_queues_instead_of_overloading():
     # a short burst fits in the slack entirely
     short = model.predict_stationary([sample], [rate], slo, duration_s=2.0)
     assert short.types[0].ttft_attainment == pytest.approx(1.0)
+
+
+def test_burst_regimes_last_their_window_for_the_kv_backlog():
+    """predict() evaluates each burst regime for the trace's window length (10 s): a KV-bound regime
+    queues there, while the same rates as a stationary stream are overloaded."""
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 1.5x over at 10 req/s (test above)
+    model = ReplicaLatencyModel(cost, CFG)
+    slo = [Slo(2.0, 1.0)]
+    burst = Burstiness(np.zeros((1, 1)), np.zeros(1))  # two regimes set by hand (scale 1 = cache key 0)
+    burst._cache[0] = [Regime(0.8, (0.5,)), Regime(0.2, (3.0,))]
+    mean = 10.0 / 3.0  # the heavy regime runs at 10 req/s, KV-bound; the calm one at a sixth of that
+    calm = model.predict_stationary([sample], [mean * 0.5], slo, duration_s=burst.window_s)
+    heavy = model.predict_stationary([sample], [mean * 3.0], slo, duration_s=burst.window_s)
+    assert model.predict_stationary([sample], [mean * 3.0], slo).overloaded
+    assert not heavy.overloaded and 0 < heavy.types[0].attainment < 1
+    bursty = model.predict([sample], [mean], slo, burst)
+    w_calm, w_heavy = 0.8 * 0.5, 0.2 * 3.0
+    expected = (w_calm * calm.types[0].attainment + w_heavy * heavy.types[0].attainment) / (w_calm + w_heavy)
+    assert bursty.types[0].attainment == pytest.approx(expected)
