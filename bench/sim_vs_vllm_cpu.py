@@ -154,11 +154,14 @@ def ttft_breakdown(measured_csv: Path, sim_csv: Path, tokens: dict[int, int], st
     of c tokens; the others also wait for and share steps (the scheduling). Medians of the per-request
     ratios, for the requests alone in both runs and for the rest."""
     with measured_csv.open() as fh:
-        real = [r for r in csv.DictReader(fh)]
+        real = list(csv.DictReader(fh))
     with sim_csv.open() as fh:
-        sim = [r for r in csv.DictReader(fh)]
-    if len(real) != len(sim) or any(r["status"] != "ok" for r in real):
-        return {"skipped": "not every request was served, so the runs cannot be paired"}
+        sim = list(csv.DictReader(fh))
+    if len(real) != len(sim):
+        return {"skipped": f"{len(real)} measured requests, {len(sim)} simulated: the runs cannot be paired"}
+    # requests the real gateway refused (429) were never in the real system: paired are the served ones
+    ok = np.array([r["status"] == "ok" for r in real])
+    real, sim = [r for r, k in zip(real, ok) if k], [r for r, k in zip(sim, ok) if k]
     sent = np.array([float(r["sent_s"]) for r in real])
     real_ttft = np.array([float(r["ttft_s"]) for r in real])
     real_alone = alone_at_arrival(sent, sent + np.array([float(r["e2e_s"]) for r in real]))
@@ -179,8 +182,10 @@ def ttft_breakdown(measured_csv: Path, sim_csv: Path, tokens: dict[int, int], st
                 "median_ratio_lone_price_over_measured": float(np.median(lone_price[mask] / real_ttft[mask])),
                 "mean_prompt_tokens": float(prompt[mask].mean())}
 
+    # alone_measured: the real replica's lone prefills against the step model's price of them
     return {"alone_in_both": summary(both), "queued_or_shared_in_either": summary(~both),
-            "alone_measured": int(real_alone.sum()), "alone_simulated": int(sim_alone.sum())}
+            "alone_measured": summary(real_alone), "alone_simulated": int(sim_alone.sum()),
+            "refused_measured": int((~ok).sum())}
 
 
 def profile_rows(url: str, args, label: str) -> list[dict]:
