@@ -20,6 +20,10 @@ fit`` on bench/vllm_cpu_profile.py's rows) prices every step. The simulator gets
 really sees: the load generator's synthetic prompt of each length is tokenised with the served model's own
 tokenizer (in the vLLM venv). Reported overall (the run is too short for per-type P99s): P50/P99 TTFT, TPOT
 and end-to-end latency, measured vs simulated and their ratio; load averages before and after each run.
+To tell step times from scheduling, each load also gets ``ttft_breakdown`` (from the replay's per-request
+records, ``oserve bench serve --records``: the requests that found the replica empty, whose TTFT is one
+lone prefill, against the rest) and ``vllm_engine`` (the means of vLLM's own queue, prefill, TTFT and
+inter-token histograms over the replay, from the replica's ``/metrics``).
 """
 
 from __future__ import annotations
