@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from oserve.common.errors import ConfigError
-from oserve.planner.dispatch_policy import SMALL_SET, Dispatcher, DispatchTable
+from oserve.planner.dispatch_policy import SMALL_SET, Dispatcher, DispatchTable, LoadIndex
 from oserve.planner.spill_rule import ReplicaSpeed, SpillRule
 from oserve.workload.slo import Slo
 
@@ -41,6 +41,7 @@ class Router:
         self.queued: list[int] | np.ndarray = []
         self._outstanding_now: list[int] = []
         self._queued_now: list[int] = []
+        self._least: LoadIndex | None = None
 
     def set_table(self, table: DispatchTable, replica_ids: list[int], kv_tokens: list[int],
                   outstanding: list[int], queued: list[int],
@@ -65,9 +66,11 @@ class Router:
         # small fleets: Python lists (cheaper to index one by one); large: numpy arrays (cheap to scan)
         if len(replica_ids) <= SMALL_SET:
             self.outstanding, self.queued = list(outstanding), list(queued)
+            self._least = None
         else:
             self.outstanding = np.asarray(outstanding, dtype=np.int64)
             self.queued = np.asarray(queued, dtype=np.int64)
+            self._least = LoadIndex(outstanding)  # the least loaded without a scan
         # Python mirrors of the counts: most events leave a replica's counts as they were, and
         # comparing a list item is cheaper than writing a numpy one
         self._outstanding_now, self._queued_now = list(outstanding), list(queued)
@@ -84,6 +87,8 @@ class Router:
             return
         if self._outstanding_now[c] != num_outstanding:
             self._outstanding_now[c] = self.outstanding[c] = num_outstanding
+            if self._least is not None:
+                self._least.move(c, num_outstanding)
         if self._queued_now[c] != num_queued:
             self._queued_now[c] = self.queued[c] = num_queued
         if self.needs_backlog:
@@ -95,7 +100,7 @@ class Router:
         if self._dispatcher is None:
             raise ConfigError("no replica accepts work: the caller holds requests until one does")
         c = self._dispatcher.choose(type_id, self.outstanding, self.queued, prompt_tokens,
-                                    self.prefill_tokens, self.num_decoding)
+                                    self.prefill_tokens, self.num_decoding, self._least)
         if max_tokens > self._kv_tokens[c]:  # the plan's choice cannot hold it: least loaded that can
             fits = self._kv_tokens >= max_tokens
             if fits.any():
