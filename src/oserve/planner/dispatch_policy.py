@@ -248,11 +248,15 @@ class Dispatcher:
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
         allowed = self._allowed[type_id]
         policy = self.policy
+        credits = self._credits[type_id]
+        if policy == "least-outstanding" and not self._small[type_id]:  # the large fleet's usual case
+            j = self._pick_large(credits, type_id, outstanding, least)
+            credits[j] -= 1.0
+            return allowed[j]
         if policy == "spillover" and queued is None:
             raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
         if policy == "weighted-random":
             return allowed[int(self.rng.choice(len(allowed), p=self._shares[type_id]))]
-        credits = self._credits[type_id]
         if self._small[type_id]:
             j = self._pick_small(credits, self._shares[type_id], allowed, outstanding)
         else:

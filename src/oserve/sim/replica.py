@@ -36,7 +36,7 @@ from collections import deque
 
 from oserve.planner.plan import COLOCATED, DECODE, PREFILL
 from oserve.sim.batching import BatchingConfig, StepBatch, admit, preempt, schedule_step
-from oserve.sim.decode_set import NO_DECODE, DecodeSet
+from oserve.sim.decode_set import DecodeSet
 from oserve.sim.kv_blocks import BlockPool
 from oserve.sim.request import Seq
 from oserve.sim.step_timer import StepTimer, decode_run_s, decode_steps_within
@@ -309,8 +309,9 @@ class ReplicaSim:
                     self._prefilling.append(seq)
             self._joining = []
         bt = pool.block_tokens
-        budget = cfg.max_num_batched_tokens - decoding.count
-        need = decoding.next_step_blocks() if decoding.count else 0
+        num_decode = decoding.count
+        budget = cfg.max_num_batched_tokens - num_decode
+        need, ctx_total, min_left = decoding.step_view()
         for seq in self._prefilling:
             budget -= seq.prefill_target - seq.num_cached
             need += -(-seq.prefill_target // bt) - seq.num_blocks
@@ -319,16 +320,13 @@ class ReplicaSim:
         pool.allocate(need)
         # positional (cheaper than keywords): prefill, decode, num_preempted, prefill_tokens, prefill_sq,
         # decode_ctx_total, min_output_left, num_decode, lazy
-        batch = StepBatch([], [], 0, 0, 0.0, 0, NO_DECODE, decoding.count, True)
+        batch = StepBatch([], [], 0, 0, 0.0, ctx_total, min_left, num_decode, True)
         for seq in self._prefilling:
             chunk = seq.prefill_target - seq.num_cached
             seq.num_blocks = -(-seq.prefill_target // bt)
             batch.prefill.append((seq, chunk))
             batch.prefill_tokens += chunk
             batch.prefill_sq += chunk * (chunk + 2 * seq.num_cached)
-        if decoding.count:
-            batch.decode_ctx_total = decoding.ctx_total()
-            batch.min_output_left = decoding.min_output_left()
         waiting, running = self.waiting, self._running
         max_seqs = cfg.max_num_seqs + self._num_dead  # the finished ones hold no seat
         while waiting and budget > 0 and len(running) < max_seqs:  # as _schedule_chunked

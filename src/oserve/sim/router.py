@@ -62,6 +62,7 @@ class Router:
         self.num_decoding = [0] * len(replica_ids)
         self._ids = np.asarray(replica_ids, dtype=np.int64)
         self._kv_tokens = np.asarray(kv_tokens, dtype=np.int64)
+        self._kv_list = [int(x) for x in kv_tokens]  # indexed once per request: a list item is cheaper
         self.max_kv_tokens = max(kv_tokens) if kv_tokens else None
         # small fleets: Python lists (cheaper to index one by one); large: numpy arrays (cheap to scan)
         if len(replica_ids) <= SMALL_SET:
@@ -101,7 +102,7 @@ class Router:
             raise ConfigError("no replica accepts work: the caller holds requests until one does")
         c = self._dispatcher.choose(type_id, self.outstanding, self.queued, prompt_tokens,
                                     self.prefill_tokens, self.num_decoding, self._least)
-        if max_tokens > self._kv_tokens[c]:  # the plan's choice cannot hold it: least loaded that can
+        if max_tokens > self._kv_list[c]:  # the plan's choice cannot hold it: least loaded that can
             fits = self._kv_tokens >= max_tokens
             if fits.any():
                 load = np.where(fits, np.asarray(self.outstanding), _UNREACHABLE)

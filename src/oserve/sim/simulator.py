@@ -210,7 +210,10 @@ class Simulation:
         nxt = rep.on_arrival(seq, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        self._update_router(rid)
+        if self._plain_router and rep.role == COLOCATED:  # _update_router(rid), inline
+            router.update(rid, len(rep.waiting) + len(rep._running) - rep._num_dead, len(rep.waiting))
+        else:
+            self._update_router(rid)
 
     def _update_router(self, rid: int) -> None:
         """Tell the router a replica's load (its prefill backlog only when the policy reads it)."""
@@ -256,7 +259,7 @@ class Simulation:
         heap = self.queue.heap
         pop = heapq.heappop
         replicas = self.replicas
-        on_step_end = self._on_step_end
+        on_step_end, on_arrival = self._on_step_end, self._on_arrival
         horizon = rec.last_arrival_s + self.config.drain_s
         bar = _progress_bar(n, progress)
         if controller is not None:
@@ -280,7 +283,7 @@ class Simulation:
                 continue
             if i >= n:
                 break
-            self._on_arrival(i, next_arrival)
+            on_arrival(i, next_arrival)
             i += 1
             if i - base == len(arrivals):
                 arrivals, base = rec.arrival_chunk(i)
@@ -384,7 +387,9 @@ class Simulation:
 
     def _on_arrival(self, i: int, t: float) -> None:
         rec = self.records
-        rec.advance(t)
+        rec.area += rec.in_system * (t - rec.last_t)  # rec.advance(t), inline (once per event)
+        rec.last_t = t
+        rec.num_events += 1
         prompt, output = rec.lengths(i)
         max_kv = self.router.max_kv_tokens  # None while no replica accepts: the gateway holds it
         if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:
