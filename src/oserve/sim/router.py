@@ -3,7 +3,9 @@
 The decision is the shared dispatch policy (``planner.dispatch_policy``, through its in-place
 ``Dispatcher``). What the policy reads, each replica's outstanding and queued requests, is kept here as
 numpy arrays that the simulator updates after every operation on a replica, so routing a request costs
-the same whatever the fleet's size: nothing is rebuilt or scanned in Python per request. With the
+the same whatever the fleet's size: nothing is rebuilt or scanned in Python per request. Over a large
+fleet the outstanding counts are also grouped by value (``LoadIndex``), so that a least-outstanding
+choice over equal shares looks only at the replicas tied at the least load. With the
 ``slo-spill`` policy the router also keeps each replica's prefill backlog and decode count, which the
 spill rule (``planner.spill_rule``) reads, and the rule over the routed replicas (per-type SLOs given
 at construction, each replica's speed with the table).
@@ -25,13 +27,14 @@ class Router:
     """Routes over ``replica_ids`` (the table's columns, in order); ids are the simulator's replicas."""
 
     def __init__(self, policy: str, rng: np.random.Generator,
-                 type_slos: tuple[Slo, ...] | None = None) -> None:
+                 type_slos: tuple[Slo, ...] | None = None, load_index: bool = True) -> None:
         if policy == "slo-spill" and type_slos is None:
             raise ConfigError("the slo-spill dispatch policy needs the request types' SLOs")
         self.policy = policy
         self.rng = rng
         self.type_slos = type_slos
         self.needs_backlog = policy == "slo-spill"
+        self.load_index = load_index  # False: every choice scans the counts (equivalence tests)
         self.prefill_tokens: list[int] = []
         self.num_decoding: list[int] = []
         self.replica_ids: list[int] = []
@@ -71,7 +74,7 @@ class Router:
         else:
             self.outstanding = np.asarray(outstanding, dtype=np.int64)
             self.queued = np.asarray(queued, dtype=np.int64)
-            self._least = LoadIndex(outstanding)  # the least loaded without a scan
+            self._least = LoadIndex(outstanding) if self.load_index else None  # the least, no scan
         # Python mirrors of the counts: most events leave a replica's counts as they were, and
         # comparing a list item is cheaper than writing a numpy one
         self._outstanding_now, self._queued_now = list(outstanding), list(queued)

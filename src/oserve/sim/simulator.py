@@ -134,9 +134,12 @@ class Simulation:
         self.batching = batching
         self.block_tokens = block_tokens
         self.decode_runs = decode_runs
-        self.fast_steps = fast_steps  # False: every step by the reference scheduler (equivalence tests)
+        # False: every step by the reference scheduler and every routing choice by a scan of the counts
+        # (equivalence tests)
+        self.fast_steps = fast_steps
         self.max_context_tokens = max_context_tokens
-        self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos)
+        self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos,
+                             load_index=fast_steps)
         # the router reads a colocated replica's own counts only (no backlog, nothing downstream)
         self._plain_router = not self.router.needs_backlog
         self.handoff = handoff
