@@ -27,8 +27,8 @@ from oserve.costmodel.replica_config import ReplicaConfig
 
 GRID_STEPS_PER_OCTAVE = 64
 EXACT_BELOW = 256
-CTX_PROBE_TOKENS = (256, 4096)
-GRID_MEMO = 1 << 17  # quantized values a timer remembers  # per sequence: where the affine fit in context is taken
+CTX_PROBE_TOKENS = (256, 4096)  # per sequence: where the affine fit in context is taken
+GRID_MEMO = 1 << 17  # quantized values a timer remembers
 
 
 def quantize(x: float) -> float:
