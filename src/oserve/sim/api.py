@@ -13,6 +13,7 @@ from oserve.planner.dispatch_policy import DispatchTable
 from oserve.planner.plan import Plan
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
+from oserve.sim.early_stop import MissBudget
 from oserve.sim.handoff import PlanHandoff
 from oserve.sim.metrics import SimResult
 from oserve.sim.simulator import Simulation, replicas_from_configs
@@ -50,11 +51,13 @@ def plan_handoff(plan: Plan, cost_model: CostModel, cluster: ClusterSpec | None 
 def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: CostModel,
                   config: SimConfig | None = None, progress: bool = False,
                   cluster: ClusterSpec | None = None, timers: dict | None = None,
-                  type_slos: tuple[Slo, ...] | None = None) -> SimResult:
+                  type_slos: tuple[Slo, ...] | None = None,
+                  budget: MissBudget | None = None) -> SimResult:
     """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``, memoised in
     ``timers`` (a dict kept across calls shares step times between simulations of the same model); KV
     hand-offs of disaggregated groups priced on ``cluster`` (default: the plan's own); ``type_slos``
-    (each request type's SLO) is what the ``slo-spill`` dispatch needs."""
+    (each request type's SLO) is what the ``slo-spill`` dispatch needs; ``budget`` stops a goodput probe once it
+    must fail (``sim.early_stop``: the result is then partial)."""
     config = config or SimConfig()
     setups = [replace(s, role=r.role, group=r.group)
               for s, r in zip(replicas_from_configs(plan.configs(), cost_model, timers), plan.replicas)]
@@ -63,6 +66,7 @@ def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: Cos
                      batching_config(cost_model, config), cost_model.params.kv_block_tokens,
                      max_context, handoff=plan_handoff(plan, cost_model, cluster), type_slos=type_slos)
     type_ids = request_type_ids(trace, types, config.oracle_types)
-    result = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, type_ids, progress)
+    result = sim.run(trace.arrival_s, trace.input_tokens, trace.output_tokens, type_ids, progress,
+                     budget=budget)
     result.meta.update({"plan": plan.describe(), "planner": plan.planner, "trace": trace.name})
     return result

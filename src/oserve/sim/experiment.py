@@ -11,6 +11,7 @@ from oserve.planner.api import make_plan
 from oserve.planner.plan import Plan
 from oserve.sim.api import simulate_plan
 from oserve.sim.config import SimConfig
+from oserve.sim.early_stop import MissBudget
 from oserve.sim.metrics import SimResult
 from oserve.sim.rate_search import RateSearchResult, search_max_scale
 from oserve.workload.request_types import RequestTypes, TypeStats, fit_request_types
@@ -52,10 +53,10 @@ def plan_for(cluster: ClusterSpec, cost_model: CostModel, prepared: PreparedTrac
 
 def simulate_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,
                 rate_scale: float = 1.0, progress: bool = False, timers: dict | None = None,
-                type_slos: tuple[Slo, ...] | None = None) -> SimResult:
+                type_slos: tuple[Slo, ...] | None = None, budget: MissBudget | None = None) -> SimResult:
     trace = prepared.trace if rate_scale == 1.0 else prepared.trace.scaled(rate_scale)
     return simulate_plan(plan, trace, prepared.types, cost_model, config, progress, timers=timers,
-                         type_slos=type_slos)
+                         type_slos=type_slos, budget=budget)
 
 
 def summary_at(plan: Plan, prepared: PreparedTrace, cost_model: CostModel, config: SimConfig,

@@ -5,6 +5,11 @@ with requests has at least the target share of requests meeting their SLO (TTFT 
 queueing counts; dropped requests miss). The search is ``sim.rate_search.search_scale`` (bracket by
 doubling or halving from the start scale within [1/64, 64], then bisect geometrically to ``rel_tol``,
 3%), which assumes attainment falls with load.
+
+A probe needs only pass or fail, so by default (``early_stop``) its simulation stops as soon as some
+type has more known misses than the target allows (``sim.early_stop``: exact, the decision is the full
+run's). A passing probe always runs to the end (its ``SimResult`` is complete); a stopped one is marked
+``partial``, and its attainment, counted on the records so far, is not reported as a measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from oserve.costmodel.cost_model import CostModel
 from oserve.planner.plan import Plan
 from oserve.planner.spill_rule import trace_type_slos
 from oserve.sim.config import SimConfig
+from oserve.sim.early_stop import MissBudget
 from oserve.sim.metrics import Attainment, SimResult, per_type_latency, slo_attainment
 from oserve.sim.rate_search import search_scale
 from oserve.workload.slo import Slo, SloSpec
@@ -29,8 +35,9 @@ FLOOR_STEP = 1.25  # above a floor that holds, the first bracket probe
 @dataclass(frozen=True)
 class GoodputProbe:
     scale: float
-    attainment: Attainment
+    attainment: Attainment  # when ``partial``: on the records up to the stop, not the whole trace's
     ok: bool
+    partial: bool = False  # the simulation stopped once the probe had to fail
 
 
 @dataclass
@@ -55,8 +62,14 @@ class GoodputResult:
         return {"goodput_scale": self.scale, "attainment_target": self.target,
                 "attainment_at_goodput": att.to_dict() if att else None,
                 "per_type_p99_at_goodput": per_type_latency(self.best, num_types) if self.best else None,
-                "probes": [{"scale": p.scale, "overall": p.attainment.overall,
-                            "per_type": list(p.attainment.per_type), "ok": p.ok} for p in self.probes]}
+                "probes": [_probe_dict(p) for p in self.probes]}
+
+
+def _probe_dict(p: GoodputProbe) -> dict:
+    if p.partial:  # stopped early: only the failure is known, not the attainment
+        return {"scale": p.scale, "overall": None, "per_type": None, "ok": p.ok, "stopped_early": True}
+    return {"scale": p.scale, "overall": p.attainment.overall, "per_type": list(p.attainment.per_type),
+            "ok": p.ok, "stopped_early": False}
 
 
 def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult | None]],
@@ -72,8 +85,9 @@ def search_goodput_scale(evaluate: Callable[[float], tuple[Attainment, SimResult
 
     def probe(scale: float) -> bool:
         att, sim = evaluate(scale)
-        ok = att.meets(target)
-        result.probes.append(GoodputProbe(scale, att, ok))
+        partial = sim is not None and "stopped_early_s" in sim.meta
+        ok = att.meets(target) and not partial
+        result.probes.append(GoodputProbe(scale, att, ok, partial))
         if ok and scale >= result.scale:
             result.scale, result.best = scale, sim
         return ok
@@ -98,18 +112,25 @@ def prepared_type_slos(prepared, slo: SloSpec) -> tuple[Slo, ...]:
 
 def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig, slo: SloSpec,
                  start_scale: float = 1.0, rel_tol: float = 0.03, floor: float = 0.0,
-                 timers: dict | None = None, max_probes: int = 24) -> GoodputResult:
+                 timers: dict | None = None, max_probes: int = 24,
+                 early_stop: bool = True) -> GoodputResult:
     """Goodput scale of ``plan`` on a prepared trace (``oserve.sim.experiment.PreparedTrace``); ``floor``
     as in ``search_goodput_scale`` (with ``max_probes=1``: only whether the plan meets the target there),
-    ``timers`` shares step times across the probes (and plans)."""
+    ``timers`` shares step times across the probes (and plans); ``early_stop`` stops each failing probe
+    once it must fail (False: every probe simulated to the end)."""
+    from oserve.sim.api import request_type_ids
     from oserve.sim.experiment import simulate_at  # experiment imports the planner front end
 
     names = prepared.types.names()
     type_slos = prepared_type_slos(prepared, slo) if config.dispatch == "slo-spill" else None
+    # the types and bounds do not depend on the scale (it only re-times arrivals): once per search
+    type_id = request_type_ids(prepared.trace, prepared.types, config.oracle_types)
+    ttft, tpot = slo.bounds(type_id, names, prepared.trace.input_tokens)
+    budget = MissBudget(type_id, ttft, tpot, slo.attainment, len(names)) if early_stop else None
 
     def evaluate(scale: float) -> tuple[Attainment, SimResult]:
-        res = simulate_at(plan, prepared, cost_model, config, scale, timers=timers, type_slos=type_slos)
-        ttft, tpot = slo.bounds(res.type_id, names, res.input_tokens)
+        res = simulate_at(plan, prepared, cost_model, config, scale, timers=timers, type_slos=type_slos,
+                          budget=budget)
         return slo_attainment(res, ttft, tpot, len(names)), res
 
     return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol, max_probes, floor=floor)

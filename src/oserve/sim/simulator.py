@@ -42,6 +42,7 @@ from oserve.planner.plan import COLOCATED, DECODE, PREFILL
 from oserve.planner.spill_rule import ReplicaSpeed, replica_speeds
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
+from oserve.sim.early_stop import MissBudget, ProbeFailed
 from oserve.sim.events import STEP, TRANSFER, EventQueue
 from oserve.sim.handoff import HandoffTimer
 from oserve.sim.kv_blocks import BlockPool
@@ -162,6 +163,7 @@ class Simulation:
         self.queue = EventQueue()
         self.records = Records(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # set by run
         self.controller: Controller | None = None
+        self.budget: MissBudget | None = None  # set by run: stop once the probe must fail
 
     # ---- operations a controller uses -----------------------------------------------------------------
 
@@ -253,11 +255,36 @@ class Simulation:
 
     def run(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
             type_id: np.ndarray, progress: bool = False,
-            controller: Controller | None = None) -> SimResult:
-        """Serve the requests (arrays sorted by arrival) and return their records."""
+            controller: Controller | None = None, budget: MissBudget | None = None) -> SimResult:
+        """Serve the requests (arrays sorted by arrival) and return their records. With ``budget``
+        (``sim.early_stop``, a goodput probe's) the run stops as soon as the probe must fail: the records
+        are then partial (``meta["stopped_early_s"]``, the requests in flight marked unfinished)."""
         wall0 = time.perf_counter()
         rec = self.records = Records(arrival_s, input_tokens, output_tokens, type_id)
         self.controller = controller
+        self.budget = budget
+        if budget is not None:
+            budget.bind(rec.arrival_s, rec.output_tokens, rec.first_tok)
+        try:
+            self._loop(progress)
+        except ProbeFailed:
+            assert budget is not None  # only a budget raises it
+            budget.stopped_s = rec.last_t
+        horizon = rec.last_arrival_s + self.config.drain_s
+        end_s = min(rec.last_t, horizon)
+        result = rec.result(end_s, self.config.util_bin_s, self._live_seqs())
+        result.replicas = self._replica_stats(result.replica_id, end_s, rec.first_arrival_s)
+        result.meta["step_timer"] = cache_stats(s.timer for s in self.setups)
+        # engine steps the DecodeSet could not schedule (order-dependent: preemption, a binding budget)
+        result.meta["reference_steps"] = sum(r.num_reference_steps for r in self.replicas)
+        if budget is not None and budget.stopped_s is not None:
+            result.meta["stopped_early_s"] = budget.stopped_s
+        result.wall_s = time.perf_counter() - wall0
+        return result
+
+    def _loop(self, progress: bool) -> None:
+        rec = self.records
+        controller = self.controller
         n = rec.n
         heap = self.queue.heap
         pop = heapq.heappop
@@ -295,14 +322,6 @@ class Simulation:
         if bar is not None:
             bar.update(i % PROGRESS_EVERY)
             bar.close()
-        end_s = min(rec.last_t, horizon)
-        result = rec.result(end_s, self.config.util_bin_s, self._live_seqs())
-        result.replicas = self._replica_stats(result.replica_id, end_s, rec.first_arrival_s)
-        result.meta["step_timer"] = cache_stats(s.timer for s in self.setups)
-        # engine steps the DecodeSet could not schedule (order-dependent: preemption, a binding budget)
-        result.meta["reference_steps"] = sum(r.num_reference_steps for r in self.replicas)
-        result.wall_s = time.perf_counter() - wall0
-        return result
 
     def _on_step_end(self, t: float, rid: int) -> None:
         rec = self.records
@@ -320,6 +339,8 @@ class Simulation:
             rec.finished(finished, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
+        if self.budget is not None:
+            self.budget.step_end(t, first, finished)
         if self._plain_router and rep.role == COLOCATED:  # _update_router(rid), inline
             self.router.update(rid, len(rep.waiting) + len(rep._running) - rep._num_dead,
                                len(rep.waiting))
@@ -397,8 +418,12 @@ class Simulation:
         max_kv = self.router.max_kv_tokens  # None while no replica accepts: the gateway holds it
         if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:
             rec.drop(i, "exceeds_context")
+            if self.budget is not None:
+                self.budget.dropped(i)
         elif max_kv is not None and prompt + output - 1 > max_kv:
             rec.drop(i, "exceeds_kv_capacity")
+            if self.budget is not None:
+                self.budget.dropped(i)
         else:
             self.admit(rec.admitted(i, prompt, output), t)
 

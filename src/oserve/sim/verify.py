@@ -110,10 +110,11 @@ def verification_trace(prepared: PreparedTrace, max_requests: int) -> PreparedTr
 
 def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostModel, config: SimConfig,
                      slo: SloSpec, max_requests: int | None = None,
-                     rel_tol: float = 0.03) -> Verification:
+                     rel_tol: float = 0.03, early_stop: bool = True) -> Verification:
     """Simulate the shortlist's goodput; the best simulated one wins. The first plan is the baseline
     (the best homogeneous-tuned fleet), searched in full; each later one must beat the best so far, so
-    its search starts at that scale times ``1 + rel_tol`` and stops there (pruned) when it misses."""
+    its search starts at that scale times ``1 + rel_tol`` and stops there (pruned) when it misses.
+    ``early_stop`` as in ``plan_goodput`` (failing probes stop once they must fail; same decisions)."""
     if max_requests is None:
         most = max(len(p.replicas) for p in shortlist)
         max_requests = max(MIN_VERIFY_REQUESTS, REQUESTS_PER_REPLICA * most)
@@ -130,7 +131,7 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
         start = max((plan.predicted_goodput_scale or 1.0) / busier, 1e-3)
         floor = best * (1 + rel_tol) if checked else 0.0
         res = plan_goodput(plan, vt, cost, config, slo, start_scale=start, rel_tol=rel_tol, floor=floor,
-                           timers=timers)
+                           timers=timers, early_stop=early_stop)
         checked.append(replace(plan, simulated_goodput_scale=None if res.pruned else res.scale))
         pruned.append(floor if res.pruned else None)
         best = max(best, res.scale)
@@ -138,7 +139,7 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
     confirmation = None
     if win != 0:
         confirmation = confirm(checked[0], checked[win], prepared, vt, cost, config, slo,
-                               CONFIRM_FACTOR * max_requests, rel_tol, timers)
+                               CONFIRM_FACTOR * max_requests, rel_tol, timers, early_stop)
         if confirmation is not None and not confirmation.confirmed:
             win = 0
     return Verification(checked[win], tuple(checked), len(vt.trace), tuple(pruned), confirmation)
@@ -146,7 +147,7 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
 
 def confirm(baseline: Plan, challenger: Plan, prepared: PreparedTrace, vt: PreparedTrace, cost: CostModel,
             config: SimConfig, slo: SloSpec, max_requests: int, rel_tol: float,
-            timers: dict) -> Confirmation | None:
+            timers: dict, early_stop: bool = True) -> Confirmation | None:
     """Re-make the verification's decision on the larger window of ``max_requests`` requests (None: the
     verification window was already the whole trace), by ``paired_decision``: the verification's rule
     (meet the target at the tuned fleet's scale times ``1 + rel_tol``) on the larger window, at a few
@@ -160,7 +161,7 @@ def confirm(baseline: Plan, challenger: Plan, prepared: PreparedTrace, vt: Prepa
         nonlocal probes
         probes += 1
         return not plan_goodput(plan, ct, cost, config, slo, rel_tol=rel_tol, floor=scale, timers=timers,
-                                max_probes=1).pruned
+                                max_probes=1, early_stop=early_stop).pruned
 
     # start between two estimates of the tuned fleet's goodput there, each off by up to 2x in the
     # evaluation (geometric mean): the latency model's (for the whole trace, divided by how much busier
