@@ -67,6 +67,7 @@ class MissBudget:
         # requests in order of their TTFT deadline: the sweep for those still without a first token
         self._order = np.argsort(arrival + self._ttft_np, kind="stable").tolist()
         self._next = 0
+        self.next_deadline_s = -math.inf
         self._left = list(self._allowed)
         self._missed = bytearray(len(self._arr))
         self.stopped_s = None
@@ -102,17 +103,24 @@ class MissBudget:
                     self._miss(i)
                 elif steps[i] > 0 and (t - f) / steps[i] > tpot[i]:
                     self._miss(i)
-        order, first_tok = self._order, self._first
+        if t > self.next_deadline_s:
+            self._overdue(t)
+
+    def _overdue(self, t: float) -> None:
+        """Requests still without a first token more than their TTFT bound after arrival."""
+        arr, ttft, order, first_tok = self._arr, self._ttft, self._order, self._first
         k, n = self._next, len(order)
         while k < n:
             i = order[k]
             if not t - arr[i] > ttft[i]:
-                break  # the deadlines are sorted up to rounding: a late catch is only a later stop
+                break  # sorted by arrival + bound, up to rounding: a late catch only stops later
             k += 1
             f = first_tok[i]
-            if f != f:  # no first token yet, more than its bound after arrival
+            if f != f:  # its first token can only come later
                 self._miss(i)
         self._next = k
+        # the next sweep when the clock passes the next deadline (a hint: the test above decides)
+        self.next_deadline_s = arr[order[k]] + ttft[order[k]] if k < n else math.inf
 
 
 __all__ = ["MissBudget", "ProbeFailed", "allowed_misses"]
