@@ -56,8 +56,8 @@ def simulate_plan(plan: Plan, trace: Trace, types: RequestTypes, cost_model: Cos
     """Serve ``trace`` with ``plan``'s replicas and dispatch; step times from ``cost_model``, memoised in
     ``timers`` (a dict kept across calls shares step times between simulations of the same model); KV
     hand-offs of disaggregated groups priced on ``cluster`` (default: the plan's own); ``type_slos``
-    (each request type's SLO) is what the ``slo-spill`` dispatch needs; ``budget`` stops a goodput probe once it
-    must fail (``sim.early_stop``: the result is then partial)."""
+    (each request type's SLO) is what the ``slo-spill`` dispatch needs; ``budget`` stops a goodput probe
+    once it must fail (``sim.early_stop``: the result is then partial)."""
     config = config or SimConfig()
     setups = [replace(s, role=r.role, group=r.group)
               for s, r in zip(replicas_from_configs(plan.configs(), cost_model, timers), plan.replicas)]
