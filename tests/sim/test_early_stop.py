@@ -119,3 +119,23 @@ def test_a_probe_that_must_fail_stops_before_the_end():
     kept = simulate(0.05, MissBudget(types, ttft, tpot, 0.9, 2))
     assert "stopped_early_s" not in kept.meta and kept.num_events == light.num_events
     np.testing.assert_array_equal(kept.finish_s, light.finish_s)
+
+
+def test_a_disaggregated_plan_searches_the_same():
+    """First tokens on prefill replicas, completions on decode replicas: the same decisions."""
+    from oserve.costmodel.replica_config import ReplicaConfig
+    from oserve.planner.plan import DECODE, PREFILL, Plan, Replica
+
+    cost = CostModel(load_models().get("llama-3-8b"))
+    cluster = parse_cluster("1x8xH100-80GB", load_gpus())
+    h1 = ReplicaConfig("H100-80GB")
+    replicas = (Replica(0, (0,), h1, PREFILL, 0), Replica(1, (1,), h1, DECODE, 0))
+    plan = Plan("llama-3-8b", replicas, ("t",), (1.0,), ((1.0,), (1.0,)), ((1.0, 0.0),), 1.0,
+                (0.0, 0.0), (), "hand", cluster=cluster.describe())
+    prepared = prepare_trace("azure-conv", cost, num_types=1, window_s=(0.0, 60.0))
+    slo = slo_from_flags("loose", None, None, None)
+    config = SimConfig(drain_s=120.0)
+    full = plan_goodput(plan, prepared, cost, config, slo, early_stop=False)
+    early = plan_goodput(plan, prepared, cost, config, slo)
+    same_search(full, early)
+    assert full.scale > 0 and any(p.partial for p in early.probes)
