@@ -24,8 +24,8 @@ fleet, the decision is re-made on a window ``CONFIRM_FACTOR`` times larger (the 
 smaller; 1/sqrt(2) of the binomial noise, and a window twice as long in replay time), by a paired search
 (``paired_decision``): the winner stands only if it meets the target where the tuned fleet misses, at
 least ``1 + rel_tol`` above the tuned fleet's passing scale; otherwise the tuned fleet wins. The cost (a
-few probes on the larger window) is paid only in that case (docs/planner.md: it breaks the 5 s budget
-at 16 GPUs on a close call).
+few probes on the larger window, each stopped once it must fail: ``sim.early_stop``) is paid only in
+that case (docs/planner.md: it breaks the 5 s budget at 16 GPUs on a close call).
 """
 
 from __future__ import annotations
