@@ -55,8 +55,8 @@ def test_dead_replica_before_first_token_is_retried_elsewhere():
             # r0 is marked dead, or the controller has already restarted it (a fresh engine) while r1
             # streamed (the stream yields to the event loop between chunks)
             r0, r1 = runtime.router.table.handles
-            r0_retired = r0.state is ReplicaState.DEAD or r0.engine is not fleet.engines[0]
-        return text, (r0_retired, r1.state), runtime.metrics
+            states = (r0.state is ReplicaState.DEAD or r0.engine is not fleet.engines[0], r1.state)
+        return text, states, runtime.metrics
 
     text, states, metrics = asyncio.run(main())
     assert text == " ok" * 3
