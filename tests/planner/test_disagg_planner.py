@@ -190,13 +190,22 @@ def test_group_search_tries_every_prefill_budget_and_decode_max_num_seqs():
     assert len(seen) == num_layouts * len(PREFILL_BUDGETS) + len(DECODE_MAX_SEQS) - 1
 
 
-def test_pairs_include_the_widest_prefill_split():
-    """A long prompt's prefill is fastest on the most GPUs: the highest-TP split without PP is a prefill
-    candidate even when it is not among the best tuned colocated configurations."""
+def test_pairs_take_the_prefill_side_from_every_tuned_split_and_the_widest_decode_split():
+    """Which split prefills best alone is not which one serves best colocated: every tuned split is a
+    prefill candidate, also one ranked last (on 32 GPUs of azure-code the best pair, TP2 PP2 -> TP4, had
+    a prefill split outside the best few, and the enumeration of bench/disagg_enumerate.py found it).
+    The decode side is the best few and the highest-TP split without PP (the fastest decode step); a
+    middling split is no decode candidate."""
     from oserve.planner.disagg_search import pair_configs
 
     tp8 = ReplicaConfig("H100-80GB", tp=8)
-    tuned = [ReplicaConfig("H100-80GB", tp=2, pp=2), TP2, ReplicaConfig("H100-80GB", tp=4), TP2.hardware,
-             ReplicaConfig("H100-80GB", tp=1), tp8]
+    tp2pp2 = ReplicaConfig("H100-80GB", tp=2, pp=2)
+    tp1pp2 = ReplicaConfig("H100-80GB", tp=1, pp=2)
+    tuned = [ReplicaConfig("H100-80GB", tp=4, pp=2), ReplicaConfig("H100-80GB", tp=4), TP2.hardware,
+             ReplicaConfig("H100-80GB", tp=1, pp=4), tp8, tp2pp2, tp1pp2]
     pairs = pair_configs(tuned, 8)
-    assert (tp8, TP2) in pairs and all(d != tp8 for _, d in pairs)
+    prefill = {p for p, _ in pairs}
+    decode = {d for _, d in pairs}
+    assert prefill == set(tuned)
+    assert (tp2pp2, ReplicaConfig("H100-80GB", tp=4)) in pairs and (tp1pp2, tp8) in pairs
+    assert tp8 in decode and tp2pp2 not in decode and tp1pp2 not in decode

@@ -5,9 +5,9 @@ The flow of a type is type -> prefill capacity -> decode capacity, two stages in
 type's SLO when its prefill pool meets the TTFT bound (less the KV hand-off and the first decode step)
 and its decode pool the TPOT bound. The search:
 
-1. **Pairs.** Prefill and decode hardware splits from the best few tuned ones (the best two, and the
-   best two that fit twice in a node, so that a node can hold a group); the prefill side also from the
-   highest-TP split without PP among them (a long prompt's prefill finishes sooner on more GPUs).
+1. **Pairs.** The prefill side from every tuned hardware split; the decode side from the best few
+   tuned ones (the best two, and the best two that fit twice in a node, so that a node can hold a
+   group) and the highest-TP split without PP (the fastest decode step).
 2. **Roles and engines.** For each pair and layout the GPUs move between the roles: ``x`` prefill and
    ``y`` decode replicas per node (one group per node, the hand-off on NVLink), or whole nodes of
    prefill and of decode (one group, the hand-off over the network). Every split is scored at every
@@ -190,9 +190,9 @@ def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group:
 
 def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_engine: bool = False
                  ) -> list[tuple[ReplicaConfig, ReplicaConfig]]:
-    """(prefill, decode) hardware pairs at the engine defaults from the best tuned hardware splits (the
-    best few, the best few that fit twice in a node, and for the prefill side the highest-TP one without
-    PP); ``default_engine``: one configuration on both sides (Dynamo-style)."""
+    """(prefill, decode) hardware pairs at the engine defaults: the prefill side from every tuned hardware
+    split, the decode side from the best few, the best few that fit twice in a node and the highest-TP
+    one without PP; ``default_engine``: one configuration on both sides from the best few (Dynamo-style)."""
     ranked = list(dict.fromkeys(c.hardware for c in tuned_hardware))
     half = [c for c in ranked if 2 * c.num_gpus <= node_gpus]
     hw = list(dict.fromkeys(ranked[:NUM_PAIR_CONFIGS] + half[:NUM_PAIR_CONFIGS]))
@@ -200,7 +200,10 @@ def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_en
         return [(h, h) for h in hw]
     flat = [c for c in ranked if c.pp == 1]
     wide = [max(flat, key=lambda c: c.tp)] if flat else []
-    return [(p, d) for p in dict.fromkeys(hw + wide) for d in hw if p.kv_cache_dtype == d.kv_cache_dtype]
+    # the prefill side from every tuned split: which split prefills best alone is not which one serves
+    # best colocated (on 32 GPUs of azure-code the best pair, TP2 PP2 -> TP4, had a prefill split outside
+    # the best few; bench/results/disagg_enumerate); the decode side from the best few and the widest
+    return [(p, d) for p in ranked for d in dict.fromkeys(hw + wide) if p.kv_cache_dtype == d.kv_cache_dtype]
 
 
 def group_engines(replicas: tuple[Replica, ...], budget_tokens: int,
