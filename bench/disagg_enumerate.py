@@ -29,7 +29,13 @@ from pathlib import Path
 from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.planner.disagg_search import DECODE_MAX_SEQS, PREFILL_BUDGETS, even_fractions, group_engines, layouts
+from oserve.planner.disagg_search import (
+    DECODE_MAX_SEQS,
+    PREFILL_BUDGETS,
+    even_fractions,
+    group_engines,
+    layouts,
+)
 from oserve.planner.slo_planner import Candidate, GoodputPlanner, candidate_plan, slo_workload
 from oserve.sim.config import SimConfig
 from oserve.sim.experiment import prepare_trace
@@ -75,7 +81,8 @@ def run(model: str, num_gpus: int, trace: str, slo_name: str, window_s: float, v
     where = cluster.describe()
     coloc_plan, ver = plan_with_slo(cluster, cost, prepared, "oserve", slo, "goodput", config,
                                     verify_requests=verify_requests, disaggregation=False)
-    assert ver is not None
+    if ver is None:
+        raise RuntimeError("plan_with_slo verified no shortlist (verify_requests must be > 0)")
     coloc_window = ver.plan.simulated_goodput_scale or 0.0
     vt = verification_trace(prepared, verify_requests)
     busier = max(vt.trace.mean_rate_rps / max(prepared.trace.mean_rate_rps, 1e-12), 1.0)
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", required=True, help="MODEL:GPUS:TRACE:SLO, comma-separated")
     ap.add_argument("--window", type=float, default=600.0)
     ap.add_argument("--verify-requests", type=int, default=1000)
-    ap.add_argument("--full", type=int, default=4, help="best window candidates re-searched on the whole window")
+    ap.add_argument("--full", type=int, default=4,
+                    help="best window candidates searched again on the whole trace window")
     ap.add_argument("--out", default="bench/results/disagg_enumerate")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -322,10 +322,10 @@ class GoodputPlanner:
     def shortlist(self, size: int = 3) -> list[Candidate]:
         """The best candidates by predicted goodput, the best homogeneous-tuned fleet first (always in:
         the verification's baseline), then the others best predicted first (with disaggregation, the
-        best ``NUM_SHORTLIST_GROUPS`` disaggregated candidates besides the colocated ones). Two baselines are always in too
-        (beside ``size``), because the latency model can misjudge them and the verification must not
-        pick a plan that simulates worse: the fleet a vLLM user deploys unaided and, when other number
-        formats are allowed, the best tuned fleet in bf16 alone."""
+        best ``NUM_SHORTLIST_GROUPS`` disaggregated candidates besides the colocated ones). Two
+        baselines are always in too (beside ``size``), because the latency model can misjudge them and
+        the verification must not pick a plan that simulates worse: the fleet a vLLM user deploys
+        unaided and, when other number formats are allowed, the best tuned fleet in bf16 alone."""
         tuned = self.homogeneous_tuned()
         if not tuned:
             raise InfeasiblePlanError("no configuration fits the cluster")
