@@ -61,6 +61,26 @@ def test_serve_config_defaults_come_from_the_config_types():
     assert config == ServeConfig()
 
 
+def test_replan_cooldown_reaches_the_cost_aware_policy_only_when_given():
+    """Before: --replan-cooldown-s set the reactive gate only; the cost-aware policy kept 300 s."""
+    from oserve.cli.serve_cmd import serve_config
+    from oserve.costmodel.catalog import load_models, parse_cluster
+    from oserve.costmodel.cost_model import CostModel
+    from oserve.runtime.serve_setup import control_policy
+    from oserve.switching.policy import SwitchParams
+    from oserve.workload.request_types import TypeStats
+
+    def replan(*flags):
+        return serve_config(build_parser().parse_args(["serve", *flags])).runtime.replan
+
+    cluster, cost = parse_cluster("1x8xH100"), CostModel(load_models().get("llama-2-13b"))
+    types = (TypeStats("short", 300, 100, 600, 200, 100, 1.0),)
+    given = control_policy(cluster, cost, types, "cost-aware", replan("--replan-cooldown-s", "30"))
+    assert given.params.min_gap_s == 30.0
+    unset = control_policy(cluster, cost, types, "cost-aware", replan())
+    assert unset.params.min_gap_s == SwitchParams().min_gap_s
+
+
 def test_runtime_config_rejects_a_dispatch_typo_and_unknown_keys():
     from oserve.common.validation import build
     from oserve.runtime.serving import RuntimeConfig

@@ -378,7 +378,12 @@ def test_reactive_and_cost_aware_serve_policies_share_the_decision():
     reactive = control_policy(cluster, cost, TYPES, "reactive", gate)
     cost_aware = control_policy(cluster, cost, TYPES, "cost-aware", gate)
     assert reactive.gate == gate and reactive.params.min_gap_s == 77.0
-    assert cost_aware.gate is None and cost_aware.params == SwitchParams(transfer_mode="reload")
+    assert cost_aware.gate is None and cost_aware.params == SwitchParams(transfer_mode="reload",
+                                                                         min_gap_s=77.0)
+    # no cooldown given: each policy keeps its own default gap
+    default_gap = control_policy(cluster, cost, TYPES, "cost-aware", ReplanConfig())
+    assert default_gap.params == SwitchParams(transfer_mode="reload")
+    assert control_policy(cluster, cost, TYPES, "reactive", ReplanConfig()).params.min_gap_s == 120.0
     assert reactive.params.transfer_mode == "reload"  # the server's engines load weights from storage
     assert reactive.context.type_template == cost_aware.context.type_template == TYPES
 

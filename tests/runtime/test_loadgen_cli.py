@@ -161,3 +161,24 @@ def test_serve_setup_plans_a_gpu_fleet_of_cost_model_timed_fakes():
     policy = runtime.controller.policy  # --switch-policy reactive: the drift gate before decide
     assert policy is not None and policy.gate.cooldown_s == 30.0 and policy.params.min_gap_s == 30.0
     assert runtime.model_name == "llama-2-13b"
+
+
+def test_serve_with_a_plan_file_times_fakes_as_the_plans_model(tmp_path):
+    """Before: --engine fake --plan FILE (no --cluster) ran every replica at the fake default timing."""
+    from oserve.cli.serve_cmd import serve_config
+    from oserve.costmodel.replica_config import ReplicaConfig
+    from oserve.costmodel.setup import CostModelConfig
+    from oserve.runtime.fake_engine import FakeCost, fake_cost_from_model
+    from oserve.runtime.serve_setup import build_runtime
+    from oserve.runtime.static_plan import static_plan
+
+    configs = [ReplicaConfig("H100-80GB", tp=2), ReplicaConfig("H100-80GB", tp=4)]
+    names = [f"type{i}" for i in range(4)]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(static_plan("llama-2-13b", configs, names).to_dict()))
+    runtime = build_runtime(serve_config(build_parser().parse_args(
+        ["serve", "--engine", "fake", "--plan", str(path)])))
+    cost = CostModelConfig(model="llama-2-13b").resolve()[2]
+    engines = [h.engine for h in runtime.router.table.handles]
+    assert [e.cost for e in engines] == [fake_cost_from_model(cost, c) for c in configs]
+    assert engines[0].cost != engines[1].cost and FakeCost() not in [e.cost for e in engines]

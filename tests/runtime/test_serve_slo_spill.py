@@ -71,14 +71,19 @@ def test_gateway_spills_a_short_request_off_a_replica_busy_prefilling(tmp_path, 
     """Over HTTP: the plan sends every type to replica 0; while a 60,000-token prompt prefills there
     (6 s at the fake engine's pace), a short request goes to replica 1 with slo-spill (its predicted
     TTFT on replica 0 is past half the 0.5 s SLO) and stays on replica 0 without it."""
+    from oserve.runtime.engine_spec import EngineSpec
     from oserve.runtime.gateway.app import create_app
     from oserve.runtime.server import ServerThread
 
     from .factories import openai_client
 
     plan_file = _plan_file(tmp_path, [SMALL, SMALL], [[1.0, 0.0], [1.0, 0.0]])
+    # test double: fakes 10x slower than the plan's H100s (the server would time them as the plan's
+    # model, 1.4 s for this prompt), so the long prompt surely still prefills when the short one comes
+    slow_fakes = EngineSpec("fake", {"prefill_s_per_token": 1e-4, "decode_s_per_token": 0.02,
+                                     "context_tokens": 65536}).build
     runtime = build_runtime(_serve(plan_file, policy, slo=None, slo_ttft_s=0.5, slo_tpot_s=0.1,
-                                   context_tokens=65536))
+                                   context_tokens=65536), engine_factory=slow_fakes)
     # the rule's own predictions: the long prompt misses the TTFT SLO anywhere (so it stays on its
     # primary), a short one behind it on replica 0 is past the spill point, on replica 1 well within
     speed = CostModelConfig(model=MODEL).resolve()[2]

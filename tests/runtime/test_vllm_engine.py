@@ -60,9 +60,11 @@ def test_engine_settings_are_passed_only_when_the_plan_sets_them():
 
 def test_cpu_environment_binds_each_replica_to_its_own_cores_and_stays_offline():
     r0, r1 = (Replica(i, (i,), ReplicaConfig("cpu")) for i in range(2))
-    assert cpu_cores_for(r0, 1, num_cpus=2) == (0,) and cpu_cores_for(r1, 1, num_cpus=2) == (1,)
-    assert cpu_cores_for(r1, 4, num_cpus=16) == (4, 5, 6, 7)
-    assert cpu_cores_for(Replica(2, (2,), ReplicaConfig("cpu")), 1, num_cpus=2) == (0,)  # wraps
+    assert cpu_cores_for(r0, 1, cpus=range(2)) == (0,) and cpu_cores_for(r1, 1, cpus=range(2)) == (1,)
+    assert cpu_cores_for(r1, 4, cpus=range(16)) == (4, 5, 6, 7)
+    assert cpu_cores_for(Replica(2, (2,), ReplicaConfig("cpu")), 1, cpus=range(2)) == (0,)  # wraps
+    # inside a cpuset the cores are the ones allowed, not 0..n-1 (before: os.cpu_count())
+    assert cpu_cores_for(r0, 1, cpus=(4, 6)) == (4,) and cpu_cores_for(r1, 2, cpus=(4, 6)) == (4, 6)
     env = vllm_env(VllmLaunch("m", "m", 1, device="cpu", cpu_cores=(1,), kv_cache_gib=2), base={})
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["HF_HUB_OFFLINE"] == "1"

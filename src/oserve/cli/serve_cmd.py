@@ -31,7 +31,7 @@ from oserve.planner.plan import Plan
 from oserve.runtime.engine_spec import ENGINE_KINDS
 from oserve.runtime.serve_setup import SWITCH_POLICIES, ServeConfig
 from oserve.runtime.serving import RuntimeConfig
-from oserve.switching.policy import POLICY_OBJECTIVES
+from oserve.switching.policy import POLICY_OBJECTIVES, SwitchParams
 from oserve.switching.replan_gate import ReplanConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -95,7 +95,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="KV cache of the embedded/llama.cpp replicas of a fleet without a plan: bf16 "
                         "(llama.cpp's f16), int8 (q8_0) or int4 (q4_0); a plan sets each replica's")
     p.add_argument("--trace", default=default(ServeConfig, "trace"),
-                   help="trace that defines the request types")
+                   help="trace (file, built-in, stitch:/real-drift:/phases: spec) that defines the request "
+                        "types, the rates a --cluster plan is made for, and the SLO spill rule's lengths")
     p.add_argument("--types", type=POSITIVE_INT, default=default(ServeConfig, "types"),
                    help="number of request types")
     p.add_argument("--cluster", default=None, help="GPU cluster to plan for (e.g. 1x8xH100)")
@@ -119,8 +120,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="total-rate change (x or /) that calls for a new plan")
     p.add_argument("--replan-confirm-checks", type=POSITIVE_INT, default=_rp("confirm_checks"),
                    help="consecutive drifted checks before re-planning")
-    p.add_argument("--replan-cooldown-s", type=NON_NEGATIVE, default=_rp("cooldown_s"),
-                   help="minimum time between switches")
+    p.add_argument("--replan-cooldown-s", type=NON_NEGATIVE, default=None,
+                   help=f"minimum time between switches (default: {_rp('cooldown_s'):g} s behind the "
+                        f"reactive gate, {SwitchParams().min_gap_s:g} s for the cost-aware policy)")
     p.add_argument("--max-inflight", type=POSITIVE_INT, default=_rt("max_inflight_per_replica"),
                    help="queue bound per replica (then 429)")
     p.add_argument("--dispatch-policy", default=_rt("dispatch_policy"), choices=DISPATCH_POLICIES,
@@ -239,7 +241,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                "replan": {"mix_threshold": args.replan_mix_threshold,
                           "volume_ratio": args.replan_volume_ratio,
                           "confirm_checks": args.replan_confirm_checks,
-                          "cooldown_s": args.replan_cooldown_s},
+                          # absent unless given, so each policy keeps its own default gap
+                          **({} if args.replan_cooldown_s is None
+                             else {"cooldown_s": args.replan_cooldown_s})},
                "shutdown_grace_s": args.shutdown_grace_s, "api_key": api_key_from(args)}
     return config_from_flags(ServeConfig, {
         "engine": args.engine, "replicas": args.replicas, "served_model_name": args.served_model_name,

@@ -38,6 +38,14 @@ WAIT_THEN_EXEC = ("import os, sys; os.write(int(sys.argv[1]), b'r'); os.read(int
 SLEEP_WAIT_S = 5.0  # how long the parent waits for the child to block before setting its mask anyway
 
 
+def allowed_cpus() -> tuple[int, ...]:
+    """The cores this process may run on (its affinity mask, e.g. a container's cpuset), in order; not
+    ``os.cpu_count()``, which counts the machine's cores whether or not they are ours."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
+
+
 def process_state(pid: int) -> str:
     """The kernel's one-letter state of ``pid`` (``S`` sleeping, ``R`` running, ...); ``?`` if gone."""
     try:

@@ -3,7 +3,8 @@ request types, plan, engines, control policy."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import logging
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -20,6 +21,7 @@ from oserve.planner.plan import Plan, Replica
 from oserve.planner.spill_rule import PlanSpillRules, trace_type_slos
 from oserve.runtime.clock import Clock
 from oserve.runtime.controller import EngineFactory
+from oserve.runtime.cpu_pinning import allowed_cpus
 from oserve.runtime.embedded_model import EMBEDDED_MODEL_NAME
 from oserve.runtime.engine import Engine
 from oserve.runtime.engine_spec import ENGINE_KINDS, PROCESS_KINDS, EngineSpec
@@ -33,6 +35,8 @@ from oserve.switching.replan_gate import ReplanConfig
 from oserve.workload import fit_request_types
 from oserve.workload.request_types import RequestTypes
 from oserve.workload.slo import SLO_PRESETS, SloSpec, slo_from_flags
+
+logger = logging.getLogger(__name__)
 
 SWITCH_POLICIES = ("reactive", "cost-aware")
 
@@ -95,7 +99,7 @@ def served_name(config: ServeConfig) -> str:
 def engine_spec(config: ServeConfig, num_replicas: int) -> EngineSpec:
     if config.engine in ("embedded", "llama"):
         # leave one core to the gateway: llama.cpp threads that share a core spin and slow down a lot
-        threads = config.threads or max(1, ((os.cpu_count() or 1) - 1) // max(1, num_replicas))
+        threads = config.threads or max(1, (len(allowed_cpus()) - 1) // max(1, num_replicas))
         options: dict = {"context_tokens": config.context_tokens, "num_threads": threads}
         if config.engine == "llama":
             if not config.model_path:
@@ -151,7 +155,10 @@ def build_runtime(config: ServeConfig, clock: Clock | None = None,
     slo = slo_from_flags(config.slo, config.slo_ttft_s, config.slo_tpot_s, config.attainment)
     spill = spill_rules(config, slo, types, trace.input_tokens, cost, plan)
     spec = engine_spec(config, len(plan.replicas))
-    factory = engine_factory or _engine_factory(config, spec, cost, plan)
+    timing = cost
+    if timing is None and config.plan_file and config.engine == "fake":
+        timing = plan_cost_model(plan)  # fake replicas timed as the plan's model on their configuration
+    factory = engine_factory or _engine_factory(config, spec, timing, plan)
     policy = None  # live re-planning needs the cluster and cost model to plan on
     if config.replan and cluster is not None and cost is not None:
         from oserve.planner.slo_planner import slo_workload
@@ -163,6 +170,17 @@ def build_runtime(config: ServeConfig, clock: Clock | None = None,
                                 workload, config.objective)
     return ServingRuntime(name, plan, factory, types.classify_online, policy, config.runtime, clock,
                           spill_rule=spill)
+
+
+def plan_cost_model(plan: Plan) -> CostModel | None:
+    """The cost model of the catalog model a plan file names (the shipped calibration), for a server
+    given ``--plan`` without ``--cluster/--model``; None, with a warning, when the catalog lacks it."""
+    try:
+        return CostModelConfig(model=plan.model).resolve()[2]
+    except ConfigError as exc:
+        logger.warning("plan model '%s' has no cost model (%s): fake replicas keep the default timing",
+                       plan.model, exc)
+        return None
 
 
 def spill_rules(config: ServeConfig, slo: SloSpec | None, types: RequestTypes, input_tokens,
@@ -179,7 +197,10 @@ def spill_rules(config: ServeConfig, slo: SloSpec | None, types: RequestTypes, i
         if not config.plan_file:
             raise ConfigError("--dispatch-policy slo-spill predicts each replica's step times with the "
                               "cost model: give --cluster and --model, or --plan FILE")
-        cost = CostModelConfig(model=plan.model).resolve()[2]
+        cost = plan_cost_model(plan)
+        if cost is None:
+            raise ConfigError(f"--dispatch-policy slo-spill: the plan's model '{plan.model}' is not in the "
+                              "model catalog; give --cluster and --model (with --models FILE)")
     for cfg in plan.configs():
         if not cost.fits(cfg):
             raise ConfigError(f"--dispatch-policy slo-spill: replica {cfg.label()} of the plan cannot hold "
@@ -217,8 +238,11 @@ def control_policy(cluster, cost, stats, switch_policy: str, replan: ReplanConfi
     if switch_policy == "reactive":
         params = SwitchParams(transfer_mode="reload", min_gap_s=replan.cooldown_s, objective=objective)
         return ControlPolicy(context, params, gate=replan, min_total_rps=replan.min_total_rps)
-    return ControlPolicy(context, SwitchParams(transfer_mode="reload", objective=objective),
-                         min_total_rps=replan.min_total_rps)
+    # a cooldown given (--replan-cooldown-s) is the policy's minimum gap; else the policy's own default
+    params = SwitchParams(transfer_mode="reload", objective=objective)
+    if "cooldown_s" in replan.model_fields_set:
+        params = dataclasses.replace(params, min_gap_s=replan.cooldown_s)
+    return ControlPolicy(context, params, min_total_rps=replan.min_total_rps)
 
 
 def _engine_factory(config: ServeConfig, spec: EngineSpec, cost, plan: Plan):

@@ -35,6 +35,7 @@ from typing import TypedDict, cast
 
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.plan import DECODE, PREFILL, Replica
+from oserve.runtime.cpu_pinning import allowed_cpus
 from oserve.runtime.errors import EngineStartError
 
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -173,11 +174,12 @@ def vllm_env(launch: VllmLaunch, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def cpu_cores_for(replica: Replica, threads: int, num_cpus: int | None = None) -> tuple[int, ...]:
-    """``threads`` consecutive cores for a CPU replica, from its slot in the plan (wrapping around)."""
-    num_cpus = num_cpus or os.cpu_count() or 1
+def cpu_cores_for(replica: Replica, threads: int, cpus: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``threads`` consecutive cores of ``cpus`` (default: the cores this process may use) for a CPU
+    replica, from its slot in the plan (wrapping around)."""
+    cpus = tuple(cpus) if cpus is not None else allowed_cpus()
     slot = replica.gpus[0] if replica.gpus else replica.replica_id
-    return tuple(sorted({(slot * threads + i) % num_cpus for i in range(threads)}))
+    return tuple(sorted({cpus[(slot * threads + i) % len(cpus)] for i in range(threads)}))
 
 
 def launch_for_replica(replica: Replica, model: str, served_name: str, port: int,

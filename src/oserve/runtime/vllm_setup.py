@@ -14,6 +14,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field
 
 from oserve.common.errors import ConfigError
+from oserve.runtime.cpu_pinning import allowed_cpus
 from oserve.runtime.engine_spec import EngineSpec
 from oserve.runtime.vllm_launch import resolve_vllm_python
 
@@ -48,7 +49,7 @@ def vllm_engine_spec(config: VllmServeConfig, hf_model: str | None, served_name:
         model = str(embedded_vllm_model(python))
     if config.log_dir:
         os.makedirs(config.log_dir, exist_ok=True)
-    cpu_threads = threads or max(1, (os.cpu_count() or 1) // max(1, num_replicas))
+    cpu_threads = threads or max(1, len(allowed_cpus()) // max(1, num_replicas))
     return EngineSpec("vllm", {"model": model, "served_name": served_name, "python": python,
                                "max_model_len": context_tokens, "cpu_threads": cpu_threads,
                                "kv_cache_gib": config.kv_cache_gib, "log_dir": config.log_dir,
