@@ -73,7 +73,8 @@ def test_a_slower_link_costs_ttft_attainment(setup):
 def test_layouts_move_gpus_between_roles_within_and_across_nodes():
     cluster = parse_cluster("2x8xH100-80GB")
     found = dict(layouts(cluster, TP2, TP2))
-    assert set(found) == {"per-node m0 1P3D", "per-node m0 2P2D", "per-node m0 3P1D", "cross-node 1P-nodes"}
+    assert set(found) == {"per-node m0 1P3D", "per-node m0 2P2D", "per-node m0 3P1D", "cross-node 1P-nodes",
+                          "pooled 1D", "pooled 2D", "pooled 3D"}
     for reps in found.values():
         gpus = [g for r in reps for g in r.gpus]
         assert len(gpus) == len(set(gpus)) == 16
@@ -85,6 +86,11 @@ def test_layouts_move_gpus_between_roles_within_and_across_nodes():
     cross = found["cross-node 1P-nodes"]
     assert all(max(r.gpus) < 8 for r in cross if r.role == PREFILL)
     assert all(min(r.gpus) >= 8 for r in cross if r.role == DECODE)
+    pooled = found["pooled 1D"]  # one group: one decode replica on the last node, prefill on the rest
+    assert {r.group for r in pooled} == {0}
+    assert [r.gpus for r in pooled if r.role == DECODE] == [(14, 15)]
+    assert [r.role for r in pooled].count(PREFILL) == 7
+    assert "pooled 4D" not in found  # four TP2 decode replicas fill a node: that is "cross-node 1P-nodes"
     hybrid = dict(layouts(cluster, TP2, TP2, ReplicaConfig("H100-80GB", tp=4)))
     reps = hybrid["per-node m1 1P1D"]
     assert [r.role for r in reps[:3]] == [COLOCATED, PREFILL, DECODE]

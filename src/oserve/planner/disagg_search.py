@@ -174,6 +174,7 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
                 if placed is not None:
                     yield f"{a} colocated nodes + per-node {x}P{y}D", placed
     if colocated is None and len(nodes) > 1 and same_size:
+        yield from _pooled_layouts(cluster, prefill, decode)
         for a in range(1, len(nodes)):
             pre: list[Slot] = [(prefill, PREFILL, 0)] * (n // prefill.num_gpus)
             dec: list[Slot] = [(decode, DECODE, 0)] * (n // decode.num_gpus)
@@ -181,6 +182,32 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
             placed = _place(cluster, per_node)
             if placed is not None:
                 yield f"cross-node {a}P-nodes", placed
+
+
+def _pooled_layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig
+                    ) -> Iterator[tuple[str, tuple[Replica, ...]]]:
+    """One group over the whole cluster whose ``d`` decode replicas share their node with prefill
+    replicas (decode on the last nodes, prefill on every GPU left; up to half the GPUs decode): the
+    decode pool need not take whole nodes (on 32 GPUs of azure-mix, 14 TP1 PP2 prefill replicas and one
+    TP4 decode replica simulated 1.46x the best colocated plan). Decode pools of whole nodes are the
+    cross-node layouts."""
+    nodes = list(cluster.nodes.values())
+    n, total = len(nodes[0]), sum(len(g) for g in nodes)
+    per_node_decode = n // decode.num_gpus
+    for d in range(1, total // 2 // decode.num_gpus + 1):
+        if (d * decode.num_gpus) % n == 0:
+            continue
+        per_node: list[list[Slot]] = []
+        left = d
+        for _ in nodes[::-1]:
+            k = min(per_node_decode, left)
+            left -= k
+            free = n - k * decode.num_gpus
+            slots: list[Slot] = [(prefill, PREFILL, 0)] * (free // prefill.num_gpus)
+            per_node.append(slots + [(decode, DECODE, 0)] * k)
+        placed = _place(cluster, per_node[::-1])
+        if placed is not None and left == 0:
+            yield f"pooled {d}D", placed
 
 
 def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group: int) -> list[Slot]:
@@ -220,6 +247,11 @@ def group_engines(replicas: tuple[Replica, ...], budget_tokens: int,
     return tuple(out)
 
 
+def family_of(layout_name: str) -> str:
+    """A layout's family: ``per-node``, ``cross-node``, ``pooled`` (the first word of its name)."""
+    return layout_name.split()[0]
+
+
 class Scored(Protocol):
     @property
     def predicted_scale(self) -> float: ...
@@ -245,13 +277,15 @@ def search_groups(cluster: ClusterSpec, tuned_hardware: list[ReplicaConfig], num
         scored = [(name, score(f"disaggregated {name}", group_engines(reps, b),
                                even_fractions(reps, num_types, every)))
                   for name, reps in layouts(cluster, prefill, decode) for b in PREFILL_BUDGETS]
-        if not scored:
-            continue
-        name, top = max(scored, key=lambda nc: nc[1].predicted_scale)
-        budget = next(r.config.max_num_batched_tokens for r in top.replicas if r.role == PREFILL)
-        seqs = [score(f"disaggregated {name}", reps, even_fractions(reps, num_types, every))
-                for reps in (group_engines(top.replicas, budget, n) for n in DECODE_MAX_SEQS if n)]
-        best.append(max([top, *seqs], key=lambda c: c.predicted_scale))
+        # the best per layout family (per-node, cross-node, pooled): the group model's error differs by
+        # family (it underpredicts pooled groups), so each family's best reaches the shortlist's choice
+        for family in dict.fromkeys(family_of(name) for name, _ in scored):
+            name, top = max(((nm, c) for nm, c in scored if family_of(nm) == family),
+                            key=lambda nc: nc[1].predicted_scale)
+            budget = next(r.config.max_num_batched_tokens for r in top.replicas if r.role == PREFILL)
+            seqs = [score(f"disaggregated {name}", reps, even_fractions(reps, num_types, every))
+                    for reps in (group_engines(top.replicas, budget, n) for n in DECODE_MAX_SEQS if n)]
+            best.append(max([top, *seqs], key=lambda c: c.predicted_scale))
     best.sort(key=lambda c: -c.predicted_scale)
     if not best or num_types < 2:
         return best
@@ -268,5 +302,5 @@ def search_groups(cluster: ClusterSpec, tuned_hardware: list[ReplicaConfig], num
     return sorted(best + hybrid, key=lambda c: -c.predicted_scale)
 
 
-__all__ = ["DECODE_MAX_SEQS", "PREFILL_BUDGETS", "DisaggScorer", "even_fractions", "group_engines", "layouts",
-           "pair_configs", "proportional_fractions", "search_groups"]
+__all__ = ["DECODE_MAX_SEQS", "PREFILL_BUDGETS", "DisaggScorer", "even_fractions", "family_of",
+           "group_engines", "layouts", "pair_configs", "proportional_fractions", "search_groups"]

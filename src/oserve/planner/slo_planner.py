@@ -332,7 +332,13 @@ class GoodputPlanner:
             raise InfeasiblePlanError("no configuration fits the cluster")
         pool = [tuned[0]]
         if self.disaggregation:
-            pool += [c for c in self.disaggregated()[:NUM_SHORTLIST_GROUPS] if c.predicted_scale > 0]
+            groups = [c for c in self.disaggregated() if c.predicted_scale > 0]
+            picked = groups[:NUM_SHORTLIST_GROUPS]
+            for family in ("per-node", "cross-node", "pooled"):  # and each layout family's best
+                first = next((c for c in groups if c.kind.startswith(f"disaggregated {family}")), None)
+                if first is not None and all(first is not c for c in picked):
+                    picked.append(first)
+            pool += picked
             size += len(pool) - 1
         for baseline in (self._best_plain_tuned(tuned), self.vllm_default()):
             if baseline is not None and all(_deployment(baseline) != _deployment(p) for p in pool):
