@@ -338,6 +338,12 @@ class GoodputPlanner:
                 first = next((c for c in groups if c.kind.startswith(f"disaggregated {family}")), None)
                 if first is not None and all(first is not c for c in picked):
                     picked.append(first)
+            # the Dynamo-style split is in this search space too: verified, so that the plan is never
+            # worse than it on the verification trace (as for the homogeneous-tuned fleet)
+            dynamo = self.dynamo_split()
+            if dynamo is not None and dynamo.predicted_scale > 0 and \
+                    all(dynamo.replicas != c.replicas for c in picked):
+                picked.append(dynamo)
             pool += picked
             size += len(pool) - 1
         for baseline in (self._best_plain_tuned(tuned), self.vllm_default()):
