@@ -9,11 +9,13 @@ and its decode pool the TPOT bound. The search:
    tuned ones (the best two, and the best two that fit twice in a node, so that a node can hold a
    group) and the highest-TP split without PP (the fastest decode step).
 2. **Roles and engines.** For each pair and layout the GPUs move between the roles: ``x`` prefill and
-   ``y`` decode replicas per node (one group per node, the hand-off on NVLink), or whole nodes of
-   prefill and of decode (one group, the hand-off over the network). Every split is scored at every
+   ``y`` decode replicas per node (one group per node, the hand-off on NVLink), whole nodes of prefill
+   and of decode (one group, the hand-off over the network), or pooled (one group, its decode replicas
+   on part of the last node(s), prefill on the rest). Every split is scored at every
    prefill chunk budget of ``PREFILL_BUDGETS`` (a large budget packs more prompts per step, and each
    prompt in it waits for the whole step: the budget trades throughput for TTFT); for the best split of
-   the pair, the decode side's ``max_num_seqs`` over ``DECODE_MAX_SEQS``. The best per pair is kept.
+   each layout family of the pair, the decode side's ``max_num_seqs`` over ``DECODE_MAX_SEQS``. The
+   best per pair and family is kept.
 3. **Split types between colocated replicas and groups.** Beside ``m`` replicas of the best colocated
    configuration per node (or on whole nodes of it), the best pair's groups serve the types with the
    longest prompts (the ``j`` longest, for every ``j``), the colocated replicas the rest: long prompts
@@ -188,9 +190,9 @@ def _pooled_layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: Replic
                     ) -> Iterator[tuple[str, tuple[Replica, ...]]]:
     """One group over the whole cluster whose ``d`` decode replicas share their node with prefill
     replicas (decode on the last nodes, prefill on every GPU left; up to half the GPUs decode): the
-    decode pool need not take whole nodes (on 32 GPUs of azure-mix, 14 TP1 PP2 prefill replicas and one
-    TP4 decode replica simulated 1.46x the best colocated plan). Decode pools of whole nodes are the
-    cross-node layouts."""
+    decode pool need not take whole nodes (on 32 GPUs of azure-code, 7 TP2 PP2 prefill replicas and one
+    TP4 decode replica simulated 1.28x the best colocated plan, docs/evaluation-disaggregation.md).
+    Decode pools of whole nodes are the cross-node layouts."""
     nodes = list(cluster.nodes.values())
     n, total = len(nodes[0]), sum(len(g) for g in nodes)
     per_node_decode = n // decode.num_gpus

@@ -21,10 +21,10 @@ Candidates:
 
 ``GoodputPlanner.shortlist`` returns the best plans by predicted goodput and always includes the best
 homogeneous-tuned fleet (and the searched colocated plan; with disaggregation, the best four
-group candidates besides), so that a simulator verifying the
-shortlist (``sim.verify``) never returns a plan worse than it on the verification trace.
-``max_num_seqs`` stays at the engine default (256): under TTFT/TPOT SLOs the chunk budget is what
-trades latency for throughput, and the model checks the seats.
+group candidates, each layout family's best and the Dynamo-style split besides), so that a
+simulator verifying the shortlist (``sim.verify``) never returns a plan worse than it on the
+verification trace. ``max_num_seqs`` stays at the engine default (256): under TTFT/TPOT SLOs the chunk
+budget is what trades latency for throughput, and the model checks the seats.
 """
 
 from __future__ import annotations
@@ -323,7 +323,8 @@ class GoodputPlanner:
     def shortlist(self, size: int = 3) -> list[Candidate]:
         """The best candidates by predicted goodput, the best homogeneous-tuned fleet first (always in:
         the verification's baseline), then the others best predicted first (with disaggregation, the
-        best ``NUM_SHORTLIST_GROUPS`` disaggregated candidates besides the colocated ones). Two
+        best ``NUM_SHORTLIST_GROUPS`` group candidates, each layout family's best and the Dynamo-style
+        split besides the colocated ones). Two
         baselines are always in too (beside ``size``), because the latency model can misjudge them and
         the verification must not pick a plan that simulates worse: the fleet a vLLM user deploys
         unaided and, when other number formats are allowed, the best tuned fleet in bf16 alone."""
