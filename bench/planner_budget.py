@@ -47,6 +47,7 @@ def run_plan(src: str, gpus: int, model: str, trace: str) -> dict:
             "predicted_goodput_scale": out.get("predicted_goodput_scale"),
             "simulated_goodput_scale": out.get("simulated_goodput_scale"),
             "verification_requests": out.get("verification_requests"),
+            "confirmation": out.get("confirmation"),
             "shortlist": out.get("shortlist")}
 
 
@@ -79,16 +80,16 @@ def main() -> None:
     lines = [f"# Planner time: `oserve plan --objective goodput --slo loose` ({args.model}, {args.trace})",
              "", f"{meta['date']}, {meta['cpus']} CPUs, 1-min load average {meta['load_avg_1m']:.1f} "
              "(shared machine: CPU time is the budget's measure, wall time depends on the load).", "",
-             "| GPUs | budget | CPU s | wall s | deployment | predicted | simulated |"
+             "| GPUs | budget | CPU s | wall s | deployment | predicted | simulated | confirmation |"
              + (" before: CPU s | before: deployment | before: simulated |" if args.before_src else ""),
-             "| --- | --- | --- | --- | --- | --- | --- |"
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"
              + (" --- | --- | --- |" if args.before_src else "")]
     empty = " - | - | - |" if args.before_src else ""
     for row in rows:
         a = row["after"]
         line = (f"| {a['gpus']} | {row['budget_s'] or '-'} | {a['cpu_s']:.1f} | {a['wall_s']:.1f} | "
                 f"{a['deployment']} | {a['predicted_goodput_scale']:.2f} | "
-                f"{a['simulated_goodput_scale'] or 0:.2f} |")
+                f"{a['simulated_goodput_scale'] or 0:.2f} | {_confirmation(a.get('confirmation'))} |")
         if "before" in row:
             b = row["before"]
             line += f" {b['cpu_s']:.1f} | {b['deployment']} | {b['simulated_goodput_scale'] or 0:.2f} |"
@@ -96,6 +97,14 @@ def main() -> None:
             line += empty
         lines.append(line)
     (out / "planner_budget.md").write_text("\n".join(lines) + "\n")
+
+
+def _confirmation(c: dict | None) -> str:
+    """The verification's re-check of a winner other than the tuned fleet (``sim.verify.confirm``)."""
+    if not c:
+        return "-"
+    return (f"{c['challenger']} {'confirmed' if c['confirmed'] else 'rejected'} "
+            f"({c['probes']} probes of {c['requests']} requests)")
 
 
 if __name__ == "__main__":

@@ -91,10 +91,11 @@ async def profile(url: str, args) -> list[dict]:
     return rows
 
 
-def write_rows(out: Path, rows: list[dict]) -> None:
-    """Profile rows in the shared CSV format (``oserve costmodel fit --profile``)."""
+def write_rows(out: Path, rows: list[dict], extra: tuple[str, ...] = ()) -> None:
+    """Profile rows in the shared CSV format (``oserve costmodel fit --profile``), plus the ``extra``
+    columns of the rows (a file with them is for reading back, not for the fit)."""
     with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["gpu", "kind", "model", "tp", "a", "b", "ms"])
+        w = csv.DictWriter(fh, fieldnames=["gpu", "kind", "model", "tp", "a", "b", "ms", *extra])
         w.writeheader()
         for r in rows:
             w.writerow({"gpu": DEVICE, "model": MODEL, "tp": 1, **r, "ms": round(r["ms"], 3)})

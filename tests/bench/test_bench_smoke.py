@@ -12,6 +12,7 @@ import pickle
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -120,3 +121,27 @@ def test_engines_bench_reads_the_bench_serve_report():
     assert got["p50"] == pytest.approx(0.25) and got["mean"] == pytest.approx(0.25)
     assert set(got) == {"p50", "p90", "p99", "mean"}
     assert _script("vllm_engines").percentiles(report, "tpot")["p50"] == pytest.approx(0.1)
+
+
+def test_sim_vs_vllm_breakdown_pairs_lone_requests(tmp_path):
+    """``bench/sim_vs_vllm_cpu.py``'s TTFT breakdown: a request is alone when every earlier one had
+    finished; the runs are paired by request, the gateway's refusals (429) left out on both sides."""
+    mod = _script("sim_vs_vllm_cpu")
+    assert mod.alone_at_arrival(np.array([0.0, 1.0, 5.0, 6.0]), np.array([2.0, 3.0, 5.5, 7.0])).tolist() == [
+        True, False, True, True]
+    real = tmp_path / "real.csv"
+    real.write_text("request,sent_s,status,ttft_s,e2e_s,input_tokens,output_tokens,type\n"
+                    "0,0.0,ok,0.5,2.0,100,8,0\n1,1.0,ok,1.0,3.0,100,8,0\n2,1.5,http_429,,,100,0,0\n"
+                    "3,10.0,ok,0.4,1.0,50,8,0\n")
+    sim = tmp_path / "sim.csv"
+    sim.write_text("request,arrival_s,first_token_s,finish_s,ttft_s\n0,0.0,0.6,2.0,0.6\n1,1.0,2.2,3.5,1.2\n"
+                   "2,1.5,3.0,4.0,1.5\n3,10.0,10.6,11.0,0.6\n")
+    step = {"step_overhead_s": 0.1, "prefill_s_per_token": 0.004}  # no attention term: an old catalog
+    got = mod.ttft_breakdown(real, sim, {100: 100, 50: 60}, step)
+    assert got["refused_measured"] == 1 and got["alone_simulated"] == 2
+    assert got["alone_in_both"]["requests"] == 2 and got["alone_measured"]["requests"] == 2
+    # request 0: 0.6 / 0.5; request 3: 0.6 / 0.4 -> median 1.35; lone prices 0.5 and 0.34 s
+    assert got["alone_in_both"]["median_ratio_sim_over_measured"] == pytest.approx(1.35)
+    assert got["alone_in_both"]["median_ratio_lone_price_over_measured"] == pytest.approx(
+        (0.5 / 0.5 + 0.34 / 0.4) / 2)
+    assert got["queued_or_shared_in_either"]["median_ratio_sim_over_measured"] == pytest.approx(1.2)

@@ -72,8 +72,33 @@ def test_fit_recovers_a_known_step_model(tmp_path):
     assert fitted.step_overhead_s == pytest.approx(0.05, rel=1e-6)
     assert fitted.prefill_s_per_token == pytest.approx(0.002, rel=1e-6)
     assert fitted.decode_s_per_seq == pytest.approx(0.01, rel=1e-6)
+    assert fitted.prefill_attention_s_per_token2 == pytest.approx(0.0, abs=1e-12)  # linear rows
     row = read_profile(tmp_path / "p.csv")[0]
     assert predict_step_ms(row, fitted) == pytest.approx(row.ms)
+
+
+def test_fit_recovers_the_prefill_attention_term(tmp_path):
+    # prompts whose time grows with their square (attention) besides their length, as on vLLM-CPU
+    def prefill_ms(p):
+        return 1e3 * (0.07 + 0.002 * p + 3e-7 * p * p)
+
+    rows = [["cpu-test", "step_prefill", "smollm2-135m", 1, p, 1, prefill_ms(p)] for p in (80, 250, 1280)]
+    rows += [["cpu-test", "step_decode", "smollm2-135m", 1, b, 55, 1e3 * (0.07 + 0.004 * b)]
+             for b in (1, 8, 32)]
+    write_rows(tmp_path / "p.csv", rows)
+    fitted = fit_step_model(read_profile(tmp_path / "p.csv"))
+    assert (fitted.step_overhead_s, fitted.prefill_s_per_token, fitted.decode_s_per_seq,
+            fitted.prefill_attention_s_per_token2) == pytest.approx((0.07, 0.002, 0.004, 3e-7), rel=1e-6)
+    assert [predict_step_ms(r, fitted) for r in read_profile(tmp_path / "p.csv")] == pytest.approx(
+        [r[-1] for r in rows])
+    # the cost model prices a step's chunks by sum c(c + 2p): a prompt of 250 after 100 cached tokens
+    # costs its 250 tokens and 250 * 450 token pairs, beside 4 decodes
+    cpu = CPU.model_copy(update={"step_model": fitted})
+    c = CostModel(load_models().get("smollm2-135m"), gpus={"cpu-test": cpu})
+    cfg = ReplicaConfig("cpu-test", precision="fp32")
+    assert c.prefill_time_s(cfg, [250]) == pytest.approx(prefill_ms(250) * 1e-3)
+    assert c.step_time_s(cfg, ((250, 100),), 4, 400) == pytest.approx(
+        0.07 + 0.002 * 250 + 3e-7 * 250 * 450 + 0.004 * 4)
 
 
 def test_fit_needs_both_step_kinds(tmp_path):

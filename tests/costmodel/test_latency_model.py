@@ -28,8 +28,10 @@ class LinearCost:
     def max_seqs(self, cfg):
         return cfg.max_num_seqs or self.seats
 
+    kv_tokens = 10 ** 9
+
     def kv_capacity_tokens(self, cfg):
-        return 10 ** 9
+        return self.kv_tokens
 
     def decode_step_s(self, cfg, batch, ctx):
         return self.decode_s if batch > 0 else 0.0
@@ -160,3 +162,69 @@ def test_clumped_arrivals_wait_longer_and_busy_runs_cost_tpot():
     clumped = model.predict_stationary([sample], [3.0], slo, ca2=4.0)
     assert clumped.types[0].mean_ttft_s > poisson.types[0].mean_ttft_s
     assert clumped.types[0].tpot_attainment < poisson.types[0].tpot_attainment < 1.0
+
+
+def test_kv_per_sequence_is_output_weighted():
+    """A long prompt with a one-token answer holds its KV for one step, a short prompt with a long answer
+    for 200: the cache holds sum(l O (I + O/2)) * step tokens, not the rate-weighted mean context times
+    the batch (regression: 2,000-token prompts with short answers made small replicas look KV-full)."""
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    long_prompt, long_answer = LengthSample((2000,), (2,)), LengthSample((100,), (200,))
+    rates = [1.0, 1.0]
+    out_rate = 2 + 200  # decode tokens per second
+    batch = out_rate * 0.02  # Little's law (M ~ 0)
+    per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / out_rate  # output-weighted I + O/2: ~218 tokens
+    rate_weighted = ((2000 + 1) + (100 + 100)) / 2  # ~1,100 tokens
+    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    model = ReplicaLatencyModel(cost, CFG)
+    pred = model.predict_stationary([long_prompt, long_answer], rates, [Slo(10.0, 1.0)] * 2)
+    assert pred.batch == pytest.approx(batch, rel=0.06)
+    assert not pred.overloaded and pred.types[1].attainment == pytest.approx(1.0)
+
+
+def test_kv_bound_burst_queues_instead_of_overloading():
+    """More decoding sequences than the KV cache holds: overloaded when it lasts (stationary), a backlog
+    that grows as a fluid over a burst of finite length. With the decode rate over capacity by x, a
+    request arriving t s into the burst waits x t for KV blocks, so the share within the TTFT slack is
+    slack / (x T) (the queue is otherwise empty: tiny prompts)."""
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    rate = 10.0
+    batch = rate * 100 * 0.02  # 20 decoding sequences
+    growth = 0.5  # the KV cache holds 20 / 1.5 sequences: the decode rate is 1.5x what it can serve
+    cost.kv_tokens = int(round(batch / (1 + growth) * 150 / 0.9))  # 150 tokens per sequence
+    model = ReplicaLatencyModel(cost, CFG)
+    slo = [Slo(2.0, 1.0)]
+    assert model.predict_stationary([sample], [rate], slo).overloaded  # forever: never catches up
+    burst_s = 10.0
+    pred = model.predict_stationary([sample], [rate], slo, duration_s=burst_s)
+    assert not pred.overloaded
+    assert pred.batch <= batch / (1 + growth) * 1.02  # it serves what the cache holds
+    own = 100 * 1e-7 + 0.02 + 0.5 * 0.02  # its own chunk step and half a step in flight
+    expected = (2.0 - own) / (growth * burst_s)  # ~0.39
+    assert pred.types[0].ttft_attainment == pytest.approx(expected, abs=1 / 16)  # 16-point midpoint rule
+    assert pred.types[0].tpot_attainment == pytest.approx(1.0)
+    # a short burst fits in the slack entirely
+    short = model.predict_stationary([sample], [rate], slo, duration_s=2.0)
+    assert short.types[0].ttft_attainment == pytest.approx(1.0)
+
+
+def test_burst_regimes_last_their_window_for_the_kv_backlog():
+    """predict() evaluates each burst regime for the trace's window length (10 s): a KV-bound regime
+    queues there, while the same rates as a stationary stream are overloaded."""
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 1.5x over at 10 req/s (test above)
+    model = ReplicaLatencyModel(cost, CFG)
+    slo = [Slo(2.0, 1.0)]
+    burst = Burstiness(np.zeros((1, 1)), np.zeros(1))  # two regimes set by hand (scale 1 = cache key 0)
+    burst._cache[0] = [Regime(0.8, (0.5,)), Regime(0.2, (3.0,))]
+    mean = 10.0 / 3.0  # the heavy regime runs at 10 req/s, KV-bound; the calm one at a sixth of that
+    calm = model.predict_stationary([sample], [mean * 0.5], slo, duration_s=burst.window_s)
+    heavy = model.predict_stationary([sample], [mean * 3.0], slo, duration_s=burst.window_s)
+    assert model.predict_stationary([sample], [mean * 3.0], slo).overloaded
+    assert not heavy.overloaded and 0 < heavy.types[0].attainment < 1
+    bursty = model.predict([sample], [mean], slo, burst)
+    w_calm, w_heavy = 0.8 * 0.5, 0.2 * 3.0
+    expected = (w_calm * calm.types[0].attainment + w_heavy * heavy.types[0].attainment) / (w_calm + w_heavy)
+    assert bursty.types[0].attainment == pytest.approx(expected)

@@ -13,6 +13,7 @@ from oserve.planner.dispatch_policy import (
     Dispatcher,
     DispatchState,
     DispatchTable,
+    LoadIndex,
     SpillInput,
     choose_replica,
 )
@@ -117,6 +118,18 @@ def test_in_place_dispatcher_makes_the_reference_choices(policy, seed):
     _check_against_reference(rng, policy, seed, _random_table(rng, num_types, num_replicas))
 
 
+def test_load_index_tracks_the_least_load_and_its_ties():
+    rng = np.random.default_rng(4)
+    loads = rng.integers(0, 5, 40)
+    index = LoadIndex(loads.tolist())
+    for _ in range(2000):
+        c = int(rng.integers(40))
+        loads[c] = max(0, loads[c] + int(rng.integers(-3, 4)))
+        index.move(c, int(loads[c]))
+        assert index.least == loads.min()
+        assert index.at_least() == set(np.flatnonzero(loads == loads.min()).tolist())
+
+
 @pytest.mark.parametrize("policy", ["least-outstanding", "spillover", "round-robin"])
 @pytest.mark.parametrize("num_replicas", [64, 257])
 def test_in_place_dispatcher_on_large_equal_share_fleets(policy, num_replicas):
@@ -139,6 +152,7 @@ def _check_against_reference(rng, policy, seed, table):
     outstanding = np.zeros(num_replicas, dtype=np.int64)
     queued = np.zeros(num_replicas, dtype=np.int64)
     backlog = np.zeros(num_replicas, dtype=np.int64)
+    least = LoadIndex(outstanding)  # the counts grouped by value, as the simulator's router keeps them
     spilled = 0
     for _ in range(400):
         t = int(rng.integers(num_types))
@@ -147,8 +161,8 @@ def _check_against_reference(rng, policy, seed, table):
         spill = SpillInput(rule, prompt, backlog.tolist(), decoding.tolist())
         ref, state = choose_replica(table, state, t, outstanding.tolist(), policy, ref_rng,
                                     queued.tolist(), spill)
-        if seed % 2:  # the caller's counts may be numpy arrays or lists
-            assert fast.choose(t, outstanding, queued, prompt, backlog, decoding) == ref
+        if seed % 2:  # the caller's counts may be numpy arrays (with the LoadIndex) or lists
+            assert fast.choose(t, outstanding, queued, prompt, backlog, decoding, least) == ref
         else:
             assert fast.choose(t, outstanding.tolist(), queued.tolist(), prompt, backlog.tolist(),
                                decoding.tolist()) == ref
@@ -160,6 +174,8 @@ def _check_against_reference(rng, policy, seed, table):
         done = rng.random(num_replicas) < 0.1  # some replicas finish or admit some of their requests
         outstanding[done] = np.maximum(0, outstanding[done] - 1)
         queued[:] = np.minimum(queued, outstanding) * (rng.random(num_replicas) < 0.8)
+        for c, load in enumerate(outstanding.tolist()):
+            least.move(c, load)
     assert fast.state() == state
     if policy == "slo-spill" and seed == 1:
         assert spilled > 0  # the rule did leave the plan in this run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from oserve.runtime.loadgen import (
     summarize,
     synthetic_prompt,
 )
+from oserve.workload import load_trace
 from oserve.workload.trace import Trace
 
 from .factories import MODEL
@@ -102,11 +104,22 @@ def test_bench_serve_command_prints_json(gateway, capsys, tmp_path):
     out = tmp_path / "bench.json"
     code = main(["bench", "serve", "--url", server.base_url, "--trace", "azure-conv",
                  "--rate-scale", "50", "--max-requests", "10", "--max-output-tokens", "4", "--json",
-                 "--out", str(out), "--types", "2", "--slo-ttft-s", "60"])
+                 "--out", str(out), "--types", "2", "--slo-ttft-s", "60", "--records",
+                 str(tmp_path / "records.csv"), "--max-input-tokens", "300"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["num_ok"] == 10 and doc["slo_attainment"] == 1.0 and set(doc["per_type"]) == {"T0", "T1"}
-    assert json.loads(out.read_text())["num_sent"] == 10
+    assert json.loads(out.read_text())["num_sent"] == 10 and "records" not in doc
+    # one row per request in trace order: sent at the trace's arrival times (scaled), the clipped prompt
+    with (tmp_path / "records.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    trace = load_trace("azure-conv").scaled(50).head(10)
+    assert [int(r["request"]) for r in rows] == list(range(10)) and {r["status"] for r in rows} == {"ok"}
+    assert [int(r["input_tokens"]) for r in rows] == [min(int(n), 300) for n in trace.input_tokens]
+    sent = np.array([float(r["sent_s"]) for r in rows])
+    assert np.all(sent >= trace.arrival_s - 1e-6) and np.all(sent < trace.arrival_s + 0.5)
+    assert all(0 < float(r["ttft_s"]) <= float(r["e2e_s"]) for r in rows)
+    assert [int(r["output_tokens"]) for r in rows] == [min(int(n), 4) for n in trace.output_tokens]
 
 
 def test_banner_shows_url_curl_and_openai_example():

@@ -35,6 +35,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON report here")
+    p.add_argument("--records", default=None, metavar="FILE",
+                   help="write one CSV row per request here (sent time, status, TTFT, end-to-end latency)")
     p.add_argument("--concurrency", type=POSITIVE_INT, default=None, metavar="N",
                    help="closed loop: keep N requests in flight (ignores the trace's arrival times)")
 
@@ -52,4 +54,6 @@ def run_bench_serve(args) -> int:
     print(report.to_json() if args.json else report.to_text())
     if args.out:
         Path(args.out).write_text(report.to_json())
+    if args.records:
+        report.write_records(args.records)
     return 0 if report.num_ok else 1

@@ -98,7 +98,8 @@ def _fit_steps(rows, args) -> int:
         yaml.safe_dump({"gpus": [entry]}, fh, sort_keys=False)
     print(f"wrote {args.out}: {device.name} step = {1e3 * fitted.step_overhead_s:.1f} ms + "
           f"{1e3 * fitted.prefill_s_per_token:.2f} ms/prefill token + {1e3 * fitted.decode_s_per_seq:.2f} "
-          f"ms/decode sequence (median error {float(np.median(errs)):.1%}, max {max(errs):.1%})")
+          f"ms/decode sequence + {1e6 * fitted.prefill_attention_s_per_token2:.3f} us x sum c(c+2p) of the "
+          f"prefill chunks (median error {float(np.median(errs)):.1%}, max {max(errs):.1%})")
     return 0
 
 

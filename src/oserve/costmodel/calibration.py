@@ -255,25 +255,35 @@ def fit_calibration(rows: list[ProfileRow], models: dict[str, ModelSpec], gpu: G
 
 
 def fit_step_model(rows: list[ProfileRow]) -> StepModel:
-    """Fit a device's step time ``o + p * prefill tokens`` (step_prefill rows) and ``o + d * batch``
-    (step_decode rows) by non-negative least squares on relative error (each row weighted by 1/ms, so a
-    50 ms decode step counts as much as a 2 s prefill). Both kinds are needed: the overhead is shared."""
+    """Fit a device's step time ``o + p * a + q * a^2`` (step_prefill rows: one prompt of a tokens,
+    whose attention is quadratic in it) and ``o + d * batch`` (step_decode rows) by non-negative least
+    squares on relative error (each row weighted by 1/ms, so a 50 ms decode step counts as much as a 2 s
+    prefill). Both kinds are needed: the overhead is shared. q is 0 when the prefill rows are linear,
+    and only prefill rows of several lengths can tell it from p."""
     from scipy.optimize import nnls
 
     srows = [r for r in rows if r.kind in STEP_KINDS]
     for kind in STEP_KINDS:
         if not any(r.kind == kind for r in srows):
             raise ConfigError(f"profile has no '{kind}' rows: a step model needs both {STEP_KINDS}")
-    design = np.array([[1.0, r.a if r.kind == "step_prefill" else 0.0,
-                        r.a if r.kind == "step_decode" else 0.0] for r in srows])
+    design = np.array([_step_terms(r) for r in srows])
     seconds = np.array([r.ms * 1e-3 for r in srows])
     weight = 1.0 / seconds
     x, _ = nnls(design * weight[:, None], seconds * weight)
     return StepModel(step_overhead_s=float(x[0]), prefill_s_per_token=float(x[1]),
-                     decode_s_per_seq=float(x[2]))
+                     decode_s_per_seq=float(x[2]), prefill_attention_s_per_token2=float(x[3]))
+
+
+def _step_terms(row: ProfileRow) -> list[float]:
+    """A step_* row's terms in the order of the step model's coefficients (overhead, prefill tokens,
+    decode batch, prefill attention)."""
+    if row.kind == "step_prefill":
+        return [1.0, row.a, 0.0, row.a * row.a]
+    return [1.0, 0.0, row.a, 0.0]
 
 
 def predict_step_ms(row: ProfileRow, model: StepModel) -> float:
     """The step model's time of one step_* profile row."""
-    per_unit = model.prefill_s_per_token if row.kind == "step_prefill" else model.decode_s_per_seq
-    return 1e3 * (model.step_overhead_s + per_unit * row.a)
+    coef = (model.step_overhead_s, model.prefill_s_per_token, model.decode_s_per_seq,
+            model.prefill_attention_s_per_token2)
+    return 1e3 * float(np.dot(coef, _step_terms(row)))

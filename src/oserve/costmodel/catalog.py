@@ -74,13 +74,17 @@ class ModelSpec(BaseModel):
 class StepModel(BaseModel):
     """A device's engine step time fitted as a whole (``oserve costmodel fit`` on ``step_*`` profile
     rows), for devices without an operator calibration such as a vLLM-CPU replica:
-    ``step = step_overhead_s + prefill_s_per_token * prefill tokens + decode_s_per_seq * decode batch``."""
+    ``step = step_overhead_s + prefill_s_per_token * prefill tokens + decode_s_per_seq * decode batch
+    + prefill_attention_s_per_token2 * sum c (c + 2 p)`` over the step's prefill chunks (c new tokens
+    after p cached ones: causal attention's pairs, twice; c^2 for a whole prompt), the term the operator
+    model prices as attention work; 0 in a catalog fitted before it existed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     step_overhead_s: float = Field(ge=0)
     prefill_s_per_token: float = Field(ge=0)
     decode_s_per_seq: float = Field(ge=0)
+    prefill_attention_s_per_token2: float = Field(default=0.0, ge=0)
 
 
 class GpuSpec(BaseModel):

@@ -206,10 +206,11 @@ class CostModel:
         if tokens <= 0:
             return 0.0
         step_model = self.gpu(cfg).step_model
+        prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
         if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
             return (step_model.prefill_s_per_token * prefill_tokens
+                    + step_model.prefill_attention_s_per_token2 * prefill_sq
                     + step_model.decode_s_per_seq * decode_batch) / cfg.pp
-        prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
         layers = math.ceil(self.model.num_layers / cfg.pp)
         layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
                               decode_ctx_total)

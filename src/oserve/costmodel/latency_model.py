@@ -11,8 +11,20 @@ after p cached ones adds to such a step):
 1. **Decode and interleaved prefill.** A prompt of I tokens is ``ceil(I / C')`` chunks. Per second the
    replica spends ``M = sum_t l_t E_t[sum of its chunks' m]`` on prefill, so steps take on average
    ``d / (1 - M)`` and a running sequence gets a token per step; Little's law gives the batch
-   ``B = sum_t l_t O_t * d / (1 - M)``, solved by fixed-point iteration. ``M >= 1``, more sequences than
-   ``max_num_seqs`` or than the KV cache holds: the replica is overloaded (attainment 0).
+   ``B = sum_t l_t O_t * d / (1 - M)``, solved by fixed-point iteration. A decoding sequence holds its
+   context, ``I + O/2`` on average over its ``O`` steps, so the KV cache holds on average
+   ``sum_t l_t O_t (I_t + O_t/2) * step`` tokens (Little's law on token-seconds): the context per
+   decoding sequence is the *output-weighted* mean of ``I + O/2`` (a long prompt with a short answer
+   holds its KV only briefly). ``M >= 1`` or more sequences than ``max_num_seqs``: the replica is
+   overloaded (attainment 0).
+   **KV-bound regimes.** More decoding sequences than the KV cache holds (``B > B_kv``) is an overload
+   of the decode rate by ``x = B / B_kv - 1``. In a stationary stream it never ends (attainment 0); a
+   burst regime lasts its window (``duration_s``, 10 s), and the scheduler, as vLLM's (and the
+   simulator's), keeps the excess prompts waiting for KV blocks rather than dropping them: the replica
+   serves the admitted stream, the rates over ``1 + x`` (re-solved until its batch fits), and the
+   backlog grows as a fluid, so a request arriving ``t`` seconds into the window waits ``x t`` more
+   before its prefill (averaged over ``t`` uniform in the window; the drain after the window is not
+   charged to the next one).
 2. **TPOT** (a request's mean time per output token after the first) is ``d + S / (O - 1)``: S is the
    extra time of the chunk steps among its ``O - 1`` decode steps. A step carries a chunk with
    probability ``q = n_chunks_per_s * d / (1 - M)``; the number of chunk steps is Binomial(O - 1, q) and
@@ -61,6 +73,9 @@ from oserve.workload.burstiness import Burstiness, LengthSample
 from oserve.workload.slo import Slo
 
 KV_HEADROOM = 0.9
+KV_ITERATIONS = 4  # re-solves of a KV-bound regime's admitted stream (its batch shrinks faster than it)
+KV_FIT_SLACK = 1.02  # the admitted batch may exceed the KV bound by the step-time memo's grid error
+BACKLOG_POINTS = 16  # midpoints over a KV-bound burst for the backlog's wait
 REF_BATCH = 16
 REF_CTX_TOKENS = 1024
 MAX_UTILISATION = 0.98
@@ -163,12 +178,15 @@ class ReplicaLatencyModel:
         mults = [np.asarray(r.multipliers) if r.multipliers else np.ones(k) for r in regimes]
         weights = [r.time_share * rates * m for r, m in zip(regimes, mults)]  # requests per regime
         den = np.sum(weights, axis=0)
+        # a regime lasts one window of replay time (the trace's regimes); a single regime is the whole
+        # stream, stationary
+        duration = burst.window_s if burst.counts is not None and len(regimes) > 1 else math.inf
         order = sorted(range(len(regimes)), key=lambda j: -float(mults[j].max()))
         sums = np.zeros((4, k))  # request-weighted attainment, TTFT, TPOT attainment, mean TPOT
         seen = np.zeros(k)
         heaviest = None
         for j in order:
-            pred = self.predict_stationary(samples, rates * mults[j], slos, ca2)
+            pred = self.predict_stationary(samples, rates * mults[j], slos, ca2, duration)
             if heaviest is None or regimes[j].time_share >= heaviest[0]:
                 heaviest = (regimes[j].time_share, pred)
             w = weights[j]
@@ -191,24 +209,34 @@ class ReplicaLatencyModel:
                                  typical.overloaded)
 
     def predict_stationary(self, samples: list[LengthSample], rates_rps: np.ndarray | list[float],
-                           slos: list[Slo],
-                           ca2: float = 1.0) -> ReplicaPrediction:
+                           slos: list[Slo], ca2: float = 1.0,
+                           duration_s: float = math.inf) -> ReplicaPrediction:
         """Attainment of each type at constant rates on this replica; ``ca2`` is the arrivals' squared
-        coefficient of variation (1: Poisson)."""
+        coefficient of variation (1: Poisson), ``duration_s`` how long the rates last (a burst regime's
+        window; infinite: stationary), which decides whether a KV-bound replica is overloaded or queues."""
         rates = np.asarray(rates_rps, dtype=float)
-        total = float(rates.sum())
         k = len(samples)
-        if total <= 0:
+        if float(rates.sum()) <= 0:
             return ReplicaPrediction((IDLE,) * k, 0.0, 0.0, 0.0, False)
         lay = self._layout(samples, slos)
-        per = rates[lay.typ] / lay.count[lay.typ]  # requests/s each sample stands for
-        ctx = float((per * (lay.inp + lay.out / 2)).sum()) / total
-        batch, budget, ch, d, m_frac = self._steady_batch(lay, per, ctx)
+        admitted, growth = 1.0, 0.0  # share of the arrivals the KV cache admits; backlog wait per second
+        for _ in range(KV_ITERATIONS):
+            per = rates[lay.typ] * admitted / lay.count[lay.typ]  # requests/s each sample stands for
+            # KV tokens per decoding sequence, time-averaged: output-weighted (Little on token-seconds)
+            ctx = float((per * lay.out * (lay.inp + lay.out / 2)).sum()) / max(float((per * lay.out).sum()),
+                                                                               1e-12)
+            batch, budget, ch, d, m_frac = self._steady_batch(lay, per, ctx)
+            kv_seqs = KV_HEADROOM * self.kv_tokens / max(ctx, 1.0)
+            if batch <= kv_seqs or m_frac >= MAX_UTILISATION or not math.isfinite(duration_s):
+                break
+            admitted *= kv_seqs / batch  # serve what the KV cache holds; the rest waits for blocks
+            growth = 1.0 / admitted - 1.0
+        total = float(per.sum())
         work = ch.cost + d * lay.inp / budget  # prompt queue work: steps shared at full chunks
         rho = float((per * work).sum())
         mean_w = rho / total
         cs2 = float((per * (work - mean_w) ** 2).sum()) / total / max(mean_w * mean_w, 1e-18)
-        fits = batch <= self.max_seqs and batch * ctx <= KV_HEADROOM * self.kv_tokens
+        fits = batch <= self.max_seqs and batch <= kv_seqs * KV_FIT_SLACK
         if m_frac >= MAX_UTILISATION or rho >= MAX_UTILISATION or not fits:
             zero = TypePrediction(0.0, 0.0, 0.0, math.inf, math.inf)
             return ReplicaPrediction((zero,) * k, batch, m_frac, rho, True)
@@ -225,7 +253,12 @@ class ReplicaLatencyModel:
         weights = np.append(chunk_w / chunk_w.sum() * (1 - rho), rho)
         wait = _Wait(rho, mean_w, cs2, ca2)
         own = ch.cost + ch.num * d + 0.5 * step_s * min(1.0, batch)
-        ttft_ok = wait.attainment(lay.ttft_bound - own)
+        if growth > 0:  # KV-bound burst: arriving t s into it, a request waits growth * t more
+            backlog = (np.arange(BACKLOG_POINTS) + 0.5) / BACKLOG_POINTS * duration_s * growth
+            ttft_ok = np.mean([wait.attainment(lay.ttft_bound - own - b) for b in backlog], axis=0)
+            own = own + 0.5 * duration_s * growth
+        else:
+            ttft_ok = wait.attainment(lay.ttft_bound - own)
         # a request that decodes inside a busy period of the prompt queue gets a full chunk at every
         # step; busy periods last (chunks per prompt) / (1 - rho) steps, stretched by the variability
         # (Kingman's factor), so P(all n steps busy) = rho (1 - 1/L)^n

@@ -162,6 +162,46 @@ def choose_replica(table: DispatchTable, state: DispatchState, type_id: int,
 SMALL_SET = 16  # up to this many allowed replicas a Python loop beats numpy's per-call overhead
 
 
+class LoadIndex:
+    """A caller's load counts grouped by value, with the least one: the columns a least-outstanding
+    choice over every replica with equal shares picks among, kept as the counts change (``move``), so
+    the choice costs the ties, not a scan of the fleet."""
+
+    __slots__ = ("_load", "_by_load", "least")
+
+    def __init__(self, loads: Sequence[int]) -> None:
+        self._load = [int(x) for x in loads]
+        self._by_load: dict[int, set[int]] = {}
+        for c, x in enumerate(self._load):
+            self._by_load.setdefault(x, set()).add(c)
+        self.least = min(self._by_load) if self._by_load else 0
+
+    def move(self, column: int, load: int) -> None:
+        """Column ``column``'s count is now ``load``."""
+        old = self._load[column]
+        if old == load:
+            return
+        self._load[column] = load
+        by_load = self._by_load
+        bucket = by_load[old]
+        bucket.discard(column)
+        if not bucket:
+            del by_load[old]
+        new = by_load.get(load)
+        if new is None:
+            by_load[load] = {column}
+        else:
+            new.add(column)
+        if load < self.least:
+            self.least = load
+        elif old == self.least and not bucket:
+            self.least = min(by_load)
+
+    def at_least(self) -> set[int]:
+        """The columns whose count is the least one."""
+        return self._by_load[self.least]
+
+
 class Dispatcher:
     """``choose_replica`` for one caller that owns the state: the same choices, the state kept in place.
 
@@ -200,22 +240,27 @@ class Dispatcher:
     def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
                queued: Sequence[int] | npt.NDArray[np.int64] | None = None, prompt_tokens: int = 0,
                prefill_tokens: Sequence[int] | None = None,
-               num_decoding: Sequence[int] | None = None) -> int:
+               num_decoding: Sequence[int] | None = None, least: LoadIndex | None = None) -> int:
         """The replica for one request; ``outstanding``/``queued`` as in ``choose_replica``, the rest
-        (the request's prompt, each replica's prefill backlog and decodes) for ``slo-spill``."""
+        (the request's prompt, each replica's prefill backlog and decodes) for ``slo-spill``; ``least``,
+        when given, is ``outstanding`` grouped by value (a large fleet's shortcut, same choices)."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
         allowed = self._allowed[type_id]
         policy = self.policy
+        credits = self._credits[type_id]
+        if policy == "least-outstanding" and not self._small[type_id]:  # the large fleet's usual case
+            j = self._pick_large(credits, type_id, outstanding, least)
+            credits[j] -= 1.0
+            return allowed[j]
         if policy == "spillover" and queued is None:
             raise ConfigError("the spillover dispatch policy needs the replicas' queue lengths")
         if policy == "weighted-random":
             return allowed[int(self.rng.choice(len(allowed), p=self._shares[type_id]))]
-        credits = self._credits[type_id]
         if self._small[type_id]:
             j = self._pick_small(credits, self._shares[type_id], allowed, outstanding)
         else:
-            j = self._pick_large(credits, type_id, outstanding)
+            j = self._pick_large(credits, type_id, outstanding, least)
         choice = allowed[j]
         if queued is not None and policy == "spillover" and queued[choice] > 0:
             spill = _least_outstanding_empty_queue(outstanding, queued)
@@ -256,11 +301,22 @@ class Dispatcher:
         return best
 
     def _pick_large(self, credits: npt.NDArray[np.float64], type_id: int,
-                    outstanding: Sequence[int] | npt.NDArray[np.int64]) -> int:
+                    outstanding: Sequence[int] | npt.NDArray[np.int64],
+                    least: LoadIndex | None = None) -> int:
         weights = self._weights[type_id]
         credits += weights
         if self.policy == "round-robin":
             return int(credits.argmax())  # the first maximum: the lower index on ties
+        if least is not None and self._full[type_id] and self._uniform[type_id]:
+            ties = least.at_least()  # the least keys (below): the highest credit, then the lower index
+            if len(ties) > SMALL_SET:
+                return int(np.where(np.asarray(outstanding) == least.least, credits, -np.inf).argmax())
+            best, best_credit = -1, 0.0
+            for c in ties:
+                v = credits.item(c)
+                if best < 0 or v > best_credit or (v == best_credit and c < best):
+                    best, best_credit = c, v
+            return best
         counts = np.asarray(outstanding)
         load = counts if self._full[type_id] else counts[self._index[type_id]]
         # with equal shares (load + 1) / share orders and ties exactly as the integer load does (the

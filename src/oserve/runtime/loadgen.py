@@ -16,6 +16,7 @@ that clock (e.g. a multiple of the controller's check interval, so its windows a
 from __future__ import annotations
 
 import asyncio
+import csv
 import ipaddress
 import json
 import socket
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 import httpx
+import numpy as np
 
 from oserve.common.errors import ConfigError
 from oserve.runtime.clock import Clock, WallClock
@@ -60,6 +62,8 @@ class RequestRecord:
     output_tokens: int = 0
     message: str = ""
     type_id: int = -1  # the trace request's type (online typing of its input length)
+    sent_s: float | None = None  # when it was sent, seconds after the replay's trace time 0
+    input_tokens: int = 0  # the prompt length asked for (the synthetic prompt's nominal tokens)
 
 
 @dataclass
@@ -78,11 +82,24 @@ class BenchReport:
     throughput_rps: float
     output_tokens_per_s: float
     latency: dict = field(default_factory=dict)
+    records: list[RequestRecord] = field(default_factory=list, repr=False)  # in trace order
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(out.pop("latency"))
+        del out["records"]  # the JSON report is the summary; per request see write_records
         return out
+
+    def write_records(self, path: str) -> None:
+        """One CSV row per request in trace order: when it was sent, its status, TTFT, end-to-end
+        latency, prompt tokens asked for and output tokens received."""
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["request", "sent_s", "status", "ttft_s", "e2e_s", "input_tokens", "output_tokens",
+                        "type"])
+            for i, r in enumerate(self.records):
+                w.writerow([i, _cell(r.sent_s), r.status, _cell(r.ttft_s), _cell(r.e2e_s), r.input_tokens,
+                            r.output_tokens, r.type_id])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -102,6 +119,10 @@ class BenchReport:
             f"{self.output_tokens_per_s:.1f} output tok/s",
             row("TTFT", "ttft_s"), row("TPOT", "tpot_s"), row("E2E", "e2e_s")]
             + ([f"SLO attainment {slo:.1%}"] if slo is not None else []))
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 def check_target(url: str, allow_remote: bool) -> None:
@@ -154,12 +175,23 @@ def summarize(config: BenchConfig, model: str, records: list[RequestRecord], dur
         url=config.url, model=model, num_sent=len(records), num_ok=len(ok),
         num_failed=len(records) - len(ok), failures=failures, duration_s=duration_s,
         throughput_rps=len(ok) / duration_s,
-        output_tokens_per_s=sum(r.output_tokens for r in ok) / duration_s, latency=latency)
+        output_tokens_per_s=sum(r.output_tokens for r in ok) / duration_s, latency=latency,
+        records=list(records))
 
 
 async def _one(client: httpx.AsyncClient, config: BenchConfig, model: str, input_tokens: int,
-               output_tokens: int, clock: Clock) -> RequestRecord:
-    prompt = synthetic_prompt(min(input_tokens, config.max_input_tokens))
+               output_tokens: int, clock: Clock, origin_s: float = 0.0) -> RequestRecord:
+    """One streamed request; ``origin_s`` is the replay's trace time 0 on ``clock``."""
+    sent_s = clock.now_s() - origin_s
+    record = await _send(client, config, model, min(input_tokens, config.max_input_tokens),
+                         output_tokens, clock)
+    record.input_tokens, record.sent_s = min(input_tokens, config.max_input_tokens), sent_s
+    return record
+
+
+async def _send(client: httpx.AsyncClient, config: BenchConfig, model: str, input_tokens: int,
+                output_tokens: int, clock: Clock) -> RequestRecord:
+    prompt = synthetic_prompt(input_tokens)
     body: dict = {"model": model, "max_tokens": min(output_tokens, config.max_output_tokens),
                   "stream": True, "stream_options": {"include_usage": True}}
     if config.endpoint == "chat":
@@ -238,12 +270,15 @@ async def run_bench(config: BenchConfig, trace: Trace, clock: Clock | None = Non
             delay_s = arrival_s - (clock.now_s() - start)
             if delay_s > 0:
                 await clock.sleep(delay_s)
-            tasks.append(asyncio.create_task(_one(client, config, model, int(n_in), int(n_out), clock)))
+            tasks.append(asyncio.create_task(_one(client, config, model, int(n_in), int(n_out), clock,
+                                                  start)))
         remaining_s = max(1.0, config.max_duration_s - (clock.now_s() - start))
         done, pending = await _wait(tasks, remaining_s, clock)
         for task in pending:
             task.cancel()
-        records = [t.result() if t in done else RequestRecord("timeout") for t in tasks]
+        clipped = np.minimum(trace.input_tokens, config.max_input_tokens)
+        records = [t.result() if t in done else RequestRecord("timeout", sent_s=float(a), input_tokens=int(n))
+                   for t, a, n in zip(tasks, trace.arrival_s, clipped)]
         for record, type_id in zip(records, type_ids):
             record.type_id = int(type_id)
         return summarize(config, model, records, clock.now_s() - start, type_names)
@@ -275,7 +310,7 @@ async def _run_closed_loop(client: httpx.AsyncClient, config: BenchConfig, concu
     async def worker() -> None:
         while shapes and clock.now_s() - start < config.max_duration_s:
             n_in, n_out = shapes.pop(0)
-            records.append(await _one(client, config, model, int(n_in), int(n_out), clock))
+            records.append(await _one(client, config, model, int(n_in), int(n_out), clock, start))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return summarize(config, model, records, clock.now_s() - start)

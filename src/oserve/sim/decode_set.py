@@ -65,6 +65,16 @@ class DecodeSet:
         bt = self.block_tokens
         return self.count if bt == 1 else self._residues[-self.tick % bt]
 
+    def step_view(self) -> tuple[int, int, int]:
+        """(``next_step_blocks()``, ``ctx_total()``, ``min_output_left()``): what a fast step asks, in
+        one call."""
+        count = self.count
+        if not count:
+            return 0, 0, NO_DECODE
+        bt, tick = self.block_tokens, self.tick
+        return (count if bt == 1 else self._residues[-tick % bt], self._base_sum + count * (tick + 1),
+                self._finish[0][0] - tick)
+
     def new_blocks(self, first_step: int, end_step: int) -> int:
         """Blocks the members allocate in decode steps ``first_step`` .. ``end_step - 1`` from now
         (step 0 is the next one)."""
@@ -80,8 +90,10 @@ class DecodeSet:
         """Every member decoded ``steps`` tokens; the members that now have all theirs leave the set,
         their counters written (their blocks too: what they release)."""
         self.tick += steps
-        done = []
         heap = self._finish
+        if not heap or heap[0][0] > self.tick:  # nobody finishes (most steps)
+            return []
+        done = []
         while heap and heap[0][0] <= self.tick:
             seq = heapq.heappop(heap)[2]
             base = seq.num_cached - seq.tick0

@@ -98,9 +98,10 @@ def prepared_type_slos(prepared, slo: SloSpec) -> tuple[Slo, ...]:
 
 def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig, slo: SloSpec,
                  start_scale: float = 1.0, rel_tol: float = 0.03, floor: float = 0.0,
-                 timers: dict | None = None) -> GoodputResult:
+                 timers: dict | None = None, max_probes: int = 24) -> GoodputResult:
     """Goodput scale of ``plan`` on a prepared trace (``oserve.sim.experiment.PreparedTrace``); ``floor``
-    as in ``search_goodput_scale``, ``timers`` shares step times across the probes (and plans)."""
+    as in ``search_goodput_scale`` (with ``max_probes=1``: only whether the plan meets the target there),
+    ``timers`` shares step times across the probes (and plans)."""
     from oserve.sim.experiment import simulate_at  # experiment imports the planner front end
 
     names = prepared.types.names()
@@ -111,7 +112,7 @@ def plan_goodput(plan: Plan, prepared, cost_model: CostModel, config: SimConfig,
         ttft, tpot = slo.bounds(res.type_id, names, res.input_tokens)
         return slo_attainment(res, ttft, tpot, len(names)), res
 
-    return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol, floor=floor)
+    return search_goodput_scale(evaluate, slo.attainment, start_scale, rel_tol, max_probes, floor=floor)
 
 
 __all__ = ["GoodputProbe", "GoodputResult", "plan_goodput", "prepared_type_slos", "search_goodput_scale"]

@@ -143,7 +143,15 @@ class ReplicaSim:
         """Apply the finished step: (sequences that got their first token, finished ones, next end)."""
         batch, steps = self.batch, self.run_steps
         assert batch is not None, "a step end without a step in flight (simulator bug)"
-        self._account_busy(self.step_start_s, now_s)
+        start_s = self.step_start_s
+        b = int(start_s // self.util_bin_s)
+        if now_s <= (b + 1) * self.util_bin_s:  # within one bin (nearly every step): _account_busy inline
+            self.busy_s += now_s - start_s
+            if start_s < now_s:
+                bins = self.busy_bins
+                bins[b] = bins.get(b, 0.0) + (now_s - start_s)
+        else:
+            self._account_busy(start_s, now_s)
         self.num_steps += steps
         self.num_events += 1
         if batch.lazy:
@@ -207,32 +215,39 @@ class ReplicaSim:
             self._lazy = False
             self.batch = None
             return [], [], self._start_step(now_s)
-        if batch.num_decode:
-            assert batch.num_decode == decoding.count, "decode set out of step (simulator bug)"
+        pool = self.pool
+        num_decode = batch.num_decode
+        if num_decode:
+            assert num_decode == decoding.count, "decode set out of step (simulator bug)"
             if steps > 1:  # blocks for steps 2..k of a decode run (in one call, as the reference)
-                self.pool.allocate(decoding.new_blocks(1, steps))
+                pool.allocate(decoding.new_blocks(1, steps))
             finished = decoding.advance(steps)  # before the prefills: who completes now joins after
-            self.decode_tokens += steps * batch.num_decode
+            self.decode_tokens += steps * num_decode
         else:
             finished = []
         first = []
-        for seq, chunk in batch.prefill:
-            seq.num_cached += chunk
-            self.prefill_tokens += chunk
-            if seq.num_cached >= seq.prefill_target:
-                seq.num_generated += 1
-                if seq.num_generated == 1:
-                    first.append(seq)
-                if seq.num_generated >= seq.output_tokens:
-                    finished.append(seq)
-                else:
-                    decoding.add(seq)
-        if batch.prefill:
+        prefill = batch.prefill
+        if prefill:
+            tokens = 0
+            for seq, chunk in prefill:
+                seq.num_cached += chunk
+                tokens += chunk
+                if seq.num_cached >= seq.prefill_target:
+                    seq.num_generated += 1
+                    if seq.num_generated == 1:
+                        first.append(seq)
+                    if seq.num_generated >= seq.output_tokens:
+                        finished.append(seq)
+                    else:
+                        decoding.add(seq)
+            self.prefill_tokens += tokens
             self._prefilling = [s for s in self._prefilling if s.num_cached < s.prefill_target]
         if finished:
+            released = 0
             for seq in finished:
-                self.pool.release(seq.num_blocks)
+                released += seq.num_blocks
                 seq.num_blocks = 0
+            pool.release(released)  # in one call: the free count only grows, so the same checks
             self._num_dead += len(finished)  # removed once they are half the list: O(1) per request
             if 2 * self._num_dead > len(self._running):
                 self._compact()
@@ -251,15 +266,16 @@ class ReplicaSim:
             self._lazy = False
             batch = schedule_step(self.batching, self.waiting, self._running, self.pool)
             self.num_reference_steps += self.fast
-        self.num_preemptions += batch.num_preempted
-        if batch.is_empty:
+        if batch.num_preempted:
+            self.num_preemptions += batch.num_preempted
+        prefill = batch.prefill
+        if not prefill and not batch.num_decode:
             return None
         self.batch = batch
         self.step_start_s = now_s
         # a decode run reports tokens only at its end: not while a joined sequence awaits its first
-        if batch.prefill or batch.num_preempted or not self.decode_runs or self._fresh:
+        if prefill or batch.num_preempted or not self.decode_runs or self._fresh:
             self.run_steps = 1
-            prefill = batch.prefill
             largest = (prefill[0][1] if len(prefill) == 1 else
                        max((chunk for _, chunk in prefill), default=0))
             duration = self.timer.step_s(batch.prefill_tokens, len(prefill), batch.prefill_sq,
@@ -267,10 +283,14 @@ class ReplicaSim:
         else:
             n = batch.num_decode
             to_finish = batch.min_output_left
-            safe = 1 + self.pool.block_tokens * (self.pool.num_free // n)
-            self.run_steps = max(1, min(to_finish, safe))
-            duration = decode_run_s(self.timer.decode_line(n), n, batch.decode_ctx_total,
-                                    self.run_steps)
+            pool = self.pool
+            safe = 1 + pool.block_tokens * (pool.num_free // n)
+            k = self.run_steps = to_finish if to_finish < safe else safe
+            if k < 1:
+                k = self.run_steps = 1
+            a, b = self.timer.decode_line(n)
+            # decode_run_s, inline (the same float operations)
+            duration = k * (a + b * batch.decode_ctx_total) + b * n * k * (k - 1) / 2.0
         self.step_end_s = now_s + duration
         self.version += 1
         return self.step_end_s
@@ -289,24 +309,24 @@ class ReplicaSim:
                     self._prefilling.append(seq)
             self._joining = []
         bt = pool.block_tokens
-        budget = cfg.max_num_batched_tokens - decoding.count
-        need = decoding.next_step_blocks() if decoding.count else 0
+        num_decode = decoding.count
+        budget = cfg.max_num_batched_tokens - num_decode
+        need, ctx_total, min_left = decoding.step_view()
         for seq in self._prefilling:
             budget -= seq.prefill_target - seq.num_cached
             need += -(-seq.prefill_target // bt) - seq.num_blocks
         if budget < 0 or need > pool.num_free:
             return None  # a chunk cut by the budget, or a preemption: order matters, the reference decides
         pool.allocate(need)
-        batch = StepBatch(prefill=[], decode=[], lazy=True, num_decode=decoding.count)  # no factories
+        # positional (cheaper than keywords): prefill, decode, num_preempted, prefill_tokens, prefill_sq,
+        # decode_ctx_total, min_output_left, num_decode, lazy
+        batch = StepBatch([], [], 0, 0, 0.0, ctx_total, min_left, num_decode, True)
         for seq in self._prefilling:
             chunk = seq.prefill_target - seq.num_cached
             seq.num_blocks = -(-seq.prefill_target // bt)
             batch.prefill.append((seq, chunk))
             batch.prefill_tokens += chunk
             batch.prefill_sq += chunk * (chunk + 2 * seq.num_cached)
-        if decoding.count:
-            batch.decode_ctx_total = decoding.ctx_total()
-            batch.min_output_left = decoding.min_output_left()
         waiting, running = self.waiting, self._running
         max_seqs = cfg.max_num_seqs + self._num_dead  # the finished ones hold no seat
         while waiting and budget > 0 and len(running) < max_seqs:  # as _schedule_chunked

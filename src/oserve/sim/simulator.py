@@ -25,6 +25,7 @@ end, decode from the prefill's end to the last token.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass
@@ -133,9 +134,14 @@ class Simulation:
         self.batching = batching
         self.block_tokens = block_tokens
         self.decode_runs = decode_runs
-        self.fast_steps = fast_steps  # False: every step by the reference scheduler (equivalence tests)
+        # False: every step by the reference scheduler and every routing choice by a scan of the counts
+        # (equivalence tests)
+        self.fast_steps = fast_steps
         self.max_context_tokens = max_context_tokens
-        self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos)
+        self.router = Router(config.dispatch, np.random.default_rng(config.seed), type_slos,
+                             load_index=fast_steps)
+        # the router reads a colocated replica's own counts only (no backlog, nothing downstream)
+        self._plain_router = not self.router.needs_backlog
         self.handoff = handoff
         self.setups: list[ReplicaSetup] = []
         self.replicas: list[ReplicaSim] = []
@@ -207,7 +213,10 @@ class Simulation:
         nxt = rep.on_arrival(seq, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
-        self._update_router(rid)
+        if self._plain_router and rep.role == COLOCATED:  # _update_router(rid), inline
+            router.update(rid, len(rep.waiting) + len(rep._running) - rep._num_dead, len(rep.waiting))
+        else:
+            self._update_router(rid)
 
     def _update_router(self, rid: int) -> None:
         """Tell the router a replica's load (its prefill backlog only when the policy reads it)."""
@@ -251,8 +260,9 @@ class Simulation:
         self.controller = controller
         n = rec.n
         heap = self.queue.heap
-        pop = self.queue.pop
+        pop = heapq.heappop
         replicas = self.replicas
+        on_step_end, on_arrival = self._on_step_end, self._on_arrival
         horizon = rec.last_arrival_s + self.config.drain_s
         bar = _progress_bar(n, progress)
         if controller is not None:
@@ -262,12 +272,12 @@ class Simulation:
         while True:
             next_arrival = arrivals[i - base] if i < n else math.inf
             if heap and heap[0][0] < next_arrival:
-                t, kind, _, a, b = pop()
+                t, kind, _, a, b = pop(heap)
                 if t > horizon:
                     break
                 if kind == STEP:
                     if b == replicas[a].version:
-                        self._on_step_end(t, a)
+                        on_step_end(t, a)
                 elif kind == TRANSFER:
                     self._on_transfer(t, a, b)
                 elif controller is not None:  # only a controller queues other kinds
@@ -276,7 +286,7 @@ class Simulation:
                 continue
             if i >= n:
                 break
-            self._on_arrival(i, next_arrival)
+            on_arrival(i, next_arrival)
             i += 1
             if i - base == len(arrivals):
                 arrivals, base = rec.arrival_chunk(i)
@@ -296,7 +306,9 @@ class Simulation:
 
     def _on_step_end(self, t: float, rid: int) -> None:
         rec = self.records
-        rec.advance(t)
+        rec.area += rec.in_system * (t - rec.last_t)  # rec.advance(t), inline (once per event)
+        rec.last_t = t
+        rec.num_events += 1
         rep = self.replicas[rid]
         last_pass_s = t - rep.step_start_s
         first, finished, nxt = rep.on_step_end(t)
@@ -308,6 +320,12 @@ class Simulation:
             rec.finished(finished, t)
         if nxt is not None:
             self.queue.push_step_end(nxt, rid, rep.version)
+        if self._plain_router and rep.role == COLOCATED:  # _update_router(rid), inline
+            self.router.update(rid, len(rep.waiting) + len(rep._running) - rep._num_dead,
+                               len(rep.waiting))
+            if rep.extracted and self.controller is not None:
+                self.controller.on_extracted(self, rid, t)
+            return
         self._update_router(rid)
         if rep.role != COLOCATED:
             self._after_step_disaggregated(t, rep, finished, last_pass_s)
@@ -372,7 +390,9 @@ class Simulation:
 
     def _on_arrival(self, i: int, t: float) -> None:
         rec = self.records
-        rec.advance(t)
+        rec.area += rec.in_system * (t - rec.last_t)  # rec.advance(t), inline (once per event)
+        rec.last_t = t
+        rec.num_events += 1
         prompt, output = rec.lengths(i)
         max_kv = self.router.max_kv_tokens  # None while no replica accepts: the gateway holds it
         if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:

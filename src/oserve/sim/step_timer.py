@@ -28,6 +28,7 @@ from oserve.costmodel.replica_config import ReplicaConfig
 GRID_STEPS_PER_OCTAVE = 64
 EXACT_BELOW = 256
 CTX_PROBE_TOKENS = (256, 4096)  # per sequence: where the affine fit in context is taken
+GRID_MEMO = 1 << 17  # quantized values a timer remembers
 
 
 def quantize(x: float) -> float:
@@ -74,9 +75,10 @@ def decode_steps_within(line: tuple[float, float], batch: int, ctx_total: float,
         qa, qb = inc / 2.0, first - inc / 2.0
         n = math.ceil((-qb + math.sqrt(qb * qb + 4 * qa * elapsed_s)) / (2 * qa) - 1e-9)
     n = max(1, min(n, max_steps))
-    while n > 1 and decode_run_s(line, batch, ctx_total, n - 1) >= elapsed_s:
+    # decode_run_s(line, batch, ctx_total, m), inline: m * first + b * batch * m * (m - 1) / 2.0
+    while n > 1 and (n - 1) * first + b * batch * (n - 1) * (n - 2) / 2.0 >= elapsed_s:
         n -= 1
-    while n < max_steps and decode_run_s(line, batch, ctx_total, n) < elapsed_s:
+    while n < max_steps and n * first + b * batch * n * (n - 1) / 2.0 < elapsed_s:
         n += 1
     return n
 
@@ -93,6 +95,7 @@ class CostModelStepTimer:
     config: ReplicaConfig
     _lines: dict = field(default_factory=dict, repr=False)
     _mixed: dict = field(default_factory=dict, repr=False)
+    _grid: dict = field(default_factory=dict, repr=False)  # quantize's results (a pure function)
     lookups: int = 0
     misses: int = 0
     miss_s: float = 0.0
@@ -125,7 +128,14 @@ class CostModelStepTimer:
             return a + b * decode_ctx_total
         # with PP the largest chunk decides how the step splits over the pipeline: part of the key
         largest = quantize(max_chunk_tokens) if self.config.pp > 1 and num_prefill > 1 else 0.0
-        key = (quantize(prefill_tokens), num_prefill, quantize(prefill_sq), decode_batch, largest)
+        grid = self._grid
+        tokens_q = grid.get(prefill_tokens)
+        if tokens_q is None:
+            tokens_q = self._on_grid(prefill_tokens)
+        sq_q = grid.get(prefill_sq)
+        if sq_q is None:
+            sq_q = self._on_grid(prefill_sq)
+        key = (tokens_q, num_prefill, sq_q, decode_batch, largest)
         self.lookups += 1
         line = self._mixed.get(key)
         if line is None:
@@ -135,6 +145,13 @@ class CostModelStepTimer:
             self._mixed[key] = line
             self.miss_s += time.process_time() - t0
         return line[0] + line[1] * decode_ctx_total
+
+    def _on_grid(self, x: float) -> float:
+        """``quantize(x)``, remembered (up to GRID_MEMO values: a long run's memory stays bounded)."""
+        q = quantize(x)
+        if len(self._grid) < GRID_MEMO:
+            self._grid[x] = q  # an int and the equal float share a key: quantize gives both the same
+        return q
 
     def _mixed_line(self, tokens: float, n: int, sq: float, batch: int,
                     largest: float) -> tuple[float, float]:
