@@ -44,6 +44,7 @@ SCENARIOS = ("llama-2-70b:16:azure-conv:tight", "llama-2-70b:16:azure-code:tight
              # where disaggregation should pay: more GPUs, the 128k model (prompts unclipped), a
              # stricter TPOT bound (tight@0.03: the tight preset with TPOT <= 30 ms)
              "llama-2-70b:32:azure-mix:tight", "llama-2-70b:32:azure-code:tight",
+             "llama-2-70b:32:azure-conv:tight",
              "llama-3.1-70b:16:azure-code:tight", "llama-3.1-70b:32:azure-code:tight",
              "llama-2-70b:16:azure-mix:tight@0.03")
 MODEL_CHECK_GROUPS = 4  # group candidates simulated in full beside the best colocated (model check)

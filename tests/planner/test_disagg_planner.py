@@ -73,7 +73,8 @@ def test_a_slower_link_costs_ttft_attainment(setup):
 def test_layouts_move_gpus_between_roles_within_and_across_nodes():
     cluster = parse_cluster("2x8xH100-80GB")
     found = dict(layouts(cluster, TP2, TP2))
-    assert set(found) == {"per-node m0 1P3D", "per-node m0 2P2D", "per-node m0 3P1D", "cross-node 1P-nodes"}
+    assert set(found) == {"per-node m0 1P3D", "per-node m0 2P2D", "per-node m0 3P1D", "cross-node 1P-nodes",
+                          "pooled 1D", "pooled 2D", "pooled 3D"}
     for reps in found.values():
         gpus = [g for r in reps for g in r.gpus]
         assert len(gpus) == len(set(gpus)) == 16
@@ -85,6 +86,11 @@ def test_layouts_move_gpus_between_roles_within_and_across_nodes():
     cross = found["cross-node 1P-nodes"]
     assert all(max(r.gpus) < 8 for r in cross if r.role == PREFILL)
     assert all(min(r.gpus) >= 8 for r in cross if r.role == DECODE)
+    pooled = found["pooled 1D"]  # one group: one decode replica on the last node, prefill on the rest
+    assert {r.group for r in pooled} == {0}
+    assert [r.gpus for r in pooled if r.role == DECODE] == [(14, 15)]
+    assert [r.role for r in pooled].count(PREFILL) == 7
+    assert "pooled 4D" not in found  # four TP2 decode replicas fill a node: that is "cross-node 1P-nodes"
     hybrid = dict(layouts(cluster, TP2, TP2, ReplicaConfig("H100-80GB", tp=4)))
     reps = hybrid["per-node m1 1P1D"]
     assert [r.role for r in reps[:3]] == [COLOCATED, PREFILL, DECODE]
@@ -108,6 +114,8 @@ def test_shortlist_keeps_the_best_colocated_plan_beside_the_groups(setup):
         assert np.allclose(c.fractions.sum(axis=1), 1.0)
     dynamo = gp.dynamo_split()
     assert dynamo is not None
+    # the Dynamo-style split is verified too, so the verified plan is never worse than it
+    assert any(c.replicas == dynamo.replicas for c in on)
     configs = {r.config for r in dynamo.replicas}
     assert len(configs) == 1 and next(iter(configs)).engine_label() == ""
 
@@ -190,13 +198,22 @@ def test_group_search_tries_every_prefill_budget_and_decode_max_num_seqs():
     assert len(seen) == num_layouts * len(PREFILL_BUDGETS) + len(DECODE_MAX_SEQS) - 1
 
 
-def test_pairs_include_the_widest_prefill_split():
-    """A long prompt's prefill is fastest on the most GPUs: the highest-TP split without PP is a prefill
-    candidate even when it is not among the best tuned colocated configurations."""
+def test_pairs_take_the_prefill_side_from_every_tuned_split_and_the_widest_decode_split():
+    """Which split prefills best alone is not which one serves best colocated: every tuned split is a
+    prefill candidate, also one ranked last (on 32 GPUs of azure-code the best pair, TP2 PP2 -> TP4, had
+    a prefill split outside the best few, and the enumeration of bench/disagg_enumerate.py found it).
+    The decode side is the best few and the highest-TP split without PP (the fastest decode step); a
+    middling split is no decode candidate."""
     from oserve.planner.disagg_search import pair_configs
 
     tp8 = ReplicaConfig("H100-80GB", tp=8)
-    tuned = [ReplicaConfig("H100-80GB", tp=2, pp=2), TP2, ReplicaConfig("H100-80GB", tp=4), TP2.hardware,
-             ReplicaConfig("H100-80GB", tp=1), tp8]
+    tp2pp2 = ReplicaConfig("H100-80GB", tp=2, pp=2)
+    tp1pp2 = ReplicaConfig("H100-80GB", tp=1, pp=2)
+    tuned = [ReplicaConfig("H100-80GB", tp=4, pp=2), ReplicaConfig("H100-80GB", tp=4), TP2.hardware,
+             ReplicaConfig("H100-80GB", tp=1, pp=4), tp8, tp2pp2, tp1pp2]
     pairs = pair_configs(tuned, 8)
-    assert (tp8, TP2) in pairs and all(d != tp8 for _, d in pairs)
+    prefill = {p for p, _ in pairs}
+    decode = {d for _, d in pairs}
+    assert prefill == set(tuned)
+    assert (tp2pp2, ReplicaConfig("H100-80GB", tp=4)) in pairs and (tp1pp2, tp8) in pairs
+    assert tp8 in decode and tp2pp2 not in decode and tp1pp2 not in decode

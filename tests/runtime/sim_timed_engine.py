@@ -7,13 +7,17 @@ clock's now, and the replica's step ends are awaited on the clock. So a server o
 request as the simulator would on the same replica, and what the server adds (HTTP, typing, dispatch,
 the controller's measured windows and switches) is what a comparison with the simulator measures.
 
-A generation yields two chunks: the first token when the replica's step that completes its prefill ends,
-and all the others when its last decode step ends (the load generator's TTFT and TPOT need no more, and
-an event per token would swamp the gateway at a compressed clock). Step ends are applied at the times the
-replica model computed, not when the event loop got to them, so a late wake-up of the loop delays a
-token's delivery but never the replica's schedule. A consumer that goes away (a client that hung up, or
-the router taking back a request a switch re-routes) aborts its sequence, as vLLM aborts a request: a
-waiting one leaves the queue, a running one leaves at the next step boundary with its KV freed.
+A generation yields the first token when the replica's step that completes its prefill ends, then the
+tokens produced so far every ``progress_s`` of the clock (2 s: what the router knows of a generation
+when a switch hands it over to another replica), and the rest when its last decode step ends (an event
+per token would swamp the gateway at a compressed clock). A handed-over generation
+(``GenerationRequest.continuation``, ``supports_continuation``) is a request of the prompt plus the
+tokens already streamed, which the replica model prefills again (a recompute, as the simulator's).
+Step ends are applied at the times the replica model computed, not when the event loop got to them, so a
+late wake-up of the loop delays a token's delivery but never the replica's schedule. A consumer that
+goes away (a client that hung up, or the router taking back a request a switch re-routes) aborts its
+sequence, as vLLM aborts a request: a waiting one leaves the queue, a running one leaves at the next
+step boundary with its KV freed.
 
 Lives in tests: the runtime never imports the simulator (tests/test_layering.py).
 """
@@ -41,8 +45,11 @@ TOKEN_TEXT = " ok"
 class SimTimedEngine:
     """One replica of ``replica.config`` timed by ``cost`` on ``clock`` (see the module docstring)."""
 
+    supports_continuation = True
+
     def __init__(self, replica: Replica, cost: CostModel, clock: Clock, startup_s: float = 0.0,
-                 sim_config: SimConfig = SimConfig(), timers: dict | None = None) -> None:
+                 sim_config: SimConfig = SimConfig(), timers: dict | None = None,
+                 progress_s: float = 2.0) -> None:
         (setup,) = replicas_from_configs([replica.config], cost, timers)
         batching = setup.batching(batching_config(cost, sim_config), sim_config.watermark_frac)
         self.replica_sim = ReplicaSim(0, setup.timer, BlockPool(setup.kv_blocks, cost.params.kv_block_tokens),
@@ -51,7 +58,10 @@ class SimTimedEngine:
                                cost.model.max_context_tokens, {"kind": "sim-timed test double"})
         self.clock = clock
         self.startup_s = startup_s
+        self.progress_s = progress_s
         self.is_started = False
+        self.started_at_s: float | None = None  # when it began to start, and when it stopped (tests)
+        self.stopped_at_s: float | None = None
         self.num_admitted = 0   # generations that reached the replica model
         self.num_completed = 0  # generations that yielded their last token
         self.num_aborted = 0    # generations their consumer abandoned (e.g. re-routed by a switch)
@@ -63,6 +73,7 @@ class SimTimedEngine:
         self._driver: asyncio.Task | None = None
 
     async def start(self) -> None:
+        self.started_at_s = self.clock.now_s()
         if self.startup_s > 0:
             await self.clock.sleep(self.startup_s)
         self._wake = asyncio.Event()
@@ -71,6 +82,7 @@ class SimTimedEngine:
 
     async def stop(self) -> None:
         self.is_started = False
+        self.stopped_at_s = self.clock.now_s()
         if self._driver is not None:
             self._driver.cancel()
             await asyncio.gather(self._driver, return_exceptions=True)
@@ -109,9 +121,19 @@ class SimTimedEngine:
         try:
             await first
             yield TokenChunk(TOKEN_TEXT, 1, "length" if output_tokens == 1 else None, prompt_tokens)
-            if output_tokens > 1:
-                await last
-                yield TokenChunk(TOKEN_TEXT * (output_tokens - 1), output_tokens - 1, "length")
+            sent = 1
+            while sent < output_tokens:
+                try:
+                    async with self.clock.timeout(self.progress_s):
+                        await asyncio.shield(last)
+                except TimeoutError:
+                    n = self.replica_sim.generated_tokens(seq) - sent
+                    if n > 0 and not last.done():
+                        sent += n
+                        yield TokenChunk(TOKEN_TEXT * n, n)
+                    continue
+                yield TokenChunk(TOKEN_TEXT * (output_tokens - sent), output_tokens - sent, "length")
+                sent = output_tokens
         except (asyncio.CancelledError, GeneratorExit):
             self._abort(seq)
             raise

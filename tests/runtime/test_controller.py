@@ -22,6 +22,7 @@ from oserve.runtime.replica import ReplicaState
 from oserve.runtime.serving import RuntimeConfig, ServingRuntime
 from oserve.runtime.static_plan import static_plan
 from oserve.switching import ControlPolicy, LinkModel, ReplanConfig, SwitchContext, SwitchParams
+from oserve.switching.transition import transition_to
 from oserve.workload.request_types import TypeStats
 
 from .factories import MODEL, TYPE_NAMES, FakeFleet, make_plan, make_runtime, run_clock, settle
@@ -493,3 +494,72 @@ def test_a_switch_sends_a_stopping_replicas_requests_without_a_first_token_back_
     assert old.num_served == 1 and old.state is ReplicaState.STOPPED
     assert runtime.metrics.counter("oserve_rerouted_total") == 5
     assert runtime.metrics.counter("oserve_requests_total", status="ok") == 6
+
+
+class TimedFleet(FakeFleet):
+    """Fake engines whose starts and stops are logged with the clock's time (``events``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[tuple[float, str, str]] = []
+
+    def __call__(self, replica):
+        engine = super().__call__(replica)
+        start, stop = engine.start, engine.stop
+
+        async def timed_start():
+            self.events.append((self.clock.now_s(), "start", engine.info.name))
+            await start()
+
+        async def timed_stop():
+            self.events.append((self.clock.now_s(), "stop", engine.info.name))
+            await stop()
+
+        engine.start, engine.stop = timed_start, timed_stop
+        return engine
+
+
+def test_a_successor_on_a_stopping_replicas_gpus_starts_after_a_bounded_drain_and_hand_over():
+    """The switch schedule the policy prices and the simulator executes (``switching.switch_schedule``):
+    a replica placed on a stopping replica's device starts once that replica has stopped, and that is
+    at the drain budget, not when its longest generation ends: generations that finish within the budget
+    (at the simulator's 30 ms TPOT) finish in place, longer ones are handed over at once, the rest at the
+    deadline, each continued on the kept replica; every request is answered in full, once."""
+    async def main():
+        clock = ManualClock()
+        fleet = TimedFleet(FakeCost(decode_s_per_token=0.05), clock=clock)
+        runtime = ServingRuntime(MODEL, make_plan(2, [[0.0, 1.0], [0.0, 1.0]]), fleet, None,
+                                 config=RuntimeConfig(), clock=clock)
+        new_plan = static_plan(MODEL, [ReplicaConfig("cpu"), ReplicaConfig("cpu", tp=2)], TYPE_NAMES,
+                               [[1.0, 0.0], [1.0, 0.0]], (1.0, 1.0))
+        await runtime.controller.start()
+        old = runtime.router.table.handles[1]
+        sizes = [10, 10, 20, 20, 100, 100]  # 0.45 s (in place), 0.95 s (at the deadline), 4.95 s (at once)
+        tasks = [asyncio.create_task(_serve_n(runtime, i, n)) for i, n in enumerate(sizes)]
+        await run_clock(clock, lambda: all(s.num_tokens >= 1 for s in old.streams) and len(old.streams) == 6)
+        t0 = clock.now_s()
+        transition = transition_to(runtime.router.table.plan.replicas, new_plan.replicas)
+        switch = asyncio.create_task(runtime.controller.execute(transition, new_plan, "test", t0,
+                                                                drain_s=0.6))
+        await run_clock(clock, lambda: switch.done() and all(t.done() for t in tasks))
+        await runtime.stop()
+        return runtime, fleet, old, t0, [t.result() for t in tasks], sizes
+
+    runtime, fleet, old, t0, results, sizes = asyncio.run(main())
+    assert results == [" ok" * n for n in sizes]
+    assert old.num_served == 2 and old.state is ReplicaState.STOPPED  # the two short ones, in place
+    assert runtime.metrics.counter("oserve_handed_over_total", replica="r1") == 4
+    assert runtime.metrics.counter("oserve_requests_total", status="ok") == 6
+    assert sum(e.num_served for e in fleet.engines) == 6 and fleet.engines[1].num_cancelled == 4
+    (stop_s,) = [t for t, what, name in fleet.events if what == "stop" and name == "fake-r1-1"]
+    (start_s,) = [t for t, what, name in fleet.events if what == "start" and name == "fake-r1-2"]
+    assert t0 + 0.6 <= stop_s < t0 + 0.7  # the drain budget, not the 4.95 s of the longest generation
+    assert start_s >= stop_s  # the successor loads only once the GPUs are free
+
+
+async def _serve_n(runtime: ServingRuntime, i: int, max_tokens: int) -> str:
+    stream = await runtime.router.open(GenerationRequest(f"n{i}", max_tokens, prompt="x" * 8), 0)
+    try:
+        return "".join([c.text async for c in stream])
+    finally:
+        await stream.aclose()

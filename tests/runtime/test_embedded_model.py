@@ -212,3 +212,25 @@ def test_sigterm_ends_a_real_stream_with_an_error_event_after_the_grace_period()
     assert "shut down" in last["error"]["message"], lines[-3:]
     assert exit_s < 8, exit_s
     assert not [line for line in log if "Traceback" in line], log
+
+
+def test_llama_engine_continues_a_handed_over_generation_where_it_stopped():
+    """A switch hands a generation over by recompute (``GenerationRequest.continuation``): greedy, the
+    prompt plus the text streamed so far gives the rest of the same answer."""
+    async def main():
+        engine = LlamaCppEngine(find_embedded_gguf(), num_threads=1)
+        await engine.start()
+        base = GenerationRequest("a", 16, prompt="The capital of France is", temperature=0.0)
+        whole = [c async for c in engine.generate(base)]
+        head = "".join(c.text for c in whole[:6])
+        cont = GenerationRequest("a+6", 10, prompt=base.prompt, temperature=0.0, continuation=head,
+                                 continued_tokens=6)
+        rest = [c async for c in engine.generate(cont)]
+        await engine.stop()
+        return whole, head, rest
+
+    whole, head, rest = asyncio.run(main())
+    full = "".join(c.text for c in whole)
+    assert sum(c.num_tokens for c in whole) == 16 and all(c.num_tokens == 1 for c in whole[:6])
+    assert head + "".join(c.text for c in rest) == full
+    assert sum(c.num_tokens for c in rest) == 10

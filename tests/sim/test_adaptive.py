@@ -64,6 +64,26 @@ def test_switch_from_a_single_tp8_replica_executes_and_loses_nothing(runs, mode)
     assert all(b.time_s - a.time_s >= 30 for a, b in zip(later, later[1:]))
 
 
+@pytest.mark.parametrize("mode", ["p2p", "reload"])
+def test_a_successor_loads_onto_shared_gpus_only_after_the_stopped_replica_freed_them(runs, mode):
+    """The TP8 replica's GPUs are all reused by the TP1s: each TP1 starts to load at the drain deadline
+    (``switching.switch_schedule``), when the TP8 replica has handed over its last sequence (up to the
+    decode step in flight, cut at its first boundary), and joins at the switch duration priced."""
+    res = runs[mode]
+    first = next(r for r in res.timeline if r.switched)
+    window = [e for e in res.events if first.time_s <= e[0] <= first.time_s + first.switch_s + 1e-9]
+    frees = [e for e in window if e[1] == "free"]
+    loads = [e for e in window if e[1] == "load"]
+    assert len(frees) == 1 and set(frees[0][2]) == set(range(8))
+    assert len(loads) == 8 and all(set(g) <= set(range(8)) for _, _, g in loads)
+    free_s = frees[0][0]
+    assert free_s >= first.time_s + 2.0 - 1e-9  # not before the 2 s drain deadline
+    for load_s, _, _ in loads:
+        assert load_s == pytest.approx(first.time_s + 2.0)  # from the deadline on
+        assert free_s <= load_s + 0.1  # the TP8 step in flight at the deadline is a few ms
+        assert load_s + (first.switch_s - 2.0) == pytest.approx(first.time_s + first.switch_s)
+
+
 def test_reload_switch_hurts_latency_more_than_p2p(runs):
     p2p, reload = runs["p2p"], runs["reload"]
     assert reload.sim.summary()["p99_e2e_s"] >= p2p.sim.summary()["p99_e2e_s"] * 0.99

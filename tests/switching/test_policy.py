@@ -57,6 +57,16 @@ def test_the_latency_model_prices_a_switch_in_requests_meeting_their_slo(cost13,
                                             * (3600 - d.switch_s))
     assert d.cost_requests == pytest.approx(d.good_rps_current * d.switch_s)
     assert [r.gpus for r in d.plan.replicas] == [r.gpus for r in d.transition.target]
+    # the switch's timeline (switching.switch_schedule): the TP4s on the TP8's GPUs load after its
+    # 5 s drain, the ones on the free node at once; all join at the switch duration priced
+    sched = d.schedule
+    assert sched.ready_s == d.switch_s and sched.drain_deadline_s == 5.0
+    (tp8,) = current
+    on_tp8 = [r for r in d.plan.replicas if set(r.gpus) <= set(tp8.gpus)]
+    assert len(on_tp8) == 2
+    for r in d.plan.replicas:
+        assert sched.load_start_s(r.replica_id) == (5.0 if r in on_tp8 else 0.0)
+        assert sched.load_start_s(r.replica_id) + sched.startup_s(r.replica_id) == d.switch_s
     for row in d.plan.dispatch:
         assert sum(row) == pytest.approx(1.0)
 

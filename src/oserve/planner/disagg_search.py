@@ -5,15 +5,17 @@ The flow of a type is type -> prefill capacity -> decode capacity, two stages in
 type's SLO when its prefill pool meets the TTFT bound (less the KV hand-off and the first decode step)
 and its decode pool the TPOT bound. The search:
 
-1. **Pairs.** Prefill and decode hardware splits from the best few tuned ones (the best two, and the
-   best two that fit twice in a node, so that a node can hold a group); the prefill side also from the
-   highest-TP split without PP among them (a long prompt's prefill finishes sooner on more GPUs).
+1. **Pairs.** The prefill side from every tuned hardware split; the decode side from the best few
+   tuned ones (the best two, and the best two that fit twice in a node, so that a node can hold a
+   group) and the highest-TP split without PP (the fastest decode step).
 2. **Roles and engines.** For each pair and layout the GPUs move between the roles: ``x`` prefill and
-   ``y`` decode replicas per node (one group per node, the hand-off on NVLink), or whole nodes of
-   prefill and of decode (one group, the hand-off over the network). Every split is scored at every
+   ``y`` decode replicas per node (one group per node, the hand-off on NVLink), whole nodes of prefill
+   and of decode (one group, the hand-off over the network), or pooled (one group, its decode replicas
+   on part of the last node(s), prefill on the rest). Every split is scored at every
    prefill chunk budget of ``PREFILL_BUDGETS`` (a large budget packs more prompts per step, and each
    prompt in it waits for the whole step: the budget trades throughput for TTFT); for the best split of
-   the pair, the decode side's ``max_num_seqs`` over ``DECODE_MAX_SEQS``. The best per pair is kept.
+   each layout family of the pair, the decode side's ``max_num_seqs`` over ``DECODE_MAX_SEQS``. The
+   best per pair and family is kept.
 3. **Split types between colocated replicas and groups.** Beside ``m`` replicas of the best colocated
    configuration per node (or on whole nodes of it), the best pair's groups serve the types with the
    longest prompts (the ``j`` longest, for every ``j``), the colocated replicas the rest: long prompts
@@ -174,6 +176,7 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
                 if placed is not None:
                     yield f"{a} colocated nodes + per-node {x}P{y}D", placed
     if colocated is None and len(nodes) > 1 and same_size:
+        yield from _pooled_layouts(cluster, prefill, decode)
         for a in range(1, len(nodes)):
             pre: list[Slot] = [(prefill, PREFILL, 0)] * (n // prefill.num_gpus)
             dec: list[Slot] = [(decode, DECODE, 0)] * (n // decode.num_gpus)
@@ -183,6 +186,32 @@ def layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig,
                 yield f"cross-node {a}P-nodes", placed
 
 
+def _pooled_layouts(cluster: ClusterSpec, prefill: ReplicaConfig, decode: ReplicaConfig
+                    ) -> Iterator[tuple[str, tuple[Replica, ...]]]:
+    """One group over the whole cluster whose ``d`` decode replicas share their node with prefill
+    replicas (decode on the last nodes, prefill on every GPU left; up to half the GPUs decode): the
+    decode pool need not take whole nodes (on 32 GPUs of azure-code, 7 TP2 PP2 prefill replicas and one
+    TP4 decode replica simulated 1.28x the best colocated plan, docs/evaluation-disaggregation.md).
+    Decode pools of whole nodes are the cross-node layouts."""
+    nodes = list(cluster.nodes.values())
+    n, total = len(nodes[0]), sum(len(g) for g in nodes)
+    per_node_decode = n // decode.num_gpus
+    for d in range(1, total // 2 // decode.num_gpus + 1):
+        if (d * decode.num_gpus) % n == 0:
+            continue
+        per_node: list[list[Slot]] = []
+        left = d
+        for _ in nodes[::-1]:
+            k = min(per_node_decode, left)
+            left -= k
+            free = n - k * decode.num_gpus
+            slots: list[Slot] = [(prefill, PREFILL, 0)] * (free // prefill.num_gpus)
+            per_node.append(slots + [(decode, DECODE, 0)] * k)
+        placed = _place(cluster, per_node[::-1])
+        if placed is not None and left == 0:
+            yield f"pooled {d}D", placed
+
+
 def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group: int) -> list[Slot]:
     slots: list[Slot] = [(prefill, PREFILL, group)] * x
     return slots + [(decode, DECODE, group)] * y
@@ -190,9 +219,9 @@ def _group(prefill: ReplicaConfig, decode: ReplicaConfig, x: int, y: int, group:
 
 def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_engine: bool = False
                  ) -> list[tuple[ReplicaConfig, ReplicaConfig]]:
-    """(prefill, decode) hardware pairs at the engine defaults from the best tuned hardware splits (the
-    best few, the best few that fit twice in a node, and for the prefill side the highest-TP one without
-    PP); ``default_engine``: one configuration on both sides (Dynamo-style)."""
+    """(prefill, decode) hardware pairs at the engine defaults: the prefill side from every tuned hardware
+    split, the decode side from the best few, the best few that fit twice in a node and the highest-TP
+    one without PP; ``default_engine``: one configuration on both sides from the best few (Dynamo-style)."""
     ranked = list(dict.fromkeys(c.hardware for c in tuned_hardware))
     half = [c for c in ranked if 2 * c.num_gpus <= node_gpus]
     hw = list(dict.fromkeys(ranked[:NUM_PAIR_CONFIGS] + half[:NUM_PAIR_CONFIGS]))
@@ -200,7 +229,10 @@ def pair_configs(tuned_hardware: list[ReplicaConfig], node_gpus: int, default_en
         return [(h, h) for h in hw]
     flat = [c for c in ranked if c.pp == 1]
     wide = [max(flat, key=lambda c: c.tp)] if flat else []
-    return [(p, d) for p in dict.fromkeys(hw + wide) for d in hw if p.kv_cache_dtype == d.kv_cache_dtype]
+    # the prefill side from every tuned split: which split prefills best alone is not which one serves
+    # best colocated (on 32 GPUs of azure-code the best pair, TP2 PP2 -> TP4, had a prefill split outside
+    # the best few; bench/results/disagg_enumerate); the decode side from the best few and the widest
+    return [(p, d) for p in ranked for d in dict.fromkeys(hw + wide) if p.kv_cache_dtype == d.kv_cache_dtype]
 
 
 def group_engines(replicas: tuple[Replica, ...], budget_tokens: int,
@@ -215,6 +247,11 @@ def group_engines(replicas: tuple[Replica, ...], budget_tokens: int,
             r = replace(r, config=r.config.with_engine(r.config.max_num_batched_tokens, max_seqs))
         out.append(r)
     return tuple(out)
+
+
+def family_of(layout_name: str) -> str:
+    """A layout's family: ``per-node``, ``cross-node``, ``pooled`` (the first word of its name)."""
+    return layout_name.split()[0]
 
 
 class Scored(Protocol):
@@ -242,13 +279,15 @@ def search_groups(cluster: ClusterSpec, tuned_hardware: list[ReplicaConfig], num
         scored = [(name, score(f"disaggregated {name}", group_engines(reps, b),
                                even_fractions(reps, num_types, every)))
                   for name, reps in layouts(cluster, prefill, decode) for b in PREFILL_BUDGETS]
-        if not scored:
-            continue
-        name, top = max(scored, key=lambda nc: nc[1].predicted_scale)
-        budget = next(r.config.max_num_batched_tokens for r in top.replicas if r.role == PREFILL)
-        seqs = [score(f"disaggregated {name}", reps, even_fractions(reps, num_types, every))
-                for reps in (group_engines(top.replicas, budget, n) for n in DECODE_MAX_SEQS if n)]
-        best.append(max([top, *seqs], key=lambda c: c.predicted_scale))
+        # the best per layout family (per-node, cross-node, pooled): the group model's error differs by
+        # family (it underpredicts pooled groups), so each family's best reaches the shortlist's choice
+        for family in dict.fromkeys(family_of(name) for name, _ in scored):
+            name, top = max(((nm, c) for nm, c in scored if family_of(nm) == family),
+                            key=lambda nc: nc[1].predicted_scale)
+            budget = next(r.config.max_num_batched_tokens for r in top.replicas if r.role == PREFILL)
+            seqs = [score(f"disaggregated {name}", reps, even_fractions(reps, num_types, every))
+                    for reps in (group_engines(top.replicas, budget, n) for n in DECODE_MAX_SEQS if n)]
+            best.append(max([top, *seqs], key=lambda c: c.predicted_scale))
     best.sort(key=lambda c: -c.predicted_scale)
     if not best or num_types < 2:
         return best
@@ -265,5 +304,5 @@ def search_groups(cluster: ClusterSpec, tuned_hardware: list[ReplicaConfig], num
     return sorted(best + hybrid, key=lambda c: -c.predicted_scale)
 
 
-__all__ = ["DECODE_MAX_SEQS", "PREFILL_BUDGETS", "DisaggScorer", "even_fractions", "group_engines", "layouts",
-           "pair_configs", "proportional_fractions", "search_groups"]
+__all__ = ["DECODE_MAX_SEQS", "PREFILL_BUDGETS", "DisaggScorer", "even_fractions", "family_of",
+           "group_engines", "layouts", "pair_configs", "proportional_fractions", "search_groups"]

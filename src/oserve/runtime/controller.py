@@ -4,12 +4,19 @@ restarts dead replicas.
 Each check (every ``check_interval_s``) it health-checks the replicas, restarts dead ones, and, when a
 control policy is set, runs ``oserve.switching.control.control_step`` on the rates measured over the
 last window (``oserve.workload.RateWindow``), the same step the simulator's adaptive loop runs. A
-switch executes the policy's ``Transition`` (from ``switching.transition.plan_transition``): kept
-replicas keep running untouched; started ones are built, started and health-checked before the routing
-table switches to the new plan; stopped ones take nothing new, finish what they hold (up to
-``drain_timeout_s``) and only then stop. No request is migrated: every engine the server drives
-finishes its own requests (see docs/runtime.md, "Switching"). A hold re-weights the dispatch of the
-current replicas when the policy says so. Each plan applied is logged and kept in ``history``.
+switch executes the policy's ``Transition`` (from ``switching.transition.plan_transition``) on the
+timeline of ``switching.switch_schedule``, the one the policy prices and the simulator executes: kept
+replicas keep running untouched. When no started replica needs a stopped one's GPUs, the started ones
+are built, started and health-checked before the routing table switches to the new plan, and the
+stopped ones take nothing new, finish what they hold (up to ``drain_timeout_s``) and only then stop.
+When a started replica takes a stopped one's GPUs, the table switches at the decision (the stopped
+replicas take nothing new, the started ones are ``starting``), the replicas on free GPUs start at once,
+and each stopped replica whose GPUs are taken drains for the policy's drain budget: generations that
+finish within it finish in place, the others are handed over at once and the rest at the deadline
+(``RoutedStream.hand_over``: continued on another replica by recompute; engines without
+``supports_continuation`` drain in full); once it has stopped, its successors start. No KV is migrated.
+A hold re-weights the dispatch of the current replicas when the policy says so. Each plan applied is
+logged and kept in ``history``.
 
 A replica found dead (failed health check, or an engine error seen by the router) is restarted: its
 engine is stopped, a new one is built by the engine factory for the same replica and started; a failed
@@ -32,6 +39,8 @@ from oserve.runtime.errors import EngineStartError
 from oserve.runtime.replica import ReplicaHandle, ReplicaState
 from oserve.runtime.router import Router, RoutingTable
 from oserve.switching.control import ControlPolicy, ControlStep, control_step
+from oserve.switching.kv_migration import KvMigrationParams
+from oserve.switching.switch_schedule import finishes_in_drain, gpu_successors
 from oserve.switching.transition import Transition, transition_to
 from oserve.workload.rate_window import RateWindow
 
@@ -69,13 +78,15 @@ class Controller:
     def __init__(self, router: Router, engine_factory: EngineFactory,
                  policy: ControlPolicy | None = None, clock: Clock | None = None,
                  window_s: float = 60.0, check_interval_s: float = 10.0, drain_timeout_s: float = 300.0,
-                 max_inflight_per_replica: int = 64, restart: RestartPolicy = RestartPolicy()) -> None:
+                 max_inflight_per_replica: int = 64, restart: RestartPolicy = RestartPolicy(),
+                 handover_tpot_s: float = KvMigrationParams.tpot_s) -> None:
         self.router = router
         self.engine_factory = engine_factory
         self.policy = policy
         self.clock = clock or router.clock
         self.check_interval_s = check_interval_s
         self.drain_timeout_s = drain_timeout_s
+        self.handover_tpot_s = handover_tpot_s  # the simulator's rule of who finishes within the drain
         self.max_inflight_per_replica = max_inflight_per_replica
         self.restart = restart
         self.rates = RateWindow(len(router.table.plan.type_names), window_s)
@@ -128,15 +139,21 @@ class Controller:
 
     async def execute(self, transition: Transition, plan: Plan, reason: str,
                       decided_at_s: float | None = None,
-                      switched: asyncio.Event | None = None) -> RoutingTable:
+                      switched: asyncio.Event | None = None,
+                      drain_s: float | None = None) -> RoutingTable:
         """Execute ``transition`` (current replicas -> ``plan.replicas``, which are its target).
 
-        Started replicas whose GPUs are free start first (make before break): if one fails, the switch
-        is abandoned and the current plan keeps serving. Then the routing table switches to the new plan
-        and the stopped replicas drain and stop. Started replicas placed on GPUs that a stopped replica
-        holds can only start after it has stopped (break before make): they sit in the new table as
-        ``starting`` (the router spills their share to the replicas that take work) and start once those
-        GPUs are free; one that then fails to start is marked dead and restarted with back-off.
+        Without a started replica on GPUs that a stopped replica holds, started replicas start first
+        (make before break): if one fails, the switch is abandoned and the current plan keeps serving.
+        Then the routing table switches to the new plan and the stopped replicas drain and stop.
+        A started replica placed on GPUs that a stopped replica holds can only start after it has
+        stopped (break before make): with ``drain_s`` (the policy's drain budget; the control loop
+        gives it) the table switches at once, the started replicas on free GPUs start, each stopped
+        replica whose GPUs are taken drains for at most ``drain_s`` and hands over what it still runs
+        (``switching.switch_schedule``), and its successors start once it has stopped; without it the
+        free-GPU replicas start first and the stopped ones drain in full. Started replicas sit in the
+        new table as ``starting`` (the router spills their share to the replicas that take work); one
+        that fails to start after the table switched is marked dead and restarted with back-off.
         ``switched`` (if given) is set once the routing table is the new plan's.
         """
         if tuple(plan.replicas) != tuple(transition.target):
@@ -158,10 +175,17 @@ class Controller:
                 handles.append(handle)
             kept = {id(h) for h in handles}
             dropped = [h for h in old.handles if id(h) not in kept and h not in dead_kept]
-            busy_gpus = {g for h in dropped for g in h.replica.gpus}
-            after = [h for h in fresh if busy_gpus & set(h.replica.gpus)]
+            # started replicas on GPUs that stopped ones hold, and those (the schedule's shared rule)
+            waits_for = gpu_successors(transition)
+            after = [h for h in fresh if waits_for.get(h.replica.replica_id)]
+            reused = {old_id for olds in waits_for.values() for old_id in olds}
             await asyncio.gather(*(self._stop_handle(h) for h in dead_kept), return_exceptions=True)
-            await self._start_handles([h for h in fresh if h not in after])
+            bounded = drain_s is not None and bool(after)
+            early: asyncio.Task | None = None
+            if bounded:
+                early = asyncio.create_task(self._start_after_switch([h for h in fresh if h not in after]))
+            else:
+                await self._start_handles([h for h in fresh if h not in after])
             table = RoutingTable(old.version + 1, plan, tuple(handles))
             self.router.set_table(table)
             self._record(table, reason, decided_at_s)
@@ -170,25 +194,52 @@ class Controller:
             for handle in dropped:
                 if handle.state is ReplicaState.ACTIVE:
                     handle.start_draining()
-            await asyncio.gather(*(self._drain_and_stop(h) for h in dropped))
+            await asyncio.gather(*(self._drain_and_stop(
+                h, drain_s if bounded and h.replica.replica_id in reused else None) for h in dropped))
             if after:
-                log.info("starting %s on the freed GPUs", [h.name for h in after])
-                started_s = self.clock.now_s()
-                try:
-                    await self._start_handles(after)
-                    log.info("%s started in %.1f s", [h.name for h in after],
-                             self.clock.now_s() - started_s)
-                except EngineStartError:
-                    log.exception("replicas started after the drain failed; they are restarted with "
-                                  "back-off")
-                    for handle in after:
-                        self.router.mark_dead(handle)
+                await self._start_after_switch(after)
+            if early is not None:
+                await early
             return table
 
-    async def _drain_and_stop(self, handle: ReplicaHandle) -> None:
+    async def _start_after_switch(self, handles: list[ReplicaHandle]) -> None:
+        """Start replicas already in the routing table; a failure marks them dead (restarted later)."""
+        if not handles:
+            return
+        log.info("starting %s", [h.name for h in handles])
+        started_s = self.clock.now_s()
+        try:
+            await self._start_handles(handles)
+            log.info("%s started in %.1f s", [h.name for h in handles], self.clock.now_s() - started_s)
+        except EngineStartError:
+            log.exception("replicas started after the table switch failed; they are restarted with "
+                          "back-off")
+            for handle in handles:
+                self.router.mark_dead(handle)
+
+    def _hand_over(self, handle: ReplicaHandle, budget_s: float, everything: bool) -> int:
+        """Hand a stopping replica's generations over to other replicas: those that would not finish
+        within the drain (``finishes_in_drain`` at the simulator's TPOT), or all of them."""
+        moving = [s for s in list(handle.streams)
+                  if everything or not finishes_in_drain(s.remaining_tokens, self.handover_tpot_s,
+                                                         budget_s)]
+        for stream in moving:
+            stream.hand_over()
+        return len(moving)
+
+    async def _drain_and_stop(self, handle: ReplicaHandle, budget_s: float | None = None) -> None:
+        """Drain, then stop. With ``budget_s`` (a successor waits for the GPUs) the generations that
+        would not finish within it are handed over at once, the rest at its end; requests that cannot
+        be handed over (engines without continuation) are waited for up to ``drain_timeout_s``."""
         # logged with their times: on a CPU replica the successor's cold start waits for these
         log.info("replica %s drains %d requests, then stops", handle.name, handle.num_inflight)
         begin_s = self.clock.now_s()
+        if budget_s is not None:
+            moved = self._hand_over(handle, budget_s, everything=False)
+            while handle.num_inflight > 0 and self.clock.now_s() < begin_s + budget_s:
+                await self.clock.sleep(0.02)
+            moved += self._hand_over(handle, budget_s, everything=True)
+            log.info("replica %s handed %d generations over", handle.name, moved)
         deadline_s = begin_s + self.drain_timeout_s
         while handle.num_inflight > 0 and self.clock.now_s() < deadline_s:
             await self.clock.sleep(0.02)
@@ -343,7 +394,8 @@ class Controller:
         the checks keep their cadence as the simulator's control events do once its new replicas have
         joined (a further switch waits for the tail: it needs the switch lock)."""
         switched = asyncio.Event()
-        task = asyncio.create_task(self.execute(transition, plan, reason, now_s, switched))
+        drain_s = self.policy.params.drain_s if self.policy is not None else None
+        task = asyncio.create_task(self.execute(transition, plan, reason, now_s, switched, drain_s))
         waiter = asyncio.ensure_future(switched.wait())
         try:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -37,18 +37,26 @@ class GenerationRequest:
     # ask for the log-probs of the generated tokens (the leakage guard's statistic); engines that can
     # put them on the last chunk (``TokenChunk.logprobs``), the others ignore the flag
     return_logprobs: bool = False
+    # a generation handed over from a stopping replica (a switch, docs/switching.md): the text already
+    # streamed to the client, which the engine continues from (recomputing its KV), and its token count,
+    # already included in ``prompt_tokens``; engines that can do this set ``supports_continuation``
+    continuation: str = ""
+    continued_tokens: int = 0
 
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
 
     def text(self) -> str:
-        """The prompt as plain text (chat messages joined), for token estimates and fake engines."""
+        """The prompt as plain text (chat messages joined, then any continuation), for token estimates
+        and fake engines."""
         if self.prompt_token_ids is not None:
-            return " ".join(map(str, self.prompt_token_ids))
-        if self.messages is None:
-            return self.prompt or ""
-        return "\n".join(f"{m.get('role', '')}: {m.get('content') or ''}" for m in self.messages)
+            text = " ".join(map(str, self.prompt_token_ids))
+        elif self.messages is None:
+            text = self.prompt or ""
+        else:
+            text = "\n".join(f"{m.get('role', '')}: {m.get('content') or ''}" for m in self.messages)
+        return text + self.continuation
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,11 @@ class EngineInfo:
 class Engine(Protocol):
     """One replica. ``generate`` yields chunks; it raises ``EngineDeadError`` if the engine died.
 
-    Optional hook: ``count_prompt_tokens(request) -> int``, the exact prompt length the engine will
-    evaluate (chat template included); engines without it are sized by ``count_tokens`` of the text
-    (see ``count_prompt_tokens`` below).
+    Optional flag: ``supports_continuation = True``, for engines that continue a ``GenerationRequest``
+    with a ``continuation`` (the server then hands a stopping replica's generations over to another
+    replica instead of waiting for them to finish). Optional hook: ``count_prompt_tokens(request) ->
+    int``, the exact prompt length the engine will evaluate (chat template included); engines without
+    it are sized by ``count_tokens`` of the text (see ``count_prompt_tokens`` below).
 
     A consumer may stop iterating ``generate`` at any point (``aclose`` or cancellation, e.g. a client
     that hung up): the engine must then stop the generation, free its slot, and must not need an await

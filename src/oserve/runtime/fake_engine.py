@@ -40,7 +40,11 @@ class FakeCost:
 
 
 class FakeEngine:
-    """An engine that emits ``max_tokens`` tokens of the word ``token_text`` at the cost's pace."""
+    """An engine that emits ``max_tokens`` tokens of the word ``token_text`` at the cost's pace. It
+    continues a handed-over generation (``GenerationRequest.continuation``): its prompt, counted with the
+    continuation, is prefilled again and the remaining ``max_tokens`` follow."""
+
+    supports_continuation = True
 
     def __init__(self, name: str = "fake", cost: FakeCost = FakeCost(), max_num_seqs: int = 256,
                  context_tokens: int = 4096, clock: Clock | None = None,

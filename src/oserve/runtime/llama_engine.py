@@ -13,7 +13,9 @@ Chat requests are rendered with the model's own chat template here and generated
 so the prompt the gateway counts (``count_prompt_tokens``) is exactly the one llama.cpp evaluates: the
 context check and ``usage.prompt_tokens`` include the template's tokens. Streamed pieces are not always
 one token (llama.cpp holds back the bytes of a character split over several tokens); the last chunk
-settles the count of generated tokens.
+settles the count of generated tokens. A continuation (a generation a switch hands over from another
+replica) appends the text already streamed to the prompt, tokenised again: a recompute; the
+re-tokenisation may split that text differently from the tokens first sampled.
 
 The KV cache is stored in the replica's ``kv_cache_dtype`` as llama.cpp's own cache type (``llama_kv``:
 f16, q8_0, q4_0). The guard's scoring instances keep the default f16 cache.
@@ -38,6 +40,10 @@ _END = object()
 
 
 class LlamaCppEngine:
+    # a handed-over generation (``GenerationRequest.continuation``, a switch moving it off a stopping
+    # replica) is the request's prompt tokens followed by its streamed text, tokenised again
+    supports_continuation = True
+
     def __init__(self, model_path: Path | str, name: str = "llama.cpp", context_tokens: int = 2048,
                  num_threads: int | None = None, seed: int = 0, use_extra_buffers: bool = False,
                  kv_cache_dtype: str = "bf16") -> None:
@@ -109,6 +115,13 @@ class LlamaCppEngine:
         return len(self._prompt_tokens(request)[0])
 
     def _prompt_tokens(self, request: GenerationRequest) -> tuple[list[int], list[str]]:
+        tokens, stop = self._request_tokens(request)
+        if request.continuation:  # a handed-over generation: go on after the text already streamed
+            tokens = tokens + self._model().tokenize(request.continuation.encode("utf-8"), add_bos=False,
+                                                     special=False)
+        return tokens, stop
+
+    def _request_tokens(self, request: GenerationRequest) -> tuple[list[int], list[str]]:
         llama = self._model()
         if request.prompt_token_ids is not None:
             ids, vocab = list(request.prompt_token_ids), llama.n_vocab()

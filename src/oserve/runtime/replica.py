@@ -37,6 +37,9 @@ class ReplicaHandle:
     # set when a switch drains the replica: its requests still waiting for their first token go back to
     # the router to be dispatched again (what the simulator does with a stopping replica's queue)
     drain_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # its generations past their first token that a switch can hand over to another replica
+    # (``router.RoutedStream``, engines with ``supports_continuation``)
+    streams: set = field(default_factory=set, repr=False)
 
     @property
     def num_decoding(self) -> int:

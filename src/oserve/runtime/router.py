@@ -5,8 +5,11 @@ Typing is the planner's own online classifier (``RequestTypes.classify_online``,
 
 Every request the router accepts ends in exactly one of: completed, failed with an explicit error. A
 replica that dies before a request's first token is marked dead and the request is tried on another
-replica (up to ``max_attempts``); after the first token a generation cannot move, so it fails with
-``EngineDeadError`` and the gateway reports it.
+replica (up to ``max_attempts``); after the first token a dead replica's generation cannot move, so it
+fails with ``EngineDeadError`` and the gateway reports it. A switch may hand a running generation over
+(``RoutedStream.hand_over``, on engines with ``supports_continuation``): the stream closes it on its
+replica and continues it on another one chosen as for a new request, as a request of the prompt plus
+the text already streamed and the tokens still to come (a recompute); the client sees one stream.
 
 A request dispatched to a prefill replica of a disaggregated group takes two steps, as vLLM's
 disaggregation proxy does: the prefill part (``max_tokens`` 1, ``kv_transfer_params``
@@ -130,11 +133,14 @@ class Router:
             return 0
         return min(int(self.classifier(prompt_tokens)), max(0, len(self.table.plan.type_names) - 1))
 
-    async def open(self, request: GenerationRequest, type_index: int) -> RoutedStream:
-        """Dispatch a typed request; returns once its first chunk is out (or raises a runtime error)."""
+    async def open(self, request: GenerationRequest, type_index: int,
+                   count_arrival: bool = True) -> RoutedStream:
+        """Dispatch a typed request; returns once its first chunk is out (or raises a runtime error).
+        ``count_arrival`` False: a handed-over generation, which the rate window saw when it arrived."""
         now_s = self.clock.now_s()
-        for listener in self.arrival_listeners:
-            listener(type_index, now_s)
+        if count_arrival:
+            for listener in self.arrival_listeners:
+                listener(type_index, now_s)
         tried: set[int] = set()
         died: list[str] = []
         busy: list[str] = []
@@ -158,9 +164,11 @@ class Router:
                 self._reject(type_name, decision.outcome.value)
                 self._raise_unavailable(decision.outcome, died, busy)
             handle = table.handles[decision.index]
-            stream = RoutedStream(self, handle, type_name, request, now_s)
+            stream = RoutedStream(self, handle, type_name, request, now_s, type_index)
             try:
                 await stream.start()
+                if stream.is_movable:
+                    handle.streams.add(stream)
                 return stream
             except ReplicaDrainingError:  # a switch stopped its replica before its first token
                 self.metrics.inc("oserve_rerouted_total", (("replica", handle.name),))
@@ -223,11 +231,13 @@ class RoutedStream:
     """One dispatched generation. Iterate it for chunks; it settles the request's accounting once."""
 
     def __init__(self, router: Router, handle: ReplicaHandle, type_name: str,
-                 request: GenerationRequest, arrival_s: float) -> None:
+                 request: GenerationRequest, arrival_s: float, type_index: int = 0) -> None:
         self.router = router
         self.handle = handle
         self.type_name = type_name
+        self.type_index = type_index
         self.request = request
+        self.original = request  # what the client asked; a hand-over continues it
         self.arrival_s = arrival_s
         self.first: TokenChunk | None = None
         self.num_tokens = 0
@@ -236,6 +246,26 @@ class RoutedStream:
         self._gen: AsyncIterator[TokenChunk] | None = None
         self._settled = False
         self._origin: ReplicaHandle | None = None  # the prefill replica of a handed-off request
+        self._text: list[str] = []  # what was streamed, kept for a hand-over (movable streams only)
+        self._move = asyncio.Event()  # set by ``hand_over``
+        self.num_handovers = 0
+
+    @property
+    def is_movable(self) -> bool:
+        """Whether a switch can hand this generation over: a colocated replica's engine that continues
+        a generation (``supports_continuation``), no KV hand-off of disaggregation in it."""
+        return (bool(getattr(self.handle.engine, "supports_continuation", False))
+                and self.handle.replica.role not in (PREFILL, DECODE)
+                and self.original.kv_transfer_params is None and self._origin is None)
+
+    @property
+    def remaining_tokens(self) -> int:
+        """Tokens still to come at most (the request's ``max_tokens`` less those streamed)."""
+        return max(0, self.original.max_tokens - self.num_tokens)
+
+    def hand_over(self) -> None:
+        """Continue this generation on another replica (the switch that stops its replica asks)."""
+        self._move.set()
 
     @property
     def labels(self) -> tuple[tuple[str, str], ...]:
@@ -325,8 +355,9 @@ class RoutedStream:
             self._settle("error")
             await self._release()
             raise
-        ttft_s = self.router.clock.now_s() - self.arrival_s
-        self.router.metrics.observe("oserve_ttft_seconds", self.labels, ttft_s)
+        if not self.request.continued_tokens:  # a continuation's first chunk is not the request's
+            ttft_s = self.router.clock.now_s() - self.arrival_s
+            self.router.metrics.observe("oserve_ttft_seconds", self.labels, ttft_s)
 
     async def _first_chunk(self, gen: AsyncIterator[TokenChunk]) -> TokenChunk:
         """The engine's first chunk, unless the replica starts draining before it comes: then the
@@ -351,7 +382,9 @@ class RoutedStream:
 
     def _note(self, chunk: TokenChunk) -> None:
         self.num_tokens += chunk.num_tokens
-        if chunk.prompt_tokens is not None:
+        if self.is_movable:
+            self._text.append(chunk.text)
+        if chunk.prompt_tokens is not None and not self.request.continued_tokens:
             self.prompt_tokens = chunk.prompt_tokens
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
@@ -366,12 +399,16 @@ class RoutedStream:
                         gen = self._gen
                         assert gen is not None  # start() set it when it took self.first
                         async with self.router.clock.timeout(self.router.token_timeout_s):
-                            chunk = await gen.__anext__()
+                            chunk = await self._next_chunk(gen)
                     except StopAsyncIteration:
                         break
                     except TimeoutError as exc:
                         raise EngineDeadError(f"stalled: no token for {self.router.token_timeout_s:g} s"
                                               ) from exc
+                    if chunk is None:  # handed over: the first chunk of its continuation
+                        chunk = await self._continue_elsewhere()
+                        if chunk is None:
+                            break
                     self._note(chunk)
                     yield chunk
             self._settle("ok")
@@ -388,6 +425,50 @@ class RoutedStream:
             raise
         finally:
             await self._release()
+
+    async def _next_chunk(self, gen: AsyncIterator[TokenChunk]) -> TokenChunk | None:
+        """The engine's next chunk, or None once the stream is to be handed over (``hand_over``): the
+        wait for the chunk is cancelled, which aborts the generation on its replica."""
+        if not self.is_movable:
+            return await gen.__anext__()
+        if self._move.is_set():
+            return None
+        chunk = asyncio.ensure_future(gen.__anext__())
+        moved = asyncio.ensure_future(self._move.wait())
+        try:
+            await asyncio.wait({chunk, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            if not chunk.done():
+                chunk.cancel()
+                await asyncio.gather(chunk, return_exceptions=True)
+        return None if chunk.cancelled() else chunk.result()
+
+    async def _continue_elsewhere(self) -> TokenChunk | None:
+        """Close the generation here and dispatch what is left of it (the prompt plus the text streamed,
+        ``max_tokens`` less the tokens streamed) as the router dispatches a request; returns the first
+        chunk of the continuation, None when nothing was left or it gave none."""
+        left = self.remaining_tokens
+        source = self.handle
+        self._move.clear()
+        await self._release()
+        if left <= 0:
+            return None
+        self.num_handovers += 1
+        self.router.metrics.inc("oserve_handed_over_total", (("replica", source.name),))
+        base = self.original
+        cont = replace(base, request_id=f"{base.request_id}+{self.num_tokens}", max_tokens=left,
+                       prompt_tokens=(base.prompt_tokens or self.prompt_tokens) + self.num_tokens,
+                       continuation=base.continuation + "".join(self._text),
+                       continued_tokens=base.continued_tokens + self.num_tokens)
+        new = await self.router.open(cont, self.type_index, count_arrival=False)
+        # this stream carries on with the new generation; the accounting stays this stream's
+        new.handle.streams.discard(new)
+        new._settled = True
+        self.handle, self._gen, self.request = new.handle, new._gen, cont
+        new._gen = None
+        self.handle.streams.add(self)
+        return new.first
 
     def _settle(self, status: str) -> None:
         if self._settled:
@@ -407,6 +488,7 @@ class RoutedStream:
         if self._origin is not None:
             self._origin.num_downstream -= 1
             self._origin = None
+        self.handle.streams.discard(self)
         if self._gen is None:
             return
         gen, self._gen = self._gen, None

@@ -36,6 +36,7 @@ from oserve.switching.control import ControlPolicy, control_step
 from oserve.switching.kv_migration import Destination, InflightRequest, KvMigrationParams, plan_kv_migration
 from oserve.switching.policy import SwitchContext, SwitchParams
 from oserve.switching.replan_gate import ReplanConfig
+from oserve.switching.switch_schedule import SwitchSchedule, finishes_in_drain, gpu_successors
 from oserve.workload.rate_window import window_rates
 from oserve.workload.slo import Slo
 
@@ -72,6 +73,9 @@ class AdaptiveResult:
     rerouted: int = 0
     gpu_seconds: float = 0.0  # GPUs held over the arrivals' span (during a switch: old and new)
     switching_s: float = 0.0  # time spent in switches (start to join)
+    # (time, "free" | "load", GPUs): a stopping replica handed over its last sequence and freed its GPUs,
+    # a started replica began to load onto its GPUs; on shared GPUs "free" comes first (tested)
+    events: list[tuple[float, str, tuple[int, ...]]] = field(default_factory=list)
 
 
 class AdaptiveSimulation:
@@ -109,6 +113,8 @@ class AdaptiveSimulation:
         self.timers: dict[ReplicaConfig, CostModelStepTimer] = {}
         self.current: tuple[Replica, ...] = initial.replicas
         self.plan_to_global: list[int] = list(range(len(initial.replicas)))
+        self._gpus_of_global = {g: tuple(r.gpus) for g, r in enumerate(initial.replicas)}
+        self._past_deadline: set[int] = set()  # stopped replicas past their drain deadline, not yet empty
         self.last_switch_s: float | None = None
         self.switching = False
         self.result = AdaptiveResult(None)  # type: ignore[arg-type]
@@ -155,6 +161,7 @@ class AdaptiveSimulation:
             self._join(sim, t, *a)
         elif kind == DEADLINE:
             rep = sim.replicas[a]
+            self._past_deadline.add(a)
             sim.push_step(a, rep.extract([s.req_id for s in rep.running], t))
             self.on_extracted(sim, a, t)
         elif kind == ADOPT:
@@ -164,6 +171,10 @@ class AdaptiveSimulation:
         """Send the sequences a stopping replica released to replicas that keep serving."""
         src = sim.replicas[replica_id]
         seqs = src.take_extracted()
+        if replica_id in self._past_deadline and not src.running:
+            # the last sequence has left (at the step boundary after the deadline): its GPUs are free
+            self._past_deadline.discard(replica_id)
+            self.result.events.append((t, "free", self._gpus_of_global[replica_id]))
         if not seqs:
             return
         bt = self.cost.params.kv_block_tokens
@@ -235,6 +246,8 @@ class AdaptiveSimulation:
 
     def _start_switch(self, sim: Simulation, t: float, d) -> None:
         tr = d.transition
+        schedule = d.schedule or SwitchSchedule(self.params.drain_s, max(d.switch_s, self.params.drain_s),
+                                                gpu_successors(tr))
         kept_new_to_global = {new: self.plan_to_global[old] for old, new in tr.kept}
         kept_globals = set(kept_new_to_global.values())
         stopped = [g for g in self.plan_to_global if g not in kept_globals]
@@ -254,12 +267,17 @@ class AdaptiveSimulation:
         for g in stopped:
             rep = sim.replicas[g]
             long = [s.req_id for s in rep.running
-                    if s.remaining_output * self.kv_params.tpot_s > self.params.drain_s]
+                    if not finishes_in_drain(s.remaining_output, self.kv_params.tpot_s, self.params.drain_s)]
             if long:
                 sim.push_step(g, rep.extract(long, t))
             self.on_extracted(sim, g, t)
-            sim.schedule(t + self.params.drain_s, DEADLINE, g)
-        sim.schedule(t + d.switch_s, JOIN, (d.plan, kept_new_to_global))
+            sim.schedule(t + schedule.drain_deadline_s, DEADLINE, g)
+        # a started replica on a stopping one's GPUs loads from the drain deadline on (switch_schedule)
+        for r in d.plan.replicas:
+            if r.replica_id not in kept_new_to_global:
+                self.result.events.append((t + schedule.load_start_s(r.replica_id), "load",
+                                           tuple(r.gpus)))
+        sim.schedule(t + schedule.ready_s, JOIN, (d.plan, kept_new_to_global))
 
     def _join(self, sim: Simulation, t: float, plan: Plan, kept_new_to_global: dict) -> None:
         globals_ = []
@@ -268,6 +286,7 @@ class AdaptiveSimulation:
             if g is None:
                 (setup,) = replicas_from_configs([r.config], self.cost, self.timers)
                 g = sim.add_replica(setup)
+                self._gpus_of_global[g] = tuple(r.gpus)
             globals_.append(g)
         self.current = plan.replicas
         self._hold_gpus(t, {g for r in plan.replicas for g in r.gpus})

@@ -106,6 +106,11 @@ class ReplicaSim:
         self._num_dead = 0
         self._lazy = False
 
+    def generated_tokens(self, seq: Seq) -> int:
+        """A running sequence's output tokens as of the last step end (read-only: its counter lags while
+        it decodes in a lazy run), for a consumer that streams them."""
+        return seq.num_generated + (self._decoding.tick - seq.tick0 if seq.tick0 >= 0 else 0)
+
     def _compact(self) -> None:
         """Drop the finished sequences from ``_running`` (the order of the others is kept)."""
         if self._num_dead:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oserve.common.errors import ConfigError
+from oserve.switching.switch_schedule import finishes_in_drain
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def plan_kv_migration(inflight: list[InflightRequest], destinations: list[Destin
     pair_bytes: dict[tuple[int, int], float] = {}
     # longest remaining work first: they gain the most from moving
     for req in sorted(inflight, key=lambda r: (-r.remaining_tokens, r.req_id)):
-        if req.remaining_tokens * params.tpot_s <= params.drain_budget_s:
+        if finishes_in_drain(req.remaining_tokens, params.tpot_s, params.drain_budget_s):
             drain.append(req.req_id)
             continue
         need = req.context_tokens + req.remaining_tokens  # the KV it will hold when done

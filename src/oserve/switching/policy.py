@@ -46,6 +46,7 @@ from oserve.switching.goodput_price import (
     restrict,
 )
 from oserve.switching.links import LinkModel
+from oserve.switching.switch_schedule import SwitchSchedule, switch_schedule
 from oserve.switching.transfer import TransferPlan, plan_greedy, transfer_problem
 from oserve.switching.transition import Transition, counts_of, plan_transition
 from oserve.workload.request_types import TypeStats
@@ -126,6 +127,7 @@ class SwitchDecision:
     transition: Transition | None = None
     transfer: TransferPlan | None = None
     switch_s: float = 0.0
+    schedule: SwitchSchedule | None = None  # when the drain ends and the started replicas load and join
     gain_requests: float = 0.0
     cost_requests: float = 0.0
     good_rps_current: float = 0.0  # forecast requests/s meeting their SLO
@@ -140,6 +142,7 @@ class _Scores(TypedDict, total=False):
     transition: Transition
     transfer: TransferPlan
     switch_s: float
+    schedule: SwitchSchedule
     gain_requests: float
     cost_requests: float
     good_rps_target: float
@@ -185,10 +188,13 @@ def _fits(ctx: SwitchContext, plan: Plan) -> str:
 
 
 def switch_duration_s(ctx: SwitchContext, params: SwitchParams, transition: Transition
-                      ) -> tuple[float, TransferPlan]:
+                      ) -> tuple[SwitchSchedule, TransferPlan]:
+    """The switch's timeline (``switch_schedule``: a bounded drain, then the weights, then the restart;
+    its ``ready_s`` is the duration priced) and the weight transfer plan."""
     problem = transfer_problem(transition, ctx.cost)
     transfer = plan_greedy(problem, ctx.links, use_peers=params.transfer_mode == "p2p")
-    return params.drain_s + transfer.duration_s + params.restart_overhead_s, transfer
+    return switch_schedule(transition, params.drain_s, transfer.duration_s,
+                           params.restart_overhead_s), transfer
 
 
 def _as_plan(pricer: GoodputPricer, replicas: tuple[Replica, ...], fractions: np.ndarray, name: str,
@@ -230,7 +236,8 @@ def _price(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer, repl
         return f"target rejected: {e}"
     if transition.is_noop:
         return "the best deployment is the current one"
-    switch_s, transfer = switch_duration_s(ctx, params, transition)
+    schedule, transfer = switch_duration_s(ctx, params, transition)
+    switch_s = schedule.ready_s
     placed = place_plan(target, transition.target)
     fractions = np.asarray(placed.dispatch, dtype=float)
     good_tgt = pricer.good_rps(placed.replicas, fractions)
@@ -239,7 +246,8 @@ def _price(ctx: SwitchContext, params: SwitchParams, pricer: GoodputPricer, repl
     good_dur = pricer.good_rps(kept, restrict(fractions, kept_new)) if kept else 0.0
     gain = (good_tgt - good_cur) * max(0.0, params.horizon_s - switch_s)
     cost = max(0.0, good_cur - good_dur) * switch_s
-    return _Scores(transition=transition, transfer=transfer, switch_s=switch_s, gain_requests=gain,
+    return _Scores(transition=transition, transfer=transfer, switch_s=switch_s, schedule=schedule,
+                   gain_requests=gain,
                    cost_requests=cost, good_rps_target=good_tgt, good_rps_during=good_dur)
 
 
