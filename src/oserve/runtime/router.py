@@ -227,6 +227,21 @@ class Router:
                 listener(handle)
 
 
+async def _next_unless(gen: AsyncIterator[TokenChunk], event: asyncio.Event) -> TokenChunk | None:
+    """``gen``'s next chunk, or None when ``event`` is set first: the wait for the chunk is then
+    cancelled, which aborts the generation on its engine."""
+    chunk = asyncio.ensure_future(gen.__anext__())
+    fired = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({chunk, fired}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        fired.cancel()
+        if not chunk.done():
+            chunk.cancel()
+            await asyncio.gather(chunk, return_exceptions=True)
+    return None if chunk.cancelled() else chunk.result()
+
+
 class RoutedStream:
     """One dispatched generation. Iterate it for chunks; it settles the request's accounting once."""
 
@@ -366,19 +381,11 @@ class RoutedStream:
         drain = self.handle.drain_started
         if drain.is_set():
             raise ReplicaDrainingError(f"replica {self.handle.name} is draining")
-        chunk = asyncio.ensure_future(gen.__anext__())
-        drained = asyncio.ensure_future(drain.wait())
-        try:
-            await asyncio.wait({chunk, drained}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            drained.cancel()
-            if not chunk.done():
-                chunk.cancel()
-                await asyncio.gather(chunk, return_exceptions=True)
-        if chunk.cancelled():
+        chunk = await _next_unless(gen, drain)
+        if chunk is None:
             raise ReplicaDrainingError(f"replica {self.handle.name} began draining before the first "
                                        "token; dispatched again")
-        return chunk.result()
+        return chunk
 
     def _note(self, chunk: TokenChunk) -> None:
         self.num_tokens += chunk.num_tokens
@@ -433,16 +440,7 @@ class RoutedStream:
             return await gen.__anext__()
         if self._move.is_set():
             return None
-        chunk = asyncio.ensure_future(gen.__anext__())
-        moved = asyncio.ensure_future(self._move.wait())
-        try:
-            await asyncio.wait({chunk, moved}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            moved.cancel()
-            if not chunk.done():
-                chunk.cancel()
-                await asyncio.gather(chunk, return_exceptions=True)
-        return None if chunk.cancelled() else chunk.result()
+        return await _next_unless(gen, self._move)
 
     async def _continue_elsewhere(self) -> TokenChunk | None:
         """Close the generation here and dispatch what is left of it (the prompt plus the text streamed,
