@@ -9,33 +9,27 @@ import math
 import numpy as np
 import pytest
 
+from goodput_setup import goodput_setup
 from oserve.cli.main import main
-from oserve.costmodel.catalog import load_gpus, load_models, parse_cluster
-from oserve.costmodel.cost_model import CostModel
+from oserve.costmodel.catalog import parse_cluster
 from oserve.costmodel.group_latency import GroupLatencyModel, predict_decode_only
 from oserve.costmodel.kv_transfer import KvHandoff, KvLink
 from oserve.costmodel.latency_model import ReplicaLatencyModel
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.disagg_search import layouts
 from oserve.planner.plan import COLOCATED, DECODE, PREFILL
-from oserve.planner.slo_planner import GoodputPlanner, candidate_plan, slo_workload
+from oserve.planner.slo_planner import GoodputPlanner, candidate_plan
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import prepare_trace
 from oserve.sim.verify import verify_shortlist
 from oserve.workload.burstiness import LengthSample
-from oserve.workload.slo import Slo, slo_from_flags
+from oserve.workload.slo import Slo
 
 TP2 = ReplicaConfig("H100-80GB", tp=2)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    cost = CostModel(load_models().get("llama-2-70b"))
-    cluster = parse_cluster("1x8xH100", load_gpus())
-    prepared = prepare_trace("azure-code", cost, window_s=(0.0, 600.0))
-    slo = slo_from_flags("tight", None, None, None)
-    workload = slo_workload(prepared.trace, prepared.types, prepared.stats, slo)
-    return cost, cluster, prepared, slo, workload
+    return goodput_setup("azure-code", "tight")
 
 
 def test_decode_only_tpot_is_the_decode_step_without_prefill_interference(setup):

@@ -7,26 +7,18 @@ import json
 
 import pytest
 
+from goodput_setup import goodput_setup
 from oserve.cli.main import main
 from oserve.common.errors import ConfigError
-from oserve.costmodel.catalog import load_gpus, load_models, parse_cluster
-from oserve.costmodel.cost_model import CostModel
 from oserve.planner.api import make_plan
-from oserve.planner.slo_planner import ENGINE_BUDGETS, GoodputPlanner, plan_for_slo, slo_workload
+from oserve.planner.slo_planner import ENGINE_BUDGETS, GoodputPlanner, plan_for_slo
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import prepare_trace
 from oserve.sim.verify import verify_shortlist
-from oserve.workload.slo import slo_from_flags
 
 
 @pytest.fixture(scope="module")
 def setup():
-    cost = CostModel(load_models().get("llama-2-70b"))
-    cluster = parse_cluster("1x8xH100", load_gpus())
-    prepared = prepare_trace("azure-conv", cost, window_s=(0.0, 600.0))
-    slo = slo_from_flags("loose", None, None, None)
-    workload = slo_workload(prepared.trace, prepared.types, prepared.stats, slo)
-    return cost, cluster, prepared, slo, workload
+    return goodput_setup()
 
 
 def test_homogeneous_tuned_tries_every_budget_and_ranks_by_predicted_goodput(setup):

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from tests.sim.factories import make_sim, poisson_workload
 
+from goodput_setup import goodput_setup
 from oserve.costmodel.catalog import load_gpus, load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
-from oserve.planner.slo_planner import GoodputPlanner, candidate_plan, slo_workload
+from oserve.planner.slo_planner import GoodputPlanner, candidate_plan
 from oserve.sim.config import SimConfig
 from oserve.sim.early_stop import MissBudget, allowed_misses
 from oserve.sim.experiment import plan_for, prepare_trace
@@ -75,12 +76,8 @@ def test_the_early_stopping_search_decides_as_the_full_one(model, trace, window,
 def test_the_verification_and_its_confirmation_decide_as_with_full_probes():
     """The confirmation path (tests/sim/test_verify_confirm.py's shortlist, the tuned fleet last):
     the winner, every candidate's simulated scale and the confirmation are the same."""
-    cost = CostModel(load_models().get("llama-2-70b"))
-    cluster = parse_cluster("1x8xH100", load_gpus())
-    prepared = prepare_trace("azure-conv", cost, window_s=(0.0, 600.0))
-    slo = slo_from_flags("loose", None, None, None)
-    gp = GoodputPlanner(cluster, cost, prepared.stats, slo_workload(prepared.trace, prepared.types,
-                                                                    prepared.stats, slo))
+    cost, cluster, prepared, slo, workload = goodput_setup()
+    gp = GoodputPlanner(cluster, cost, prepared.stats, workload)
     tuned = gp.homogeneous_tuned()
     plans = [candidate_plan(c, cost, prepared.stats, "goodput", "oserve", 0.0) for c in tuned]
     config = SimConfig(drain_s=120.0)

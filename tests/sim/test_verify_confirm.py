@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from oserve.costmodel.catalog import load_gpus, load_models, parse_cluster
-from oserve.costmodel.cost_model import CostModel
-from oserve.planner.slo_planner import GoodputPlanner, candidate_plan, slo_workload
+from goodput_setup import goodput_setup
+from oserve.planner.slo_planner import GoodputPlanner, candidate_plan
 from oserve.sim.config import SimConfig
-from oserve.sim.experiment import prepare_trace
 from oserve.sim.verify import CONFIRM_FACTOR, paired_decision, verify_shortlist
-from oserve.workload.slo import slo_from_flags
 
 
 def knees(baseline: float, challenger: float):
@@ -69,13 +66,8 @@ def test_a_baseline_that_always_meets_the_target_stays():
 
 @pytest.fixture(scope="module")
 def setup():
-    cost = CostModel(load_models().get("llama-2-70b"))
-    cluster = parse_cluster("1x8xH100", load_gpus())
-    prepared = prepare_trace("azure-conv", cost, window_s=(0.0, 600.0))
-    slo = slo_from_flags("loose", None, None, None)
-    gp = GoodputPlanner(cluster, cost, prepared.stats, slo_workload(prepared.trace, prepared.types,
-                                                                    prepared.stats, slo))
-    return cost, prepared, slo, gp
+    cost, cluster, prepared, slo, workload = goodput_setup()
+    return cost, prepared, slo, GoodputPlanner(cluster, cost, prepared.stats, workload)
 
 
 def test_the_rule_decides_a_real_shortlist(setup):
