@@ -85,3 +85,28 @@ def test_plan_command_does_not_import_the_server_or_the_guard():
             "'scipy.stats', 'fastapi'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("cfg", [ReplicaConfig("H100-80GB", 4), ReplicaConfig("H100-80GB", 2, pp=2),
+                                 ReplicaConfig("H100-80GB", 2, pp=4, max_num_batched_tokens=512),
+                                 ReplicaConfig("A100-80GB", 1, pp=2, max_num_batched_tokens=2048),
+                                 ReplicaConfig("H200", 8, kv_cache_dtype="fp8")])
+def test_a_step_at_several_contexts_is_each_single_context_step(cfg):
+    """``step_times_s`` (one micro-batch split and one set of context-free terms for both of a step
+    timer's contexts) gives exactly ``step_time_s`` at each context, on fresh and on warm memos; chunks
+    above the budget are cut into pieces, decode-only and prefill-only steps included."""
+    rng = np.random.default_rng(1)
+    warm = CostModel(load_models().get("llama-2-70b"))
+    for _ in range(40):
+        chunks = tuple((float(rng.integers(1, 5000)), float(rng.integers(0, 3000)))
+                       for _ in range(int(rng.integers(0, 5))))
+        batch = int(rng.integers(0 if chunks else 1, 120))
+        ctxs = (batch * 256.0, batch * 4096.0, batch * float(rng.integers(1, 9000)))
+        fresh = CostModel(load_models().get("llama-2-70b"))
+        both = fresh.step_times_s(cfg, chunks, batch, ctxs)
+        assert both == warm.step_times_s(cfg, chunks, batch, ctxs)
+        singles = tuple(CostModel(load_models().get("llama-2-70b")).step_time_s(cfg, chunks, batch, c)
+                        for c in ctxs)
+        assert both == singles
+        assert fresh.stage_times_s(cfg, chunks, batch, ctxs) == tuple(
+            warm.stage_time_s(cfg, chunks, batch, c) for c in ctxs)

@@ -86,3 +86,19 @@ def test_simulation_reports_the_step_timer_cache_hit_rate(cost):
     assert stats["lookups"] >= sum(r.num_events for r in res.replicas)  # at least one per event
     assert stats["hit_rate"] == pytest.approx(1 - stats["misses"] / stats["lookups"])
     assert 0.0 < stats["hit_rate"] < 1.0
+
+
+@pytest.mark.parametrize("cfg", [ReplicaConfig("H100-80GB", 4), ReplicaConfig("H100-80GB", 2, pp=2)])
+def test_a_mixed_line_is_the_secant_of_two_cost_model_steps(cost, cfg):
+    """A miss prices both contexts in one ``step_times_s`` call: the line is the secant through the two
+    ``step_time_s`` values at CTX_PROBE_TOKENS per sequence, exactly."""
+    from oserve.sim.step_timer import CTX_PROBE_TOKENS
+
+    timer = CostModelStepTimer(CostModel(cost.model), cfg)
+    for tokens, n, batch in ((900.0, 2, 16), (512.0, 1, 1), (3000.0, 3, 120)):
+        sq = tokens * tokens / n + 2 * 100.0 * tokens  # n equal chunks after 100 cached tokens
+        c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
+        chunks = ((tokens / n, 100.0),) * n
+        t1, t2 = (cost.step_time_s(cfg, chunks, batch, c) for c in (c1, c2))
+        slope = (t2 - t1) / (c2 - c1)
+        assert timer._mixed_line(tokens, n, sq, batch, 0.0) == (t1 - slope * c1, slope)

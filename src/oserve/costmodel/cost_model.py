@@ -158,8 +158,9 @@ class CostModel:
         return out
 
     def _layer_s(self, cfg: ReplicaConfig, tokens: float, prefill_sq: float, num_prefill: float,
-                 decode_batch: float, decode_ctx_total: float) -> float:
-        """One layer on one shard: GEMMs over all tokens, prefill attention, decode attention."""
+                 decode_batch: float, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
+        """One layer on one shard, per decode context: GEMMs over all tokens, prefill attention, decode
+        attention (the only term that depends on the context)."""
         gpu, m = self.gpu(cfg), self.model
         key = (cfg.gpu_type, cfg.tp, cfg.weight_format, tokens)
         total = self._gemm_cache.get(key)  # the GEMMs depend on the token count alone: memoised
@@ -184,16 +185,20 @@ class CostModel:
                 op = self._op_cache[op_key] = self._op_s("prefill",
                                                          Work(flops, nbytes, heads * num_prefill), gpu)
             total += op
-        if decode_batch > 0:
-            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
+        extra, fixed_s = 1 + self.calibration.layer_extra_frac, self.calibration.layer_fixed_ms * 1e-3
+        if decode_batch <= 0:
+            return (total * extra + fixed_s,) * len(decode_ctx_totals)
+        out = []
+        for ctx_total in decode_ctx_totals:
+            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, ctx_total)
             op = self._op_cache.get(op_key)
             if op is None:
-                ctx = decode_ctx_total / decode_batch
+                ctx = ctx_total / decode_batch
                 kvf = kv_format(cfg.kv_cache_dtype)
                 op = self._op_cache[op_key] = self._op_s(
                     kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
-            total += op
-        return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
+            out.append((total + op) * extra + fixed_s)
+        return tuple(out)
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                      decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -201,19 +206,25 @@ class CostModel:
 
         ``prefill_chunks`` holds (new tokens, tokens already cached) per prefilling sequence.
         """
+        return self.stage_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
+
+    def stage_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
+                      decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
+        """``stage_time_s`` at each of several decode contexts (the same step otherwise): the terms that
+        do not depend on the context are computed once, each result exactly as ``stage_time_s``'s."""
         prefill_tokens = sum(c for c, _ in prefill_chunks)
         tokens = prefill_tokens + decode_batch
         if tokens <= 0:
-            return 0.0
+            return (0.0,) * len(decode_ctx_totals)
         step_model = self.gpu(cfg).step_model
         prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
         if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
-            return (step_model.prefill_s_per_token * prefill_tokens
-                    + step_model.prefill_attention_s_per_token2 * prefill_sq
-                    + step_model.decode_s_per_seq * decode_batch) / cfg.pp
+            return ((step_model.prefill_s_per_token * prefill_tokens
+                     + step_model.prefill_attention_s_per_token2 * prefill_sq
+                     + step_model.decode_s_per_seq * decode_batch) / cfg.pp,) * len(decode_ctx_totals)
         layers = math.ceil(self.model.num_layers / cfg.pp)
-        layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
-                              decode_ctx_total)
+        per_layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
+                                  decode_ctx_totals)
         comm = 0.0
         if cfg.tp > 1:
             comm_key: tuple[object, ...] = ("comm", cfg.gpu_type, cfg.tp, tokens)
@@ -230,7 +241,7 @@ class CostModel:
                 "gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size / cfg.tp,
                              ACTIVATION_BYTES * self.model.hidden_size * self.model.vocab_size / cfg.tp),
                 self.gpu(cfg)) / cfg.pp
-        return layers * (layer + comm) + lm_head
+        return tuple(layers * (layer + comm) + lm_head for layer in per_layer)
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -241,20 +252,35 @@ class CostModel:
         each, the round ``max(pp * max_j t_j, sum_j t_j)`` over their stage times, plus the
         stage-boundary sends of the largest.
         """
+        return self.step_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
+
+    def step_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
+                     decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
+        """``step_time_s`` at each of several decode contexts, the rest of the step the same (the
+        simulator's step timer fits a line through two): the micro-batch split and every term that does
+        not depend on the context are computed once; each result is exactly ``step_time_s``'s."""
+        overhead_s = self.step_overhead_s(cfg)
         if cfg.pp == 1:
-            stage = self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total)
-            return stage + self.step_overhead_s(cfg)
+            stages = self.stage_times_s(cfg, prefill_chunks, decode_batch, decode_ctx_totals)
+            return tuple(stage + overhead_s for stage in stages)
         micro = split_micro_batches(prefill_chunks, decode_batch, cfg.pp, self.batched_tokens(cfg))
-        per_seq_ctx = decode_ctx_total / decode_batch if decode_batch else 0.0
-        priced: dict[MicroBatch, float] = {}  # micro-batches of decodes alone are often alike
+        per_seq_ctxs = tuple(ctx / decode_batch if decode_batch else 0.0 for ctx in decode_ctx_totals)
+        priced: dict[MicroBatch, tuple[float, ...]] = {}  # micro-batches of decodes alone are often alike
+        stages = []  # per micro-batch: its stage time at each context
         for mb in micro:
-            if mb not in priced:
-                priced[mb] = self.stage_time_s(cfg, mb.chunks, mb.decodes, per_seq_ctx * mb.decodes)
-        stages = [priced[mb] for mb in micro]
+            times = priced.get(mb)
+            if times is None:
+                times = priced[mb] = self.stage_times_s(
+                    cfg, mb.chunks, mb.decodes, tuple(per_seq * mb.decodes for per_seq in per_seq_ctxs))
+            stages.append(times)
         largest = max((mb.tokens for mb in micro), default=0.0)
-        hop = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES, True,
-                          self.gpu(cfg).intra_node_gbps)
-        return ring_round_s(stages, cfg.pp) + (cfg.pp - 1) * hop + self.step_overhead_s(cfg)
+        hop_key: tuple[object, ...] = ("send_recv", cfg.gpu_type, largest)
+        hop = self._op_cache.get(hop_key)
+        if hop is None:
+            hop = self._op_cache[hop_key] = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES,
+                                                        True, self.gpu(cfg).intra_node_gbps)
+        return tuple(ring_round_s([times[k] for times in stages], cfg.pp) + (cfg.pp - 1) * hop + overhead_s
+                     for k in range(len(decode_ctx_totals)))
 
     def step_overhead_s(self, cfg: ReplicaConfig) -> float:
         """The fixed cost of one engine step: the device's fitted value, else the engine default."""
