@@ -157,11 +157,12 @@ class CostModel:
             out["GEMM compute overhead"] = wf.compute_overhead
         return out
 
-    def _layer_s(self, cfg: ReplicaConfig, tokens: float, prefill_sq: float, num_prefill: float,
-                 decode_batch: float, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
-        """One layer on one shard, per decode context: GEMMs over all tokens, prefill attention, decode
-        attention (the only term that depends on the context)."""
-        gpu, m = self.gpu(cfg), self.model
+    def _layer_s(self, cfg: ReplicaConfig, gpu: GpuSpec, tokens: float, prefill_sq: float,
+                 num_prefill: float, decode_batch: float,
+                 decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
+        """One layer on one shard (of ``gpu``, the configuration's GPU), per decode context: GEMMs over all
+        tokens, prefill attention, decode attention (the only term that depends on the context)."""
+        m = self.model
         key = (cfg.gpu_type, cfg.tp, cfg.weight_format, tokens)
         total = self._gemm_cache.get(key)  # the GEMMs depend on the token count alone: memoised
         if total is None:
@@ -212,18 +213,21 @@ class CostModel:
                       decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
         """``stage_time_s`` at each of several decode contexts (the same step otherwise): the terms that
         do not depend on the context are computed once, each result exactly as ``stage_time_s``'s."""
-        prefill_tokens = sum(c for c, _ in prefill_chunks)
+        prefill_tokens = prefill_sq = 0  # both sums in one pass, in the order sum() adds them
+        for c, p in prefill_chunks:
+            prefill_tokens += c
+            prefill_sq += c * (c + 2 * p)
         tokens = prefill_tokens + decode_batch
         if tokens <= 0:
             return (0.0,) * len(decode_ctx_totals)
-        step_model = self.gpu(cfg).step_model
-        prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
+        gpu = self.gpu(cfg)
+        step_model = gpu.step_model
         if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
             return ((step_model.prefill_s_per_token * prefill_tokens
                      + step_model.prefill_attention_s_per_token2 * prefill_sq
                      + step_model.decode_s_per_seq * decode_batch) / cfg.pp,) * len(decode_ctx_totals)
         layers = math.ceil(self.model.num_layers / cfg.pp)
-        per_layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
+        per_layer = self._layer_s(cfg, gpu, tokens, prefill_sq, len(prefill_chunks), decode_batch,
                                   decode_ctx_totals)
         comm = 0.0
         if cfg.tp > 1:
@@ -231,7 +235,7 @@ class CostModel:
             hit = self._op_cache.get(comm_key)
             if hit is None:
                 hit = self._op_cache[comm_key] = 2 * all_reduce_s(
-                    tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp, self.gpu(cfg).intra_node_gbps)
+                    tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp, gpu.intra_node_gbps)
             comm = hit
         sampled = len(prefill_chunks) + decode_batch
         head_key: tuple[object, ...] = ("lm_head", cfg.gpu_type, cfg.tp, cfg.pp, sampled)
@@ -240,7 +244,7 @@ class CostModel:
             lm_head = self._op_cache[head_key] = self._op_s(
                 "gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size / cfg.tp,
                              ACTIVATION_BYTES * self.model.hidden_size * self.model.vocab_size / cfg.tp),
-                self.gpu(cfg)) / cfg.pp
+                gpu) / cfg.pp
         return tuple(layers * (layer + comm) + lm_head for layer in per_layer)
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),

@@ -33,12 +33,12 @@ cost model times it here:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class MicroBatch:
-    """One micro-batch's share of a round: prompt pieces (new tokens, cached tokens) and decodes."""
+class MicroBatch(NamedTuple):
+    """One micro-batch's share of a round: prompt pieces (new tokens, cached tokens) and decodes (a
+    named tuple: a PP step prices one or two of them per step-timer miss, hashing each)."""
 
     chunks: tuple[tuple[float, float], ...]
     decodes: int
@@ -67,7 +67,7 @@ def split_micro_batches(chunks: tuple[tuple[float, float], ...], decode_batch: i
     load = [0.0] * m
     owned: list[list[tuple[float, float]]] = [[] for _ in range(m)]
     for piece in sorted(parts, key=lambda x: -x[0]):  # longest processing time first
-        j = min(range(m), key=load.__getitem__)
+        j = load.index(min(load))  # the first least-loaded one
         owned[j].append(piece)
         load[j] += piece[0]
     decodes = _water_fill(load, decode_batch)
