@@ -67,6 +67,26 @@ def test_split_keeps_items_whole_and_balances_tokens():
     assert sorted(mb.tokens for mb in mbs) == [3, 904, 2048, 2048]  # the decodes fill the 4th
 
 
+def test_pieces_go_to_the_first_least_loaded_micro_batch():
+    """The split's greedy against the plain loop (each piece, largest first, onto the lowest-index
+    micro-batch of least load): equal pieces, ties and uneven chunks."""
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        pp, budget = int(rng.choice([2, 3, 4, 8])), int(rng.choice([256, 512, 2048]))
+        sizes = rng.choice([float(budget), 300.0, 17.0, float(rng.integers(1, 3 * budget))],
+                           int(rng.integers(1, 7)))
+        chunks = tuple((float(c), float(rng.integers(0, 900))) for c in sizes)
+        parts = pieces(chunks, budget)
+        m = min(pp, len(parts))
+        load, owned = [0.0] * m, [[] for _ in range(m)]
+        for piece in sorted(parts, key=lambda x: -x[0]):
+            j = min(range(m), key=lambda i: load[i])
+            owned[j].append(piece)
+            load[j] += piece[0]
+        got = split_micro_batches(chunks, 0, pp, budget)
+        assert [mb.chunks for mb in got] == [tuple(o) for o in owned if o]
+
+
 def test_water_fill_is_one_at_a_time_onto_the_lightest():
     from oserve.costmodel.pipeline import _water_fill
     rng = np.random.default_rng(1)
