@@ -157,12 +157,24 @@ class CostModel:
             out["GEMM compute overhead"] = wf.compute_overhead
         return out
 
-    def _layer_s(self, cfg: ReplicaConfig, gpu: GpuSpec, tokens: float, prefill_sq: float,
-                 num_prefill: float, decode_batch: float,
-                 decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
-        """One layer on one shard (of ``gpu``, the configuration's GPU), per decode context: GEMMs over all
-        tokens, prefill attention, decode attention (the only term that depends on the context)."""
-        m = self.model
+    def _stage_terms(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
+                     decode_batch: int) -> tuple:
+        """What a stage time needs besides the decode context: (the stage time when it does not depend on
+        the context, else None; the GPU; layers per stage; per layer the GEMMs over all tokens plus the
+        prefill attention; the all-reduces per layer; the LM head). ``_stage_at`` finishes it."""
+        prefill_tokens = prefill_sq = 0  # both sums in one pass, in the order sum() adds them
+        for c, p in prefill_chunks:
+            prefill_tokens += c
+            prefill_sq += c * (c + 2 * p)
+        tokens = prefill_tokens + decode_batch
+        if tokens <= 0:
+            return (0.0, None, 0, 0.0, 0.0, 0.0)
+        gpu, m = self.gpu(cfg), self.model
+        step_model = gpu.step_model
+        if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
+            return ((step_model.prefill_s_per_token * prefill_tokens
+                     + step_model.prefill_attention_s_per_token2 * prefill_sq
+                     + step_model.decode_s_per_seq * decode_batch) / cfg.pp, gpu, 0, 0.0, 0.0, 0.0)
         key = (cfg.gpu_type, cfg.tp, cfg.weight_format, tokens)
         total = self._gemm_cache.get(key)  # the GEMMs depend on the token count alone: memoised
         if total is None:
@@ -173,6 +185,7 @@ class CostModel:
                 total = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
                             for g in GEMM_LAYERS)
             self._gemm_cache[key] = total
+        num_prefill = len(prefill_chunks)
         if num_prefill > 0:
             op_key: tuple[object, ...] = ("prefill", cfg.gpu_type, cfg.tp, prefill_sq,
                                           tokens - decode_batch, num_prefill)
@@ -186,20 +199,42 @@ class CostModel:
                 op = self._op_cache[op_key] = self._op_s("prefill",
                                                          Work(flops, nbytes, heads * num_prefill), gpu)
             total += op
-        extra, fixed_s = 1 + self.calibration.layer_extra_frac, self.calibration.layer_fixed_ms * 1e-3
-        if decode_batch <= 0:
-            return (total * extra + fixed_s,) * len(decode_ctx_totals)
-        out = []
-        for ctx_total in decode_ctx_totals:
-            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, ctx_total)
+        comm = 0.0
+        if cfg.tp > 1:
+            comm_key: tuple[object, ...] = ("comm", cfg.gpu_type, cfg.tp, tokens)
+            hit = self._op_cache.get(comm_key)
+            if hit is None:
+                hit = self._op_cache[comm_key] = 2 * all_reduce_s(
+                    tokens * m.hidden_size * ACTIVATION_BYTES, cfg.tp, gpu.intra_node_gbps)
+            comm = hit
+        sampled = num_prefill + decode_batch
+        head_key: tuple[object, ...] = ("lm_head", cfg.gpu_type, cfg.tp, cfg.pp, sampled)
+        lm_head = self._op_cache.get(head_key)
+        if lm_head is None:
+            lm_head = self._op_cache[head_key] = self._op_s(
+                "gemm", Work(2.0 * sampled * m.hidden_size * m.vocab_size / cfg.tp,
+                             ACTIVATION_BYTES * m.hidden_size * m.vocab_size / cfg.tp), gpu) / cfg.pp
+        return (None, gpu, math.ceil(m.num_layers / cfg.pp), total, comm, lm_head)
+
+    def _stage_at(self, cfg: ReplicaConfig, terms: tuple, decode_batch: int,
+                  decode_ctx_total: float) -> float:
+        """A stage time from ``_stage_terms`` at one decode context: one layer is its GEMMs, prefill and
+        decode attention (the only term that reads the context), scaled by the calibration's layer
+        overhead; a stage is its layers and their all-reduces, plus the LM head."""
+        fixed, gpu, layers, total, comm, lm_head = terms
+        if fixed is not None:
+            return fixed
+        if decode_batch > 0:
+            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
             op = self._op_cache.get(op_key)
             if op is None:
-                ctx = ctx_total / decode_batch
+                ctx = decode_ctx_total / decode_batch
                 kvf = kv_format(cfg.kv_cache_dtype)
                 op = self._op_cache[op_key] = self._op_s(
-                    kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
-            out.append((total + op) * extra + fixed_s)
-        return tuple(out)
+                    kvf.profile_kind, decode_work_for(self.model, cfg.tp, decode_batch, ctx, kvf), gpu)
+            total += op
+        layer = total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
+        return layers * (layer + comm) + lm_head
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                      decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -207,45 +242,15 @@ class CostModel:
 
         ``prefill_chunks`` holds (new tokens, tokens already cached) per prefilling sequence.
         """
-        return self.stage_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
+        return self._stage_at(cfg, self._stage_terms(cfg, prefill_chunks, decode_batch), decode_batch,
+                              decode_ctx_total)
 
     def stage_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
                       decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
         """``stage_time_s`` at each of several decode contexts (the same step otherwise): the terms that
         do not depend on the context are computed once, each result exactly as ``stage_time_s``'s."""
-        prefill_tokens = prefill_sq = 0  # both sums in one pass, in the order sum() adds them
-        for c, p in prefill_chunks:
-            prefill_tokens += c
-            prefill_sq += c * (c + 2 * p)
-        tokens = prefill_tokens + decode_batch
-        if tokens <= 0:
-            return (0.0,) * len(decode_ctx_totals)
-        gpu = self.gpu(cfg)
-        step_model = gpu.step_model
-        if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
-            return ((step_model.prefill_s_per_token * prefill_tokens
-                     + step_model.prefill_attention_s_per_token2 * prefill_sq
-                     + step_model.decode_s_per_seq * decode_batch) / cfg.pp,) * len(decode_ctx_totals)
-        layers = math.ceil(self.model.num_layers / cfg.pp)
-        per_layer = self._layer_s(cfg, gpu, tokens, prefill_sq, len(prefill_chunks), decode_batch,
-                                  decode_ctx_totals)
-        comm = 0.0
-        if cfg.tp > 1:
-            comm_key: tuple[object, ...] = ("comm", cfg.gpu_type, cfg.tp, tokens)
-            hit = self._op_cache.get(comm_key)
-            if hit is None:
-                hit = self._op_cache[comm_key] = 2 * all_reduce_s(
-                    tokens * self.model.hidden_size * ACTIVATION_BYTES, cfg.tp, gpu.intra_node_gbps)
-            comm = hit
-        sampled = len(prefill_chunks) + decode_batch
-        head_key: tuple[object, ...] = ("lm_head", cfg.gpu_type, cfg.tp, cfg.pp, sampled)
-        lm_head = self._op_cache.get(head_key)
-        if lm_head is None:
-            lm_head = self._op_cache[head_key] = self._op_s(
-                "gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size / cfg.tp,
-                             ACTIVATION_BYTES * self.model.hidden_size * self.model.vocab_size / cfg.tp),
-                gpu) / cfg.pp
-        return tuple(layers * (layer + comm) + lm_head for layer in per_layer)
+        terms = self._stage_terms(cfg, prefill_chunks, decode_batch)
+        return tuple(self._stage_at(cfg, terms, decode_batch, ctx) for ctx in decode_ctx_totals)
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -256,6 +261,9 @@ class CostModel:
         each, the round ``max(pp * max_j t_j, sum_j t_j)`` over their stage times, plus the
         stage-boundary sends of the largest.
         """
+        if cfg.pp == 1:
+            return self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total) + \
+                self.step_overhead_s(cfg)
         return self.step_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
 
     def step_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
