@@ -75,10 +75,11 @@ def _setup(name: str, duration_s: float = 0.0) -> AdaptiveSetup:
 
 
 def rate_profile(setup: AdaptiveSetup, peak_gpus: int) -> dict:
-    """How much a fleet sized to the traffic could save at all: the total rate per control window, and
-    the GPU-hours of a fleet resized every window, at no switch cost, to the peak-sized fleet's GPUs times
-    that window's share of the peak window's rate (rounded up): a bound defined by the trace and the
-    peak-sized fleet alone, not by the loop (it assumes capacity proportional to GPUs)."""
+    """How much a fleet sized to the traffic could save: the total rate per control window, and the
+    GPU-hours of a fleet resized every window, at no switch cost, to the peak-sized fleet's GPUs times
+    that window's share of the peak window's rate (rounded up). An estimate defined by the trace and the
+    peak-sized fleet alone, not by the loop; not a strict bound (capacity is not proportional to GPUs:
+    another configuration, or a fleet pooling fewer replicas, can carry more per GPU)."""
     p = setup.prepared
     arrivals = p.trace.arrival_s
     width = setup.control_interval_s
@@ -274,10 +275,10 @@ def markdown(docs: list[dict]) -> str:
                          f"{_ratio(peak, r['gpu_hours']):.2f} |")
     profiles = [d for d in docs if d.get("rate_profile")]
     if profiles:
-        lines += ["", "Rate per control window and the bound of a fleet resized every window to the "
-                  "peak-sized fleet's GPUs x the window's share of the peak rate (no switch cost):", "",
-                  "| scenario | peak / mean / trough window (req/s) | peak-sized GPUs | bound: peak-sized / "
-                  "resized GPU-hours |", "|---|---|---:|---:|"]
+        lines += ["", "Rate per control window, and a fleet resized every window to the peak-sized fleet's "
+                  "GPUs x the window's share of the peak rate (rounded up, no switch cost):", "",
+                  "| scenario | peak / mean / trough window (req/s) | peak-sized GPUs | proportional resize: "
+                  "peak-sized / resized GPU-hours |", "|---|---|---:|---:|"]
         for d in profiles:
             rp = d["rate_profile"]
             lines.append(f"| {d['scenario']} | {rp['peak_window_rps']:.1f} / {rp['mean_window_rps']:.1f} / "
