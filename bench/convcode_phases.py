@@ -118,20 +118,23 @@ def _configs(plan: Plan) -> list:
     return sorted(r.config for r in plan.replicas)
 
 
-def on_phase(setup: AdaptiveSetup, plan: Plan, name: str) -> tuple[Plan, float, float]:
-    """``plan``'s replicas dispatched for phase ``name``'s rates, and the predicted goodput scale there
+def on_phase(setup: AdaptiveSetup, plan: Plan, name: str) -> tuple[Plan, float, float, list[float]]:
+    """``plan``'s replicas dispatched for phase ``name``'s rates, the predicted goodput scale there
     (relative to the setup's rates) under the loop's SLO workload (the whole trace's length samples and
-    burstiness, the phase's rates: what ``decide`` prices with) and under the phase's own."""
+    burstiness, the phase's rates: what ``decide`` prices with) and under the phase's own, and the
+    per-type attainment the loop's workload predicts at the phase's rates."""
     types = forecast_types(setup.prepared.stats, _rates(setup, name))
     loop = forecast_workload(slo_of(setup), types)
     own = forecast_workload(slo_of(_phase(setup, name)), types)
-    fractions = GoodputPricer(setup.cluster, setup.cost, loop, types, {}).dispatch(plan.replicas)
+    pricer = GoodputPricer(setup.cluster, setup.cost, loop, types, {})
+    fractions = pricer.dispatch(plan.replicas)
+    attainment = pricer.attainment(plan.replicas, fractions).tolist()
     predicted = [GoodputPlanner(setup.cluster, setup.cost, types, w).predicted_scale(plan.replicas,
                                                                                      fractions)
                  for w in (loop, own)]
     placed = candidate_plan(Candidate(plan.planner, plan.replicas, fractions, predicted[0]), setup.cost,
                             types, "goodput", plan.planner, 0.0)
-    return placed, predicted[0], predicted[1]
+    return placed, predicted[0], predicted[1], attainment
 
 
 def main(argv=None) -> int:
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
         entry: dict = {"deployment": plan.describe(), "also": aliases.get(fname, []), "phases": {}}
         doc["fleets"][fname] = entry
         for phase in PHASES:
-            placed, predicted, predicted_own = on_phase(setup, plan, phase)
+            placed, predicted, predicted_own, predicted_att = on_phase(setup, plan, phase)
             probes = []
             for s in scales:
                 t1 = time.perf_counter()
@@ -180,6 +183,7 @@ def main(argv=None) -> int:
             passing = [p["scale"] for p in probes if p["ok"]]
             entry["phases"][phase] = {"predicted_goodput_scale": predicted * plan_scale,
                                       "predicted_own_goodput_scale": predicted_own * plan_scale,
+                                      "predicted_attainment": predicted_att,
                                       "goodput_scale": max(passing) if passing else None, "probes": probes}
             out.parent.mkdir(parents=True, exist_ok=True)
             Path(f"{out}.json").write_text(json.dumps(doc, indent=1, default=str))
@@ -243,7 +247,8 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Fleets planned at scale {doc['plan_scale']:g}; simulated goodput per phase "
               "(highest passing probe of " + ", ".join(f"{s:g}" for s in doc["scales"]) + ") and predicted:",
               "", "| fleet | deployment | conv: simulated | conv: predicted (loop / own) | code: simulated | "
-              "code: predicted (loop / own) |", "|---|---|---:|---:|---:|---:|"]
+              "code: predicted (loop / own) | code: predicted attainment | code: simulated attainment "
+              "at the plan scale |", "|---|---|---:|---:|---:|---:|---|---|"]
     for name, e in doc["fleets"].items():
         cells = []
         for ph in PHASES:
@@ -252,6 +257,11 @@ def markdown(doc: dict) -> str:
             cells += ["-" if r is None else ("< min" if gp is None else f"{gp:.3f}"),
                       "-" if r is None else f"{r['predicted_goodput_scale']:.3f} / "
                                             f"{r['predicted_own_goodput_scale']:.3f}"]
+        code = e["phases"]["code"]
+        at_plan = next((p for p in code["probes"] if p["scale"] == doc["plan_scale"]), None)
+        cells += [", ".join(f"{a:.3f}" for a in code["predicted_attainment"]),
+                  "-" if at_plan is None else
+                  ", ".join(f"{a:.3f}" for a in at_plan["per_type"] if a is not None)]
         also = f" (also: {'; '.join(e['also'])})" if e.get("also") else ""
         lines.append(f"| {name}{also} | {e['deployment']} | " + " | ".join(cells) + " |")
     o = doc.get("oracle")
