@@ -39,6 +39,10 @@ from oserve.costmodel.replica_config import ReplicaConfig
 ACTIVATION_BYTES = 2.0
 FP32_BYTES = 4.0
 DEFAULT_TPOT_SLO_S = 0.1
+# a stage's terms besides the decode context (CostModel._stage_terms): the stage time when it does not
+# depend on the context (else None), the GPU, layers per stage, per-layer GEMMs + prefill attention,
+# per-layer all-reduces, the LM head
+StageTerms = tuple[float | None, GpuSpec | None, int, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -158,11 +162,12 @@ class CostModel:
         return out
 
     def _stage_terms(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
-                     decode_batch: int) -> tuple:
+                     decode_batch: int) -> StageTerms:
         """What a stage time needs besides the decode context: (the stage time when it does not depend on
         the context, else None; the GPU; layers per stage; per layer the GEMMs over all tokens plus the
         prefill attention; the all-reduces per layer; the LM head). ``_stage_at`` finishes it."""
-        prefill_tokens = prefill_sq = 0  # both sums in one pass, in the order sum() adds them
+        prefill_tokens: float = 0  # both sums in one pass, from 0 in the order sum() adds them
+        prefill_sq: float = 0
         for c, p in prefill_chunks:
             prefill_tokens += c
             prefill_sq += c * (c + 2 * p)
@@ -216,7 +221,7 @@ class CostModel:
                              ACTIVATION_BYTES * m.hidden_size * m.vocab_size / cfg.tp), gpu) / cfg.pp
         return (None, gpu, math.ceil(m.num_layers / cfg.pp), total, comm, lm_head)
 
-    def _stage_at(self, cfg: ReplicaConfig, terms: tuple, decode_batch: int,
+    def _stage_at(self, cfg: ReplicaConfig, terms: StageTerms, decode_batch: int,
                   decode_ctx_total: float) -> float:
         """A stage time from ``_stage_terms`` at one decode context: one layer is its GEMMs, prefill and
         decode attention (the only term that reads the context), scaled by the calibration's layer
@@ -224,6 +229,7 @@ class CostModel:
         fixed, gpu, layers, total, comm, lm_head = terms
         if fixed is not None:
             return fixed
+        assert gpu is not None  # _stage_terms leaves it out only with a fixed time
         if decode_batch > 0:
             op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
             op = self._op_cache.get(op_key)
@@ -278,20 +284,20 @@ class CostModel:
         micro = split_micro_batches(prefill_chunks, decode_batch, cfg.pp, self.batched_tokens(cfg))
         per_seq_ctxs = tuple(ctx / decode_batch if decode_batch else 0.0 for ctx in decode_ctx_totals)
         priced: dict[MicroBatch, tuple[float, ...]] = {}  # micro-batches of decodes alone are often alike
-        stages = []  # per micro-batch: its stage time at each context
+        per_mb = []  # per micro-batch: its stage time at each context
         for mb in micro:
             times = priced.get(mb)
             if times is None:
                 times = priced[mb] = self.stage_times_s(
                     cfg, mb.chunks, mb.decodes, tuple(per_seq * mb.decodes for per_seq in per_seq_ctxs))
-            stages.append(times)
+            per_mb.append(times)
         largest = max((mb.tokens for mb in micro), default=0.0)
         hop_key: tuple[object, ...] = ("send_recv", cfg.gpu_type, largest)
         hop = self._op_cache.get(hop_key)
         if hop is None:
             hop = self._op_cache[hop_key] = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES,
                                                         True, self.gpu(cfg).intra_node_gbps)
-        return tuple(ring_round_s([times[k] for times in stages], cfg.pp) + (cfg.pp - 1) * hop + overhead_s
+        return tuple(ring_round_s([times[k] for times in per_mb], cfg.pp) + (cfg.pp - 1) * hop + overhead_s
                      for k in range(len(decode_ctx_totals)))
 
     def step_overhead_s(self, cfg: ReplicaConfig) -> float:
