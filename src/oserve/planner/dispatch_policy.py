@@ -202,6 +202,21 @@ class LoadIndex:
         return self._by_load[self.least]
 
 
+def _highest_credit_at_least(credits: npt.NDArray[np.float64],
+                             outstanding: Sequence[int] | npt.NDArray[np.int64], least: LoadIndex) -> int:
+    """Among the columns at the least load (their keys are the least, equal shares): the highest
+    credit, then the lower index, as the ``where``/``argmax`` over all columns would pick."""
+    ties = least.at_least()
+    if len(ties) > SMALL_SET:
+        return int(np.where(np.asarray(outstanding) == least.least, credits, -np.inf).argmax())
+    best, best_credit = -1, 0.0
+    for c in ties:
+        v = credits.item(c)
+        if best < 0 or v > best_credit or (v == best_credit and c < best):
+            best, best_credit = c, v
+    return best
+
+
 class Dispatcher:
     """``choose_replica`` for one caller that owns the state: the same choices, the state kept in place.
 
@@ -235,6 +250,10 @@ class Dispatcher:
         self._credits: list[Any] = [[0.0] * len(a) if small else np.zeros(len(a))
                                     for a, small in zip(self._allowed, self._small)]
         self._position = [{r: j for j, r in enumerate(a)} for a in self._allowed]
+        # least-outstanding over every replica with equal shares, large: the choice is among the least
+        # loaded replicas of a LoadIndex, when the caller keeps one (column j is replica j)
+        self._by_ties = [policy == "least-outstanding" and not small and full and uniform
+                         for small, full, uniform in zip(self._small, self._full, self._uniform)]
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
     def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
@@ -246,10 +265,15 @@ class Dispatcher:
         when given, is ``outstanding`` grouped by value (a large fleet's shortcut, same choices)."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
+        credits = self._credits[type_id]
+        if least is not None and self._by_ties[type_id]:  # the large homogeneous fleet's usual case
+            credits += self._weights[type_id]
+            j = _highest_credit_at_least(credits, outstanding, least)
+            credits[j] -= 1.0
+            return j
         allowed = self._allowed[type_id]
         policy = self.policy
-        credits = self._credits[type_id]
-        if policy == "least-outstanding" and not self._small[type_id]:  # the large fleet's usual case
+        if policy == "least-outstanding" and not self._small[type_id]:
             j = self._pick_large(credits, type_id, outstanding, least)
             credits[j] -= 1.0
             return allowed[j]
@@ -308,15 +332,7 @@ class Dispatcher:
         if self.policy == "round-robin":
             return int(credits.argmax())  # the first maximum: the lower index on ties
         if least is not None and self._full[type_id] and self._uniform[type_id]:
-            ties = least.at_least()  # the least keys (below): the highest credit, then the lower index
-            if len(ties) > SMALL_SET:
-                return int(np.where(np.asarray(outstanding) == least.least, credits, -np.inf).argmax())
-            best, best_credit = -1, 0.0
-            for c in ties:
-                v = credits.item(c)
-                if best < 0 or v > best_credit or (v == best_credit and c < best):
-                    best, best_credit = c, v
-            return best
+            return _highest_credit_at_least(credits, outstanding, least)
         counts = np.asarray(outstanding)
         load = counts if self._full[type_id] else counts[self._index[type_id]]
         # with equal shares (load + 1) / share orders and ties exactly as the integer load does (the

@@ -80,10 +80,13 @@ class DecodeSet:
         (step 0 is the next one)."""
         bt = self.block_tokens
         k = end_step - first_step
-        total = (k // bt) * self.count
-        residues, tick = self._residues, self.tick
-        for j in range(first_step + (k // bt) * bt, end_step):
-            total += residues[-(tick + j) % bt]
+        total = (k // bt) * self.count  # every member crosses one boundary per bt steps
+        r = k % bt
+        if r:  # the last r steps: residues -(tick + j) % bt for consecutive j, a descending cyclic range
+            residues = self._residues
+            hi = -(self.tick + end_step - r) % bt  # the first of them; then hi - 1, ..., hi - r + 1
+            lo = hi - r + 1
+            total += sum(residues[lo:hi + 1]) if lo >= 0 else sum(residues[:hi + 1]) + sum(residues[lo:])
         return total
 
     def advance(self, steps: int) -> list[Seq]:
