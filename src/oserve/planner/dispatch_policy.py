@@ -217,6 +217,27 @@ def _highest_credit_at_least(credits: npt.NDArray[np.float64],
     return best
 
 
+def _is_power_of_two(share: float) -> bool:
+    """``share`` = 2^-k, k <= 20: sums of it and of integers below 2^33 in magnitude are then exact."""
+    mantissa, exponent = np.frexp(share)
+    return bool(mantissa == 0.5) and -19 <= int(exponent) <= 1
+
+
+def _fewest_chosen_at_least(chosen: list[int], outstanding: Sequence[int] | npt.NDArray[np.int64],
+                            least: LoadIndex) -> int:
+    """``_highest_credit_at_least`` on credits in count form: the fewest choices, then the lower index."""
+    ties = least.at_least()
+    if len(ties) > SMALL_SET:
+        counts = np.asarray(chosen)
+        return int(np.where(np.asarray(outstanding) == least.least, counts, counts.max() + 1).argmin())
+    best, best_count = -1, 0
+    for c in ties:
+        v = chosen[c]
+        if best < 0 or v < best_count or (v == best_count and c < best):
+            best, best_count = c, v
+    return best
+
+
 class Dispatcher:
     """``choose_replica`` for one caller that owns the state: the same choices, the state kept in place.
 
@@ -254,6 +275,14 @@ class Dispatcher:
         # loaded replicas of a LoadIndex, when the caller keeps one (column j is replica j)
         self._by_ties = [policy == "least-outstanding" and not small and full and uniform
                          for small, full, uniform in zip(self._small, self._full, self._uniform)]
+        # Such a type's credits in count form, when its share is a power of two (an equal share over
+        # 2^k replicas): every float operation on them (+ share, - 1) is then exact, so credit j is
+        # exactly routed * share - chosen[j], and the highest credit is the fewest choices. Kept as
+        # Python ints (no numpy call per request) until another path needs the floats (``_floats``).
+        self._chosen: list[list[int] | None] = [
+            [0] * len(a) if ties and _is_power_of_two(w[0]) else None
+            for a, ties, w in zip(self._allowed, self._by_ties, self._shares)]
+        self._routed = [0] * table.num_types
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
     def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
@@ -265,8 +294,14 @@ class Dispatcher:
         when given, is ``outstanding`` grouped by value (a large fleet's shortcut, same choices)."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
-        credits = self._credits[type_id]
-        if least is not None and self._by_ties[type_id]:  # the large homogeneous fleet's usual case
+        chosen = self._chosen[type_id]
+        if chosen is not None and least is not None:  # the large homogeneous fleet's usual case
+            j = _fewest_chosen_at_least(chosen, outstanding, least)
+            chosen[j] += 1
+            self._routed[type_id] += 1
+            return j
+        credits = self._credits[type_id] if chosen is None else self._floats(type_id)
+        if least is not None and self._by_ties[type_id]:
             credits += self._weights[type_id]
             j = _highest_credit_at_least(credits, outstanding, least)
             credits[j] -= 1.0
@@ -341,12 +376,24 @@ class Dispatcher:
         # the highest credit among the least keys, then the lower index (argmax: the first maximum)
         return int(np.where(key == key.min(), credits, -np.inf).argmax())
 
+    def _floats(self, type_id: int) -> Any:
+        """A type's credits as floats, leaving the count form for good if it was in it (exact: see
+        ``_chosen``)."""
+        chosen = self._chosen[type_id]
+        if chosen is not None:
+            self._credits[type_id] = self._routed[type_id] * self._weights[type_id] - np.asarray(
+                chosen, dtype=np.float64)
+            self._chosen[type_id] = None
+        return self._credits[type_id]
+
     def state(self) -> DispatchState:
         """The equivalent ``DispatchState`` (for checks against ``choose_replica``)."""
         rows = []
         for t, allowed in enumerate(self._allowed):
             row = [0.0] * self.table.num_replicas
-            credits = self._credits[t]
+            chosen = self._chosen[t]
+            credits = (self._credits[t] if chosen is None else
+                       self._routed[t] * self._weights[t] - np.asarray(chosen, dtype=np.float64))
             for r, c in zip(allowed, credits.tolist() if isinstance(credits, np.ndarray) else credits):
                 row[r] = c
             for r, c in self._off_plan[t].items():

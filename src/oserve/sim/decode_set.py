@@ -97,13 +97,17 @@ class DecodeSet:
         if not heap or heap[0][0] > self.tick:  # nobody finishes (most steps)
             return []
         done = []
-        while heap and heap[0][0] <= self.tick:
+        tick, bt, residues = self.tick, self.block_tokens, self._residues
+        while heap and heap[0][0] <= tick:
             seq = heapq.heappop(heap)[2]
             base = seq.num_cached - seq.tick0
-            self._residues[base % self.block_tokens] -= 1
+            residues[base % bt] -= 1
             self._base_sum -= base
             self.count -= 1
-            self.sync(seq, 0)
+            # self.sync(seq, 0), inline: its true counters, no step in flight
+            seq.num_cached = cached = base + tick
+            seq.num_generated += tick - seq.tick0
+            seq.num_blocks = -(-cached // bt)
             seq.tick0 = -1
             done.append(seq)
         return done
