@@ -223,19 +223,40 @@ def _is_power_of_two(share: float) -> bool:
     return bool(mantissa == 0.5) and -19 <= int(exponent) <= 1
 
 
-def _fewest_chosen_at_least(chosen: list[int], outstanding: Sequence[int] | npt.NDArray[np.int64],
-                            least: LoadIndex) -> int:
-    """``_highest_credit_at_least`` on credits in count form: the fewest choices, then the lower index."""
-    ties = least.at_least()
-    if len(ties) > SMALL_SET:
-        counts = np.asarray(chosen)
-        return int(np.where(np.asarray(outstanding) == least.least, counts, counts.max() + 1).argmin())
-    best, best_count = -1, 0
-    for c in ties:
-        v = chosen[c]
-        if best < 0 or v < best_count or (v == best_count and c < best):
-            best, best_count = c, v
-    return best
+class _ChoiceCounts:
+    """One type's credits in count form (see ``Dispatcher``): credit j = routed * share - chosen[j],
+    exactly, so the highest credit among the least loaded columns is the fewest choices, then the lower
+    index. Each column's key is ``chosen * n + column`` (distinct keys in that order), so the pick is one
+    ``min``; over more than ``SMALL_SET * 4`` ties a numpy mirror of the keys is scanned instead."""
+
+    __slots__ = ("n", "keys", "mirror", "routed")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.keys = list(range(n))
+        self.mirror = np.arange(n, dtype=np.int64) if n > 4 * SMALL_SET else None
+        self.routed = 0
+
+    def pick(self, outstanding: Sequence[int] | npt.NDArray[np.int64], least: LoadIndex) -> int:
+        """Choose among the least loaded columns and count the choice."""
+        ties = least.at_least()
+        keys = self.keys
+        if self.mirror is None or len(ties) <= 4 * SMALL_SET:
+            j = min(ties, key=keys.__getitem__)
+        else:
+            j = int(np.where(np.asarray(outstanding) == least.least, self.mirror, _NO_KEY).argmin())
+        if self.mirror is not None:
+            self.mirror[j] += self.n
+        keys[j] += self.n
+        self.routed += 1
+        return j
+
+    def credits(self, share: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        chosen = np.asarray(self.keys, dtype=np.int64) // self.n
+        return self.routed * share - chosen.astype(np.float64)
+
+
+_NO_KEY = np.iinfo(np.int64).max
 
 
 class Dispatcher:
@@ -279,10 +300,9 @@ class Dispatcher:
         # 2^k replicas): every float operation on them (+ share, - 1) is then exact, so credit j is
         # exactly routed * share - chosen[j], and the highest credit is the fewest choices. Kept as
         # Python ints (no numpy call per request) until another path needs the floats (``_floats``).
-        self._chosen: list[list[int] | None] = [
-            [0] * len(a) if ties and _is_power_of_two(w[0]) else None
+        self._chosen: list[_ChoiceCounts | None] = [
+            _ChoiceCounts(len(a)) if ties and _is_power_of_two(w[0]) else None
             for a, ties, w in zip(self._allowed, self._by_ties, self._shares)]
-        self._routed = [0] * table.num_types
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
     def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
@@ -296,10 +316,7 @@ class Dispatcher:
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
         chosen = self._chosen[type_id]
         if chosen is not None and least is not None:  # the large homogeneous fleet's usual case
-            j = _fewest_chosen_at_least(chosen, outstanding, least)
-            chosen[j] += 1
-            self._routed[type_id] += 1
-            return j
+            return chosen.pick(outstanding, least)
         credits = self._credits[type_id] if chosen is None else self._floats(type_id)
         if least is not None and self._by_ties[type_id]:
             credits += self._weights[type_id]
@@ -381,8 +398,7 @@ class Dispatcher:
         ``_chosen``)."""
         chosen = self._chosen[type_id]
         if chosen is not None:
-            self._credits[type_id] = self._routed[type_id] * self._weights[type_id] - np.asarray(
-                chosen, dtype=np.float64)
+            self._credits[type_id] = chosen.credits(self._weights[type_id])
             self._chosen[type_id] = None
         return self._credits[type_id]
 
@@ -392,8 +408,7 @@ class Dispatcher:
         for t, allowed in enumerate(self._allowed):
             row = [0.0] * self.table.num_replicas
             chosen = self._chosen[t]
-            credits = (self._credits[t] if chosen is None else
-                       self._routed[t] * self._weights[t] - np.asarray(chosen, dtype=np.float64))
+            credits = self._credits[t] if chosen is None else chosen.credits(self._weights[t])
             for r, c in zip(allowed, credits.tolist() if isinstance(credits, np.ndarray) else credits):
                 row[r] = c
             for r, c in self._off_plan[t].items():

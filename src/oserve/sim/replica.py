@@ -45,6 +45,15 @@ from oserve.sim.step_timer import StepTimer, decode_run_s, decode_steps_within
 class ReplicaSim:
     """A replica's state; ``start``/``on_step_end``/``on_arrival`` return the next step's end time."""
 
+    # slots: a large fleet's replicas are touched in turn, one event each; compact objects keep more
+    # of them in the CPU's caches (and slot reads are cheaper than dict lookups)
+    __slots__ = ("_decoding", "_fresh", "_joining", "_lazy", "_lazy_batch", "_num_dead", "_prefilling",
+                 "_running", "_to_extract", "accepting", "batch", "batching", "busy_bins", "busy_s",
+                 "decode_runs", "decode_tokens", "extracted", "fast", "held", "incoming", "num_events",
+                 "num_preemptions", "num_reference_steps", "num_steps", "num_transferring", "pool",
+                 "prefill_tokens", "prefilled", "replica_id", "reserved", "role", "run_steps",
+                 "step_end_s", "step_start_s", "timer", "util_bin_s", "version", "waiting")
+
     def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
                  util_bin_s: float = 60.0, decode_runs: bool = True, role: str = COLOCATED,
                  fast: bool = True) -> None:
