@@ -1,18 +1,20 @@
 """The simulator's CPU cost per event against the fleet size, with runs long enough to amortise set-up.
 
-``bench/scale_bench.py``'s replica sweep keeps the requests per replica constant, so its small fleets
-run a few hundred events, whose cost is mostly fixed set-up and the step timer's first misses (a
-fixed cost per distinct step shape). Here every fleet size serves the same number of requests
-(``--requests``) at the same load per replica (Llama-2-70B's default plan on ``replicas / 2`` nodes of
-8 H100s, the conv trace tiled and replayed at 60% of the plan's predicted capacity, as scale_bench), so
-every case has about as many events and distinct step shapes. Each case runs in its own process: once
+``bench/scale_bench.py``'s replica sweep keeps the requests per replica constant and small, so its
+small fleets run a few hundred events, whose cost is mostly fixed set-up and the step timer's first
+misses (a fixed cost per distinct step shape), and its large fleets spend much of their run filling up
+from idle. Here every case serves at least ``--min-requests`` requests and at least
+``--requests-per-replica`` per replica (past the start-up), at the same load per replica (Llama-2-70B's
+default plan on ``replicas / 2`` nodes of 8 H100s, the conv trace tiled and replayed at 60% of the
+plan's predicted capacity, as scale_bench). Each case runs in its own process: once
 cold (what a user runs: its CPU time, the misses' share of it) and then ``--warm-repeats`` times on the
 warm step-timer cache (no misses at all: the event loop alone; the minimum is reported). With
 ``--baseline-src DIR`` each case also runs on that source tree, alternately, ``--rounds`` times (the
 minimum per tree; pairs in one run are what a shared machine can compare), and the event counts, P99
 and in-system area must agree.
 
-    python bench/sim_event_cost.py [--replicas 2,8,32,128,512,1024] [--requests 20000]
+    python bench/sim_event_cost.py [--replicas 2,8,32,128,512,1024] [--min-requests 20000]
+        [--requests-per-replica 200]
         [--baseline-src /path/to/old/src] [--rounds 2] [--name sim_event_cost]
 
 Writes bench/results/<name>.{json,md}.
@@ -89,10 +91,11 @@ def _best(rows: list[dict]) -> dict:
     return out
 
 
-def sweep(replicas: list[int], requests: int, warm_repeats: int, baseline: str | None, rounds: int,
-          cluster: str | None = None) -> list[dict]:
+def sweep(replicas: list[int], min_requests: int, per_replica: int, warm_repeats: int,
+          baseline: str | None, rounds: int, cluster: str | None = None) -> list[dict]:
     rows = []
     for r in replicas:
+        requests = max(min_requests, per_replica * r)
         args = ["--case", json.dumps({"replicas": r, "requests": requests, "warm_repeats": warm_repeats,
                                       "cluster": cluster})]
         new, old = [], []
@@ -147,7 +150,8 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--replicas", default="2,8,32,128,512,1024")
-    ap.add_argument("--requests", type=int, default=20_000, help="requests of every case")
+    ap.add_argument("--min-requests", type=int, default=20_000, help="fewest requests of a case")
+    ap.add_argument("--requests-per-replica", type=int, default=200, help="fewest requests per replica")
     ap.add_argument("--cluster", default=None, help="one cluster instead of the sweep (e.g. 32x8xH100)")
     ap.add_argument("--warm-repeats", type=int, default=2)
     ap.add_argument("--baseline-src", default=None, help="another source tree, run alternately")
@@ -167,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": " ".join(["python bench/sim_event_cost.py",
                                    *(argv if argv is not None else sys.argv[1:])])}
     sizes = [0] if args.cluster else [int(x) for x in args.replicas.split(",")]
-    report["rows"] = sweep(sizes, args.requests, args.warm_repeats, args.baseline_src, args.rounds,
-                           args.cluster)
+    report["rows"] = sweep(sizes, args.min_requests, args.requests_per_replica, args.warm_repeats,
+                           args.baseline_src, args.rounds, args.cluster)
     report["spread"] = {"cold": spread(report["rows"], "cold_us_per_event"),
                         "cold_without_misses": spread(report["rows"], "cold_us_per_event_without_misses"),
                         "warm": spread(report["rows"], "warm_us_per_event")}

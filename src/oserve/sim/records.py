@@ -57,10 +57,6 @@ class Records:
     def drop(self, i: int, reason: str) -> None:
         self.drop_code[i] = _REASON_CODE[reason]
 
-    def admitted(self, i: int, type_id: int, prompt: int, output: int) -> Seq:
-        self.in_system += 1
-        return Seq(i, type_id, prompt, output)
-
     def finished(self, seqs: list[Seq], t: float) -> None:
         finish, pre = self.finish, self.preemptions
         for seq in seqs:

@@ -361,7 +361,7 @@ class ReplicaSim:
             seq = waiting[0]
             chunk = min(seq.prefill_target, budget)
             reserve = cfg.watermark_blocks if len(running) > self._num_dead else 0
-            if pool.blocks_for(chunk) + reserve > pool.num_free:
+            if -(-chunk // pool.block_tokens) + reserve > pool.num_free:  # pool.blocks_for, inline
                 break
             admit(seq, chunk, running, waiting, pool, batch)
             seq.tick0 = -1

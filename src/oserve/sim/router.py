@@ -85,7 +85,11 @@ class Router:
                num_decoding: int = 0) -> None:
         """A replica's load changed (no-op for replicas the router does not route to); the prefill
         backlog and decode count matter only when ``needs_backlog``."""
-        if replica_id >= len(self._column) or (c := self._column[replica_id]) < 0:
+        try:
+            c = self._column[replica_id]
+        except IndexError:  # a replica added after the table (a switch's, not routed to yet)
+            return
+        if c < 0:
             return
         if self._outstanding_now[c] != num_outstanding:
             self._outstanding_now[c] = self.outstanding[c] = num_outstanding

@@ -436,7 +436,8 @@ class Simulation:
             if self.budget is not None:
                 self.budget.dropped(i)
         else:
-            self.admit(rec.admitted(i, type_id, prompt, output), t)
+            rec.in_system += 1  # admitted: in the system until it finishes or the run ends
+            self.admit(Seq(i, type_id, prompt, output), t)
 
     def _live_seqs(self) -> list[Seq]:
         """Sequences still in the system at the end (their preemption counts go into the records)."""
