@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale_bench import LOAD_OF_CAPACITY, MODEL, tiled_trace  # noqa: E402
-
 from oserve.common.provenance import git_revision  # noqa: E402
+from scale_bench import LOAD_OF_CAPACITY, MODEL, tiled_trace  # noqa: E402
 
 
 def one_case(replicas: int, requests: int, warm_repeats: int, cluster: str | None = None) -> dict:
@@ -47,9 +46,11 @@ def one_case(replicas: int, requests: int, warm_repeats: int, cluster: str | Non
     cost = CostModel(load_models().get(MODEL))
     base = prepare_trace("azure-conv", cost)
     # the default plan runs Llama-2-70B as TP4: two replicas per 8-GPU node
-    plan = plan_for(parse_cluster(cluster or f"{max(1, replicas // 2)}x8xH100"), cost, base, "default")
+    cluster = cluster or f"{max(1, replicas // 2)}x8xH100"
+    plan = plan_for(parse_cluster(cluster), cost, base, "default")
     trace = tiled_trace(requests, base.trace)
-    trace = trace.scaled(LOAD_OF_CAPACITY * plan.demand_scale * base.trace.mean_rate_rps / trace.mean_rate_rps)
+    rate_rps = LOAD_OF_CAPACITY * plan.demand_scale * base.trace.mean_rate_rps
+    trace = trace.scaled(rate_rps / trace.mean_rate_rps)
     prepared = PreparedTrace(trace, base.types, base.types.stats(trace), 0)
     timers: dict = {}
     c0 = time.process_time()
@@ -106,8 +107,9 @@ def sweep(replicas: list[int], min_requests: int, per_replica: int, warm_repeats
         row = _best(new)
         if baseline:
             b = _best(old)
-            row["baseline"] = {k: b[k] for k in ("cold_cpu_s", "warm_cpu_s", "miss_cpu_s", "cold_us_per_event",
-                                                  "warm_us_per_event", "events", "p99_e2e_s")}
+            row["baseline"] = {k: b[k] for k in ("cold_cpu_s", "warm_cpu_s", "miss_cpu_s",
+                                                  "cold_us_per_event", "warm_us_per_event", "events",
+                                                  "p99_e2e_s")}
             row["same_events_p99_area"] = ((b["events"], b["p99_e2e_s"], b["in_system_area"])
                                            == (row["events"], row["p99_e2e_s"], row["in_system_area"]))
             row["cold_ratio"] = round(row["cold_cpu_s"] / b["cold_cpu_s"], 3)
@@ -136,7 +138,8 @@ def markdown(report: dict) -> str:
     for r in rows:
         line = (f"| {r['replicas']:,} | {r['requests']:,} | {r['events']:,} | {r['cold_us_per_event']:.1f} | "
                 f"{r['cold_us_per_event_without_misses']:.1f} | {r['warm_us_per_event']:.1f} | "
-                f"{r['cold_requests_per_cpu_s']:,} | {r['warm_requests_per_cpu_s']:,} | {r['hit_rate']:.1%} |")
+                f"{r['cold_requests_per_cpu_s']:,} | {r['warm_requests_per_cpu_s']:,} | "
+                f"{r['hit_rate']:.1%} |")
         if has_base:
             line += (f" {r['cold_ratio']:.2f} | {r['warm_ratio']:.2f} | "
                      f"{'yes' if r['same_events_p99_area'] else 'NO'} |")

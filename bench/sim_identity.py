@@ -1,7 +1,7 @@
 """Request-by-request identity of the simulator across two code versions.
 
-``python bench/sim_identity.py dump OUT.pkl [--adaptive] [--large]`` runs the bench/sim_speed.py cases (headline,
-by requests, by replicas, by rate), every dispatch policy and both batching modes on a 16-GPU
+``python bench/sim_identity.py dump OUT.pkl [--adaptive] [--large]`` runs the bench/sim_speed.py cases
+(headline, by requests, by replicas, by rate), every dispatch policy and both batching modes on a 16-GPU
 Llama-2-13B window of the mix trace, the ``drop`` context policy, and with ``--adaptive`` a subset of
 bench/adaptive_bench.py (phases13 in every mode, phases70 switch-p2p and blind-p2p, with and without
 re-dispatch), and with ``--large`` the 256-GPU case of bench/scale_bench.py and other large fleets
@@ -76,9 +76,8 @@ def large_runs(requests: int = 0):
     """(name, SimResult) on large fleets of Llama-2-70B's default plan (TP4, two replicas per node):
     the conv trace tiled and replayed at 60% of the plan's predicted capacity, as bench/scale_bench.py."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from scale_bench import LOAD_OF_CAPACITY, tiled_trace
-
     from oserve.sim.experiment import PreparedTrace
+    from scale_bench import LOAD_OF_CAPACITY, tiled_trace
 
     cost = CostModel(load_models().get("llama-2-70b"))
     base = prepare_trace("azure-conv", cost)
