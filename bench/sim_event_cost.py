@@ -113,15 +113,16 @@ def sweep(replicas: list[int], min_requests: int, per_replica: int, warm_repeats
             row["same_events_p99_area"] = ((b["events"], b["p99_e2e_s"], b["in_system_area"])
                                            == (row["events"], row["p99_e2e_s"], row["in_system_area"]))
             row["cold_ratio"] = round(row["cold_cpu_s"] / b["cold_cpu_s"], 3)
-            row["warm_ratio"] = round(row["warm_cpu_s"] / b["warm_cpu_s"], 3)
+            row["warm_ratio"] = (round(row["warm_cpu_s"] / b["warm_cpu_s"], 3) if warm_repeats
+                                 else None)
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
 
 
-def spread(rows: list[dict], key: str) -> float:
+def spread(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key)]
-    return round(max(values) / min(values), 3) if values else float("nan")
+    return round(max(values) / min(values), 3) if values else None
 
 
 def markdown(report: dict) -> str:
@@ -135,18 +136,21 @@ def markdown(report: dict) -> str:
              "| cold requests/CPU s | warm requests/CPU s | hit rate |"
              + (" cold ratio to baseline | warm ratio | same events, P99, area |" if has_base else ""),
              "|" + "---|" * (12 if has_base else 9)]
+    def num(x, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
     for r in rows:
         line = (f"| {r['replicas']:,} | {r['requests']:,} | {r['events']:,} | {r['cold_us_per_event']:.1f} | "
-                f"{r['cold_us_per_event_without_misses']:.1f} | {r['warm_us_per_event']:.1f} | "
-                f"{r['cold_requests_per_cpu_s']:,} | {r['warm_requests_per_cpu_s']:,} | "
+                f"{r['cold_us_per_event_without_misses']:.1f} | {num(r['warm_us_per_event'], '.1f')} | "
+                f"{r['cold_requests_per_cpu_s']:,} | {num(r['warm_requests_per_cpu_s'], ',')} | "
                 f"{r['hit_rate']:.1%} |")
         if has_base:
-            line += (f" {r['cold_ratio']:.2f} | {r['warm_ratio']:.2f} | "
+            line += (f" {r['cold_ratio']:.2f} | {num(r['warm_ratio'], '.2f')} | "
                      f"{'yes' if r['same_events_p99_area'] else 'NO'} |")
         lines.append(line)
     s = report["spread"]
     lines += ["", f"Largest over smallest per-event cost across the fleet sizes: cold {s['cold']:.2f}x, "
-              f"cold without misses {s['cold_without_misses']:.2f}x, warm {s['warm']:.2f}x."]
+              f"cold without misses {s['cold_without_misses']:.2f}x, warm {num(s['warm'], '.2f')}x."]
     return "\n".join(lines) + "\n"
 
 

@@ -170,8 +170,7 @@ class CostModelStepTimer:
         if batch == 0:
             return (self.cost_model.step_time_s(self.config, chunks), 0.0)
         c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
-        t1 = self.cost_model.step_time_s(self.config, chunks, batch, c1)
-        t2 = self.cost_model.step_time_s(self.config, chunks, batch, c2)
+        t1, t2 = self.cost_model.step_times_s(self.config, chunks, batch, (c1, c2))
         slope = (t2 - t1) / (c2 - c1)
         return (t1 - slope * c1, slope)
 
