@@ -105,8 +105,8 @@ def test_a_step_at_several_contexts_is_each_single_context_step(cfg):
         fresh = CostModel(load_models().get("llama-2-70b"))
         both = fresh.step_times_s(cfg, chunks, batch, ctxs)
         assert both == warm.step_times_s(cfg, chunks, batch, ctxs)
-        singles = tuple(CostModel(load_models().get("llama-2-70b")).step_time_s(cfg, chunks, batch, c)
-                        for c in ctxs)
+        singles = [CostModel(load_models().get("llama-2-70b")).step_time_s(cfg, chunks, batch, c)
+                   for c in ctxs]
         assert both == singles
-        assert fresh.stage_times_s(cfg, chunks, batch, ctxs) == tuple(
-            warm.stage_time_s(cfg, chunks, batch, c) for c in ctxs)
+        assert fresh.stage_times_s(cfg, chunks, batch, ctxs) == [
+            warm.stage_time_s(cfg, chunks, batch, c) for c in ctxs]

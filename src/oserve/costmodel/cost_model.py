@@ -252,11 +252,11 @@ class CostModel:
                               decode_ctx_total)
 
     def stage_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
-                      decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
+                      decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> list[float]:
         """``stage_time_s`` at each of several decode contexts (the same step otherwise): the terms that
         do not depend on the context are computed once, each result exactly as ``stage_time_s``'s."""
         terms = self._stage_terms(cfg, prefill_chunks, decode_batch)
-        return tuple(self._stage_at(cfg, terms, decode_batch, ctx) for ctx in decode_ctx_totals)
+        return [self._stage_at(cfg, terms, decode_batch, ctx) for ctx in decode_ctx_totals]
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -273,17 +273,17 @@ class CostModel:
         return self.step_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
 
     def step_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
-                     decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> tuple[float, ...]:
+                     decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> list[float]:
         """``step_time_s`` at each of several decode contexts, the rest of the step the same (the
         simulator's step timer fits a line through two): the micro-batch split and every term that does
         not depend on the context are computed once; each result is exactly ``step_time_s``'s."""
         overhead_s = self.step_overhead_s(cfg)
         if cfg.pp == 1:
             stages = self.stage_times_s(cfg, prefill_chunks, decode_batch, decode_ctx_totals)
-            return tuple(stage + overhead_s for stage in stages)
+            return [stage + overhead_s for stage in stages]
         micro = split_micro_batches(prefill_chunks, decode_batch, cfg.pp, self.batched_tokens(cfg))
         per_seq_ctxs = tuple(ctx / decode_batch if decode_batch else 0.0 for ctx in decode_ctx_totals)
-        priced: dict[MicroBatch, tuple[float, ...]] = {}  # micro-batches of decodes alone are often alike
+        priced: dict[MicroBatch, list[float]] = {}  # micro-batches of decodes alone are often alike
         per_mb = []  # per micro-batch: its stage time at each context
         for mb in micro:
             times = priced.get(mb)
@@ -297,8 +297,8 @@ class CostModel:
         if hop is None:
             hop = self._op_cache[hop_key] = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES,
                                                         True, self.gpu(cfg).intra_node_gbps)
-        return tuple(ring_round_s([times[k] for times in per_mb], cfg.pp) + (cfg.pp - 1) * hop + overhead_s
-                     for k in range(len(decode_ctx_totals)))
+        return [ring_round_s([times[k] for times in per_mb], cfg.pp) + (cfg.pp - 1) * hop + overhead_s
+                for k in range(len(decode_ctx_totals))]
 
     def step_overhead_s(self, cfg: ReplicaConfig) -> float:
         """The fixed cost of one engine step: the device's fitted value, else the engine default."""

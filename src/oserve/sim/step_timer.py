@@ -99,6 +99,10 @@ class CostModelStepTimer:
     lookups: int = 0
     misses: int = 0
     miss_s: float = 0.0
+    _pp: bool = field(init=False, repr=False)  # pipeline parallel: the largest chunk is in the key
+
+    def __post_init__(self) -> None:
+        self._pp = self.config.pp > 1
 
     @property
     def hit_rate(self) -> float | None:
@@ -127,7 +131,7 @@ class CostModelStepTimer:
             a, b = self.decode_line(decode_batch)
             return a + b * decode_ctx_total
         # with PP the largest chunk decides how the step splits over the pipeline: part of the key
-        largest = quantize(max_chunk_tokens) if self.config.pp > 1 and num_prefill > 1 else 0.0
+        largest = quantize(max_chunk_tokens) if self._pp and num_prefill > 1 else 0.0
         grid = self._grid
         tokens_q = grid.get(prefill_tokens)
         if tokens_q is None:
