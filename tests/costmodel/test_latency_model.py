@@ -182,6 +182,28 @@ def test_kv_per_sequence_is_output_weighted():
     assert not pred.overloaded and pred.types[1].attainment == pytest.approx(1.0)
 
 
+def test_a_decode_only_replica_holds_output_weighted_kv():
+    """The same rule on a decode-only replica of a group (``group_latency.predict_decode_only``):
+    regression, its context per sequence was rate-weighted, so a long prompt with a short answer made
+    one decode replica look KV-full (one-decode groups underpredicted 0.74x, docs/evaluation-
+    disaggregation.md)."""
+    from oserve.costmodel.group_latency import predict_decode_only
+
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    long_prompt, long_answer = LengthSample((2000,), (2,)), LengthSample((100,), (200,))
+    batch = (2 + 200) * 0.02
+    per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / (2 + 200)
+    rate_weighted = ((2000 + 1) + (100 + 100)) / 2
+    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    pred = predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
+                               np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2)
+    assert not pred.overloaded and pred.batch == pytest.approx(batch, rel=0.03)
+    assert pred.tpot_attainment == (1.0, 1.0)
+    cost.kv_tokens = int(batch * per_seq / 2 / 0.9)  # half of what the output-weighted batch holds
+    assert predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
+                               np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2).overloaded
+
+
 def test_kv_bound_burst_queues_instead_of_overloading():
     """More decoding sequences than the KV cache holds: overloaded when it lasts (stationary), a backlog
     that grows as a fluid over a burst of finite length. With the decode rate over capacity by x, a

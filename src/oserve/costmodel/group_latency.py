@@ -9,8 +9,10 @@ A group of ``num_prefill`` prefill replicas and ``num_decode`` decode replicas s
   (``costmodel.kv_transfer``, the last chunk's pass overlapping the transfer) and the decode replica's
   first step (plus half the step in flight when the sequence joins).
 * **Decode pool**: a decode replica runs decode-only steps, ``B = sum_t l_t O_t * d(B)`` by Little's law
-  (each sequence gets a token per step), so TPOT is ``d(B, ctx)`` with no prefill interference; more
-  sequences than ``max_num_seqs`` or than its KV cache holds (prompts included) is an overload.
+  (each sequence gets a token per step), so TPOT is ``d(B, ctx)`` with no prefill interference, ``ctx``
+  the output-weighted mean of ``I + O/2`` (what a decoding sequence holds, averaged over its steps, as in
+  ``latency_model``); more sequences than ``max_num_seqs`` or than its KV cache holds (prompts included)
+  is an overload.
 
 A type's attainment is ``P(TTFT ok) * P(TPOT ok)`` (the pools are independent queues), the
 request-weighted mean over regimes, as for a colocated replica.
@@ -48,9 +50,10 @@ def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample],
     per = [rates[t] / len(s.input_tokens) for t, s in enumerate(samples)]
     inp = [np.asarray(s.input_tokens, dtype=float) for s in samples]
     out = [np.asarray(s.output_tokens, dtype=float) for s in samples]
-    total = float(rates.sum())
-    ctx = sum(per[t] * float((inp[t] + out[t] / 2).sum()) for t in range(k)) / total
     out_rate = sum(per[t] * float(out[t].sum()) for t in range(k))
+    # KV tokens per decoding sequence, time-averaged: output-weighted (Little's law on token-seconds, as
+    # in ``latency_model``): a long prompt with a short answer holds its KV for a few steps only
+    ctx = sum(per[t] * float((out[t] * (inp[t] + out[t] / 2)).sum()) for t in range(k)) / max(out_rate, 1e-12)
     batch = 1.0
     for _ in range(8):  # B = out_rate * d(B): d grows slowly with B
         new = out_rate * model.decode_s(batch, ctx)
