@@ -231,6 +231,36 @@ def test_kv_bound_burst_queues_instead_of_overloading():
     assert short.types[0].ttft_attainment == pytest.approx(1.0)
 
 
+def test_a_kv_bound_burst_on_a_decode_replica_queues_instead_of_overloading():
+    """The same rule on a group's decode replica: overloaded when it lasts; over a burst it serves what
+    its cache holds and the excess waits as a fluid backlog, which the group adds to the TTFT
+    (regression: a KV-bound burst counted as overloaded, every request of it missing)."""
+    from oserve.costmodel.group_latency import GroupLatencyModel, predict_decode_only
+
+    class NoHandoff:  # test double of the KV hand-off: free and instant
+        def exposed_s(self, prompt_tokens, last_pass_s):
+            return 0.0
+
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 20 sequences at 10 req/s, the cache holds 20 / 1.5
+    model = ReplicaLatencyModel(cost, CFG)
+    slo = [Slo(2.0, 1.0)]
+    assert predict_decode_only(model, [sample], np.array([10.0]), slo).overloaded
+    burst = predict_decode_only(model, [sample], np.array([10.0]), slo, duration_s=10.0)
+    assert not burst.overloaded and burst.growth == pytest.approx(0.5, rel=0.03)
+    assert burst.batch <= 20 / 1.5 * 1.02 and burst.tpot_attainment == (1.0,)
+    group = GroupLatencyModel(model, model, 1, 1, NoHandoff())
+    regimes = Burstiness(np.zeros((1, 1)), np.zeros(1))
+    regimes._cache[0] = [Regime(0.8, (0.5,)), Regime(0.2, (3.0,))]  # the heavy one at 10 req/s
+    ttft, tpot = group.attainment_parts([sample], np.array([10.0 / 3.0]), slo, regimes, 1.0, 1.0)
+    # the heavy regime: a request t s into it waits 0.5 t, so (2 s - ~0.03 s) / (0.5 * 10 s) ~ 0.39 of
+    # it meets the TTFT bound; weighted by requests with the calm regime (all within)
+    w_calm, w_heavy = 0.8 * 0.5, 0.2 * 3.0
+    expected = (w_calm + w_heavy * (2.0 - 0.03) / 5.0) / (w_calm + w_heavy)
+    assert ttft[0] == pytest.approx(expected, abs=0.04) and tpot[0] == pytest.approx(1.0)
+
+
 def test_burst_regimes_last_their_window_for_the_kv_backlog():
     """predict() evaluates each burst regime for the trace's window length (10 s): a KV-bound regime
     queues there, while the same rates as a stationary stream are overloaded."""
