@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from oserve.common.provenance import git_revision
 from oserve.costmodel.catalog import load_models, parse_cluster
 from oserve.costmodel.cost_model import CostModel
@@ -72,6 +74,25 @@ def _setup(name: str, duration_s: float = 0.0) -> AdaptiveSetup:
                          warmup_s=120.0, forecaster="ewma", io=IoProfile.h100())
 
 
+def rate_profile(setup: AdaptiveSetup, peak_gpus: int) -> dict:
+    """How much a fleet sized to the traffic could save: the total rate per control window, and the
+    GPU-hours of a fleet resized every window, at no switch cost, to the peak-sized fleet's GPUs times
+    that window's share of the peak window's rate (rounded up). An estimate defined by the trace and the
+    peak-sized fleet alone, not by the loop; not a strict bound (capacity is not proportional to GPUs:
+    another configuration, or a fleet pooling fewer replicas, can carry more per GPU)."""
+    p = setup.prepared
+    arrivals = p.trace.arrival_s
+    width = setup.control_interval_s
+    ends = np.arange(width, float(arrivals[-1]) + width, width)
+    counts = [np.searchsorted(arrivals, e) - np.searchsorted(arrivals, e - width) for e in ends]
+    totals = np.asarray(counts, dtype=float) / width
+    gpus = np.ceil(peak_gpus * totals / totals.max() - 1e-9)
+    ideal = float(gpus.sum()) * width / 3600.0
+    return {"peak_window_rps": float(totals.max()), "mean_window_rps": float(totals.mean()),
+            "trough_window_rps": float(totals.min()), "peak_gpus": peak_gpus, "ideal_gpu_hours": ideal,
+            "ideal_ratio": peak_gpus * len(ends) * width / 3600.0 / ideal}
+
+
 def _entry(r: dict) -> dict:
     return {k: v for k, v in r.items() if k not in ("result", "timeline")}
 
@@ -93,6 +114,8 @@ def run(name: str, out: Path, duration_s: float = 0.0, modes: tuple[str, ...] = 
         for mode, r in compare(setup, modes).items():
             doc["modes"][mode] = _entry(r)
             timelines[mode] = r.get("timeline") or []
+        if "static-peak" in doc["modes"]:
+            doc["rate_profile"] = rate_profile(setup, doc["modes"]["static-peak"]["num_gpus_initial"])
     else:
         start = max(static_plan(setup, "oserve").predicted_goodput_scale or 1.0, 0.25)
         for mode in modes:
@@ -238,16 +261,28 @@ def markdown(docs: list[dict]) -> str:
                          f"{_ratio(gp, ref):.2f} | {r.get('num_switches', 0)} | "
                          f"{r.get('switching_s', 0.0):.0f} | {r.get('gpu_hours', float('nan')):.2f} | "
                          f"{ttft} | {tpot} |")
-    lines += ["", "| scenario | mode | GPU-hours | attainment per type | peak-sized / elastic GPU-hours |",
-              "|---|---|---:|---|---:|"]
+    lines += ["", "| scenario | mode | GPU-hours | attainment per type | meets target | "
+              "peak-sized / elastic GPU-hours |", "|---|---|---:|---|---|---:|"]
     for doc in docs:
         if doc["kind"] != "elastic":
             continue
         peak = doc["modes"].get("static-peak", {}).get("gpu_hours")
         for m, r in doc["modes"].items():
-            att = ", ".join(f"{a:.3f}" for a in r["attainment"]["per_type"] if a is not None)
-            lines.append(f"| {doc['scenario']} | {m} | {r['gpu_hours']:.2f} | {att} | "
+            per_type = [a for a in r["attainment"]["per_type"] if a is not None]
+            att = ", ".join(f"{a:.3f}" for a in per_type)
+            meets = "yes" if min(per_type) >= doc["attainment_target"] else "no"
+            lines.append(f"| {doc['scenario']} | {m} | {r['gpu_hours']:.2f} | {att} | {meets} | "
                          f"{_ratio(peak, r['gpu_hours']):.2f} |")
+    profiles = [d for d in docs if d.get("rate_profile")]
+    if profiles:
+        lines += ["", "Rate per control window, and a fleet resized every window to the peak-sized fleet's "
+                  "GPUs x the window's share of the peak rate (rounded up, no switch cost):", "",
+                  "| scenario | peak / mean / trough window (req/s) | peak-sized GPUs | proportional resize: "
+                  "peak-sized / resized GPU-hours |", "|---|---|---:|---:|"]
+        for d in profiles:
+            rp = d["rate_profile"]
+            lines.append(f"| {d['scenario']} | {rp['peak_window_rps']:.1f} / {rp['mean_window_rps']:.1f} / "
+                         f"{rp['trough_window_rps']:.1f} | {rp['peak_gpus']} | {rp['ideal_ratio']:.2f} |")
     return "\n".join(lines)
 
 

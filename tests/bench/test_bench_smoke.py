@@ -88,12 +88,63 @@ def test_adaptive_bench_smoke(tmp_path):
     assert doc["modes"]["elastic"]["summary"]["completed"] == doc["requests"]
     assert doc["modes"]["elastic"]["gpu_hours"] <= doc["modes"]["static-peak"]["gpu_hours"] + 1e-9
     assert (tmp_path / "adaptive" / "diurnal13.png").exists()
+    assert doc["rate_profile"]["peak_gpus"] == doc["modes"]["static-peak"]["num_gpus_initial"]
+    assert doc["rate_profile"]["ideal_ratio"] >= 1.0
     probes = ["--scenarios", "stable70", "--modes", "static-initial", "--scales", "0.5,1",
               "--duration-s", "120", "--out", str(tmp_path / "adaptive")]
     assert _script("adaptive_bench").main(probes) == 0
     doc = json.loads((tmp_path / "adaptive" / "stable70__probes__static-initial.json").read_text())
     assert [p["scale"] for p in doc["probes"]["static-initial"]] == [0.5, 1.0]
     assert all(len(p["per_type"]) == 4 for p in doc["probes"]["static-initial"])
+
+
+def test_adaptive_rate_profile_known_answer():
+    """The proportional-resize estimate: 4 peak-sized GPUs, three windows at the peak rate and one at half
+    of it need 4, 4, 4, 2 GPUs: 16 GPU-windows of the static fleet over 14, 1.14x."""
+    from dataclasses import replace
+
+    from oserve.sim.experiment import PreparedTrace
+    from oserve.workload.trace import Trace
+
+    bench = _script("adaptive_bench")
+    setup = bench._setup("diurnal13", duration_s=60.0)
+    rates = [10, 10, 5, 10]  # requests per second in each 60-s window
+    arrivals = np.concatenate([w * 60.0 + np.arange(r * 60) / r for w, r in enumerate(rates)])
+    ones = np.full(len(arrivals), 100)
+    trace = Trace(arrivals, ones, ones, "windows")
+    p = setup.prepared
+    setup = replace(setup, prepared=PreparedTrace(trace, p.types, p.types.stats(trace), 0))
+    rp = bench.rate_profile(setup, peak_gpus=4)
+    assert rp["peak_window_rps"] == pytest.approx(10) and rp["trough_window_rps"] == pytest.approx(5)
+    assert rp["ideal_gpu_hours"] == pytest.approx(14 * 60 / 3600)
+    assert rp["ideal_ratio"] == pytest.approx(16 / 14)
+
+
+def test_convcode_phases_oracle_pools_per_type_and_beats_every_single_fleet():
+    """The switching oracle pools each type's attainment over the two phases by request counts, picks the
+    best pair of fleets, and is never below the best single fleet (a pair may repeat a fleet)."""
+    tool = _script("convcode_phases")
+
+    def probe(att, counts):
+        return {"per_type": att, "counts": counts}
+
+    # fleet A: good on conv, poor on code; B: the reverse; C: middling on both
+    doc = {"scales": [1.0], "fleets": {
+        "A": {"phases": {"conv": {"probes": [probe([1.0, 1.0], [90, 10])]},
+                         "code": {"probes": [probe([0.5, 0.8], [10, 90])]}}},
+        "B": {"phases": {"conv": {"probes": [probe([0.8, 0.5], [90, 10])]},
+                         "code": {"probes": [probe([1.0, 1.0], [10, 90])]}}},
+        "C": {"phases": {"conv": {"probes": [probe([0.9, 0.9], [90, 10])]},
+                         "code": {"probes": [probe([0.9, 0.9], [10, 90])]}}}}}
+    out = tool.oracle(doc, 0.9)
+    (row,) = out["rows"]
+    assert row["best_per_phase"] == {"conv": "A", "code": "B"}
+    assert row["switching_oracle"] == pytest.approx([1.0, 1.0])
+    assert row["best_single_fleet"] == "C" and row["best_single"] == pytest.approx([0.9, 0.9])
+    # pooled by counts: A alone is (90 * 1.0 + 10 * 0.5) / 100 for type 0
+    assert tool._pooled(*(doc["fleets"]["A"]["phases"][ph]["probes"][0] for ph in ("conv", "code"))) == \
+        pytest.approx([0.95, (10 * 1.0 + 90 * 0.8) / 100])
+    assert out["switching_goodput"] == 1.0 and out["single_goodput"] == 1.0
 
 
 def test_sim_identity_smoke(tmp_path):
