@@ -1,11 +1,13 @@
 """Request-by-request identity of the simulator across two code versions.
 
-``python bench/sim_identity.py dump OUT.pkl [--adaptive]`` runs the bench/sim_speed.py cases (headline,
-by requests, by replicas, by rate), every dispatch policy and both batching modes on a 16-GPU
+``python bench/sim_identity.py dump OUT.pkl [--adaptive] [--large]`` runs the bench/sim_speed.py cases
+(headline, by requests, by replicas, by rate), every dispatch policy and both batching modes on a 16-GPU
 Llama-2-13B window of the mix trace, the ``drop`` context policy, and with ``--adaptive`` a subset of
 bench/adaptive_bench.py (phases13 in every mode, phases70 switch-p2p and blind-p2p, with and without
-re-dispatch). It stores every request's first-token and finish times, replica, preemptions and drop
-reason, the per-replica statistics, event counts, summaries and switching timelines.
+re-dispatch), and with ``--large`` the 256-GPU case of bench/scale_bench.py and other large fleets
+(48, 64 and 1,024 replicas, least-outstanding, spillover and round-robin: the router's large-fleet
+paths). It stores every request's first-token and finish times, replica, preemptions and drop reason,
+the per-replica statistics, event counts, summaries and switching timelines.
 ``compare A.pkl B.pkl`` prints, per run, IDENTICAL or what differs. Run ``dump`` once per version, with
 PYTHONPATH pointing at that version's src/.
 """
@@ -70,6 +72,27 @@ def static_runs(requests: int = 0):
     yield "context_drop", simulate_at(plan, mix, cost13, SimConfig(context_policy="drop", seed=3), 3.0)
 
 
+def large_runs(requests: int = 0):
+    """(name, SimResult) on large fleets of Llama-2-70B's default plan (TP4, two replicas per node):
+    the conv trace tiled and replayed at 60% of the plan's predicted capacity, as bench/scale_bench.py."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from oserve.sim.experiment import PreparedTrace
+    from scale_bench import LOAD_OF_CAPACITY, tiled_trace
+
+    cost = CostModel(load_models().get("llama-2-70b"))
+    base = prepare_trace("azure-conv", cost)
+    for nodes, n, policy in ((32, 30_000, "least-outstanding"), (24, 20_000, "least-outstanding"),
+                             (32, 20_000, "spillover"), (32, 20_000, "round-robin"),
+                             (512, 20_000, "least-outstanding")):
+        plan = plan_for(parse_cluster(f"{nodes}x8xH100-80GB"), cost, base, "default")
+        trace = tiled_trace(requests or n, base.trace)
+        trace = trace.scaled(LOAD_OF_CAPACITY * plan.demand_scale * base.trace.mean_rate_rps
+                             / trace.mean_rate_rps)
+        prepared = PreparedTrace(trace, base.types, base.types.stats(trace), 0)
+        yield (f"large_{2 * nodes}_replicas_{policy}",
+               simulate_at(plan, prepared, cost, SimConfig(dispatch=policy)))
+
+
 def adaptive_runs():
     """(name, SimResult, extra) of the adaptive subset."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -91,9 +114,9 @@ def adaptive_runs():
                 yield f"{name}_{mode}_{'redispatch' if redispatch else 'no_redispatch'}", r["result"], extra
 
 
-def dump(path: str, adaptive: bool = False, requests: int = 0) -> None:
+def dump(path: str, adaptive: bool = False, requests: int = 0, large: bool = False) -> None:
     out = {}
-    for name, res in static_runs(requests):
+    for name, res in [*static_runs(requests), *(large_runs(requests) if large else [])]:
         out[name] = fingerprint(res)
         print(f"{name}: {res.num_events} events, {res.wall_s:.1f} s", file=sys.stderr, flush=True)
     if adaptive:
@@ -156,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("dump")
     d.add_argument("out")
     d.add_argument("--adaptive", action="store_true")
+    d.add_argument("--large", action="store_true", help="also the large fleets (minutes)")
     d.add_argument("--requests", type=int, default=0, help="first N requests of each trace (smoke tests)")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
     args = ap.parse_args(argv)
     if args.command == "dump":
-        dump(args.out, args.adaptive, args.requests)
+        dump(args.out, args.adaptive, args.requests, args.large)
         return 0
     return 1 if compare_files(args.a, args.b) else 0
 

@@ -50,6 +50,21 @@ def spatial_dir(tmp_path_factory):
     return out
 
 
+def test_sim_event_cost_smoke(tmp_path):
+    """One tiny fleet, cold and warm, paired with the same tree as the baseline (so it must agree)."""
+    import oserve
+
+    src = str(Path(oserve.__file__).resolve().parents[1])
+    assert _script("sim_event_cost").main(["--replicas", "2", "--min-requests", "200",
+                                           "--requests-per-replica", "10", "--warm-repeats", "1",
+                                           "--baseline-src", src, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "sim_event_cost.json").read_text())
+    (row,) = report["rows"]
+    assert row["replicas"] == 2 and row["requests"] == 200 and row["events"] > 200
+    assert row["same_events_p99_area"] and row["warm_cpu_s"] > 0 and 0 < row["hit_rate"] <= 1
+    assert "| 2 | 200 |" in (tmp_path / "sim_event_cost.md").read_text()
+
+
 def test_spatial_eval_smoke(spatial_dir):
     doc = json.loads((spatial_dir / "llama-2-7b_8gpu_azure-code.json").read_text())
     assert "error" not in doc, doc.get("error")

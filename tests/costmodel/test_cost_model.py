@@ -118,3 +118,19 @@ def test_fit_recovers_shipped_calibration(profiles_dir):
     shipped = load_calibration()
     for k in OPERATOR_KINDS:
         assert cal.kinds[k].compute_eff == pytest.approx(shipped.kinds[k].compute_eff, rel=0.05)
+
+
+def test_step_times_at_several_contexts_are_the_single_calls_floats():
+    """``step_times_s`` shares the work that does not depend on the decode context; its floats are
+    exactly ``step_time_s``'s, with and without prefill, decode or pipeline stages."""
+    rng = np.random.default_rng(7)
+    cost = CostModel(load_models().get("llama-2-70b"))
+    for cfg in (ReplicaConfig("H100-80GB", 4), ReplicaConfig("A100-80GB", 8),
+                ReplicaConfig("H100-80GB", 2, pp=2)):
+        for _ in range(60):
+            chunks = tuple((float(rng.uniform(1, 3000)), float(rng.uniform(0, 2000)))
+                           for _ in range(int(rng.integers(0, 4))))
+            batch = int(rng.choice([0, 1, int(rng.integers(1, 256))]))
+            ctxs = (batch * 256.0, batch * 4096.0, batch * float(rng.uniform(1, 3000)))
+            assert cost.step_times_s(cfg, chunks, batch, ctxs) == [cost.step_time_s(cfg, chunks, batch, c)
+                                                                   for c in ctxs]

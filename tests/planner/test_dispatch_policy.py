@@ -190,3 +190,31 @@ def test_in_place_dispatcher_rejects_what_the_reference_rejects():
         Dispatcher(TABLE, "least-outstanding").choose(5, np.zeros(3, dtype=np.int64))
     with pytest.raises(ConfigError):
         Dispatcher(TABLE, "spillover").choose(0, np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("num_replicas", [32, 128])
+def test_count_form_credits_make_the_reference_choices_and_floats(num_replicas):
+    """Equal shares over a power of two of replicas: the dispatcher keeps those types' credits as
+    choice counts (exact: every float operation on such credits is). Over a long run, and after a call
+    without the LoadIndex turns them back into floats midway, the choices and the final credits are
+    choose_replica's, bit for bit."""
+    rng = np.random.default_rng(num_replicas)
+    table = DispatchTable.from_fractions([np.ones(num_replicas), np.ones(num_replicas)])
+    fast, state = Dispatcher(table), DispatchState.initial(table)
+    outstanding = np.zeros(num_replicas, dtype=np.int64)
+    least = LoadIndex(outstanding)
+    for i in range(3000):
+        t = 1 if i == 1500 else int(rng.integers(2))
+        # type 1 leaves the count form at request 1500 (a choice without the index), type 0 never
+        got = fast.choose(t, outstanding, least=None if i == 1500 else least)
+        ref, state = choose_replica(table, state, t, outstanding.tolist())
+        assert got == ref
+        outstanding[ref] += 1
+        done = rng.random(num_replicas) < 0.05
+        outstanding[done] = np.maximum(0, outstanding[done] - 1)
+        for c, load in enumerate(outstanding.tolist()):
+            least.move(c, load)
+        if i == 1000:
+            assert fast._chosen[0] is not None and fast._chosen[1] is not None  # the count form is used
+    assert fast._chosen[0] is not None and fast._chosen[1] is None
+    assert fast.state() == state

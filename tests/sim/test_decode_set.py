@@ -59,11 +59,12 @@ def test_fast_steps_equal_the_reference_scheduler(case):
 
 
 def test_new_blocks_counts_every_block_boundary():
-    """The histogram count against sequences advanced one token at a time."""
+    """The histogram count (slices of it, wrapping around the block) against sequences advanced one
+    token at a time, for every run length up to two blocks and past, from several starts."""
     rng = np.random.default_rng(1)
-    for bt in (1, 4, 16):
+    for bt, tick in ((1, 7), (4, 13), (16, 0), (16, 37), (7, 5)):
         ds = DecodeSet(bt)
-        ds.tick = int(rng.integers(0, 50))
+        ds.tick = tick
         seqs = []
         for i in range(20):
             s = Seq(i, 0, int(rng.integers(1, 90)), 1000)
@@ -71,9 +72,10 @@ def test_new_blocks_counts_every_block_boundary():
             s.num_generated = 1
             ds.add(s)
             seqs.append(s)
-        for first, end in ((0, 1), (0, 7), (1, 40), (3, 3 + 2 * bt + 1)):
-            want = sum(1 for s in seqs for j in range(first, end) if (s.num_cached + j) % bt == 0)
-            assert ds.new_blocks(first, end) == want
+        for first in range(4):
+            for end in range(first, first + 2 * bt + 3):
+                want = sum(1 for s in seqs for j in range(first, end) if (s.num_cached + j) % bt == 0)
+                assert ds.new_blocks(first, end) == want, (bt, tick, first, end)
 
 
 def test_a_run_cut_at_its_start_keeps_the_reference_block_counts():

@@ -20,6 +20,7 @@ from oserve.sim.api import simulate_plan
 from oserve.sim.batching import BatchingConfig
 from oserve.sim.config import SimConfig
 from oserve.sim.handoff import ConstantHandoff
+from oserve.sim.replica import ReplicaSim
 from oserve.sim.simulator import ReplicaSetup, Simulation
 from oserve.sim.step_timer import ConstantStepTimer
 
@@ -95,25 +96,27 @@ def test_least_outstanding_keeps_the_plans_split_beside_colocated_replicas():
     assert not sim._origin and all(n == 0 for n in sim._downstream.values())
 
 
-def test_kv_blocks_are_conserved_across_the_hand_off():
+def test_kv_blocks_are_conserved_across_the_hand_off(monkeypatch):
     """The prefill side keeps exactly the prompt's blocks until the transfer ends; the decode side
     reserves exactly as many before it starts; every pool is whole at the end."""
     sim = disagg_sim(1, 1)
     prefill, decode = sim.replicas
     seen = []
-    reserve, release = decode._try_reserve, prefill.release_held
+    reserve, release = ReplicaSim._try_reserve, ReplicaSim.release_held
 
-    def spy_reserve(seq):
-        ok = reserve(seq)
-        if ok:
+    def spy_reserve(rep, seq):  # replicas have slots: spied on through their class
+        ok = reserve(rep, seq)
+        if ok and rep is decode:
             seen.append(("reserved", seq.req_id, seq.num_blocks, prefill.held[seq.req_id]))
         return ok
 
-    def spy_release(seq, now_s):
-        seen.append(("released", seq.req_id, prefill.held[seq.req_id], seq.num_blocks))
-        return release(seq, now_s)
+    def spy_release(rep, seq, now_s):
+        if rep is prefill:
+            seen.append(("released", seq.req_id, prefill.held[seq.req_id], seq.num_blocks))
+        return release(rep, seq, now_s)
 
-    decode._try_reserve, prefill.release_held = spy_reserve, spy_release
+    monkeypatch.setattr(ReplicaSim, "_try_reserve", spy_reserve)
+    monkeypatch.setattr(ReplicaSim, "release_held", spy_release)
     arrivals, inputs, outputs = poisson_workload(200, 30.0, seed=5)
     res = run(sim, arrivals, inputs, outputs)
     assert res.completed.all()

@@ -36,12 +36,16 @@ def _simulate(fast: bool, dispatch: str, num_replicas: int, weights):
 
 
 @pytest.mark.parametrize("dispatch", ["least-outstanding", "spillover"])
-@pytest.mark.parametrize("num_replicas", [SMALL_SET + 8, 3 * SMALL_SET])
+@pytest.mark.parametrize("num_replicas", [SMALL_SET + 8, 3 * SMALL_SET, 2 * SMALL_SET])
 def test_large_fleet_fast_paths_equal_the_reference(dispatch, num_replicas):
+    """24 and 48 replicas: the even type's credits are floats; 32 (a power of two): in count form for
+    least-outstanding (the reference keeps floats throughout)."""
     even = (1.0 / num_replicas,) * num_replicas
     half = tuple(2.0 / num_replicas if r % 2 else 0.0 for r in range(num_replicas))  # not every replica
     (fast, fast_sim), (ref, _) = (_simulate(f, dispatch, num_replicas, (even, half)) for f in (True, False))
     assert fast_sim.router._least is not None  # the LoadIndex was used
+    counted = fast_sim.router._dispatcher._chosen[0] is not None
+    assert counted == (num_replicas == 2 * SMALL_SET and dispatch == "least-outstanding")
     for key in ARRAYS:
         np.testing.assert_array_equal(getattr(fast, key), getattr(ref, key), err_msg=key)
     assert fast.num_events == ref.num_events and fast.in_system_area == ref.in_system_area

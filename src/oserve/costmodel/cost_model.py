@@ -157,9 +157,9 @@ class CostModel:
             out["GEMM compute overhead"] = wf.compute_overhead
         return out
 
-    def _layer_s(self, cfg: ReplicaConfig, tokens: float, prefill_sq: float, num_prefill: float,
-                 decode_batch: float, decode_ctx_total: float) -> float:
-        """One layer on one shard: GEMMs over all tokens, prefill attention, decode attention."""
+    def _layer_base_s(self, cfg: ReplicaConfig, tokens: float, prefill_sq: float, num_prefill: float,
+                      decode_batch: float) -> float:
+        """A layer's GEMMs and prefill attention: what does not depend on the decode context."""
         gpu, m = self.gpu(cfg), self.model
         key = (cfg.gpu_type, cfg.tp, cfg.weight_format, tokens)
         total = self._gemm_cache.get(key)  # the GEMMs depend on the token count alone: memoised
@@ -184,16 +184,17 @@ class CostModel:
                 op = self._op_cache[op_key] = self._op_s("prefill",
                                                          Work(flops, nbytes, heads * num_prefill), gpu)
             total += op
-        if decode_batch > 0:
-            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
-            op = self._op_cache.get(op_key)
-            if op is None:
-                ctx = decode_ctx_total / decode_batch
-                kvf = kv_format(cfg.kv_cache_dtype)
-                op = self._op_cache[op_key] = self._op_s(
-                    kvf.profile_kind, decode_work_for(m, cfg.tp, decode_batch, ctx, kvf), gpu)
-            total += op
-        return total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
+        return total
+
+    def _decode_attention_s(self, cfg: ReplicaConfig, decode_batch: float, decode_ctx_total: float) -> float:
+        op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
+        op = self._op_cache.get(op_key)
+        if op is None:
+            ctx = decode_ctx_total / decode_batch
+            kvf = kv_format(cfg.kv_cache_dtype)
+            op = self._op_cache[op_key] = self._op_s(
+                kvf.profile_kind, decode_work_for(self.model, cfg.tp, decode_batch, ctx, kvf), self.gpu(cfg))
+        return op
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                      decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -201,19 +202,24 @@ class CostModel:
 
         ``prefill_chunks`` holds (new tokens, tokens already cached) per prefilling sequence.
         """
+        return self.stage_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
+
+    def stage_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
+                      decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> list[float]:
+        """``stage_time_s`` at each of several decode contexts (the same floats), the work that does
+        not depend on the context done once."""
         prefill_tokens = sum(c for c, _ in prefill_chunks)
         tokens = prefill_tokens + decode_batch
         if tokens <= 0:
-            return 0.0
+            return [0.0] * len(decode_ctx_totals)
         step_model = self.gpu(cfg).step_model
         prefill_sq = sum(c * (c + 2 * p) for c, p in prefill_chunks)
         if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
-            return (step_model.prefill_s_per_token * prefill_tokens
-                    + step_model.prefill_attention_s_per_token2 * prefill_sq
-                    + step_model.decode_s_per_seq * decode_batch) / cfg.pp
+            return [(step_model.prefill_s_per_token * prefill_tokens
+                     + step_model.prefill_attention_s_per_token2 * prefill_sq
+                     + step_model.decode_s_per_seq * decode_batch) / cfg.pp] * len(decode_ctx_totals)
         layers = math.ceil(self.model.num_layers / cfg.pp)
-        layer = self._layer_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch,
-                              decode_ctx_total)
+        base = self._layer_base_s(cfg, tokens, prefill_sq, len(prefill_chunks), decode_batch)
         comm = 0.0
         if cfg.tp > 1:
             comm_key: tuple[object, ...] = ("comm", cfg.gpu_type, cfg.tp, tokens)
@@ -230,7 +236,23 @@ class CostModel:
                 "gemm", Work(2.0 * sampled * self.model.hidden_size * self.model.vocab_size / cfg.tp,
                              ACTIVATION_BYTES * self.model.hidden_size * self.model.vocab_size / cfg.tp),
                 self.gpu(cfg)) / cfg.pp
-        return layers * (layer + comm) + lm_head
+        extra, fixed_s = 1 + self.calibration.layer_extra_frac, self.calibration.layer_fixed_ms * 1e-3
+        out = []
+        for ctx in decode_ctx_totals:
+            # one layer on one shard: GEMMs over all tokens, prefill attention, decode attention
+            total = base + self._decode_attention_s(cfg, decode_batch, ctx) if decode_batch > 0 else base
+            out.append(layers * (total * extra + fixed_s + comm) + lm_head)
+        return out
+
+    def step_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
+                     decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> list[float]:
+        """``step_time_s`` at each of several decode contexts (the same floats; the step timer prices a
+        batch shape at two contexts)."""
+        if cfg.pp != 1:
+            return [self.step_time_s(cfg, prefill_chunks, decode_batch, c) for c in decode_ctx_totals]
+        overhead_s = self.step_overhead_s(cfg)
+        return [stage + overhead_s for stage in
+                self.stage_times_s(cfg, prefill_chunks, decode_batch, decode_ctx_totals)]
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:

@@ -202,6 +202,63 @@ class LoadIndex:
         return self._by_load[self.least]
 
 
+def _highest_credit_at_least(credits: npt.NDArray[np.float64],
+                             outstanding: Sequence[int] | npt.NDArray[np.int64], least: LoadIndex) -> int:
+    """Among the columns at the least load (their keys are the least, equal shares): the highest
+    credit, then the lower index, as the ``where``/``argmax`` over all columns would pick."""
+    ties = least.at_least()
+    if len(ties) > SMALL_SET:
+        return int(np.where(np.asarray(outstanding) == least.least, credits, -np.inf).argmax())
+    best, best_credit = -1, 0.0
+    for c in ties:
+        v = credits.item(c)
+        if best < 0 or v > best_credit or (v == best_credit and c < best):
+            best, best_credit = c, v
+    return best
+
+
+def _is_power_of_two(share: float) -> bool:
+    """``share`` = 2^-k, k <= 20: sums of it and of integers below 2^33 in magnitude are then exact."""
+    mantissa, exponent = np.frexp(share)
+    return bool(mantissa == 0.5) and -19 <= int(exponent) <= 1
+
+
+class _ChoiceCounts:
+    """One type's credits in count form (see ``Dispatcher``): credit j = routed * share - chosen[j],
+    exactly, so the highest credit among the least loaded columns is the fewest choices, then the lower
+    index. Each column's key is ``chosen * n + column`` (distinct keys in that order), so the pick is one
+    ``min``; over more than ``SMALL_SET * 4`` ties a numpy mirror of the keys is scanned instead."""
+
+    __slots__ = ("n", "keys", "mirror", "routed")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.keys = list(range(n))
+        self.mirror = np.arange(n, dtype=np.int64) if n > 4 * SMALL_SET else None
+        self.routed = 0
+
+    def pick(self, outstanding: Sequence[int] | npt.NDArray[np.int64], least: LoadIndex) -> int:
+        """Choose among the least loaded columns and count the choice."""
+        ties = least.at_least()
+        keys = self.keys
+        if self.mirror is None or len(ties) <= 4 * SMALL_SET:
+            j = min(ties, key=keys.__getitem__)
+        else:
+            j = int(np.where(np.asarray(outstanding) == least.least, self.mirror, _NO_KEY).argmin())
+        if self.mirror is not None:
+            self.mirror[j] += self.n
+        keys[j] += self.n
+        self.routed += 1
+        return j
+
+    def credits(self, share: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        chosen = np.asarray(self.keys, dtype=np.int64) // self.n
+        return self.routed * share - chosen.astype(np.float64)
+
+
+_NO_KEY = np.iinfo(np.int64).max
+
+
 class Dispatcher:
     """``choose_replica`` for one caller that owns the state: the same choices, the state kept in place.
 
@@ -235,6 +292,17 @@ class Dispatcher:
         self._credits: list[Any] = [[0.0] * len(a) if small else np.zeros(len(a))
                                     for a, small in zip(self._allowed, self._small)]
         self._position = [{r: j for j, r in enumerate(a)} for a in self._allowed]
+        # least-outstanding over every replica with equal shares, large: the choice is among the least
+        # loaded replicas of a LoadIndex, when the caller keeps one (column j is replica j)
+        self._by_ties = [policy == "least-outstanding" and not small and full and uniform
+                         for small, full, uniform in zip(self._small, self._full, self._uniform)]
+        # Such a type's credits in count form, when its share is a power of two (an equal share over
+        # 2^k replicas): every float operation on them (+ share, - 1) is then exact, so credit j is
+        # exactly routed * share - chosen[j], and the highest credit is the fewest choices. Kept as
+        # Python ints (no numpy call per request) until another path needs the floats (``_floats``).
+        self._chosen: list[_ChoiceCounts | None] = [
+            _ChoiceCounts(len(a)) if ties and _is_power_of_two(w[0]) else None
+            for a, ties, w in zip(self._allowed, self._by_ties, self._shares)]
         self._off_plan: list[dict[int, float]] = [{} for _ in self._allowed]
 
     def choose(self, type_id: int, outstanding: Sequence[int] | npt.NDArray[np.int64],
@@ -246,10 +314,18 @@ class Dispatcher:
         when given, is ``outstanding`` grouped by value (a large fleet's shortcut, same choices)."""
         if not 0 <= type_id < len(self._allowed):
             raise ConfigError(f"request type {type_id} is not in the plan ({len(self._allowed)} types)")
+        chosen = self._chosen[type_id]
+        if chosen is not None and least is not None:  # the large homogeneous fleet's usual case
+            return chosen.pick(outstanding, least)
+        credits = self._credits[type_id] if chosen is None else self._floats(type_id)
+        if least is not None and self._by_ties[type_id]:
+            credits += self._weights[type_id]
+            j = _highest_credit_at_least(credits, outstanding, least)
+            credits[j] -= 1.0
+            return j
         allowed = self._allowed[type_id]
         policy = self.policy
-        credits = self._credits[type_id]
-        if policy == "least-outstanding" and not self._small[type_id]:  # the large fleet's usual case
+        if policy == "least-outstanding" and not self._small[type_id]:
             j = self._pick_large(credits, type_id, outstanding, least)
             credits[j] -= 1.0
             return allowed[j]
@@ -308,15 +384,7 @@ class Dispatcher:
         if self.policy == "round-robin":
             return int(credits.argmax())  # the first maximum: the lower index on ties
         if least is not None and self._full[type_id] and self._uniform[type_id]:
-            ties = least.at_least()  # the least keys (below): the highest credit, then the lower index
-            if len(ties) > SMALL_SET:
-                return int(np.where(np.asarray(outstanding) == least.least, credits, -np.inf).argmax())
-            best, best_credit = -1, 0.0
-            for c in ties:
-                v = credits.item(c)
-                if best < 0 or v > best_credit or (v == best_credit and c < best):
-                    best, best_credit = c, v
-            return best
+            return _highest_credit_at_least(credits, outstanding, least)
         counts = np.asarray(outstanding)
         load = counts if self._full[type_id] else counts[self._index[type_id]]
         # with equal shares (load + 1) / share orders and ties exactly as the integer load does (the
@@ -325,12 +393,22 @@ class Dispatcher:
         # the highest credit among the least keys, then the lower index (argmax: the first maximum)
         return int(np.where(key == key.min(), credits, -np.inf).argmax())
 
+    def _floats(self, type_id: int) -> Any:
+        """A type's credits as floats, leaving the count form for good if it was in it (exact: see
+        ``_chosen``)."""
+        chosen = self._chosen[type_id]
+        if chosen is not None:
+            self._credits[type_id] = chosen.credits(self._weights[type_id])
+            self._chosen[type_id] = None
+        return self._credits[type_id]
+
     def state(self) -> DispatchState:
         """The equivalent ``DispatchState`` (for checks against ``choose_replica``)."""
         rows = []
         for t, allowed in enumerate(self._allowed):
             row = [0.0] * self.table.num_replicas
-            credits = self._credits[t]
+            chosen = self._chosen[t]
+            credits = self._credits[t] if chosen is None else chosen.credits(self._weights[t])
             for r, c in zip(allowed, credits.tolist() if isinstance(credits, np.ndarray) else credits):
                 row[r] = c
             for r, c in self._off_plan[t].items():

@@ -80,10 +80,13 @@ class DecodeSet:
         (step 0 is the next one)."""
         bt = self.block_tokens
         k = end_step - first_step
-        total = (k // bt) * self.count
-        residues, tick = self._residues, self.tick
-        for j in range(first_step + (k // bt) * bt, end_step):
-            total += residues[-(tick + j) % bt]
+        total = (k // bt) * self.count  # every member crosses one boundary per bt steps
+        r = k % bt
+        if r:  # the last r steps: residues -(tick + j) % bt for consecutive j, a descending cyclic range
+            residues = self._residues
+            hi = -(self.tick + end_step - r) % bt  # the first of them; then hi - 1, ..., hi - r + 1
+            lo = hi - r + 1
+            total += sum(residues[lo:hi + 1]) if lo >= 0 else sum(residues[:hi + 1]) + sum(residues[lo:])
         return total
 
     def advance(self, steps: int) -> list[Seq]:
@@ -94,13 +97,17 @@ class DecodeSet:
         if not heap or heap[0][0] > self.tick:  # nobody finishes (most steps)
             return []
         done = []
-        while heap and heap[0][0] <= self.tick:
+        tick, bt, residues = self.tick, self.block_tokens, self._residues
+        while heap and heap[0][0] <= tick:
             seq = heapq.heappop(heap)[2]
             base = seq.num_cached - seq.tick0
-            self._residues[base % self.block_tokens] -= 1
+            residues[base % bt] -= 1
             self._base_sum -= base
             self.count -= 1
-            self.sync(seq, 0)
+            # self.sync(seq, 0), inline: its true counters, no step in flight
+            seq.num_cached = cached = base + tick
+            seq.num_generated += tick - seq.tick0
+            seq.num_blocks = -(-cached // bt)
             seq.tick0 = -1
             done.append(seq)
         return done

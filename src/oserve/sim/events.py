@@ -12,6 +12,7 @@ time: a = the sequence, b = the decode replica's id.
 from __future__ import annotations
 
 import heapq
+import itertools
 
 STEP = 0
 TRANSFER = -1
@@ -20,19 +21,18 @@ TRANSFER = -1
 class EventQueue:
     """A heap of (time_s, kind, sequence, a, b) events; for a step end a = replica id, b = its version."""
 
-    __slots__ = ("heap", "_next_seq")
+    __slots__ = ("heap", "next_seq")
 
     def __init__(self) -> None:
         self.heap: list[tuple] = []
-        self._next_seq = 0
+        # the sequence numbers 1, 2, ...: a bound C method, so the event loop can push inline
+        self.next_seq = itertools.count(1).__next__
 
     def push(self, time_s: float, kind: int, a: object, b: object) -> None:
-        self._next_seq += 1
-        heapq.heappush(self.heap, (time_s, kind, self._next_seq, a, b))
+        heapq.heappush(self.heap, (time_s, kind, self.next_seq(), a, b))
 
     def push_step_end(self, time_s: float, replica_id: int, version: int) -> None:
-        self._next_seq += 1
-        heapq.heappush(self.heap, (time_s, STEP, self._next_seq, replica_id, version))
+        heapq.heappush(self.heap, (time_s, STEP, self.next_seq(), replica_id, version))
 
     def pop(self) -> tuple:
         return heapq.heappop(self.heap)

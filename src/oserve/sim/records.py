@@ -41,21 +41,13 @@ class Records:
         self.area = 0.0
         self.last_t = self.first_arrival_s
         self.num_events = 0
-        self._base = -1
 
-    def arrival_chunk(self, start: int) -> tuple[list[float], int]:
-        """Arrival times from request ``start`` on, as a list (with the lengths and types alongside)."""
+    def arrival_chunk(self, start: int) -> tuple[int, list[float], list[int], list[int], list[int]]:
+        """From request ``start`` on (one chunk): (``start``, arrival times, prompt and output tokens,
+        types) as lists."""
         end = min(start + CHUNK, self.n)
-        self._base = start
-        self._ins = self.input_tokens[start:end].tolist()
-        self._outs = self.output_tokens[start:end].tolist()
-        self._types = self.type_id[start:end].tolist()
-        return self.arrival_s[start:end].tolist(), start
-
-    def lengths(self, i: int) -> tuple[int, int]:
-        """(prompt, output) tokens of request ``i`` (in the current chunk)."""
-        j = i - self._base
-        return self._ins[j], self._outs[j]
+        return (start, self.arrival_s[start:end].tolist(), self.input_tokens[start:end].tolist(),
+                self.output_tokens[start:end].tolist(), self.type_id[start:end].tolist())
 
     def advance(self, t: float) -> None:
         self.area += self.in_system * (t - self.last_t)
@@ -64,10 +56,6 @@ class Records:
 
     def drop(self, i: int, reason: str) -> None:
         self.drop_code[i] = _REASON_CODE[reason]
-
-    def admitted(self, i: int, prompt: int, output: int) -> Seq:
-        self.in_system += 1
-        return Seq(i, self._types[i - self._base], prompt, output)
 
     def finished(self, seqs: list[Seq], t: float) -> None:
         finish, pre = self.finish, self.preemptions

@@ -45,6 +45,15 @@ from oserve.sim.step_timer import StepTimer, decode_run_s, decode_steps_within
 class ReplicaSim:
     """A replica's state; ``start``/``on_step_end``/``on_arrival`` return the next step's end time."""
 
+    # slots: a large fleet's replicas are touched in turn, one event each; compact objects keep more
+    # of them in the CPU's caches (and slot reads are cheaper than dict lookups)
+    __slots__ = ("_decoding", "_fresh", "_joining", "_lazy", "_lazy_batch", "_num_dead", "_prefilling",
+                 "_running", "_to_extract", "accepting", "batch", "batching", "busy_bins", "busy_s",
+                 "decode_runs", "decode_tokens", "extracted", "fast", "held", "incoming", "num_events",
+                 "num_preemptions", "num_reference_steps", "num_steps", "num_transferring", "pool",
+                 "prefill_tokens", "prefilled", "replica_id", "reserved", "role", "run_steps",
+                 "step_end_s", "step_start_s", "timer", "util_bin_s", "version", "waiting")
+
     def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
                  util_bin_s: float = 60.0, decode_runs: bool = True, role: str = COLOCATED,
                  fast: bool = True) -> None:
@@ -66,6 +75,7 @@ class ReplicaSim:
         self._num_dead = 0  # finished sequences still in _running (fast mode removes them in batches)
         self.num_reference_steps = 0  # fast mode: steps that needed the reference scheduler
         self.batch: StepBatch | None = None
+        self._lazy_batch = StepBatch(lazy=True)  # what every fast step is (``_fast_schedule``)
         self.step_start_s = 0.0
         self.step_end_s = 0.0
         self.run_steps = 0  # engine steps in the event in flight (> 1 for a decode run)
@@ -233,10 +243,11 @@ class ReplicaSim:
         first = []
         prefill = batch.prefill
         if prefill:
-            tokens = 0
+            # the batch's prefills are exactly ``_prefilling`` (every one got a chunk): those left with
+            # part of their prompt stay in it
+            still = []
             for seq, chunk in prefill:
                 seq.num_cached += chunk
-                tokens += chunk
                 if seq.num_cached >= seq.prefill_target:
                     seq.num_generated += 1
                     if seq.num_generated == 1:
@@ -245,8 +256,10 @@ class ReplicaSim:
                         finished.append(seq)
                     else:
                         decoding.add(seq)
-            self.prefill_tokens += tokens
-            self._prefilling = [s for s in self._prefilling if s.num_cached < s.prefill_target]
+                else:
+                    still.append(seq)
+            self.prefill_tokens += batch.prefill_tokens
+            self._prefilling = still
         if finished:
             released = 0
             for seq in finished:
@@ -313,32 +326,42 @@ class ReplicaSim:
                 else:
                     self._prefilling.append(seq)
             self._joining = []
-        bt = pool.block_tokens
         num_decode = decoding.count
         budget = cfg.max_num_batched_tokens - num_decode
         need, ctx_total, min_left = decoding.step_view()
-        for seq in self._prefilling:
-            budget -= seq.prefill_target - seq.num_cached
-            need += -(-seq.prefill_target // bt) - seq.num_blocks
+        prefilling = self._prefilling
+        if prefilling:  # each gets the rest of its prompt
+            bt = pool.block_tokens
+            for seq in prefilling:
+                budget -= seq.prefill_target - seq.num_cached
+                need += -(-seq.prefill_target // bt) - seq.num_blocks
         if budget < 0 or need > pool.num_free:
             return None  # a chunk cut by the budget, or a preemption: order matters, the reference decides
-        pool.allocate(need)
-        # positional (cheaper than keywords): prefill, decode, num_preempted, prefill_tokens, prefill_sq,
-        # decode_ctx_total, min_output_left, num_decode, lazy
-        batch = StepBatch([], [], 0, 0, 0.0, ctx_total, min_left, num_decode, True)
-        for seq in self._prefilling:
-            chunk = seq.prefill_target - seq.num_cached
-            seq.num_blocks = -(-seq.prefill_target // bt)
-            batch.prefill.append((seq, chunk))
-            batch.prefill_tokens += chunk
-            batch.prefill_sq += chunk * (chunk + 2 * seq.num_cached)
+        if need:
+            pool.allocate(need)
+        # the replica's one lazy batch, reset (a step ends before the next is scheduled, and nothing
+        # keeps a batch past its step): cheaper than a new StepBatch per step
+        batch = self._lazy_batch
+        batch.prefill = prefill = []
+        batch.prefill_tokens, batch.prefill_sq = 0, 0.0
+        batch.decode_ctx_total, batch.min_output_left, batch.num_decode = ctx_total, min_left, num_decode
+        if prefilling:
+            tokens, sq = 0, 0.0
+            for seq in prefilling:
+                cached = seq.num_cached
+                chunk = seq.prefill_target - cached
+                seq.num_blocks = -(-seq.prefill_target // bt)
+                prefill.append((seq, chunk))
+                tokens += chunk
+                sq += chunk * (chunk + 2 * cached)
+            batch.prefill_tokens, batch.prefill_sq = tokens, sq
         waiting, running = self.waiting, self._running
         max_seqs = cfg.max_num_seqs + self._num_dead  # the finished ones hold no seat
         while waiting and budget > 0 and len(running) < max_seqs:  # as _schedule_chunked
             seq = waiting[0]
             chunk = min(seq.prefill_target, budget)
             reserve = cfg.watermark_blocks if len(running) > self._num_dead else 0
-            if pool.blocks_for(chunk) + reserve > pool.num_free:
+            if -(-chunk // pool.block_tokens) + reserve > pool.num_free:  # pool.blocks_for, inline
                 break
             admit(seq, chunk, running, waiting, pool, batch)
             seq.tick0 = -1

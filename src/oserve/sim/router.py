@@ -40,6 +40,7 @@ class Router:
         self.replica_ids: list[int] = []
         self._column: list[int] = []
         self._dispatcher: Dispatcher | None = None
+        self.is_open = False
         self.outstanding: list[int] | np.ndarray = []
         self.queued: list[int] | np.ndarray = []
         self._outstanding_now: list[int] = []
@@ -61,6 +62,7 @@ class Router:
         if self.type_slos is not None:
             rule = SpillRule(self.type_slos, tuple(speeds or [None] * len(replica_ids)))
         self._dispatcher = Dispatcher(table, self.policy, self.rng, rule) if replica_ids else None
+        self.is_open = self._dispatcher is not None  # False: no replica accepts work
         self.prefill_tokens = [0] * len(replica_ids)
         self.num_decoding = [0] * len(replica_ids)
         self._ids = np.asarray(replica_ids, dtype=np.int64)
@@ -79,15 +81,15 @@ class Router:
         # comparing a list item is cheaper than writing a numpy one
         self._outstanding_now, self._queued_now = list(outstanding), list(queued)
 
-    @property
-    def is_open(self) -> bool:
-        return self._dispatcher is not None
-
     def update(self, replica_id: int, num_outstanding: int, num_queued: int, prefill_tokens: int = 0,
                num_decoding: int = 0) -> None:
         """A replica's load changed (no-op for replicas the router does not route to); the prefill
         backlog and decode count matter only when ``needs_backlog``."""
-        if replica_id >= len(self._column) or (c := self._column[replica_id]) < 0:
+        try:
+            c = self._column[replica_id]
+        except IndexError:  # a replica added after the table (a switch's, not routed to yet)
+            return
+        if c < 0:
             return
         if self._outstanding_now[c] != num_outstanding:
             self._outstanding_now[c] = self.outstanding[c] = num_outstanding

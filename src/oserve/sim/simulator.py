@@ -161,9 +161,11 @@ class Simulation:
         self.set_dispatch(dispatch.weights, list(range(len(replicas))))
         self.pending: list[Seq] = []  # held at the gateway while no replica accepts work
         self.queue = EventQueue()
+        self._heap, self._next_seq = self.queue.heap, self.queue.next_seq  # pushed to inline
         self.records = Records(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # set by run
         self.controller: Controller | None = None
         self.budget: MissBudget | None = None  # set by run: stop once the probe must fail
+        self._plain_steps = False  # set by run
 
     # ---- operations a controller uses -----------------------------------------------------------------
 
@@ -213,10 +215,11 @@ class Simulation:
         if rep.role == PREFILL:
             self._pool_change(t, PREFILL, 1)
         nxt = rep.on_arrival(seq, t)
-        if nxt is not None:
-            self.queue.push_step_end(nxt, rid, rep.version)
+        if nxt is not None:  # self.queue.push_step_end(nxt, rid, rep.version), inline
+            heapq.heappush(self._heap, (nxt, STEP, self._next_seq(), rid, rep.version))
         if self._plain_router and rep.role == COLOCATED:  # _update_router(rid), inline
-            router.update(rid, len(rep.waiting) + len(rep._running) - rep._num_dead, len(rep.waiting))
+            waiting = len(rep.waiting)
+            router.update(rid, waiting + len(rep._running) - rep._num_dead, waiting)
         else:
             self._update_router(rid)
 
@@ -263,6 +266,9 @@ class Simulation:
         rec = self.records = Records(arrival_s, input_tokens, output_tokens, type_id)
         self.controller = controller
         self.budget = budget
+        # a step end then only updates the records, the queue and the router's counts
+        self._plain_steps = (self._plain_router and controller is None and budget is None
+                             and all(r.role == COLOCATED for r in self.replicas))
         if budget is not None:
             budget.bind(rec.arrival_s, rec.output_tokens, rec.first_tok)
         try:
@@ -295,12 +301,15 @@ class Simulation:
         if controller is not None:
             controller.start(self)
         i = 0
-        arrivals, base = rec.arrival_chunk(0)
+        base, arrivals, prompts, outputs, types = rec.arrival_chunk(0)
+        next_arrival = arrivals[0] if n else math.inf
+        past_horizon = False
         while True:
-            next_arrival = arrivals[i - base] if i < n else math.inf
-            if heap and heap[0][0] < next_arrival:
+            # the queued events before the next arrival (at equal times the arrival comes first)
+            while heap and heap[0][0] < next_arrival:
                 t, kind, _, a, b = pop(heap)
                 if t > horizon:
+                    past_horizon = True
                     break
                 if kind == STEP:
                     if b == replicas[a].version:
@@ -310,13 +319,14 @@ class Simulation:
                 elif controller is not None:  # only a controller queues other kinds
                     rec.advance(t)
                     controller.on_event(self, t, kind, a, b)
-                continue
-            if i >= n:
+            if past_horizon or i >= n:
                 break
-            on_arrival(i, next_arrival)
+            j = i - base
+            on_arrival(i, next_arrival, prompts[j], outputs[j], types[j])
             i += 1
-            if i - base == len(arrivals):
-                arrivals, base = rec.arrival_chunk(i)
+            if j + 1 == len(arrivals):
+                base, arrivals, prompts, outputs, types = rec.arrival_chunk(i)
+            next_arrival = arrivals[i - base] if i < n else math.inf
             if bar is not None and i % PROGRESS_EVERY == 0:
                 bar.update(PROGRESS_EVERY)
         if bar is not None:
@@ -329,7 +339,7 @@ class Simulation:
         rec.last_t = t
         rec.num_events += 1
         rep = self.replicas[rid]
-        last_pass_s = t - rep.step_start_s
+        start_s = rep.step_start_s
         first, finished, nxt = rep.on_step_end(t)
         if first:
             first_tok = rec.first_tok
@@ -337,19 +347,21 @@ class Simulation:
                 first_tok[seq.req_id] = t
         if finished:
             rec.finished(finished, t)
-        if nxt is not None:
-            self.queue.push_step_end(nxt, rid, rep.version)
+        if nxt is not None:  # self.queue.push_step_end(nxt, rid, rep.version), inline
+            heapq.heappush(self._heap, (nxt, STEP, self._next_seq(), rid, rep.version))
+        if self._plain_steps:  # _update_router(rid), inline; nothing else to do
+            waiting = len(rep.waiting)
+            self.router.update(rid, waiting + len(rep._running) - rep._num_dead, waiting)
+            return
         if self.budget is not None:
             self.budget.step_end(t, first, finished)
-        if self._plain_router and rep.role == COLOCATED:  # _update_router(rid), inline
-            self.router.update(rid, len(rep.waiting) + len(rep._running) - rep._num_dead,
-                               len(rep.waiting))
-            if rep.extracted and self.controller is not None:
-                self.controller.on_extracted(self, rid, t)
-            return
-        self._update_router(rid)
-        if rep.role != COLOCATED:
-            self._after_step_disaggregated(t, rep, finished, last_pass_s)
+        if self._plain_router and rep.role == COLOCATED:
+            waiting = len(rep.waiting)
+            self.router.update(rid, waiting + len(rep._running) - rep._num_dead, waiting)
+        else:
+            self._update_router(rid)
+            if rep.role != COLOCATED:
+                self._after_step_disaggregated(t, rep, finished, t - start_s)
         if rep.extracted and self.controller is not None:
             self.controller.on_extracted(self, rid, t)
 
@@ -409,12 +421,11 @@ class Simulation:
         self._pool_t = t
         self.pool_in[role] += delta
 
-    def _on_arrival(self, i: int, t: float) -> None:
+    def _on_arrival(self, i: int, t: float, prompt: int, output: int, type_id: int) -> None:
         rec = self.records
         rec.area += rec.in_system * (t - rec.last_t)  # rec.advance(t), inline (once per event)
         rec.last_t = t
         rec.num_events += 1
-        prompt, output = rec.lengths(i)
         max_kv = self.router.max_kv_tokens  # None while no replica accepts: the gateway holds it
         if self.max_context_tokens is not None and prompt + output > self.max_context_tokens:
             rec.drop(i, "exceeds_context")
@@ -425,7 +436,8 @@ class Simulation:
             if self.budget is not None:
                 self.budget.dropped(i)
         else:
-            self.admit(rec.admitted(i, prompt, output), t)
+            rec.in_system += 1  # admitted: in the system until it finishes or the run ends
+            self.admit(Seq(i, type_id, prompt, output), t)
 
     def _live_seqs(self) -> list[Seq]:
         """Sequences still in the system at the end (their preemption counts go into the records)."""

@@ -99,6 +99,10 @@ class CostModelStepTimer:
     lookups: int = 0
     misses: int = 0
     miss_s: float = 0.0
+    _pp: bool = field(init=False, repr=False)  # pipeline parallel: the largest chunk is in the key
+
+    def __post_init__(self) -> None:
+        self._pp = self.config.pp > 1
 
     @property
     def hit_rate(self) -> float | None:
@@ -127,7 +131,7 @@ class CostModelStepTimer:
             a, b = self.decode_line(decode_batch)
             return a + b * decode_ctx_total
         # with PP the largest chunk decides how the step splits over the pipeline: part of the key
-        largest = quantize(max_chunk_tokens) if self.config.pp > 1 and num_prefill > 1 else 0.0
+        largest = quantize(max_chunk_tokens) if self._pp and num_prefill > 1 else 0.0
         grid = self._grid
         tokens_q = grid.get(prefill_tokens)
         if tokens_q is None:
@@ -166,8 +170,7 @@ class CostModelStepTimer:
         if batch == 0:
             return (self.cost_model.step_time_s(self.config, chunks), 0.0)
         c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
-        t1 = self.cost_model.step_time_s(self.config, chunks, batch, c1)
-        t2 = self.cost_model.step_time_s(self.config, chunks, batch, c2)
+        t1, t2 = self.cost_model.step_times_s(self.config, chunks, batch, (c1, c2))
         slope = (t2 - t1) / (c2 - c1)
         return (t1 - slope * c1, slope)
 
