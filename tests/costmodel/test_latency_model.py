@@ -182,6 +182,28 @@ def test_kv_per_sequence_is_output_weighted():
     assert not pred.overloaded and pred.types[1].attainment == pytest.approx(1.0)
 
 
+def test_a_decode_only_replica_holds_output_weighted_kv():
+    """The same rule on a decode-only replica of a group (``group_latency.predict_decode_only``):
+    regression, its context per sequence was rate-weighted, so a long prompt with a short answer made
+    one decode replica look KV-full (one-decode groups underpredicted 0.74x, docs/evaluation-
+    disaggregation.md)."""
+    from oserve.costmodel.group_latency import predict_decode_only
+
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    long_prompt, long_answer = LengthSample((2000,), (2,)), LengthSample((100,), (200,))
+    batch = (2 + 200) * 0.02
+    per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / (2 + 200)
+    rate_weighted = ((2000 + 1) + (100 + 100)) / 2
+    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    pred = predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
+                               np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2)
+    assert not pred.overloaded and pred.batch == pytest.approx(batch, rel=0.03)
+    assert pred.tpot_attainment == (1.0, 1.0)
+    cost.kv_tokens = int(batch * per_seq / 2 / 0.9)  # half of what the output-weighted batch holds
+    assert predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
+                               np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2).overloaded
+
+
 def test_kv_bound_burst_queues_instead_of_overloading():
     """More decoding sequences than the KV cache holds: overloaded when it lasts (stationary), a backlog
     that grows as a fluid over a burst of finite length. With the decode rate over capacity by x, a
@@ -207,6 +229,36 @@ def test_kv_bound_burst_queues_instead_of_overloading():
     # a short burst fits in the slack entirely
     short = model.predict_stationary([sample], [rate], slo, duration_s=2.0)
     assert short.types[0].ttft_attainment == pytest.approx(1.0)
+
+
+def test_a_kv_bound_burst_on_a_decode_replica_queues_instead_of_overloading():
+    """The same rule on a group's decode replica: overloaded when it lasts; over a burst it serves what
+    its cache holds and the excess waits as a fluid backlog, which the group adds to the TTFT
+    (regression: a KV-bound burst counted as overloaded, every request of it missing)."""
+    from oserve.costmodel.group_latency import GroupLatencyModel, predict_decode_only
+
+    class NoHandoff:  # test double of the KV hand-off: free and instant
+        def exposed_s(self, prompt_tokens, last_pass_s):
+            return 0.0
+
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 20 sequences at 10 req/s, the cache holds 20 / 1.5
+    model = ReplicaLatencyModel(cost, CFG)
+    slo = [Slo(2.0, 1.0)]
+    assert predict_decode_only(model, [sample], np.array([10.0]), slo).overloaded
+    burst = predict_decode_only(model, [sample], np.array([10.0]), slo, duration_s=10.0)
+    assert not burst.overloaded and burst.growth == pytest.approx(0.5, rel=0.03)
+    assert burst.batch <= 20 / 1.5 * 1.02 and burst.tpot_attainment == (1.0,)
+    group = GroupLatencyModel(model, model, 1, 1, NoHandoff())
+    regimes = Burstiness(np.zeros((1, 1)), np.zeros(1))
+    regimes._cache[0] = [Regime(0.8, (0.5,)), Regime(0.2, (3.0,))]  # the heavy one at 10 req/s
+    ttft, tpot = group.attainment_parts([sample], np.array([10.0 / 3.0]), slo, regimes, 1.0, 1.0)
+    # the heavy regime: a request t s into it waits 0.5 t, so (2 s - ~0.03 s) / (0.5 * 10 s) ~ 0.39 of
+    # it meets the TTFT bound; weighted by requests with the calm regime (all within)
+    w_calm, w_heavy = 0.8 * 0.5, 0.2 * 3.0
+    expected = (w_calm + w_heavy * (2.0 - 0.03) / 5.0) / (w_calm + w_heavy)
+    assert ttft[0] == pytest.approx(expected, abs=0.04) and tpot[0] == pytest.approx(1.0)
 
 
 def test_burst_regimes_last_their_window_for_the_kv_backlog():

@@ -75,3 +75,19 @@ def test_plan_rendering_shows_roles_and_groups():
     text = render(disagg_plan(), "1x8xH100-80GB", "t")
     assert "H100-80GB TP2 prefill@g0" in text
     assert "group 0: prefill on r1 hands its KV caches to decode on r2, r3" in text
+
+
+def test_goodput_rendering_names_both_rechecks_and_their_baselines():
+    from oserve.cli.plan_cmd import render_goodput
+    from oserve.sim.verify import Confirmation, Verification
+    from oserve.workload.slo import slo_from_flags
+
+    plan = disagg_plan()
+    colocated = Confirmation(2000, "4x[H100-80GB TP2]", 1.0, 1.05, True, 5, "2x[H100-80GB TP4]")
+    group = Confirmation(2000, plan.describe(), 1.05, 1.09, False, 4, "4x[H100-80GB TP2]")
+    text = render_goodput(plan, slo_from_flags("tight", None, None, None),
+                          Verification(plan, (plan,), 1000, (None,), colocated, group))
+    assert ("Best colocated plan re-checked on 2000 requests: 4x[H100-80GB TP2] at 1.05x against "
+            "2x[H100-80GB TP4]'s 1.00x, confirmed") in text
+    assert (f"Disaggregated winner re-checked on 2000 requests: {plan.describe()} at 1.09x against "
+            "4x[H100-80GB TP2]'s 1.05x, not confirmed: the colocated choice stays") in text

@@ -126,12 +126,14 @@ def render_goodput(plan: Plan, slo, verification) -> str:
             sim = f"misses at {at:.2f}x (pruned)" if at is not None else fmt(p.simulated_goodput_scale)
             lines.append(f"  {p.describe():<56} predicted {fmt(p.predicted_goodput_scale)}  "
                          f"simulated {sim}")
-        c = verification.confirmation
-        if c is not None:
-            verdict = "confirmed" if c.confirmed else "not confirmed: the tuned fleet stays"
-            lines.append(f"Winner re-checked on {c.requests} requests: {c.challenger} at "
-                         f"{c.probed_scale:.2f}x against the tuned fleet's {c.baseline_scale:.2f}x, "
-                         f"{verdict}")
+        checks = ((verification.confirmation, "Best colocated plan", "the tuned fleet"),
+                  (verification.group_confirmation, "Disaggregated winner", "the colocated choice"))
+        for c, of, baseline in checks:
+            if c is not None:
+                verdict = "confirmed" if c.confirmed else f"not confirmed: {baseline} stays"
+                lines.append(f"{of} re-checked on {c.requests} requests: {c.challenger} at "
+                             f"{c.probed_scale:.2f}x against {c.baseline}'s {c.baseline_scale:.2f}x, "
+                             f"{verdict}")
     return "\n".join(lines)
 
 

@@ -9,8 +9,11 @@ A group of ``num_prefill`` prefill replicas and ``num_decode`` decode replicas s
   (``costmodel.kv_transfer``, the last chunk's pass overlapping the transfer) and the decode replica's
   first step (plus half the step in flight when the sequence joins).
 * **Decode pool**: a decode replica runs decode-only steps, ``B = sum_t l_t O_t * d(B)`` by Little's law
-  (each sequence gets a token per step), so TPOT is ``d(B, ctx)`` with no prefill interference; more
-  sequences than ``max_num_seqs`` or than its KV cache holds (prompts included) is an overload.
+  (each sequence gets a token per step), so TPOT is ``d(B, ctx)`` with no prefill interference, ``ctx``
+  the output-weighted mean of ``I + O/2`` (what a decoding sequence holds, averaged over its steps, as in
+  ``latency_model``); more sequences than ``max_num_seqs`` is an overload, and so are more than its KV
+  cache holds (prompts included) when it lasts; in a burst regime (one window of replay time) the excess
+  waits for KV blocks as a fluid backlog, added to the TTFT (the colocated model's rule).
 
 A type's attainment is ``P(TTFT ok) * P(TPOT ok)`` (the pools are independent queues), the
 request-weighted mean over regimes, as for a colocated replica.
@@ -24,7 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from oserve.costmodel.kv_transfer import KvHandoff
-from oserve.costmodel.latency_model import KV_HEADROOM, ReplicaLatencyModel
+from oserve.costmodel.latency_model import (
+    BACKLOG_POINTS,
+    KV_FIT_SLACK,
+    KV_HEADROOM,
+    KV_ITERATIONS,
+    ReplicaLatencyModel,
+)
 from oserve.costmodel.prefill_latency import PrefillPoolModel
 from oserve.workload.burstiness import Burstiness, LengthSample
 from oserve.workload.slo import Slo
@@ -36,11 +45,15 @@ class DecodePrediction:
     batch: float
     step_s: float
     overloaded: bool
+    growth: float = 0.0  # KV-bound burst: a sequence arriving t s into it waits growth * t for blocks
 
 
 def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample], rates_rps: np.ndarray,
-                        slos: list[Slo]) -> DecodePrediction:
-    """TPOT attainment per type on a decode-only replica at constant rates."""
+                        slos: list[Slo], duration_s: float = math.inf) -> DecodePrediction:
+    """TPOT attainment per type on a decode-only replica at constant rates lasting ``duration_s`` (a
+    burst regime's window; infinite: stationary). More decoding sequences than the KV cache holds is
+    an overload when it lasts; over a burst, as in ``latency_model``, the replica serves what its cache
+    holds (the rates over ``1 + x``) and the excess waits for blocks as a fluid backlog (``growth`` x)."""
     k = len(samples)
     rates = np.asarray(rates_rps, dtype=float)
     if rates.sum() <= 0:
@@ -48,21 +61,35 @@ def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample],
     per = [rates[t] / len(s.input_tokens) for t, s in enumerate(samples)]
     inp = [np.asarray(s.input_tokens, dtype=float) for s in samples]
     out = [np.asarray(s.output_tokens, dtype=float) for s in samples]
-    total = float(rates.sum())
-    ctx = sum(per[t] * float((inp[t] + out[t] / 2).sum()) for t in range(k)) / total
     out_rate = sum(per[t] * float(out[t].sum()) for t in range(k))
+    # KV tokens per decoding sequence, time-averaged: output-weighted (Little's law on token-seconds, as
+    # in ``latency_model``): a long prompt with a short answer holds its KV for a few steps only
+    ctx = sum(per[t] * float((out[t] * (inp[t] + out[t] / 2)).sum()) for t in range(k)) / max(out_rate, 1e-12)
+    kv_seqs = KV_HEADROOM * model.kv_tokens / max(ctx, 1.0)
+    admitted, growth = 1.0, 0.0  # share of the decode rate the KV cache admits; backlog wait per second
+    for _ in range(KV_ITERATIONS):
+        batch = _decode_batch(model, out_rate * admitted, ctx)
+        if batch <= kv_seqs or batch > model.max_seqs or not math.isfinite(duration_s):
+            break
+        admitted *= kv_seqs / batch  # serve what the KV cache holds; the rest waits for blocks
+        growth = 1.0 / admitted - 1.0
+    if batch > model.max_seqs or batch > kv_seqs * KV_FIT_SLACK:
+        return DecodePrediction((0.0,) * k, batch, math.inf, True)
+    d = model.decode_s(batch, ctx)
+    att = tuple(float(np.mean((d <= slos[t].tpot_s) | (out[t] <= 1))) for t in range(k))
+    return DecodePrediction(att, batch, d, False, growth)
+
+
+def _decode_batch(model: ReplicaLatencyModel, out_rate: float, ctx: float) -> float:
+    """Little's law on a decode-only replica: ``B = out_rate * d(B)`` (d grows slowly with B)."""
     batch = 1.0
-    for _ in range(8):  # B = out_rate * d(B): d grows slowly with B
+    for _ in range(8):
         new = out_rate * model.decode_s(batch, ctx)
         done = abs(new - batch) <= 0.02 * max(batch, 1.0)
         batch = new
         if done or batch > model.max_seqs:
             break
-    if batch > model.max_seqs or batch * ctx > KV_HEADROOM * model.kv_tokens:
-        return DecodePrediction((0.0,) * k, batch, math.inf, True)
-    d = model.decode_s(batch, ctx)
-    att = tuple(float(np.mean((d <= slos[t].tpot_s) | (out[t] <= 1))) for t in range(k))
-    return DecodePrediction(att, batch, d, False)
+    return batch
 
 
 @dataclass
@@ -102,22 +129,28 @@ class GroupLatencyModel:
         burst = burstiness or Burstiness.poisson()
         regimes = burst.regimes(rate_scale)
         ca2 = burst.within_ca2(stream_fraction / self.num_prefill)
+        # a regime lasts one window of replay time (as in ``latency_model``); one regime is stationary
+        duration = burst.window_s if burst.counts is not None and len(regimes) > 1 else math.inf
         sums, den = np.zeros((3, k)), np.zeros(k)
         for reg in regimes:
             mult = np.asarray(reg.multipliers) if reg.multipliers else np.ones(k)
             r = rates * mult
             w = reg.time_share * r
             den += w
-            dec = predict_decode_only(self.decode, samples, r / self.num_decode, slos)
+            dec = predict_decode_only(self.decode, samples, r / self.num_decode, slos, duration)
             if dec.overloaded:
                 continue
-            # what follows the prefill comes off its TTFT bound (a bound used up: nothing meets it)
-            bounds = [max(slos[t].ttft_s - self._after_prefill_s(samples[t], dec.step_s), 1e-9)
-                      for t in range(k)]
-            pre = self.pool.predict(samples, r / self.num_prefill, bounds, ca2)
-            if pre.overloaded:
+            # what follows the prefill comes off its TTFT bound (a bound used up: nothing meets it), and
+            # in a KV-bound burst the wait for decode blocks, growth * t for a sequence t s into it
+            after = np.array([slos[t].ttft_s - self._after_prefill_s(samples[t], dec.step_s)
+                              for t in range(k)])
+            waits = ((np.arange(BACKLOG_POINTS) + 0.5) / BACKLOG_POINTS * duration * dec.growth
+                     if dec.growth > 0 else np.zeros(1))
+            preds = [self.pool.predict(samples, r / self.num_prefill, list(np.maximum(after - w, 1e-9)), ca2)
+                     for w in waits]
+            if preds[0].overloaded:
                 continue
-            ttft = np.array(pre.ttft_attainment)
+            ttft = np.mean([p.ttft_attainment for p in preds], axis=0)
             tpot = np.array(dec.tpot_attainment)
             sums += w * np.array([ttft * tpot, ttft, tpot])
         out = np.where(den > 0, sums / np.where(den > 0, den, 1.0), 1.0)

@@ -239,6 +239,7 @@ class _PlanDoc(BaseModel):
     verification_requests: int | None = None
     shortlist: list[dict[str, Any]] | None = None
     confirmation: dict[str, Any] | None = None
+    group_confirmation: dict[str, Any] | None = None
 
     def shape_problem(self) -> tuple[str, str] | None:
         """(field, problem) of the first inconsistency between the lists, or None."""

@@ -5,8 +5,9 @@ best homogeneous-tuned fleet. Each is simulated on a verification trace and its 
 searched (``sim.goodput``): the homogeneous-tuned fleet first, from its predicted scale (divided by how much
 busier the verification window is than the trace); every later
 plan only above the best scale so far (one probe there, and it is pruned when it misses). The plan with
-the highest *simulated* goodput wins (ties: the earlier one, the tuned fleet first), so the result is
-never worse than the homogeneous-tuned fleet on that trace. All probes share one step-time cache.
+the highest *simulated* goodput wins (ties: the earlier one, the tuned fleet first, then the other
+colocated plans, then the disaggregated ones), so the result is never worse than the homogeneous-tuned
+fleet or the best colocated plan on that trace. All probes share one step-time cache.
 
 The verification trace (``max_requests`` requests; by default 250 per replica of the largest shortlisted
 fleet, at least 1,000) is the whole trace when it has at most that many requests, else the contiguous
@@ -26,6 +27,13 @@ smaller; 1/sqrt(2) of the binomial noise, and a window twice as long in replay t
 least ``1 + rel_tol`` above the tuned fleet's passing scale; otherwise the tuned fleet wins. The cost (a
 few probes on the larger window, each stopped once it must fail: ``sim.early_stop``) is paid only in
 that case (docs/planner.md: it breaks the 5 s budget at 16 GPUs on a close call).
+
+With disaggregated plans in the shortlist (``decide``) the colocated decision is made first, as above,
+among the colocated plans; a disaggregated winner then has to pass the same paired search against that
+colocated choice (``group_confirmation``), or the colocated choice stays. So the plan is never worse
+than the best colocated plan of the shortlist by more than the search's resolution on the larger window
+either (a group that the short window flatters, e.g. a decode pool filling over minutes, is caught
+there; docs/evaluation-disaggregation.md).
 """
 
 from __future__ import annotations
@@ -49,8 +57,8 @@ from oserve.workload.trace import Trace
 
 MIN_VERIFY_REQUESTS = 1000
 CONFIRM_FACTOR = 2  # the confirmation window's requests over the verification window's
-CONFIRM_STEP = 1.25  # the confirmation's bracket steps (it starts near the tuned fleet's goodput)
-CONFIRM_MAX_PROBES = 16  # of the tuned fleet on the larger window
+CONFIRM_STEP = 1.25  # the confirmation's bracket steps (it starts near the baseline's goodput)
+CONFIRM_MAX_PROBES = 16  # of the baseline on the larger window
 REQUESTS_PER_REPLICA = 250  # so that every replica of a large fleet sees a few hundred requests
 BUSY_WINDOW_S = 10.0
 
@@ -61,12 +69,15 @@ class Verification:
     candidates: tuple[Plan, ...]  # every shortlisted plan with its simulated scale (None: pruned)
     requests: int  # requests in the verification trace
     pruned_at: tuple[float | None, ...] = ()  # per candidate: the scale it missed when pruned
-    confirmation: Confirmation | None = None  # when the verification's winner was not the tuned fleet
+    confirmation: Confirmation | None = None  # when the best colocated plan was not the tuned fleet
+    group_confirmation: Confirmation | None = None  # when the winner was disaggregated
 
     def to_dict(self) -> dict:
         pruned = self.pruned_at or (None,) * len(self.candidates)
         return {"verification_requests": self.requests,
                 "confirmation": self.confirmation.to_dict() if self.confirmation else None,
+                "group_confirmation": (self.group_confirmation.to_dict() if self.group_confirmation
+                                       else None),
                 "shortlist": [{"deployment": p.describe(),
                                "predicted_goodput_scale": p.predicted_goodput_scale,
                                "simulated_goodput_scale": p.simulated_goodput_scale,
@@ -76,17 +87,20 @@ class Verification:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """The re-made decision between the verification's winner and the tuned fleet on a larger window."""
+    """A decision of the verification re-made on a larger window: the challenger against the baseline
+    (the best colocated plan against the tuned fleet, or a disaggregated winner against the colocated
+    choice)."""
 
     requests: int
-    challenger: str  # the verification's winner
-    baseline_scale: float  # the highest scale at which the tuned fleet met the target there
-    probed_scale: float  # the last scale the challenger was probed at (where the tuned fleet misses)
+    challenger: str  # the verification's winner (of the colocated plans, or of all)
+    baseline_scale: float  # the highest scale at which the baseline met the target there
+    probed_scale: float  # the last scale the challenger was probed at (where the baseline misses)
     confirmed: bool
     probes: int = 0  # simulations on the larger window
+    baseline: str = ""  # the plan the challenger had to beat
 
     def to_dict(self) -> dict:
-        return {"requests": self.requests, "challenger": self.challenger,
+        return {"requests": self.requests, "challenger": self.challenger, "baseline": self.baseline,
                 "baseline_scale": self.baseline_scale, "probed_scale": self.probed_scale,
                 "confirmed": self.confirmed, "probes": self.probes}
 
@@ -127,7 +141,7 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
     checked: list[Plan] = []
     pruned: list[float | None] = []
     best = 0.0
-    for plan in shortlist:
+    for plan in colocated_first(shortlist):
         start = max((plan.predicted_goodput_scale or 1.0) / busier, 1e-3)
         floor = best * (1 + rel_tol) if checked else 0.0
         res = plan_goodput(plan, vt, cost, config, slo, start_scale=start, rel_tol=rel_tol, floor=floor,
@@ -135,14 +149,45 @@ def verify_shortlist(shortlist: list[Plan], prepared: PreparedTrace, cost: CostM
         checked.append(replace(plan, simulated_goodput_scale=None if res.pruned else res.scale))
         pruned.append(floor if res.pruned else None)
         best = max(best, res.scale)
-    win = max(range(len(checked)), key=lambda i: (checked[i].simulated_goodput_scale or 0.0, -i))
-    confirmation = None
-    if win != 0:
-        confirmation = confirm(checked[0], checked[win], prepared, vt, cost, config, slo,
-                               CONFIRM_FACTOR * max_requests, rel_tol, timers, early_stop)
+    def recheck(baseline: Plan, challenger: Plan) -> Confirmation | None:
+        return confirm(baseline, challenger, prepared, vt, cost, config, slo, CONFIRM_FACTOR * max_requests,
+                       rel_tol, timers, early_stop)
+
+    win, confirmation, group_confirmation = decide(checked, recheck)
+    return Verification(checked[win], tuple(checked), len(vt.trace), tuple(pruned), confirmation,
+                        group_confirmation)
+
+
+def colocated_first(shortlist: list[Plan]) -> list[Plan]:
+    """The tuned fleet, the other colocated plans, then the disaggregated ones (each part in its order):
+    a plan is pruned against the best before it, so the best colocated plan's scale on the window is known
+    whatever a group reaches, and a tie goes to the colocated plan."""
+    return [shortlist[0], *sorted(shortlist[1:], key=lambda p: p.is_disaggregated)]
+
+
+def decide(checked: list[Plan], recheck: Callable[[Plan, Plan], Confirmation | None]
+           ) -> tuple[int, Confirmation | None, Confirmation | None]:
+    """(the winner's index, the colocated decision's re-check, the group decision's re-check) among the
+    verified plans (``checked[0]`` the tuned fleet; simulated scale None: pruned). Two decisions in
+    series, each re-made by ``recheck`` (baseline, challenger) on the larger window (None: no larger
+    window; the window's decision stands): the best colocated plan replaces the tuned fleet only when
+    confirmed; a disaggregated winner replaces that colocated choice only when confirmed against it, so
+    the plan is never worse than the best colocated plan by more than the search's resolution there."""
+    def best(ids: list[int]) -> int:
+        return max(ids, key=lambda i: (checked[i].simulated_goodput_scale or 0.0, -i))
+
+    win = best(list(range(len(checked))))
+    col = best([i for i, p in enumerate(checked) if not p.is_disaggregated])
+    confirmation = group_confirmation = None
+    if col != 0:
+        confirmation = recheck(checked[0], checked[col])
         if confirmation is not None and not confirmation.confirmed:
-            win = 0
-    return Verification(checked[win], tuple(checked), len(vt.trace), tuple(pruned), confirmation)
+            col = 0
+    if checked[win].is_disaggregated:
+        group_confirmation = recheck(checked[col], checked[win])
+        if group_confirmation is None or group_confirmation.confirmed:
+            return win, confirmation, group_confirmation
+    return col, confirmation, group_confirmation
 
 
 def confirm(baseline: Plan, challenger: Plan, prepared: PreparedTrace, vt: PreparedTrace, cost: CostModel,
@@ -150,7 +195,7 @@ def confirm(baseline: Plan, challenger: Plan, prepared: PreparedTrace, vt: Prepa
             timers: dict, early_stop: bool = True) -> Confirmation | None:
     """Re-make the verification's decision on the larger window of ``max_requests`` requests (None: the
     verification window was already the whole trace), by ``paired_decision``: the verification's rule
-    (meet the target at the tuned fleet's scale times ``1 + rel_tol``) on the larger window, at a few
+    (meet the target at the baseline's scale times ``1 + rel_tol``) on the larger window, at a few
     probes when the challenger is clearly better."""
     ct = verification_trace(prepared, max_requests)
     if len(ct.trace) <= len(vt.trace):
@@ -163,7 +208,7 @@ def confirm(baseline: Plan, challenger: Plan, prepared: PreparedTrace, vt: Prepa
         return not plan_goodput(plan, ct, cost, config, slo, rel_tol=rel_tol, floor=scale, timers=timers,
                                 max_probes=1, early_stop=early_stop).pruned
 
-    # start between two estimates of the tuned fleet's goodput there, each off by up to 2x in the
+    # start between two estimates of the baseline's goodput there, each off by up to 2x in the
     # evaluation (geometric mean): the latency model's (for the whole trace, divided by how much busier
     # the window is than the trace) and the verification's (rescaled by the two windows' mean rates)
     busier = max(ct.trace.mean_rate_rps / max(prepared.trace.mean_rate_rps, 1e-12), 1.0)
@@ -173,7 +218,8 @@ def confirm(baseline: Plan, challenger: Plan, prepared: PreparedTrace, vt: Prepa
     scale = (predicted * verified) ** 0.5
     confirmed, lo, bar = paired_decision(lambda x: meets(baseline, x), lambda x: meets(challenger, x),
                                          max(scale, 1e-3), rel_tol)
-    return Confirmation(len(ct.trace), challenger.describe(), lo, bar, confirmed, probes)
+    return Confirmation(len(ct.trace), challenger.describe(), lo, bar, confirmed, probes,
+                        baseline.describe())
 
 
 def paired_decision(baseline_meets: Callable[[float], bool], challenger_meets: Callable[[float], bool],
@@ -231,5 +277,5 @@ def plan_with_slo(cluster: ClusterSpec, cost: CostModel, prepared: PreparedTrace
 
 
 __all__ = ["CONFIRM_FACTOR", "MIN_VERIFY_REQUESTS", "REQUESTS_PER_REPLICA", "Confirmation", "Verification",
-           "confirm", "paired_decision", "plan_with_slo",
+           "colocated_first", "confirm", "decide", "paired_decision", "plan_with_slo",
            "verification_trace", "verify_shortlist"]
