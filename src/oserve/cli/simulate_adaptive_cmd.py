@@ -12,18 +12,17 @@ from oserve.cli.common_args import (
     NON_NEGATIVE,
     POSITIVE,
     add_cluster_model_args,
-    add_slo_args,
     add_trace_args,
     default,
     resolve,
 )
+from oserve.cli.slo_args import add_slo_args, slo_from_args
 from oserve.common.errors import ConfigError
 from oserve.forecast.synthetic import load_any_trace
 from oserve.sim.adaptive_experiment import ABLATIONS, FORECASTERS, MODES, AdaptiveSetup, compare
 from oserve.sim.config import SimConfig
 from oserve.switching.io_profile import IoProfile
 from oserve.switching.policy import POLICY_OBJECTIVES, SwitchParams
-from oserve.workload.slo import slo_from_flags
 
 
 def register(sub) -> None:
@@ -62,7 +61,7 @@ def register(sub) -> None:
                         "fleet sized to the forecast; the mode 'elastic' is switch-p2p under min-gpus)")
     p.add_argument("--no-redispatch", action="store_true", help="between switches keep the deployed "
                    "plan's dispatch instead of re-weighting it for each forecast")
-    add_slo_args(p)
+    add_slo_args(p, planning=False)  # what the plans, the switch prices and the goodput are held to
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, metavar="DIR", help="write results, timeline and plot here")
     p.set_defaults(func=run)
@@ -85,7 +84,7 @@ def _setup(args):
     interval_s = args.control_interval_s
     setup = AdaptiveSetup(cluster, cost, prepared, SimConfig(seed=args.seed), switch, interval_s,
                           args.warmup_s, _forecaster(args, interval_s), io, not args.no_redispatch)
-    slo = slo_from_flags(None, args.slo_ttft_s, args.slo_tpot_s, None)
+    slo = slo_from_args(args)  # None: the setup's default, the loose preset
     return cluster, setup if slo is None else replace(setup, slo=slo)
 
 
@@ -116,7 +115,8 @@ def run(args) -> int:
     out = compare(setup, modes, args.slo_ttft_s, args.slo_tpot_s)
     report = {"cluster": cluster.describe(), "model": args.model, "trace": setup.prepared.trace.name,
               "synthetic": bool(setup.prepared.trace.meta.get("synthetic")),
-              "requests": len(setup.prepared.trace),
+              "requests": len(setup.prepared.trace), "slo": setup.slo.describe(),
+              "attainment_target": setup.slo.attainment,
               "modes": {m: {k: v for k, v in r.items() if k not in ("result", "timeline")}
                         for m, r in out.items()},
               "config": {k: v for k, v in vars(args).items() if k != "func"} | {

@@ -1,7 +1,8 @@
-"""The SLO flags that ``oserve plan`` and ``oserve simulate`` share, as one self-contained block.
+"""The SLO flags that ``oserve plan``, ``simulate``, ``simulate-adaptive`` and ``serve`` share, as one
+self-contained block.
 
-(``oserve simulate-adaptive`` keeps the plain ``--slo-ttft-s/--slo-tpot-s`` bounds of
-``common_args.add_slo_args``; the spellings and destinations here are the same.)"""
+(``oserve bench`` keeps the plain ``--slo-ttft-s/--slo-tpot-s`` bounds of ``common_args.add_slo_args``;
+the spellings and destinations here are the same.)"""
 
 from __future__ import annotations
 
