@@ -28,11 +28,12 @@ import numpy as np
 
 from oserve.costmodel.kv_transfer import KvHandoff
 from oserve.costmodel.latency_model import (
-    BACKLOG_POINTS,
     KV_FIT_SLACK,
     KV_HEADROOM,
     KV_ITERATIONS,
     ReplicaLatencyModel,
+    backlog_waits_s,
+    regime_duration_s,
 )
 from oserve.costmodel.prefill_latency import PrefillPoolModel
 from oserve.workload.burstiness import Burstiness, LengthSample
@@ -129,8 +130,7 @@ class GroupLatencyModel:
         burst = burstiness or Burstiness.poisson()
         regimes = burst.regimes(rate_scale)
         ca2 = burst.within_ca2(stream_fraction / self.num_prefill)
-        # a regime lasts one window of replay time (as in ``latency_model``); one regime is stationary
-        duration = burst.window_s if burst.counts is not None and len(regimes) > 1 else math.inf
+        duration = regime_duration_s(burst, len(regimes))  # one window of replay time; one regime: stationary
         sums, den = np.zeros((3, k)), np.zeros(k)
         for reg in regimes:
             mult = np.asarray(reg.multipliers) if reg.multipliers else np.ones(k)
@@ -144,8 +144,7 @@ class GroupLatencyModel:
             # in a KV-bound burst the wait for decode blocks, growth * t for a sequence t s into it
             after = np.array([slos[t].ttft_s - self._after_prefill_s(samples[t], dec.step_s)
                               for t in range(k)])
-            waits = ((np.arange(BACKLOG_POINTS) + 0.5) / BACKLOG_POINTS * duration * dec.growth
-                     if dec.growth > 0 else np.zeros(1))
+            waits = backlog_waits_s(duration, dec.growth) if dec.growth > 0 else np.zeros(1)
             preds = [self.pool.predict(samples, r / self.num_prefill, list(np.maximum(after - w, 1e-9)), ca2)
                      for w in waits]
             if preds[0].overloaded:

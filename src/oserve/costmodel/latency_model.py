@@ -106,6 +106,18 @@ class ReplicaPrediction:
             p.attainment >= target for p, r in zip(self.types, rates_rps) if r > 0)
 
 
+def regime_duration_s(burst: Burstiness, num_regimes: int) -> float:
+    """How long a burst regime's rates last: one window of replay time (the trace's regimes); a single
+    regime is the whole stream, stationary (infinite)."""
+    return burst.window_s if burst.counts is not None and num_regimes > 1 else math.inf
+
+
+def backlog_waits_s(duration_s: float, growth: float) -> np.ndarray:
+    """The extra waits of a KV-bound burst's fluid backlog at ``BACKLOG_POINTS`` arrival times, the
+    midpoints of the window: a request arriving t s into it waits ``growth * t``."""
+    return (np.arange(BACKLOG_POINTS) + 0.5) / BACKLOG_POINTS * duration_s * growth
+
+
 @dataclass
 class ReplicaLatencyModel:
     """The latency model of one configuration; step times are memoised per instance."""
@@ -178,9 +190,7 @@ class ReplicaLatencyModel:
         mults = [np.asarray(r.multipliers) if r.multipliers else np.ones(k) for r in regimes]
         weights = [r.time_share * rates * m for r, m in zip(regimes, mults)]  # requests per regime
         den = np.sum(weights, axis=0)
-        # a regime lasts one window of replay time (the trace's regimes); a single regime is the whole
-        # stream, stationary
-        duration = burst.window_s if burst.counts is not None and len(regimes) > 1 else math.inf
+        duration = regime_duration_s(burst, len(regimes))
         order = sorted(range(len(regimes)), key=lambda j: -float(mults[j].max()))
         sums = np.zeros((4, k))  # request-weighted attainment, TTFT, TPOT attainment, mean TPOT
         seen = np.zeros(k)
@@ -254,8 +264,8 @@ class ReplicaLatencyModel:
         wait = _Wait(rho, mean_w, cs2, ca2)
         own = ch.cost + ch.num * d + 0.5 * step_s * min(1.0, batch)
         if growth > 0:  # KV-bound burst: arriving t s into it, a request waits growth * t more
-            backlog = (np.arange(BACKLOG_POINTS) + 0.5) / BACKLOG_POINTS * duration_s * growth
-            ttft_ok = np.mean([wait.attainment(lay.ttft_bound - own - b) for b in backlog], axis=0)
+            ttft_ok = np.mean([wait.attainment(lay.ttft_bound - own - b)
+                               for b in backlog_waits_s(duration_s, growth)], axis=0)
             own = own + 0.5 * duration_s * growth
         else:
             ttft_ok = wait.attainment(lay.ttft_bound - own)
