@@ -100,3 +100,19 @@ def test_a_run_cut_at_its_start_keeps_the_reference_block_counts():
             rep.on_step_end(rep.step_end_s)
         states.append(trail + [rep.pool.num_free, rep.num_steps])
     assert len(states[0]) > 2 and states[0] == states[1]
+
+
+@pytest.mark.parametrize("max_tokens", [256, 512, 1024])
+def test_budget_bound_steps_stay_on_the_fast_path_and_equal_the_reference(max_tokens):
+    """Prompts longer than the chunk budget: with KV room, every step (a chunk cut by the budget
+    included: the prefilling sequences come after the decoding ones in the order, so the budget cuts
+    them in turn) is scheduled by the DecodeSet, and the simulation is the reference scheduler's."""
+    workload = poisson_workload(300, 10.0, seed=5, max_in=3000, max_out=200)
+    (fast, fast_sim), (ref, _) = _both(workload, num_replicas=2, kv_blocks=20_000, max_tokens=max_tokens)
+    for key in ARRAYS:
+        np.testing.assert_array_equal(getattr(fast, key), getattr(ref, key), err_msg=key)
+    assert fast.num_events == ref.num_events and fast.in_system_area == ref.in_system_area
+    for a, b in zip(fast.replicas, ref.replicas):
+        assert [getattr(a, f) for f in STATS] == [getattr(b, f) for f in STATS]
+    assert sum(r.num_preemptions for r in fast.replicas) == 0
+    assert all(r.num_reference_steps == 0 for r in fast_sim.replicas)  # no step left the fast path

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,10 +55,22 @@ class KindFactors:
     parallel_half: float = 0.0  # units of parallel work at which the kernel reaches half efficiency
 
     def time_ms(self, work: Work, gpu: GpuSpec, peak: str = "bf16") -> float:
-        occupancy = work.parallelism / (work.parallelism + self.parallel_half)
-        tc = work.flops / (gpu.peak_tflops(peak) * 1e12 * self.compute_eff * occupancy) * 1e3
-        tm = work.bytes / (gpu.hbm_gbps * 1e9 * self.mem_eff * occupancy) * 1e3
-        return float(self.t0_ms + (tc ** SMOOTH_P + tm ** SMOOTH_P) ** (1.0 / SMOOTH_P))
+        return self.timer_ms(gpu, peak)(work.flops, work.bytes, work.parallelism)
+
+    def timer_ms(self, gpu: GpuSpec, peak: str = "bf16") -> Callable[[float, float, float], float]:
+        """``time_ms`` on one GPU and peak as a function of (FLOPs, bytes, parallelism), the GPU's
+        rates folded in once (the same float operations: the cost model times thousands of kernels)."""
+        compute = gpu.peak_tflops(peak) * 1e12 * self.compute_eff
+        memory = gpu.hbm_gbps * 1e9 * self.mem_eff
+        t0, half = self.t0_ms, self.parallel_half
+
+        def kernel_ms(flops: float, nbytes: float, parallelism: float) -> float:
+            occupancy = parallelism / (parallelism + half)
+            tc = flops / (compute * occupancy) * 1e3
+            tm = nbytes / (memory * occupancy) * 1e3
+            return float(t0 + (tc ** SMOOTH_P + tm ** SMOOTH_P) ** (1.0 / SMOOTH_P))
+
+        return kernel_ms
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,10 @@ class Calibration:
 
     def kind_time_ms(self, kind: str, work: Work, gpu: GpuSpec) -> float:
         return self.factors(kind)[0].time_ms(work, gpu, kind_peak(kind))
+
+    def kind_timer_ms(self, kind: str, gpu: GpuSpec) -> Callable[[float, float, float], float]:
+        """``kind_time_ms`` on one GPU as a function of (FLOPs, bytes, parallelism)."""
+        return self.factors(kind)[0].timer_ms(gpu, kind_peak(kind))
 
     def to_dict(self) -> dict[str, Any]:
         return {

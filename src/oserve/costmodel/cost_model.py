@@ -15,34 +15,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from oserve.common.errors import ConfigError
 from oserve.costmodel.calibration import Calibration, load_calibration
 from oserve.costmodel.catalog import GpuSpec, ModelSpec, load_gpus
-from oserve.costmodel.network import all_reduce_s, send_recv_s
-from oserve.costmodel.operators import (
-    GEMM_LAYERS,
-    Work,
-    gemm_work,
-    kv_heads_per_shard,
-)
-from oserve.costmodel.pipeline import MicroBatch, ring_round_s, split_micro_batches
-from oserve.costmodel.precision import (
-    Factor,
-    decode_work_for,
-    gemm_work_for,
-    kv_format,
-    resolve_weight_format,
-)
+from oserve.costmodel.operators import kv_heads_per_shard
+from oserve.costmodel.precision import Factor, kv_format, resolve_weight_format
 from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.step_pricer import OpKey, StepPricer
 
-ACTIVATION_BYTES = 2.0
 FP32_BYTES = 4.0
 DEFAULT_TPOT_SLO_S = 0.1
-# a stage's terms besides the decode context (CostModel._stage_terms): the stage time when it does not
-# depend on the context (else None), the GPU, layers per stage, per-layer GEMMs + prefill attention,
-# per-layer all-reduces, the LM head
-StageTerms = tuple[float | None, GpuSpec | None, int, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -84,11 +68,12 @@ class CostModel:
             self.gpus = {n: cat.get(n) for n in cat.names()}
         # Per-instance cache (no global state: two cost models can coexist).
         self._capacity_cache: dict[tuple[ReplicaConfig, float, float], float] = {}
-        self._gemm_cache: dict[tuple[str, int, str, float], float] = {}
-        # the attention and LM-head operator times by everything they read (a simulator's step-time
-        # misses ask for the same ones again and again: the same prefill at two decode contexts, the
-        # same decode batch under many prefills)
-        self._op_cache: dict[tuple[object, ...], float] = {}
+        # per configuration: its step times, each operator time memoised by what it reads (a
+        # simulator's step-time misses ask for the same ones again and again: the same prefill at two
+        # decode contexts, the same decode batch under many prefills)
+        self._pricers: dict[ReplicaConfig, StepPricer] = {}
+        # an operator's memo, shared by the configs that agree on what it reads
+        self._op_memo: dict[OpKey, dict[Any, Any]] = {}
 
     def gpu(self, cfg: ReplicaConfig) -> GpuSpec:
         if cfg.gpu_type not in self.gpus:
@@ -134,11 +119,6 @@ class CostModel:
         valid_split = (self.model.num_heads % cfg.tp == 0 and cfg.pp <= self.model.num_layers)
         return valid_split and self.kv_capacity_tokens(cfg) >= self.params.min_kv_tokens
 
-    # ---- time of one stage --------------------------------------------------------------------------
-
-    def _op_s(self, kind: str, work: Work, gpu: GpuSpec) -> float:
-        return self.calibration.kind_time_ms(kind, work, gpu) * 1e-3
-
     def precision_factors(self, cfg: ReplicaConfig) -> dict[str, Factor]:
         """What the replica's number formats contribute and where each number comes from; a kernel
         efficiency not measured by the calibration's profile is marked ``assumed`` (uncalibrated)."""
@@ -161,86 +141,16 @@ class CostModel:
             out["GEMM compute overhead"] = wf.compute_overhead
         return out
 
-    def _stage_terms(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
-                     decode_batch: int) -> StageTerms:
-        """What a stage time needs besides the decode context: (the stage time when it does not depend on
-        the context, else None; the GPU; layers per stage; per layer the GEMMs over all tokens plus the
-        prefill attention; the all-reduces per layer; the LM head). ``_stage_at`` finishes it."""
-        prefill_tokens: float = 0  # both sums in one pass, from 0 in the order sum() adds them
-        prefill_sq: float = 0
-        for c, p in prefill_chunks:
-            prefill_tokens += c
-            prefill_sq += c * (c + 2 * p)
-        tokens = prefill_tokens + decode_batch
-        if tokens <= 0:
-            return (0.0, None, 0, 0.0, 0.0, 0.0)
-        gpu, m = self.gpu(cfg), self.model
-        step_model = gpu.step_model
-        if step_model is not None:  # fitted as a whole on the device (CPU), not from operators
-            return ((step_model.prefill_s_per_token * prefill_tokens
-                     + step_model.prefill_attention_s_per_token2 * prefill_sq
-                     + step_model.decode_s_per_seq * decode_batch) / cfg.pp, gpu, 0, 0.0, 0.0, 0.0)
-        key = (cfg.gpu_type, cfg.tp, cfg.weight_format, tokens)
-        total = self._gemm_cache.get(key)  # the GEMMs depend on the token count alone: memoised
-        if total is None:
-            if cfg.weight_format == "bf16":
-                total = sum(self._op_s("gemm", gemm_work(m, cfg.tp, g, tokens), gpu) for g in GEMM_LAYERS)
-            else:
-                wf = resolve_weight_format(cfg.weight_format, gpu)
-                total = sum(self._op_s(wf.profile_kind, gemm_work_for(m, cfg.tp, g, tokens, wf), gpu)
-                            for g in GEMM_LAYERS)
-            self._gemm_cache[key] = total
-        num_prefill = len(prefill_chunks)
-        if num_prefill > 0:
-            op_key: tuple[object, ...] = ("prefill", cfg.gpu_type, cfg.tp, prefill_sq,
-                                          tokens - decode_batch, num_prefill)
-            op = self._op_cache.get(op_key)
-            if op is None:
-                heads = m.num_heads / cfg.tp
-                kvh = kv_heads_per_shard(m, cfg.tp)
-                # sum over prompts of s^2 (causal attention FLOPs) and s (bytes), batched into one kernel
-                flops = 2.0 * prefill_sq * m.head_dim * heads
-                nbytes = ACTIVATION_BYTES * (tokens - decode_batch) * m.head_dim * (2 * heads + 2 * kvh)
-                op = self._op_cache[op_key] = self._op_s("prefill",
-                                                         Work(flops, nbytes, heads * num_prefill), gpu)
-            total += op
-        comm = 0.0
-        if cfg.tp > 1:
-            comm_key: tuple[object, ...] = ("comm", cfg.gpu_type, cfg.tp, tokens)
-            hit = self._op_cache.get(comm_key)
-            if hit is None:
-                hit = self._op_cache[comm_key] = 2 * all_reduce_s(
-                    tokens * m.hidden_size * ACTIVATION_BYTES, cfg.tp, gpu.intra_node_gbps)
-            comm = hit
-        sampled = num_prefill + decode_batch
-        head_key: tuple[object, ...] = ("lm_head", cfg.gpu_type, cfg.tp, cfg.pp, sampled)
-        lm_head = self._op_cache.get(head_key)
-        if lm_head is None:
-            lm_head = self._op_cache[head_key] = self._op_s(
-                "gemm", Work(2.0 * sampled * m.hidden_size * m.vocab_size / cfg.tp,
-                             ACTIVATION_BYTES * m.hidden_size * m.vocab_size / cfg.tp), gpu) / cfg.pp
-        return (None, gpu, math.ceil(m.num_layers / cfg.pp), total, comm, lm_head)
+    # ---- step times (``costmodel.step_pricer``) -------------------------------------------------------
 
-    def _stage_at(self, cfg: ReplicaConfig, terms: StageTerms, decode_batch: int,
-                  decode_ctx_total: float) -> float:
-        """A stage time from ``_stage_terms`` at one decode context: one layer is its GEMMs, prefill and
-        decode attention (the only term that reads the context), scaled by the calibration's layer
-        overhead; a stage is its layers and their all-reduces, plus the LM head."""
-        fixed, gpu, layers, total, comm, lm_head = terms
-        if fixed is not None:
-            return fixed
-        assert gpu is not None  # _stage_terms leaves it out only with a fixed time
-        if decode_batch > 0:
-            op_key = ("decode", cfg.gpu_type, cfg.tp, cfg.kv_cache_dtype, decode_batch, decode_ctx_total)
-            op = self._op_cache.get(op_key)
-            if op is None:
-                ctx = decode_ctx_total / decode_batch
-                kvf = kv_format(cfg.kv_cache_dtype)
-                op = self._op_cache[op_key] = self._op_s(
-                    kvf.profile_kind, decode_work_for(self.model, cfg.tp, decode_batch, ctx, kvf), gpu)
-            total += op
-        layer = total * (1 + self.calibration.layer_extra_frac) + self.calibration.layer_fixed_ms * 1e-3
-        return layers * (layer + comm) + lm_head
+    def pricer(self, cfg: ReplicaConfig) -> StepPricer:
+        """The stage and step times of ``cfg`` (``costmodel.step_pricer``), built once per config."""
+        pricer = self._pricers.get(cfg)
+        if pricer is None:
+            pricer = self._pricers[cfg] = StepPricer(self.model, self.calibration, self.gpu(cfg), cfg,
+                                                     self.step_overhead_s(cfg), self.batched_tokens(cfg),
+                                                     lambda key: self._op_memo.setdefault(key, {}))
+        return pricer
 
     def stage_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                      decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -248,15 +158,13 @@ class CostModel:
 
         ``prefill_chunks`` holds (new tokens, tokens already cached) per prefilling sequence.
         """
-        return self._stage_at(cfg, self._stage_terms(cfg, prefill_chunks, decode_batch), decode_batch,
-                              decode_ctx_total)
+        return self.pricer(cfg).stage_times(prefill_chunks, decode_batch, (decode_ctx_total,))[0]
 
     def stage_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
                       decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> list[float]:
         """``stage_time_s`` at each of several decode contexts (the same step otherwise): the terms that
         do not depend on the context are computed once, each result exactly as ``stage_time_s``'s."""
-        terms = self._stage_terms(cfg, prefill_chunks, decode_batch)
-        return [self._stage_at(cfg, terms, decode_batch, ctx) for ctx in decode_ctx_totals]
+        return self.pricer(cfg).stage_times(prefill_chunks, decode_batch, decode_ctx_totals)
 
     def step_time_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...] = (),
                     decode_batch: int = 0, decode_ctx_total: float = 0.0) -> float:
@@ -267,38 +175,14 @@ class CostModel:
         each, the round ``max(pp * max_j t_j, sum_j t_j)`` over their stage times, plus the
         stage-boundary sends of the largest.
         """
-        if cfg.pp == 1:
-            return self.stage_time_s(cfg, prefill_chunks, decode_batch, decode_ctx_total) + \
-                self.step_overhead_s(cfg)
-        return self.step_times_s(cfg, prefill_chunks, decode_batch, (decode_ctx_total,))[0]
+        return self.pricer(cfg).step_times(prefill_chunks, decode_batch, (decode_ctx_total,))[0]
 
     def step_times_s(self, cfg: ReplicaConfig, prefill_chunks: tuple[tuple[float, float], ...],
                      decode_batch: int, decode_ctx_totals: tuple[float, ...]) -> list[float]:
         """``step_time_s`` at each of several decode contexts, the rest of the step the same (the
         simulator's step timer fits a line through two): the micro-batch split and every term that does
         not depend on the context are computed once; each result is exactly ``step_time_s``'s."""
-        overhead_s = self.step_overhead_s(cfg)
-        if cfg.pp == 1:
-            stages = self.stage_times_s(cfg, prefill_chunks, decode_batch, decode_ctx_totals)
-            return [stage + overhead_s for stage in stages]
-        micro = split_micro_batches(prefill_chunks, decode_batch, cfg.pp, self.batched_tokens(cfg))
-        per_seq_ctxs = tuple(ctx / decode_batch if decode_batch else 0.0 for ctx in decode_ctx_totals)
-        priced: dict[MicroBatch, list[float]] = {}  # micro-batches of decodes alone are often alike
-        per_mb = []  # per micro-batch: its stage time at each context
-        for mb in micro:
-            times = priced.get(mb)
-            if times is None:
-                times = priced[mb] = self.stage_times_s(
-                    cfg, mb.chunks, mb.decodes, tuple(per_seq * mb.decodes for per_seq in per_seq_ctxs))
-            per_mb.append(times)
-        largest = max((mb.tokens for mb in micro), default=0.0)
-        hop_key: tuple[object, ...] = ("send_recv", cfg.gpu_type, largest)
-        hop = self._op_cache.get(hop_key)
-        if hop is None:
-            hop = self._op_cache[hop_key] = send_recv_s(largest * self.model.hidden_size * ACTIVATION_BYTES,
-                                                        True, self.gpu(cfg).intra_node_gbps)
-        return [ring_round_s([times[k] for times in per_mb], cfg.pp) + (cfg.pp - 1) * hop + overhead_s
-                for k in range(len(decode_ctx_totals))]
+        return self.pricer(cfg).step_times(prefill_chunks, decode_batch, decode_ctx_totals)
 
     def step_overhead_s(self, cfg: ReplicaConfig) -> float:
         """The fixed cost of one engine step: the device's fitted value, else the engine default."""

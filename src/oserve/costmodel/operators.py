@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from oserve.costmodel.catalog import ModelSpec
 
 GEMM_LAYERS = ("qkv", "o", "up", "down")
+GEMM_PARALLELISM = 1e9  # a GEMM's units of parallel work: never occupancy-limited at these shapes
 
 
 @dataclass(frozen=True)
 class Work:
     flops: float
     bytes: float
-    parallelism: float = 1e9  # independent units of work (heads x sequences); small = poor occupancy
+    parallelism: float = GEMM_PARALLELISM  # independent units (heads x sequences); small = poor occupancy
 
 
 def kv_heads_per_shard(model: ModelSpec, tp: int) -> int:
@@ -45,7 +46,12 @@ def gemm_shape(model: ModelSpec, tp: int, layer: str) -> tuple[int, int]:
 
 def gemm_work(model: ModelSpec, tp: int, layer: str, tokens: float, elem_bytes: float = 2.0) -> Work:
     k, n = gemm_shape(model, tp, layer)
-    return Work(2.0 * tokens * k * n, elem_bytes * (k * n + tokens * (k + n)))
+    return Work(*gemm_cost(k, n, tokens, elem_bytes))
+
+
+def gemm_cost(k: int, n: int, tokens: float, elem_bytes: float = 2.0) -> tuple[float, float]:
+    """(FLOPs, bytes) of ``tokens`` rows through a (k x n) weight, everything in ``elem_bytes``."""
+    return 2.0 * tokens * k * n, elem_bytes * (k * n + tokens * (k + n))
 
 
 def prefill_attention_work(model: ModelSpec, tp: int, seq_len: float, batch: float = 1,

@@ -53,6 +53,9 @@ def pieces(chunks: tuple[tuple[float, float], ...], max_tokens: int) -> list[tup
     tokens its predecessors cached."""
     out: list[tuple[float, float]] = []
     for c, p in chunks:
+        if c < max_tokens:  # one piece (most chunks): the loop's one iteration, (c - 0, p + 0)
+            out.append((c, p))
+            continue
         n = max(1, math.ceil(c / max_tokens - 1e-9))
         for j in range(n):
             out.append((min(max_tokens, c - j * max_tokens), p + j * max_tokens))
@@ -62,16 +65,44 @@ def pieces(chunks: tuple[tuple[float, float], ...], max_tokens: int) -> list[tup
 def split_micro_batches(chunks: tuple[tuple[float, float], ...], decode_batch: int, pp: int,
                         max_tokens: int) -> list[MicroBatch]:
     """A round's work as ``min(pp, items)`` micro-batches, balanced by tokens as far as items allow."""
+    return [MicroBatch(c, d) for c, d in split_round(chunks, decode_batch, pp, max_tokens)[0]]
+
+
+def split_round(chunks: tuple[tuple[float, float], ...], decode_batch: int, pp: int, max_tokens: int
+                ) -> tuple[list[tuple[tuple[tuple[float, float], ...], int]], float]:
+    """``split_micro_batches`` as plain (pieces, decodes) tuples (cheaper to build and hash: the cost
+    model splits every PP step it prices), and the largest micro-batch's tokens (its ``tokens``; 0.0
+    when there is none)."""
     parts = pieces(chunks, max_tokens) if chunks else []
-    m = max(1, min(pp, len(parts) + decode_batch))
-    load = [0.0] * m
-    owned: list[list[tuple[float, float]]] = [[] for _ in range(m)]
-    for piece in sorted(parts, key=lambda x: -x[0]):  # longest processing time first
-        j = load.index(min(load))  # the first least-loaded one
-        owned[j].append(piece)
-        load[j] += piece[0]
+    if len(parts) > 1:
+        m = min(pp, len(parts) + decode_batch)
+        load = [0.0] * m
+        owned: list[list[tuple[float, float]]] = [[] for _ in range(m)]
+        for piece in sorted(parts, key=lambda x: -x[0]):  # longest processing time first
+            j = load.index(min(load))  # the first least-loaded one
+            owned[j].append(piece)
+            load[j] += piece[0]
+    elif parts:  # one piece (most steps): it on the first micro-batch, the decodes over the rest
+        m = min(pp, 1 + decode_batch)
+        owned = [parts] + [[] for _ in range(m - 1)]
+        load = [0.0 + parts[0][0]] + [0.0] * (m - 1)
+    else:
+        m = max(1, min(pp, decode_batch))
+        owned = [[] for _ in range(m)]
+        load = [0.0] * m
     decodes = _water_fill(load, decode_batch)
-    return [MicroBatch(tuple(owned[j]), decodes[j]) for j in range(m) if owned[j] or decodes[j]]
+    micro = []
+    largest = 0.0
+    for j in range(m):
+        d = decodes[j]
+        if owned[j] or d:
+            micro.append((tuple(owned[j]), d))
+            # its tokens: the pieces' sum in this order (as ``MicroBatch.tokens`` adds them) and the
+            # decodes; the first larger one is ``max``'s
+            tokens = load[j] + d
+            if tokens > largest:
+                largest = tokens
+    return micro, largest
 
 
 def _water_fill(load: list[float], count: int) -> list[int]:
@@ -127,4 +158,5 @@ def pipeline_makespan_s(stage_times_s: list[float], pp: int, rounds: int = 1) ->
     return max(back)
 
 
-__all__ = ["MicroBatch", "pieces", "pipeline_makespan_s", "ring_round_s", "split_micro_batches"]
+__all__ = ["MicroBatch", "pieces", "pipeline_makespan_s", "ring_round_s", "split_micro_batches",
+           "split_round"]

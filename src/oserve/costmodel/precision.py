@@ -130,9 +130,14 @@ def resolve_weight_format(name: str, gpu: GpuSpec) -> WeightFormat:
 def gemm_work_for(model: ModelSpec, tp: int, layer: str, tokens: float, wf: WeightFormat) -> Work:
     """One linear layer with weights in ``wf``: weight bytes, activations in, bf16 out."""
     k, n = gemm_shape(model, tp, layer)
+    return Work(*gemm_cost_for(k, n, tokens, wf))
+
+
+def gemm_cost_for(k: int, n: int, tokens: float, wf: WeightFormat) -> tuple[float, float]:
+    """(FLOPs, bytes) of ``tokens`` rows through a (k x n) weight in ``wf``."""
     flops = 2.0 * tokens * k * n * wf.compute_overhead.value
     nbytes = wf.bytes_per_weight.value * k * n + wf.activation_bytes * tokens * k + 2.0 * tokens * n
-    return Work(flops, nbytes)
+    return flops, nbytes
 
 
 def decode_work_for(model: ModelSpec, tp: int, batch: float, context: float, kvf: KvFormat) -> Work:

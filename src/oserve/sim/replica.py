@@ -47,11 +47,11 @@ class ReplicaSim:
 
     # slots: a large fleet's replicas are touched in turn, one event each; compact objects keep more
     # of them in the CPU's caches (and slot reads are cheaper than dict lookups)
-    __slots__ = ("_decoding", "_fresh", "_joining", "_lazy", "_lazy_batch", "_num_dead", "_prefilling",
-                 "_running", "_to_extract", "accepting", "batch", "batching", "busy_bins", "busy_s",
-                 "decode_runs", "decode_tokens", "extracted", "fast", "held", "incoming", "num_events",
-                 "num_preemptions", "num_reference_steps", "num_steps", "num_transferring", "pool",
-                 "prefill_tokens", "prefilled", "replica_id", "reserved", "role", "run_steps",
+    __slots__ = ("_decoding", "_fresh", "_joining", "_lazy", "_lazy_batch", "_num_dead", "_prefill_last",
+                 "_prefilling", "_running", "_to_extract", "accepting", "batch", "batching", "busy_bins",
+                 "busy_s", "decode_runs", "decode_tokens", "extracted", "fast", "held", "incoming",
+                 "num_events", "num_preemptions", "num_reference_steps", "num_steps", "num_transferring",
+                 "pool", "prefill_tokens", "prefilled", "replica_id", "reserved", "role", "run_steps",
                  "step_end_s", "step_start_s", "timer", "util_bin_s", "version", "waiting")
 
     def __init__(self, replica_id: int, timer: StepTimer, pool: BlockPool, batching: BatchingConfig,
@@ -72,6 +72,9 @@ class ReplicaSim:
         self._prefilling: list[Seq] = []  # the running sequences not in _decoding, in admission order
         self._joining: list[Seq] = []  # adopted while a fast step was in flight: join at the next step
         self._lazy = False  # _decoding and _prefilling describe _running (fast mode, between rebuilds)
+        # the prefilling sequences come after every decoding one in _running (admission order), so a
+        # budget that cannot cover every chunk cuts them in _prefilling's order (fast mode)
+        self._prefill_last = False
         self._num_dead = 0  # finished sequences still in _running (fast mode removes them in batches)
         self.num_reference_steps = 0  # fast mode: steps that needed the reference scheduler
         self.batch: StepBatch | None = None
@@ -243,8 +246,8 @@ class ReplicaSim:
         first = []
         prefill = batch.prefill
         if prefill:
-            # the batch's prefills are exactly ``_prefilling`` (every one got a chunk): those left with
-            # part of their prompt stay in it
+            # the batch's prefills are ``_prefilling``, or (budget-bound) its first ones: those left with
+            # part of their prompt stay in it, in order
             still = []
             for seq, chunk in prefill:
                 seq.num_cached += chunk
@@ -259,7 +262,9 @@ class ReplicaSim:
                 else:
                     still.append(seq)
             self.prefill_tokens += batch.prefill_tokens
-            self._prefilling = still
+            # a budget-bound step gave chunks to the first ones only: the others wait their turn
+            left = self._prefilling[len(prefill):]
+            self._prefilling = still + left if left else still
         if finished:
             released = 0
             for seq in finished:
@@ -320,23 +325,32 @@ class ReplicaSim:
             return None
         decoding, pool, cfg = self._decoding, self.pool, self.batching
         if self._joining:
-            for seq in self._joining:
+            for seq in self._joining:  # adopted: at the end of _running
                 if seq.num_cached >= seq.prefill_target:
+                    if self._prefilling:
+                        self._prefill_last = False
                     decoding.add(seq)
                 else:
                     self._prefilling.append(seq)
             self._joining = []
         num_decode = decoding.count
         budget = cfg.max_num_batched_tokens - num_decode
-        need, ctx_total, min_left = decoding.step_view()
+        decode_need, ctx_total, min_left = decoding.step_view()
+        need = decode_need
         prefilling = self._prefilling
+        bt = pool.block_tokens
         if prefilling:  # each gets the rest of its prompt
-            bt = pool.block_tokens
             for seq in prefilling:
                 budget -= seq.prefill_target - seq.num_cached
                 need += -(-seq.prefill_target // bt) - seq.num_blocks
-        if budget < 0 or need > pool.num_free:
-            return None  # a chunk cut by the budget, or a preemption: order matters, the reference decides
+        if budget < 0:  # the budget cuts a chunk
+            if not self._prefill_last:
+                return None  # a decode after a prefill in the order takes budget first: the reference
+            return self._budget_bound(decode_need, ctx_total, min_left, num_decode)
+        if need > pool.num_free:
+            return None  # a preemption: order matters, the reference decides
+        # every prefill completes in this step: those left are admitted now, at the end of the order
+        self._prefill_last = True
         if need:
             pool.allocate(need)
         # the replica's one lazy batch, reset (a step ends before the next is scheduled, and nothing
@@ -369,6 +383,49 @@ class ReplicaSim:
             budget -= chunk
         return batch
 
+    def _budget_bound(self, decode_need: int, ctx_total: int, min_left: int, num_decode: int
+                      ) -> StepBatch | None:
+        """A fast step whose budget cannot cover every prefill chunk, the prefilling sequences after
+        every decoding one in the order: as ``batching._schedule_running``, each decode takes its token
+        first, then each prefill in order the rest of its prompt or what is left of the budget (the
+        first cut one takes all that is left, the later ones nothing); nothing is admitted. None when a
+        block is short (a preemption: the reference decides)."""
+        pool = self.pool
+        bt = pool.block_tokens
+        budget = self.batching.max_num_batched_tokens - num_decode
+        need = decode_need
+        chunks = []
+        for seq in self._prefilling:
+            if budget <= 0:
+                break
+            cached = seq.num_cached
+            chunk = seq.prefill_target - cached
+            if chunk > budget:
+                chunk = budget
+            blocks = -(-(cached + chunk) // bt) - seq.num_blocks
+            if blocks > 0:
+                need += blocks
+            chunks.append((seq, chunk))
+            budget -= chunk
+        if need > pool.num_free:
+            return None
+        if need:
+            pool.allocate(need)
+        batch = self._lazy_batch
+        batch.prefill = prefill = []
+        batch.decode_ctx_total, batch.min_output_left, batch.num_decode = ctx_total, min_left, num_decode
+        tokens, sq = 0, 0.0
+        for seq, chunk in chunks:
+            cached = seq.num_cached
+            blocks = -(-(cached + chunk) // bt)
+            if blocks > seq.num_blocks:
+                seq.num_blocks = blocks
+            prefill.append((seq, chunk))
+            tokens += chunk
+            sq += chunk * (chunk + 2 * cached)
+        batch.prefill_tokens, batch.prefill_sq = tokens, sq
+        return batch
+
     def _rebuild(self) -> bool:
         """Describe ``_running`` (exact counters) by the DecodeSet and the prefilling list; False when a
         decoding sequence holds other than the blocks of its cached tokens (a decode run cut before its
@@ -376,17 +433,22 @@ class ReplicaSim:
         self._compact()
         decoding, bt = self._decoding, self.pool.block_tokens
         decoding.clear()
-        self._prefilling = []
+        prefilling: list[Seq] = []
+        self._prefilling = prefilling
         self._joining = []
+        prefill_last = True
         for seq in self._running:
             if seq.num_cached >= seq.prefill_target:
                 if seq.num_blocks != -(-seq.num_cached // bt):
                     decoding.clear()
                     return False
+                if prefilling:
+                    prefill_last = False
                 decoding.add(seq)
             else:
                 seq.tick0 = -1
-                self._prefilling.append(seq)
+                prefilling.append(seq)
+        self._prefill_last = prefill_last
         self._lazy = True
         return True
 

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from oserve.costmodel.cost_model import CostModel
 from oserve.costmodel.replica_config import ReplicaConfig
+from oserve.costmodel.step_pricer import StepPricer
 
 GRID_STEPS_PER_OCTAVE = 64
 EXACT_BELOW = 256
@@ -100,9 +101,11 @@ class CostModelStepTimer:
     misses: int = 0
     miss_s: float = 0.0
     _pp: bool = field(init=False, repr=False)  # pipeline parallel: the largest chunk is in the key
+    _pricer: StepPricer = field(init=False, repr=False)  # the cost model's step times of the config
 
     def __post_init__(self) -> None:
         self._pp = self.config.pp > 1
+        self._pricer = self.cost_model.pricer(self.config)
 
     @property
     def hit_rate(self) -> float | None:
@@ -168,11 +171,11 @@ class CostModelStepTimer:
         p = max(0.0, (sq - sum(c * c for c in sizes)) / (2 * tokens))
         chunks = tuple((c, p) for c in sizes if c > 0)
         if batch == 0:
-            return (self.cost_model.step_time_s(self.config, chunks), 0.0)
+            return (self._pricer.step_times(chunks, 0, (0.0,))[0], 0.0)  # CostModel.step_time_s's
         c1, c2 = (batch * x for x in CTX_PROBE_TOKENS)
         # both contexts in one call: the same two step_time_s values, the split and the
         # context-free terms computed once
-        t1, t2 = self.cost_model.step_times_s(self.config, chunks, batch, (c1, c2))
+        t1, t2 = self._pricer.step_times(chunks, batch, (c1, c2))
         slope = (t2 - t1) / (c2 - c1)
         return (t1 - slope * c1, slope)
 
