@@ -21,8 +21,9 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "step_times_3ab2859.jso
 
 def _config(row: dict) -> tuple[str, ReplicaConfig]:
     model, gpu, tp, pp, budget, wf, kvf = row["config"]
+    precision = "fp32" if gpu.startswith("vllm-cpu") else "bf16"  # the CPU device runs fp32
     return model, ReplicaConfig(gpu, tp, pp=pp, max_num_batched_tokens=budget, weight_format=wf,
-                                kv_cache_dtype=kvf, precision="fp32" if gpu.startswith("vllm-cpu") else "bf16")
+                                kv_cache_dtype=kvf, precision=precision)
 
 
 def test_step_times_are_the_reference_floats():
