@@ -7,8 +7,17 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
-from oserve.costmodel.latency_model import ReplicaLatencyModel, _tpot_attainment, _Wait
+from oserve.costmodel.latency_model import (
+    KV_HEADROOM,
+    KV_Z,
+    ReplicaLatencyModel,
+    _tpot_attainment,
+    _Wait,
+    kv_mean_held_tokens,
+    kv_occupancy_tokens,
+)
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.slo_capacity import SloWorkload, max_good_scale, slo_capacity_rps
 from oserve.workload.burstiness import Burstiness, LengthSample, Regime
@@ -41,6 +50,18 @@ class LinearCost:
 
 
 CFG = ReplicaConfig("H100-80GB", 1)
+
+
+def cache_holding(seqs: float, samples, rates, step_s: float = 0.02) -> int:
+    """The KV cache (tokens) that holds ``seqs`` decoding sequences of these samples, at these rates and
+    a constant step (no feedback), with the model's margin of ``KV_Z`` sd of the occupancy."""
+    per = np.concatenate([np.full(len(s.input_tokens), r / len(s.input_tokens)) for s, r in zip(samples, rates)])
+    inp = np.concatenate([np.asarray(s.input_tokens, dtype=float) for s in samples])
+    out = np.concatenate([np.asarray(s.output_tokens, dtype=float) for s in samples])
+    ctx = float((per * out * (inp + out / 2)).sum() / (per * out).sum())
+    _, sd = kv_occupancy_tokens(per, inp, out, step_s)
+    mean = seqs * ctx
+    return int(round(brentq(lambda kv: kv_mean_held_tokens(kv, mean, sd) - mean, mean, 100 * (mean + sd))))
 
 
 def test_tpot_binomial_known_answers():
@@ -175,7 +196,8 @@ def test_kv_per_sequence_is_output_weighted():
     batch = out_rate * 0.02  # Little's law (M ~ 0)
     per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / out_rate  # output-weighted I + O/2: ~218 tokens
     rate_weighted = ((2000 + 1) + (100 + 100)) / 2  # ~1,100 tokens
-    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    cost.kv_tokens = cache_holding(batch * (per_seq + rate_weighted) / 2 / per_seq, [long_prompt, long_answer],
+                                   rates)  # between the two
     model = ReplicaLatencyModel(cost, CFG)
     pred = model.predict_stationary([long_prompt, long_answer], rates, [Slo(10.0, 1.0)] * 2)
     assert pred.batch == pytest.approx(batch, rel=0.06)
@@ -194,12 +216,13 @@ def test_a_decode_only_replica_holds_output_weighted_kv():
     batch = (2 + 200) * 0.02
     per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / (2 + 200)
     rate_weighted = ((2000 + 1) + (100 + 100)) / 2
-    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    both = [long_prompt, long_answer]
+    cost.kv_tokens = cache_holding(batch * (per_seq + rate_weighted) / 2 / per_seq, both, [1.0, 1.0])
     pred = predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
                                np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2)
     assert not pred.overloaded and pred.batch == pytest.approx(batch, rel=0.03)
     assert pred.tpot_attainment == (1.0, 1.0)
-    cost.kv_tokens = int(batch * per_seq / 2 / 0.9)  # half of what the output-weighted batch holds
+    cost.kv_tokens = cache_holding(batch / 2, both, [1.0, 1.0])  # half of what the batch needs
     assert predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
                                np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2).overloaded
 
@@ -214,7 +237,8 @@ def test_kv_bound_burst_queues_instead_of_overloading():
     rate = 10.0
     batch = rate * 100 * 0.02  # 20 decoding sequences
     growth = 0.5  # the KV cache holds 20 / 1.5 sequences: the decode rate is 1.5x what it can serve
-    cost.kv_tokens = int(round(batch / (1 + growth) * 150 / 0.9))  # 150 tokens per sequence
+    # 150 tokens per sequence; the margin at the admitted rate
+    cost.kv_tokens = cache_holding(batch / (1 + growth), [sample], [rate / (1 + growth)])
     model = ReplicaLatencyModel(cost, CFG)
     slo = [Slo(2.0, 1.0)]
     assert model.predict_stationary([sample], [rate], slo).overloaded  # forever: never catches up
@@ -243,7 +267,8 @@ def test_a_kv_bound_burst_on_a_decode_replica_queues_instead_of_overloading():
 
     cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
     sample = LengthSample((100,) * 4, (100,) * 4)
-    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 20 sequences at 10 req/s, the cache holds 20 / 1.5
+    # 20 sequences at 10 req/s, the cache holds 20 / 1.5
+    cost.kv_tokens = cache_holding(20 / 1.5, [sample], [10.0 / 1.5])
     model = ReplicaLatencyModel(cost, CFG)
     slo = [Slo(2.0, 1.0)]
     assert predict_decode_only(model, [sample], np.array([10.0]), slo).overloaded
@@ -266,7 +291,7 @@ def test_burst_regimes_last_their_window_for_the_kv_backlog():
     queues there, while the same rates as a stationary stream are overloaded."""
     cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
     sample = LengthSample((100,) * 4, (100,) * 4)
-    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 1.5x over at 10 req/s (test above)
+    cost.kv_tokens = cache_holding(20 / 1.5, [sample], [10.0 / 1.5])  # 1.5x over at 10 req/s (test above)
     model = ReplicaLatencyModel(cost, CFG)
     slo = [Slo(2.0, 1.0)]
     burst = Burstiness(np.zeros((1, 1)), np.zeros(1))  # two regimes set by hand (scale 1 = cache key 0)
