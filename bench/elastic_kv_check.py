@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from oserve.common.provenance import git_revision
-from oserve.costmodel.latency_model import KV_HEADROOM, KV_Z, kv_occupancy_tokens
+from oserve.costmodel.latency_model import KV_HEADROOM, kv_occupancy_tokens
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.planner.plan import Replica
 from oserve.planner.slo_planner import Candidate, GoodputPlanner, candidate_plan

@@ -55,7 +55,8 @@ CFG = ReplicaConfig("H100-80GB", 1)
 def cache_holding(seqs: float, samples, rates, step_s: float = 0.02) -> int:
     """The KV cache (tokens) that holds ``seqs`` decoding sequences of these samples, at these rates and
     a constant step (no feedback), with the model's margin of ``KV_Z`` sd of the occupancy."""
-    per = np.concatenate([np.full(len(s.input_tokens), r / len(s.input_tokens)) for s, r in zip(samples, rates)])
+    per = np.concatenate([np.full(len(s.input_tokens), r / len(s.input_tokens))
+                          for s, r in zip(samples, rates)])
     inp = np.concatenate([np.asarray(s.input_tokens, dtype=float) for s in samples])
     out = np.concatenate([np.asarray(s.output_tokens, dtype=float) for s in samples])
     ctx = float((per * out * (inp + out / 2)).sum() / (per * out).sum())
@@ -196,8 +197,8 @@ def test_kv_per_sequence_is_output_weighted():
     batch = out_rate * 0.02  # Little's law (M ~ 0)
     per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / out_rate  # output-weighted I + O/2: ~218 tokens
     rate_weighted = ((2000 + 1) + (100 + 100)) / 2  # ~1,100 tokens
-    cost.kv_tokens = cache_holding(batch * (per_seq + rate_weighted) / 2 / per_seq, [long_prompt, long_answer],
-                                   rates)  # between the two
+    seqs = batch * (per_seq + rate_weighted) / 2 / per_seq  # between the two
+    cost.kv_tokens = cache_holding(seqs, [long_prompt, long_answer], rates)
     model = ReplicaLatencyModel(cost, CFG)
     pred = model.predict_stationary([long_prompt, long_answer], rates, [Slo(10.0, 1.0)] * 2)
     assert pred.batch == pytest.approx(batch, rel=0.06)
@@ -305,3 +306,101 @@ def test_burst_regimes_last_their_window_for_the_kv_backlog():
     w_calm, w_heavy = 0.8 * 0.5, 0.2 * 3.0
     expected = (w_calm * calm.types[0].attainment + w_heavy * heavy.types[0].attainment) / (w_calm + w_heavy)
     assert bursty.types[0].attainment == pytest.approx(expected)
+
+
+def test_kv_occupancy_is_campbells_shot_noise():
+    """Mean and variance of the KV tokens held by an M/G/inf population of decoding sequences: a
+    sequence holds I + k tokens k steps into its O steps. Known answer with I = 0 and one O (mean
+    l tau O^2 / 2, variance l tau O^3 / 3), and a Monte Carlo of Poisson arrivals with mixed lengths."""
+    mean, sd = kv_occupancy_tokens(np.array([2.0]), np.array([0.0]), np.array([300.0]), 0.02)
+    assert mean == pytest.approx(2.0 * 0.02 * 300 ** 2 / 2)
+    assert sd == pytest.approx(math.sqrt(2.0 * 0.02 * 300 ** 3 / 3))
+    rng = np.random.default_rng(7)
+    inp, out = np.array([200.0, 1500.0, 3000.0]), np.array([400.0, 150.0, 20.0])
+    rate, tau, horizon = 6.0, 0.025, 20_000.0
+    arrivals = np.cumsum(rng.exponential(1 / rate, int(rate * horizon * 1.05)))
+    pick = rng.integers(0, 3, len(arrivals))
+    life = out[pick] * tau
+    times = rng.uniform(50.0, arrivals[-1] - 50.0, 4000)
+    held = np.empty(len(times))
+    for j, t in enumerate(times):
+        lo, hi = np.searchsorted(arrivals, [t - life.max(), t])
+        age = t - arrivals[lo:hi]
+        live = age < life[lo:hi]
+        held[j] = float((inp[pick[lo:hi]][live] + age[live] / tau).sum())
+    mean, sd = kv_occupancy_tokens(np.full(3, rate / 3), inp, out, tau)
+    assert held.mean() == pytest.approx(mean, rel=0.03)
+    assert held.std() == pytest.approx(sd, rel=0.05)
+    # clumped arrivals and the step time's feedback widen it: sqrt(ca2), 1 / (1 - e)
+    _, wide = kv_occupancy_tokens(np.full(3, rate / 3), inp, out, tau, ca2=4.0, feedback=0.5)
+    assert wide == pytest.approx(sd * 2 / 0.5)
+
+
+def test_kv_mean_held_is_the_normal_margin_in_a_crowd_and_poisson_for_a_few():
+    """The largest mean occupancy the cache holds: in a large population mean + KV_Z sd at the cache
+    (normal limit); with a few long sequences the Poisson count of sequences of the equivalent size
+    ``var / mean`` decides (a cache of exactly 3 such sequences: P(more than 3) = the normal tail at
+    KV_Z)."""
+    from scipy.stats import norm, poisson
+
+    cap_share = KV_HEADROOM * 1e6
+    sd_at_cap = 5e3  # equivalent sequences of 28 tokens, 32,400 of them: a crowd
+    unit = sd_at_cap ** 2 / cap_share
+    held = kv_mean_held_tokens(1e6, cap_share, sd_at_cap)
+    sd_held = math.sqrt(held * unit)
+    assert held + KV_Z * sd_held == pytest.approx(cap_share, rel=0.01)
+    unit = 6000.0  # sequences of 6,000 tokens; the cache's share holds exactly three
+    held = kv_mean_held_tokens(3 * unit / KV_HEADROOM, unit, unit)  # mean = sd: var / mean = unit
+    lam = held / unit
+    assert 1 - poisson.cdf(3, lam) == pytest.approx(norm.sf(KV_Z), rel=1e-6)
+
+
+def test_a_cache_that_fits_the_mean_but_not_its_fluctuation_is_kv_bound():
+    """Regression (issue 13, elastic mode): the KV test compared the mean occupancy with the cache, so a
+    replica whose mean fits with 10% to spare but whose occupancy is over the cache a third of the time
+    was predicted at attainment 1 (the simulator, which preempts on every overflow, attained 0.15-0.80
+    there: bench/results/elastic_kv_check.md). Now it is KV-bound: overloaded when it lasts, a
+    backlog over a burst; with room for 2 sd it fits."""
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((1000, 2000, 500, 3000), (100, 300, 50, 200))
+    rates, slo = [4.0], [Slo(5.0, 1.0)]
+    per = np.full(4, 1.0)
+    inp, out = np.asarray(sample.input_tokens, float), np.asarray(sample.output_tokens, float)
+    mean, sd = kv_occupancy_tokens(per, inp, out, 0.02)
+    cost.kv_tokens = int((mean + 0.5 * sd) / KV_HEADROOM)  # the mean fits; it overflows 31% of the time
+    pred = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], rates, slo)
+    assert pred.overloaded and pred.types[0].attainment == 0.0
+    burst = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], rates, slo, duration_s=10.0)
+    assert not burst.overloaded and burst.types[0].ttft_attainment < 1.0
+    cost.kv_tokens = int((mean + 2.2 * sd) / KV_HEADROOM)
+    pred = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], rates, slo)
+    assert not pred.overloaded and pred.types[0].attainment == pytest.approx(1.0)
+
+
+def test_a_decode_replica_uses_the_same_fluctuation_margin():
+    """The group's decode replica (``group_latency.predict_decode_only``) through the same helper: a cache
+    that fits the mean but not 2 sd of the occupancy is overloaded (regression: the mean only)."""
+    from oserve.costmodel.group_latency import predict_decode_only
+
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((1000, 2000, 500, 3000), (100, 300, 50, 200))
+    inp, out = np.asarray(sample.input_tokens, float), np.asarray(sample.output_tokens, float)
+    mean, sd = kv_occupancy_tokens(np.full(4, 1.0), inp, out, 0.02)
+    cost.kv_tokens = int((mean + 0.5 * sd) / KV_HEADROOM)
+    slo = [Slo(5.0, 1.0)]
+    assert predict_decode_only(ReplicaLatencyModel(cost, CFG), [sample], np.array([4.0]), slo).overloaded
+    cost.kv_tokens = int((mean + 2.2 * sd) / KV_HEADROOM)
+    ok = predict_decode_only(ReplicaLatencyModel(cost, CFG), [sample], np.array([4.0]), slo)
+    assert not ok.overloaded and ok.tpot_attainment == (1.0,)
+
+
+def test_step_elasticity_in_the_tokens_held():
+    """d ln d / d ln B at a fixed context per sequence: 0.5 for a step time growing as sqrt(B)."""
+
+    class SqrtCost(LinearCost):  # test double: decode steps grow as the square root of the batch
+        def decode_step_s(self, cfg, batch, ctx):
+            return 0.01 * math.sqrt(batch)
+
+    model = ReplicaLatencyModel(SqrtCost(), CFG)
+    assert model.step_elasticity(40.0, 10.0) == pytest.approx(0.5, abs=0.01)
+    assert ReplicaLatencyModel(LinearCost(), CFG).step_elasticity(40.0, 10.0) == 0.0

@@ -17,11 +17,21 @@ after p cached ones adds to such a step):
    decoding sequence is the *output-weighted* mean of ``I + O/2`` (a long prompt with a short answer
    holds its KV only briefly). ``M >= 1`` or more sequences than ``max_num_seqs``: the replica is
    overloaded (attainment 0).
+   **KV fluctuation.** The tokens held fluctuate around that mean: the decoding sequences are an
+   M/G/inf population, so by Campbell's theorem the variance is ``sum_t l_t E_t[tau (O I^2 + I O^2 +
+   O^3/3)]`` over the length samples (each sequence's held tokens squared, integrated over its life),
+   times the arrivals' clumping ``c_a^2`` and amplified by ``1 / (1 - e)``, ``e`` the decode step's
+   elasticity in the tokens held (a fuller cache slows every step and so lengthens every life). The
+   cache holds the stream (``B_kv``, sequences at the mean context) when the occupancy, a compound
+   Poisson sum approximated as a Poisson count of equivalent sequences (``var / mean`` tokens each), is
+   over ``KV_HEADROOM`` of the cache at most ``KV_OVERFLOW`` of the time (the normal tail at ``KV_Z = 2``
+   sd: an overflow preempts, and frequent ones cascade). In a large population that is mean + 2 sd.
    **KV-bound regimes.** More decoding sequences than the KV cache holds (``B > B_kv``) is an overload
    of the decode rate by ``x = B / B_kv - 1``. In a stationary stream it never ends (attainment 0); a
    burst regime lasts its window (``duration_s``, 10 s), and the scheduler, as vLLM's (and the
    simulator's), keeps the excess prompts waiting for KV blocks rather than dropping them: the replica
-   serves the admitted stream, the rates over ``1 + x`` (re-solved until its batch fits), and the
+   serves the admitted stream, the rates over ``1 + x`` (the share whose occupancy fits with the same
+   margin, re-solved until its batch fits), and the
    backlog grows as a fluid, so a request arriving ``t`` seconds into the window waits ``x t`` more
    before its prefill (averaged over ``t`` uniform in the window; the drain after the window is not
    charged to the next one).
