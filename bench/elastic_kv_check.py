@@ -122,7 +122,7 @@ def main() -> int:
         var = float((per * (inp * inp * out + inp * out * out + out ** 3 / 3)).sum()) * step
         feedback = model.step_elasticity(pred.batch, ctx)
         _, pred_sd = kv_occupancy_tokens(per, inp, out, step, 1.0, feedback)
-        kv_seqs, _ = model.kv_bound(per, inp, out, pred.batch, ctx, step)
+        kv_seqs = model.kv_bound(per, inp, out, pred.batch, ctx, step).seqs
         keep = np.random.default_rng(0).random(len(trace)) < share
         sub = Trace(trace.arrival_s[keep], trace.input_tokens[keep], trace.output_tokens[keep], "thinned",
                     dict(trace.meta))

@@ -74,10 +74,11 @@ def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample],
         batch = _decode_batch(model, out_rate * admitted, ctx)
         if batch > model.max_seqs:
             break
-        kv_seqs, share = model.kv_bound(per * admitted, inp, out, batch, ctx, model.decode_s(batch, ctx), ca2)
+        kv = model.kv_bound(per * admitted, inp, out, batch, ctx, model.decode_s(batch, ctx), ca2)
+        kv_seqs = kv.seqs
         if batch <= kv_seqs or not math.isfinite(duration_s):
             break
-        admitted *= share  # serve what the KV cache holds; the rest waits for blocks
+        admitted *= kv.share  # serve what the KV cache holds; the rest waits for blocks
         growth = 1.0 / admitted - 1.0
     if batch > model.max_seqs or batch > kv_seqs * KV_FIT_SLACK:
         return DecodePrediction((0.0,) * k, batch, math.inf, True)

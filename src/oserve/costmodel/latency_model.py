@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 from scipy.special import gammainccinv, gammaln, ndtr
@@ -106,7 +106,10 @@ KV_FIT_SLACK = 1.02  # the admitted batch may exceed the KV bound by the step-ti
 BACKLOG_POINTS = 16  # midpoints over a KV-bound burst for the backlog's wait
 REF_BATCH = 16
 REF_CTX_TOKENS = 1024
+PP_BATCH_GRID = 2 ** 0.25  # with PP, chunk extras are priced at the decode batch on this grid (19%)
 MAX_UTILISATION = 0.98
+STEADY_ITERATIONS = 24  # of the batch's fixed point (slow where the step grows nearly as fast as the batch)
+STEADY_TOLERANCE = 0.02
 EXACT_STEPS_BELOW = 64  # TPOT: exact binomial sum over chunk-step counts for outputs up to this
 
 
@@ -192,7 +195,7 @@ class ReplicaLatencyModel:
     step_cache: dict[str, dict[tuple[float, float], float]] = field(default_factory=dict, repr=False)
     _layouts: dict[tuple[tuple[LengthSample, ...], tuple[Slo, ...]], _Layout] = field(
         default_factory=dict, repr=False)
-    _chunkings: dict[tuple[int, int], _Chunking] = field(default_factory=dict, repr=False)
+    _chunkings: dict[tuple[int, int, int], _Chunking] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # with PP a step is a round of pp in-flight batches, each with the chunk budget (as in the
@@ -215,34 +218,54 @@ class ReplicaLatencyModel:
             self._decode[key] = t
         return float(t)
 
-    def chunk_extra_s(self, chunk: int, cached: int) -> float:
-        """What a prompt chunk adds to a decode step. The decode batch changes it little (the step's
-        GEMMs are over chunk + batch tokens, and the chunk dominates), so it is priced once at a
-        reference batch of ``REF_BATCH`` sequences of ``REF_CTX_TOKENS`` context."""
+    def chunk_extra_s(self, chunk: int, cached: int, batch: float = REF_BATCH) -> float:
+        """What a prompt chunk adds to a decode step of ``batch`` sequences. Without PP the batch changes
+        it little (the step's GEMMs are over chunk + batch tokens, and the chunk dominates), so it is
+        priced once at a reference batch of ``REF_BATCH`` sequences of ``REF_CTX_TOKENS`` context. With
+        PP it does not: the round lasts ``pp`` stage times of its largest micro-batch and the decodes
+        share micro-batches with the chunk's pieces (``costmodel.pipeline``), so a 1,200-token chunk
+        adds 7 ms to a round of 16 decodes and 18 ms to one of 64 (Llama-2-13B, TP1 PP4, 512 tokens).
+        The reference price is then scaled by the ratio of the chunk's extra at the batch (on a grid
+        ``PP_BATCH_GRID`` apart) to its extra at the reference batch, both for a chunk of that size after
+        no cached tokens on a coarser grid: how the round packs depends on the chunk's size, and the
+        cached prefix adds attention work that the ratio carries along."""
         key = (_q(chunk), _q(cached))
         t = self._chunk.get(key)
         if t is None:
-            c, p = key
-            b, ctx = REF_BATCH, REF_CTX_TOKENS
-            # the cost model splits the step over the pipeline's micro-batches (costmodel.pipeline)
-            chunks = cast("tuple[tuple[float, float], ...]", ((c, p),))
-            step = self.cost.step_time_s(self.hw, chunks, b, b * ctx)
-            ref = self._chunk.get((-1.0, -1.0))  # the reference decode step, priced once
-            if ref is None:
-                ref = self._chunk[(-1.0, -1.0)] = self.cost.decode_step_s(self.hw, b, b * ctx)
-            t = max(step - ref, 0.0)
-            self._chunk[key] = t
-        return float(t)
+            t = self._chunk[key] = self._priced_extra_s(key[0], key[1], REF_BATCH)
+        b = REF_BATCH if self.config.pp == 1 else _q_batch(batch)
+        if b == REF_BATCH or t <= 0:
+            return float(t)
+        ratios = self.step_cache.setdefault("pp_batch_ratio", {})
+        rkey = (_q_coarse(chunk), float(b))
+        r = ratios.get(rkey)
+        if r is None:
+            ref = self._priced_extra_s(rkey[0], 0.0, REF_BATCH)
+            r = ratios[rkey] = self._priced_extra_s(rkey[0], 0.0, b) / ref if ref > 0 else 1.0
+        return float(t * r)
+
+    def _priced_extra_s(self, chunk: float, cached: float, batch: int) -> float:
+        """The cost model's step with one chunk beside ``batch`` decodes of ``REF_CTX_TOKENS`` context, less
+        the decode step alone (priced once per batch)."""
+        ctx = REF_CTX_TOKENS
+        # the cost model splits the step over the pipeline's micro-batches (costmodel.pipeline)
+        chunks = cast("tuple[tuple[float, float], ...]", ((chunk, cached),))
+        step = self.cost.step_time_s(self.hw, chunks, batch, batch * ctx)
+        refs = self.step_cache.setdefault("chunk_ref_decode", {})
+        ref = refs.get((float(batch), 0.0))
+        if ref is None:
+            ref = refs[(float(batch), 0.0)] = self.cost.decode_step_s(self.hw, batch, batch * ctx)
+        return max(step - ref, 0.0)
 
     def kv_bound(self, per_rps: np.ndarray, inp: np.ndarray, out: np.ndarray, batch: float, ctx: float,
-                 step_s: float, ca2: float = 1.0) -> tuple[float, float]:
-        """(decoding sequences the KV cache holds, share of the stream it admits) at a batch of
-        ``batch`` sequences of mean context ``ctx`` stepping every ``step_s``: the colocated and the
-        decode-only replica's KV rule (``kv_occupancy_tokens``, ``kv_mean_held_tokens``)."""
+                 step_s: float, ca2: float = 1.0) -> KvBound:
+        """The KV cache's bound on a batch of ``batch`` sequences of mean context ``ctx`` stepping every
+        ``step_s``: the colocated and the decode-only replica's KV rule (``kv_occupancy_tokens``,
+        ``kv_mean_held_tokens``)."""
         _, sd = kv_occupancy_tokens(per_rps, inp, out, step_s, ca2, self.step_elasticity(batch, ctx))
         mean = batch * ctx  # Little's law: the occupancy's mean is the batch at the mean context
         held = kv_mean_held_tokens(self.kv_tokens, mean, sd)
-        return held / max(ctx, 1.0), held / mean if mean > 0 else math.inf
+        return KvBound(held / max(ctx, 1.0), held / mean if mean > 0 else math.inf, sd)
 
     def step_elasticity(self, batch: float, ctx: float) -> float:
         """d ln d(B) / d ln B at a fixed context per sequence (the tokens held grow with B): central
@@ -317,21 +340,23 @@ class ReplicaLatencyModel:
             # KV tokens per decoding sequence, time-averaged: output-weighted (Little on token-seconds)
             ctx = float((per * lay.out * (lay.inp + lay.out / 2)).sum()) / max(float((per * lay.out).sum()),
                                                                                1e-12)
-            batch, budget, ch, d, m_frac = self._steady_batch(lay, per, ctx)
-            if m_frac >= MAX_UTILISATION:
-                kv_seqs = math.inf  # prefill-bound: overloaded whatever the KV cache holds
+            steady = self._steady_batch(lay, per, ctx)
+            batch, budget, ch, d, m_frac = steady.batch, steady.budget, steady.ch, steady.d, steady.m_frac
+            if m_frac >= MAX_UTILISATION or not steady.converged:
+                kv = None  # prefill-bound or a runaway: overloaded whatever the KV cache holds
                 break
-            kv_seqs, share = self.kv_bound(per, lay.inp, lay.out, batch, ctx, d / (1.0 - m_frac), ca2)
-            if batch <= kv_seqs or not math.isfinite(duration_s):
+            kv = self.kv_bound(per, lay.inp, lay.out, batch, ctx, d / (1.0 - m_frac), ca2)
+            if batch <= kv.seqs or not math.isfinite(duration_s):
                 break
-            admitted *= share  # serve what the KV cache holds; the rest waits for blocks
+            admitted *= kv.share  # serve what the KV cache holds; the rest waits for blocks
             growth = 1.0 / admitted - 1.0
         total = float(per.sum())
         work = ch.cost + d * lay.inp / budget  # prompt queue work: steps shared at full chunks
         rho = float((per * work).sum())
         mean_w = rho / total
         cs2 = float((per * (work - mean_w) ** 2).sum()) / total / max(mean_w * mean_w, 1e-18)
-        fits = batch <= self.max_seqs and batch <= kv_seqs * KV_FIT_SLACK
+        fits = (kv is not None and batch <= self.max_seqs and batch <= kv.seqs * KV_FIT_SLACK
+                and not self._tips(lay, per, ctx, batch, kv.sd_tokens / max(ctx, 1.0)))
         if m_frac >= MAX_UTILISATION or rho >= MAX_UTILISATION or not fits:
             zero = TypePrediction(0.0, 0.0, 0.0, math.inf, math.inf)
             return ReplicaPrediction((zero,) * k, batch, m_frac, rho, True)
@@ -373,25 +398,50 @@ class ReplicaLatencyModel:
                                      float(ttft_mean[t])) if rates[t] > 0 else IDLE for t in range(k))
         return ReplicaPrediction(preds, batch, m_frac, rho, False)
 
-    def _steady_batch(self, lay: _Layout, per: np.ndarray,
-                      ctx: float) -> tuple[float, int, _Chunking, float, float]:
-        """Fixed point of ``B = out_rate * d(B) / (1 - M(B))`` (d and M vary slowly in B): the batch,
-        the prompt tokens a step carries, the chunking, d and M."""
+    def _steady_batch(self, lay: _Layout, per: np.ndarray, ctx: float) -> _Steady:
+        """The lowest fixed point of ``B = f(B) = out_rate * d(B) / (1 - M(B))``, iterated up from one
+        sequence (f grows with B, so the iterates rise to it), with the step's parts at it; not
+        ``converged`` when they are still rising after ``STEADY_ITERATIONS`` (no fixed point in reach:
+        the step grows as fast as the batch, a runaway)."""
         out_rate = float((per * lay.out).sum())  # decode tokens per second
-        batch = 1.0
-        for _ in range(4):
-            budget = self._budget(batch)
-            ch = self._chunking(lay, budget)
-            d = self.decode_s(batch, ctx)
-            m_frac = float((per * ch.cost).sum())
-            if m_frac >= MAX_UTILISATION:
-                break
-            new = out_rate * d / (1.0 - m_frac)
-            done = abs(new - batch) <= 0.05 * max(batch, 1.0)
-            batch = new
-            if done:
-                break
-        return batch, budget, ch, d, m_frac
+        batch, converged = 1.0, False
+        # with PP, first with the chunks priced at the reference batch (memoised once), then at the batch:
+        # the iterates visit a few batches of the grid, each a pricing of every sample's chunks
+        for priced_at_batch in ((False, True) if self.config.pp > 1 else (False,)):
+            converged = False
+            for _ in range(STEADY_ITERATIONS):
+                part = self._step_parts(lay, per, ctx, batch, priced_at_batch)
+                if part.m_frac >= MAX_UTILISATION:
+                    if priced_at_batch or self.config.pp == 1:
+                        return _Steady(batch, *part, converged=True)
+                    break
+                new = out_rate * part.d / (1.0 - part.m_frac)
+                done = abs(new - batch) <= STEADY_TOLERANCE * max(batch, 1.0)
+                batch = new
+                if done or batch > 2 * self.max_seqs:
+                    converged = done
+                    break
+        return _Steady(batch, *self._step_parts(lay, per, ctx, batch), converged=converged)
+
+    def _step_parts(self, lay: _Layout, per: np.ndarray, ctx: float, batch: float,
+                    priced_at_batch: bool = True) -> _StepParts:
+        budget = self._budget(batch)
+        ch = self._chunking(lay, budget, batch if priced_at_batch else REF_BATCH)
+        return _StepParts(budget, ch, self.decode_s(batch, ctx), float((per * ch.cost).sum()))
+
+    def _tips(self, lay: _Layout, per: np.ndarray, ctx: float, batch: float, sd_seqs: float) -> bool:
+        """Whether a rise of the batch by ``KV_Z`` of its standard deviations feeds itself: ``f(B')`` at
+        ``B' = B + KV_Z sd`` at or above ``B'``. Then the fixed point is not robust to the fluctuations
+        the KV test allows for: the longer steps of the larger batch (with PP the chunk's round grows
+        with the decodes beside it) keep more sequences decoding, and the replica tips into a state of
+        long steps and a saturated prompt queue (the simulator's TP1 PP4 replica of Llama-2-13B at 18.7
+        req/s of the SYNTHETIC day's mix: steps of 78 ms, TTFT 46 s, where the lower fixed point has 28
+        ms)."""
+        high = batch + KV_Z * sd_seqs
+        part = self._step_parts(lay, per, ctx, high)
+        if part.m_frac >= MAX_UTILISATION:
+            return True
+        return float((per * lay.out).sum()) * part.d / (1.0 - part.m_frac) >= high
 
     def _budget(self, batch: float) -> int:
         """Prompt tokens a step can carry: the budget less the decodes' tokens, on a grid of 1/16 of the
@@ -412,9 +462,11 @@ class ReplicaLatencyModel:
             self._layouts[key] = lay
         return lay
 
-    def _chunking(self, lay: _Layout, budget: int) -> _Chunking:
-        """Every sample prompt's chunks at this budget, with their extra step times."""
-        key = (id(lay), budget)
+    def _chunking(self, lay: _Layout, budget: int, batch: float = REF_BATCH) -> _Chunking:
+        """Every sample prompt's chunks at this budget, with their extra step times beside ``batch``
+        decodes (which matters with PP only: ``chunk_extra_s``)."""
+        b = REF_BATCH if self.config.pp == 1 else _q_batch(batch)
+        key = (id(lay), budget, b)
         ch = self._chunkings.get(key)
         if ch is None:
             ex_list: list[float] = []
@@ -422,17 +474,39 @@ class ReplicaLatencyModel:
             for idx, i in enumerate(lay.inp):
                 n = max(1, math.ceil(i / budget))
                 for j in range(n):
-                    ex_list.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget))
+                    ex_list.append(self.chunk_extra_s(int(min(budget, i - j * budget)), j * budget, b))
                     owner_list.append(idx)
             ex, owner = np.asarray(ex_list), np.asarray(owner_list)
             ch = _Chunking(ex, owner, np.bincount(owner, ex, len(lay.inp)),
                            np.bincount(owner, minlength=len(lay.inp)).astype(float),
-                           self.chunk_extra_s(budget, budget // 2))
+                           self.chunk_extra_s(budget, budget // 2, b))
             self._chunkings[key] = ch
         return ch
 
 
 IDLE = TypePrediction(1.0, 1.0, 1.0, 0.0, 0.0)
+
+
+class KvBound(NamedTuple):
+    seqs: float  # decoding sequences (at the mean context) the cache holds with its margin
+    share: float  # the share of the stream whose occupancy it holds (1 or more: all of it)
+    sd_tokens: float  # standard deviation of the occupancy
+
+
+class _StepParts(NamedTuple):
+    budget: int  # prompt tokens a step carries
+    ch: _Chunking
+    d: float  # decode step
+    m_frac: float  # M: share of time on prompt chunks
+
+
+class _Steady(NamedTuple):
+    batch: float
+    budget: int
+    ch: _Chunking
+    d: float
+    m_frac: float
+    converged: bool
 
 
 @dataclass(frozen=True)
@@ -526,6 +600,20 @@ def _binom_pmf(k: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
     log = (_LOG_FACT[ni] - _LOG_FACT[kk] - _LOG_FACT[ni - kk] + kk * math.log(q)
            + (ni - kk) * math.log1p(-q))
     return np.where(k <= ni, np.exp(log), 0.0)
+
+
+def _q_batch(batch: float) -> int:
+    """A decode batch on a geometric grid ``PP_BATCH_GRID`` apart (exact below 8 sequences)."""
+    if batch < 8:
+        return max(1, int(round(batch)))
+    return int(round(2.0 ** (round(math.log2(batch) / math.log2(PP_BATCH_GRID)) * math.log2(PP_BATCH_GRID))))
+
+
+def _q_coarse(x: float) -> float:
+    """``_q`` on a grid of 2^(1/8) (~9% apart) above 16."""
+    if x < 16:
+        return float(round(x))
+    return float(2.0 ** (round(math.log2(x) * 8) / 8))
 
 
 def _q(x: float) -> float:
