@@ -199,3 +199,23 @@ def test_forecast_factors_are_equally_likely_with_mean_one():
     assert low < mid < 1.0 < high and (low + mid + high) / 3 == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="forecast error"):
         SwitchParams(forecast_error=-0.1)
+
+
+def test_the_pricer_shares_step_times_only_within_a_timing_split(cluster2, cost13):
+    """With PP a chunk's step time depends on the chunk budget (it caps each micro-batch), so two PP
+    configurations that differ in budget must not share memoised step times (regression: shared by
+    hardware, the elastic loop priced a 2,048-token budget's chunks with a 512-token one's); engine
+    variants without PP share."""
+    from oserve.costmodel.replica_config import ReplicaConfig
+    from oserve.switching.goodput_price import GoodputPricer, default_slo_workload
+    from oserve.switching.policy import forecast_types
+
+    types = forecast_types(TYPES, [t.rate_rps for t in TYPES])
+    pricer = GoodputPricer(cluster2, cost13, default_slo_workload(types), types, {})
+    pp512 = pricer.model(ReplicaConfig("H100-80GB", tp=1, pp=2, max_num_batched_tokens=512))
+    pp2048 = pricer.model(ReplicaConfig("H100-80GB", tp=1, pp=2, max_num_batched_tokens=2048))
+    assert pp512.step_cache is not pp2048.step_cache
+    assert pp512.chunk_extra_s(2000, 0) != pp2048.chunk_extra_s(2000, 0)
+    tp512 = pricer.model(ReplicaConfig("H100-80GB", tp=2, max_num_batched_tokens=512))
+    tp2048 = pricer.model(ReplicaConfig("H100-80GB", tp=2, max_num_batched_tokens=2048))
+    assert tp512.step_cache is tp2048.step_cache
