@@ -404,3 +404,74 @@ def test_step_elasticity_in_the_tokens_held():
     model = ReplicaLatencyModel(SqrtCost(), CFG)
     assert model.step_elasticity(40.0, 10.0) == pytest.approx(0.5, abs=0.01)
     assert ReplicaLatencyModel(LinearCost(), CFG).step_elasticity(40.0, 10.0) == 0.0
+
+
+class BatchCost(LinearCost):
+    """Test double: decode steps that grow with the batch, ``decode_s + slope_s * B + curve_s * B^2``
+    (each prompt token adds ``token_s`` as in ``LinearCost``)."""
+
+    def __init__(self, slope_s=0.0, curve_s=0.0, **kw):
+        super().__init__(**kw)
+        self.slope_s, self.curve_s = slope_s, curve_s
+
+    def decode_step_s(self, cfg, batch, ctx):
+        return self.decode_s + self.slope_s * batch + self.curve_s * batch * batch if batch > 0 else 0.0
+
+    def step_time_s(self, cfg, chunks=(), batch=0, ctx=0.0):
+        return self.decode_step_s(cfg, batch, ctx) + self.token_s * sum(c for c, _ in chunks)
+
+
+def test_the_batch_is_the_converged_fixed_point_of_littles_law():
+    """B = r d(B) with d = a + s B: B = r a / (1 - r s), here 5 r a = 50 sequences (regression: four
+    iterations from one sequence stopped at 30 where the step grows nearly as fast as the batch). The
+    iteration stops at a step within STEADY_TOLERANCE (2%) of the batch: at a contraction of 0.8 per step
+    the distance left is up to 4 such steps (the memo's integer batches round it further)."""
+    cost = BatchCost(slope_s=0.0008, decode_s=0.01, token_s=1e-9, budget=8192)
+    sample = LengthSample((10,) * 4, (100,) * 4)
+    pred = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], [10.0], [Slo(10.0, 1.0)])
+    assert not pred.overloaded
+    assert pred.batch == pytest.approx(50.0, rel=0.1)
+
+
+def test_a_fixed_point_that_a_fluctuation_would_tip_is_an_overload():
+    """With d = a + c B^2, B = r d(B) has a stable lower root and an unstable upper one; a batch that
+    rises past the upper root keeps rising (longer steps keep more sequences decoding). When the upper
+    root is within KV_Z sd of the batch above the lower one, the replica is overloaded; far above, not."""
+    sample = LengthSample((10,) * 4, (100,) * 4)
+    rate, a = 10.0, 0.01
+    r = rate * 100  # decode tokens per second
+
+    def roots(c):
+        disc = math.sqrt(1 - 4 * r * c * r * a)
+        return (1 - disc) / (2 * r * c), (1 + disc) / (2 * r * c)
+
+    for c, tips in ((2.45e-5, True), (1.0e-5, False)):
+        cost = BatchCost(curve_s=c, decode_s=a, token_s=1e-9, budget=8192)
+        model = ReplicaLatencyModel(cost, CFG)
+        low, high = roots(c)
+        pred = model.predict_stationary([sample], [rate], [Slo(10.0, 1.0)])
+        per, inp, out = np.full(4, rate / 4), np.full(4, 10.0), np.full(4, 100.0)
+        sd_seqs = model.kv_bound(per, inp, out, low, 60.0, model.decode_s(low, 60.0)).sd_tokens / 60.0
+        assert (high < low + KV_Z * sd_seqs) is tips  # the case is what it says
+        assert pred.overloaded is tips
+        if not tips:
+            assert pred.batch == pytest.approx(low, rel=0.06)
+
+
+def test_with_pp_a_chunk_is_priced_beside_the_decode_batch():
+    """With PP the extra time of a chunk is the cost model's, beside the decode batch (on the grid):
+    a 1,024-token chunk (on every grid) beside 64 decodes costs step(1024 @ 64) - decode(64), not its
+    price beside the reference 16; without PP the batch is not looked at."""
+    from oserve.costmodel.catalog import load_models
+    from oserve.costmodel.cost_model import CostModel
+
+    cost = CostModel(load_models().get("llama-2-13b"))
+    pp4 = ReplicaLatencyModel(cost, ReplicaConfig("H100-80GB", tp=1, pp=4, max_num_batched_tokens=512))
+    hw, ctx = pp4.hw, 1024
+    at64 = cost.step_time_s(hw, ((1024.0, 0.0),), 64, 64 * ctx) - cost.decode_step_s(hw, 64, 64 * ctx)
+    at16 = cost.step_time_s(hw, ((1024.0, 0.0),), 16, 16 * ctx) - cost.decode_step_s(hw, 16, 16 * ctx)
+    assert pp4.chunk_extra_s(1024, 0, 64) == pytest.approx(at64, rel=1e-9)
+    assert pp4.chunk_extra_s(1024, 0) == pytest.approx(at16, rel=1e-9)
+    assert abs(at64 / at16 - 1) > 0.1  # it matters here
+    tp1 = ReplicaLatencyModel(cost, ReplicaConfig("H100-80GB", tp=1, max_num_batched_tokens=512))
+    assert tp1.chunk_extra_s(1024, 0, 64) == tp1.chunk_extra_s(1024, 0)
