@@ -6,10 +6,12 @@ day's 240-720 s window (both sources mid-swing, ~24 req/s).
    predicted goodput scale and per-type attainment at the window's rates, and the simulated attainment
    at 1x and 1.25x (the elastic headroom) of them (``replay_at_rate``).
 2. One TP1 replica (512-token budget) at a share of the window's arrivals (independent thinning): the
-   model's decoding batch, the sequences its KV cache holds at the mean context, and its attainment,
-   beside the simulated attainment and preemptions; and the KV tokens held as an M/G/inf sum (every
-   decoding sequence holds I + t tokens over its O steps): mean, standard deviation and how many
-   deviations the cache's headroom leaves above the mean (the model tests the mean only).
+   model's decoding batch, the sequences its KV cache holds at the mean context (90% of it, the mean
+   only) and with the model's fluctuation margin (``kv_bound``), and its attainment, beside the simulated
+   attainment and preemptions; the KV tokens held: the model's mean, its Poisson (Campbell) standard
+   deviation and the one it uses (with the step time's feedback), beside the simulated mean and standard
+   deviation (the occupancy rebuilt from the simulated timeline every 0.25 s after the first minute:
+   ``simulated_kv_tokens``), and the model's and the simulated decode step.
 
 Writes ``bench/results/elastic_kv_check.{json,md}``.
 """
@@ -164,16 +166,21 @@ def markdown(doc: dict) -> str:
         sim = f["simulated_attainment"]
         lines.append(f"| {f['fleet']} | {f['num_gpus']} | {f['predicted_goodput_scale']:.3f} | "
                      f"{_fmt(f['predicted_attainment'])} | {_fmt(sim['1.0'])} | {_fmt(sim['1.25'])} |")
-    lines += ["", "One TP1 replica (512 tok) at a share of the window's arrivals:", "",
-              "| req/s | predicted batch | KV holds (seqs at mean context) | predicted attainment | "
-              "simulated attainment | simulated preemptions | KV mean / sd / capacity (tokens) | "
-              "headroom in sd |", "|---:|---:|---:|---|---|---:|---|---:|"]
+    lines += ["", "One TP1 replica (512 tok) at a share of the window's arrivals (KV capacity: 90% of the "
+              "cache):", "",
+              "| req/s | predicted batch | KV holds (seqs at mean context: mean only / with margin) | "
+              "predicted attainment | simulated attainment | simulated preemptions | KV mean: predicted / "
+              "simulated (tokens) | KV sd: Poisson / predicted / simulated (tokens) | capacity (tokens) | "
+              "decode step: predicted / simulated (ms) |", "|---:|---:|---|---|---|---:|---|---|---:|---|"]
     for r in doc["replica"]:
+        mean = f"{r['kv_mean_tokens']:.0f} / {r['sim_kv_mean_tokens']:.0f}"
+        sd = f"{r['kv_sd_tokens']:.0f} / {r['predicted_kv_sd_tokens']:.0f} / {r['sim_kv_sd_tokens']:.0f}"
+        step = f"{1e3 * r['model_step_s']:.1f} / {1e3 * r['sim_step_s']:.1f}"
         lines.append(f"| {r['rate_rps']:.2f} | {r['predicted_batch']:.1f} | "
-                     f"{r['kv_seqs_at_mean_context']:.1f} | "
+                     f"{r['kv_seqs_at_mean_context']:.1f} / {r['kv_seqs_with_margin']:.1f} | "
                      f"{_fmt(r['predicted_attainment'])} | {_fmt(r['simulated_attainment'])} | "
-                     f"{r['simulated_preemptions']} | {r['kv_mean_tokens']:.0f} / {r['kv_sd_tokens']:.0f} / "
-                     f"{r['kv_capacity_tokens']:.0f} | {r['kv_headroom_sd']:.2f} |")
+                     f"{r['simulated_preemptions']} | {mean} | {sd} | {r['kv_capacity_tokens']:.0f} | "
+                     f"{step} |")
     return "\n".join(lines)
 
 
