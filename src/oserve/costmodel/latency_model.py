@@ -101,7 +101,7 @@ KV_HEADROOM = 0.9
 KV_Z = 2.0
 KV_OVERFLOW = float(ndtr(-KV_Z))  # the share of time the occupancy may be over the cache: 2.3%
 KV_FEEDBACK_MAX = 0.8  # cap on the step time's elasticity in the tokens held (1 would be a runaway)
-KV_ITERATIONS = 4  # re-solves of a KV-bound regime's admitted stream (its batch shrinks faster than it)
+KV_ITERATIONS = 8  # bisections of a KV-bound regime's admitted share (its batch shrinks faster than it)
 KV_FIT_SLACK = 1.02  # the admitted batch may exceed the KV bound by the step-time memo's grid error
 BACKLOG_POINTS = 16  # midpoints over a KV-bound burst for the backlog's wait
 REF_BATCH = 16
@@ -335,21 +335,27 @@ class ReplicaLatencyModel:
             return ReplicaPrediction((IDLE,) * k, 0.0, 0.0, 0.0, False)
         lay = self._layout(samples, slos)
         admitted, growth = 1.0, 0.0  # share of the arrivals the KV cache admits; backlog wait per second
-        for _ in range(KV_ITERATIONS):
-            per = rates[lay.typ] * admitted / lay.count[lay.typ]  # requests/s each sample stands for
-            # KV tokens per decoding sequence, time-averaged: output-weighted (Little on token-seconds)
-            ctx = float((per * lay.out * (lay.inp + lay.out / 2)).sum()) / max(float((per * lay.out).sum()),
-                                                                               1e-12)
-            steady = self._steady_batch(lay, per, ctx)
-            batch, budget, ch, d, m_frac = steady.batch, steady.budget, steady.ch, steady.d, steady.m_frac
-            if m_frac >= MAX_UTILISATION or not steady.converged:
-                kv = None  # prefill-bound or a runaway: overloaded whatever the KV cache holds
-                break
-            kv = self.kv_bound(per, lay.inp, lay.out, batch, ctx, d / (1.0 - m_frac), ca2)
-            if batch <= kv.seqs or not math.isfinite(duration_s):
-                break
-            admitted *= kv.share  # serve what the KV cache holds; the rest waits for blocks
+        per, ctx, steady, kv = self._admit(lay, rates, 1.0, ca2)
+        if kv is not None and steady.batch > kv.seqs and math.isfinite(duration_s):
+            # a KV-bound burst: the largest share of the arrivals whose batch the cache holds, by bisection
+            # (in log) from the linear estimate (the batch shrinks faster than the rate: shorter steps)
+            lo, hi, share = 0.0, 1.0, min(max(kv.share, 1e-3), 1.0)
+            best = None
+            for _ in range(KV_ITERATIONS):
+                trial = self._admit(lay, rates, share, ca2)
+                if trial[3] is not None and trial[2].batch <= trial[3].seqs:
+                    lo, best = share, trial
+                else:
+                    hi = share
+                share = math.sqrt(lo * hi) if lo > 0 else hi / 2
+            if best is not None:
+                admitted = lo
+                per, ctx, steady, kv = best
+            else:  # nothing tried fits: the smallest share, which the fit test below rejects
+                admitted = hi
+                per, ctx, steady, kv = self._admit(lay, rates, hi, ca2)
             growth = 1.0 / admitted - 1.0
+        batch, budget, ch, d, m_frac = steady.batch, steady.budget, steady.ch, steady.d, steady.m_frac
         total = float(per.sum())
         work = ch.cost + d * lay.inp / budget  # prompt queue work: steps shared at full chunks
         rho = float((per * work).sum())
@@ -397,6 +403,21 @@ class ReplicaLatencyModel:
         preds = tuple(TypePrediction(float(both[t]), float(t_ok[t]), float(p_ok[t]), mean_tpot,
                                      float(ttft_mean[t])) if rates[t] > 0 else IDLE for t in range(k))
         return ReplicaPrediction(preds, batch, m_frac, rho, False)
+
+    def _admit(self, lay: _Layout, rates: np.ndarray, share: float,
+               ca2: float) -> tuple[np.ndarray, float, _Steady, KvBound | None]:
+        """The replica at ``share`` of the arrivals: requests/s per sample, the output-weighted context,
+        the steady batch and the KV bound (None when prefill-bound or a runaway: overloaded whatever the
+        KV cache holds)."""
+        per = rates[lay.typ] * share / lay.count[lay.typ]  # requests/s each sample stands for
+        # KV tokens per decoding sequence, time-averaged: output-weighted (Little on token-seconds)
+        out_rate = max(float((per * lay.out).sum()), 1e-12)
+        ctx = float((per * lay.out * (lay.inp + lay.out / 2)).sum()) / out_rate
+        steady = self._steady_batch(lay, per, ctx)
+        if steady.m_frac >= MAX_UTILISATION or not steady.converged:
+            return per, ctx, steady, None
+        step_s = steady.d / (1.0 - steady.m_frac)
+        return per, ctx, steady, self.kv_bound(per, lay.inp, lay.out, steady.batch, ctx, step_s, ca2)
 
     def _steady_batch(self, lay: _Layout, per: np.ndarray, ctx: float) -> _Steady:
         """The lowest fixed point of ``B = f(B) = out_rate * d(B) / (1 - M(B))``, iterated up from one
