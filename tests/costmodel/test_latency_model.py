@@ -475,3 +475,27 @@ def test_with_pp_a_chunk_is_priced_beside_the_decode_batch():
     assert abs(at64 / at16 - 1) > 0.1  # it matters here
     tp1 = ReplicaLatencyModel(cost, ReplicaConfig("H100-80GB", tp=1, max_num_batched_tokens=512))
     assert tp1.chunk_extra_s(1024, 0, 64) == tp1.chunk_extra_s(1024, 0)
+
+
+def test_a_kv_bound_burst_admits_the_largest_share_the_cache_holds():
+    """Where the step grows with the batch, the batch shrinks faster than the admitted rate, so the linear
+    estimate of the share the cache holds is low (regression: the old update stopped at the first share
+    that fit, serving ~half of what the cache holds). The share is bisected: the admitted batch fills
+    the cache's bound, on a colocated and on a decode-only replica alike."""
+    from oserve.costmodel.group_latency import predict_decode_only
+
+    cost = BatchCost(slope_s=0.0006, decode_s=0.01, token_s=1e-9, budget=8192)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    slo = [Slo(2.0, 1.0)]
+    cost.kv_tokens = cache_holding(20.0, [sample], [4.0])  # about 20 of the ~60 sequences at 10 req/s
+    model = ReplicaLatencyModel(cost, CFG)
+    dec = predict_decode_only(model, [sample], np.array([10.0]), slo, duration_s=10.0)
+    admitted = 1.0 / (1.0 + dec.growth)
+    per, inp, out = np.full(4, 10.0 * admitted / 4), np.full(4, 100.0), np.full(4, 100.0)
+    held = model.kv_bound(per, inp, out, dec.batch, 150.0, model.decode_s(dec.batch, 150.0)).seqs
+    assert not dec.overloaded and 0.9 * held <= dec.batch <= held * 1.02
+    lay = model._layout([sample], slo)
+    colocated = model.predict_stationary([sample], [10.0], slo, duration_s=10.0)
+    _, _, steady, kv = model._admit(lay, np.array([10.0]), admitted, 1.0)
+    assert not colocated.overloaded and colocated.batch == pytest.approx(steady.batch, rel=0.1)
+    assert 0.9 * kv.seqs <= colocated.batch <= kv.seqs * 1.02

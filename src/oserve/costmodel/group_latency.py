@@ -29,9 +29,9 @@ import numpy as np
 from oserve.costmodel.kv_transfer import KvHandoff
 from oserve.costmodel.latency_model import (
     KV_FIT_SLACK,
-    KV_ITERATIONS,
     ReplicaLatencyModel,
     backlog_waits_s,
+    kv_admitted_share,
     regime_duration_s,
 )
 from oserve.costmodel.prefill_latency import PrefillPoolModel
@@ -68,17 +68,26 @@ def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample],
     # KV tokens per decoding sequence, time-averaged: output-weighted (Little's law on token-seconds, as
     # in ``latency_model``): a long prompt with a short answer holds its KV for a few steps only
     ctx = float((per * out * (inp + out / 2)).sum()) / max(out_rate, 1e-12)
-    admitted, growth = 1.0, 0.0  # share of the decode rate the KV cache admits; backlog wait per second
-    kv_seqs = math.inf
-    for _ in range(KV_ITERATIONS):
-        batch = _decode_batch(model, out_rate * admitted, ctx)
+
+    def solve(share: float) -> tuple[float, float]:
+        """(batch, the sequences the KV cache holds) at ``share`` of the decode rate."""
+        batch = _decode_batch(model, out_rate * share, ctx)
         if batch > model.max_seqs:
-            break
-        kv = model.kv_bound(per * admitted, inp, out, batch, ctx, model.decode_s(batch, ctx), ca2)
-        kv_seqs = kv.seqs
-        if batch <= kv_seqs or not math.isfinite(duration_s):
-            break
-        admitted *= kv.share  # serve what the KV cache holds; the rest waits for blocks
+            return batch, math.inf
+        return batch, model.kv_bound(per * share, inp, out, batch, ctx, model.decode_s(batch, ctx), ca2).seqs
+
+    admitted, growth = 1.0, 0.0  # share of the decode rate the KV cache admits; backlog wait per second
+    batch, kv_seqs = solve(1.0)
+    if batch <= model.max_seqs and batch > kv_seqs and math.isfinite(duration_s):
+        # a KV-bound burst: the largest share whose batch the cache holds, as the colocated replica's
+        trials: dict[float, tuple[float, float]] = {}
+
+        def holds(share: float) -> bool:
+            b, seqs = trials[share] = solve(share)
+            return b <= seqs
+
+        admitted = kv_admitted_share(holds, kv_seqs / batch)  # from the linear estimate
+        batch, kv_seqs = trials.get(admitted) or solve(admitted)
         growth = 1.0 / admitted - 1.0
     if batch > model.max_seqs or batch > kv_seqs * KV_FIT_SLACK:
         return DecodePrediction((0.0,) * k, batch, math.inf, True)

@@ -30,8 +30,8 @@ after p cached ones adds to such a step):
    of the decode rate by ``x = B / B_kv - 1``. In a stationary stream it never ends (attainment 0); a
    burst regime lasts its window (``duration_s``, 10 s), and the scheduler, as vLLM's (and the
    simulator's), keeps the excess prompts waiting for KV blocks rather than dropping them: the replica
-   serves the admitted stream, the rates over ``1 + x`` (the share whose occupancy fits with the same
-   margin, re-solved until its batch fits), and the
+   serves the admitted stream, the rates over ``1 + x`` (the largest share whose batch the cache holds
+   with the same margin, by bisection: ``kv_admitted_share``), and the
    backlog grows as a fluid, so a request arriving ``t`` seconds into the window waits ``x t`` more
    before its prefill (averaged over ``t`` uniform in the window; the drain after the window is not
    charged to the next one).
@@ -71,6 +71,7 @@ times of its largest micro-batch, so a chunk costs its whole trip through the pi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
@@ -183,6 +184,21 @@ def kv_mean_held_tokens(kv_tokens: float, mean_tokens: float, sd_tokens: float) 
         return cap
     unit = sd_tokens * sd_tokens / mean_tokens
     return unit * float(gammainccinv(cap / unit + 1.0, 1.0 - KV_OVERFLOW))
+
+
+def kv_admitted_share(holds: Callable[[float], bool], estimate: float) -> float:
+    """The largest share of a KV-bound stream whose batch the cache holds (``holds(share)``), by bisection
+    in log over ``KV_ITERATIONS`` trials from the linear estimate (the batch shrinks faster than the rate,
+    as the steps shorten, so the estimate is low); the smallest share tried when none holds (the caller's
+    fit test then rejects it). The colocated and the decode-only replica's rule."""
+    lo, hi, share = 0.0, 1.0, min(max(estimate, 1e-3), 1.0)
+    for _ in range(KV_ITERATIONS):
+        if holds(share):
+            lo = share
+        else:
+            hi = share
+        share = math.sqrt(lo * hi) if lo > 0 else hi / 2
+    return lo if lo > 0 else hi
 
 
 @dataclass
@@ -337,23 +353,15 @@ class ReplicaLatencyModel:
         admitted, growth = 1.0, 0.0  # share of the arrivals the KV cache admits; backlog wait per second
         per, ctx, steady, kv = self._admit(lay, rates, 1.0, ca2)
         if kv is not None and steady.batch > kv.seqs and math.isfinite(duration_s):
-            # a KV-bound burst: the largest share of the arrivals whose batch the cache holds, by bisection
-            # (in log) from the linear estimate (the batch shrinks faster than the rate: shorter steps)
-            lo, hi, share = 0.0, 1.0, min(max(kv.share, 1e-3), 1.0)
-            best = None
-            for _ in range(KV_ITERATIONS):
-                trial = self._admit(lay, rates, share, ca2)
-                if trial[3] is not None and trial[2].batch <= trial[3].seqs:
-                    lo, best = share, trial
-                else:
-                    hi = share
-                share = math.sqrt(lo * hi) if lo > 0 else hi / 2
-            if best is not None:
-                admitted = lo
-                per, ctx, steady, kv = best
-            else:  # nothing tried fits: the smallest share, which the fit test below rejects
-                admitted = hi
-                per, ctx, steady, kv = self._admit(lay, rates, hi, ca2)
+            # a KV-bound burst: the largest share of the arrivals whose batch the cache holds
+            trials: dict[float, tuple[np.ndarray, float, _Steady, KvBound | None]] = {}
+
+            def holds(share: float) -> bool:
+                trial = trials[share] = self._admit(lay, rates, share, ca2)
+                return trial[3] is not None and trial[2].batch <= trial[3].seqs
+
+            admitted = kv_admitted_share(holds, kv.share)
+            per, ctx, steady, kv = trials.get(admitted) or self._admit(lay, rates, admitted, ca2)
             growth = 1.0 / admitted - 1.0
         batch, budget, ch, d, m_frac = steady.batch, steady.budget, steady.ch, steady.d, steady.m_frac
         total = float(per.sum())
