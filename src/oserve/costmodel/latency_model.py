@@ -88,9 +88,9 @@ from oserve.workload.slo import Slo
 # time, the normal tail at ``KV_Z`` sd (``kv_mean_held_tokens``: mean + KV_Z sd in a large population).
 # KV_HEADROOM is for what the decode-phase sum leaves out: the prompts being prefilled (their chunks are
 # written before their first token), half a block per sequence, vLLM's 1% admission watermark, and the
-# length samples' error on the tails (a few dozen samples per type under-represent the long outputs
-# that the variance's O^3 term weighs most: on the SYNTHETIC diurnal day's samples the mean output is
-# 164 tokens against the trace's 182, bench/results/elastic_kv_check.md).
+# length samples' error (a few dozen whole-trace samples per type; where the mix drifts they miss the
+# window's outputs: on the SYNTHETIC diurnal day's 240-720 s window they give 164 tokens per request
+# against its 182, and the variance's O^3 term weighs the long ones most; bench/elastic_kv_check.py).
 KV_HEADROOM = 0.9
 # KV_Z: an overflow is a preemption (the newest sequence's blocks are freed and it recomputes prompt and
 # generated tokens), and a cache that overflows often cascades: the recomputed prefill stretches every
