@@ -10,8 +10,8 @@ plan's predicted capacity, as scale_bench). Each case runs in its own process: o
 cold (what a user runs: its CPU time, the misses' share of it) and then ``--warm-repeats`` times on the
 warm step-timer cache (no misses at all: the event loop alone; the minimum is reported). With
 ``--baseline-src DIR`` each case also runs on that source tree, alternately, ``--rounds`` times (the
-minimum per tree; pairs in one run are what a shared machine can compare), and the event counts, P99
-and in-system area must agree.
+minimum per tree; pairs in one run are what a shared machine can compare; the trees take turns going
+first), and the event counts, P99 and in-system area must agree.
 
     python bench/sim_event_cost.py [--replicas 2,8,32,128,512,1024] [--min-requests 20000]
         [--requests-per-replica 200]
@@ -100,9 +100,13 @@ def sweep(replicas: list[int], min_requests: int, per_replica: int, warm_repeats
         args = ["--case", json.dumps({"replicas": r, "requests": requests, "warm_repeats": warm_repeats,
                                       "cluster": cluster})]
         new, old = [], []
-        for _ in range(rounds):
+        for k in range(rounds):
+            # the trees take turns going first: on a shared machine the first of a pair may meet
+            # another load than the second
+            if baseline and k % 2:
+                old.append(_in_child(args, baseline))
             new.append(_in_child(args, None))
-            if baseline:
+            if baseline and not k % 2:
                 old.append(_in_child(args, baseline))
         row = _best(new)
         if baseline:

@@ -7,8 +7,17 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
-from oserve.costmodel.latency_model import ReplicaLatencyModel, _tpot_attainment, _Wait
+from oserve.costmodel.latency_model import (
+    KV_HEADROOM,
+    KV_Z,
+    ReplicaLatencyModel,
+    _tpot_attainment,
+    _Wait,
+    kv_mean_held_tokens,
+    kv_occupancy_tokens,
+)
 from oserve.costmodel.replica_config import ReplicaConfig
 from oserve.costmodel.slo_capacity import SloWorkload, max_good_scale, slo_capacity_rps
 from oserve.workload.burstiness import Burstiness, LengthSample, Regime
@@ -41,6 +50,19 @@ class LinearCost:
 
 
 CFG = ReplicaConfig("H100-80GB", 1)
+
+
+def cache_holding(seqs: float, samples, rates, step_s: float = 0.02) -> int:
+    """The KV cache (tokens) that holds ``seqs`` decoding sequences of these samples, at these rates and
+    a constant step (no feedback), with the model's margin of ``KV_Z`` sd of the occupancy."""
+    per = np.concatenate([np.full(len(s.input_tokens), r / len(s.input_tokens))
+                          for s, r in zip(samples, rates)])
+    inp = np.concatenate([np.asarray(s.input_tokens, dtype=float) for s in samples])
+    out = np.concatenate([np.asarray(s.output_tokens, dtype=float) for s in samples])
+    ctx = float((per * out * (inp + out / 2)).sum() / (per * out).sum())
+    _, sd = kv_occupancy_tokens(per, inp, out, step_s)
+    mean = seqs * ctx
+    return int(round(brentq(lambda kv: kv_mean_held_tokens(kv, mean, sd) - mean, mean, 100 * (mean + sd))))
 
 
 def test_tpot_binomial_known_answers():
@@ -175,7 +197,8 @@ def test_kv_per_sequence_is_output_weighted():
     batch = out_rate * 0.02  # Little's law (M ~ 0)
     per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / out_rate  # output-weighted I + O/2: ~218 tokens
     rate_weighted = ((2000 + 1) + (100 + 100)) / 2  # ~1,100 tokens
-    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    seqs = batch * (per_seq + rate_weighted) / 2 / per_seq  # between the two
+    cost.kv_tokens = cache_holding(seqs, [long_prompt, long_answer], rates)
     model = ReplicaLatencyModel(cost, CFG)
     pred = model.predict_stationary([long_prompt, long_answer], rates, [Slo(10.0, 1.0)] * 2)
     assert pred.batch == pytest.approx(batch, rel=0.06)
@@ -194,12 +217,13 @@ def test_a_decode_only_replica_holds_output_weighted_kv():
     batch = (2 + 200) * 0.02
     per_seq = (2 * (2000 + 1) + 200 * (100 + 100)) / (2 + 200)
     rate_weighted = ((2000 + 1) + (100 + 100)) / 2
-    cost.kv_tokens = int(batch * (per_seq + rate_weighted) / 2 / 0.9)  # between the two
+    both = [long_prompt, long_answer]
+    cost.kv_tokens = cache_holding(batch * (per_seq + rate_weighted) / 2 / per_seq, both, [1.0, 1.0])
     pred = predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
                                np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2)
     assert not pred.overloaded and pred.batch == pytest.approx(batch, rel=0.03)
     assert pred.tpot_attainment == (1.0, 1.0)
-    cost.kv_tokens = int(batch * per_seq / 2 / 0.9)  # half of what the output-weighted batch holds
+    cost.kv_tokens = cache_holding(batch / 2, both, [1.0, 1.0])  # half of what the batch needs
     assert predict_decode_only(ReplicaLatencyModel(cost, CFG), [long_prompt, long_answer],
                                np.array([1.0, 1.0]), [Slo(10.0, 0.05)] * 2).overloaded
 
@@ -214,7 +238,8 @@ def test_kv_bound_burst_queues_instead_of_overloading():
     rate = 10.0
     batch = rate * 100 * 0.02  # 20 decoding sequences
     growth = 0.5  # the KV cache holds 20 / 1.5 sequences: the decode rate is 1.5x what it can serve
-    cost.kv_tokens = int(round(batch / (1 + growth) * 150 / 0.9))  # 150 tokens per sequence
+    # 150 tokens per sequence; the margin at the admitted rate
+    cost.kv_tokens = cache_holding(batch / (1 + growth), [sample], [rate / (1 + growth)])
     model = ReplicaLatencyModel(cost, CFG)
     slo = [Slo(2.0, 1.0)]
     assert model.predict_stationary([sample], [rate], slo).overloaded  # forever: never catches up
@@ -243,7 +268,8 @@ def test_a_kv_bound_burst_on_a_decode_replica_queues_instead_of_overloading():
 
     cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
     sample = LengthSample((100,) * 4, (100,) * 4)
-    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 20 sequences at 10 req/s, the cache holds 20 / 1.5
+    # 20 sequences at 10 req/s, the cache holds 20 / 1.5
+    cost.kv_tokens = cache_holding(20 / 1.5, [sample], [10.0 / 1.5])
     model = ReplicaLatencyModel(cost, CFG)
     slo = [Slo(2.0, 1.0)]
     assert predict_decode_only(model, [sample], np.array([10.0]), slo).overloaded
@@ -266,7 +292,7 @@ def test_burst_regimes_last_their_window_for_the_kv_backlog():
     queues there, while the same rates as a stationary stream are overloaded."""
     cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
     sample = LengthSample((100,) * 4, (100,) * 4)
-    cost.kv_tokens = int(round(20 / 1.5 * 150 / 0.9))  # 1.5x over at 10 req/s (test above)
+    cost.kv_tokens = cache_holding(20 / 1.5, [sample], [10.0 / 1.5])  # 1.5x over at 10 req/s (test above)
     model = ReplicaLatencyModel(cost, CFG)
     slo = [Slo(2.0, 1.0)]
     burst = Burstiness(np.zeros((1, 1)), np.zeros(1))  # two regimes set by hand (scale 1 = cache key 0)
@@ -280,3 +306,196 @@ def test_burst_regimes_last_their_window_for_the_kv_backlog():
     w_calm, w_heavy = 0.8 * 0.5, 0.2 * 3.0
     expected = (w_calm * calm.types[0].attainment + w_heavy * heavy.types[0].attainment) / (w_calm + w_heavy)
     assert bursty.types[0].attainment == pytest.approx(expected)
+
+
+def test_kv_occupancy_is_campbells_shot_noise():
+    """Mean and variance of the KV tokens held by an M/G/inf population of decoding sequences: a
+    sequence holds I + k tokens k steps into its O steps. Known answer with I = 0 and one O (mean
+    l tau O^2 / 2, variance l tau O^3 / 3), and a Monte Carlo of Poisson arrivals with mixed lengths."""
+    mean, sd = kv_occupancy_tokens(np.array([2.0]), np.array([0.0]), np.array([300.0]), 0.02)
+    assert mean == pytest.approx(2.0 * 0.02 * 300 ** 2 / 2)
+    assert sd == pytest.approx(math.sqrt(2.0 * 0.02 * 300 ** 3 / 3))
+    rng = np.random.default_rng(7)
+    inp, out = np.array([200.0, 1500.0, 3000.0]), np.array([400.0, 150.0, 20.0])
+    rate, tau, horizon = 6.0, 0.025, 20_000.0
+    arrivals = np.cumsum(rng.exponential(1 / rate, int(rate * horizon * 1.05)))
+    pick = rng.integers(0, 3, len(arrivals))
+    life = out[pick] * tau
+    times = rng.uniform(50.0, arrivals[-1] - 50.0, 4000)
+    held = np.empty(len(times))
+    for j, t in enumerate(times):
+        lo, hi = np.searchsorted(arrivals, [t - life.max(), t])
+        age = t - arrivals[lo:hi]
+        live = age < life[lo:hi]
+        held[j] = float((inp[pick[lo:hi]][live] + age[live] / tau).sum())
+    mean, sd = kv_occupancy_tokens(np.full(3, rate / 3), inp, out, tau)
+    assert held.mean() == pytest.approx(mean, rel=0.03)
+    assert held.std() == pytest.approx(sd, rel=0.05)
+    # clumped arrivals and the step time's feedback widen it: sqrt(ca2), 1 / (1 - e)
+    _, wide = kv_occupancy_tokens(np.full(3, rate / 3), inp, out, tau, ca2=4.0, feedback=0.5)
+    assert wide == pytest.approx(sd * 2 / 0.5)
+
+
+def test_kv_mean_held_is_the_normal_margin_in_a_crowd_and_poisson_for_a_few():
+    """The largest mean occupancy the cache holds: in a large population mean + KV_Z sd at the cache
+    (normal limit); with a few long sequences the Poisson count of sequences of the equivalent size
+    ``var / mean`` decides (a cache of exactly 3 such sequences: P(more than 3) = the normal tail at
+    KV_Z)."""
+    from scipy.stats import norm, poisson
+
+    cap_share = KV_HEADROOM * 1e6
+    sd_at_cap = 5e3  # equivalent sequences of 28 tokens, 32,400 of them: a crowd
+    unit = sd_at_cap ** 2 / cap_share
+    held = kv_mean_held_tokens(1e6, cap_share, sd_at_cap)
+    sd_held = math.sqrt(held * unit)
+    assert held + KV_Z * sd_held == pytest.approx(cap_share, rel=0.01)
+    unit = 6000.0  # sequences of 6,000 tokens; the cache's share holds exactly three
+    held = kv_mean_held_tokens(3 * unit / KV_HEADROOM, unit, unit)  # mean = sd: var / mean = unit
+    lam = held / unit
+    assert 1 - poisson.cdf(3, lam) == pytest.approx(norm.sf(KV_Z), rel=1e-6)
+
+
+def test_a_cache_that_fits_the_mean_but_not_its_fluctuation_is_kv_bound():
+    """Regression (issue 13, elastic mode): the KV test compared the mean occupancy with the cache, so a
+    replica whose mean fits with 10% to spare but whose occupancy is over the cache a third of the time
+    was predicted at attainment 1 (the simulator, which preempts on every overflow, attained 0.15-0.80
+    there: bench/results/elastic_kv_check.md). Now it is KV-bound: overloaded when it lasts, a
+    backlog over a burst; with room for 2 sd it fits."""
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((1000, 2000, 500, 3000), (100, 300, 50, 200))
+    rates, slo = [4.0], [Slo(5.0, 1.0)]
+    per = np.full(4, 1.0)
+    inp, out = np.asarray(sample.input_tokens, float), np.asarray(sample.output_tokens, float)
+    mean, sd = kv_occupancy_tokens(per, inp, out, 0.02)
+    cost.kv_tokens = int((mean + 0.5 * sd) / KV_HEADROOM)  # the mean fits; it overflows 31% of the time
+    pred = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], rates, slo)
+    assert pred.overloaded and pred.types[0].attainment == 0.0
+    burst = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], rates, slo, duration_s=10.0)
+    assert not burst.overloaded and burst.types[0].ttft_attainment < 1.0
+    cost.kv_tokens = int((mean + 2.2 * sd) / KV_HEADROOM)
+    pred = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], rates, slo)
+    assert not pred.overloaded and pred.types[0].attainment == pytest.approx(1.0)
+
+
+def test_a_decode_replica_uses_the_same_fluctuation_margin():
+    """The group's decode replica (``group_latency.predict_decode_only``) through the same helper: a cache
+    that fits the mean but not 2 sd of the occupancy is overloaded (regression: the mean only)."""
+    from oserve.costmodel.group_latency import predict_decode_only
+
+    cost = LinearCost(decode_s=0.02, token_s=1e-7, budget=4096)
+    sample = LengthSample((1000, 2000, 500, 3000), (100, 300, 50, 200))
+    inp, out = np.asarray(sample.input_tokens, float), np.asarray(sample.output_tokens, float)
+    mean, sd = kv_occupancy_tokens(np.full(4, 1.0), inp, out, 0.02)
+    cost.kv_tokens = int((mean + 0.5 * sd) / KV_HEADROOM)
+    slo = [Slo(5.0, 1.0)]
+    assert predict_decode_only(ReplicaLatencyModel(cost, CFG), [sample], np.array([4.0]), slo).overloaded
+    cost.kv_tokens = int((mean + 2.2 * sd) / KV_HEADROOM)
+    ok = predict_decode_only(ReplicaLatencyModel(cost, CFG), [sample], np.array([4.0]), slo)
+    assert not ok.overloaded and ok.tpot_attainment == (1.0,)
+
+
+def test_step_elasticity_in_the_tokens_held():
+    """d ln d / d ln B at a fixed context per sequence: 0.5 for a step time growing as sqrt(B)."""
+
+    class SqrtCost(LinearCost):  # test double: decode steps grow as the square root of the batch
+        def decode_step_s(self, cfg, batch, ctx):
+            return 0.01 * math.sqrt(batch)
+
+    model = ReplicaLatencyModel(SqrtCost(), CFG)
+    assert model.step_elasticity(40.0, 10.0) == pytest.approx(0.5, abs=0.01)
+    assert ReplicaLatencyModel(LinearCost(), CFG).step_elasticity(40.0, 10.0) == 0.0
+
+
+class BatchCost(LinearCost):
+    """Test double: decode steps that grow with the batch, ``decode_s + slope_s * B + curve_s * B^2``
+    (each prompt token adds ``token_s`` as in ``LinearCost``)."""
+
+    def __init__(self, slope_s=0.0, curve_s=0.0, **kw):
+        super().__init__(**kw)
+        self.slope_s, self.curve_s = slope_s, curve_s
+
+    def decode_step_s(self, cfg, batch, ctx):
+        return self.decode_s + self.slope_s * batch + self.curve_s * batch * batch if batch > 0 else 0.0
+
+    def step_time_s(self, cfg, chunks=(), batch=0, ctx=0.0):
+        return self.decode_step_s(cfg, batch, ctx) + self.token_s * sum(c for c, _ in chunks)
+
+
+def test_the_batch_is_the_converged_fixed_point_of_littles_law():
+    """B = r d(B) with d = a + s B: B = r a / (1 - r s), here 5 r a = 50 sequences (regression: four
+    iterations from one sequence stopped at 30 where the step grows nearly as fast as the batch). The
+    iteration stops at a step within STEADY_TOLERANCE (2%) of the batch: at a contraction of 0.8 per step
+    the distance left is up to 4 such steps (the memo's integer batches round it further)."""
+    cost = BatchCost(slope_s=0.0008, decode_s=0.01, token_s=1e-9, budget=8192)
+    sample = LengthSample((10,) * 4, (100,) * 4)
+    pred = ReplicaLatencyModel(cost, CFG).predict_stationary([sample], [10.0], [Slo(10.0, 1.0)])
+    assert not pred.overloaded
+    assert pred.batch == pytest.approx(50.0, rel=0.1)
+
+
+def test_a_fixed_point_that_a_fluctuation_would_tip_is_an_overload():
+    """With d = a + c B^2, B = r d(B) has a stable lower root and an unstable upper one; a batch that
+    rises past the upper root keeps rising (longer steps keep more sequences decoding). When the upper
+    root is within KV_Z sd of the batch above the lower one, the replica is overloaded; far above, not."""
+    sample = LengthSample((10,) * 4, (100,) * 4)
+    rate, a = 10.0, 0.01
+    r = rate * 100  # decode tokens per second
+
+    def roots(c):
+        disc = math.sqrt(1 - 4 * r * c * r * a)
+        return (1 - disc) / (2 * r * c), (1 + disc) / (2 * r * c)
+
+    for c, tips in ((2.45e-5, True), (1.0e-5, False)):
+        cost = BatchCost(curve_s=c, decode_s=a, token_s=1e-9, budget=8192)
+        model = ReplicaLatencyModel(cost, CFG)
+        low, high = roots(c)
+        pred = model.predict_stationary([sample], [rate], [Slo(10.0, 1.0)])
+        per, inp, out = np.full(4, rate / 4), np.full(4, 10.0), np.full(4, 100.0)
+        sd_seqs = model.kv_bound(per, inp, out, low, 60.0, model.decode_s(low, 60.0)).sd_tokens / 60.0
+        assert (high < low + KV_Z * sd_seqs) is tips  # the case is what it says
+        assert pred.overloaded is tips
+        if not tips:
+            assert pred.batch == pytest.approx(low, rel=0.06)
+
+
+def test_with_pp_a_chunk_is_priced_beside_the_decode_batch():
+    """With PP the extra time of a chunk is the cost model's, beside the decode batch (on the grid):
+    a 1,024-token chunk (on every grid) beside 64 decodes costs step(1024 @ 64) - decode(64), not its
+    price beside the reference 16; without PP the batch is not looked at."""
+    from oserve.costmodel.catalog import load_models
+    from oserve.costmodel.cost_model import CostModel
+
+    cost = CostModel(load_models().get("llama-2-13b"))
+    pp4 = ReplicaLatencyModel(cost, ReplicaConfig("H100-80GB", tp=1, pp=4, max_num_batched_tokens=512))
+    hw, ctx = pp4.hw, 1024
+    at64 = cost.step_time_s(hw, ((1024.0, 0.0),), 64, 64 * ctx) - cost.decode_step_s(hw, 64, 64 * ctx)
+    at16 = cost.step_time_s(hw, ((1024.0, 0.0),), 16, 16 * ctx) - cost.decode_step_s(hw, 16, 16 * ctx)
+    assert pp4.chunk_extra_s(1024, 0, 64) == pytest.approx(at64, rel=1e-9)
+    assert pp4.chunk_extra_s(1024, 0) == pytest.approx(at16, rel=1e-9)
+    assert abs(at64 / at16 - 1) > 0.1  # it matters here
+    tp1 = ReplicaLatencyModel(cost, ReplicaConfig("H100-80GB", tp=1, max_num_batched_tokens=512))
+    assert tp1.chunk_extra_s(1024, 0, 64) == tp1.chunk_extra_s(1024, 0)
+
+
+def test_a_kv_bound_burst_admits_the_largest_share_the_cache_holds():
+    """Where the step grows with the batch, the batch shrinks faster than the admitted rate, so the linear
+    estimate of the share the cache holds is low (regression: the old update stopped at the first share
+    that fit, serving ~half of what the cache holds). The share is bisected: the admitted batch fills
+    the cache's bound, on a colocated and on a decode-only replica alike."""
+    from oserve.costmodel.group_latency import predict_decode_only
+
+    cost = BatchCost(slope_s=0.0006, decode_s=0.01, token_s=1e-9, budget=8192)
+    sample = LengthSample((100,) * 4, (100,) * 4)
+    slo = [Slo(2.0, 1.0)]
+    cost.kv_tokens = cache_holding(20.0, [sample], [4.0])  # about 20 of the ~60 sequences at 10 req/s
+    model = ReplicaLatencyModel(cost, CFG)
+    dec = predict_decode_only(model, [sample], np.array([10.0]), slo, duration_s=10.0)
+    admitted = 1.0 / (1.0 + dec.growth)
+    per, inp, out = np.full(4, 10.0 * admitted / 4), np.full(4, 100.0), np.full(4, 100.0)
+    held = model.kv_bound(per, inp, out, dec.batch, 150.0, model.decode_s(dec.batch, 150.0)).seqs
+    assert not dec.overloaded and 0.9 * held <= dec.batch <= held * 1.02
+    lay = model._layout([sample], slo)
+    colocated = model.predict_stationary([sample], [10.0], slo, duration_s=10.0)
+    _, _, steady, kv = model._admit(lay, np.array([10.0]), admitted, 1.0)
+    assert not colocated.overloaded and colocated.batch == pytest.approx(steady.batch, rel=0.1)
+    assert 0.9 * kv.seqs <= colocated.batch <= kv.seqs * 1.02

@@ -29,10 +29,9 @@ import numpy as np
 from oserve.costmodel.kv_transfer import KvHandoff
 from oserve.costmodel.latency_model import (
     KV_FIT_SLACK,
-    KV_HEADROOM,
-    KV_ITERATIONS,
     ReplicaLatencyModel,
     backlog_waits_s,
+    kv_admitted_share,
     regime_duration_s,
 )
 from oserve.costmodel.prefill_latency import PrefillPoolModel
@@ -50,34 +49,51 @@ class DecodePrediction:
 
 
 def predict_decode_only(model: ReplicaLatencyModel, samples: list[LengthSample], rates_rps: np.ndarray,
-                        slos: list[Slo], duration_s: float = math.inf) -> DecodePrediction:
+                        slos: list[Slo], duration_s: float = math.inf, ca2: float = 1.0) -> DecodePrediction:
     """TPOT attainment per type on a decode-only replica at constant rates lasting ``duration_s`` (a
-    burst regime's window; infinite: stationary). More decoding sequences than the KV cache holds is
-    an overload when it lasts; over a burst, as in ``latency_model``, the replica serves what its cache
-    holds (the rates over ``1 + x``) and the excess waits for blocks as a fluid backlog (``growth`` x)."""
+    burst regime's window; infinite: stationary), arrivals clumped by ``ca2`` within it. More decoding
+    sequences than the KV cache holds (with the colocated model's margin for the occupancy's
+    fluctuation, ``ReplicaLatencyModel.kv_bound``) is an overload when it lasts; over a burst, as in
+    ``latency_model``, the replica serves what its cache holds (the rates over ``1 + x``) and the excess
+    waits for blocks as a fluid backlog (``growth`` x)."""
     k = len(samples)
     rates = np.asarray(rates_rps, dtype=float)
     if rates.sum() <= 0:
         return DecodePrediction((1.0,) * k, 0.0, 0.0, False)
-    per = [rates[t] / len(s.input_tokens) for t, s in enumerate(samples)]
-    inp = [np.asarray(s.input_tokens, dtype=float) for s in samples]
-    out = [np.asarray(s.output_tokens, dtype=float) for s in samples]
-    out_rate = sum(per[t] * float(out[t].sum()) for t in range(k))
+    per = np.concatenate([np.full(len(s.input_tokens), rates[t] / len(s.input_tokens))
+                          for t, s in enumerate(samples)])  # requests/s each sample stands for
+    inp = np.concatenate([np.asarray(s.input_tokens, dtype=float) for s in samples])
+    out = np.concatenate([np.asarray(s.output_tokens, dtype=float) for s in samples])
+    out_rate = float((per * out).sum())
     # KV tokens per decoding sequence, time-averaged: output-weighted (Little's law on token-seconds, as
     # in ``latency_model``): a long prompt with a short answer holds its KV for a few steps only
-    ctx = sum(per[t] * float((out[t] * (inp[t] + out[t] / 2)).sum()) for t in range(k)) / max(out_rate, 1e-12)
-    kv_seqs = KV_HEADROOM * model.kv_tokens / max(ctx, 1.0)
+    ctx = float((per * out * (inp + out / 2)).sum()) / max(out_rate, 1e-12)
+
+    def solve(share: float) -> tuple[float, float]:
+        """(batch, the sequences the KV cache holds) at ``share`` of the decode rate."""
+        batch = _decode_batch(model, out_rate * share, ctx)
+        if batch > model.max_seqs:
+            return batch, math.inf
+        return batch, model.kv_bound(per * share, inp, out, batch, ctx, model.decode_s(batch, ctx), ca2).seqs
+
     admitted, growth = 1.0, 0.0  # share of the decode rate the KV cache admits; backlog wait per second
-    for _ in range(KV_ITERATIONS):
-        batch = _decode_batch(model, out_rate * admitted, ctx)
-        if batch <= kv_seqs or batch > model.max_seqs or not math.isfinite(duration_s):
-            break
-        admitted *= kv_seqs / batch  # serve what the KV cache holds; the rest waits for blocks
+    batch, kv_seqs = solve(1.0)
+    if batch <= model.max_seqs and batch > kv_seqs and math.isfinite(duration_s):
+        # a KV-bound burst: the largest share whose batch the cache holds, as the colocated replica's
+        trials: dict[float, tuple[float, float]] = {}
+
+        def holds(share: float) -> bool:
+            b, seqs = trials[share] = solve(share)
+            return b <= seqs
+
+        admitted = kv_admitted_share(holds, kv_seqs / batch)  # from the linear estimate
+        batch, kv_seqs = trials.get(admitted) or solve(admitted)
         growth = 1.0 / admitted - 1.0
     if batch > model.max_seqs or batch > kv_seqs * KV_FIT_SLACK:
         return DecodePrediction((0.0,) * k, batch, math.inf, True)
     d = model.decode_s(batch, ctx)
-    att = tuple(float(np.mean((d <= slos[t].tpot_s) | (out[t] <= 1))) for t in range(k))
+    att = tuple(float(np.mean((d <= slos[t].tpot_s) | (np.asarray(s.output_tokens) <= 1)))
+                for t, s in enumerate(samples))
     return DecodePrediction(att, batch, d, False, growth)
 
 
@@ -130,6 +146,7 @@ class GroupLatencyModel:
         burst = burstiness or Burstiness.poisson()
         regimes = burst.regimes(rate_scale)
         ca2 = burst.within_ca2(stream_fraction / self.num_prefill)
+        dec_ca2 = burst.within_ca2(stream_fraction / self.num_decode)
         duration = regime_duration_s(burst, len(regimes))  # one window of replay time; one regime: stationary
         sums, den = np.zeros((3, k)), np.zeros(k)
         for reg in regimes:
@@ -137,7 +154,7 @@ class GroupLatencyModel:
             r = rates * mult
             w = reg.time_share * r
             den += w
-            dec = predict_decode_only(self.decode, samples, r / self.num_decode, slos, duration)
+            dec = predict_decode_only(self.decode, samples, r / self.num_decode, slos, duration, dec_ca2)
             if dec.overloaded:
                 continue
             # what follows the prefill comes off its TTFT bound (a bound used up: nothing meets it), and

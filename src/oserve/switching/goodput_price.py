@@ -94,7 +94,8 @@ class GoodputPricer:
 
     def model(self, cfg: ReplicaConfig) -> ReplicaLatencyModel:
         if cfg not in self.models:
-            shared = next((m.step_cache for c, m in self.models.items() if c.hardware == cfg.hardware), {})
+            # step times depend on the timing split (with PP the chunk budget too): share only within it
+            shared = next((m.step_cache for c, m in self.models.items() if c.timing == cfg.timing), {})
             self.models[cfg] = ReplicaLatencyModel(self.cost, cfg, shared)
         return self.models[cfg]
 
