@@ -47,8 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import adaptive_bench  # noqa: E402
 
 PHASES = {"conv": (0.0, 1200.0), "code": (1200.0, 2400.0)}
-STATIC_PROBES = Path(__file__).parent / "results" / "adaptive" / \
-    "convcode70__static-initial__static-oserve.json"
+STATIC_PROBES = Path(__file__).parent / "results" / "adaptive" / "convcode70.json"
 REVISION_AT_START = git_revision()
 
 
