@@ -162,6 +162,14 @@ def test_convcode_phases_oracle_pools_per_type_and_beats_every_single_fleet():
     assert out["switching_goodput"] == 1.0 and out["single_goodput"] == 1.0
 
 
+def test_convcode_phases_default_probes_are_the_committed_bench_run():
+    """The default ``--probes`` is the committed conv->code run, with static-initial's probe scales
+    (it pointed at a per-mode file the rerun replaced)."""
+    tool = _script("convcode_phases")
+    static = json.loads(tool.STATIC_PROBES.read_text())["modes"]["static-initial"]
+    assert static["probes"] and all(p["scale"] > 0 for p in static["probes"])
+
+
 def test_sim_identity_smoke(tmp_path):
     tool = _script("sim_identity")
     a, b = tmp_path / "a.pkl", tmp_path / "b.pkl"
